@@ -1,0 +1,47 @@
+# topotrace — every target creates the virtual environment it needs.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+RUN     ?= digits
+CONFIG  ?= configs/digits.toml
+STAMP   := $(VENV)/.installed
+
+.PHONY: help setup train analyze report info test bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0   # the CPU build; pyproject keeps a range for your own torch
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install topotrace into it
+
+train: $(STAMP)  ## train the default MLP on scikit-learn's digits and record runs/$(RUN)/store.h5
+	$(BIN)/topotrace train --config $(CONFIG)
+
+analyze: $(STAMP)  ## analyse runs/$(RUN) (cached in runs/$(RUN)/analysis.h5)
+	$(BIN)/topotrace analyze runs/$(RUN)
+
+report: $(STAMP)  ## train if needed, analyse, and write runs/$(RUN)/report.html
+	@test -f runs/$(RUN)/store.h5 || $(BIN)/topotrace train --config $(CONFIG)
+	$(BIN)/topotrace report runs/$(RUN)
+
+info: $(STAMP)  ## summarise runs/$(RUN)/store.h5
+	$(BIN)/topotrace info runs/$(RUN)
+
+test: $(STAMP)  ## run the test suite
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)  ## run the benchmarks (ratios against baselines measured in the same run)
+	$(BIN)/python -m bench
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check instrument analysis report_templates topotrace tests bench
+
+clean:  ## remove the virtual environment, runs and caches
+	rm -rf $(VENV) runs .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
