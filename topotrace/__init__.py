@@ -1,0 +1,1 @@
+"""The topotrace command line and the embedded default run."""

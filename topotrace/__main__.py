@@ -1,0 +1,5 @@
+"""``python -m topotrace``."""
+
+from topotrace.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""``topotrace`` command line: ``train``, ``info``, ``analyze``, ``report``.
+
+Each subcommand lives in its own module ``topotrace.cmd_<name>`` with ``configure(parser)`` and
+``run(args) -> int``; modules are imported only when their command runs, so ``topotrace info`` never
+imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "train a model and record activations into runs/<name>/store.h5",
+    "info": "print a readable summary of a store",
+    "analyze": "compute NAPs, layouts, maps and statistics (cached next to the store)",
+    "report": "write the self-contained HTML report of a run",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``topotrace`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="topotrace", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    wanted = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:  # configure only the command that runs (its module may import heavy packages)
+            importlib.import_module(f"topotrace.cmd_{name}").configure(p)
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(f"topotrace.cmd_{args.command}").run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
