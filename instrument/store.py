@@ -284,6 +284,12 @@ def clear_writer_flag(path: str | os.PathLike) -> bool:
             if block[11] == 0:
                 return False
             block[11] = 0
+            # The superblock's end-of-file address is only brought up to date when the writer closes the file;
+            # data committed since then lies beyond it. Extend it to the real end of the file.
+            eoa_at = 12 + 2 * size_of_offsets
+            eoa = int.from_bytes(block[eoa_at : eoa_at + size_of_offsets], "little")
+            size = os.fstat(fh.fileno()).st_size
+            block[eoa_at : eoa_at + size_of_offsets] = max(eoa, size).to_bytes(size_of_offsets, "little")
             block[n : n + 4] = _lookup3(bytes(block[:n])).to_bytes(4, "little")
             fh.seek(0)
             fh.write(block)
@@ -322,6 +328,9 @@ class StoreWriter:
                 d.resize(self._n, axis=0)
         f.flush()
         f.swmr_mode = True
+        # HDF5 drops its own file lock in SWMR mode; this shared lock tells clear_writer_flag we are alive.
+        self._lock = open(path, "rb")  # noqa: SIM115 (closed in close())
+        fcntl.flock(self._lock.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
 
     @classmethod
     def create(cls, path: str | os.PathLike, spec: StoreSpec, meta: Mapping[str, object]) -> StoreWriter:
@@ -464,6 +473,7 @@ class StoreWriter:
         """Close the file; committed snapshots stay. Safe to call twice."""
         if self._f.id.valid:
             self._f.close()
+        self._lock.close()
 
     def __enter__(self) -> StoreWriter:
         return self
