@@ -1,0 +1,113 @@
+"""Forward hooks that exist only inside a ``with`` block, and the capture of layer outputs during a probe pass.
+
+:func:`forward_hooks` registers hooks, yields, and removes every one of them in ``finally`` — after a normal
+exit and after an exception alike — so training steps outside a probe pass run without any hook.
+:func:`capture` builds on it: each selected layer's output is reduced to [batch, n_neurons] and copied to
+host memory as float32, batch by batch; :meth:`Capture.end_batch` checks that every layer ran exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers import first_tensor, reduce_output, reduction_for
+
+Hook = Callable[[nn.Module, Any, Any], Any]
+
+NOT_FIRED_HINT = (
+    "A module that forward() never calls, or one bypassed by a fused fast path, cannot be recorded: e.g. "
+    "torch.nn.MultiheadAttention uses out_proj's weights without calling out_proj, and "
+    "torch.nn.TransformerEncoderLayer in eval mode under no_grad may run as one fused kernel without calling "
+    "its submodules (self_attn, linear1, ...). Record modules that run, such as the enclosing layer."
+)
+
+
+@contextmanager
+def forward_hooks(hooks: Sequence[tuple[nn.Module, Hook]]) -> Iterator[None]:
+    """Register forward hooks for the duration of the block; all are removed on exit, also after an exception.
+
+    Args:
+        hooks: ``(module, hook)`` pairs; ``hook(module, inputs, output)`` as in
+            :meth:`torch.nn.Module.register_forward_hook`.
+    """
+    handles = []
+    try:
+        for module, hook in hooks:
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class Capture:
+    """Reduced outputs of the hooked layers, collected batch by batch during one probe pass.
+
+    Attributes:
+        outputs: layer name -> list of CPU float32 tensors of shape [batch, n_neurons], one per batch.
+        sample_shapes: layer name -> the output shape of one sample before reduction (set on first call).
+    """
+
+    def __init__(self, layers: Mapping[str, nn.Module]):
+        self.layers = dict(layers)
+        self.outputs: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+        self.sample_shapes: dict[str, tuple[int, ...]] = {}
+        self._calls = dict.fromkeys(self.layers, 0)
+
+    def hook(self, name: str) -> Hook:
+        """The forward hook that records layer ``name``."""
+        calls, outputs, shapes = self._calls, self.outputs[name], self.sample_shapes
+
+        def record(module: nn.Module, inputs: Any, output: Any) -> None:
+            t = first_tensor(output, f"Layer {name!r}").detach()
+            if name not in shapes:
+                shapes[name] = tuple(t.shape[1:])
+            r = reduce_output(t)  # [batch, n_neurons]
+            # A view of the output must be copied now: a later in-place op (ReLU(inplace=True)) would change it.
+            is_view = r.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+            outputs.append(r.to(device="cpu", dtype=torch.float32, copy=is_view))
+            calls[name] += 1
+
+        return record
+
+    def end_batch(self) -> None:
+        """Check that every hooked layer ran exactly once in the batch just run.
+
+        Raises:
+            RuntimeError: a layer did not run (see :data:`NOT_FIRED_HINT`) or ran more than once.
+        """
+        calls = self._calls
+        missing = [n for n, c in calls.items() if c == 0]
+        if missing:
+            raise RuntimeError(f"Layers {missing} did not run during the probe pass (their forward hooks never "
+                               f"fired). {NOT_FIRED_HINT}")
+        repeated = {n: c for n, c in calls.items() if c > 1}
+        if repeated:
+            raise RuntimeError(f"Layers {sorted(repeated)} ran more than once in one forward pass (calls: {repeated});"
+                               " a reused module has no single activation per sample. Record a module that runs once.")
+        for n in calls:
+            calls[n] = 0
+
+    def reductions(self) -> dict[str, str]:
+        """Layer name -> ``"flatten"`` or ``"channel_mean"``, from the observed output shapes."""
+        return {n: reduction_for(s) for n, s in self.sample_shapes.items()}
+
+
+@contextmanager
+def capture(layers: Mapping[str, nn.Module]) -> Iterator[Capture]:
+    """Hook ``layers`` for the duration of the block and collect their reduced outputs.
+
+    Args:
+        layers: layer name -> module, e.g. from :func:`instrument.layers.resolve_layers`.
+
+    Yields:
+        The :class:`Capture` being filled; call :meth:`Capture.end_batch` after each forward pass.
+    """
+    cap = Capture(layers)
+    with forward_hooks([(m, cap.hook(n)) for n, m in cap.layers.items()]):
+        yield cap

@@ -1,0 +1,117 @@
+"""Which layers to record, and how one layer's output becomes one row of neuron values per sample.
+
+Layers are selected once, by exact ``named_modules()`` name, a list of names, a glob (``"fc*"``,
+``"encoder.*.mlp"``) or a predicate ``(name, module) -> bool``, and resolved to an ordered
+``{name: module}`` whose names are used verbatim in the store and the report.
+
+Reductions (recorded per layer in the store):
+
+* ``"flatten"``: outputs of shape [batch, d] or [batch] — every output unit is a neuron;
+* ``"channel_mean"``: outputs with a spatial extent, [batch, C, L], [batch, C, H, W], [batch, C, D, H, W]
+  (convolutions, pooling, conv batch norm) — the mean over space of each channel is one neuron.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from typing import Union
+
+import torch
+from torch import nn
+
+LayerSelector = Union[str, Sequence[str], Callable[[str, nn.Module], bool]]
+
+_GLOB_CHARS = set("*?[")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module that does the work: ``model.module`` for (Distributed)DataParallel wrappers, else ``model``.
+
+    Calling a DDP wrapper on one rank alone deadlocks, and its names carry a ``module.`` prefix.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"The 'model' parameter must be a torch.nn.Module. Got {type(model).__name__} instead.")
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def resolve_layers(model: nn.Module, layers: LayerSelector) -> dict[str, nn.Module]:
+    """Resolve a layer selection to ``{name: module}`` in ``named_modules()`` order.
+
+    Args:
+        model: the (unwrapped) model.
+        layers: an exact module name, a glob pattern, a sequence of names/patterns, or a predicate
+            ``(name, module) -> bool``. The root module (name ``""``) is never selected.
+
+    Returns:
+        Dict of dotted name -> module, in the order of ``model.named_modules()``.
+
+    Raises:
+        ValueError: a name matches no module (the message lists the available names), or nothing is selected.
+        TypeError: ``layers`` is none of the accepted kinds.
+    """
+    named = [(n, m) for n, m in model.named_modules() if n]
+    available = [n for n, _ in named]
+    if callable(layers) and not isinstance(layers, str):
+        chosen = {n for n, m in named if layers(n, m)}
+        if not chosen:
+            raise ValueError(f"The 'layers' predicate {layers!r} selected no module. Available: {available}")
+    else:
+        if isinstance(layers, str):
+            patterns = [layers]
+        elif isinstance(layers, Sequence) and all(isinstance(p, str) for p in layers):
+            patterns = list(layers)
+        else:
+            raise TypeError("The 'layers' parameter must be a module name, a glob, a list of them, or a predicate "
+                            f"(name, module) -> bool. Got {layers!r} instead.")
+        if not patterns:
+            raise ValueError(f"The 'layers' parameter selects no layer (empty list). Available: {available}")
+        chosen = set()
+        for p in patterns:
+            if _GLOB_CHARS & set(p):
+                hits = fnmatch.filter(available, p)
+                if not hits:
+                    raise ValueError(f"Layer pattern {p!r} matches no layer. Available: {available}")
+                chosen.update(hits)
+            elif p in available:
+                chosen.add(p)
+            else:
+                raise ValueError(f"Unknown layer {p!r}. Available: {available}")
+    return {n: m for n, m in named if n in chosen}
+
+
+def reduction_for(sample_shape: Sequence[int]) -> str:
+    """``"channel_mean"`` for per-sample shapes with a spatial extent ([C, L], [C, H, W], ...), else ``"flatten"``."""
+    return "channel_mean" if len(sample_shape) >= 2 else "flatten"
+
+
+def reduce_output(out: torch.Tensor) -> torch.Tensor:
+    """One row of neuron values per sample.
+
+    Args:
+        out: a layer's output, shape [batch, *sample_shape].
+
+    Returns:
+        Tensor of shape [batch, n_neurons]: the spatial mean per channel for [batch, C, *spatial] outputs,
+        else the flattened output (a view where possible; callers copy it before the next in-place op).
+    """
+    if out.ndim >= 3:  # [batch, C, *spatial] -> [batch, C]
+        return out.mean(dim=tuple(range(2, out.ndim)))
+    return out.reshape(out.shape[0], -1)  # [batch] or [batch, d] -> [batch, d]
+
+
+def first_tensor(out: object, what: str) -> torch.Tensor:
+    """The output itself if it is a tensor, else the first tensor of a tuple/list output.
+
+    Raises:
+        TypeError: no tensor found; ``what`` names the layer in the message.
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            if isinstance(o, torch.Tensor):
+                return o
+    raise TypeError(f"{what} returned {type(out).__name__}, which holds no tensor to record.")

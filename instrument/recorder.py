@@ -1,0 +1,462 @@
+"""The recorder: probe passes at scheduled training steps, written to a store by a background thread.
+
+A plain PyTorch loop needs four lines::
+
+    rec = Recorder(model, "runs/demo/store.h5", layers="fc*", probes=[ProbeSet("heldout", x, y)],
+                   class_names=classes, schedule=log_spaced(total_steps, 50))
+    rec.step(0)                          # the untrained model
+    for step in range(1, total_steps + 1):
+        ...                              # one optimiser update
+        rec.step(step, epoch)            # a probe pass if the schedule says so
+    rec.close()                          # or: with Recorder(...) as rec:
+
+What a probe pass does on the training thread: every probe set is run through the model in batches, in eval
+mode and under ``torch.no_grad()``, with forward hooks on the selected layers that exist only for the pass;
+the reduced layer outputs and the logits are copied to host memory and queued. Afterwards every module's
+``training`` flag and the torch RNG states (CPU, and CUDA when the model is there) are restored, so training
+continues exactly as without the recorder (BatchNorm statistics are not updated in eval mode).
+
+What the writer thread does: softmax, predictions, correctness, per-sample loss and confidence measures
+(:mod:`instrument.confidence`), the cast of activations to the store's dtype, and the append to the store
+(:mod:`instrument.store`). The queue between the two threads holds at most ``queue_size`` snapshots; when it
+is full, :meth:`Recorder.step` blocks until the writer has caught up (back-pressure bounds memory).
+
+A writer failure (disk full, permission, a closed file, any exception) never raises into the training loop:
+it is kept in :attr:`Recorder.error`, logged at once and warned about once on the training thread, recording
+stops (later :meth:`Recorder.step` calls return ``False`` at once) and the store keeps every snapshot
+committed before the failure. Configuration errors (unknown layer, a layer that does not run, a mismatched
+store on resume) are raised from the constructor, before training starts.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import operator
+import platform
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from . import confidence
+from .hooks import capture
+from .layers import LayerSelector, first_tensor, reduction_for, resolve_layers, unwrap
+from .store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, open_writer
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeSet:
+    """A fixed set of samples run through the model at every snapshot.
+
+    Attributes:
+        name: ``"heldout"`` or ``"train"`` by convention; any name without ``/``.
+        x: tensor of shape (n, ...), the model's inputs (kept where it is; moved to the model's device per batch).
+        y: tensor of shape (n,), int64 true classes.
+        index: array of shape (n,), int64 positions of the samples in their source data set;
+            ``None`` means ``arange(n)``.
+    """
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor
+    index: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise ValueError(f"The 'name' parameter of ProbeSet must be a non-empty str without '/'. "
+                             f"Got {self.name!r} instead.")
+        if not isinstance(self.x, torch.Tensor) or not isinstance(self.y, torch.Tensor):
+            raise TypeError(f"ProbeSet {self.name!r}: 'x' and 'y' must be torch tensors. "
+                            f"Got {type(self.x).__name__} and {type(self.y).__name__}.")
+        n = self.x.shape[0] if self.x.ndim else 0
+        if n == 0 or self.y.shape != (n,):
+            raise ValueError(f"ProbeSet {self.name!r}: 'x' must have shape (n, ...) with n >= 1 and 'y' shape (n,). "
+                             f"Got x {tuple(self.x.shape)} and y {tuple(self.y.shape)}.")
+        if self.y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"ProbeSet {self.name!r}: 'y' must hold integer class labels. Got {self.y.dtype}.")
+        index = np.arange(n, dtype=np.int64) if self.index is None else np.asarray(self.index)
+        if index.shape != (n,) or not np.issubdtype(index.dtype, np.integer):
+            raise ValueError(f"ProbeSet {self.name!r}: 'index' must be None or an integer array of shape ({n},). "
+                             f"Got {index.dtype} {index.shape}.")
+        object.__setattr__(self, "index", index.astype(np.int64))
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _default_meta(model: nn.Module, schedule: Callable[[int], bool]) -> dict[str, object]:
+    n_params = sum(p.numel() for p in model.parameters())
+    return {
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "h5py": h5py.__version__,
+            "hdf5": h5py.version.hdf5_version,
+        },
+        "model_summary": f"{model}\nparameters: {n_params}",
+        "n_parameters": n_params,
+        "schedule": repr(schedule),
+    }
+
+
+class Recorder:
+    """Record a model's activations and confidence on fixed probe sets at scheduled steps into a store.
+
+    Args:
+        model: the model being trained; (Distributed)DataParallel wrappers are unwrapped to ``.module``
+            (under DDP, call the recorder on rank 0 only).
+        path: the store file (``.h5``); it must not exist unless ``resume=True``.
+        layers: which layers to record: an exact ``named_modules()`` name, a glob (``"fc*"``), a list of
+            names/globs, or a predicate ``(name, module) -> bool``. Resolved once here.
+        probes: the probe sets (distinct names).
+        class_names: one name per logit.
+        schedule: ``schedule(step) -> bool``, see :mod:`instrument.schedules`.
+        meta: run metadata stored with a new store (``run_name``, ``seed``, ``config``, ...); library
+            ``versions``, ``model_summary``, ``n_parameters`` and ``schedule`` are added unless given.
+        resume: append to ``path`` if it exists (the model, layers, probe sets, classes and measures must
+            match; a mismatch raises :class:`instrument.store.StoreError`). :attr:`last_step` then tells the
+            loop where to continue.
+        act_dtype: ``"float16"`` (default) or ``"float32"`` storage for activations.
+        compression: ``None`` (default) or ``"gzip"``.
+        measures: confidence measure names (:mod:`instrument.confidence`); ``None`` records all defaults.
+        batch_size: probe samples per forward pass.
+        queue_size: snapshots that may wait for the writer; when full, :meth:`step` blocks.
+
+    Raises:
+        ValueError, TypeError: an invalid argument, e.g. an unknown layer (the message lists the available
+            names) or a logit count that differs from ``len(class_names)``.
+        RuntimeError: a selected layer does not run in the model's forward pass (checked by a dry pass on two
+            probe samples, which leaves the model, its modes and the RNG states as they were).
+        StoreError: ``resume=True`` and the existing store was recorded with a different setup.
+        FileExistsError: ``path`` exists and ``resume`` is False.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        path: str | Path,
+        *,
+        layers: LayerSelector,
+        probes: Sequence[ProbeSet],
+        class_names: Sequence[str],
+        schedule: Callable[[int], bool],
+        meta: Mapping[str, object] | None = None,
+        resume: bool = False,
+        act_dtype: str = "float16",
+        compression: str | None = None,
+        measures: Sequence[str] | None = None,
+        batch_size: int = 512,
+        queue_size: int = 4,
+    ):
+        self._model = unwrap(model)
+        self.path = Path(path)
+        if not callable(schedule):
+            raise TypeError(f"The 'schedule' parameter must be a callable step -> bool. Got {schedule!r} instead.")
+        self.schedule = schedule
+        if isinstance(probes, ProbeSet) or not isinstance(probes, Sequence) or not probes:
+            raise TypeError(f"The 'probes' parameter must be a non-empty list of ProbeSet. Got {probes!r} instead.")
+        for p in probes:
+            if not isinstance(p, ProbeSet):
+                raise TypeError(f"The 'probes' parameter must hold ProbeSet objects. Got {type(p).__name__}.")
+        if len({p.name for p in probes}) != len(probes):
+            raise ValueError(f"Probe set names must be distinct. Got {[p.name for p in probes]}.")
+        self.probes = tuple(probes)
+        if isinstance(class_names, str) or not isinstance(class_names, Sequence) or len(class_names) < 2:
+            raise ValueError(f"The 'class_names' parameter must be a sequence of at least 2 names. "
+                             f"Got {class_names!r} instead.")
+        self.class_names = tuple(str(c) for c in class_names)
+        n_classes = len(self.class_names)
+        for p in self.probes:
+            lo, hi = int(p.y.min()), int(p.y.max())
+            if lo < 0 or hi >= n_classes:
+                raise ValueError(f"ProbeSet {p.name!r}: labels must lie in 0..{n_classes - 1} "
+                                 f"(len(class_names) = {n_classes}). Got labels {lo}..{hi}.")
+        self.measures = confidence.check_measures(measures)
+        for name, value in (("batch_size", batch_size), ("queue_size", queue_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"The {name!r} parameter must be an int >= 1. Got {value!r} instead.")
+            if value < 1:
+                raise ValueError(f"The {name!r} parameter must be an int >= 1. Got {value} instead.")
+        self.batch_size = batch_size
+        if meta is not None and not isinstance(meta, Mapping):
+            raise TypeError(f"The 'meta' parameter must be a mapping or None. Got {type(meta).__name__}.")
+
+        self.layers = resolve_layers(self._model, layers)
+        self._labels = {p.name: p.y.detach().cpu().numpy().astype(np.int64) for p in self.probes}
+        self._x_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+        # Dry pass on two samples of every probe set: output shapes for the store, and every error that a
+        # wrong layer choice or a wrong class count would otherwise raise at the first snapshot.
+        shapes, n_logits = self._dry_pass()
+        if n_logits != n_classes:
+            raise ValueError(f"The model returns {n_logits} logits per sample but 'class_names' has {n_classes} "
+                             f"names: {list(self.class_names)}")
+        layer_specs = []
+        for name, shape in shapes.items():
+            reduction = reduction_for(shape)
+            n = shape[0] if reduction == "channel_mean" else int(np.prod(shape, dtype=np.int64))
+            layer_specs.append(LayerSpec(name, int(n), reduction, tuple(int(s) for s in shape)))
+        self.spec = StoreSpec(
+            layers=tuple(layer_specs),
+            probes=tuple(ProbeSpec(p.name, p.index, self._labels[p.name]) for p in self.probes),
+            class_names=self.class_names,
+            measures=self.measures,
+            act_dtype=act_dtype,
+            compression=compression,
+        )
+        full_meta = _default_meta(self._model, schedule)
+        user = dict(meta or {})
+        if isinstance(user.get("versions"), Mapping):
+            user["versions"] = {**full_meta["versions"], **user["versions"]}
+        full_meta.update(user)
+        writer = open_writer(self.path, self.spec, full_meta, resume)
+
+        self._writer = writer
+        self._n = writer.n_snapshots
+        self._last_step = writer.last_step
+        self._last_submitted = writer.last_step
+        self._error: BaseException | None = None
+        self._warned = False
+        self._active = True
+        self._closed = False
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._thread = threading.Thread(target=self._write_loop, name=f"topotrace-writer:{self.path.name}",
+                                        daemon=True)
+        self._thread.start()
+        atexit.register(self.close)  # a loop that never closes still ends with a drained queue and closed file
+
+    # --- public surface ---------------------------------------------------------------------------------
+
+    @property
+    def last_step(self) -> int | None:
+        """The step of the last committed snapshot (``None`` if none); training resumes after it."""
+        return self._last_step
+
+    @property
+    def n_snapshots(self) -> int:
+        """Snapshots committed to the store so far (final after :meth:`close`)."""
+        return self._n
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that stopped the writer, if any."""
+        return self._error
+
+    @property
+    def recording(self) -> bool:
+        """False once the writer failed or the recorder was closed."""
+        return self._active
+
+    def step(self, step: int, epoch: int = 0) -> bool:
+        """Run a probe pass if ``schedule(step)`` is true and recording goes on; returns whether it ran.
+
+        Call it after each optimiser update with the number of updates done so far (and at step 0 before
+        training). Blocks while the writer queue is full.
+        """
+        if not self._active:
+            if self._closed:
+                raise RuntimeError(f"The recorder for {self.path} is closed.")
+            self._report()
+            return False
+        if not self.schedule(step):
+            return False
+        return self.snapshot(step, epoch)
+
+    def snapshot(self, step: int, epoch: int = 0) -> bool:
+        """Run a probe pass now, whatever the schedule says; returns False if recording has stopped.
+
+        Raises:
+            ValueError: ``step`` is not larger than the last recorded step.
+            RuntimeError: the recorder is closed, or a selected layer did not run during the pass.
+        """
+        if self._closed:
+            raise RuntimeError(f"The recorder for {self.path} is closed.")
+        if not self._active:
+            self._report()
+            return False
+        step = operator.index(step)
+        epoch = operator.index(epoch)
+        if self._last_submitted is not None and step <= self._last_submitted:
+            raise ValueError(f"Steps must increase strictly: step {step} after step {self._last_submitted} "
+                             f"(store {self.path}). On resume, continue after rec.last_step.")
+        t = time.time()
+        payload = self._probe_pass()
+        self._last_submitted = step
+        self._queue.put((step, epoch, t, payload))  # blocks while the writer is queue_size snapshots behind
+        return True
+
+    def close(self) -> None:
+        """Write every queued snapshot, stop the writer thread and close the store. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._active = False
+        atexit.unregister(self.close)
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+        self._report()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("failed" if self._error else "recording")
+        return (f"Recorder({str(self.path)!r}, layers={list(self.layers)}, probes={[p.name for p in self.probes]}, "
+                f"schedule={self.schedule!r}, n_snapshots={self._n}, {state})")
+
+    # --- training thread ----------------------------------------------------------------------------------
+
+    def _inputs(self, probe: ProbeSet, device: torch.device) -> torch.Tensor:
+        key = (probe.name, device)
+        x = self._x_cache.get(key)
+        if x is None:
+            x = self._x_cache[key] = probe.x.to(device)
+        return x
+
+    def _run(self, batches: Callable[[ProbeSet], range]) -> tuple[dict[str, dict[str, np.ndarray]],
+                                                                dict[str, tuple[int, ...]]]:
+        """One probe pass over ``batches(probe)`` start offsets; model state restored afterwards.
+
+        Returns:
+            ``(payload, sample_shapes)``: probe name -> {layer name -> (n, n_neurons) float32, "": logits
+            (n, C) float32}, and layer name -> output shape of one sample before reduction.
+        """
+        model = self._model
+        device = _device_of(model)
+        modes = [(m, m.training) for m in model.modules()]
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        bs = self.batch_size
+        payload: dict[str, dict[str, np.ndarray]] = {}
+        try:
+            model.eval()
+            with torch.no_grad(), capture(self.layers) as cap:
+                for probe in self.probes:
+                    x = self._inputs(probe, device)
+                    logits = []
+                    for start in batches(probe):
+                        out = first_tensor(model(x[start : start + bs]), "The model")  # [batch, C]
+                        cap.end_batch()
+                        logits.append(out.detach().to(device="cpu", dtype=torch.float32))
+                    arrays = {name: _cat(parts) for name, parts in cap.outputs.items()}
+                    arrays[""] = _cat(logits)
+                    payload[probe.name] = arrays
+                    for parts in cap.outputs.values():
+                        parts.clear()
+                shapes = cap.sample_shapes
+        finally:
+            model.train(modes[0][1])  # lets modules that override train() see the change back
+            for m, flag in modes:
+                m.training = flag
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, device)
+        return payload, shapes
+
+    def _probe_pass(self) -> dict[str, dict[str, np.ndarray]]:
+        return self._run(lambda p: range(0, len(p), self.batch_size))[0]
+
+    def _dry_pass(self) -> tuple[dict[str, tuple[int, ...]], int]:
+        saved, self.batch_size = self.batch_size, 2
+        try:
+            payload, shapes = self._run(lambda p: range(0, 1))
+        finally:
+            self.batch_size = saved
+            self._x_cache.clear()
+        logits = next(iter(payload.values()))[""]
+        if logits.ndim != 2:
+            raise ValueError(f"The model must return logits of shape (batch, n_classes). Got a tensor of shape "
+                             f"{logits.shape} for a batch of {len(logits)}.")
+        return {n: shapes[n] for n in self.layers}, logits.shape[1]
+
+    def _report(self) -> None:
+        if self._error is not None and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"Recording to {self.path} stopped: {type(self._error).__name__}: {self._error}. Training goes on "
+                f"unrecorded; the store keeps its {self._n} committed snapshots.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    # --- writer thread ------------------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        writer = self._writer
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                if self._error is not None:
+                    continue  # keep draining so the training thread never blocks on a dead writer
+                step = item[0]
+                try:
+                    n = writer.append(self._build(item))
+                    self._last_step = step
+                    self._n = n
+                except BaseException as err:  # noqa: BLE001 - any failure stops recording, never training
+                    self._fail(err, step)
+        finally:
+            try:
+                writer.close()
+            except BaseException as err:  # noqa: BLE001
+                if self._error is None:
+                    self._fail(err, None)
+
+    def _fail(self, err: BaseException, step: int | None) -> None:
+        self._error = err
+        self._active = False
+        where = f" at step {step}" if step is not None else " while closing"
+        log.error("Recording to %s failed%s: %s: %s. Recording stopped; training goes on; the store keeps its %d "
+                  "committed snapshots.", self.path, where, type(err).__name__, err, self._n, exc_info=err)
+        try:
+            self._writer.close()
+        except BaseException:  # noqa: BLE001 - the file may be gone already
+            pass
+
+    def _build(self, item: tuple) -> Snapshot:
+        step, epoch, t, payload = item
+        snap = Snapshot(step=step, epoch=epoch, time=t)
+        dtype = np.dtype(self.spec.act_dtype)
+        for p in self.probes:
+            arrays = payload[p.name]
+            logits = arrays[""]
+            pred, correct, loss, conf = confidence.outcomes(logits, self._labels[p.name], self.measures)
+            acts = {name: arrays[name].astype(dtype, copy=False) for name in self.layers}
+            snap.probes[p.name] = ProbeRecord(acts, logits, pred, correct, loss, conf)
+        return snap
+
+
+def _cat(parts: list[torch.Tensor]) -> np.ndarray:
+    t = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return t.numpy()
+
+
+__all__ = ["ProbeSet", "Recorder"]
