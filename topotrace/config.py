@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 DEFAULTS: dict[str, dict[str, object]] = {
     "run": {"name": "digits", "seed": 0, "out_dir": "runs"},

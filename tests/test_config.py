@@ -1,0 +1,43 @@
+"""Configs: defaults, shipped TOML files, and clear errors for bad settings."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from topotrace.config import DEFAULTS, load_config, to_toml
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    """Every shipped config is valid."""
+    cfg = load_config(path)
+    assert set(cfg) == set(DEFAULTS)
+
+
+def test_toml_roundtrip(tmp_path):
+    """The config copy written into a run folder reads back to the same settings."""
+    cfg = load_config(CONFIGS[0], {"run": {"name": 'we"ird\\name'}})
+    (tmp_path / "c.toml").write_text(to_toml(cfg))
+    assert tomllib.loads(to_toml(cfg)) == cfg
+    assert load_config(tmp_path / "c.toml") == cfg
+
+
+@pytest.mark.parametrize(
+    "text, error, message",
+    [
+        ("[train]\nepochz = 3\n", ValueError, r"Unknown setting 'train.epochz'. Allowed in \[train\]: \['batch_size'"),
+        ("[trian]\nepochs = 3\n", ValueError, r"Unknown config section \[trian\]"),
+        ('[train]\nepochs = "3"\n', TypeError, r"'train.epochs' must be of type int. Got '3'"),
+        ("[train]\nepochs = 0\n", ValueError, r"'train.epochs' setting must be >= 1. Got 0"),
+        ('[record]\nschedule = "sometimes"\n', ValueError, r"one of \('log', 'every', 'epoch'\)"),
+        ("[train\n", ValueError, "not valid TOML"),
+    ],
+)
+def test_bad_settings(tmp_path, text, error, message):
+    """Bad settings fail before any work, naming the setting and what is allowed."""
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(error, match=message):
+        load_config(tmp_path / "c.toml")
