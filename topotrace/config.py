@@ -12,8 +12,8 @@ DEFAULTS: dict[str, dict[str, object]] = {
              "train_probe_per_class": 40},
     "model": {"hidden": [128, 64], "dropout": 0.0, "batchnorm": False},
     "train": {"epochs": 30, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
-    "record": {"layers": "hidden*", "schedule": "log", "snapshots": 60, "every": 50, "act_dtype": "float16",
-               "compression": "none", "batch_size": 512},
+    "record": {"layers": ["hidden1", "hidden2"], "schedule": "log", "snapshots": 60, "every": 50,
+               "act_dtype": "float16", "compression": "none", "batch_size": 512},
 }
 SCHEDULES = ("log", "every", "epoch")
 
