@@ -1,0 +1,54 @@
+"""The command line and the embedded default run, end to end on a short training."""
+
+import numpy as np
+import pytest
+
+from instrument.store import Store
+from topotrace.cli import main
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["train", "--config", "configs/digits.toml", "--epochs", "2", "--out-dir", str(out)]) == 0
+    return out / "digits"
+
+
+def test_train_writes_store_and_config(short_run, capsys):
+    """`topotrace train` writes the store and a copy of the config; the store describes the run."""
+    assert (short_run / "config.toml").read_text().startswith("[run]")
+    with Store(short_run / "store.h5") as st:
+        assert list(st.layers) == ["hidden1", "hidden2"]
+        assert [st.layers[n].n_neurons for n in st.layers] == [128, 64]
+        assert sorted(st.probes) == ["heldout", "train"]
+        assert np.bincount(st.labels("heldout")).tolist() == [40] * 10
+        steps = st.steps
+        assert steps[0] == 0 and steps[-1] == 2 * 43 and np.all(np.diff(steps) > 0)
+        assert st.meta["run_name"] == "digits" and st.meta["config"]["train"]["epochs"] == 2
+        assert "torch" in st.meta["versions"]
+        acc = st.correct("heldout").mean(axis=1)
+        assert acc[-1] > 0.5 > acc[0]  # it learned (2 epochs only)
+
+
+def test_info(short_run, capsys):
+    """`topotrace info` summarises a run folder."""
+    assert main(["info", str(short_run)]) == 0
+    out = capsys.readouterr().out
+    assert "hidden1" in out and "heldout" in out and "snapshots:" in out
+
+
+def test_train_refuses_existing_run(short_run, capsys):
+    """A second run of the same name does not overwrite the first without --overwrite."""
+    out = str(short_run.parent)
+    assert main(["train", "--config", "configs/digits.toml", "--epochs", "1", "--out-dir", out]) == 2
+    assert "--overwrite" in capsys.readouterr().out
+    with Store(short_run / "store.h5") as st:
+        assert st.steps[-1] == 86
+
+
+def test_bad_config_fails_before_training(tmp_path):
+    """A config error is raised before any run folder is made."""
+    (tmp_path / "bad.toml").write_text('[record]\nlayers = ["hidden1", "fc9"]\n[run]\nout_dir = "%s"\n' % tmp_path)
+    with pytest.raises(ValueError, match="Unknown layer 'fc9'"):
+        main(["train", "--config", str(tmp_path / "bad.toml"), "--epochs", "1"])
+    assert not (tmp_path / "digits" / "store.h5").exists()
