@@ -1,0 +1,172 @@
+"""The report generator: analysis results -> one self-contained HTML file.
+
+:func:`build_report` asks :mod:`report_templates.figures` for the named figure roots, gathers the page text
+(provenance, trend sentences, quality tables) and hands both to :func:`_embed`, the one function in the package
+that calls Bokeh's embedding API. Bokeh's JavaScript and CSS are inlined (``INLINE`` resources), so the file
+opens offline and requests nothing from any host. The jinja2 template ``report.html`` extends Bokeh's file
+template with autoescape on; Bokeh escapes its embedded JSON itself.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+
+import jinja2
+import markupsafe
+from bokeh.embed import file_html
+from bokeh.models import Div
+from bokeh.models.layouts import LayoutDOM
+from bokeh.resources import INLINE
+
+from analysis.results import AnalysisResults
+
+from . import figures
+
+_HERE = Path(__file__).resolve().parent
+CITATIONS = (
+    "Krug, V., Ratul, R. K., Olson, C., & Stober, S. (2023). Visualizing Deep Neural Networks with Topographic "
+    "Activation Maps. In HHAI 2023: Augmenting Human Intellect (Frontiers in Artificial Intelligence and "
+    "Applications, vol. 368, pp. 138–152). IOS Press.",
+    "Krug, V., Olson, C., & Stober, S. (2023). Relation of Activity and Confidence when Training Deep Neural "
+    "Networks.",
+)
+
+
+def _text(value: object, limit: int = 400) -> str:
+    """A short display string for a metadata value (JSON for containers)."""
+    if isinstance(value, (dict, list, tuple)):
+        out = json.dumps(value, default=str, ensure_ascii=False)
+    else:
+        out = str(value)
+    return out if len(out) <= limit else out[: limit - 1] + "…"
+
+
+def _flatten(prefix: str, value: object, out: list[tuple[str, str]]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out.append((prefix, _text(value)))
+
+
+def _run_context(results: AnalysisResults, now: _dt.datetime) -> dict[str, object]:
+    """Provenance shown in the summary section (plain strings; the template escapes them)."""
+    meta = dict(results.meta or {})
+    name = meta.get("run_name") or Path(str(results.store_path)).parent.name or "run"
+    steps = [int(s) for s in results.steps]
+    facts = [
+        ("run", _text(name)),
+        ("seed", _text(meta.get("seed", "not recorded"))),
+        ("data", _text(meta.get("data", "not recorded"))),
+        ("classes", _text(", ".join(str(c) for c in results.class_names) or "none")),
+        ("layers", _text(", ".join(f"{la.name} ({la.n_neurons})" for la in results.layers.values()) or "none")),
+        ("snapshots", f"{results.n_snapshots}" + (f" (steps {steps[0]:,} to {steps[-1]:,})" if steps else "")),
+        ("probe set", _text(results.probe_set)),
+        ("confidence measure", _text(results.primary_measure)),
+        ("store", _text(results.store_path)),
+    ]
+    for key in ("created", "start_time", "device"):
+        if key in meta:
+            facts.append((key, _text(meta[key])))
+    config: list[tuple[str, str]] = []
+    cfg = meta.get("config")
+    if isinstance(cfg, Mapping):
+        _flatten("", cfg, config)
+    elif cfg is not None:
+        config.append(("config", _text(cfg, 4000)))
+    params: list[tuple[str, str]] = []
+    _flatten("", dict(results.params or {}), params)
+    versions = meta.get("versions")
+    try:
+        own = metadata.version("topotrace")
+    except metadata.PackageNotFoundError:
+        own = "unknown"
+    return {
+        "name": _text(name, 120),
+        "facts": facts,
+        "sha256": results.store_sha256 or "not recorded",
+        "versions": [(str(k), _text(v)) for k, v in versions.items()] if isinstance(versions, Mapping) else [],
+        "model_summary": _text(meta["model_summary"], 20000) if meta.get("model_summary") else "",
+        "config": config,
+        "params": params,
+        "n_snapshots": results.n_snapshots,
+        "probe_set": results.probe_set,
+        "measure": results.primary_measure,
+        "date": now.strftime("%Y-%m-%d %H:%M UTC"),
+        "store_path": str(results.store_path),
+        "topotrace_version": own,
+    }
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if v != v else f"{v:.{digits}f}"
+
+
+def _page_context(results: AnalysisResults, now: _dt.datetime) -> dict[str, object]:
+    trends = [(layer.name, t.text, f"{t.statistic} = {_fmt(t.value)}, p = {_fmt(t.p_value, 4)}")
+              for layer in results.layers.values() for t in (layer.trends or [])]
+    tables = [(layer.name, [(m, _fmt(la.trustworthiness), _fmt(la.shepard), _fmt(la.smoothness), _fmt(la.seconds, 2))
+                            for m, la in layer.layouts.items()])
+              for layer in results.layers.values() if layer.layouts]
+    return {"run": _run_context(results, now), "trends": trends, "layout_tables": tables,
+            "citations": CITATIONS}
+
+
+def report_roots(results: AnalysisResults) -> dict[str, LayoutDOM]:
+    """Every available named figure root of the report (missing data leaves its name out)."""
+    roots: dict[str, LayoutDOM] = {}
+    for name, build in (("training_curves", figures.training_curves),
+                        ("corr_summary", figures.correlation_summary),
+                        ("strength_distinctness", figures.strength_distinctness),
+                        ("layout_comparison", figures.layout_comparison)):
+        model = build(results)
+        if model is not None:
+            roots[name] = model
+    roots.update(figures.map_sections(results))
+    if not roots:  # Bokeh needs one root to write a page; this one shows nothing
+        roots["placeholder"] = Div(text="", visible=False, name="placeholder")
+    return roots
+
+
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(_HERE)), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    return env.get_template("report.html")
+
+
+def _embed(roots: dict[str, LayoutDOM], title: str, context: dict[str, object]) -> str:
+    """The one call of Bokeh's embedding API: roots placed by name into ``report.html``, resources inline."""
+    variables = dict(context, available=sorted(roots), css=markupsafe.Markup((_HERE / "report.css").read_text()))
+    return file_html(list(roots.values()), INLINE, title, template=_template(), template_variables=variables)
+
+
+def build_report(results: AnalysisResults, out_path: str | os.PathLike) -> Path:
+    """Write the self-contained HTML report of ``results`` and return its path.
+
+    Args:
+        results: the analysis of one store.
+        out_path: file to write (parent folders are created).
+
+    Returns:
+        The path written.
+    """
+    if not isinstance(results, AnalysisResults):
+        raise TypeError(f"The 'results' parameter must be an AnalysisResults. Got {type(results).__name__} instead.")
+    now = _dt.datetime.now(_dt.timezone.utc)
+    context = _page_context(results, now)
+    page = _embed(report_roots(results), f"topotrace report: {context['run']['name']}", context)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out

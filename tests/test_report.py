@@ -1,0 +1,300 @@
+"""The HTML report: sections, escaping of run text, no network loads, notes for missing data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial import Delaunay
+from scipy.stats import spearmanr
+
+from analysis.results import (
+    AnalysisResults,
+    CorrResult,
+    GroupedNaps,
+    InterpOperator,
+    LayerResult,
+    LayoutResult,
+    Trend,
+)
+from instrument.store import Store
+from instrument.synthetic import write_synthetic_store
+from report_templates.generate import build_report
+
+SECTION_TITLES = (
+    "Run summary and provenance", "Training curves", "Topographic activation maps", "Maps per confidence bin",
+    "Activity&ndash;confidence correlation", "Activity strength and class distinctness", "Layout comparison",
+)
+EVIL = "<script>alert(1)</script>\"'&"
+MATH = "$$x$$ \\(y\\) \\[z\\]"  # TeX delimiters: BokehJS would fetch MathJax from a CDN to typeset these
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Results built from a synthetic store with plain numpy (independent of analysis.pipeline).
+def _delaunay_operator(xy: np.ndarray, grid: int) -> InterpOperator:
+    """Barycentric interpolation of neuron values onto a grid x grid image over [-0.02, 1.02]^2."""
+    lo, hi = -0.02, 1.02
+    centres = lo + (np.arange(grid) + 0.5) * (hi - lo) / grid
+    gx, gy = np.meshgrid(centres, centres)  # row 0 at the bottom (smallest y)
+    pts = np.column_stack([gx.ravel(), gy.ravel()])
+    tri = Delaunay(xy)
+    simplex = tri.find_simplex(pts)
+    inside = np.flatnonzero(simplex >= 0)
+    t = tri.transform[simplex[inside]]  # (P, 3, 2)
+    b = np.einsum("pij,pj->pi", t[:, :2], pts[inside] - t[:, 2])
+    w = np.column_stack([b, 1 - b.sum(1)]).astype(np.float32)
+    return InterpOperator((grid, grid), (lo, hi, lo, hi), inside.astype(np.int32),
+                          tri.simplices[simplex[inside]].astype(np.int32), w)
+
+
+def _corr(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    a = a - a.mean(0)
+    c = c - c.mean()
+    den = np.sqrt((a * a).sum(0) * (c * c).sum())
+    return np.where(den > 0, (a * c[:, None]).sum(0) / np.where(den > 0, den, 1), 0.0)
+
+
+def synthetic_results(path: Path, n_snapshots: int = 6, layer_sizes=(40, 24), n_classes: int = 4,
+                      per_class: int = 12, grid: int = 40, seed: int = 0) -> AnalysisResults:
+    """Analyse a freshly written synthetic store with a few numpy lines."""
+    store_path = write_synthetic_store(path, n_snapshots=n_snapshots, layer_sizes=layer_sizes,
+                                       n_classes=n_classes, per_class=per_class, seed=seed)
+    with Store(store_path) as st:
+        probes = list(st.probes)
+        curves = {p: {"accuracy": st.correct(p).mean(1), "loss": st.loss(p).mean(1),
+                      **{f"conf_{m}": st.conf(p, m).mean(1) for m in st.measures}} for p in probes}
+        y = st.labels("heldout")
+        correct = st.correct("heldout")
+        conf = st.conf("heldout", "max_prob")
+        edges = np.linspace(1.0 / n_classes, 1.0, 5)
+        bins = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, 3)
+        bin_names = [f"{edges[i]:.2f}–{edges[i + 1]:.2f}" for i in range(4)]
+        layers = {}
+        for name, spec in st.layers.items():
+            n = spec.n_neurons
+            cls, cw, cb = (np.zeros((n_snapshots, g, n), np.float32) for g in (n_classes, 2, 4))
+            r, rw = np.zeros((n_snapshots, n)), np.zeros((n_snapshots, n))
+            strength, distinct = np.zeros(n_snapshots), np.zeros(n_snapshots)
+            s_bin, d_bin = np.full((n_snapshots, 4), np.nan), np.full((n_snapshots, 4), np.nan)
+            for s, a in st.iter_acts("heldout", name):
+                for g in range(n_classes):
+                    cls[s, g] = a[y == g].mean(0)
+                for g in range(2):
+                    cw[s, g] = a[correct[s] == g].mean(0) if (correct[s] == g).any() else np.nan
+                for g in range(4):
+                    m = bins[s] == g
+                    cb[s, g] = a[m].mean(0) if m.any() else np.nan
+                    if m.any():
+                        s_bin[s, g] = np.abs(a[m]).mean()
+                        d_bin[s, g] = cls[s].var(0).mean() / max(a[m].var(0).mean(), 1e-12)
+                r[s] = _corr(a, conf[s])
+                centred = a - cls[s][y]
+                cc = conf[s] - np.array([conf[s][y == g].mean() for g in range(n_classes)])[y]
+                rw[s] = _corr(centred, cc)
+                strength[s] = np.abs(a).mean()
+                distinct[s] = cls[s].var(0).mean() / max(centred.var(0).mean(), 1e-12)
+            feat = cls[-1].T - cls[-1].T.mean(1, keepdims=True)  # (N, C)
+            u, sv, _ = np.linalg.svd(feat - feat.mean(0), full_matrices=False)
+            layouts = {}
+            for method, xy in (("pca", u[:, :2] * sv[:2]), ("mds", u[:, [0, 2]] * sv[[0, 2]])):
+                xy = (xy - xy.min(0)) / np.ptp(xy, 0)
+                layouts[method] = LayoutResult(method, xy.astype(np.float32), 0.9, 0.7, 0.5, 0.01,
+                                               _delaunay_operator(xy, grid))
+            q = np.full_like(r, 0.01)
+            summary = {"mean_r": r.mean(1), "frac_sig_pos": (r > 0.3).mean(1), "frac_sig_neg": (r < -0.3).mean(1),
+                       "mean_r_within": rw.mean(1), "frac_sig_pos_within": (rw > 0.3).mean(1),
+                       "frac_sig_neg_within": (rw < -0.3).mean(1)}
+            corr = {"max_prob": CorrResult("max_prob", r, r, rw, rw, q, q, summary)}
+            rho, p = spearmanr(np.arange(n_snapshots), strength)
+            trends = [Trend("strength", "time", "spearman_rho", float(rho), float(p), bool(p < 0.05 and rho > 0),
+                            f"Activity strength {'rises' if rho > 0 else 'falls'} with training time.")]
+            layers[name] = LayerResult(
+                name, n, "flatten",
+                {"class": GroupedNaps("class", list(st.class_names), cls, np.zeros((n_snapshots, n_classes), int)),
+                 "correct": GroupedNaps("correct", ["wrong", "correct"], cw, np.zeros((n_snapshots, 2), int)),
+                 "confbin": GroupedNaps("confbin", bin_names, cb, np.zeros((n_snapshots, 4), int))},
+                layouts, "pca", float(np.nanmax(np.abs(cls))), corr, strength, distinct, bin_names, s_bin, d_bin,
+                np.linspace(0.2, 1, n_snapshots), trends)
+        return AnalysisResults(str(store_path), st.sha256(), n_snapshots, st.steps, st.epochs, "heldout",
+                               "max_prob", list(st.measures), list(st.class_names), curves, layers,
+                               {"grid": grid}, dict(st.meta, versions={"numpy": np.__version__},
+                                                     model_summary="Sequential(Linear(64, 40), ReLU())"))
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> AnalysisResults:
+    return synthetic_results(tmp_path_factory.mktemp("rep") / "store.h5")
+
+
+@pytest.fixture(scope="module")
+def html_text(results, tmp_path_factory) -> str:
+    out = build_report(results, tmp_path_factory.mktemp("out") / "report.html")
+    return out.read_text(encoding="utf-8")
+
+
+def _docs_json(page: str) -> dict:
+    """The Bokeh document JSON embedded in the page (Bokeh HTML-escapes it inside its script tag)."""
+    m = re.search(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', page, re.S)
+    assert m, "no embedded Bokeh document"
+    import html as _html
+    return json.loads(_html.unescape(m.group(1)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def test_every_section_title_present(html_text):
+    """Each of the seven sections has its heading, and no section fell back to its missing-data note."""
+    for title in SECTION_TITLES:
+        assert f"<h2>{title}</h2>" in html_text
+    assert 'class="tt-note"' not in html_text
+
+
+def test_roots_are_placed_by_name(html_text):
+    """Every named root the page needs is in the Bokeh document and has a placeholder div."""
+    doc = next(iter(_docs_json(html_text).values()))
+    names = {r["attributes"].get("name") for r in doc["roots"]}
+    assert {"training_curves", "map_controls", "tam_maps", "confbin_maps", "corr_maps", "corr_summary",
+            "strength_distinctness", "layout_comparison"} <= names
+    assert html_text.count('data-root-id="') == len(doc["roots"])
+
+
+def test_ships_values_and_operator_not_images(results, html_text):
+    """Neuron values per snapshot and the operator are embedded; the page is far smaller than all frames."""
+    doc = json.dumps(_docs_json(html_text))
+    layer = next(iter(results.layers.values()))
+    s, g, n = layer.naps["class"].naps.shape
+    assert f'"shape": [{s}, {g}, {n}]' in doc
+    op = layer.layouts[layer.default_layout].interp
+    assert f'"shape": [{len(op.pixel)}, 3]' in doc
+
+
+def test_provenance_and_citations(results, html_text):
+    assert results.store_sha256 in html_text
+    assert "Visualizing Deep Neural Networks with Topographic Activation Maps" in html_text
+    assert "Relation of Activity and Confidence when Training Deep Neural Networks" in html_text
+    for layer in results.layers.values():
+        for t in layer.trends:
+            assert t.text in html_text
+
+
+def _outside_scripts(page: str) -> str:
+    """The page's markup with the bodies of script elements removed (BokehJS code holds URL strings)."""
+    return re.sub(r"(<script\b[^>]*>).*?(</script>)", r"\1\2", page, flags=re.S | re.I)
+
+
+def test_no_network_loads(html_text):
+    """No element loads anything from a host: no src/href/url() to http(s) or protocol-relative URLs."""
+    markup = _outside_scripts(html_text)
+    assert len(markup) < 60_000 < len(html_text)  # the scripts (inline BokehJS and the document) were removed
+    assert not re.search(r"""\b(?:src|href|action|poster)\s*=\s*["']?\s*(?:[a-z]+:)?//""", markup, re.I)
+    assert not re.search(r"""url\(\s*["']?\s*(?:https?:)?//""", markup, re.I)
+    assert "@import" not in markup
+    assert not re.search(r"<(?:link|img|iframe|embed|object|source|video|audio)\b", markup, re.I)
+    scripts = re.findall(r"<script\b[^>]*>", html_text, re.I)
+    assert scripts and all("src=" not in s for s in scripts)
+
+
+def _evil_results(results: AnalysisResults) -> AnalysisResults:
+    layers = {}
+    for key, la in results.layers.items():
+        naps = {k: dataclasses.replace(g, group_names=[f"{EVIL}{x}" for x in g.group_names])
+                for k, g in la.naps.items()}
+        trends = [dataclasses.replace(t, text=f"{EVIL} trend") for t in la.trends]
+        evil_name = f"{EVIL}{MATH}{key}"
+        layers[evil_name] = dataclasses.replace(la, name=evil_name, naps=naps, trends=trends,
+                                                bin_names=[f"{EVIL}{b}" for b in la.bin_names])
+    meta = dict(results.meta, run_name=EVIL, data=EVIL, model_summary=EVIL, seed=EVIL,
+                config={"opt": {EVIL: EVIL, "lr": EVIL}}, versions={EVIL: EVIL})
+    return dataclasses.replace(results, layers=layers, meta=meta, class_names=[EVIL + MATH + c for c in results.class_names],
+                               curves={EVIL: c for c in results.curves.values()}, store_path=EVIL)
+
+
+def test_run_text_is_escaped(results, tmp_path):
+    """Run name, class, layer, probe-set names and config values holding <script> and quotes are escaped."""
+    page = build_report(_evil_results(results), tmp_path / "evil.html").read_text(encoding="utf-8")
+    assert "<script>alert" not in page
+    assert "alert(1)</script>" not in page
+    # The markup around the page text stays intact: only Bokeh's own script tags exist.
+    assert len(re.findall(r"<script\b", page)) == len(re.findall(r"</script>", page))
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&#34;&#39;&amp;" in page  # jinja2 escaping of page text
+    # Inside the Bokeh document the strings survive exactly (they are drawn as text, not parsed as HTML) ...
+    doc = json.dumps(_docs_json(page), ensure_ascii=False)
+    assert EVIL.replace('"', '\\"') + "class 0" in doc
+    # ... except in Div HTML, where they are escaped before Bokeh sees them.
+    doc_obj = _docs_json(page)
+    divs = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("name") == "Div":
+                divs.append(node["attributes"].get("text", ""))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(doc_obj)
+    assert divs and all("<script" not in d for d in divs)
+    assert all(d.get("attributes", {}).get("disable_math") for d in _models(doc_obj, "Div"))
+    # No title, axis label or colour-bar title keeps a TeX delimiter (MathJax would be fetched from a CDN).
+    for kind, attr in (("Title", "text"), ("LinearAxis", "axis_label"), ("ColorBar", "title")):
+        texts = [m.get("attributes", {}).get(attr) or "" for m in _models(doc_obj, kind)]
+        assert texts and not any(d in t for t in texts for d in ("$$", "\\(", "\\[")), kind
+    assert any("x$\u200b$" in t.get("attributes", {}).get("text", "") for t in _models(doc_obj, "Title"))
+    assert any("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#x27;&amp;" in d for d in divs)
+
+
+def _models(node, kind: str) -> list[dict]:
+    """Every serialized Bokeh model of type ``kind`` in a document JSON tree."""
+    found = []
+    if isinstance(node, dict):
+        if node.get("type") == "object" and node.get("name") == kind:
+            found.append(node)
+        for v in node.values():
+            found += _models(v, kind)
+    elif isinstance(node, list):
+        for v in node:
+            found += _models(v, kind)
+    return found
+
+
+def test_missing_sections_give_notes(results, tmp_path):
+    """A run with no layers, curves, correlations or trends still builds, with a visible note per section."""
+    bare = dataclasses.replace(results, layers={}, curves={}, meta={})
+    page = build_report(bare, tmp_path / "bare.html").read_text(encoding="utf-8")
+    for title in SECTION_TITLES:
+        assert f"<h2>{title}</h2>" in page
+    notes = re.findall(r'<p class="tt-note">(.*?)</p>', page, re.S)
+    assert len(notes) >= 9
+    assert any("No training curves" in n for n in notes)
+    assert any("No activation maps" in n for n in notes)
+    assert any("No layouts" in n for n in notes)
+
+
+def test_partial_layer_data_gives_notes(results, tmp_path):
+    """Layers without confidence bins and correlations keep the class maps and note the rest."""
+    layers = {k: dataclasses.replace(la, corr={}, naps={"class": la.naps["class"]}, trends=[],
+                                     strength_by_bin=np.zeros((0, 0)), bin_names=[])
+              for k, la in results.layers.items()}
+    page = build_report(dataclasses.replace(results, layers=layers), tmp_path / "p.html").read_text("utf-8")
+    assert "No confidence-bin maps" in page and "No correlation maps" in page
+    assert "No trend tests" in page
+    assert "No activation maps" not in page
+
+
+def test_single_snapshot_single_layer(tmp_path):
+    """One snapshot and one layer: no layer selector, the slider is disabled, the page still builds."""
+    res = synthetic_results(tmp_path / "one.h5", n_snapshots=1, layer_sizes=(16,), n_classes=3, per_class=8, grid=16)
+    page = build_report(res, tmp_path / "one.html").read_text("utf-8")
+    doc = _docs_json(page)
+    text = json.dumps(doc)
+    assert '"name": "layer_select"' not in text
+    assert '"name": "time_slider"' in text
+
+
+def test_rejects_wrong_type(tmp_path):
+    with pytest.raises(TypeError, match="results"):
+        build_report({"layers": {}}, tmp_path / "x.html")
