@@ -4,12 +4,18 @@ This module is the contract between ``analysis`` and ``report_templates``: the r
 objects (through :func:`load_results`), never the store's activations. Shapes use S = snapshots,
 N = neurons of a layer, G = groups of a grouping, B = confidence bins, P = grid pixels inside the map region,
 K = neurons per pixel in the interpolation operator (3 for barycentric).
+
+:func:`save_results` / :func:`load_results` write and read the versioned HDF5 cache (``docs/analysis.md``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import h5py
 import numpy as np
 
 
@@ -150,6 +156,8 @@ class LayerResult:
         distinctness_by_bin: array of shape (S, B).
         cka: array of shape (S,): linear CKA of each snapshot's activations to the final snapshot's.
         trends: list of :class:`Trend` (strength and distinctness vs time and vs confidence).
+        color_limit_contrast: like ``color_limit`` for contrast-normalised NAPs (each neuron's mean over the
+            groups of a grouping subtracted), for reports that show those.
     """
 
     name: str
@@ -167,6 +175,7 @@ class LayerResult:
     distinctness_by_bin: np.ndarray
     cka: np.ndarray
     trends: list[Trend] = field(default_factory=list)
+    color_limit_contrast: float = float("nan")
 
 
 @dataclass
@@ -203,3 +212,175 @@ class AnalysisResults:
     layers: dict[str, LayerResult]
     params: dict[str, object]
     meta: dict[str, object]
+
+
+# --- the cache file ---------------------------------------------------------------------------------------
+
+CACHE_FORMAT = "topotrace-analysis"
+CACHE_VERSION = 1
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, default=_json_default)
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def _text(v: object) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _put(g: h5py.Group, name: str, arr: np.ndarray) -> None:
+    g.create_dataset(name, data=np.asarray(arr))
+
+
+def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs: dict[str, str] | None = None) -> Path:
+    """Write ``results`` to an HDF5 cache file (atomically: a temporary file renamed into place).
+
+    Layout: root attributes ``format``, ``version``, the scalar fields, and JSON text for ``params``, ``meta``,
+    ``measures``, ``class_names``, ``layer_order``; datasets ``steps``, ``epochs``, ``curves/<probe>/<name>``;
+    one group ``layers/<name>`` per layer with ``naps/<grouping>/{naps,counts}``,
+    ``layouts/<method>/{xy,pixel,neurons,weights}``, ``corr/<measure>/{pearson,...,summary/<name>}`` and the
+    per-snapshot arrays; trends are JSON text. No pickle anywhere.
+
+    Args:
+        results: what to save.
+        path: the cache file; its folder must exist.
+        extra_attrs: more root attributes (text), e.g. the store fingerprint used for cache checks.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".writing")
+    with h5py.File(tmp, "w") as f:
+        a = f.attrs
+        a["format"] = CACHE_FORMAT
+        a["version"] = CACHE_VERSION
+        a["store_path"] = results.store_path
+        a["store_sha256"] = results.store_sha256
+        a["n_snapshots"] = int(results.n_snapshots)
+        a["probe_set"] = results.probe_set
+        a["primary_measure"] = results.primary_measure
+        a["measures"] = _dumps(list(results.measures))
+        a["class_names"] = _dumps(list(results.class_names))
+        a["params"] = _dumps(results.params)
+        a["meta"] = _dumps(results.meta)
+        a["layer_order"] = _dumps(list(results.layers))
+        a["curve_order"] = _dumps({p: list(c) for p, c in results.curves.items()})
+        for k, v in (extra_attrs or {}).items():
+            a[k] = v
+        _put(f, "steps", np.asarray(results.steps, np.int64))
+        _put(f, "epochs", np.asarray(results.epochs, np.int64))
+        for probe, curves in results.curves.items():
+            for name, arr in curves.items():
+                _put(f, f"curves/{probe}/{name}", arr)
+        for name, lr in results.layers.items():
+            g = f.create_group(f"layers/{name}")
+            g.attrs["n_neurons"] = int(lr.n_neurons)
+            g.attrs["reduction"] = lr.reduction
+            g.attrs["default_layout"] = lr.default_layout
+            g.attrs["color_limit"] = float(lr.color_limit)
+            g.attrs["color_limit_contrast"] = float(lr.color_limit_contrast)
+            g.attrs["bin_names"] = _dumps(list(lr.bin_names))
+            g.attrs["trends"] = _dumps([vars(t) for t in lr.trends])
+            g.attrs["grouping_order"] = _dumps(list(lr.naps))
+            g.attrs["layout_order"] = _dumps(list(lr.layouts))
+            g.attrs["corr_order"] = _dumps(list(lr.corr))
+            for k in ("strength", "distinctness", "strength_by_bin", "distinctness_by_bin", "cka"):
+                _put(g, k, getattr(lr, k))
+            for gname, gn in lr.naps.items():
+                h = g.create_group(f"naps/{gname}")
+                h.attrs["group_names"] = _dumps(list(gn.group_names))
+                _put(h, "naps", gn.naps)
+                _put(h, "counts", gn.counts)
+            for mname, lay in lr.layouts.items():
+                h = g.create_group(f"layouts/{mname}")
+                for k in ("method", "trustworthiness", "shepard", "smoothness", "seconds"):
+                    h.attrs[k] = getattr(lay, k)
+                h.attrs["grid_shape"] = np.asarray(lay.interp.grid_shape, np.int64)
+                h.attrs["extent"] = np.asarray(lay.interp.extent, np.float64)
+                _put(h, "xy", lay.xy)
+                for k in ("pixel", "neurons", "weights"):
+                    _put(h, k, getattr(lay.interp, k))
+            for meas, cr in lr.corr.items():
+                h = g.create_group(f"corr/{meas}")
+                h.attrs["alpha"] = float(cr.alpha)
+                h.attrs["summary_order"] = _dumps(list(cr.summary))
+                for k in ("pearson", "spearman", "pearson_within", "spearman_within", "q_pearson", "q_pearson_within"):
+                    _put(h, k, getattr(cr, k))
+                for k, v in cr.summary.items():
+                    _put(h, f"summary/{k}", v)
+    os.replace(tmp, path)
+    return path
+
+
+def read_cache_attrs(path: str | os.PathLike) -> dict[str, object]:
+    """Root attributes of a cache file (text decoded), without reading any dataset."""
+    with h5py.File(path, "r") as f:
+        return {k: (_text(v) if isinstance(v, (bytes, str)) else v) for k, v in f.attrs.items()}
+
+
+def load_results(path: str | os.PathLike) -> AnalysisResults:
+    """Read an :class:`AnalysisResults` written by :func:`save_results`.
+
+    Raises:
+        ValueError: the file is not an analysis cache or has another cache version.
+    """
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        a = f.attrs
+        if _text(a.get("format", "")) != CACHE_FORMAT:
+            raise ValueError(f"{path} is not a topotrace analysis cache (format {a.get('format')!r}).")
+        if int(a.get("version", -1)) != CACHE_VERSION:
+            raise ValueError(f"{path} has analysis cache version {int(a.get('version', -1))}; "
+                             f"this topotrace reads version {CACHE_VERSION}.")
+        curves = {p: {n: f[f"curves/{p}/{n}"][()] for n in names}
+                  for p, names in json.loads(_text(a["curve_order"])).items()}
+        layers: dict[str, LayerResult] = {}
+        for name in json.loads(_text(a["layer_order"])):
+            g = f[f"layers/{name}"]
+            ga = g.attrs
+            naps = {}
+            for gname in json.loads(_text(ga["grouping_order"])):
+                h = g[f"naps/{gname}"]
+                naps[gname] = GroupedNaps(gname, json.loads(_text(h.attrs["group_names"])), h["naps"][()],
+                                          h["counts"][()])
+            layouts = {}
+            for mname in json.loads(_text(ga["layout_order"])):
+                h = g[f"layouts/{mname}"]
+                ha = h.attrs
+                op = InterpOperator(tuple(int(v) for v in ha["grid_shape"]), tuple(float(v) for v in ha["extent"]),
+                                    h["pixel"][()], h["neurons"][()], h["weights"][()])
+                layouts[mname] = LayoutResult(_text(ha["method"]), h["xy"][()], float(ha["trustworthiness"]),
+                                              float(ha["shepard"]), float(ha["smoothness"]), float(ha["seconds"]),
+                                              op)
+            corr = {}
+            for meas in json.loads(_text(ga["corr_order"])):
+                h = g[f"corr/{meas}"]
+                summary = {k: h[f"summary/{k}"][()] for k in json.loads(_text(h.attrs["summary_order"]))}
+                corr[meas] = CorrResult(meas, h["pearson"][()], h["spearman"][()], h["pearson_within"][()],
+                                        h["spearman_within"][()], h["q_pearson"][()], h["q_pearson_within"][()],
+                                        summary, float(h.attrs["alpha"]))
+            layers[name] = LayerResult(
+                name=name, n_neurons=int(ga["n_neurons"]), reduction=_text(ga["reduction"]), naps=naps,
+                layouts=layouts, default_layout=_text(ga["default_layout"]), color_limit=float(ga["color_limit"]),
+                corr=corr, strength=g["strength"][()], distinctness=g["distinctness"][()],
+                bin_names=json.loads(_text(ga["bin_names"])), strength_by_bin=g["strength_by_bin"][()],
+                distinctness_by_bin=g["distinctness_by_bin"][()], cka=g["cka"][()],
+                trends=[Trend(**t) for t in json.loads(_text(ga["trends"]))],
+                color_limit_contrast=float(ga["color_limit_contrast"]),
+            )
+        return AnalysisResults(
+            store_path=_text(a["store_path"]), store_sha256=_text(a["store_sha256"]),
+            n_snapshots=int(a["n_snapshots"]), steps=f["steps"][()], epochs=f["epochs"][()],
+            probe_set=_text(a["probe_set"]), primary_measure=_text(a["primary_measure"]),
+            measures=json.loads(_text(a["measures"])), class_names=json.loads(_text(a["class_names"])),
+            curves=curves, layers=layers, params=json.loads(_text(a["params"])), meta=json.loads(_text(a["meta"])),
+        )

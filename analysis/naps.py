@@ -1,0 +1,197 @@
+"""Neuron activation profiles (NAPs): each neuron's mean activation per group of probe samples.
+
+Owns the groupings (true class, predicted class, correct vs wrong, confidence bin, class x confidence bin),
+the confidence bins, per-snapshot group means and the optional contrast normalisation of the reference study
+(subtract the across-group mean). :func:`compute_naps` streams a store one snapshot at a time;
+:mod:`analysis.pipeline` calls the per-snapshot pieces inside its single pass over the activations.
+
+Confidence bins are quantile bins of one confidence measure with edges computed once from the values of all
+snapshots pooled, so a bin means the same confidence range at every snapshot (early snapshots put most
+samples in low bins, late ones in high bins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .results import GroupedNaps
+
+GROUPINGS = ("class", "pred", "correct", "confbin", "class_confbin")
+
+
+def confbin_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Quantile edges of confidence bins, computed from all values pooled.
+
+    Args:
+        values: array of any shape, the confidence values of every snapshot and sample (NaNs ignored).
+        n_bins: B >= 1.
+
+    Returns:
+        Array of shape (B + 1,), float64, non-decreasing; the first edge is the minimum, the last the maximum.
+    """
+    if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool):
+        raise TypeError(f"The 'n_bins' parameter must be an int. Got {type(n_bins).__name__} instead.")
+    if n_bins < 1:
+        raise ValueError(f"The 'n_bins' parameter must be >= 1. Got {n_bins} instead.")
+    v = np.asarray(values, np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ValueError("Cannot compute confidence bins: no finite confidence values.")
+    return np.quantile(v, np.linspace(0.0, 1.0, n_bins + 1))
+
+
+def assign_bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin index of each value: array of the same shape as ``values``, int64 in 0 .. B - 1.
+
+    Bin b holds ``edges[b] <= v < edges[b + 1]``; the last bin also holds its upper edge, and values outside
+    the edges fall into the first or last bin.
+    """
+    return np.searchsorted(np.asarray(edges)[1:-1], np.asarray(values), side="right").astype(np.int64)
+
+
+def bin_names(edges: np.ndarray) -> list[str]:
+    """Display names of the bins, e.g. ``["0.10–0.42", "0.42–0.77", ...]``."""
+    return [f"{lo:.2f}–{hi:.2f}" for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def group_index(
+    grouping: str,
+    labels: np.ndarray,
+    pred: np.ndarray,
+    correct: np.ndarray,
+    conf_bin: np.ndarray,
+    n_classes: int,
+    n_bins: int,
+) -> tuple[np.ndarray, int]:
+    """Group of every probe sample under one grouping.
+
+    Args:
+        grouping: one of :data:`GROUPINGS`.
+        labels: array of shape (n,), int, true classes.
+        pred: array of shape (n,), int, predicted classes.
+        correct: array of shape (n,), bool.
+        conf_bin: array of shape (n,), int, confidence bin (from :func:`assign_bins`).
+        n_classes: C.
+        n_bins: B.
+
+    Returns:
+        ``(index, G)``: index array of shape (n,), int64 in 0 .. G - 1, and the number of groups G.
+    """
+    if grouping == "class":
+        return np.asarray(labels, np.int64), n_classes
+    if grouping == "pred":
+        return np.asarray(pred, np.int64), n_classes
+    if grouping == "correct":
+        return np.asarray(correct, np.int64), 2
+    if grouping == "confbin":
+        return np.asarray(conf_bin, np.int64), n_bins
+    if grouping == "class_confbin":
+        return np.asarray(labels, np.int64) * n_bins + np.asarray(conf_bin, np.int64), n_classes * n_bins
+    raise ValueError(f"The 'grouping' parameter must be a str among {set(GROUPINGS)}. Got {grouping!r} instead.")
+
+
+def group_names(grouping: str, class_names: Sequence[str], names_of_bins: Sequence[str]) -> list[str]:
+    """G display names of one grouping's groups, in group-index order."""
+    if grouping in ("class", "pred"):
+        return [str(c) for c in class_names]
+    if grouping == "correct":
+        return ["wrong", "correct"]
+    if grouping == "confbin":
+        return list(names_of_bins)
+    if grouping == "class_confbin":
+        return [f"{c} | {b}" for c in class_names for b in names_of_bins]
+    raise ValueError(f"The 'grouping' parameter must be a str among {set(GROUPINGS)}. Got {grouping!r} instead.")
+
+
+def group_means(acts: np.ndarray, index: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean activation of every neuron per group.
+
+    Args:
+        acts: array of shape (n, N).
+        index: array of shape (n,), int, group of each sample in 0 .. G - 1.
+        n_groups: G.
+
+    Returns:
+        ``(naps, counts)``: naps of shape (G, N), float32 (NaN for empty groups) and counts of shape (G,), int64.
+    """
+    counts = np.bincount(index, minlength=n_groups).astype(np.int64)
+    acts = np.asarray(acts)
+    dtype = np.result_type(acts.dtype, np.float32)
+    onehot = np.zeros((n_groups, len(index)), dtype)
+    onehot[index, np.arange(len(index))] = 1.0
+    sums = onehot @ acts.astype(dtype, copy=False)  # [G, N]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        naps = sums / counts[:, None]
+    naps[counts == 0] = np.nan
+    return naps.astype(np.float32), counts
+
+
+def contrast_normalise(naps: np.ndarray) -> np.ndarray:
+    """Subtract each neuron's mean over groups (the reference study's contrast normalisation).
+
+    Args:
+        naps: array of shape (..., G, N); empty groups are NaN and ignored in the mean.
+
+    Returns:
+        Array of the same shape: ``naps - nanmean(naps, axis=-2)``.
+    """
+    naps = np.asarray(naps)
+    with np.errstate(invalid="ignore"):
+        # nanmean warns on all-NaN columns; those stay NaN.
+        finite = np.isfinite(naps)
+        total = np.where(finite, naps, 0.0).sum(axis=-2, keepdims=True)
+        n = finite.sum(axis=-2, keepdims=True)
+        mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+    return (naps - mean).astype(naps.dtype)
+
+
+def compute_naps(
+    store,
+    probe: str,
+    layer: str,
+    *,
+    measure: str = "max_prob",
+    n_bins: int = 5,
+    groupings: Sequence[str] = GROUPINGS,
+    contrast: bool = False,
+) -> dict[str, GroupedNaps]:
+    """NAPs of one layer for every snapshot, streamed from a store one snapshot at a time.
+
+    Args:
+        store: an open :class:`instrument.store.Store`.
+        probe: probe set name.
+        layer: layer name.
+        measure: confidence measure that defines the confidence bins.
+        n_bins: B, number of quantile bins (edges pooled over all snapshots).
+        groupings: which of :data:`GROUPINGS` to compute.
+        contrast: subtract the across-group mean per neuron (see :func:`contrast_normalise`).
+
+    Returns:
+        grouping -> :class:`GroupedNaps` with naps of shape (S, G, N) and counts of shape (S, G).
+    """
+    for g in groupings:
+        if g not in GROUPINGS:
+            raise ValueError(f"The 'groupings' parameter must hold values among {set(GROUPINGS)}. Got {g!r}.")
+    labels = store.labels(probe)
+    pred, correct = store.pred(probe), store.correct(probe)
+    conf = store.conf(probe, measure)
+    edges = confbin_edges(conf, n_bins)
+    bins = assign_bins(conf, edges)
+    names_b = bin_names(edges)
+    n_classes = len(store.class_names)
+    n_s, n_neurons = store.n_snapshots, store.layers[layer].n_neurons
+    out: dict[str, GroupedNaps] = {}
+    for g in groupings:
+        _, n_g = group_index(g, labels, pred[0] if n_s else labels, labels, labels, n_classes, n_bins)
+        out[g] = GroupedNaps(g, group_names(g, store.class_names, names_b),
+                             np.full((n_s, n_g, n_neurons), np.nan, np.float32), np.zeros((n_s, n_g), np.int64))
+    for s, a in store.iter_acts(probe, layer):
+        for g in groupings:
+            idx, n_g = group_index(g, labels, pred[s], correct[s], bins[s], n_classes, n_bins)
+            out[g].naps[s], out[g].counts[s] = group_means(a, idx, n_g)
+    if contrast:
+        for g in groupings:
+            out[g].naps = contrast_normalise(out[g].naps)
+    return out

@@ -1,0 +1,321 @@
+"""The whole offline analysis of one store, cached next to it: :func:`analyze`.
+
+One streaming pass per layer reads the probe set's activations snapshot by snapshot (plus the final snapshot
+once more, the reference for CKA) and computes at each snapshot the NAPs of every grouping, the correlations
+with every confidence measure, activity strength and class distinctness (overall and per confidence bin) and
+CKA; then layouts, maps and trends are computed from those small results. Memory is bounded by one snapshot's
+activations plus the results (which grow with snapshots x neurons, not with samples).
+
+Cache. The results are written to ``analysis.h5`` next to the store together with the store's fingerprint
+(committed snapshots, last step, file size and modification time in ns) and the analysis parameters (JSON,
+with :data:`ANALYSIS_VERSION`). A later call with the same fingerprint and parameters loads the cache without
+touching the activations. The fingerprint is O(1) to check, changes whenever a snapshot is appended (count,
+step, size) or the file is rewritten (mtime), and avoids hashing gigabytes on every call; the store's SHA-256
+is still computed once per analysis, for provenance, on a thread in parallel with the computation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from instrument.store import Store
+
+from . import maps, naps, stats
+from .layouts import NeuronLayout, shepard_score, trustworthiness_score
+from .results import (
+    AnalysisResults,
+    CorrResult,
+    GroupedNaps,
+    LayerResult,
+    LayoutResult,
+    load_results,
+    read_cache_attrs,
+    save_results,
+)
+
+ANALYSIS_VERSION = 1
+ALPHA = 0.05
+GRID = 64
+RANDOM_STATE = 0
+CKA_MAX_SAMPLES = 1000  # CKA uses a fixed, seeded subset of at most this many probe samples
+MAX_TSNE_NEURONS = 2048
+MAX_MDS_NEURONS = 256
+
+Progress = Callable[[str, int, int], None]
+
+
+def default_layout_methods(n_neurons: int) -> list[str]:
+    """The layout methods computed by default for a layer of ``n_neurons`` neurons (the fast ones)."""
+    out = ["force", "pca", "som"]
+    if n_neurons <= MAX_TSNE_NEURONS:
+        out.append("tsne")
+    if n_neurons <= MAX_MDS_NEURONS:
+        out.append("mds")
+    return out
+
+
+def resolve_store_path(path: str | os.PathLike) -> Path:
+    """A run folder ``runs/<name>`` means ``runs/<name>/store.h5``; a file path is used as given."""
+    p = Path(path)
+    return p / "store.h5" if p.is_dir() else p
+
+
+def store_fingerprint(store: Store) -> dict[str, int]:
+    """What identifies a store's committed content cheaply (see the module docstring)."""
+    st = os.stat(store.path)
+    steps = store.steps
+    return {
+        "n_snapshots": int(store.n_snapshots),
+        "last_step": int(steps[-1]) if len(steps) else -1,
+        "size": int(st.st_size),
+        "mtime_ns": int(st.st_mtime_ns),
+    }
+
+
+def _sha256_async(store: Store) -> tuple[threading.Thread, list[str]]:
+    out: list[str] = []
+    t = threading.Thread(target=lambda: out.append(store.sha256()), daemon=True)
+    t.start()
+    return t, out
+
+
+def _curves(store: Store) -> dict[str, dict[str, np.ndarray]]:
+    curves = {}
+    for p in store.probes:
+        c = {"accuracy": store.correct(p).mean(axis=1, dtype=np.float64),
+             "loss": store.loss(p).mean(axis=1, dtype=np.float64)}
+        for m in store.measures:
+            c[f"conf_{m}"] = store.conf(p, m).mean(axis=1, dtype=np.float64)
+        curves[p] = c
+    return curves
+
+
+class _LayerPass:
+    """Accumulates the per-snapshot results of one layer during the streaming pass."""
+
+    def __init__(self, n_s: int, n_neurons: int, measures: Sequence[str], n_bins: int, group_sizes: dict[str, int]):
+        m = len(measures)
+        shape = (n_s, n_neurons, m)
+        self.measures = list(measures)
+        self.r = {k: np.zeros(shape, np.float32) for k in ("pearson", "spearman", "pearson_within", "spearman_within")}
+        self.q = {k: np.ones(shape, np.float32) for k in ("pearson", "pearson_within")}
+        self.naps = {g: np.full((n_s, n_g, n_neurons), np.nan, np.float32) for g, n_g in group_sizes.items()}
+        self.counts = {g: np.zeros((n_s, n_g), np.int64) for g, n_g in group_sizes.items()}
+        self.strength = np.full(n_s, np.nan)
+        self.distinctness = np.full(n_s, np.nan)
+        self.strength_by_bin = np.full((n_s, n_bins), np.nan)
+        self.distinctness_by_bin = np.full((n_s, n_bins), np.nan)
+        self.cka = np.full(n_s, np.nan)
+
+
+def _snapshot_stats(lp: _LayerPass, s: int, a: np.ndarray, a_rank_src: np.ndarray, labels: np.ndarray,
+                    conf: np.ndarray, conf_ranks: np.ndarray, conf_ranks_within: np.ndarray, df: int,
+                    df_within: int) -> None:
+    """Correlations of one snapshot: ``a`` (n, N), ``conf`` (n, M) -> rows ``s`` of the result arrays."""
+    lp.r["pearson"][s] = stats.corr_columns(a, conf)
+    lp.r["pearson_within"][s] = stats.corr_within(a, conf, labels)
+    ranks = stats.rankdata_columns(a_rank_src)
+    lp.r["spearman"][s] = stats.corr_columns(ranks, conf_ranks)
+    ranks_w = stats.rankdata_within(a_rank_src, labels)
+    lp.r["spearman_within"][s] = stats.corr_within(ranks_w, conf_ranks_within, labels)
+    for key, dof in (("pearson", df), ("pearson_within", df_within)):
+        p = stats.corr_pvalues(lp.r[key][s].astype(np.float64), dof)  # [N, M]
+        lp.q[key][s] = stats.bh_fdr(p.T).T
+
+
+def analyze(
+    store_path: str | os.PathLike,
+    cache_path: str | os.PathLike | None = None,
+    *,
+    probe_set: str = "heldout",
+    measure: str = "max_prob",
+    layout_methods: Sequence[str] | None = None,
+    default_layout: str | None = None,
+    n_bins: int = 5,
+    refresh: bool = False,
+    progress: Progress | None = None,
+) -> AnalysisResults:
+    """Analyse a store (or load the cached analysis if the store and parameters are unchanged).
+
+    Args:
+        store_path: the store file, or a run folder holding ``store.h5``.
+        cache_path: the cache file; default ``analysis.h5`` in the store's folder.
+        probe_set: probe set whose activations the layer results describe (curves cover every probe set).
+        measure: primary confidence measure: it defines the confidence bins.
+        layout_methods: layout methods (see :class:`analysis.layouts.NeuronLayout`), each followed by declutter;
+            default :func:`default_layout_methods` per layer.
+        default_layout: key of the layout used for the report's maps (e.g. ``"force+declutter"``); default the
+            layout with the highest trustworthiness.
+        n_bins: B, quantile bins of the primary measure (edges pooled over all snapshots).
+        refresh: recompute even if the cache matches.
+        progress: called as ``progress(stage, done, total)`` while computing.
+
+    Returns:
+        :class:`AnalysisResults`.
+    """
+    t_start = time.perf_counter()
+    path = resolve_store_path(store_path)
+    cache = Path(cache_path) if cache_path is not None else path.parent / "analysis.h5"
+    if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool):
+        raise TypeError(f"The 'n_bins' parameter must be an int. Got {type(n_bins).__name__} instead.")
+    if n_bins < 1:
+        raise ValueError(f"The 'n_bins' parameter must be >= 1. Got {n_bins} instead.")
+    if layout_methods is not None:
+        if isinstance(layout_methods, str):
+            raise TypeError("The 'layout_methods' parameter must be a list of method names, not a str.")
+        layout_methods = list(layout_methods)
+    params = {
+        "analysis_version": ANALYSIS_VERSION, "probe_set": probe_set, "measure": measure,
+        "layout_methods": layout_methods, "default_layout": default_layout, "n_bins": int(n_bins),
+        "alpha": ALPHA, "grid": GRID, "random_state": RANDOM_STATE, "cka_max_samples": CKA_MAX_SAMPLES,
+        "layout_features": "class NAPs at the last snapshot", "metric": "cosine", "confbins": "pooled quantiles",
+    }
+    report = progress or (lambda stage, done, total: None)
+    with Store(path) as store:
+        if store.n_snapshots == 0:
+            raise ValueError(f"{path} has no committed snapshots yet; nothing to analyse.")
+        if probe_set not in store.probes:
+            raise ValueError(f"The 'probe_set' parameter must be one of {sorted(store.probes)}. "
+                             f"Got {probe_set!r} instead.")
+        if measure not in store.measures:
+            raise ValueError(f"The 'measure' parameter must be one of {list(store.measures)}. Got {measure!r} instead.")
+        fp = store_fingerprint(store)
+        key = {"fingerprint": json.dumps(fp, sort_keys=True), "params_key": json.dumps(params, sort_keys=True)}
+        if not refresh and cache.exists():
+            try:
+                attrs = read_cache_attrs(cache)
+                if all(attrs.get(k) == v for k, v in key.items()):
+                    return load_results(cache)
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable or another version: recompute
+        sha_thread, sha = _sha256_async(store)
+        report("training curves", 0, 1)
+        curves = _curves(store)
+        report("training curves", 1, 1)
+        layers = {}
+        for name in store.layers:
+            layers[name] = _analyze_layer(store, name, probe_set, measure, layout_methods, default_layout, n_bins,
+                                          report)
+        sha_thread.join()
+        res = AnalysisResults(
+            store_path=str(path), store_sha256=sha[0] if sha else "", n_snapshots=store.n_snapshots,
+            steps=store.steps, epochs=store.epochs, probe_set=probe_set, primary_measure=measure,
+            measures=list(store.measures), class_names=list(store.class_names), curves=curves, layers=layers,
+            params=params | {"seconds": round(time.perf_counter() - t_start, 3)}, meta=store.meta,
+        )
+    report("saving", 0, 1)
+    save_results(res, cache, extra_attrs=key)
+    report("saving", 1, 1)
+    return res
+
+
+def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_methods: list[str] | None,
+                   default_layout: str | None, n_bins: int, report: Progress) -> LayerResult:
+    spec = store.layers[name]
+    n_s, n_neurons = store.n_snapshots, spec.n_neurons
+    labels = store.labels(probe)
+    preds, corrects = store.pred(probe), store.correct(probe)
+    measures = list(store.measures)
+    conf_all = np.stack([store.conf(probe, m) for m in measures], axis=-1).astype(np.float64)  # [S, n, M]
+    primary = conf_all[..., measures.index(measure)]
+    edges = naps.confbin_edges(primary, n_bins)
+    bins = naps.assign_bins(primary, edges)
+    names_b = naps.bin_names(edges)
+    n_classes = len(store.class_names)
+    sizes = {g: naps.group_index(g, labels, labels, labels, labels, n_classes, n_bins)[1] for g in naps.GROUPINGS}
+    lp = _LayerPass(n_s, n_neurons, measures, n_bins, sizes)
+    n = len(labels)
+    n_present = len(np.unique(labels))
+    df, df_within = n - 2, n - n_present - 1
+    sub = np.sort(np.random.default_rng(RANDOM_STATE).permutation(n)[:CKA_MAX_SAMPLES]) if n > CKA_MAX_SAMPLES \
+        else slice(None)
+    cka_ref = stats.CkaReference(store.acts(probe, name, -1)[sub])
+    exact16 = store.spec.act_dtype == "float16"
+    stage = f"{name}: snapshots"
+    report(stage, 0, n_s)
+    for s, a in store.iter_acts(probe, name):
+        try:
+            for g in naps.GROUPINGS:
+                idx, n_g = naps.group_index(g, labels, preds[s], corrects[s], bins[s], n_classes, n_bins)
+                lp.naps[g][s], lp.counts[g][s] = naps.group_means(a, idx, n_g)
+            conf = conf_all[s]
+            _snapshot_stats(lp, s, a, a.astype(np.float16) if exact16 else a, labels, conf,
+                            stats.rankdata_columns(conf), stats.rankdata_within(conf, labels), df, df_within)
+            lp.strength[s] = stats.activity_strength(a)
+            lp.distinctness[s] = stats.class_distinctness(a, labels)
+            for b in range(n_bins):
+                rows = bins[s] == b
+                if rows.any():
+                    lp.strength_by_bin[s, b] = stats.activity_strength(a[rows])
+                    lp.distinctness_by_bin[s, b] = stats.class_distinctness(a[rows], labels[rows])
+            lp.cka[s] = cka_ref.score(a[sub])
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
+            raise ValueError(f"Analysis failed for layer {name!r} at snapshot {s} (step {store.steps[s]}, "
+                             f"activations {a.shape})") from err
+        report(stage, s + 1, n_s)
+    grouped = {g: GroupedNaps(g, naps.group_names(g, store.class_names, names_b), lp.naps[g], lp.counts[g])
+               for g in naps.GROUPINGS}
+    corr = {}
+    for j, m in enumerate(measures):
+        summary: dict[str, np.ndarray] = {}
+        for suffix, rk in (("", "pearson"), ("_within", "pearson_within")):
+            rows = [stats.corr_summary(lp.r[rk][s, :, j], lp.q[rk][s, :, j], ALPHA) for s in range(n_s)]
+            for k in rows[0]:
+                summary[k + suffix] = np.array([r[k] for r in rows])
+        corr[m] = CorrResult(m, *(np.ascontiguousarray(lp.r[k][..., j]) for k in
+                                  ("pearson", "spearman", "pearson_within", "spearman_within")),
+                             np.ascontiguousarray(lp.q["pearson"][..., j]),
+                             np.ascontiguousarray(lp.q["pearson_within"][..., j]), summary, ALPHA)
+    layouts = _layouts(grouped["class"].naps[-1], layout_methods, name, report)
+    if default_layout is None:
+        default_layout = max(layouts, key=lambda k: (layouts[k].trustworthiness, k == "force+declutter"))
+    elif default_layout not in layouts:
+        raise ValueError(f"The 'default_layout' parameter must be one of {sorted(layouts)}. "
+                         f"Got {default_layout!r} instead.")
+    trends = [stats.trend_over_time(lp.strength, "activity strength"),
+              stats.trend_over_time(lp.distinctness, "class distinctness"),
+              stats.trend_over_bins(lp.strength_by_bin, "activity strength"),
+              stats.trend_over_bins(lp.distinctness_by_bin, "class distinctness")]
+    for t in trends:
+        t.quantity = {"activity strength": "strength", "class distinctness": "distinctness"}[t.quantity]
+    return LayerResult(
+        name=name, n_neurons=n_neurons, reduction=spec.reduction, naps=grouped, layouts=layouts,
+        default_layout=default_layout,
+        color_limit=maps.color_limit(gn.naps for gn in grouped.values()),
+        color_limit_contrast=maps.color_limit(naps.contrast_normalise(gn.naps) for gn in grouped.values()),
+        corr=corr, strength=lp.strength, distinctness=lp.distinctness, bin_names=names_b,
+        strength_by_bin=lp.strength_by_bin, distinctness_by_bin=lp.distinctness_by_bin, cka=lp.cka, trends=trends,
+    )
+
+
+def _layouts(
+    class_naps: np.ndarray, methods: list[str] | None, layer: str, report: Progress
+) -> dict[str, LayoutResult]:
+    """Layouts of the neurons from their class NAPs (shape (C, N)) at the reference snapshot."""
+    x = class_naps.T.astype(np.float64)  # [N, C]
+    x = x[:, np.isfinite(x).all(axis=0)]  # classes absent from the probe set
+    methods = default_layout_methods(len(x)) if methods is None else methods
+    out = {}
+    stage = f"{layer}: layouts"
+    report(stage, 0, len(methods))
+    for i, method in enumerate(methods):
+        est = NeuronLayout(method=method, random_state=RANDOM_STATE, max_mds_neurons=max(MAX_MDS_NEURONS, 1000))
+        try:
+            est.fit(x)
+        except ValueError as err:
+            raise ValueError(f"Layout {method!r} failed for layer {layer!r} ({x.shape[0]} neurons)") from err
+        xy = est.embedding_
+        op = maps.interp_operator(xy, grid=GRID)
+        out[est.name] = LayoutResult(
+            method=est.name, xy=xy, trustworthiness=trustworthiness_score(x, xy), shepard=shepard_score(x, xy),
+            smoothness=maps.smoothness(op, x.T), seconds=float(est.seconds_), interp=op,
+        )
+        report(stage, i + 1, len(methods))
+    return out
