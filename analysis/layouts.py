@@ -51,7 +51,7 @@ def _to_unit_square(xy: np.ndarray) -> np.ndarray:
     span = float(np.max(hi - lo))
     if span <= 0:
         return np.full(xy.shape, 0.5)
-    return (xy - (lo + hi) / 2) / span + 0.5
+    return np.clip((xy - (lo + hi) / 2) / span + 0.5, 0.0, 1.0)
 
 
 def _pca2(x: np.ndarray, random_state: int | None) -> np.ndarray:
@@ -188,11 +188,11 @@ def declutter(
         diff = y[i] - y[j]
         dist = np.sqrt((diff * diff).sum(1))
         same = dist < 1e-12
+        unit = diff / np.where(same, 1.0, dist)[:, None]
         if same.any():
             ang = rng.uniform(0, 2 * np.pi, int(same.sum()))
-            diff[same] = np.column_stack([np.cos(ang), np.sin(ang)])
-            dist[same] = 1.0
-        push = (0.5 * (d0 - np.minimum(dist, d0)) / dist)[:, None] * diff
+            unit[same] = np.column_stack([np.cos(ang), np.sin(ang)])
+        push = (0.5 * (d0 - np.minimum(dist, d0)))[:, None] * unit
         move = np.zeros_like(y)
         for c in range(2):
             move[:, c] = np.bincount(i, push[:, c], n) - np.bincount(j, push[:, c], n)

@@ -221,7 +221,7 @@ CACHE_VERSION = 1
 
 
 def _dumps(obj: object) -> str:
-    return json.dumps(obj, sort_keys=True, default=_json_default)
+    return json.dumps(obj, default=_json_default)
 
 
 def _json_default(obj: object) -> object:

@@ -1,0 +1,252 @@
+"""The cached analysis (analysis.pipeline.analyze) against references computed directly from small stores."""
+
+import dataclasses
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from analysis.pipeline import analyze
+from analysis.results import AnalysisResults, load_results, save_results
+from instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, Store, StoreSpec, StoreWriter
+from instrument.synthetic import write_synthetic_store
+
+FAST = ["pca", "force"]
+N_CLASSES = 3
+
+
+def _spec():
+    probes = (ProbeSpec("heldout", np.arange(30), np.repeat(np.arange(N_CLASSES), 10)),
+              ProbeSpec("train", np.arange(15) + 100, np.tile(np.arange(N_CLASSES), 5)))
+    layers = (LayerSpec("fc1", 6, "flatten", (6,)), LayerSpec("block.conv", 5, "channel_mean", (5, 2, 2)))
+    return StoreSpec(layers, probes, ("a", "b", "c"), ("max_prob", "margin"), act_dtype="float32")
+
+
+def _snapshot(spec, step, rng):
+    recs = {}
+    for p in spec.probes:
+        n = len(p.label)
+        logits = rng.normal(size=(n, N_CLASSES)).astype(np.float32) + 2 * np.eye(N_CLASSES, dtype=np.float32)[p.label]
+        pr = np.exp(logits - logits.max(1, keepdims=True))
+        pr /= pr.sum(1, keepdims=True)
+        top = np.sort(pr, axis=1)
+        conf = {"max_prob": top[:, -1], "margin": top[:, -1] - top[:, -2]}
+        acts = {}
+        for la in spec.layers:
+            a = rng.normal(size=(n, la.n_neurons)) + p.label[:, None] * (step / 10)
+            a[:, 0] = np.maximum(a[:, 0], 0)  # ReLU-like ties
+            a[:, 1] = np.round(a[:, 1])
+            acts[la.name] = a.astype(np.float32)
+        pred = logits.argmax(1)
+        recs[p.name] = ProbeRecord(acts, logits, pred, pred == p.label,
+                                   (-np.log(pr[np.arange(n), p.label])).astype(np.float32),
+                                   {k: v.astype(np.float32) for k, v in conf.items()})
+    return Snapshot(step=step, epoch=0, time=time.time(), probes=recs)
+
+
+@pytest.fixture()
+def small_store(tmp_path):
+    path = tmp_path / "run" / "store.h5"
+    rng = np.random.default_rng(0)
+    spec = _spec()
+    with StoreWriter.create(path, spec, {"run_name": "small", "seed": 0}) as w:
+        for step in (1, 3, 7, 15):
+            w.append(_snapshot(spec, step, rng))
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    path = write_synthetic_store(tmp_path_factory.mktemp("syn") / "store.h5", n_snapshots=8, layer_sizes=(24,),
+                                 n_classes=4, per_class=15)
+    return path, analyze(path, layout_methods=FAST)
+
+
+def _bh(p):
+    m = len(p)
+    rank = sps.rankdata(p, method="ordinal")
+    return np.array([min(1.0, min(p[j] * m / rank[j] for j in range(m) if p[j] >= p[i])) for i in range(m)])
+
+
+def _resid(v, labels):
+    v = np.array(v, float)
+    for c in np.unique(labels):
+        v[labels == c] -= v[labels == c].mean(0)
+    return v
+
+
+def test_every_statistic_matches_direct_reference(small_store):
+    res = analyze(small_store, layout_methods=FAST, n_bins=2)
+    with Store(small_store) as st:
+        labels = st.labels("heldout")
+        for name, lr in res.layers.items():
+            final = st.acts("heldout", name, -1)
+            for s in range(st.n_snapshots):
+                a = st.acts("heldout", name, s).astype(np.float64)
+                for m in st.measures:
+                    c = st.conf("heldout", m)[s].astype(np.float64)
+                    cr = lr.corr[m]
+                    ref_p = [sps.pearsonr(a[:, j], c).statistic for j in range(a.shape[1])]
+                    ref_s = [sps.spearmanr(a[:, j], c).statistic for j in range(a.shape[1])]
+                    ra, rc = _resid(a, labels), _resid(c, labels)
+                    ref_pw = [np.corrcoef(ra[:, j], rc)[0, 1] for j in range(a.shape[1])]
+                    rka = np.vstack([sps.rankdata(a[labels == k], axis=0) for k in range(N_CLASSES)])
+                    rkc = np.concatenate([sps.rankdata(c[labels == k]) for k in range(N_CLASSES)])
+                    rka, rkc = _resid(rka, np.sort(labels)), _resid(rkc, np.sort(labels))
+                    ref_sw = [np.corrcoef(rka[:, j], rkc)[0, 1] for j in range(a.shape[1])]
+                    np.testing.assert_allclose(cr.pearson[s], ref_p, atol=1e-5)
+                    np.testing.assert_allclose(cr.spearman[s], ref_s, atol=1e-5)
+                    np.testing.assert_allclose(cr.pearson_within[s], ref_pw, atol=1e-5)
+                    np.testing.assert_allclose(cr.spearman_within[s], ref_sw, atol=1e-5)
+                    p = [sps.pearsonr(a[:, j], c).pvalue for j in range(a.shape[1])]
+                    np.testing.assert_allclose(cr.q_pearson[s], _bh(np.array(p)), rtol=1e-4)
+                    sig = cr.q_pearson[s] < cr.alpha
+                    assert cr.summary["frac_sig_pos"][s] == np.mean(sig & (cr.pearson[s] > 0))
+                    assert cr.summary["mean_r"][s] == pytest.approx(np.mean(ref_p), abs=1e-6)
+                assert lr.strength[s] == pytest.approx(np.abs(a).mean())
+                means = np.stack([a[labels == k].mean(0) for k in range(N_CLASSES)])
+                between = (10 * (means - a.mean(0)) ** 2).sum()
+                within = sum(((a[labels == k] - means[k]) ** 2).sum() for k in range(N_CLASSES))
+                assert lr.distinctness[s] == pytest.approx(between / within)
+                np.testing.assert_allclose(lr.naps["class"].naps[s], means, rtol=1e-5, atol=1e-6)
+                xc, yc = a - a.mean(0), final - final.mean(0)
+                cka = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
+                assert lr.cka[s] == pytest.approx(cka, rel=1e-5)
+                edges = np.quantile(st.conf("heldout", "max_prob").astype(np.float64), [0, 0.5, 1])
+                low = st.conf("heldout", "max_prob")[s] < edges[1]
+                for b, rows in enumerate([low, ~low]):
+                    if rows.any():
+                        assert lr.strength_by_bin[s, b] == pytest.approx(np.abs(a[rows]).mean())
+            assert lr.cka[-1] == pytest.approx(1.0)
+        for probe in st.probes:
+            np.testing.assert_allclose(res.curves[probe]["accuracy"], st.correct(probe).mean(1))
+            np.testing.assert_allclose(res.curves[probe]["loss"], st.loss(probe).mean(1), rtol=1e-6)
+            for m in st.measures:
+                np.testing.assert_allclose(res.curves[probe][f"conf_{m}"], st.conf(probe, m).mean(1), rtol=1e-6)
+        assert res.store_sha256 == st.sha256()
+    assert res.layers["block.conv"].reduction == "channel_mean"
+    assert list(res.layers) == ["fc1", "block.conv"]
+
+
+def test_planted_signals_on_synthetic_store(synthetic):
+    _, res = synthetic
+    lr = res.layers["layer0"]
+    cr = lr.corr["max_prob"]
+    assert (cr.pearson[:, 0] > 0.999).all() and (cr.pearson_within[:, 0] > 0.999).all()
+    assert (cr.spearman[:, 0] > 0.99).all() and (cr.spearman_within[:, 0] > 0.99).all()
+    assert np.abs(cr.pearson_within[:, 1]).max() < 1e-6 and np.abs(cr.spearman_within[:, 1]).max() < 1e-6
+    assert (cr.q_pearson[:, 0] < 0.05).all()
+    trends = {(t.quantity, t.versus): t for t in lr.trends}
+    assert trends["strength", "time"].rises and trends["distinctness", "time"].rises
+    assert trends["strength", "confidence"].rises
+    assert all(t.statistic == "spearman_rho" and t.text for t in lr.trends)
+    gn = lr.naps["class"]
+    for s in range(res.n_snapshots):
+        w = gn.counts[s][:, None]
+        overall = lr.naps["correct"]
+        wc = overall.counts[s][:, None]
+        np.testing.assert_allclose((gn.naps[s] * w).sum(0) / w.sum(), np.nansum(overall.naps[s] * wc, 0) / wc.sum(),
+                                   rtol=1e-5, atol=1e-6)
+    assert set(lr.naps) == {"class", "pred", "correct", "confbin", "class_confbin"}
+    assert lr.color_limit == pytest.approx(max(np.nanmax(np.abs(g.naps)) for g in lr.naps.values()))
+    assert set(lr.layouts) == {"pca+declutter", "force+declutter"} and lr.default_layout in lr.layouts
+    assert set(res.curves) == {"heldout", "train"}
+
+
+def test_cache_hit_reads_no_activations(small_store, monkeypatch):
+    first = analyze(small_store, layout_methods=FAST)
+    assert (small_store.parent / "analysis.h5").exists()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("activations read on a cache hit")
+
+    monkeypatch.setattr(Store, "iter_acts", forbidden)
+    monkeypatch.setattr(Store, "acts", forbidden)
+    monkeypatch.setattr(Store, "sha256", forbidden)
+    again = analyze(small_store.parent, layout_methods=FAST)  # run folder -> store.h5
+    _assert_same(first, again)
+
+
+def test_cache_invalidated_when_store_grows_or_params_change(small_store, monkeypatch):
+    analyze(small_store, layout_methods=FAST)
+    calls = []
+    orig = Store.iter_acts
+    monkeypatch.setattr(Store, "iter_acts", lambda self, p, la: (calls.append(la), orig(self, p, la))[1])
+    analyze(small_store, layout_methods=FAST, n_bins=3)
+    assert len(calls) == 2
+    with Store(small_store) as st:
+        spec = st.spec
+    with StoreWriter.resume(small_store, spec) as w:
+        w.append(_snapshot(spec, 20, np.random.default_rng(1)))
+    res = analyze(small_store, layout_methods=FAST, n_bins=3)
+    assert len(calls) == 4 and res.n_snapshots == 5
+    analyze(small_store, layout_methods=FAST, n_bins=3)
+    assert len(calls) == 4
+    analyze(small_store, layout_methods=FAST, n_bins=3, refresh=True)
+    assert len(calls) == 6
+
+
+def test_progress_and_explicit_cache_path(small_store, tmp_path):
+    seen = []
+    res = analyze(small_store, tmp_path / "elsewhere.h5", layout_methods=["pca"], default_layout="pca+declutter",
+                  progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert (tmp_path / "elsewhere.h5").exists() and not (small_store.parent / "analysis.h5").exists()
+    assert ("fc1: snapshots", 4, 4) in seen and ("block.conv: layouts", 1, 1) in seen
+    assert res.layers["fc1"].default_layout == "pca+declutter"
+
+
+def test_errors_name_the_parameter(small_store):
+    with pytest.raises(ValueError, match="'probe_set' parameter must be one of \\['heldout', 'train'\\]"):
+        analyze(small_store, probe_set="test")
+    with pytest.raises(ValueError, match="'measure' parameter"):
+        analyze(small_store, measure="entropy")
+    with pytest.raises(ValueError, match="'default_layout' parameter"):
+        analyze(small_store, layout_methods=["pca"], default_layout="force")
+    with pytest.raises(FileNotFoundError):
+        analyze(small_store.parent / "missing.h5")
+
+
+def _assert_same(a, b):
+    if dataclasses.is_dataclass(a):
+        assert type(a) is type(b)
+        for f in dataclasses.fields(a):
+            _assert_same(getattr(a, f.name), getattr(b, f.name))
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            _assert_same(a[k], b[k])
+    elif isinstance(a, np.ndarray):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    elif isinstance(a, float) and np.isnan(a):
+        assert np.isnan(b)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    else:
+        assert a == b
+
+
+def test_save_load_round_trip(synthetic, tmp_path):
+    _, res = synthetic
+    assert isinstance(res, AnalysisResults)
+    path = save_results(res, tmp_path / "copy.h5")
+    back = load_results(path)
+    _assert_same(res, back)
+    img = back.layers["layer0"].layouts["pca+declutter"].interp.apply(back.layers["layer0"].naps["class"].naps[-1, 0])
+    assert img.shape == (64, 64) and np.isfinite(img).mean() > 0.3
+
+
+def test_load_refuses_other_files(tmp_path, synthetic):
+    path, _ = synthetic
+    with pytest.raises(ValueError, match="not a topotrace analysis cache"):
+        load_results(path)
+
+
+def test_analysis_never_imports_torch():
+    code = "import analysis.pipeline, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

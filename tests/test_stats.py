@@ -1,0 +1,177 @@
+"""Statistics of analysis.stats against independent numpy/scipy references."""
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from analysis import stats
+
+
+def _data(seed=0, n=60, n_neurons=7, n_classes=3):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), n // n_classes)
+    x = rng.normal(size=(n, n_neurons)) + labels[:, None] * rng.normal(size=n_neurons)
+    x[:, 0] = np.round(x[:, 0])  # ties
+    x[:, 1] = np.maximum(x[:, 1], 0)  # many ties at zero, like ReLU
+    y = rng.random((n, 2))
+    return x, y, labels
+
+
+def _residuals(v, labels):
+    v = np.asarray(v, float).copy()
+    for c in np.unique(labels):
+        v[labels == c] -= v[labels == c].mean(axis=0)
+    return v
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_rankdata_columns_matches_scipy(dtype):
+    """Average ranks with ties equal scipy's rankdata per column, also on the float16 radix path."""
+    x, _, _ = _data()
+    x = x.astype(dtype)
+    x[3, 2] = -0.0  # signed zero ties with +0.0
+    x[4, 2] = 0.0
+    np.testing.assert_array_equal(stats.rankdata_columns(x), sps.rankdata(x.astype(np.float64), axis=0))
+
+
+def test_rankdata_within_ranks_each_class_separately():
+    x, _, labels = _data(1)
+    ref = np.empty_like(x)
+    for c in np.unique(labels):
+        ref[labels == c] = sps.rankdata(x[labels == c], axis=0)
+    np.testing.assert_array_equal(stats.rankdata_within(x, labels), ref)
+
+
+def test_corr_columns_matches_pearsonr():
+    x, y, _ = _data(2)
+    r = stats.corr_columns(x, y)
+    ref = np.array([[sps.pearsonr(x[:, j], y[:, m]).statistic for m in range(2)] for j in range(x.shape[1])])
+    np.testing.assert_allclose(r, ref, atol=1e-12)
+    np.testing.assert_allclose(stats.corr_columns(x, y[:, 0]), ref[:, 0], atol=1e-12)
+
+
+def test_corr_within_is_correlation_of_class_residuals():
+    x, y, labels = _data(3)
+    rx, ry = _residuals(x, labels), _residuals(y, labels)
+    ref = np.array([[np.corrcoef(rx[:, j], ry[:, m])[0, 1] for m in range(2)] for j in range(x.shape[1])])
+    np.testing.assert_allclose(stats.corr_within(x, y, labels), ref, atol=1e-12)
+
+
+def test_constant_neuron_has_zero_correlation():
+    """A neuron without variation (dead unit; class-only neuron within class) gets r = 0, not NaN."""
+    x, y, labels = _data(4)
+    x[:, 0] = 0.0
+    x[:, 1] = (labels * 0.1).astype(np.float32)  # varies only between classes
+    assert stats.corr_columns(x, y)[0, 0] == 0.0
+    assert abs(stats.corr_columns(x, y)[1, 0]) > 0  # overall it does vary
+    assert stats.corr_within(x, y, labels)[1, 0] == 0.0
+
+
+def test_planted_confidence_neuron():
+    """A neuron equal to confidence correlates 1 overall and within class; a class-only neuron 0 within."""
+    x, y, labels = _data(5)
+    x[:, 2] = y[:, 0]
+    assert stats.corr_columns(x, y)[2, 0] == pytest.approx(1.0)
+    assert stats.corr_within(x, y, labels)[2, 0] == pytest.approx(1.0)
+
+
+def test_pvalues_match_pearsonr_and_within_dof():
+    x, y, labels = _data(6)
+    r = stats.corr_columns(x, y[:, 0])
+    p = stats.corr_pvalues(r, len(x) - 2)
+    ref = [sps.pearsonr(x[:, j], y[:, 0]).pvalue for j in range(x.shape[1])]
+    np.testing.assert_allclose(p, ref, rtol=1e-8)
+    # within class: t-test with n - C - 1 degrees of freedom (C class means were estimated)
+    rw = stats.corr_within(x, y[:, 0], labels)
+    df = len(x) - 3 - 1
+    t = rw * np.sqrt(df / (1 - rw**2))
+    np.testing.assert_allclose(stats.corr_pvalues(rw, df), 2 * sps.t.sf(np.abs(t), df), rtol=1e-10)
+    assert stats.corr_pvalues(np.array([1.0, -1.0]), 10).tolist() == [0.0, 0.0]
+
+
+def test_bh_fdr_hand_computed():
+    """Sorted p 0.005, 0.01, 0.03, 0.04 (m = 4) -> 0.02, 0.02, 0.04, 0.04, mapped back; NaN stays out."""
+    q = stats.bh_fdr(np.array([0.01, 0.04, 0.03, 0.005, np.nan]))
+    np.testing.assert_allclose(q[:4], [0.02, 0.04, 0.04, 0.02])
+    assert np.isnan(q[4])
+    np.testing.assert_allclose(stats.bh_fdr(np.array([0.5, 0.9])), [0.9, 0.9])
+
+
+def test_bh_fdr_brute_force_reference():
+    rng = np.random.default_rng(7)
+    p = rng.random((3, 40)) ** 3
+    m = p.shape[1]
+    ref = np.empty_like(p)
+    for r in range(3):
+        rank = sps.rankdata(p[r], method="ordinal")
+        for i in range(m):
+            ref[r, i] = min(1.0, min(p[r, j] * m / rank[j] for j in range(m) if p[r, j] >= p[r, i]))
+    np.testing.assert_allclose(stats.bh_fdr(p), ref)
+
+
+def test_corr_summary():
+    r = np.array([0.5, -0.4, 0.2, 0.0])
+    q = np.array([0.01, 0.02, 0.2, 1.0])
+    s = stats.corr_summary(r, q, 0.05)
+    assert s == {"mean_r": pytest.approx(0.075), "frac_sig_pos": 0.25, "frac_sig_neg": 0.25}
+
+
+def test_strength_and_distinctness_reference():
+    x, _, labels = _data(8)
+    assert stats.activity_strength(x) == pytest.approx(np.mean(np.abs(x)))
+    between = within = 0.0
+    for j in range(x.shape[1]):
+        m = x[:, j].mean()
+        for c in np.unique(labels):
+            v = x[labels == c, j]
+            between += len(v) * (v.mean() - m) ** 2
+            within += ((v - v.mean()) ** 2).sum()
+    assert stats.class_distinctness(x, labels) == pytest.approx(between / within)
+    assert np.isnan(stats.class_distinctness(x[labels == 0], labels[labels == 0]))
+
+
+def test_distinctness_grows_with_class_separation():
+    rng = np.random.default_rng(9)
+    labels = np.repeat(np.arange(4), 25)
+    noise = rng.normal(size=(100, 8))
+    centres = rng.normal(size=(4, 8))
+    d = [stats.class_distinctness(noise + k * centres[labels], labels) for k in (0.5, 1.0, 2.0)]
+    assert d[0] < d[1] < d[2]
+
+
+@pytest.mark.parametrize("n", [12, 40])  # sample-space (n <= N) and feature-space Gram paths
+def test_linear_cka_reference(n):
+    rng = np.random.default_rng(n)
+    x, y = rng.normal(size=(n, 20)), rng.normal(size=(n, 15))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    ref = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
+    assert stats.linear_cka(x, y) == pytest.approx(ref)
+    assert stats.linear_cka(x, x) == pytest.approx(1.0)
+    q = np.linalg.qr(rng.normal(size=(20, 20)))[0]
+    assert stats.linear_cka(3 * x @ q + 1, x) == pytest.approx(1.0)  # invariant to rotation, scale, shift
+
+
+def test_trend_over_time():
+    v = np.array([1.0, 1.2, 1.1, 1.5, 1.7, 2.0])
+    t = stats.trend_over_time(v, "strength")
+    ref = sps.spearmanr(np.arange(6), v)
+    assert (t.value, t.p_value) == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue))
+    assert t.rises and t.versus == "time" and "rises" in t.text
+    down = stats.trend_over_time(v[::-1], "strength")
+    assert not down.rises and "falls" in down.text
+
+
+def test_trend_over_bins_removes_time_level():
+    """Values rising with bin inside every snapshot rise with confidence, whatever the level per snapshot."""
+    rng = np.random.default_rng(10)
+    s, b = 8, 5
+    level = np.arange(s)[::-1, None] * 10.0  # falls over time: must not matter
+    v = level + np.arange(b)[None, :] + rng.normal(0, 0.1, (s, b))
+    v[0, 3:] = np.nan  # empty bins
+    t = stats.trend_over_bins(v, "distinctness")
+    centred = v - np.nanmean(v, axis=1, keepdims=True)
+    ok = np.isfinite(centred)
+    ref = sps.spearmanr(np.broadcast_to(np.arange(b), v.shape)[ok], centred[ok])
+    assert t.value == pytest.approx(ref.statistic) and t.rises
+    falling = stats.trend_over_bins(level - np.arange(b)[None, :] + rng.normal(0, 0.1, (s, b)), "distinctness")
+    assert not falling.rises and falling.value < -0.9
