@@ -1,0 +1,80 @@
+"""``topotrace analyze``: run (or load from cache) the offline analysis of a store and answer the study's question.
+
+For each layer it prints whether activity strength and class distinctness rise with training time and with
+confidence, with the Spearman statistic behind each answer, and where the cached results are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from analysis.layouts import METHODS
+from analysis.pipeline import analyze, resolve_store_path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run folder (runs/<name>, meaning runs/<name>/store.h5) or store file")
+    parser.add_argument("--probe-set", default="heldout", help="probe set the layer results describe "
+                        "(default: heldout)")
+    parser.add_argument("--measure", default="max_prob", help="confidence measure that defines the confidence "
+                        "bins (default: max_prob)")
+    parser.add_argument("--layouts", default=None, help=f"comma-separated layout methods among {', '.join(METHODS)} "
+                        "(default: the fast ones for each layer's size)")
+    parser.add_argument("--refresh", action="store_true", help="recompute even if the cache is up to date")
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    path = resolve_store_path(args.run)
+    if not path.exists():
+        console.print(f"[red]No store at {path}.[/] Train first (make train) or give a store file.")
+        return 2
+    methods = [m.strip() for m in args.layouts.split(",") if m.strip()] if args.layouts else None
+    cache = path.parent / "analysis.h5"
+    t0 = time.perf_counter()
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            res = analyze(path, cache, probe_set=args.probe_set, measure=args.measure, layout_methods=methods,
+                          refresh=args.refresh, progress=progress)
+        except (ValueError, KeyError) as err:
+            console.print(f"[red]Analysis failed:[/] {err}")
+            return 2
+    seconds = time.perf_counter() - t0
+    state = "computed" if tasks else "loaded from cache"
+    console.print(f"[bold]{path}[/]: {res.n_snapshots} snapshots (steps {res.steps[0]} .. {res.steps[-1]}), "
+                  f"probe set {res.probe_set!r}, confidence {res.primary_measure!r} — {state} in {seconds:.1f} s")
+    table = Table(title="Does activity become stronger and more distinct with training time and confidence?")
+    for col in ("layer", "quantity", "versus", "rises?", "Spearman rho", "p"):
+        table.add_column(col, no_wrap=True)
+    for name, lr in res.layers.items():
+        for t in lr.trends:
+            verdict = "[green]yes[/]" if t.rises else ("[red]falls[/]" if t.p_value < 0.05 and t.value < 0 else "no")
+            table.add_row(name, t.quantity, t.versus, verdict, f"{t.value:.2f}", f"{t.p_value:.2g}")
+    console.print(table)
+    console.print("rho vs time: Spearman between snapshot order and the per-snapshot value; rho vs confidence: "
+                  "Spearman between confidence-bin index and the value centred within each snapshot.")
+    lay = Table(title="Layouts (default marked *)")
+    for col in ("layer", "layout", "trustworthiness", "Shepard", "smoothness", "seconds"):
+        lay.add_column(col)
+    for name, lr in res.layers.items():
+        for key, lo in lr.layouts.items():
+            mark = " *" if key == lr.default_layout else ""
+            lay.add_row(name, key + mark, f"{lo.trustworthiness:.3f}", f"{lo.shepard:.3f}", f"{lo.smoothness:.3f}",
+                        f"{lo.seconds:.2f}")
+    console.print(lay)
+    console.print(f"cache: {Path(cache)}")
+    return 0
