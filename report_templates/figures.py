@@ -24,6 +24,7 @@ from bokeh.models import (
     CustomJS,
     Div,
     HoverTool,
+    InlineStyleSheet,
     Legend,
     LinearColorMapper,
     Select,
@@ -45,7 +46,9 @@ PROBE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b")
 
 def diverging_palette(n: int = 256) -> list[str]:
     """Blue (negative) - white (zero) - red (positive) palette of ``n`` hex colours, interpolated from RdBu11."""
-    base = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in RdBu11[::-1]], dtype=np.float64)
+    base = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in RdBu11], dtype=np.float64)
+    if base[0, 0] > base[0, 2]:  # make it run from blue to red whichever way the palette module lists it
+        base = base[::-1]
     pos = np.linspace(0.0, len(base) - 1, n)
     lo = np.floor(pos).astype(int).clip(0, len(base) - 2)
     frac = (pos - lo)[:, None]
@@ -61,8 +64,9 @@ def esc(value: object) -> str:
 def plain(value: object) -> str:
     """Run text for a Bokeh title, axis label or colour-bar title, kept from being read as TeX.
 
-    BokehJS typesets strings delimited by ``$$``, ``\\[``/``\\]`` or ``\\(``/``\\)`` with MathJax, which it
-    would fetch from a CDN; a zero-width space between the delimiter's characters keeps the text plain.
+    BokehJS typesets strings delimited by double dollars, backslash-bracket or backslash-parenthesis with
+    MathJax, which it would fetch from a CDN; a zero-width space between the delimiter's characters keeps the
+    text plain.
     """
     text = str(value)
     for pair in ("$$", "\\[", "\\]", "\\(", "\\)"):
@@ -70,9 +74,21 @@ def plain(value: object) -> str:
     return text
 
 
+# Divs render in their own shadow DOM, so the page's stylesheet does not reach inside; one shared sheet does.
+_DIV_CSS = InlineStyleSheet(css="""
+:host { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, "Noto Sans",
+        "Liberation Sans", sans-serif; color: #1f2328; }
+.tt-layer { margin: 12px 0 2px; color: #444c56; font-size: 13.5px; }
+.tt-sub { margin: 10px 0 0; font-size: 14px; font-weight: 600; }
+.tt-ctl { display: inline-block; padding-top: 7px; color: #57606a; font-size: 13px; }
+.tt-steplabel { display: inline-block; padding-top: 6px; font-size: 14px; font-variant-numeric: tabular-nums;
+                min-width: 270px; }
+""")
+
+
 def _div(text: str, **kw) -> Div:
     """A Div of trusted HTML (callers escape run text with :func:`esc`); TeX typesetting off."""
-    return Div(text=text, disable_math=True, **kw)
+    return Div(text=text, disable_math=True, stylesheets=[_DIV_CSS], **kw)
 
 
 def step_axis_type(steps: np.ndarray) -> str:
@@ -198,8 +214,12 @@ def _color_bar(mapper: LinearColorMapper, title: str, width: int) -> figure:
 
 def _layer_grid(results: AnalysisResults, layer: LayerResult, li: int, reg: _MapRegistry, label: str,
                 values: np.ndarray, names: list[str], limit: float, value_label: str, bar_title: str,
-                ncols: int) -> LayoutDOM:
-    """Tiles of one layer for one value array of shape (S, G, N); registers their sources in ``reg``."""
+                ncols: int) -> list[LayoutDOM]:
+    """Tiles of one layer for one value array of shape (S, G, N); registers their sources in ``reg``.
+
+    Returns the grid of tiles and its colour bar (placed one after the other in a flat column: BokehJS 3.9
+    never finishes laying out a grid plot nested three columns deep).
+    """
     lay = layer.layouts[layer.default_layout]
     if len(reg.osrc) == 0 or reg.osrc[-1].name != f"op_{li}":
         reg.osrc.append(_op_source(lay.interp, f"op_{li}"))
@@ -219,19 +239,25 @@ def _layer_grid(results: AnalysisResults, layer: LayerResult, li: int, reg: _Map
         reg.tile_layer.append(li)
     ncols = min(ncols, len(tiles))
     grid = gridplot(tiles, ncols=ncols, toolbar_location=None)
-    return column(grid, _color_bar(mapper, bar_title, ncols * TILE_PX))
+    return [grid, _color_bar(mapper, bar_title, ncols * TILE_PX)]
 
 
-def _layer_heading(layer: LayerResult) -> Div:
-    lay = layer.default_layout
+def _layer_heading(layer: LayerResult, scale: str | None = None) -> Div:
+    if scale is None:
+        scale = f"colour scale \u00b1{float(layer.color_limit):.3g}, the same for every snapshot"
     text = (f"<p class='tt-layer'>Layer <b>{esc(layer.name)}</b> &middot; {int(layer.n_neurons)} neurons "
-            f"&middot; layout {esc(lay)} &middot; colour scale &plusmn;{float(layer.color_limit):.3g}, "
-            "the same for every snapshot</p>")
-    return _div(text=text, sizing_mode="stretch_width")
+            f"&middot; layout {esc(layer.default_layout)} &middot; {esc(scale)}</p>")
+    return _div(text=text)
 
 
 def _has_maps(results: AnalysisResults, layer: LayerResult) -> bool:
     return bool(layer.layouts) and layer.default_layout in layer.layouts and results.n_snapshots > 0
+
+
+def _step_text(steps: list[int], epochs: list[int], s: int) -> str:
+    """The step label's HTML; ``render_maps.js`` writes the same text when the slider moves."""
+    return (f"<span class='tt-steplabel'>step {steps[s]:,} \u00b7 epoch {epochs[s]} \u00b7 snapshot {s + 1} "
+            f"of {len(steps)}</span>")
 
 
 def map_sections(results: AnalysisResults) -> dict[str, LayoutDOM]:
@@ -259,8 +285,8 @@ def map_sections(results: AnalysisResults) -> dict[str, LayoutDOM]:
             if gn is None:
                 continue
             parts.append(_div(text=f"<h4 class='tt-sub'>Mean activation {esc(caption)}</h4>"))
-            parts.append(_layer_grid(results, layer, li, reg, f"naps_{li}_{grouping}", gn.naps, gn.group_names,
-                                     layer.color_limit, "mean activation", "mean activation", 5))
+            parts += _layer_grid(results, layer, li, reg, f"naps_{li}_{grouping}", gn.naps, gn.group_names,
+                                 layer.color_limit, "mean activation", "mean activation", 5)
         if len(parts) > 1:
             block = column(*parts, visible=show)
             sections["tam_maps"].append(block)
@@ -269,19 +295,19 @@ def map_sections(results: AnalysisResults) -> dict[str, LayoutDOM]:
         gn = layer.naps.get("confbin")
         if gn is not None:
             block = column(_layer_heading(layer),
-                           _layer_grid(results, layer, li, reg, f"naps_{li}_confbin", gn.naps, gn.group_names,
-                                       layer.color_limit, "mean activation", f"mean activation per {measure} bin",
-                                       6), visible=show)
+                           *_layer_grid(results, layer, li, reg, f"naps_{li}_confbin", gn.naps, gn.group_names,
+                                        layer.color_limit, "mean activation", f"mean activation per {measure} bin",
+                                        6), visible=show)
             sections["confbin_maps"].append(block)
             mine.append(block)
         # correlation maps
         cr = layer.corr.get(measure) if layer.corr else None
         if cr is not None:
             vals = np.stack([np.asarray(cr.pearson, np.float32), np.asarray(cr.pearson_within, np.float32)], axis=1)
-            block = column(_layer_heading(layer),
-                           _layer_grid(results, layer, li, reg, f"corr_{li}", np.nan_to_num(vals),
-                                       ["r overall", "r within class"], 1.0, "r",
-                                       f"Pearson r of activation with {measure}", 2), visible=show)
+            block = column(_layer_heading(layer, "Pearson r, colour scale \u00b11"),
+                           *_layer_grid(results, layer, li, reg, f"corr_{li}", np.nan_to_num(vals),
+                                        ["r overall", "r within class"], 1.0, "r",
+                                        f"Pearson r of activation with {measure}", 2), visible=show)
             sections["corr_maps"].append(block)
             mine.append(block)
         panels.append(mine)
@@ -293,8 +319,7 @@ def map_sections(results: AnalysisResults) -> dict[str, LayoutDOM]:
     slider = Slider(start=0, end=max(last, 1), value=last, step=1, title="snapshot", show_value=False,
                     width=420, disabled=last < 1, name="time_slider")
     play = Toggle(label="\u25b6 Play", button_type="primary", width=90, disabled=last < 1, name="play")
-    label = _div(text=f"step {steps[last]:,} \u00b7 epoch {epochs[last]} \u00b7 snapshot {last + 1} of {len(steps)}",
-                name="step_label", css_classes=["tt-steplabel"])
+    label = _div(text=_step_text(steps, epochs, last), name="step_label")
     select = None
     if len(layers) > 1:
         select = Select(title="", options=[la.name for la in layers], value=layers[0].name, width=160,
@@ -312,7 +337,7 @@ def map_sections(results: AnalysisResults) -> dict[str, LayoutDOM]:
         widgets.append(_div(text="<span class='tt-ctl'>Layer</span>"))
         widgets.append(select)
     widgets += [play, _div(text="<span class='tt-ctl'>Training time</span>"), slider, label]
-    out: dict[str, LayoutDOM] = {"map_controls": row(*widgets, name="map_controls", css_classes=["tt-controls"])}
+    out: dict[str, LayoutDOM] = {"map_controls": row(*widgets, name="map_controls")}
     for key, blocks in sections.items():
         if blocks:
             out[key] = column(*blocks, name=key)
@@ -385,8 +410,8 @@ def strength_distinctness(results: AnalysisResults) -> LayoutDOM | None:
             if y is None or np.asarray(y).ndim != 2 or not names or np.asarray(y).shape[1] != len(names):
                 continue
             y = np.asarray(y, float)
-            fig = _line_figure(f"{title} by {results.primary_measure} bin, {layer.name}", "confidence bin", title.lower(),
-                               x_range=names)
+            fig = _line_figure(f"{title} by {results.primary_measure} bin, {layer.name}", "confidence bin",
+                               title.lower(), "auto", x_range=names)
             picks = sorted({0, y.shape[0] // 2, y.shape[0] - 1})
             shades = ["#c6dbef", "#6baed6", "#08519c"][-len(picks):]
             items = []
@@ -427,8 +452,9 @@ def layout_comparison(results: AnalysisResults) -> LayoutDOM | None:
         figs = []
         for method, lay in layer.layouts.items():
             xy = np.asarray(lay.xy, float)
-            title = f"{layer.name}: {method}" + (" (maps)" if method == layer.default_layout else "")
-            fig = figure(title=plain(title), width=230, height=250, toolbar_location=None, tools="", match_aspect=True,
+            title = (f"{layer.name}: {method}" + (" (maps)" if method == layer.default_layout else "")
+                     + f"  T {lay.trustworthiness:.2f} \u00b7 S {lay.shepard:.2f} \u00b7 sm {lay.smoothness:.2f}")
+            fig = figure(title=plain(title), width=268, height=268, toolbar_location=None, tools="", match_aspect=True,
                          min_border=4)
             fig.axis.visible = False
             fig.grid.visible = False
@@ -444,7 +470,7 @@ def layout_comparison(results: AnalysisResults) -> LayoutDOM | None:
             r = fig.scatter("x", "y", source=ColumnDataSource(data), color="color", size=5, alpha=0.8)
             fig.add_tools(HoverTool(renderers=[r], tooltips=tips))
             figs.append(fig)
-        rows.append(row(*figs))
+        rows.append(gridplot(figs, ncols=4, toolbar_location=None))
     if not rows:
         return None
     return column(*rows, name="layout_comparison")

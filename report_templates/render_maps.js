@@ -41,8 +41,8 @@ if (w.topotraceRender === undefined || w.topotraceRender.owner !== slider.id) {
     }
     for (const src of touched) src.change.emit();
     const i = Math.min(s, steps.length - 1);
-    label.text = "step " + steps[i].toLocaleString("en-US") + " \u00b7 epoch " + epochs[i] +
-                 " \u00b7 snapshot " + (i + 1) + " of " + steps.length;
+    label.text = "<span class='tt-steplabel'>step " + steps[i].toLocaleString("en-US") + " \u00b7 epoch " +
+                 epochs[i] + " \u00b7 snapshot " + (i + 1) + " of " + steps.length + "</span>";
     w.topotraceFrameMs = performance.now() - t0;
     w.topotraceSnapshot = s;
     return w.topotraceFrameMs;

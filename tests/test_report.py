@@ -7,21 +7,12 @@ import json
 import re
 from pathlib import Path
 
+import bokeh
 import numpy as np
 import pytest
-from scipy.spatial import Delaunay
-from scipy.stats import spearmanr
 
-from analysis.results import (
-    AnalysisResults,
-    CorrResult,
-    GroupedNaps,
-    InterpOperator,
-    LayerResult,
-    LayoutResult,
-    Trend,
-)
-from instrument.store import Store
+from analysis.pipeline import analyze
+from analysis.results import AnalysisResults
 from instrument.synthetic import write_synthetic_store
 from report_templates.generate import build_report
 
@@ -33,96 +24,15 @@ EVIL = "<script>alert(1)</script>\"'&"
 MATH = "$$x$$ \\(y\\) \\[z\\]"  # TeX delimiters: BokehJS would fetch MathJax from a CDN to typeset these
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Results built from a synthetic store with plain numpy (independent of analysis.pipeline).
-def _delaunay_operator(xy: np.ndarray, grid: int) -> InterpOperator:
-    """Barycentric interpolation of neuron values onto a grid x grid image over [-0.02, 1.02]^2."""
-    lo, hi = -0.02, 1.02
-    centres = lo + (np.arange(grid) + 0.5) * (hi - lo) / grid
-    gx, gy = np.meshgrid(centres, centres)  # row 0 at the bottom (smallest y)
-    pts = np.column_stack([gx.ravel(), gy.ravel()])
-    tri = Delaunay(xy)
-    simplex = tri.find_simplex(pts)
-    inside = np.flatnonzero(simplex >= 0)
-    t = tri.transform[simplex[inside]]  # (P, 3, 2)
-    b = np.einsum("pij,pj->pi", t[:, :2], pts[inside] - t[:, 2])
-    w = np.column_stack([b, 1 - b.sum(1)]).astype(np.float32)
-    return InterpOperator((grid, grid), (lo, hi, lo, hi), inside.astype(np.int32),
-                          tri.simplices[simplex[inside]].astype(np.int32), w)
-
-
-def _corr(a: np.ndarray, c: np.ndarray) -> np.ndarray:
-    a = a - a.mean(0)
-    c = c - c.mean()
-    den = np.sqrt((a * a).sum(0) * (c * c).sum())
-    return np.where(den > 0, (a * c[:, None]).sum(0) / np.where(den > 0, den, 1), 0.0)
-
-
 def synthetic_results(path: Path, n_snapshots: int = 6, layer_sizes=(40, 24), n_classes: int = 4,
-                      per_class: int = 12, grid: int = 40, seed: int = 0) -> AnalysisResults:
-    """Analyse a freshly written synthetic store with a few numpy lines."""
-    store_path = write_synthetic_store(path, n_snapshots=n_snapshots, layer_sizes=layer_sizes,
-                                       n_classes=n_classes, per_class=per_class, seed=seed)
-    with Store(store_path) as st:
-        probes = list(st.probes)
-        curves = {p: {"accuracy": st.correct(p).mean(1), "loss": st.loss(p).mean(1),
-                      **{f"conf_{m}": st.conf(p, m).mean(1) for m in st.measures}} for p in probes}
-        y = st.labels("heldout")
-        correct = st.correct("heldout")
-        conf = st.conf("heldout", "max_prob")
-        edges = np.linspace(1.0 / n_classes, 1.0, 5)
-        bins = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, 3)
-        bin_names = [f"{edges[i]:.2f}–{edges[i + 1]:.2f}" for i in range(4)]
-        layers = {}
-        for name, spec in st.layers.items():
-            n = spec.n_neurons
-            cls, cw, cb = (np.zeros((n_snapshots, g, n), np.float32) for g in (n_classes, 2, 4))
-            r, rw = np.zeros((n_snapshots, n)), np.zeros((n_snapshots, n))
-            strength, distinct = np.zeros(n_snapshots), np.zeros(n_snapshots)
-            s_bin, d_bin = np.full((n_snapshots, 4), np.nan), np.full((n_snapshots, 4), np.nan)
-            for s, a in st.iter_acts("heldout", name):
-                for g in range(n_classes):
-                    cls[s, g] = a[y == g].mean(0)
-                for g in range(2):
-                    cw[s, g] = a[correct[s] == g].mean(0) if (correct[s] == g).any() else np.nan
-                for g in range(4):
-                    m = bins[s] == g
-                    cb[s, g] = a[m].mean(0) if m.any() else np.nan
-                    if m.any():
-                        s_bin[s, g] = np.abs(a[m]).mean()
-                        d_bin[s, g] = cls[s].var(0).mean() / max(a[m].var(0).mean(), 1e-12)
-                r[s] = _corr(a, conf[s])
-                centred = a - cls[s][y]
-                cc = conf[s] - np.array([conf[s][y == g].mean() for g in range(n_classes)])[y]
-                rw[s] = _corr(centred, cc)
-                strength[s] = np.abs(a).mean()
-                distinct[s] = cls[s].var(0).mean() / max(centred.var(0).mean(), 1e-12)
-            feat = cls[-1].T - cls[-1].T.mean(1, keepdims=True)  # (N, C)
-            u, sv, _ = np.linalg.svd(feat - feat.mean(0), full_matrices=False)
-            layouts = {}
-            for method, xy in (("pca", u[:, :2] * sv[:2]), ("mds", u[:, [0, 2]] * sv[[0, 2]])):
-                xy = (xy - xy.min(0)) / np.ptp(xy, 0)
-                layouts[method] = LayoutResult(method, xy.astype(np.float32), 0.9, 0.7, 0.5, 0.01,
-                                               _delaunay_operator(xy, grid))
-            q = np.full_like(r, 0.01)
-            summary = {"mean_r": r.mean(1), "frac_sig_pos": (r > 0.3).mean(1), "frac_sig_neg": (r < -0.3).mean(1),
-                       "mean_r_within": rw.mean(1), "frac_sig_pos_within": (rw > 0.3).mean(1),
-                       "frac_sig_neg_within": (rw < -0.3).mean(1)}
-            corr = {"max_prob": CorrResult("max_prob", r, r, rw, rw, q, q, summary)}
-            rho, p = spearmanr(np.arange(n_snapshots), strength)
-            trends = [Trend("strength", "time", "spearman_rho", float(rho), float(p), bool(p < 0.05 and rho > 0),
-                            f"Activity strength {'rises' if rho > 0 else 'falls'} with training time.")]
-            layers[name] = LayerResult(
-                name, n, "flatten",
-                {"class": GroupedNaps("class", list(st.class_names), cls, np.zeros((n_snapshots, n_classes), int)),
-                 "correct": GroupedNaps("correct", ["wrong", "correct"], cw, np.zeros((n_snapshots, 2), int)),
-                 "confbin": GroupedNaps("confbin", bin_names, cb, np.zeros((n_snapshots, 4), int))},
-                layouts, "pca", float(np.nanmax(np.abs(cls))), corr, strength, distinct, bin_names, s_bin, d_bin,
-                np.linspace(0.2, 1, n_snapshots), trends)
-        return AnalysisResults(str(store_path), st.sha256(), n_snapshots, st.steps, st.epochs, "heldout",
-                               "max_prob", list(st.measures), list(st.class_names), curves, layers,
-                               {"grid": grid}, dict(st.meta, versions={"numpy": np.__version__},
-                                                     model_summary="Sequential(Linear(64, 40), ReLU())"))
+                      per_class: int = 12, seed: int = 0) -> AnalysisResults:
+    """Analyse a freshly written synthetic store (plus the provenance a real training run records)."""
+    store = write_synthetic_store(path, n_snapshots=n_snapshots, layer_sizes=layer_sizes, n_classes=n_classes,
+                                 per_class=per_class, seed=seed)
+    res = analyze(store, Path(path).with_name(Path(path).stem + "_analysis.h5"))
+    meta = dict(res.meta, versions={"numpy": np.__version__, "bokeh": bokeh.__version__},
+                model_summary="Sequential(\n  (fc1): Linear(in_features=64, out_features=40)\n  (act): ReLU()\n)")
+    return dataclasses.replace(res, meta=meta)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +118,8 @@ def _evil_results(results: AnalysisResults) -> AnalysisResults:
                                                 bin_names=[f"{EVIL}{b}" for b in la.bin_names])
     meta = dict(results.meta, run_name=EVIL, data=EVIL, model_summary=EVIL, seed=EVIL,
                 config={"opt": {EVIL: EVIL, "lr": EVIL}}, versions={EVIL: EVIL})
-    return dataclasses.replace(results, layers=layers, meta=meta, class_names=[EVIL + MATH + c for c in results.class_names],
+    return dataclasses.replace(results, layers=layers, meta=meta,
+                               class_names=[EVIL + MATH + c for c in results.class_names],
                                curves={EVIL: c for c in results.curves.values()}, store_path=EVIL)
 
 
@@ -287,7 +198,7 @@ def test_partial_layer_data_gives_notes(results, tmp_path):
 
 def test_single_snapshot_single_layer(tmp_path):
     """One snapshot and one layer: no layer selector, the slider is disabled, the page still builds."""
-    res = synthetic_results(tmp_path / "one.h5", n_snapshots=1, layer_sizes=(16,), n_classes=3, per_class=8, grid=16)
+    res = synthetic_results(tmp_path / "one.h5", n_snapshots=1, layer_sizes=(16,), n_classes=3, per_class=8)
     page = build_report(res, tmp_path / "one.html").read_text("utf-8")
     doc = _docs_json(page)
     text = json.dumps(doc)

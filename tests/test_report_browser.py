@@ -1,0 +1,175 @@
+"""The report in a real browser (Debian chromium via Playwright), opened from disk with the network cut off."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SECTIONS = {"summary": "Run summary and provenance", "training-curves": "Training curves",
+            "maps": "Topographic activation maps", "confidence-maps": "Maps per confidence bin",
+            "correlation": "Activity–confidence correlation",
+            "strength": "Activity strength and class distinctness", "layouts": "Layout comparison"}
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"Debian chromium not found at {CHROMIUM}"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    from test_report import synthetic_results
+
+    from report_templates.generate import build_report
+
+    d = tmp_path_factory.mktemp("browser")
+    res = synthetic_results(d / "store.h5", n_snapshots=8, layer_sizes=(48, 24), n_classes=5, per_class=12)
+    # Class names with TeX delimiters and markup: drawn as plain text, and nothing is fetched to typeset them.
+    layers = {k: dataclasses.replace(la, naps={**la.naps, "class": dataclasses.replace(
+        la.naps["class"], group_names=[f"$$c{i}$$ <b>x</b>" for i in range(5)])}) for k, la in res.layers.items()}
+    return build_report(dataclasses.replace(res, layers=layers), d / "report.html")
+
+
+@pytest.fixture(scope="module")
+def page_and_log(report):
+    blocked: list[str] = []
+    errors: list[str] = []
+    idle: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+
+        def route(r):
+            if r.request.url.startswith("file://"):
+                r.continue_()
+            else:
+                blocked.append(r.request.url)
+                r.abort()
+
+        page.route("**/*", route)
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else
+                (idle.append(m.text) if "document idle" in m.text else None))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(report.as_uri())
+        t0 = time.perf_counter()
+        while not idle and time.perf_counter() - t0 < 20:
+            page.wait_for_timeout(100)
+        assert idle, "Bokeh never reported the document idle"
+        yield page, blocked, errors
+        browser.close()
+
+
+def _map_png(page) -> np.ndarray:
+    """Pixels of the first map grid (the class maps of the shown layer), as an (H, W, 3) array."""
+    from PIL import Image
+
+    canvas = page.locator("section#maps canvas").first
+    canvas.evaluate("e => e.scrollIntoView({block: 'center'})")
+    return np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), dtype=np.int16)
+
+
+def test_no_requests_no_errors_all_sections(page_and_log):
+    """Offline load: no request to any host, no console error, every section and its figures present."""
+    page, blocked, errors = page_and_log
+    assert blocked == []
+    assert errors == []
+    for sid, title in SECTIONS.items():
+        assert page.locator(f"section#{sid} h2").inner_text() == title
+        assert page.locator(f"section#{sid} .tt-note").count() == 0
+    assert page.locator("section#maps canvas").count() >= 1
+    names = page.evaluate("Bokeh.documents[0].roots().map(r => r.name)")
+    assert {"tam_maps", "confbin_maps", "corr_maps", "map_controls", "layout_comparison"} <= set(names)
+
+
+def test_slider_changes_map_pixels_and_frame_time(page_and_log, tmp_path):
+    """Moving the slider (keyboard on its handle) re-renders the maps; frame time is measured and reported."""
+    page, blocked, errors = page_and_log
+    before = _map_png(page)
+    handle = page.locator(".noUi-handle").first
+    handle.focus()
+    handle.press("Home")  # to the first snapshot
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.topotraceSnapshot") == 0
+    after = _map_png(page)
+    assert before.shape == after.shape
+    changed = np.abs(before - after).sum(axis=2) > 30
+    assert changed.mean() > 0.02, f"only {changed.mean():.3%} of the map's pixels changed"
+    label = page.locator(".tt-steplabel").first.inner_text()
+    assert label.startswith("step ") and label.endswith("snapshot 1 of 8")
+    ms = page.evaluate("""async () => {
+        const s = Bokeh.documents[0].get_model_by_name('time_slider');
+        const out = [];
+        for (let i = 1; i <= s.end; i++) {
+            const t0 = performance.now();
+            s.value = i;
+            await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+            out.push([window.topotraceFrameMs, performance.now() - t0]);
+        }
+        return out;
+    }""")
+    fill = float(np.median([m[0] for m in ms]))
+    painted = float(np.median([m[1] for m in ms]))
+    print(f"\nframe: fill {fill:.2f} ms, to paint {painted:.1f} ms (median over {len(ms)} moves)")
+    assert 0 < fill < 1000 and painted < 1000
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+    assert blocked == [] and errors == []
+
+
+NEURON_XY_JS = """(i) => {
+  // Page position of neuron i's dot on the first class map, from the plot's own scales.
+  const doc = Bokeh.documents[0];
+  const grid = doc.get_model_by_name('tam_maps').children[0].children.find(c => c.type === 'GridPlot');
+  const fig = grid.children[0][0];
+  const data = fig.renderers[1].data_source.data;
+  let view = null;
+  for (const root of Object.values(Bokeh.index)) { view = root.owner.find_one(fig); if (view) break; }
+  const rect = view.el.getBoundingClientRect();
+  return [rect.left + view.frame.x_scale.compute(data.x[i]), rect.top + view.frame.y_scale.compute(data.y[i]),
+          data.neuron[i], data.value[i]];
+}"""
+
+
+def test_hover_shows_neuron_tooltip(page_and_log):
+    """Hovering a neuron's dot on a map shows its id and current value."""
+    page, _, errors = page_and_log
+    page.locator("section#maps canvas").first.evaluate("e => e.scrollIntoView({block: 'center'})")
+    x, y, neuron, value = page.evaluate(NEURON_XY_JS, 7)
+    page.mouse.move(x, y)
+    content = page.locator(".bk-tooltip-content")
+    content.first.wait_for(state="visible", timeout=3000)
+    text = " ".join(content.first.inner_text().split())
+    assert f"neuron: {neuron} " in text
+    assert f"mean activation: {value:.3f}" in text
+    page.mouse.move(0, 0)
+    assert errors == []
+
+
+def test_layer_selector_switches_layer(page_and_log):
+    """Choosing another layer shows its maps and hides the first layer's."""
+    page, _, errors = page_and_log
+    names = page.evaluate("Bokeh.documents[0].get_model_by_name('layer_select').options")
+    assert len(names) == 2
+    vis = page.evaluate("""async (name) => {
+        const d = Bokeh.documents[0];
+        d.get_model_by_name('layer_select').value = name;
+        await new Promise(r => setTimeout(r, 100));  // BokehJS runs CustomJS callbacks asynchronously
+        return d.get_model_by_name('tam_maps').children.map(c => c.visible);
+    }""", names[1])
+    assert vis == [False, True]
+    heading = page.locator("section#maps .tt-layer").nth(1)  # the second layer's heading, now shown
+    assert heading.is_visible() and "Layer layer1" in heading.inner_text()
+    assert not page.locator("section#maps .tt-layer").nth(0).is_visible()
+    assert errors == []
