@@ -44,7 +44,7 @@ ANALYSIS_VERSION = 1
 ALPHA = 0.05
 GRID = 64
 RANDOM_STATE = 0
-CKA_MAX_SAMPLES = 1000  # CKA uses a fixed, seeded subset of at most this many probe samples
+CKA_MAX_SAMPLES = 512  # CKA uses a fixed, seeded subset of at most this many probe samples
 MAX_TSNE_NEURONS = 2048
 MAX_MDS_NEURONS = 256
 
@@ -115,18 +115,14 @@ class _LayerPass:
         self.cka = np.full(n_s, np.nan)
 
 
-def _snapshot_stats(lp: _LayerPass, s: int, a: np.ndarray, a_rank_src: np.ndarray, labels: np.ndarray,
-                    conf: np.ndarray, conf_ranks: np.ndarray, conf_ranks_within: np.ndarray, df: int,
-                    df_within: int) -> None:
+def _snapshot_stats(lp: _LayerPass, s: int, a: np.ndarray, rank_source: np.ndarray, labels: np.ndarray,
+                    conf: np.ndarray, df: int, df_within: int) -> None:
     """Correlations of one snapshot: ``a`` (n, N), ``conf`` (n, M) -> rows ``s`` of the result arrays."""
-    lp.r["pearson"][s] = stats.corr_columns(a, conf)
-    lp.r["pearson_within"][s] = stats.corr_within(a, conf, labels)
-    ranks = stats.rankdata_columns(a_rank_src)
-    lp.r["spearman"][s] = stats.corr_columns(ranks, conf_ranks)
-    ranks_w = stats.rankdata_within(a_rank_src, labels)
-    lp.r["spearman_within"][s] = stats.corr_within(ranks_w, conf_ranks_within, labels)
+    r = stats.snapshot_correlations(a, conf, labels, rank_source)
+    for k, v in r.items():
+        lp.r[k][s] = v
     for key, dof in (("pearson", df), ("pearson_within", df_within)):
-        p = stats.corr_pvalues(lp.r[key][s].astype(np.float64), dof)  # [N, M]
+        p = stats.corr_pvalues(r[key], dof)  # [N, M]
         lp.q[key][s] = stats.bh_fdr(p.T).T
 
 
@@ -236,25 +232,43 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
     df, df_within = n - 2, n - n_present - 1
     sub = np.sort(np.random.default_rng(RANDOM_STATE).permutation(n)[:CKA_MAX_SAMPLES]) if n > CKA_MAX_SAMPLES \
         else slice(None)
-    cka_ref = stats.CkaReference(store.acts(probe, name, -1)[sub])
+    cka_ref = stats.CkaReference(store.acts(probe, name, -1)[sub], dtype=np.float32)
     exact16 = store.spec.act_dtype == "float16"
     stage = f"{name}: snapshots"
     report(stage, 0, n_s)
+    offsets = np.cumsum([0] + [sizes[g] for g in naps.GROUPINGS])
+    off = dict(zip(naps.GROUPINGS, offsets[:-1]))
+    g_total = int(offsets[-1])
+    cols = np.tile(np.arange(n), len(naps.GROUPINGS))
     for s, a in store.iter_acts(probe, name):
         try:
+            # Sums of every group of every grouping in one product: [G_total, n] @ [n, N].
+            rows = np.concatenate([off[g] + naps.group_index(g, labels, preds[s], corrects[s], bins[s], n_classes,
+                                                             n_bins)[0] for g in naps.GROUPINGS])
+            onehot = np.zeros((g_total, n), np.float32)
+            onehot[rows, cols] = 1.0
+            sums = (onehot @ a).astype(np.float64)  # [G_total, N]
+            counts = np.bincount(rows, minlength=g_total)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means = sums / counts[:, None]
             for g in naps.GROUPINGS:
-                idx, n_g = naps.group_index(g, labels, preds[s], corrects[s], bins[s], n_classes, n_bins)
-                lp.naps[g][s], lp.counts[g][s] = naps.group_means(a, idx, n_g)
+                sl = slice(off[g], off[g] + sizes[g])
+                lp.naps[g][s], lp.counts[g][s] = means[sl], counts[sl]
             conf = conf_all[s]
-            _snapshot_stats(lp, s, a, a.astype(np.float16) if exact16 else a, labels, conf,
-                            stats.rankdata_columns(conf), stats.rankdata_within(conf, labels), df, df_within)
-            lp.strength[s] = stats.activity_strength(a)
-            lp.distinctness[s] = stats.class_distinctness(a, labels)
+            _snapshot_stats(lp, s, a, a.astype(np.float16) if exact16 else a, labels, conf, df, df_within)
+            bin_rows = onehot[off["confbin"]: off["confbin"] + n_bins]  # [B, n]
+            abs_sums = (bin_rows @ np.abs(a)).sum(axis=1, dtype=np.float64)  # [B]
+            sq_sums = (bin_rows @ (a * a)).sum(axis=1, dtype=np.float64)  # [B]
+            n_bin = counts[off["confbin"]: off["confbin"] + n_bins]
+            lp.strength[s] = abs_sums.sum() / (n * n_neurons)
+            cls = slice(off["class"], off["class"] + n_classes)
+            lp.distinctness[s] = stats.distinctness_from_sums(sums[cls], counts[cls], sq_sums.sum())
+            ccb = off["class_confbin"] + np.arange(n_classes) * n_bins
             for b in range(n_bins):
-                rows = bins[s] == b
-                if rows.any():
-                    lp.strength_by_bin[s, b] = stats.activity_strength(a[rows])
-                    lp.distinctness_by_bin[s, b] = stats.class_distinctness(a[rows], labels[rows])
+                if n_bin[b]:
+                    lp.strength_by_bin[s, b] = abs_sums[b] / (n_bin[b] * n_neurons)
+                    lp.distinctness_by_bin[s, b] = stats.distinctness_from_sums(sums[ccb + b], counts[ccb + b],
+                                                                                sq_sums[b])
             lp.cka[s] = cka_ref.score(a[sub])
         except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
             raise ValueError(f"Analysis failed for layer {name!r} at snapshot {s} (step {store.steps[s]}, "

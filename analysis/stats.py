@@ -35,7 +35,10 @@ def _sort_key(x: np.ndarray) -> np.ndarray:
     """Keys that sort like ``x`` (rows = what to sort along); float16 maps to uint16 for numpy's radix sort."""
     if x.dtype == np.float16:
         b = x.view(np.uint16)
-        return np.where(b & 0x8000, ~b, b | 0x8000).astype(np.uint16)
+        # negative: flip all bits; positive: set the sign bit -> unsigned order equals float order
+        key = b ^ ((b >> 15) * np.uint16(0x7FFF) + np.uint16(0x8000))
+        key[key == 0x7FFF] = 0x8000  # -0.0 ties with +0.0
+        return key
     return x
 
 
@@ -49,19 +52,18 @@ def rankdata_columns(x: np.ndarray) -> np.ndarray:
         Array of shape (n, N), float64.
     """
     x = np.asarray(x)
-    n = x.shape[0]
-    xt = np.ascontiguousarray(x.T)  # [N, n]
-    order = np.argsort(_sort_key(xt), axis=1, kind="stable")
-    sv = np.take_along_axis(xt, order, axis=1)
-    pos = np.broadcast_to(np.arange(n), sv.shape)
-    new = np.ones(sv.shape, bool)
-    new[:, 1:] = sv[:, 1:] != sv[:, :-1]
-    start = np.maximum.accumulate(np.where(new, pos, 0), axis=1)
-    last = np.ones(sv.shape, bool)
-    last[:, :-1] = new[:, 1:]
-    end = np.minimum.accumulate(np.where(last, pos, n)[:, ::-1], axis=1)[:, ::-1]
-    ranks_t = np.empty(sv.shape, np.float64)
-    np.put_along_axis(ranks_t, order, (start + end) / 2.0 + 1.0, axis=1)
+    n, n_cols = x.shape
+    keys = _sort_key(np.ascontiguousarray(x.T))  # [N, n]
+    order = np.argsort(keys, axis=1, kind="stable")
+    sk = np.take_along_axis(keys, order, axis=1)
+    new = np.ones(sk.shape, bool)
+    new[:, 1:] = sk[:, 1:] != sk[:, :-1]
+    run = np.cumsum(new.ravel()) - 1  # run id of every sorted element, unique across columns
+    length = np.bincount(run).astype(np.float64)
+    first = np.flatnonzero(new.ravel()) % n  # position in its column where each run starts
+    avg = first + (length + 1.0) / 2.0  # average 1-based rank of each run
+    ranks_t = np.empty(sk.shape, np.float64)
+    np.put_along_axis(ranks_t, order, avg[run].reshape(n_cols, n), axis=1)
     return ranks_t.T
 
 
@@ -80,9 +82,11 @@ def centre_within(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     lab = np.unique(labels, return_inverse=True)[1]
     counts = np.bincount(lab).astype(np.float64)
-    sums = np.zeros((len(counts),) + x.shape[1:])
-    np.add.at(sums, lab, x)
-    return x - (sums / counts.reshape((-1,) + (1,) * (x.ndim - 1)))[lab]
+    onehot = np.zeros((len(counts), len(lab)))
+    onehot[lab, np.arange(len(lab))] = 1.0
+    flat = x.reshape(len(lab), -1)
+    means = (onehot @ flat) / counts[:, None]
+    return (flat - means[lab]).reshape(x.shape)
 
 
 def _corr(xc: np.ndarray, yc: np.ndarray, raw_x: np.ndarray, raw_y: np.ndarray) -> np.ndarray:
@@ -130,6 +134,69 @@ def corr_within(x: np.ndarray, y: np.ndarray, labels: np.ndarray) -> np.ndarray:
     raw_y = np.einsum("ij,ij->j", y2, y2)
     r = _corr(centre_within(x, labels), centre_within(y2, labels), raw_x, raw_y)
     return r[:, 0] if flat else r
+
+
+def _moments_corr(num: np.ndarray, ssx: np.ndarray, raw_x: np.ndarray, ssy: np.ndarray,
+                  raw_y: np.ndarray) -> np.ndarray:
+    ok = np.outer((ssx > 0) & (ssx > _TINY * raw_x), (ssy > 0) & (ssy > _TINY * raw_y))
+    den = np.sqrt(np.outer(np.maximum(ssx, 0), np.maximum(ssy, 0)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+    return np.clip(r, -1.0, 1.0)
+
+
+def _pair(
+    x: np.ndarray, y: np.ndarray, onehot: np.ndarray, counts: np.ndarray, lab: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Overall and within-class Pearson r of columns of x (n, N) with columns of y (n, M), from moments only."""
+    n = len(x)
+    yc = y - y.mean(axis=0)
+    y_class = onehot @ y  # [C, M]
+    yw = y - (y_class / counts[:, None])[lab]  # within-class residuals of y (small)
+    xs = x.sum(axis=0)
+    raw_x = np.einsum("ij,ij->j", x, x)
+    x_class = onehot @ x  # [C, N]
+    ss_x = raw_x - xs * xs / n
+    ssw_x = raw_x - (x_class * x_class / counts[:, None]).sum(axis=0)
+    raw_y = np.einsum("ij,ij->j", y, y)
+    ss_y = np.einsum("ij,ij->j", yc, yc)
+    ssw_y = np.einsum("ij,ij->j", yw, yw)
+    both = x.T @ np.concatenate([yc, yw], axis=1)  # [N, 2M]: sum x*(y - mean) and sum x*(y - class mean)
+    m = y.shape[1]
+    return (_moments_corr(both[:, :m], ss_x, raw_x, ss_y, raw_y),
+            _moments_corr(both[:, m:], ssw_x, raw_x, ssw_y, raw_y))
+
+
+def snapshot_correlations(
+    acts: np.ndarray, conf: np.ndarray, labels: np.ndarray, rank_source: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Pearson and Spearman r of every neuron with every confidence measure, overall and within class.
+
+    Computed from moments (sums, class sums, cross-products), so no residual matrix of the activations is formed;
+    equal to :func:`corr_columns` / :func:`corr_within` on the values and on the (within-class) ranks.
+
+    Args:
+        acts: array of shape (n, N), one snapshot's activations.
+        conf: array of shape (n, M), the confidence measures of the same samples.
+        labels: array of shape (n,), true classes.
+        rank_source: what to rank instead of ``acts`` (same order), e.g. the float16 values for a fast radix
+            sort; default ``acts``.
+
+    Returns:
+        ``{"pearson", "pearson_within", "spearman", "spearman_within"}`` -> array of shape (N, M), float64.
+    """
+    x = np.asarray(acts, np.float64)
+    y = np.asarray(conf, np.float64)
+    y = y[:, None] if y.ndim == 1 else y
+    lab = np.unique(labels, return_inverse=True)[1]
+    counts = np.bincount(lab).astype(np.float64)
+    onehot = np.zeros((len(counts), len(lab)))
+    onehot[lab, np.arange(len(lab))] = 1.0
+    p, pw = _pair(x, y, onehot, counts, lab)
+    src = x if rank_source is None else rank_source
+    sp = _pair(rankdata_columns(src), rankdata_columns(y), onehot, counts, lab)[0]
+    spw = _pair(rankdata_within(src, labels), rankdata_within(y, labels), onehot, counts, lab)[1]
+    return {"pearson": p, "pearson_within": pw, "spearman": sp, "spearman_within": spw}
 
 
 def corr_pvalues(r: np.ndarray, df: int) -> np.ndarray:
@@ -209,19 +276,40 @@ def class_distinctness(acts: np.ndarray, labels: np.ndarray) -> float:
     """
     acts = np.asarray(acts, np.float64)
     labels = np.asarray(labels)
-    if acts.shape[0] == 0 or len(np.unique(labels)) < 2:
+    if acts.shape[0] == 0:
         return float("nan")
     lab = np.unique(labels, return_inverse=True)[1]
-    counts = np.bincount(lab).astype(np.float64)
+    counts = np.bincount(lab)
     onehot = np.zeros((len(counts), len(lab)))
     onehot[lab, np.arange(len(lab))] = 1.0
-    means = (onehot @ acts) / counts[:, None]  # [C, N]
-    total = (acts * acts).sum() - acts.sum(axis=0) @ acts.sum(axis=0) / len(lab)
-    between = float((counts[:, None] * (means - acts.mean(axis=0)) ** 2).sum())
-    within = max(float(total) - between, 0.0)
-    if within <= _TINY * max(float(total), _TINY):
+    return distinctness_from_sums(onehot @ acts, counts, float(np.einsum("ij,ij->", acts, acts)))
+
+
+def distinctness_from_sums(class_sums: np.ndarray, class_counts: np.ndarray, sum_sq: float) -> float:
+    """Class distinctness from sufficient statistics (what the streaming pass accumulates anyway).
+
+    Args:
+        class_sums: array of shape (C, N), sum of each neuron's activation over each class's samples.
+        class_counts: array of shape (C,), samples per class (empty classes are ignored).
+        sum_sq: sum of squared activations over all samples and neurons.
+
+    Returns:
+        Between-class over within-class sum of squares (see :func:`class_distinctness`).
+    """
+    counts = np.asarray(class_counts, np.float64)
+    keep = counts > 0
+    if keep.sum() < 2:
         return float("nan")
-    return between / within
+    sums = np.asarray(class_sums, np.float64)[keep]
+    counts = counts[keep]
+    total_n = counts.sum()
+    grand = sums.sum(axis=0)  # [N]
+    between = float((sums * sums / counts[:, None]).sum() - (grand * grand).sum() / total_n)
+    total = float(sum_sq - (grand * grand).sum() / total_n)
+    within = total - between
+    if within <= 1e-9 * max(total, _TINY):
+        return float("nan")
+    return max(between, 0.0) / within
 
 
 class CkaReference:
@@ -232,28 +320,32 @@ class CkaReference:
 
     Args:
         y: array of shape (n, N_y), the reference activations.
+        dtype: precision of the Gram products (float32 is about twice as fast; centring is always float64).
     """
 
-    def __init__(self, y: np.ndarray):
-        yc = np.asarray(y, np.float64)
-        yc = yc - yc.mean(axis=0)
+    def __init__(self, y: np.ndarray, dtype: type = np.float64):
+        self._dtype = dtype
+        yc = self._centre(y)
         self._sample_space = yc.shape[0] <= yc.shape[1]
         self._yc = yc
         self._ky = yc @ yc.T if self._sample_space else None
         self._norm_y = float(np.linalg.norm(self._ky if self._sample_space else yc.T @ yc))
 
+    def _centre(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        return (x - x.mean(axis=0, dtype=np.float64)).astype(self._dtype, copy=False)
+
     def score(self, x: np.ndarray) -> float:
         """CKA of ``x`` (shape (n, N_x), same samples) to the reference, in [0, 1]; NaN without variation."""
-        xc = np.asarray(x, np.float64)
-        xc = xc - xc.mean(axis=0)
+        xc = self._centre(x)
         if self._sample_space or xc.shape[0] <= xc.shape[1]:
             kx = xc @ xc.T
             ky = self._ky if self._ky is not None else self._yc @ self._yc.T
-            num = float(np.einsum("ij,ij->", kx, ky))
-            norm_x = float(np.linalg.norm(kx))
+            num = float(np.einsum("ij,ij->", kx, ky, dtype=np.float64))
+            norm_x = float(np.linalg.norm(kx.astype(np.float64)))
         else:
-            num = float(np.linalg.norm(self._yc.T @ xc) ** 2)
-            norm_x = float(np.linalg.norm(xc.T @ xc))
+            num = float(np.linalg.norm((self._yc.T @ xc).astype(np.float64)) ** 2)
+            norm_x = float(np.linalg.norm((xc.T @ xc).astype(np.float64)))
         den = norm_x * self._norm_y
         return num / den if den > 0 else float("nan")
 

@@ -175,3 +175,21 @@ def test_trend_over_bins_removes_time_level():
     assert t.value == pytest.approx(ref.statistic) and t.rises
     falling = stats.trend_over_bins(level - np.arange(b)[None, :] + rng.normal(0, 0.1, (s, b)), "distinctness")
     assert not falling.rises and falling.value < -0.9
+
+
+def test_snapshot_correlations_equal_the_direct_forms():
+    """The moment-based pass equals Pearson / within-class Pearson on values and on (within-class) ranks."""
+    x, y, labels = _data(11)
+    x = x.astype(np.float16)
+    x[:, 3] = (labels * 0.3).astype(np.float16)  # class-only neuron
+    x[:, 4] = y[:, 0].astype(np.float16)  # confidence neuron
+    r = stats.snapshot_correlations(x.astype(np.float32), y, labels, rank_source=x)
+    xf = x.astype(np.float64)
+    np.testing.assert_allclose(r["pearson"], stats.corr_columns(xf, y), atol=1e-10)
+    np.testing.assert_allclose(r["pearson_within"], stats.corr_within(xf, y, labels), atol=1e-10)
+    ref_s = [[sps.spearmanr(xf[:, j], y[:, m]).statistic for m in range(2)] for j in range(x.shape[1])]
+    np.testing.assert_allclose(r["spearman"], ref_s, atol=1e-10)
+    rw = stats.corr_within(stats.rankdata_within(xf, labels), stats.rankdata_within(y, labels), labels)
+    np.testing.assert_allclose(r["spearman_within"], rw, atol=1e-10)
+    assert r["pearson_within"][3, 0] == 0.0 and r["spearman_within"][3, 0] == 0.0
+    assert r["pearson"][4, 0] > 0.999 and r["pearson_within"][4, 0] > 0.999

@@ -1,0 +1,206 @@
+"""Analysis benchmarks: layout time and quality, whole-store analysis time, peak memory on a >2 GB store.
+
+1. Layouts of NAPs from a trained digits MLP (hidden layer widened to 128, 1024 and 4096 units): time
+   (including declutter) and trustworthiness per method, against a straightforward numpy re-implementation of
+   the reference study's force refinement (all pairs per step, 1000 steps; for 4096 neurons a few steps are
+   timed and extrapolated).
+2. Whole-store analysis time as a ratio to one plain read of the same activations (Store.iter_acts).
+3. Peak memory (ru_maxrss of a fresh process) analysing a synthetic float16 store larger than 2 GB, written to a
+   temporary folder and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def digits_naps(hidden: int, seed: int = 0) -> np.ndarray:
+    """Class NAPs (hidden, 10) of a one-hidden-layer ReLU MLP trained on scikit-learn's digits (held-out 30 %)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = load_digits(return_X_y=True)
+    x = x / 16.0
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.3, stratify=y, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: a short training is enough for realistic NAPs
+        mlp = MLPClassifier((hidden,), max_iter=30, random_state=seed).fit(xtr, ytr)
+    acts = np.maximum(xte @ mlp.coefs_[0] + mlp.intercepts_[0], 0.0)  # [n, hidden]
+    return np.stack([acts[yte == c].mean(axis=0) for c in range(10)], axis=1), mlp.score(xte, yte)
+
+
+def paper_force_refinement(xy: np.ndarray, steps: int = 1000) -> np.ndarray:
+    """Baseline: every step computes forces between all pairs (O(N^2)), repelling pairs closer than the target
+    spacing and pulling each neuron back to its start (what the reference study's refinement does)."""
+    y = np.array(xy, np.float64)
+    orig = y.copy()
+    n = len(y)
+    r0 = 0.8 / np.sqrt(n)
+    for _ in range(steps):
+        diff = y[:, None, :] - y[None, :, :]  # [N, N, 2]
+        d = np.sqrt((diff * diff).sum(-1)) + np.eye(n) + 1e-9
+        push = np.where(d < r0, (r0 - d) / d, 0.0)
+        np.fill_diagonal(push, 0.0)
+        y += 0.25 * (push[:, :, None] * diff).sum(1) + 0.02 * (orig - y)
+    return y
+
+
+def bench_layouts() -> None:
+    from analysis.layouts import NeuronLayout, trustworthiness_score
+
+    print("Layouts of digits-MLP NAPs (cosine features; time includes declutter; k = 7)")
+    print(f"{'neurons':>7} {'method':<18} {'seconds':>8} {'trust':>6} {'vs baseline':>12}")
+    for hidden in (128, 1024, 4096):
+        naps, acc = digits_naps(hidden)
+        methods = ["force", "pca", "som"] + (["tsne"] if hidden <= 1024 else []) + (["mds"] if hidden <= 128 else [])
+        start = NeuronLayout(method="pca", declutter=False).fit(naps).embedding_
+        t0 = time.perf_counter()
+        if hidden <= 1024:
+            base = paper_force_refinement(start, 1000)
+            t_base = time.perf_counter() - t0
+            trust_base = f"{trustworthiness_score(naps, base):.3f}"
+            note = "1000 steps"
+        else:
+            paper_force_refinement(start, 5)
+            t_base = (time.perf_counter() - t0) * 200
+            trust_base = "n/a"
+            note = "5 steps timed x 200"
+        print(f"{hidden:>7} {'baseline (paper)':<18} {t_base:>8.2f} {trust_base:>6} {'1.0x':>12}  ({note}; "
+              f"MLP held-out accuracy {acc:.3f})")
+        for m in methods:
+            t0 = time.perf_counter()
+            est = NeuronLayout(method=m).fit(naps)
+            sec = time.perf_counter() - t0
+            tw = trustworthiness_score(naps, est.embedding_)
+            print(f"{hidden:>7} {est.name:<18} {sec:>8.2f} {tw:>6.3f} {t_base / sec:>11.1f}x")
+        sys.stdout.flush()
+
+
+def _plain_read(path: Path, probe: str) -> float:
+    from instrument.store import Store
+
+    t0 = time.perf_counter()
+    with Store(path) as st:
+        for layer in st.layers:
+            for _, a in st.iter_acts(probe, layer):
+                pass
+    return time.perf_counter() - t0
+
+
+def bench_whole_store() -> None:
+    from analysis.pipeline import analyze
+    from instrument.synthetic import write_synthetic_store
+
+    print("\nWhole-store analysis vs one plain read of the activations (warm page cache, same run)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for sizes, per_class, n_s in (((64,), 36, 100), ((256, 128), 50, 60), ((1024,), 100, 30)):
+            path = write_synthetic_store(Path(tmp) / f"s{sizes[0]}.h5", n_snapshots=n_s, layer_sizes=sizes,
+                                         per_class=per_class, with_train_probe=False)
+            _plain_read(path, "heldout")  # warm the page cache for both
+            t_read = min(_plain_read(path, "heldout") for _ in range(3))
+            stages: dict[str, list[float]] = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                now = time.perf_counter()
+                stages.setdefault(stage, [now, now])[1] = now
+
+            t0 = time.perf_counter()
+            analyze(path, Path(tmp) / "cache.h5", layout_methods=["force"], refresh=True, progress=progress)
+            t_all = time.perf_counter() - t0
+            t_stream = sum(b - a for k, (a, b) in stages.items() if k.endswith("snapshots"))
+            layout_t = sum(b - a for k, (a, b) in stages.items() if k.endswith("layouts"))
+            mb = path.stat().st_size / 1e6
+            print(f"  layers {sizes}, {10 * per_class} samples, {n_s} snapshots ({mb:.0f} MB): read {t_read:.2f} s, "
+                  f"analysis {t_all:.2f} s = {t_all / t_read:.1f}x read (streaming pass {t_stream:.2f} s = "
+                  f"{t_stream / t_read:.1f}x; layouts {layout_t:.2f} s)")
+            sys.stdout.flush()
+
+
+_CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from analysis.pipeline import analyze
+from instrument.store import Store
+path = Path(sys.argv[1])
+t0 = time.perf_counter()
+with Store(path) as st:
+    for _, a in st.iter_acts("heldout", "layer0"):
+        pass
+t_read = time.perf_counter() - t0
+rss_read = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+analyze(path, Path(sys.argv[2]), layout_methods=["force"], refresh=True)
+t_an = time.perf_counter() - t0
+print(json.dumps({"read_s": t_read, "analysis_s": t_an, "rss_after_read_kb": rss_read,
+                  "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+_WRITE = r"""
+import sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, StoreWriter
+from instrument.synthetic import MEASURES, confidence_from_logits
+n_s, n_neurons, n_classes, per_class = 260, 2048, 10, 200
+n = n_classes * per_class
+rng = np.random.default_rng(0)
+y = np.repeat(np.arange(n_classes), per_class)
+spec = StoreSpec((LayerSpec("layer0", n_neurons, "flatten", (n_neurons,)),), (ProbeSpec("heldout", np.arange(n), y),),
+                 tuple(str(c) for c in range(n_classes)), MEASURES, "float16")
+tuning = rng.normal(0, 1, (n_classes, n_neurons)).astype(np.float32)[y]
+pool = rng.normal(0, 1, (n + 97, n_neurons)).astype(np.float32)  # rolled windows: cheap fresh-looking noise
+noise = rng.normal(0, 1, (n, n_classes)).astype(np.float32)
+with StoreWriter.create(sys.argv[1], spec, {"run_name": "bench-big", "seed": 0}) as w:
+    for s in range(n_s):
+        t = (s + 1) / n_s
+        logits = noise * (1 - 0.5 * t) + 6 * t * np.eye(n_classes, dtype=np.float32)[y]
+        conf = confidence_from_logits(logits, y)
+        k = s % 97
+        a = np.maximum(t * tuning + 0.5 * pool[k:k + n], 0) * (0.5 + conf["max_prob"][:, None])
+        pred = logits.argmax(1)
+        rec = ProbeRecord({"layer0": a.astype(np.float16)}, logits, pred, pred == y,
+                          -np.log(np.clip(conf["true_prob"], 1e-12, None)).astype(np.float32),
+                          {m: v.astype(np.float32) for m, v in conf.items()})
+        w.append(Snapshot(step=10 * (s + 1), epoch=s // 26, time=time.time(), probes={"heldout": rec}))
+"""
+
+
+def bench_big_store() -> None:
+    root = str(Path(__file__).resolve().parent.parent)
+    print("\nPeak memory on a synthetic store > 2 GB (1 layer x 2048 neurons x 2000 samples x 260 snapshots, float16)")
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TOPOTRACE_BENCH_TMP")) as tmp:
+        path = Path(tmp) / "big.h5"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", _WRITE, str(path), root], check=True)
+        size = path.stat().st_size
+        print(f"  wrote {size / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s")
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(Path(tmp) / "cache.h5"), root],
+                             check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        peak = r["peak_rss_kb"] * 1024
+        print(f"  plain read {r['read_s']:.1f} s, analysis {r['analysis_s']:.1f} s = "
+              f"{r['analysis_s'] / r['read_s']:.1f}x read")
+        print(f"  peak RSS {peak / 1e6:.0f} MB (after the plain read {r['rss_after_read_kb'] * 1024 / 1e6:.0f} MB) = "
+              f"{peak / size:.2f} x store size")
+    print("  (temporary store deleted)")
+
+
+def main() -> None:
+    bench_layouts()
+    bench_whole_store()
+    bench_big_store()
+
+
+if __name__ == "__main__":
+    main()
