@@ -1,0 +1,131 @@
+"""Static PNG export of one topographic map with its colour bar, for papers (Pillow only, no matplotlib).
+
+The picture uses the report's colour mapping exactly: the palette of :func:`report_templates.figures.diverging_palette`
+over the layer's fixed colour limit, binned like Bokeh's ``LinearColorMapper``. Pixels outside the layout's
+region are white. Geometry (in output pixels; ``H, W`` = the operator's grid, ``scale`` = pixels per grid cell)::
+
+    title band of TITLE_H px
+    map:        x in [MARGIN, MARGIN + W*scale),  y in [TITLE_H, TITLE_H + H*scale)   (grid row 0 at the bottom)
+    colour bar: x in [bar_x, bar_x + BAR_W) with bar_x = MARGIN + W*scale + GAP, same rows as the map,
+                +limit at the top, -limit at the bottom, tick labels to its right.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from analysis.results import AnalysisResults
+
+from .figures import diverging_palette
+
+MARGIN = 10
+TITLE_H = 30
+GAP = 14
+BAR_W = 16
+LABEL_W = 64
+
+
+def palette_rgb(n: int = 256) -> np.ndarray:
+    """The report's diverging palette as an array of shape (n, 3), uint8."""
+    return np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in diverging_palette(n)], dtype=np.uint8)
+
+
+def color_index(values: np.ndarray, limit: float, n: int = 256) -> np.ndarray:
+    """Palette index of each value as Bokeh's LinearColorMapper bins it over [-limit, limit]; NaN -> -1."""
+    v = np.asarray(values, dtype=np.float64)
+    idx = np.floor((v + limit) / (2 * limit) * n)
+    idx = np.clip(np.nan_to_num(idx, nan=0.0), 0, n - 1).astype(np.int64)
+    return np.where(np.isnan(v), -1, idx)
+
+
+def _resolve_group(names: list[str], group: int | str) -> int:
+    if isinstance(group, (bool, float)) or not isinstance(group, (int, np.integer, str)):
+        raise TypeError(f"The 'group' parameter must be an int index or a group name. Got {type(group).__name__}.")
+    if isinstance(group, str):
+        if group in names:
+            return names.index(group)
+        try:
+            group = int(group)
+        except ValueError:
+            raise ValueError(f"The 'group' parameter must be one of {names} or an index. Got {group!r}.") from None
+    if not -len(names) <= int(group) < len(names):
+        raise ValueError(f"The 'group' parameter must be an index in [0, {len(names)}). Got {group}.")
+    return int(group) % len(names)
+
+
+def export_map_png(results: AnalysisResults, layer: str, grouping: str, group: int | str, snapshot: int,
+                   path: str | os.PathLike, scale: int = 4) -> Path:
+    """Write one map (a group's mean activation at one snapshot) with a colour bar as a PNG.
+
+    Args:
+        results: the analysis of a run.
+        layer: layer name.
+        grouping: a key of the layer's NAPs, e.g. ``"class"``, ``"correct"`` or ``"confbin"``.
+        group: group name (e.g. ``"3"``) or index; a name wins when a string is both.
+        snapshot: snapshot position, negative counts from the end (``-1`` is the last).
+        path: PNG file to write.
+        scale: output pixels per map grid cell (nearest-neighbour upscaling), 1 to 32.
+
+    Returns:
+        The path written.
+    """
+    if not isinstance(results, AnalysisResults):
+        raise TypeError(f"The 'results' parameter must be an AnalysisResults. Got {type(results).__name__}.")
+    if layer not in results.layers:
+        raise ValueError(f"The 'layer' parameter must be one of {list(results.layers)}. Got {layer!r}.")
+    la = results.layers[layer]
+    if grouping not in la.naps:
+        raise ValueError(f"The 'grouping' parameter must be one of {list(la.naps)}. Got {grouping!r}.")
+    if not la.layouts or la.default_layout not in la.layouts:
+        raise ValueError(f"Layer {layer!r} has no layout to draw a map on.")
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)):
+        raise TypeError(f"The 'scale' parameter must be an int. Got {type(scale).__name__}.")
+    if not 1 <= scale <= 32:
+        raise ValueError(f"The 'scale' parameter must be in [1, 32]. Got {scale}.")
+    gn = la.naps[grouping]
+    g = _resolve_group(list(gn.group_names), group)
+    s_total = gn.naps.shape[0]
+    if isinstance(snapshot, bool) or not isinstance(snapshot, (int, np.integer)):
+        raise TypeError(f"The 'snapshot' parameter must be an int. Got {type(snapshot).__name__}.")
+    if not -s_total <= snapshot < s_total:
+        raise ValueError(f"The 'snapshot' parameter must be in [{-s_total}, {s_total}). Got {snapshot}.")
+    s = int(snapshot) % s_total
+    op = la.layouts[la.default_layout].interp
+    img = op.apply(gn.naps[s, g])  # (H, W), row 0 at the bottom, NaN outside
+    limit = float(la.color_limit) if la.color_limit > 0 else 1.0
+    pal = palette_rgb()
+
+    h, w = op.grid_shape
+    rgb = np.full((h, w, 3), 255, np.uint8)
+    idx = color_index(img, limit, len(pal))
+    rgb[idx >= 0] = pal[idx[idx >= 0]]
+    rgb = np.repeat(np.repeat(rgb[::-1], scale, axis=0), scale, axis=1)  # top row of the PNG = highest y
+
+    mh, mw = h * scale, w * scale
+    bar_x = MARGIN + mw + GAP
+    width, height = bar_x + BAR_W + LABEL_W, TITLE_H + mh + MARGIN
+    canvas = Image.new("RGB", (width, height), "white")
+    canvas.paste(Image.fromarray(rgb), (MARGIN, TITLE_H))
+    # colour bar: row r of the bar shows the value at the centre of that row, top = +limit
+    centres = limit - (np.arange(mh) + 0.5) / mh * 2 * limit
+    bar = np.repeat(pal[color_index(centres, limit, len(pal))][:, None, :], BAR_W, axis=1)
+    canvas.paste(Image.fromarray(bar), (bar_x, TITLE_H))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((bar_x - 1, TITLE_H - 1, bar_x + BAR_W, TITLE_H + mh), outline=(90, 90, 90))
+    font = ImageFont.load_default(size=max(10, min(14, mh // 12)))
+    for frac, value in ((0.0, limit), (0.5, 0.0), (1.0, -limit)):
+        y = TITLE_H + min(int(frac * mh), mh - 1)
+        draw.line((bar_x + BAR_W, y, bar_x + BAR_W + 4, y), fill=(60, 60, 60))
+        draw.text((bar_x + BAR_W + 7, y), f"{value:+.3g}" if value else "0", fill=(30, 30, 30), font=font,
+                  anchor="lm")
+    step = int(results.steps[s]) if len(results.steps) > s else s
+    title = f"{layer} · {gn.group_names[g]} · step {step:,}"
+    draw.text((MARGIN, TITLE_H // 2), title, fill=(20, 20, 20), font=ImageFont.load_default(size=13), anchor="lm")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out, format="PNG")
+    return out
