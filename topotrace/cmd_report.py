@@ -1,0 +1,79 @@
+"""``topotrace report``: analyse a run (or load the cached analysis) and write its self-contained HTML report.
+
+Also exports chosen maps as PNG files for papers with ``--png LAYER:GROUPING:GROUP:SNAPSHOT`` (repeatable),
+e.g. ``--png fc1:class:3:-1`` for class 3's map of layer ``fc1`` at the last snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+
+def parse_png_spec(spec: str) -> tuple[str, str, str, int]:
+    """``"LAYER:GROUPING:GROUP:SNAPSHOT"`` -> (layer, grouping, group, snapshot); the layer may contain ':'."""
+    parts = spec.rsplit(":", 3)
+    if len(parts) != 4 or not all(parts[:3]):
+        raise ValueError(f"The '--png' option must look like LAYER:GROUPING:GROUP:SNAPSHOT (e.g. fc1:class:3:-1). "
+                         f"Got {spec!r}.")
+    try:
+        snapshot = int(parts[3])
+    except ValueError:
+        raise ValueError(f"The SNAPSHOT part of '--png' must be an integer (e.g. -1 for the last). "
+                         f"Got {parts[3]!r} in {spec!r}.") from None
+    return parts[0], parts[1], parts[2], snapshot
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "x"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run folder (runs/<name>, meaning runs/<name>/store.h5) or store file")
+    parser.add_argument("--out", default=None, help="HTML file to write (default: report.html next to the store)")
+    parser.add_argument("--png", action="append", default=[], metavar="LAYER:GROUPING:GROUP:SNAPSHOT",
+                        help="also export this map as PNG (repeatable), e.g. fc1:class:3:-1; written to "
+                             "maps/ next to the report")
+    parser.add_argument("--scale", type=int, default=4, help="PNG pixels per map grid cell (default: 4)")
+    parser.add_argument("--refresh", action="store_true", help="recompute the analysis even if its cache is current")
+
+
+def run(args: argparse.Namespace) -> int:
+    from analysis.pipeline import analyze, resolve_store_path
+    from report_templates.export import export_map_png
+    from report_templates.generate import build_report
+
+    path = resolve_store_path(args.run)
+    if not path.exists():
+        print(f"No store at {path}. Train first (make train) or give a store file.", file=sys.stderr)
+        return 2
+    try:
+        pngs = [parse_png_spec(s) for s in args.png]
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        results = analyze(path, path.parent / "analysis.h5", refresh=args.refresh)
+    except (ValueError, KeyError) as err:
+        print(f"Analysis failed: {err}", file=sys.stderr)
+        return 2
+    t1 = time.perf_counter()
+    out = Path(args.out) if args.out else path.parent / "report.html"
+    build_report(results, out)
+    t2 = time.perf_counter()
+    for layer, grouping, group, snapshot in pngs:
+        target = out.parent / "maps" / f"{_safe(layer)}_{_safe(grouping)}_{_safe(group)}_{snapshot}.png"
+        try:
+            export_map_png(results, layer, grouping, group, snapshot, target, scale=args.scale)
+        except (ValueError, TypeError) as err:
+            print(f"PNG {layer}:{grouping}:{group}:{snapshot} not written: {err}", file=sys.stderr)
+            return 2
+        print(f"map: {target}", file=sys.stderr)
+    size = out.stat().st_size / 1e6
+    print(f"analysis {t1 - t0:.1f} s, report {t2 - t1:.1f} s, {size:.1f} MB", file=sys.stderr)
+    print(out)
+    return 0
