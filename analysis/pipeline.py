@@ -20,7 +20,9 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,7 @@ RANDOM_STATE = 0
 CKA_MAX_SAMPLES = 512  # CKA uses a fixed, seeded subset of at most this many probe samples
 MAX_TSNE_NEURONS = 2048
 MAX_MDS_NEURONS = 256
+MAX_WORKERS = 4  # threads computing snapshots in parallel (capped by the CPU count)
 
 Progress = Callable[[str, int, int], None]
 
@@ -102,7 +105,7 @@ class _LayerPass:
 
     def __init__(self, n_s: int, n_neurons: int, measures: Sequence[str], n_bins: int, group_sizes: dict[str, int]):
         m = len(measures)
-        shape = (n_s, n_neurons, m)
+        shape = (m, n_s, n_neurons)  # measure first: each measure's (S, N) block is contiguous
         self.measures = list(measures)
         self.r = {k: np.zeros(shape, np.float32) for k in ("pearson", "spearman", "pearson_within", "spearman_within")}
         self.q = {k: np.ones(shape, np.float32) for k in ("pearson", "pearson_within")}
@@ -120,10 +123,10 @@ def _snapshot_stats(lp: _LayerPass, s: int, a: np.ndarray, rank_source: np.ndarr
     """Correlations of one snapshot: ``a`` (n, N), ``conf`` (n, M) -> rows ``s`` of the result arrays."""
     r = stats.snapshot_correlations(a, conf, labels, rank_source)
     for k, v in r.items():
-        lp.r[k][s] = v
+        lp.r[k][:, s] = v.T
     for key, dof in (("pearson", df), ("pearson_within", df_within)):
-        p = stats.corr_pvalues(r[key], dof)  # [N, M]
-        lp.q[key][s] = stats.bh_fdr(p.T).T
+        p = stats.corr_pvalues(r[key].T, dof)  # [M, N]
+        lp.q[key][:, s] = stats.bh_fdr(p)
 
 
 def analyze(
@@ -240,7 +243,9 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
     off = dict(zip(naps.GROUPINGS, offsets[:-1]))
     g_total = int(offsets[-1])
     cols = np.tile(np.arange(n), len(naps.GROUPINGS))
-    for s, a in store.iter_acts(probe, name):
+    steps = store.steps
+
+    def process(s: int, a: np.ndarray) -> None:
         try:
             # Sums of every group of every grouping in one product: [G_total, n] @ [n, N].
             rows = np.concatenate([off[g] + naps.group_index(g, labels, preds[s], corrects[s], bins[s], n_classes,
@@ -271,22 +276,36 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
                                                                                 sq_sums[b])
             lp.cka[s] = cka_ref.score(a[sub])
         except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
-            raise ValueError(f"Analysis failed for layer {name!r} at snapshot {s} (step {store.steps[s]}, "
+            raise ValueError(f"Analysis failed for layer {name!r} at snapshot {s} (step {steps[s]}, "
                              f"activations {a.shape})") from err
-        report(stage, s + 1, n_s)
+
+    # Snapshots are read in order by this thread and computed by a small pool (numpy releases the GIL in
+    # sorting and BLAS); at most `workers` snapshots are in flight, so memory stays bounded.
+    workers = max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+    done = 0
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for s, a in store.iter_acts(probe, name):
+            pending.append(pool.submit(process, s, a))
+            while len(pending) >= workers + (workers > 1):
+                pending.popleft().result()
+                done += 1
+                report(stage, done, n_s)
+        while pending:
+            pending.popleft().result()
+            done += 1
+            report(stage, done, n_s)
     grouped = {g: GroupedNaps(g, naps.group_names(g, store.class_names, names_b), lp.naps[g], lp.counts[g])
                for g in naps.GROUPINGS}
     corr = {}
     for j, m in enumerate(measures):
         summary: dict[str, np.ndarray] = {}
         for suffix, rk in (("", "pearson"), ("_within", "pearson_within")):
-            rows = [stats.corr_summary(lp.r[rk][s, :, j], lp.q[rk][s, :, j], ALPHA) for s in range(n_s)]
+            rows = [stats.corr_summary(lp.r[rk][j, s], lp.q[rk][j, s], ALPHA) for s in range(n_s)]
             for k in rows[0]:
                 summary[k + suffix] = np.array([r[k] for r in rows])
-        corr[m] = CorrResult(m, *(np.ascontiguousarray(lp.r[k][..., j]) for k in
-                                  ("pearson", "spearman", "pearson_within", "spearman_within")),
-                             np.ascontiguousarray(lp.q["pearson"][..., j]),
-                             np.ascontiguousarray(lp.q["pearson_within"][..., j]), summary, ALPHA)
+        corr[m] = CorrResult(m, *(lp.r[k][j] for k in ("pearson", "spearman", "pearson_within", "spearman_within")),
+                             lp.q["pearson"][j], lp.q["pearson_within"][j], summary, ALPHA)
     layouts = _layouts(grouped["class"].naps[-1], layout_methods, name, report)
     if default_layout is None:
         default_layout = max(layouts, key=lambda k: (layouts[k].trustworthiness, k == "force+declutter"))
@@ -303,7 +322,8 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
         name=name, n_neurons=n_neurons, reduction=spec.reduction, naps=grouped, layouts=layouts,
         default_layout=default_layout,
         color_limit=maps.color_limit(gn.naps for gn in grouped.values()),
-        color_limit_contrast=maps.color_limit(naps.contrast_normalise(gn.naps) for gn in grouped.values()),
+        color_limit_contrast=maps.color_limit(naps.contrast_normalise(gn.naps[s]) for gn in grouped.values()
+                                              for s in range(n_s)),
         corr=corr, strength=lp.strength, distinctness=lp.distinctness, bin_names=names_b,
         strength_by_bin=lp.strength_by_bin, distinctness_by_bin=lp.distinctness_by_bin, cka=lp.cka, trends=trends,
     )

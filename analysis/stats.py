@@ -42,6 +42,31 @@ def _sort_key(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _transpose(x: np.ndarray, tile: int = 64) -> np.ndarray:
+    """Contiguous transpose of a 2-D array, copied in square tiles (about 3x faster than a plain copy of ``x.T``)."""
+    out = np.empty(x.shape[::-1], x.dtype)
+    for i in range(0, x.shape[0], tile):
+        for j in range(0, x.shape[1], tile):
+            out[j : j + tile, i : i + tile] = x[i : i + tile, j : j + tile].T
+    return out
+
+
+def _rank_rows(keys: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based) along each row of ``keys`` (shape (R, m)): array of shape (R, m), float64."""
+    n_rows, m = keys.shape
+    order = np.argsort(keys, axis=1, kind="stable")
+    sk = np.take_along_axis(keys, order, axis=1)
+    new = np.ones(sk.shape, bool)
+    new[:, 1:] = sk[:, 1:] != sk[:, :-1]
+    run = np.cumsum(new.ravel()) - 1  # run id of every sorted element, unique across rows
+    length = np.bincount(run).astype(np.float64)
+    first = np.flatnonzero(new.ravel()) % m  # position in its row where each run starts
+    avg = first + (length + 1.0) / 2.0  # average 1-based rank of each run
+    out = np.empty(sk.shape, np.float64)
+    np.put_along_axis(out, order, avg[run].reshape(n_rows, m), axis=1)
+    return out
+
+
 def rankdata_columns(x: np.ndarray) -> np.ndarray:
     """Ranks (1 .. n, ties get their average rank) of every column, like ``scipy.stats.rankdata(x, axis=0)``.
 
@@ -51,20 +76,7 @@ def rankdata_columns(x: np.ndarray) -> np.ndarray:
     Returns:
         Array of shape (n, N), float64.
     """
-    x = np.asarray(x)
-    n, n_cols = x.shape
-    keys = _sort_key(np.ascontiguousarray(x.T))  # [N, n]
-    order = np.argsort(keys, axis=1, kind="stable")
-    sk = np.take_along_axis(keys, order, axis=1)
-    new = np.ones(sk.shape, bool)
-    new[:, 1:] = sk[:, 1:] != sk[:, :-1]
-    run = np.cumsum(new.ravel()) - 1  # run id of every sorted element, unique across columns
-    length = np.bincount(run).astype(np.float64)
-    first = np.flatnonzero(new.ravel()) % n  # position in its column where each run starts
-    avg = first + (length + 1.0) / 2.0  # average 1-based rank of each run
-    ranks_t = np.empty(sk.shape, np.float64)
-    np.put_along_axis(ranks_t, order, avg[run].reshape(n_cols, n), axis=1)
-    return ranks_t.T
+    return _rank_rows(_sort_key(_transpose(np.asarray(x)))).T
 
 
 def rankdata_within(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -145,23 +157,25 @@ def _moments_corr(num: np.ndarray, ssx: np.ndarray, raw_x: np.ndarray, ssy: np.n
     return np.clip(r, -1.0, 1.0)
 
 
-def _pair(
-    x: np.ndarray, y: np.ndarray, onehot: np.ndarray, counts: np.ndarray, lab: np.ndarray
+def _pair_t(
+    xt: np.ndarray, y: np.ndarray, onehot: np.ndarray, counts: np.ndarray, lab: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Overall and within-class Pearson r of columns of x (n, N) with columns of y (n, M), from moments only."""
-    n = len(x)
+    """Overall and within-class Pearson r of the rows of ``xt`` (N, n) with the columns of ``y`` (n, M).
+
+    Computed from moments only (sums, sums of squares, class sums, cross-products); returns two (N, M) arrays.
+    """
+    n = xt.shape[1]
     yc = y - y.mean(axis=0)
-    y_class = onehot @ y  # [C, M]
-    yw = y - (y_class / counts[:, None])[lab]  # within-class residuals of y (small)
-    xs = x.sum(axis=0)
-    raw_x = np.einsum("ij,ij->j", x, x)
-    x_class = onehot @ x  # [C, N]
+    yw = y - ((onehot @ y) / counts[:, None])[lab]  # within-class residuals of y (small)
+    xs = xt.sum(axis=1)
+    raw_x = np.einsum("ij,ij->i", xt, xt)
+    x_class = xt @ onehot.T  # [N, C]
     ss_x = raw_x - xs * xs / n
-    ssw_x = raw_x - (x_class * x_class / counts[:, None]).sum(axis=0)
+    ssw_x = raw_x - (x_class * x_class / counts[None, :]).sum(axis=1)
     raw_y = np.einsum("ij,ij->j", y, y)
     ss_y = np.einsum("ij,ij->j", yc, yc)
     ssw_y = np.einsum("ij,ij->j", yw, yw)
-    both = x.T @ np.concatenate([yc, yw], axis=1)  # [N, 2M]: sum x*(y - mean) and sum x*(y - class mean)
+    both = xt @ np.concatenate([yc, yw], axis=1)  # [N, 2M]: sum x*(y - mean) and sum x*(y - class mean)
     m = y.shape[1]
     return (_moments_corr(both[:, :m], ss_x, raw_x, ss_y, raw_y),
             _moments_corr(both[:, m:], ssw_x, raw_x, ssw_y, raw_y))
@@ -172,8 +186,9 @@ def snapshot_correlations(
 ) -> dict[str, np.ndarray]:
     """Pearson and Spearman r of every neuron with every confidence measure, overall and within class.
 
-    Computed from moments (sums, class sums, cross-products), so no residual matrix of the activations is formed;
-    equal to :func:`corr_columns` / :func:`corr_within` on the values and on the (within-class) ranks.
+    Computed from moments (sums, class sums, cross-products) on a neuron-major copy with the samples sorted by
+    class, so no residual matrix is formed and within-class ranks come from contiguous blocks; equal to
+    :func:`corr_columns` / :func:`corr_within` on the values and on the (within-class) ranks.
 
     Args:
         acts: array of shape (n, N), one snapshot's activations.
@@ -185,17 +200,31 @@ def snapshot_correlations(
     Returns:
         ``{"pearson", "pearson_within", "spearman", "spearman_within"}`` -> array of shape (N, M), float64.
     """
-    x = np.asarray(acts, np.float64)
-    y = np.asarray(conf, np.float64)
-    y = y[:, None] if y.ndim == 1 else y
     lab = np.unique(labels, return_inverse=True)[1]
-    counts = np.bincount(lab).astype(np.float64)
+    perm = np.argsort(lab, kind="stable")
+    if np.array_equal(perm, np.arange(len(lab))):
+        perm = slice(None)
+    lab = lab[perm]
+    counts_i = np.bincount(lab)
+    counts = counts_i.astype(np.float64)
+    bounds = np.concatenate([[0], np.cumsum(counts_i)])
     onehot = np.zeros((len(counts), len(lab)))
     onehot[lab, np.arange(len(lab))] = 1.0
-    p, pw = _pair(x, y, onehot, counts, lab)
-    src = x if rank_source is None else rank_source
-    sp = _pair(rankdata_columns(src), rankdata_columns(y), onehot, counts, lab)[0]
-    spw = _pair(rankdata_within(src, labels), rankdata_within(y, labels), onehot, counts, lab)[1]
+    y = np.asarray(conf, np.float64)
+    y = (y[:, None] if y.ndim == 1 else y)[perm]
+    xt = _transpose(np.asarray(acts)[perm]).astype(np.float64)  # [N, n]
+    p, pw = _pair_t(xt, y, onehot, counts, lab)
+    del xt
+    src = np.asarray(acts if rank_source is None else rank_source)[perm]
+    keys = _sort_key(_transpose(src))  # [N, n]
+    ykeys = np.ascontiguousarray(y.T)  # [M, n]
+    sp = _pair_t(_rank_rows(keys), _rank_rows(ykeys).T, onehot, counts, lab)[0]
+    rw = np.empty(keys.shape)
+    ryw = np.empty(ykeys.shape)
+    for b0, b1 in zip(bounds[:-1], bounds[1:]):
+        rw[:, b0:b1] = _rank_rows(np.ascontiguousarray(keys[:, b0:b1]))
+        ryw[:, b0:b1] = _rank_rows(np.ascontiguousarray(ykeys[:, b0:b1]))
+    spw = _pair_t(rw, ryw.T, onehot, counts, lab)[1]
     return {"pearson": p, "pearson_within": pw, "spearman": sp, "spearman_within": spw}
 
 
