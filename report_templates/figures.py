@@ -74,8 +74,8 @@ def plain(value: object) -> str:
     return text
 
 
-# Divs render in their own shadow DOM, so the page's stylesheet does not reach inside; one shared sheet does.
-_DIV_CSS = InlineStyleSheet(css="""
+# Divs render in their own shadow DOM, so the page's stylesheet does not reach inside; each Div gets this sheet.
+_DIV_CSS = """
 :host { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, "Noto Sans",
         "Liberation Sans", sans-serif; color: #1f2328; }
 .tt-layer { margin: 12px 0 2px; color: #444c56; font-size: 13.5px; }
@@ -83,12 +83,12 @@ _DIV_CSS = InlineStyleSheet(css="""
 .tt-ctl { display: inline-block; padding-top: 7px; color: #57606a; font-size: 13px; }
 .tt-steplabel { display: inline-block; padding-top: 6px; font-size: 14px; font-variant-numeric: tabular-nums;
                 min-width: 270px; }
-""")
+"""
 
 
 def _div(text: str, **kw) -> Div:
     """A Div of trusted HTML (callers escape run text with :func:`esc`); TeX typesetting off."""
-    return Div(text=text, disable_math=True, stylesheets=[_DIV_CSS], **kw)
+    return Div(text=text, disable_math=True, stylesheets=[InlineStyleSheet(css=_DIV_CSS)], **kw)
 
 
 def step_axis_type(steps: np.ndarray) -> str:
@@ -191,7 +191,10 @@ def _map_tile(title: str, op: InterpOperator, xy: np.ndarray, values: np.ndarray
         "x": np.asarray(xy[:, 0], np.float32), "y": np.asarray(xy[:, 1], np.float32),
         "neuron": np.arange(len(xy), dtype=np.int32), "value": np.asarray(values, np.float32).copy(),
     })
-    r = fig.scatter("x", "y", source=pts_src, size=4, fill_alpha=0.0, line_color="#333333", line_alpha=0.35,
+    # Dots mark neurons for hovering; with many neurons they would hide the map, so they fade (still hoverable).
+    n = len(xy)
+    alpha = 0.35 if n <= 100 else (0.12 if n <= 400 else 0.0)
+    r = fig.scatter("x", "y", source=pts_src, size=5, fill_alpha=0.0, line_color="#333333", line_alpha=alpha,
                     hover_line_color="black", hover_line_alpha=1.0, hover_fill_color="black", hover_fill_alpha=0.6)
     fig.add_tools(HoverTool(renderers=[r], tooltips=[("neuron", "@neuron"), (value_label, "@value{0.000}")],
                             point_policy="snap_to_data"))

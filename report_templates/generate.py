@@ -112,8 +112,7 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 
 def _page_context(results: AnalysisResults, now: _dt.datetime) -> dict[str, object]:
-    trends = [(layer.name, t.text, f"{t.statistic} = {_fmt(t.value)}, p = {_fmt(t.p_value, 4)}")
-              for layer in results.layers.values() for t in (layer.trends or [])]
+    trends = [(layer.name, t.text) for layer in results.layers.values() for t in (layer.trends or [])]
     tables = [(layer.name, [(m, _fmt(la.trustworthiness), _fmt(la.shepard), _fmt(la.smoothness), _fmt(la.seconds, 2))
                             for m, la in layer.layouts.items()])
               for layer in results.layers.values() if layer.layouts]

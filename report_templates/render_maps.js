@@ -1,7 +1,7 @@
 // Renders the topographic maps of one snapshot in the browser (body of a Bokeh CustomJS callback).
 //
 // Each map tile owns an image source (one H x W float32 image, row 0 at the bottom) and a points source
-// (neuron positions; column "value" feeds the hover tooltip). Neuron values of every snapshot live in value
+// (neuron positions; column "value", a float32 array, feeds the hover tooltip). Neuron values of every snapshot live in value
 // sources (column "v", shape (S, G, N)); the interpolation operator of a layer lives in an operator source
 // (columns "pixel" (P,), "neurons" (P, K), "weights" (P, K)). A frame is
 //     img[pixel[p]] = sum_k v[s, g, neurons[p, k]] * weights[p, k]
@@ -35,9 +35,11 @@ if (w.topotraceRender === undefined || w.topotraceRender.owner !== slider.id) {
         for (let k = 0; k < K; k++, q++) acc += vals[base + nb[q]] * wt[q];
         img[pixel[p]] = acc;
       }
+      // Hover values change in place without a change event: the tooltip reads them when it shows, and the
+      // dots (which never move) are not redrawn or re-indexed.
       const pv = pts[m].data.value;
       for (let n = 0; n < N; n++) pv[n] = vals[base + n];
-      touched.push(imgs[m], pts[m]);
+      touched.push(imgs[m]);
     }
     for (const src of touched) src.change.emit();
     const i = Math.min(s, steps.length - 1);
