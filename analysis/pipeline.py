@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from instrument.store import Store
 
@@ -281,9 +282,11 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
 
     # Snapshots are read in order by this thread and computed by a small pool (numpy releases the GIL in
     # sorting and BLAS); at most `workers` snapshots are in flight, so memory stays bounded.
+    # One BLAS thread per worker: the products here are small, and a multi-threaded BLAS called from several
+    # threads at once (or on a busy machine) spends its time spinning, up to 10x slower.
     workers = max(1, min(MAX_WORKERS, os.cpu_count() or 1))
     done = 0
-    with ThreadPoolExecutor(workers) as pool:
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
         for s, a in store.iter_acts(probe, name):
             pending.append(pool.submit(process, s, a))
@@ -307,7 +310,9 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
         corr[m] = CorrResult(m, *(lp.r[k][j] for k in ("pearson", "spearman", "pearson_within", "spearman_within")),
                              lp.q["pearson"][j], lp.q["pearson_within"][j], summary, ALPHA)
     layouts = _layouts(grouped["class"].naps[-1], layout_methods, name, report)
-    if default_layout is None:
+    if not layouts:
+        default_layout = ""  # fewer than 3 neurons: no map
+    elif default_layout is None:
         default_layout = max(layouts, key=lambda k: (layouts[k].trustworthiness, k == "force+declutter"))
     elif default_layout not in layouts:
         raise ValueError(f"The 'default_layout' parameter must be one of {sorted(layouts)}. "
@@ -336,7 +341,9 @@ def _layouts(
     x = class_naps.T.astype(np.float64)  # [N, C]
     x = x[:, np.isfinite(x).all(axis=0)]  # classes absent from the probe set
     methods = default_layout_methods(len(x)) if methods is None else methods
-    out = {}
+    out: dict[str, LayoutResult] = {}
+    if len(x) < 3:  # a 2-D map needs at least a triangle of neurons
+        return out
     stage = f"{layer}: layouts"
     report(stage, 0, len(methods))
     for i, method in enumerate(methods):

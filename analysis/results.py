@@ -145,7 +145,8 @@ class LayerResult:
         reduction: as in the store.
         naps: grouping -> :class:`GroupedNaps`.
         layouts: method -> :class:`LayoutResult`.
-        default_layout: key of ``layouts`` used for maps in the report.
+        default_layout: key of ``layouts`` used for maps in the report (``""`` and no layouts for layers with
+            fewer than 3 neurons).
         color_limit: symmetric colour limit for maps of this layer, the same for every snapshot and group
             (maps run from -color_limit to +color_limit).
         corr: measure -> :class:`CorrResult`.

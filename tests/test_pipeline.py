@@ -250,3 +250,35 @@ def test_load_refuses_other_files(tmp_path, synthetic):
 def test_analysis_never_imports_torch():
     code = "import analysis.pipeline, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_thread_count_does_not_change_results(small_store, tmp_path, monkeypatch):
+    import analysis.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_WORKERS", 1)
+    one = analyze(small_store, tmp_path / "one.h5", layout_methods=["pca"])
+    monkeypatch.setattr(pipeline, "MAX_WORKERS", 3)
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 3)
+    three = analyze(small_store, tmp_path / "three.h5", layout_methods=["pca"])
+    for name in one.layers:
+        for res in (one, three):
+            for lay in res.layers[name].layouts.values():
+                lay.seconds = 0.0  # wall time, the only field allowed to differ
+        _assert_same(one.layers[name], three.layers[name])
+
+
+def test_tiny_layer_gets_statistics_but_no_map(tmp_path):
+    probes = (ProbeSpec("heldout", np.arange(30), np.repeat(np.arange(N_CLASSES), 10)),)
+    spec = StoreSpec((LayerSpec("head", 2, "flatten", (2,)),), probes, ("a", "b", "c"), ("max_prob", "margin"),
+                     act_dtype="float32")
+    rng = np.random.default_rng(3)
+    full = _spec()
+    with StoreWriter.create(tmp_path / "store.h5", spec, {}) as w:
+        for step in (1, 2, 3):
+            snap = _snapshot(full, step, rng)
+            rec = snap.probes["heldout"]
+            rec.acts = {"head": rec.acts["fc1"][:, :2]}
+            w.append(Snapshot(step, 0, snap.time, {"heldout": rec}))
+    lr = analyze(tmp_path / "store.h5").layers["head"]
+    assert lr.layouts == {} and lr.default_layout == ""
+    assert lr.corr["max_prob"].pearson.shape == (3, 2) and np.isfinite(lr.strength).all()
