@@ -227,6 +227,7 @@ def _layer_grid(results: AnalysisResults, layer: LayerResult, li: int, reg: _Map
     if len(reg.osrc) == 0 or reg.osrc[-1].name != f"op_{li}":
         reg.osrc.append(_op_source(lay.interp, f"op_{li}"))
     reg.vsrc.append(ColumnDataSource({"v": np.ascontiguousarray(values, dtype=np.float32)}, name=label))
+    limit = float(limit) if np.isfinite(limit) and limit > 0 else 1.0  # a dead layer still gets a usable scale
     mapper = LinearColorMapper(palette=diverging_palette(), low=-limit, high=limit, nan_color=(0, 0, 0, 0))
     last = values.shape[0] - 1
     tiles = []

@@ -188,9 +188,11 @@ def test_missing_sections_give_notes(results, tmp_path):
 def test_partial_layer_data_gives_notes(results, tmp_path):
     """Layers without confidence bins and correlations keep the class maps and note the rest."""
     layers = {k: dataclasses.replace(la, corr={}, naps={"class": la.naps["class"]}, trends=[],
-                                     strength_by_bin=np.zeros((0, 0)), bin_names=[])
+                                     strength_by_bin=np.zeros((0, 0)), bin_names=[], color_limit=float("nan"))
               for k, la in results.layers.items()}
     page = build_report(dataclasses.replace(results, layers=layers), tmp_path / "p.html").read_text("utf-8")
+    mappers = _models(_docs_json(page), "LinearColorMapper")
+    assert mappers and all(m["attributes"]["high"] == 1.0 == -m["attributes"]["low"] for m in mappers)
     assert "No confidence-bin maps" in page and "No correlation maps" in page
     assert "No trend tests" in page
     assert "No activation maps" not in page
@@ -209,3 +211,31 @@ def test_single_snapshot_single_layer(tmp_path):
 def test_rejects_wrong_type(tmp_path):
     with pytest.raises(TypeError, match="results"):
         build_report({"layers": {}}, tmp_path / "x.html")
+
+
+def test_cli_report_writes_html_and_png(tmp_path, capsys):
+    """`topotrace report <run dir> --png ...` analyses, writes report.html next to the store, prints its path."""
+    from PIL import Image
+
+    from topotrace.cli import main
+
+    write_synthetic_store(tmp_path / "store.h5", n_snapshots=3, layer_sizes=(16,), n_classes=3, per_class=6)
+    assert main(["report", str(tmp_path), "--png", "layer0:class:class 1:-1", "--scale", "2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [str(tmp_path / "report.html")]
+    assert "<h2>Topographic activation maps</h2>" in (tmp_path / "report.html").read_text("utf-8")
+    assert (tmp_path / "analysis.h5").exists()
+    png = tmp_path / "maps" / "layer0_class_class_1_-1.png"
+    assert Image.open(png).size[0] > 64
+    assert main(["report", str(tmp_path), "--png", "layer0:class:1"]) == 2
+    assert "LAYER:GROUPING:GROUP:SNAPSHOT" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_parse_png_spec():
+    from topotrace.cmd_report import parse_png_spec
+
+    assert parse_png_spec("fc1:class:3:-1") == ("fc1", "class", "3", -1)
+    assert parse_png_spec("enc:0.fc:confbin:0.1–0.3:5") == ("enc:0.fc", "confbin", "0.1–0.3", 5)
+    with pytest.raises(ValueError, match="SNAPSHOT"):
+        parse_png_spec("fc1:class:3:last")
