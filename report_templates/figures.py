@@ -29,6 +29,7 @@ from bokeh.models import (
     LinearColorMapper,
     Select,
     Slider,
+    Title,
     Toggle,
 )
 from bokeh.models.layouts import LayoutDOM
@@ -456,10 +457,12 @@ def layout_comparison(results: AnalysisResults) -> LayoutDOM | None:
         figs = []
         for method, lay in layer.layouts.items():
             xy = np.asarray(lay.xy, float)
-            title = (f"{layer.name}: {method}" + (" (maps)" if method == layer.default_layout else "")
-                     + f"  T {lay.trustworthiness:.2f} \u00b7 S {lay.shepard:.2f} \u00b7 sm {lay.smoothness:.2f}")
-            fig = figure(title=plain(title), width=268, height=268, toolbar_location=None, tools="", match_aspect=True,
-                         min_border=4)
+            title = method + ("  (used for the maps)" if method == layer.default_layout else "")
+            fig = figure(title=plain(title), width=268, height=282, toolbar_location=None, tools="",
+                         match_aspect=True, min_border=4)
+            fig.add_layout(Title(text=f"trust. {lay.trustworthiness:.2f} \u00b7 Shepard {lay.shepard:.2f} "
+                                      f"\u00b7 smooth. {lay.smoothness:.2f}", text_font_size="11px",
+                                 text_font_style="normal", text_color="#57606a"), "above")
             fig.axis.visible = False
             fig.grid.visible = False
             fig.title.text_font_size = "12px"
@@ -474,6 +477,8 @@ def layout_comparison(results: AnalysisResults) -> LayoutDOM | None:
             r = fig.scatter("x", "y", source=ColumnDataSource(data), color="color", size=5, alpha=0.8)
             fig.add_tools(HoverTool(renderers=[r], tooltips=tips))
             figs.append(fig)
+        rows.append(_div(text=f"<p class='tt-layer'>Layer <b>{esc(layer.name)}</b> &middot; "
+                              f"{int(layer.n_neurons)} neurons</p>"))
         rows.append(gridplot(figs, ncols=4, toolbar_location=None))
     if not rows:
         return None
