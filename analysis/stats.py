@@ -24,6 +24,7 @@ from scipy import stats as sps
 from .results import Trend
 
 _TINY = 1e-12
+_BLOCK_ELEMENTS = 1 << 20  # samples x neurons per block in snapshot_correlations
 
 
 def _as2d(y: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -212,20 +213,27 @@ def snapshot_correlations(
     onehot[lab, np.arange(len(lab))] = 1.0
     y = np.asarray(conf, np.float64)
     y = (y[:, None] if y.ndim == 1 else y)[perm]
-    xt = _transpose(np.asarray(acts)[perm]).astype(np.float64)  # [N, n]
-    p, pw = _pair_t(xt, y, onehot, counts, lab)
-    del xt
-    src = np.asarray(acts if rank_source is None else rank_source)[perm]
-    keys = _sort_key(_transpose(src))  # [N, n]
     ykeys = np.ascontiguousarray(y.T)  # [M, n]
-    sp = _pair_t(_rank_rows(keys), _rank_rows(ykeys).T, onehot, counts, lab)[0]
-    rw = np.empty(keys.shape)
-    ryw = np.empty(ykeys.shape)
+    y_ranks = _rank_rows(ykeys).T
+    y_ranks_w = np.empty(ykeys.shape)
     for b0, b1 in zip(bounds[:-1], bounds[1:]):
-        rw[:, b0:b1] = _rank_rows(np.ascontiguousarray(keys[:, b0:b1]))
-        ryw[:, b0:b1] = _rank_rows(np.ascontiguousarray(ykeys[:, b0:b1]))
-    spw = _pair_t(rw, ryw.T, onehot, counts, lab)[1]
-    return {"pearson": p, "pearson_within": pw, "spearman": sp, "spearman_within": spw}
+        y_ranks_w[:, b0:b1] = _rank_rows(np.ascontiguousarray(ykeys[:, b0:b1]))
+    y_ranks_w = y_ranks_w.T
+    acts = np.asarray(acts)
+    src = acts if rank_source is None else np.asarray(rank_source)
+    n, n_neurons = acts.shape
+    out = {k: np.empty((n_neurons, y.shape[1])) for k in ("pearson", "pearson_within", "spearman", "spearman_within")}
+    step = max(1, _BLOCK_ELEMENTS // max(n, 1))  # neurons per block: temporaries stay ~8 MB per array
+    for j0 in range(0, n_neurons, step):
+        cols = slice(j0, min(j0 + step, n_neurons))
+        xt = _transpose(acts[perm, cols]).astype(np.float64)  # [b, n]
+        out["pearson"][cols], out["pearson_within"][cols] = _pair_t(xt, y, onehot, counts, lab)
+        keys = _sort_key(_transpose(src[perm, cols]))  # [b, n]
+        out["spearman"][cols] = _pair_t(_rank_rows(keys), y_ranks, onehot, counts, lab)[0]
+        for b0, b1 in zip(bounds[:-1], bounds[1:]):
+            xt[:, b0:b1] = _rank_rows(np.ascontiguousarray(keys[:, b0:b1]))  # reuse: within-class ranks
+        out["spearman_within"][cols] = _pair_t(xt, y_ranks_w, onehot, counts, lab)[1]
+    return out
 
 
 def corr_pvalues(r: np.ndarray, df: int) -> np.ndarray:
