@@ -282,3 +282,13 @@ def test_tiny_layer_gets_statistics_but_no_map(tmp_path):
     lr = analyze(tmp_path / "store.h5").layers["head"]
     assert lr.layouts == {} and lr.default_layout == ""
     assert lr.corr["max_prob"].pearson.shape == (3, 2) and np.isfinite(lr.strength).all()
+
+
+def test_cli_prints_trends_and_cache_path(small_store, capsys):
+    from topotrace.cli import main
+
+    assert main(["analyze", str(small_store.parent), "--layouts", "pca", "--measure", "margin"]) == 0
+    out = capsys.readouterr().out
+    assert "strength" in out and "distinctness" in out and "confidence" in out and "Spearman rho" in out
+    assert str(small_store.parent / "analysis.h5") in out.replace("\n", "")
+    assert main(["analyze", str(small_store.parent / "nothing.h5")]) == 2
