@@ -26,6 +26,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import numpy.typing as npt
 
 FORMAT = "topotrace-store"
 SCHEMA_VERSION = 1
@@ -625,21 +626,24 @@ class Store:
         d.refresh()
         return d
 
-    def acts(self, probe: str, layer: str, snapshot: int) -> np.ndarray:
-        """Activations at one snapshot: array of shape (n_samples, n_neurons), float32.
+    def acts(self, probe: str, layer: str, snapshot: int, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
+        """Activations at one snapshot: array of shape (n_samples, n_neurons), of ``dtype``.
 
         ``snapshot`` is a position in ``0 .. n_snapshots - 1`` (negative counts from the end), not a step.
+        ``dtype=None`` returns the stored dtype (float16 by default) without a conversion.
         """
         i = snapshot + self._n if snapshot < 0 else snapshot
         if not 0 <= i < self._n:
             raise IndexError(f"Snapshot {snapshot} out of range: the store has {self._n} committed snapshots.")
-        return self._acts_dataset(probe, layer)[i].astype(np.float32)
+        a = self._acts_dataset(probe, layer)[i]
+        return a if dtype is None else a.astype(dtype, copy=False)
 
-    def iter_acts(self, probe: str, layer: str) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(snapshot, acts)`` for every committed snapshot, one chunk in memory at a time."""
+    def iter_acts(self, probe: str, layer: str, dtype: npt.DTypeLike = np.float32) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(snapshot, acts)`` for every committed snapshot, one chunk in memory at a time (see :meth:`acts`)."""
         d = self._acts_dataset(probe, layer)
         for i in range(self._n):
-            yield i, d[i].astype(np.float32)
+            a = d[i]
+            yield i, a if dtype is None else a.astype(dtype, copy=False)
 
     def nbytes(self, probes: Sequence[str] | None = None) -> int:
         """Bytes of committed activation data (what one plain read of the store moves)."""
