@@ -54,6 +54,47 @@ def _to_unit_square(xy: np.ndarray) -> np.ndarray:
     return np.clip((xy - (lo + hi) / 2) / span + 0.5, 0.0, 1.0)
 
 
+def robust_scale(xy: np.ndarray, body: float = 0.9, max_stretch: float = 3.0, pull: float = 0.25) -> np.ndarray:
+    """Scale a layout by its body, not by its extremes, so a few far-off neurons cannot squeeze the rest.
+
+    1. Centre on the median; the body is the ``body`` fraction of neurons nearest to it.
+    2. Make the body round: along the principal axes of the body, divide by its spread (robust: the 10-90 %
+       range of the projections), with the stretch between the two axes limited to ``max_stretch``.
+    3. Pull in neurons outside the body radius R radially: distance r -> R (1 + pull ln(r / R)), so an outlier
+       group stays outside, in its direction and in its order, but near the body (10 R -> 1.58 R).
+
+    Args:
+        xy: array of shape (N, 2), positions in any scale.
+        body: fraction of neurons that defines the body.
+        max_stretch: largest ratio between the scale factors of the two principal axes.
+        pull: strength of the logarithmic compression beyond the body radius.
+
+    Returns:
+        Array of shape (N, 2), float64, body radius 0.5 around the origin.
+    """
+    xy = np.asarray(xy, np.float64)
+    d = xy - np.median(xy, axis=0)
+    r = np.hypot(d[:, 0], d[:, 1])
+    if len(xy) < 3 or not np.any(r > 0):
+        return d
+    inner = r <= np.quantile(r, body)
+    cov = np.cov(d[inner].T) if inner.sum() >= 3 else np.cov(d.T)
+    _, vecs = np.linalg.eigh(np.atleast_2d(cov))
+    proj = d @ vecs  # [N, 2] along the body's principal axes
+    spread = np.percentile(proj[inner], 90, axis=0) - np.percentile(proj[inner], 10, axis=0)
+    spread = np.where(spread > 0, spread, max(float(spread.max()), 1e-12))
+    spread = np.maximum(spread, spread.max() / max_stretch)
+    d = (proj / spread) @ vecs.T  # body roughly round, orientation kept
+    r = np.hypot(d[:, 0], d[:, 1])
+    big_r = float(np.quantile(r, body))
+    if big_r <= 0:
+        big_r = float(r.max())
+    far = r > big_r
+    scale = np.ones(len(r))
+    scale[far] = big_r * (1.0 + pull * np.log(r[far] / big_r)) / r[far]
+    return d * (scale * 0.5 / big_r)[:, None]
+
+
 def _pca2(x: np.ndarray, random_state: int | None) -> np.ndarray:
     xc = x - x.mean(axis=0)
     if x.shape[1] < 2:
@@ -130,23 +171,22 @@ def _force(x: np.ndarray, random_state: int | None, k: int = 10, epochs: int = 3
     y = _pca2(x, random_state)
     y = 10.0 * (y - y.mean(axis=0)) / (y.std() + 1e-12)
     y += rng.normal(0, 1e-4, y.shape)
+    px, py = np.ascontiguousarray(y[:, 0]), np.ascontiguousarray(y[:, 1])  # coordinates as separate vectors
     m = n_neg * len(src)
+    neg_src = np.repeat(src, n_neg) if m else src
     for e in range(epochs):
         lr = 1.0 - e / epochs
-        diff = y[src] - y[dst]  # [E, 2]
-        d2 = (diff * diff).sum(1)
-        g = np.clip(-2.0 / (1.0 + d2)[:, None] * diff, -4.0, 4.0)
-        neg_src = np.repeat(src, n_neg) if m else src
+        dx, dy = px[src] - px[dst], py[src] - py[dst]  # [E]
+        f = -2.0 / (1.0 + dx * dx + dy * dy)
+        gx, gy = np.clip(f * dx, -4.0, 4.0), np.clip(f * dy, -4.0, 4.0)
         neg_dst = rng.integers(0, n, m)
-        diff_n = y[neg_src] - y[neg_dst]
-        d2n = (diff_n * diff_n).sum(1)
-        gn = np.clip(2.0 / ((0.001 + d2n) * (1.0 + d2n))[:, None] * diff_n, -4.0, 4.0)
-        gn[neg_src == neg_dst] = 0.0
-        step = np.empty_like(y)
-        for c in range(2):
-            step[:, c] = (np.bincount(src, g[:, c], n) + np.bincount(neg_src, gn[:, c], n)) / deg
-        y += lr * step
-    return y
+        ndx, ndy = px[neg_src] - px[neg_dst], py[neg_src] - py[neg_dst]
+        d2n = ndx * ndx + ndy * ndy
+        fn = 2.0 / ((0.001 + d2n) * (1.0 + d2n))
+        fn[neg_src == neg_dst] = 0.0
+        px += lr * (np.bincount(src, gx, n) + np.bincount(neg_src, np.clip(fn * ndx, -4.0, 4.0), n)) / deg
+        py += lr * (np.bincount(src, gy, n) + np.bincount(neg_src, np.clip(fn * ndy, -4.0, 4.0), n)) / deg
+    return np.column_stack([px, py])
 
 
 def declutter(
@@ -304,6 +344,7 @@ class NeuronLayout(BaseEstimator):
             import umap  # optional
 
             xy = umap.UMAP(metric=self.metric, random_state=rs).fit_transform(x)
+        xy = robust_scale(xy)
         xy = declutter(xy, random_state=rs) if self.declutter else _to_unit_square(xy)
         self.embedding_ = xy.astype(np.float32)
         self.seconds_ = time.perf_counter() - t0

@@ -120,9 +120,9 @@ class _LayerPass:
 
 
 def _snapshot_stats(lp: _LayerPass, s: int, a: np.ndarray, rank_source: np.ndarray, labels: np.ndarray,
-                    conf: np.ndarray, df: int, df_within: int) -> None:
+                    conf: np.ndarray, df: int, df_within: int, ws: stats.Workspace) -> None:
     """Correlations of one snapshot: ``a`` (n, N), ``conf`` (n, M) -> rows ``s`` of the result arrays."""
-    r = stats.snapshot_correlations(a, conf, labels, rank_source)
+    r = stats.snapshot_correlations(a, conf, labels, rank_source, workspace=ws)
     for k, v in r.items():
         lp.r[k][:, s] = v.T
     for key, dof in (("pearson", df), ("pearson_within", df_within)):
@@ -237,7 +237,6 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
     sub = np.sort(np.random.default_rng(RANDOM_STATE).permutation(n)[:CKA_MAX_SAMPLES]) if n > CKA_MAX_SAMPLES \
         else slice(None)
     cka_ref = stats.CkaReference(store.acts(probe, name, -1)[sub], dtype=np.float32)
-    exact16 = store.spec.act_dtype == "float16"
     stage = f"{name}: snapshots"
     report(stage, 0, n_s)
     offsets = np.cumsum([0] + [sizes[g] for g in naps.GROUPINGS])
@@ -245,9 +244,14 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
     g_total = int(offsets[-1])
     cols = np.tile(np.arange(n), len(naps.GROUPINGS))
     steps = store.steps
+    local = threading.local()  # one set of scratch arrays per worker thread
 
-    def process(s: int, a: np.ndarray) -> None:
+    def process(s: int, stored: np.ndarray) -> None:
         try:
+            ws = getattr(local, "ws", None)
+            if ws is None:
+                ws = local.ws = stats.Workspace()
+            a = stats.as_float(stored, np.float32, out=ws.get("acts", stored.shape, np.float32))  # [n, N]
             # Sums of every group of every grouping in one product: [G_total, n] @ [n, N].
             rows = np.concatenate([off[g] + naps.group_index(g, labels, preds[s], corrects[s], bins[s], n_classes,
                                                              n_bins)[0] for g in naps.GROUPINGS])
@@ -260,11 +264,13 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
             for g in naps.GROUPINGS:
                 sl = slice(off[g], off[g] + sizes[g])
                 lp.naps[g][s], lp.counts[g][s] = means[sl], counts[sl]
-            conf = conf_all[s]
-            _snapshot_stats(lp, s, a, a.astype(np.float16) if exact16 else a, labels, conf, df, df_within)
-            bin_rows = onehot[off["confbin"]: off["confbin"] + n_bins]  # [B, n]
-            abs_sums = (bin_rows @ np.abs(a)).sum(axis=1, dtype=np.float64)  # [B]
-            sq_sums = (bin_rows @ (a * a)).sum(axis=1, dtype=np.float64)  # [B]
+            # Values for the moments (float32 is exact for float16 data), the stored values for the ranks.
+            _snapshot_stats(lp, s, a, stored, labels, conf_all[s], df, df_within, ws)
+            scratch = ws.get("scratch", a.shape, np.float32)
+            abs_rows = np.abs(a, out=scratch).sum(axis=1, dtype=np.float64)  # [n]
+            sq_rows = np.einsum("ij,ij->i", a, a, dtype=np.float64)  # [n]
+            abs_sums = np.bincount(bins[s], abs_rows, minlength=n_bins)  # [B]
+            sq_sums = np.bincount(bins[s], sq_rows, minlength=n_bins)  # [B]
             n_bin = counts[off["confbin"]: off["confbin"] + n_bins]
             lp.strength[s] = abs_sums.sum() / (n * n_neurons)
             cls = slice(off["class"], off["class"] + n_classes)
@@ -278,7 +284,7 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
             lp.cka[s] = cka_ref.score(a[sub])
         except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
             raise ValueError(f"Analysis failed for layer {name!r} at snapshot {s} (step {steps[s]}, "
-                             f"activations {a.shape})") from err
+                             f"activations {stored.shape})") from err
 
     # Snapshots are read in order by this thread and computed by a small pool (numpy releases the GIL in
     # sorting and BLAS); at most `workers` snapshots are in flight, so memory stays bounded.
@@ -288,7 +294,7 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
     done = 0
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
-        for s, a in store.iter_acts(probe, name):
+        for s, a in store.iter_acts(probe, name, dtype=None):
             pending.append(pool.submit(process, s, a))
             while len(pending) >= workers + (workers > 1):
                 pending.popleft().result()

@@ -19,6 +19,7 @@ Definitions (also in ``docs/analysis.md``):
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from scipy import stats as sps
 
 from .results import Trend
@@ -32,19 +33,72 @@ def _as2d(y: np.ndarray) -> tuple[np.ndarray, bool]:
     return (y[:, None], True) if y.ndim == 1 else (y, False)
 
 
+class Workspace:
+    """Reusable scratch arrays for the per-snapshot passes (one per thread; never shared between threads).
+
+    Large temporaries allocated afresh at every snapshot cost page faults (about as much as the arithmetic);
+    a workspace hands back the same array for the same name, shape and dtype.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
+        """An uninitialised array of ``shape`` and ``dtype``, reused across calls with the same name."""
+        a = self._arrays.get(name)
+        dtype = np.dtype(dtype)
+        if a is None or a.shape != tuple(shape) or a.dtype != dtype:
+            a = self._arrays[name] = np.empty(shape, dtype)
+        return a
+
+
+def _f16_table(dtype: type) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(dtype)
+
+
+_F16_TO = {np.dtype(np.float32): _f16_table(np.float32), np.dtype(np.float64): _f16_table(np.float64)}
+
+
+def as_float(x: np.ndarray, dtype: npt.DTypeLike = np.float32, out: np.ndarray | None = None) -> np.ndarray:
+    """``x`` converted to ``dtype`` (float32 or float64), exactly; float16 goes through a 65536-entry table.
+
+    numpy's own float16 conversion is scalar code (about 4 ns per value); a table lookup is several times faster
+    and gives the identical values.
+
+    Args:
+        x: array of any shape.
+        dtype: float32 or float64.
+        out: optional array of the result's shape and dtype to write into.
+    """
+    x = np.asarray(x)
+    dtype = np.dtype(dtype)
+    if x.dtype == np.float16 and dtype in _F16_TO:
+        return np.take(_F16_TO[dtype], x.view(np.uint16), out=out)
+    if out is None:
+        return x.astype(dtype)
+    np.copyto(out, x, casting="unsafe")
+    return out
+
+
 def _sort_key(x: np.ndarray) -> np.ndarray:
-    """Keys that sort like ``x`` (rows = what to sort along); float16 maps to uint16 for numpy's radix sort."""
-    if x.dtype == np.float16:
-        b = x.view(np.uint16)
-        # negative: flip all bits; positive: set the sign bit -> unsigned order equals float order
-        key = b ^ ((b >> 15) * np.uint16(0x7FFF) + np.uint16(0x8000))
-        key[key == 0x7FFF] = 0x8000  # -0.0 ties with +0.0
-        return key
-    return x
+    """Unsigned integer keys that sort like ``x`` (float16 -> uint16, float32 -> uint32); other dtypes as given.
+
+    The sign bit is flipped for positive values and all bits for negative ones, so unsigned order equals float
+    order; -0.0 gets the key of +0.0 so the two tie.
+    """
+    if x.dtype not in (np.float16, np.float32):
+        return x
+    ut, bits = (np.uint16, 16) if x.dtype == np.float16 else (np.uint32, 32)
+    b = x.view(ut)
+    sign = ut(1 << (bits - 1))
+    key = b ^ ((b >> ut(bits - 1)) * ut(sign - 1) + sign)
+    key[key == sign - 1] = sign  # -0.0 ties with +0.0
+    return key
 
 
-def _transpose(x: np.ndarray, tile: int = 64) -> np.ndarray:
-    """Contiguous transpose of a 2-D array, copied in square tiles (about 3x faster than a plain copy of ``x.T``)."""
+def _transpose(x: np.ndarray, tile: int = 32) -> np.ndarray:
+    """Contiguous transpose of a 2-D array, copied in square tiles (several times faster than copying ``x.T``)."""
     out = np.empty(x.shape[::-1], x.dtype)
     for i in range(0, x.shape[0], tile):
         for j in range(0, x.shape[1], tile):
@@ -52,19 +106,57 @@ def _transpose(x: np.ndarray, tile: int = 64) -> np.ndarray:
     return out
 
 
-def _rank_rows(keys: np.ndarray) -> np.ndarray:
-    """Average ranks (1-based) along each row of ``keys`` (shape (R, m)): array of shape (R, m), float64."""
+def _sorted_rows(keys: np.ndarray, ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
+    """Sort every row of ``keys`` (shape (R, m)): ``(sorted keys, order)``, both of shape (R, m).
+
+    16- and 32-bit unsigned keys are packed with the column index into one wider integer (key in the high bits)
+    and sorted by value, which numpy does with SIMD quicksort; this is several times faster than an argsort and
+    gives the sort order and the sorted keys at once. Other keys use a stable argsort.
+    """
     n_rows, m = keys.shape
+    for kt, wide, shift in ((np.uint16, np.uint32, 16), (np.uint32, np.uint64, 32)):
+        if keys.dtype == kt and m <= (1 << shift):
+            comp = ws.get("packed", keys.shape, wide)
+            np.left_shift(keys, shift, out=comp, dtype=wide)
+            np.bitwise_or(comp, np.arange(m, dtype=wide), out=comp)
+            comp.sort(axis=1)
+            order = ws.get("order", keys.shape, np.int64)
+            np.bitwise_and(comp, (1 << shift) - 1, out=order, casting="unsafe")
+            np.right_shift(comp, shift, out=comp)
+            return comp, order
     order = np.argsort(keys, axis=1, kind="stable")
-    sk = np.take_along_axis(keys, order, axis=1)
-    new = np.ones(sk.shape, bool)
-    new[:, 1:] = sk[:, 1:] != sk[:, :-1]
-    run = np.cumsum(new.ravel()) - 1  # run id of every sorted element, unique across rows
-    length = np.bincount(run).astype(np.float64)
-    first = np.flatnonzero(new.ravel()) % m  # position in its row where each run starts
-    avg = first + (length + 1.0) / 2.0  # average 1-based rank of each run
-    out = np.empty(sk.shape, np.float64)
-    np.put_along_axis(out, order, avg[run].reshape(n_rows, m), axis=1)
+    return np.take_along_axis(keys, order, axis=1), order
+
+
+def _doubled_ranks_rows(keys: np.ndarray, ws: Workspace, out: np.ndarray) -> np.ndarray:
+    """Twice the average ranks (1-based; ties share the mean of their ranks) along each row of ``keys``.
+
+    Args:
+        keys: array of shape (R, m) that sorts like the values to rank.
+        ws: scratch arrays.
+        out: array of shape (R, m), float64, written with ``2 * rank`` (integers, so exact in any float type).
+
+    One sort per row, then the tie runs of all rows at once: each run's doubled mean rank is
+    ``2 * start + length + 1``; it is spread over the run's positions by a cumulative sum of the differences
+    between consecutive runs (integers, exact) and scattered back to the original positions.
+    """
+    n_rows, m = keys.shape
+    total = n_rows * m
+    sk, order = _sorted_rows(keys, ws)
+    new = ws.get("new", (n_rows, m), bool)
+    new[:, 0] = True
+    np.not_equal(sk[:, 1:], sk[:, :-1], out=new[:, 1:])
+    starts = np.flatnonzero(new)  # flat positions where a run of equal keys starts (every row start included)
+    length = np.diff(starts, append=total)
+    value = 2 * starts + length + 1  # doubled average rank of each run, counted from the start of row 0
+    step = ws.get("step", (n_rows, m), np.int64)
+    step.fill(0)
+    step.reshape(-1)[starts] = np.diff(value, prepend=0)
+    np.cumsum(step.reshape(-1), out=step.reshape(-1))
+    row_start = np.arange(n_rows, dtype=np.int64) * m
+    np.subtract(step, 2 * row_start[:, None], out=step)  # doubled 1-based rank within the row
+    np.add(order, row_start[:, None], out=order)
+    out.reshape(-1)[order.reshape(-1)] = step.reshape(-1)
     return out
 
 
@@ -72,22 +164,14 @@ def rankdata_columns(x: np.ndarray) -> np.ndarray:
     """Ranks (1 .. n, ties get their average rank) of every column, like ``scipy.stats.rankdata(x, axis=0)``.
 
     Args:
-        x: array of shape (n, N) without NaNs; float16 input is ranked with a fast radix sort.
+        x: array of shape (n, N) without NaNs; float16 and float32 input is ranked through integer keys.
 
     Returns:
         Array of shape (n, N), float64.
     """
-    return _rank_rows(_sort_key(_transpose(np.asarray(x)))).T
-
-
-def rankdata_within(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Ranks of every column computed separately inside each class: array of shape (n, N), float64."""
-    x = np.asarray(x)
-    out = np.empty(x.shape, np.float64)
-    for c in np.unique(labels):
-        rows = np.flatnonzero(labels == c)
-        out[rows] = rankdata_columns(x[rows])
-    return out
+    keys = _sort_key(_transpose(np.asarray(x)))
+    out = _doubled_ranks_rows(keys, Workspace(), np.empty(keys.shape))
+    return (out * 0.5).T
 
 
 def centre_within(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -158,81 +242,76 @@ def _moments_corr(num: np.ndarray, ssx: np.ndarray, raw_x: np.ndarray, ssy: np.n
     return np.clip(r, -1.0, 1.0)
 
 
-def _pair_t(
-    xt: np.ndarray, y: np.ndarray, onehot: np.ndarray, counts: np.ndarray, lab: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Overall and within-class Pearson r of the rows of ``xt`` (N, n) with the columns of ``y`` (n, M).
-
-    Computed from moments only (sums, sums of squares, class sums, cross-products); returns two (N, M) arrays.
-    """
-    n = xt.shape[1]
+def _y_moments(y: np.ndarray, onehot: np.ndarray, counts: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Centred and class-centred copies of ``y`` (n, M) with their sums of squares and raw sums of squares."""
     yc = y - y.mean(axis=0)
-    yw = y - ((onehot @ y) / counts[:, None])[lab]  # within-class residuals of y (small)
-    xs = xt.sum(axis=1)
-    raw_x = np.einsum("ij,ij->i", xt, xt)
-    x_class = xt @ onehot.T  # [N, C]
-    ss_x = raw_x - xs * xs / n
-    ssw_x = raw_x - (x_class * x_class / counts[None, :]).sum(axis=1)
-    raw_y = np.einsum("ij,ij->j", y, y)
-    ss_y = np.einsum("ij,ij->j", yc, yc)
-    ssw_y = np.einsum("ij,ij->j", yw, yw)
-    both = xt @ np.concatenate([yc, yw], axis=1)  # [N, 2M]: sum x*(y - mean) and sum x*(y - class mean)
-    m = y.shape[1]
-    return (_moments_corr(both[:, :m], ss_x, raw_x, ss_y, raw_y),
-            _moments_corr(both[:, m:], ssw_x, raw_x, ssw_y, raw_y))
+    yw = y - ((onehot @ y) / counts[:, None])[lab]
+    return (yc, yw, np.einsum("ij,ij->j", yc, yc), np.einsum("ij,ij->j", yw, yw), np.einsum("ij,ij->j", y, y))
 
 
 def snapshot_correlations(
-    acts: np.ndarray, conf: np.ndarray, labels: np.ndarray, rank_source: np.ndarray | None = None
+    acts: np.ndarray,
+    conf: np.ndarray,
+    labels: np.ndarray,
+    rank_source: np.ndarray | None = None,
+    workspace: Workspace | None = None,
 ) -> dict[str, np.ndarray]:
     """Pearson and Spearman r of every neuron with every confidence measure, overall and within class.
 
-    Computed from moments (sums, class sums, cross-products) on a neuron-major copy with the samples sorted by
-    class, so no residual matrix is formed and within-class ranks come from contiguous blocks; equal to
-    :func:`corr_columns` / :func:`corr_within` on the values and on the (within-class) ranks.
+    Everything comes from moments: per block of neurons, one product of the values (float64) with
+    ``[1, class one-hot, centred conf, class-centred conf]`` and one product of the doubled ranks with
+    ``[class one-hot, centred conf ranks, class-centred conf ranks]``, plus sums of squares. The ranks of each
+    neuron are computed once (one sort) and serve both Spearman forms; no residual matrix is formed. Equal to
+    :func:`corr_columns` / :func:`corr_within` applied to the values and to the ranks over all samples.
 
     Args:
-        acts: array of shape (n, N), one snapshot's activations.
+        acts: array of shape (n, N), one snapshot's activations (float16 as stored is fastest).
         conf: array of shape (n, M), the confidence measures of the same samples.
         labels: array of shape (n,), true classes.
-        rank_source: what to rank instead of ``acts`` (same order), e.g. the float16 values for a fast radix
-            sort; default ``acts``.
+        rank_source: what to rank instead of ``acts`` (same order and shape); default ``acts``.
+        workspace: scratch arrays reused across calls (one per thread); default a fresh one.
 
     Returns:
         ``{"pearson", "pearson_within", "spearman", "spearman_within"}`` -> array of shape (N, M), float64.
     """
+    ws = workspace if workspace is not None else Workspace()
     lab = np.unique(labels, return_inverse=True)[1]
-    perm = np.argsort(lab, kind="stable")
-    if np.array_equal(perm, np.arange(len(lab))):
-        perm = slice(None)
-    lab = lab[perm]
-    counts_i = np.bincount(lab)
-    counts = counts_i.astype(np.float64)
-    bounds = np.concatenate([[0], np.cumsum(counts_i)])
-    onehot = np.zeros((len(counts), len(lab)))
+    counts = np.bincount(lab).astype(np.float64)
+    n_classes = len(counts)
+    onehot = np.zeros((n_classes, len(lab)))
     onehot[lab, np.arange(len(lab))] = 1.0
     y = np.asarray(conf, np.float64)
-    y = (y[:, None] if y.ndim == 1 else y)[perm]
-    ykeys = np.ascontiguousarray(y.T)  # [M, n]
-    y_ranks = _rank_rows(ykeys).T
-    y_ranks_w = np.empty(ykeys.shape)
-    for b0, b1 in zip(bounds[:-1], bounds[1:]):
-        y_ranks_w[:, b0:b1] = _rank_rows(np.ascontiguousarray(ykeys[:, b0:b1]))
-    y_ranks_w = y_ranks_w.T
+    y = y[:, None] if y.ndim == 1 else y
+    m = y.shape[1]
+    yc, yw, ss_y, ssw_y, raw_y = _y_moments(y, onehot, counts, lab)
+    y_ranks = rankdata_columns(y)
+    yrc, yrw, ss_yr, ssw_yr, raw_yr = _y_moments(y_ranks, onehot, counts, lab)
+    z_val = np.vstack([np.ones((1, len(lab))), onehot, yc.T, yw.T])  # [1 + C + 2M, n]
+    z_rank = np.ascontiguousarray(np.vstack([onehot, yrc.T, yrw.T]).T)  # [n, C + 2M]
     acts = np.asarray(acts)
     src = acts if rank_source is None else np.asarray(rank_source)
     n, n_neurons = acts.shape
-    out = {k: np.empty((n_neurons, y.shape[1])) for k in ("pearson", "pearson_within", "spearman", "spearman_within")}
+    out = {k: np.empty((n_neurons, m)) for k in ("pearson", "pearson_within", "spearman", "spearman_within")}
     step = max(1, _BLOCK_ELEMENTS // max(n, 1))  # neurons per block: temporaries stay ~8 MB per array
+    sum_r = float(n * (n + 1))  # sum of doubled ranks, whatever the ties
     for j0 in range(0, n_neurons, step):
         cols = slice(j0, min(j0 + step, n_neurons))
-        xt = _transpose(acts[perm, cols]).astype(np.float64)  # [b, n]
-        out["pearson"][cols], out["pearson_within"][cols] = _pair_t(xt, y, onehot, counts, lab)
-        keys = _sort_key(_transpose(src[perm, cols]))  # [b, n]
-        out["spearman"][cols] = _pair_t(_rank_rows(keys), y_ranks, onehot, counts, lab)[0]
-        for b0, b1 in zip(bounds[:-1], bounds[1:]):
-            xt[:, b0:b1] = _rank_rows(np.ascontiguousarray(keys[:, b0:b1]))  # reuse: within-class ranks
-        out["spearman_within"][cols] = _pair_t(xt, y_ranks_w, onehot, counts, lab)[1]
+        b = cols.stop - cols.start
+        v = as_float(acts[:, cols], np.float64, out=ws.get("values", (n, b), np.float64))  # [n, b]
+        p = z_val @ v  # [1 + C + 2M, b]
+        raw = np.einsum("ij,ij->j", v, v)
+        ss = raw - p[0] * p[0] / n
+        ssw = raw - (p[1 : 1 + n_classes] ** 2 / counts[:, None]).sum(axis=0)
+        num = p[1 + n_classes :].T  # [b, 2M]
+        out["pearson"][cols] = _moments_corr(num[:, :m], ss, raw, ss_y, raw_y)
+        out["pearson_within"][cols] = _moments_corr(num[:, m:], ssw, raw, ssw_y, raw_y)
+        ranks = _doubled_ranks_rows(_sort_key(_transpose(src[:, cols])), ws, ws.get("ranks", (b, n), np.float64))
+        q = ranks @ z_rank  # [b, C + 2M]
+        raw_r = np.einsum("ij,ij->i", ranks, ranks)
+        ss_r = raw_r - sum_r * sum_r / n
+        ssw_r = raw_r - (q[:, :n_classes] ** 2 / counts[None, :]).sum(axis=1)
+        out["spearman"][cols] = _moments_corr(q[:, n_classes : n_classes + m], ss_r, raw_r, ss_yr, raw_yr)
+        out["spearman_within"][cols] = _moments_corr(q[:, n_classes + m :], ssw_r, raw_r, ssw_yr, raw_yr)
     return out
 
 

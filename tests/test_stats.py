@@ -26,7 +26,7 @@ def _residuals(v, labels):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 def test_rankdata_columns_matches_scipy(dtype):
-    """Average ranks with ties equal scipy's rankdata per column, also on the float16 radix path."""
+    """Average ranks with ties equal scipy's rankdata per column, also on the packed-key paths (float16/32)."""
     x, _, _ = _data()
     x = x.astype(dtype)
     x[3, 2] = -0.0  # signed zero ties with +0.0
@@ -34,12 +34,29 @@ def test_rankdata_columns_matches_scipy(dtype):
     np.testing.assert_array_equal(stats.rankdata_columns(x), sps.rankdata(x.astype(np.float64), axis=0))
 
 
-def test_rankdata_within_ranks_each_class_separately():
-    x, _, labels = _data(1)
-    ref = np.empty_like(x)
-    for c in np.unique(labels):
-        ref[labels == c] = sps.rankdata(x[labels == c], axis=0)
-    np.testing.assert_array_equal(stats.rankdata_within(x, labels), ref)
+def test_as_float_is_exact_for_every_float16():
+    """The table conversion of float16 gives numpy's own conversion for all 65536 bit patterns (NaN stays NaN)."""
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    for dtype in (np.float32, np.float64):
+        got = stats.as_float(every, dtype)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, every.astype(dtype))
+        out = np.empty(every.shape, dtype)
+        assert stats.as_float(every[:, 3:9], dtype, out=out[:, :6]) is not None
+        np.testing.assert_array_equal(out[:, :6], every[:, 3:9].astype(dtype))
+
+
+def test_partial_spearman_is_regression_on_global_ranks():
+    """Within-class Spearman = partial correlation of the all-sample ranks given class (dummy regression)."""
+    x, y, labels = _data(1)
+    x = x.astype(np.float16)
+    r = stats.snapshot_correlations(x, y, labels)
+    rx, ry = sps.rankdata(x.astype(np.float64), axis=0), sps.rankdata(y, axis=0)
+    dummies = (labels[:, None] == np.unique(labels)[None, :]).astype(float)
+    res_x = rx - dummies @ np.linalg.lstsq(dummies, rx, rcond=None)[0]
+    res_y = ry - dummies @ np.linalg.lstsq(dummies, ry, rcond=None)[0]
+    ref = np.array([[sps.pearsonr(res_x[:, j], res_y[:, m]).statistic for m in range(2)] for j in range(x.shape[1])])
+    np.testing.assert_allclose(r["spearman_within"], ref, atol=1e-10)
 
 
 def test_corr_columns_matches_pearsonr():
@@ -189,7 +206,12 @@ def test_snapshot_correlations_equal_the_direct_forms():
     np.testing.assert_allclose(r["pearson_within"], stats.corr_within(xf, y, labels), atol=1e-10)
     ref_s = [[sps.spearmanr(xf[:, j], y[:, m]).statistic for m in range(2)] for j in range(x.shape[1])]
     np.testing.assert_allclose(r["spearman"], ref_s, atol=1e-10)
-    rw = stats.corr_within(stats.rankdata_within(xf, labels), stats.rankdata_within(y, labels), labels)
+    rw = stats.corr_within(sps.rankdata(xf, axis=0), sps.rankdata(y, axis=0), labels)
     np.testing.assert_allclose(r["spearman_within"], rw, atol=1e-10)
+    # float16 values ranked directly (no rank_source), float32 store values through their 32-bit keys
+    for acts in (x, xf.astype(np.float32)):
+        again = stats.snapshot_correlations(acts, y, labels)
+        for k, v in r.items():
+            np.testing.assert_allclose(again[k], v, atol=1e-12)
     assert r["pearson_within"][3, 0] == 0.0 and r["spearman_within"][3, 0] == 0.0
     assert r["pearson"][4, 0] > 0.999 and r["pearson_within"][4, 0] > 0.999
