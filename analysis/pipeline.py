@@ -43,7 +43,7 @@ from .results import (
     save_results,
 )
 
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # 2: within-class Spearman on all-sample ranks, robust layout scaling, default rule
 ALPHA = 0.05
 GRID = 64
 RANDOM_STATE = 0
@@ -51,6 +51,7 @@ CKA_MAX_SAMPLES = 512  # CKA uses a fixed, seeded subset of at most this many pr
 MAX_TSNE_NEURONS = 2048
 MAX_MDS_NEURONS = 256
 MAX_WORKERS = 4  # threads computing snapshots in parallel (capped by the CPU count)
+MIN_MAP_FILL = 0.5  # see pick_default_layout
 
 Progress = Callable[[str, int, int], None]
 
@@ -63,6 +64,25 @@ def default_layout_methods(n_neurons: int) -> list[str]:
     if n_neurons <= MAX_MDS_NEURONS:
         out.append("mds")
     return out
+
+
+def map_fill(layout: LayoutResult) -> float:
+    """Share of the map's square image that its region covers (a thin or fragmented layout covers little)."""
+    h, w = layout.interp.grid_shape
+    return len(layout.interp.pixel) / float(h * w)
+
+
+def pick_default_layout(layouts: dict[str, LayoutResult]) -> str:
+    """The layout the report draws maps on: the most trustworthy among those whose map fills its square.
+
+    Among layouts with :func:`map_fill` >= :data:`MIN_MAP_FILL`, the highest trustworthiness wins (ties:
+    ``force+declutter``); if no layout fills that much, the one with the largest fill. Trustworthiness alone
+    would pick a layout whose map is a thin strip or scattered islands, which shows little.
+    """
+    full = [k for k in layouts if map_fill(layouts[k]) >= MIN_MAP_FILL]
+    if not full:
+        return max(layouts, key=lambda k: map_fill(layouts[k]))
+    return max(full, key=lambda k: (layouts[k].trustworthiness, k == "force+declutter"))
 
 
 def resolve_store_path(path: str | os.PathLike) -> Path:
@@ -151,8 +171,8 @@ def analyze(
         measure: primary confidence measure: it defines the confidence bins.
         layout_methods: layout methods (see :class:`analysis.layouts.NeuronLayout`), each followed by declutter;
             default :func:`default_layout_methods` per layer.
-        default_layout: key of the layout used for the report's maps (e.g. ``"force+declutter"``); default the
-            layout with the highest trustworthiness.
+        default_layout: key of the layout used for the report's maps (e.g. ``"force+declutter"``); default
+            :func:`pick_default_layout`.
         n_bins: B, quantile bins of the primary measure (edges pooled over all snapshots).
         refresh: recompute even if the cache matches.
         progress: called as ``progress(stage, done, total)`` while computing.
@@ -174,7 +194,8 @@ def analyze(
     params = {
         "analysis_version": ANALYSIS_VERSION, "probe_set": probe_set, "measure": measure,
         "layout_methods": layout_methods, "default_layout": default_layout, "n_bins": int(n_bins),
-        "alpha": ALPHA, "grid": GRID, "random_state": RANDOM_STATE, "cka_max_samples": CKA_MAX_SAMPLES,
+        "alpha": ALPHA, "grid": GRID, "min_map_fill": MIN_MAP_FILL, "random_state": RANDOM_STATE,
+        "cka_max_samples": CKA_MAX_SAMPLES,
         "layout_features": "class NAPs at the last snapshot", "metric": "cosine", "confbins": "pooled quantiles",
     }
     report = progress or (lambda stage, done, total: None)
@@ -319,7 +340,7 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
     if not layouts:
         default_layout = ""  # fewer than 3 neurons: no map
     elif default_layout is None:
-        default_layout = max(layouts, key=lambda k: (layouts[k].trustworthiness, k == "force+declutter"))
+        default_layout = pick_default_layout(layouts)
     elif default_layout not in layouts:
         raise ValueError(f"The 'default_layout' parameter must be one of {sorted(layouts)}. "
                          f"Got {default_layout!r} instead.")

@@ -121,3 +121,45 @@ def test_shepard_matches_direct_spearman():
     assert layouts.shepard_score(x, xy) == pytest.approx(ref)
     sub = layouts.shepard_score(x, xy, max_pairs=500)
     assert sub == layouts.shepard_score(x, xy, max_pairs=500) and abs(sub - ref) < 0.1
+
+
+def _body_with_far_group(seed=0):
+    """A round body of 120 neurons and a group of 6 neurons 40 body radii away."""
+    rng = np.random.default_rng(seed)
+    ang, rad = rng.uniform(0, 2 * np.pi, 120), np.sqrt(rng.uniform(0, 1, 120))
+    body = np.column_stack([rad * np.cos(ang), rad * np.sin(ang)])
+    far = np.array([40.0, 3.0]) + 0.2 * rng.normal(size=(6, 2))
+    return np.vstack([body, far])
+
+
+def test_far_outlier_group_does_not_squeeze_the_body():
+    """Scaled by its body, the layout's body spans most of [0, 1]^2 on both axes; the far group stays outside."""
+    xy = _body_with_far_group()
+    naive = layouts.declutter(xy)  # min-max scaling alone: the body shrinks to a few percent of the square
+    assert np.ptp(naive[:120], axis=0).min() < 0.2
+    out = layouts.declutter(layouts.robust_scale(xy))
+    span = np.ptp(out[:120], axis=0)
+    assert span.min() > 0.55, span
+    centre = np.median(out[:120], axis=0)
+    r_body = np.linalg.norm(out[:120] - centre, axis=1)
+    r_far = np.linalg.norm(out[120:] - centre, axis=1)
+    assert r_far.min() > np.quantile(r_body, 0.95)  # still the outermost neurons, on the same side
+    assert (out[120:, 0] > centre[0]).all()
+    np.testing.assert_array_equal(out, layouts.declutter(layouts.robust_scale(xy)))
+
+
+@pytest.mark.parametrize("method", ["pca", "mds"])
+def test_layout_of_planted_outlier_neurons_fills_its_map(method):
+    """End to end: features with 5 neurons orthogonal to all others give a body that fills most of the map."""
+    from analysis.maps import interp_operator
+
+    rng = np.random.default_rng(5)
+    ang, el = rng.uniform(0.1, np.pi / 2 - 0.1, (2, 80))
+    x = np.zeros((80, 6))
+    x[:, :3] = np.column_stack([np.cos(ang) * np.sin(el), np.sin(ang) * np.sin(el), np.cos(el)])  # a 2-D body
+    x[:5] = 0.0
+    x[:5, 5] = 1.0 + 0.01 * rng.random(5)  # cosine distance 1 from every body neuron
+    xy = NeuronLayout(method=method).fit(x).embedding_
+    assert np.ptp(xy[5:], axis=0).min() > 0.5  # min-max scaling alone gives 0.29 (pca) and 0.42 (mds)
+    op = interp_operator(xy, grid=32)
+    assert len(op.pixel) / 32**2 > 0.4  # min-max scaling alone: 0.29 and 0.30

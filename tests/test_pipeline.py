@@ -291,3 +291,28 @@ def test_cli_prints_trends_and_cache_path(small_store, capsys):
     assert "strength" in out and "distinctness" in out and "confidence" in out and "Spearman rho" in out
     assert str(small_store.parent / "analysis.h5") in out.replace("\n", "")
     assert main(["analyze", str(small_store.parent / "nothing.h5")]) == 2
+
+
+def test_default_layout_is_most_trustworthy_among_filled_maps():
+    """A thin-strip layout loses to a filled one even with higher trustworthiness; with none filled, max fill."""
+    from analysis.maps import interp_operator
+    from analysis.pipeline import map_fill, pick_default_layout
+    from analysis.results import LayoutResult
+
+    rng = np.random.default_rng(0)
+    square = rng.random((60, 2))
+    strip = np.vstack([square[:55] * [0.1, 1.0], [[1.0, 0.5], [0.98, 0.52], [0.99, 0.48], [0.97, 0.5], [1.0, 0.45]]])
+
+    def lay(name, xy, trust):
+        return LayoutResult(method=name, xy=xy.astype(np.float32), trustworthiness=trust, shepard=0.5, smoothness=0.5,
+                            seconds=0.0, interp=interp_operator(xy, grid=32))
+
+    cands = {"tsne+declutter": lay("tsne+declutter", strip, 0.97), "som+declutter": lay("som+declutter", square, 0.9),
+             "pca+declutter": lay("pca+declutter", square, 0.8)}
+    assert map_fill(cands["tsne+declutter"]) < 0.5 <= map_fill(cands["som+declutter"])
+    assert pick_default_layout(cands) == "som+declutter"
+    thinner = strip.copy()
+    thinner[:55, 0] *= 0.3
+    only_thin = {"a": lay("a", strip, 0.9), "b": lay("b", thinner, 0.99)}
+    assert map_fill(only_thin["b"]) < map_fill(only_thin["a"]) < 0.5
+    assert pick_default_layout(only_thin) == "a"
