@@ -18,8 +18,9 @@ continues exactly as without the recorder (BatchNorm statistics are not updated 
 
 What the writer thread does: softmax, predictions, correctness, per-sample loss and confidence measures
 (:mod:`instrument.confidence`), the cast of activations to the store's dtype, and the append to the store
-(:mod:`instrument.store`). The queue between the two threads holds at most ``queue_size`` snapshots; when it
-is full, :meth:`Recorder.step` blocks until the writer has caught up (back-pressure bounds memory).
+(:mod:`instrument.store`). At most ``queue_size`` snapshots are in the writer's hands (queued or being
+written); when all are taken, :meth:`Recorder.step` blocks until the writer has caught up (back-pressure bounds
+memory to ``queue_size`` snapshots).
 
 A writer failure (disk full, permission, a closed file, any exception) never raises into the training loop:
 it is kept in :attr:`Recorder.error`, logged at once and warned about once on the training thread, recording
@@ -55,6 +56,7 @@ from .store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, open_
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_set = object.__setattr__
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,7 +144,8 @@ class Recorder:
         compression: ``None`` (default) or ``"gzip"``.
         measures: confidence measure names (:mod:`instrument.confidence`); ``None`` records all defaults.
         batch_size: probe samples per forward pass.
-        queue_size: snapshots that may wait for the writer; when full, :meth:`step` blocks.
+        queue_size: snapshots that may be queued or being written at once; beyond that :meth:`step` blocks
+            until the writer has finished one (back-pressure).
 
     Raises:
         ValueError, TypeError: an invalid argument, e.g. an unknown layer (the message lists the available
@@ -204,6 +207,8 @@ class Recorder:
             raise TypeError(f"The 'meta' parameter must be a mapping or None. Got {type(meta).__name__}.")
 
         self.layers = resolve_layers(self._model, layers)
+        self._modules = list(self._model.modules())  # whose training flags a probe pass saves and restores
+        self._copy_layers: set[str] = set()  # layers whose outputs change in place later in the forward pass
         self._labels = {p.name: p.y.detach().cpu().numpy().astype(np.int64) for p in self.probes}
         self._x_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
 
@@ -241,7 +246,8 @@ class Recorder:
         self._warned = False
         self._active = True
         self._closed = False
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # FIFO of snapshots; bounded by self._slots
+        self._slots = threading.BoundedSemaphore(queue_size)  # released by the writer when a snapshot is done
         self._thread = threading.Thread(target=self._write_loop, name=f"topotrace-writer:{self.path.name}",
                                         daemon=True)
         self._thread.start()
@@ -304,7 +310,8 @@ class Recorder:
         t = time.time()
         payload = self._probe_pass()
         self._last_submitted = step
-        self._queue.put((step, epoch, t, payload))  # blocks while the writer is queue_size snapshots behind
+        self._slots.acquire()  # blocks while the writer holds queue_size snapshots
+        self._queue.put((step, epoch, t, payload))
         return True
 
     def close(self) -> None:
@@ -349,20 +356,27 @@ class Recorder:
         """
         model = self._model
         device = _device_of(model)
-        modes = [(m, m.training) for m in model.modules()]
+        modules = self._modules
+        modes = [m.training for m in modules]
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         bs = self.batch_size
         payload: dict[str, dict[str, np.ndarray]] = {}
         try:
-            model.eval()
-            with torch.no_grad(), capture(self.layers) as cap:
+            # Flags are set directly, not through model.eval()/train(): a train() override with side effects
+            # (e.g. merging adapter weights into the base weights on eval) must not run for a probe pass.
+            # object.__setattr__ skips nn.Module.__setattr__'s parameter/buffer bookkeeping (a bool is neither).
+            for m in modules:
+                _set(m, "training", False)
+            with torch.no_grad(), capture(self.layers, self._copy_layers) as cap:
                 for probe in self.probes:
                     x = self._inputs(probe, device)
                     logits = []
                     for start in batches(probe):
                         out = first_tensor(model(x[start : start + bs]), "The model")  # [batch, C]
-                        cap.end_batch()
+                        while cap.end_batch():  # an output was changed in place: again, copying that layer
+                            self._copy_layers |= cap.copy
+                            out = first_tensor(model(x[start : start + bs]), "The model")
                         logits.append(out.detach().to(device="cpu", dtype=torch.float32))
                     arrays = {name: _cat(parts) for name, parts in cap.outputs.items()}
                     arrays[""] = _cat(logits)
@@ -371,9 +385,8 @@ class Recorder:
                         parts.clear()
                 shapes = cap.sample_shapes
         finally:
-            model.train(modes[0][1])  # lets modules that override train() see the change back
-            for m, flag in modes:
-                m.training = flag
+            for m, flag in zip(modules, modes):
+                _set(m, "training", flag)
             torch.set_rng_state(cpu_rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state(cuda_rng, device)
@@ -414,15 +427,16 @@ class Recorder:
                 item = self._queue.get()
                 if item is _STOP:
                     return
-                if self._error is not None:
-                    continue  # keep draining so the training thread never blocks on a dead writer
-                step = item[0]
                 try:
-                    n = writer.append(self._build(item))
-                    self._last_step = step
-                    self._n = n
+                    if self._error is None:  # after a failure: drain, so the training thread never blocks
+                        n = writer.append(self._build(item))
+                        self._last_step = item[0]
+                        self._n = n
                 except BaseException as err:  # noqa: BLE001 - any failure stops recording, never training
-                    self._fail(err, step)
+                    self._fail(err, item[0])
+                finally:
+                    del item
+                    self._slots.release()
         finally:
             try:
                 writer.close()

@@ -57,20 +57,28 @@ def test_hooks_gone_after_exception_in_a_hook():
     assert _no_hooks(net)
 
 
-def test_capture_copies_before_inplace_ops():
-    """A hooked output later changed in place (ReLU(inplace=True)) is recorded as it was."""
+def test_capture_detects_inplace_change_and_copies_on_rerun():
+    """An output changed in place after its hook (ReLU(inplace=True)) is never kept; rerun copies it."""
     torch.manual_seed(0)
     lin = nn.Linear(4, 6)
-    model = nn.Sequential(lin, nn.ReLU(inplace=True))
+    model = nn.Sequential(lin, nn.ReLU(inplace=True), nn.Linear(6, 3), nn.ReLU())
     x = torch.randn(10, 4)
-    with torch.no_grad(), capture({"0": lin}) as cap:
-        model(x)
-        cap.end_batch()
     with torch.no_grad():
         ref = x @ lin.weight.T + lin.bias
     assert (ref < 0).any()
+    with torch.no_grad(), capture({"0": lin, "2": model[2]}) as cap:
+        model(x)
+        assert cap.end_batch() == ["0"]
+        assert cap.outputs == {"0": [], "2": []} and cap.copy == {"0"}
+        model(x)
+        assert cap.end_batch() == []
     torch.testing.assert_close(cap.outputs["0"][0], ref)
-    assert cap.sample_shapes == {"0": (6,)}
+    assert cap.sample_shapes == {"0": (6,), "2": (3,)}
+    # known in-place layers are copied at once
+    with torch.no_grad(), capture({"0": lin}, copy={"0"}) as cap:
+        model(x)
+        assert cap.end_batch() == []
+    torch.testing.assert_close(cap.outputs["0"][0], ref)
 
 
 def test_capture_conv_channel_mean_and_tuple_output():

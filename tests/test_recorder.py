@@ -460,12 +460,12 @@ def test_resume_with_a_different_model_is_refused(tmp_path):
 
 
 def test_full_queue_blocks_the_training_thread(tmp_path, monkeypatch):
-    """Back-pressure: with queue_size=1 and a stalled writer, the third snapshot waits for the writer."""
+    """Back-pressure: with queue_size=2 and a stalled writer, the third snapshot waits for the writer."""
     torch.manual_seed(0)
     release = threading.Event()
     real = StoreWriter.append
     monkeypatch.setattr(StoreWriter, "append", lambda self, snap: (release.wait(10), real(self, snap))[1])
-    rec = _recorder(MLP(), tmp_path / "s.h5", queue_size=1)
+    rec = _recorder(MLP(), tmp_path / "s.h5", queue_size=2)
     done = []
 
     def loop():

@@ -1,0 +1,255 @@
+"""Recording costs, each a ratio against a baseline measured in the same run (median of repeats).
+
+1. Training-thread cost of one snapshot (probe pass + copy to host + queue; CPU time of the training thread)
+   / a bare ``torch.no_grad()`` forward pass of the same probe set. Target: <= 1.25. The writer's own work
+   (confidence, HDF5) runs on its thread between snapshots and shows up in 3.
+2. The same for a naive recorder that writes with h5py synchronously from inside the forward hooks.
+3. Wall time of the default-like training run (digits-size MLP, 1290 steps, 60 log-spaced snapshots of two
+   400-sample probe sets) with the recorder / without it.
+4. Writer throughput (float16 activations appended through ``StoreWriter``) / ``numpy.ndarray.tofile`` of the
+   same bytes.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from instrument import confidence
+from instrument.recorder import ProbeSet, Recorder
+from instrument.schedules import at_steps, log_spaced
+from instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, StoreWriter
+
+CLASSES = [str(c) for c in range(10)]
+LAYERS = ["fc1", "relu1", "fc2", "relu2", "out"]
+REPEATS = 5
+
+
+class MLP(nn.Module):
+    """The digits-size MLP: 64 -> 128 -> 64 -> 10."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.relu1 = nn.Linear(64, 128), nn.ReLU()
+        self.fc2, self.relu2 = nn.Linear(128, 64), nn.ReLU()
+        self.out = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.out(self.relu2(self.fc2(self.relu1(self.fc1(x)))))
+
+
+def _median_time(fn, n_calls):
+    """Median over REPEATS of the mean CPU seconds of this thread per call of ``fn`` over ``n_calls`` calls."""
+    times = []
+    for _ in range(REPEATS):
+        t0 = time.thread_time()
+        for _ in range(n_calls):
+            fn()
+        times.append((time.thread_time() - t0) / n_calls)
+    return statistics.median(times)
+
+
+def _bare(model, x):
+    def run():
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    return run
+
+
+class NaiveRecorder:
+    """Writes each hooked layer's output to HDF5 inside the hook, then logits and confidence, synchronously."""
+
+    def __init__(self, model, path, x, y):
+        self.model, self.x, self.y = model, x, y
+        self.f = h5py.File(path, "w", libver="latest")
+        self.i = 0
+        n = len(x)
+        self.ds = {}
+        for name in LAYERS:
+            d = model.get_submodule(name).out_features if name.startswith(("fc", "out")) else None
+            d = d or {"relu1": 128, "relu2": 64}[name]
+            self.ds[name] = self.f.create_dataset(name, (0, n, d), maxshape=(None, n, d), chunks=(1, n, d),
+                                                  dtype="float16")
+        self.logits = self.f.create_dataset("logits", (0, n, 10), maxshape=(None, n, 10), chunks=(1, n, 10),
+                                            dtype="float32")
+
+    def snapshot(self):
+        handles = []
+        for name in LAYERS:
+            ds = self.ds[name]
+
+            def hook(mod, inputs, out, ds=ds):
+                ds.resize(self.i + 1, axis=0)
+                ds[self.i] = out.numpy().astype(np.float16)
+
+            handles.append(self.model.get_submodule(name).register_forward_hook(hook))
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                logits = self.model(self.x).numpy()
+            self.logits.resize(self.i + 1, axis=0)
+            self.logits[self.i] = logits
+            confidence.outcomes(logits, self.y, confidence.DEFAULT_MEASURES)
+            self.f.flush()
+            self.i += 1
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def bench_snapshot(tmp: Path) -> dict[str, float]:
+    """(1) and (2): seconds per call of a bare forward, our snapshot, and the naive synchronous snapshot."""
+    torch.manual_seed(0)
+    model = MLP()
+    x = torch.randn(1000, 64)
+    y = torch.randint(0, 10, (1000,))
+    n_pairs = 40
+    # CPU time of the training thread (torch runs one thread here, so other processes on a busy machine do not
+    # enter the figure). Each snapshot (probe pass, copy to host, hand-over to the writer) is timed next to one
+    # bare forward pass, in alternating order, each after the writer has finished (as in training, where
+    # snapshots are many steps apart; the writer's own work and its interference with training show up in 3)
+    # and after one untimed bare pass, so that both start from the same warm caches. The figure is the median
+    # over pairs of the per-pair ratio.
+    bare_run = _bare(model, x)
+    rec = Recorder(model, tmp / "ours.h5", layers=LAYERS, probes=[ProbeSet("heldout", x, y)],
+                   class_names=CLASSES, schedule=at_steps([]), batch_size=1024)
+    rec.snapshot(0)
+    bare, ours = [], []
+    for step in range(1, REPEATS * n_pairs + 1):
+        for which in ((0, 1) if step % 2 else (1, 0)):
+            while rec.n_snapshots < step and rec.error is None:
+                time.sleep(0.0002)
+            time.sleep(0.0005)  # the writer frees the snapshot after committing it
+            bare_run()  # both timed calls start from the same warm state
+            t0 = time.thread_time()
+            rec.snapshot(step) if which else bare_run()
+            (ours if which else bare).append(time.thread_time() - t0)
+    rec.close()
+    assert rec.error is None and rec.n_snapshots == REPEATS * n_pairs + 1
+    ratios = [o / b for o, b in zip(ours, bare)]
+    naive = NaiveRecorder(model, tmp / "naive.h5", x, y.numpy())
+    naive.snapshot()
+    naive_t = _median_time(naive.snapshot, 20)
+    naive.f.close()
+    bare_t = _median_time(bare_run, 200)
+    return {"bare": statistics.median(bare), "ours": statistics.median(ours), "naive": naive_t, "bare_loop": bare_t,
+            "ratio": statistics.median(ratios)}
+
+
+def bench_training(tmp: Path) -> dict[str, float]:
+    """(3): wall seconds of the default-like run without and with the recorder."""
+    g = torch.Generator().manual_seed(0)
+    x_train, y_train = torch.randn(1347, 64, generator=g), torch.randint(0, 10, (1347,), generator=g)
+    x_test, y_test = torch.randn(800, 64, generator=g), torch.randint(0, 10, (800,), generator=g)
+    batch, epochs = 32, 30
+    steps_per_epoch = -(-len(x_train) // batch)
+    total = steps_per_epoch * epochs
+
+    def run(path: Path | None) -> float:
+        torch.manual_seed(0)
+        model = MLP()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        gen = torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        rec = None
+        if path is not None:
+            probes = [ProbeSet("heldout", x_test[:400], y_test[:400]), ProbeSet("train", x_train[:400], y_train[:400])]
+            rec = Recorder(model, path, layers=["relu1", "relu2"], probes=probes, class_names=CLASSES,
+                           schedule=log_spaced(total, 60))
+            rec.step(0)
+        step = 0
+        for _ in range(epochs):
+            order = torch.randperm(len(x_train), generator=gen)
+            for start in range(0, len(order), batch):
+                idx = order[start : start + batch]
+                model.train()
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
+                opt.step()
+                step += 1
+                if rec is not None:
+                    rec.step(step)
+        if rec is not None:
+            rec.close()
+            assert rec.error is None and rec.n_snapshots >= 60
+        return time.perf_counter() - t0
+
+    plain, ours = [], []
+    for r in range(3):
+        plain.append(run(None))
+        ours.append(run(tmp / f"train{r}.h5"))
+    return {"plain": statistics.median(plain), "ours": statistics.median(ours), "steps": total}
+
+
+def bench_writer(tmp: Path) -> dict[str, float]:
+    """(4): bytes per second appended through StoreWriter vs written by ndarray.tofile."""
+    rng = np.random.default_rng(0)
+    n, sizes, n_snap = 1000, {"fc1": 128, "relu1": 128, "fc2": 64, "relu2": 64, "out": 10}, 100
+    spec = StoreSpec(
+        layers=tuple(LayerSpec(k, d, "flatten", (d,)) for k, d in sizes.items()),
+        probes=(ProbeSpec("heldout", np.arange(n), rng.integers(0, 10, n)),),
+        class_names=tuple(CLASSES),
+        measures=confidence.DEFAULT_MEASURES,
+    )
+    snaps = []
+    for s in range(n_snap):
+        logits = rng.normal(size=(n, 10)).astype(np.float32)
+        pred, correct, loss, conf = confidence.outcomes(logits, spec.probes[0].label, spec.measures)
+        acts = {k: rng.normal(size=(n, d)).astype(np.float16) for k, d in sizes.items()}
+        snaps.append(Snapshot(s, 0, 0.0, {"heldout": ProbeRecord(acts, logits, pred, correct, loss, conf)}))
+    arrays = [a for snap in snaps for rec in snap.probes.values()
+              for a in (*rec.acts.values(), rec.logits, rec.pred, rec.correct, rec.loss, *rec.conf.values())]
+    nbytes = sum(a.nbytes for a in arrays)
+    ours, base = [], []
+    for r in range(REPEATS):
+        path, raw = tmp / f"w{r}.h5", tmp / f"w{r}.bin"
+        t0 = time.perf_counter()
+        with StoreWriter.create(path, spec, {}) as w:
+            for snap in snaps:
+                w.append(snap)
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with open(raw, "wb") as fh:
+            for a in arrays:
+                a.tofile(fh)
+        base.append(time.perf_counter() - t0)
+        path.unlink()
+        raw.unlink()
+    return {"bytes": nbytes, "ours": nbytes / statistics.median(ours), "tofile": nbytes / statistics.median(base)}
+
+
+def main() -> None:
+    torch.set_num_threads(1)  # steadier timings on a shared machine; both sides of each ratio run alike
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        s = bench_snapshot(tmp)
+        t = bench_training(tmp)
+        w = bench_writer(tmp)
+    n_snap = len(log_spaced(t["steps"], 60).steps)
+    rows = [
+        ("snapshot, training thread / bare no_grad forward (1000 samples, 5 layers)",
+         f"{s['ours'] * 1e3:.2f} ms / {s['bare'] * 1e3:.2f} ms", s["ratio"], "<= 1.25"),
+        ("naive synchronous h5py-in-hooks snapshot / bare forward (both in a loop)",
+         f"{s['naive'] * 1e3:.2f} ms / {s['bare_loop'] * 1e3:.2f} ms", s["naive"] / s["bare_loop"], "> ours"),
+        (f"training wall time, recorder log_spaced({t['steps']}, 60) / plain",
+         f"{t['ours']:.2f} s / {t['plain']:.2f} s", t["ours"] / t["plain"],
+         f"+{(t['ours'] - t['plain']) / n_snap * 1e3:.1f} ms per snapshot"),
+        ("writer throughput, StoreWriter float16 / ndarray.tofile",
+         f"{w['ours'] / 1e6:.0f} MB/s / {w['tofile'] / 1e6:.0f} MB/s", w["ours"] / w["tofile"], ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'times':>26}  {'ratio':>6}  target")
+    for name, detail, ratio, target in rows:
+        print(f"{name:<{width}}  {detail:>26}  {ratio:6.2f}  {target}")
+
+
+if __name__ == "__main__":
+    main()
