@@ -288,7 +288,7 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
             # Values for the moments (float32 is exact for float16 data), the stored values for the ranks.
             _snapshot_stats(lp, s, a, stored, labels, conf_all[s], df, df_within, ws)
             scratch = ws.get("scratch", a.shape, np.float32)
-            abs_rows = np.abs(a, out=scratch).sum(axis=1, dtype=np.float64)  # [n]
+            abs_rows = np.abs(a, out=scratch).sum(axis=1).astype(np.float64)  # [n] (pairwise sums per row)
             sq_rows = np.einsum("ij,ij->i", a, a, dtype=np.float64)  # [n]
             abs_sums = np.bincount(bins[s], abs_rows, minlength=n_bins)  # [B]
             sq_sums = np.bincount(bins[s], sq_rows, minlength=n_bins)  # [B]

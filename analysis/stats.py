@@ -106,57 +106,64 @@ def _transpose(x: np.ndarray, tile: int = 32) -> np.ndarray:
     return out
 
 
-def _sorted_rows(keys: np.ndarray, ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
-    """Sort every row of ``keys`` (shape (R, m)): ``(sorted keys, order)``, both of shape (R, m).
+def _sorted_rows(x: np.ndarray, ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
+    """Sort every row of ``x`` (shape (R, m)): ``(keys in sorted order, order)``, both of shape (R, m).
 
-    16- and 32-bit unsigned keys are packed with the column index into one wider integer (key in the high bits)
-    and sorted by value, which numpy does with SIMD quicksort; this is several times faster than an argsort and
-    gives the sort order and the sorted keys at once. Other keys use a stable argsort.
+    float16 and float32 values become unsigned integer keys (:func:`_sort_key`) packed
+    with the column index into one wider integer (key in the high bits) and sorted by value, which numpy does
+    with SIMD quicksort; this is several times faster than an argsort and gives the sort order and the sorted
+    keys at once. Other dtypes use a stable argsort.
     """
-    n_rows, m = keys.shape
-    for kt, wide, shift in ((np.uint16, np.uint32, 16), (np.uint32, np.uint64, 32)):
-        if keys.dtype == kt and m <= (1 << shift):
-            comp = ws.get("packed", keys.shape, wide)
-            np.left_shift(keys, shift, out=comp, dtype=wide)
+    n_rows, m = x.shape
+    for dt, wide, shift in ((np.float16, np.uint32, 16), (np.float32, np.uint64, 32)):
+        if x.dtype == dt and m <= (1 << shift):
+            comp = ws.get("packed", x.shape, wide)
+            np.left_shift(_sort_key(x), shift, out=comp, dtype=wide)
             np.bitwise_or(comp, np.arange(m, dtype=wide), out=comp)
             comp.sort(axis=1)
-            order = ws.get("order", keys.shape, np.int64)
+            order = ws.get("order", x.shape, np.int64)
             np.bitwise_and(comp, (1 << shift) - 1, out=order, casting="unsafe")
             np.right_shift(comp, shift, out=comp)
             return comp, order
-    order = np.argsort(keys, axis=1, kind="stable")
-    return np.take_along_axis(keys, order, axis=1), order
+    order = np.argsort(x, axis=1, kind="stable")
+    return np.take_along_axis(x, order, axis=1), order
 
 
-def _doubled_ranks_rows(keys: np.ndarray, ws: Workspace, out: np.ndarray) -> np.ndarray:
-    """Twice the average ranks (1-based; ties share the mean of their ranks) along each row of ``keys``.
+def _doubled_ranks_rows(x: np.ndarray, ws: Workspace, out: np.ndarray) -> np.ndarray:
+    """Twice the average ranks (1-based; ties share the mean of their ranks) along each row of ``x``.
 
     Args:
-        keys: array of shape (R, m) that sorts like the values to rank.
+        x: array of shape (R, m) without NaNs, the values to rank.
         ws: scratch arrays.
         out: array of shape (R, m), float64, written with ``2 * rank`` (integers, so exact in any float type).
 
-    One sort per row, then the tie runs of all rows at once: each run's doubled mean rank is
-    ``2 * start + length + 1``; it is spread over the run's positions by a cumulative sum of the differences
-    between consecutive runs (integers, exact) and scattered back to the original positions.
+    One sort per row, then the tie runs of all rows at once: run k starting at flat sorted position s_k with
+    length L_k has the doubled mean rank ``2 s_k + L_k + 1`` (counted from the start of row 0), so consecutive
+    runs differ by ``L_{k-1} + L_k``; a cumulative sum of those steps (integers, exact) spreads the ranks over
+    the sorted positions, the row offsets are removed, and the result is scattered back to the original positions.
     """
-    n_rows, m = keys.shape
+    n_rows, m = x.shape
     total = n_rows * m
-    sk, order = _sorted_rows(keys, ws)
+    sk, order = _sorted_rows(x, ws)
     new = ws.get("new", (n_rows, m), bool)
     new[:, 0] = True
     np.not_equal(sk[:, 1:], sk[:, :-1], out=new[:, 1:])
     starts = np.flatnonzero(new)  # flat positions where a run of equal keys starts (every row start included)
-    length = np.diff(starts, append=total)
-    value = 2 * starts + length + 1  # doubled average rank of each run, counted from the start of row 0
+    length = np.empty_like(starts)
+    np.subtract(starts[1:], starts[:-1], out=length[:-1])
+    length[-1] = total - starts[-1]
+    jump = length.copy()
+    jump[1:] += length[:-1]
+    jump[0] += 1
     step = ws.get("step", (n_rows, m), np.int64)
     step.fill(0)
-    step.reshape(-1)[starts] = np.diff(value, prepend=0)
+    step.reshape(-1)[starts] = jump
     np.cumsum(step.reshape(-1), out=step.reshape(-1))
     row_start = np.arange(n_rows, dtype=np.int64) * m
-    np.subtract(step, 2 * row_start[:, None], out=step)  # doubled 1-based rank within the row
+    ranks = ws.get("sorted_ranks", (n_rows, m), np.float64)
+    np.subtract(step, 2 * row_start[:, None], out=ranks, casting="unsafe")  # doubled 1-based rank in the row
     np.add(order, row_start[:, None], out=order)
-    out.reshape(-1)[order.reshape(-1)] = step.reshape(-1)
+    out.reshape(-1)[order.reshape(-1)] = ranks.reshape(-1)  # same dtype on both sides: a plain scatter
     return out
 
 
@@ -169,8 +176,8 @@ def rankdata_columns(x: np.ndarray) -> np.ndarray:
     Returns:
         Array of shape (n, N), float64.
     """
-    keys = _sort_key(_transpose(np.asarray(x)))
-    out = _doubled_ranks_rows(keys, Workspace(), np.empty(keys.shape))
+    xt = _transpose(np.asarray(x))
+    out = _doubled_ranks_rows(xt, Workspace(), np.empty(xt.shape))
     return (out * 0.5).T
 
 
@@ -305,7 +312,7 @@ def snapshot_correlations(
         num = p[1 + n_classes :].T  # [b, 2M]
         out["pearson"][cols] = _moments_corr(num[:, :m], ss, raw, ss_y, raw_y)
         out["pearson_within"][cols] = _moments_corr(num[:, m:], ssw, raw, ssw_y, raw_y)
-        ranks = _doubled_ranks_rows(_sort_key(_transpose(src[:, cols])), ws, ws.get("ranks", (b, n), np.float64))
+        ranks = _doubled_ranks_rows(_transpose(src[:, cols]), ws, ws.get("ranks", (b, n), np.float64))
         q = ranks @ z_rank  # [b, C + 2M]
         raw_r = np.einsum("ij,ij->i", ranks, ranks)
         ss_r = raw_r - sum_r * sum_r / n
