@@ -317,12 +317,14 @@ class StoreWriter:
         self._committed = f["committed"]
         self._n = int(self._committed[0])
         self._last_step = int(f["step"][self._n - 1]) if self._n else None
-        self._per_snapshot = [f["step"], f["epoch"], f["time"]]
+        # Dataset handles, looked up once: "step", "epoch", "time" and (probe, key) for key "logits", "pred",
+        # "correct", "loss", "acts/<layer>", "conf/<measure>".
+        self._rows: dict[object, h5py.Dataset] = {name: f[name] for name in ("step", "epoch", "time")}
         for p in spec.probes:
             g = f[f"probes/{p.name}"]
-            self._per_snapshot += [g["logits"], g["pred"], g["correct"], g["loss"]]
-            self._per_snapshot += [g[f"acts/{la.name}"] for la in spec.layers]
-            self._per_snapshot += [g[f"conf/{m}"] for m in spec.measures]
+            keys = ["logits", "pred", "correct", "loss"] + [f"acts/{la.name}" for la in spec.layers]
+            self._rows |= {(p.name, k): g[k] for k in keys + [f"conf/{m}" for m in spec.measures]}
+        self._per_snapshot = list(self._rows.values())
         # Rows beyond the committed count belong to a snapshot that was never committed: cut them away.
         for d in self._per_snapshot:
             if d.shape[0] != self._n:
@@ -448,22 +450,20 @@ class StoreWriter:
         i = self._n
         for d in self._per_snapshot:
             d.resize(i + 1, axis=0)
-        f = self._f
-        f["step"][i] = snap.step
-        f["epoch"][i] = snap.epoch
-        f["time"][i] = snap.time
+        rows = self._rows
+        rows["step"][i] = snap.step
+        rows["epoch"][i] = snap.epoch
+        rows["time"][i] = snap.time
         for name, rec in snap.probes.items():
-            g = f[f"probes/{name}"]
-            g["logits"][i] = rec.logits
-            g["pred"][i] = rec.pred
-            g["correct"][i] = rec.correct
-            g["loss"][i] = rec.loss
+            rows[name, "logits"][i] = rec.logits
+            rows[name, "pred"][i] = rec.pred
+            rows[name, "correct"][i] = rec.correct
+            rows[name, "loss"][i] = rec.loss
             for layer, a in rec.acts.items():
-                g[f"acts/{layer}"][i] = a
+                rows[name, f"acts/{layer}"][i] = a
             for m, v in rec.conf.items():
-                g[f"conf/{m}"][i] = v
-        for d in self._per_snapshot:
-            d.flush()
+                rows[name, f"conf/{m}"][i] = v
+        self._f.flush()  # every row of snapshot i reaches the file before the commit below
         self._committed[0] = i + 1
         self._committed.flush()
         self._n = i + 1
