@@ -221,9 +221,12 @@ def analyze(
         curves = _curves(store)
         report("training curves", 1, 1)
         layers = {}
-        for name in store.layers:
-            layers[name] = _analyze_layer(store, name, probe_set, measure, layout_methods, default_layout, n_bins,
-                                          report)
+        # One BLAS thread throughout: every product here is small or already runs on a worker per core, and
+        # OpenBLAS's threads spin while they wait, which on a busy machine made small layouts up to 40x slower.
+        with threadpool_limits(1, user_api="blas"):
+            for name in store.layers:
+                layers[name] = _analyze_layer(store, name, probe_set, measure, layout_methods, default_layout,
+                                              n_bins, report)
         sha_thread.join()
         res = AnalysisResults(
             store_path=str(path), store_sha256=sha[0] if sha else "", n_snapshots=store.n_snapshots,

@@ -130,7 +130,7 @@ def bench_whole_store() -> None:
 
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
 from pathlib import Path
 import numpy as np
 sys.path.insert(0, sys.argv[3])
@@ -171,12 +171,15 @@ def progress(stage, done, total):
     stages.setdefault(stage, [now, now])[1] = now
 
 
+c0 = sum(os.times()[:2])
 t0 = time.perf_counter()
 analyze(path, Path(sys.argv[2]), layout_methods=["force"], refresh=True, progress=progress)
 t_an = time.perf_counter() - t0
+cpu_an = sum(os.times()[:2]) - c0
 t_stream = sum(b - a for k, (a, b) in stages.items() if k.endswith("snapshots"))
 t_lay = sum(b - a for k, (a, b) in stages.items() if k.endswith("layouts"))
-print(json.dumps({"read_s": t_read, "raw_s": t_raw, "analysis_s": t_an, "stream_s": t_stream, "layouts_s": t_lay,
+print(json.dumps({"read_s": t_read, "raw_s": t_raw, "analysis_s": t_an, "analysis_cpu_s": cpu_an,
+                  "stream_s": t_stream, "layouts_s": t_lay, "load": os.getloadavg()[0],
                   "rss_after_read_kb": rss_read, "peak_rss_kb": peak_kb()}))
 """
 
@@ -227,6 +230,9 @@ def bench_big_store() -> None:
               f"= {r['analysis_s'] / r['read_s']:.2f}x read ({r['analysis_s'] / r['raw_s']:.0f}x raw; streaming pass "
               f"{r['stream_s']:.1f} s = {r['stream_s'] / r['read_s']:.2f}x read, layouts {r['layouts_s']:.1f} s, "
               f"{os.cpu_count()} CPUs)")
+        print(f"  analysis CPU time {r['analysis_cpu_s']:.1f} s = {r['analysis_cpu_s'] / r['read_s']:.2f}x the read "
+              f"(wall = CPU / {r['analysis_cpu_s'] / r['analysis_s']:.2f} cores; load average at the end "
+              f"{r['load']:.1f}: other processes share the cores)")
         print(f"  peak RSS {peak / 1e6:.0f} MB (after the plain read {r['rss_after_read_kb'] * 1024 / 1e6:.0f} MB) = "
               f"{peak / size:.2f} x store size")
     print("  (temporary store deleted)")
