@@ -1,14 +1,16 @@
 """Statistics of activity and confidence over training time, vectorised across neurons.
 
-Owns: column-wise ranks with average ties, Pearson and Spearman correlation of every neuron with confidence
-(overall and within class), their p-values, the Benjamini–Hochberg adjustment, per-snapshot summaries, activity
-strength, class distinctness, linear CKA and the trend tests that say whether a quantity rises.
+Owns: float16 conversion by table, column-wise ranks with average ties (one packed-key sort per neuron),
+Pearson and Spearman correlation of every neuron with confidence (overall and within class), their p-values,
+the Benjamini–Hochberg adjustment, per-snapshot summaries, activity strength, class distinctness, linear CKA
+and the trend tests that say whether a quantity rises.
 
 Definitions (also in ``docs/analysis.md``):
 
 * Within-class correlation: the class means of both variables are subtracted and the residuals correlated,
   pooled over classes; its p-value uses ``n - C - 1`` degrees of freedom (C = classes present). Within-class
-  Spearman correlates ranks computed inside each class, centred per class.
+  Spearman is the partial Spearman correlation given the class: ranks over all samples, class means of the
+  ranks subtracted, residuals correlated (the within-class Pearson statistic on the overall Spearman's ranks).
 * A neuron without variation (e.g. a dead ReLU unit, or one that encodes only the class when looking within
   class) has no measurable association: r = 0, p = 1.
 * Class distinctness is Fisher's trace ratio: the between-class variance of the class means summed over
