@@ -2,17 +2,18 @@
 
 :func:`forward_hooks` registers hooks, yields, and removes every one of them in ``finally`` — after a normal
 exit and after an exception alike — so training steps outside a probe pass run without any hook.
-:func:`capture` builds on it: each selected layer's output is reduced to [batch, n_neurons] and kept in host
-memory as float32, batch by batch; :meth:`Capture.end_batch` checks that every layer ran exactly once and that
-no kept output was changed in place later in the forward pass.
+:func:`capture` builds on it: inside each hook the selected layer's output is reduced to [batch, n_neurons]
+and copied into a host float32 array, so later in-place changes in the forward pass cannot alter what was
+recorded; :meth:`Capture.end_batch` checks that every layer ran exactly once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,59 +48,53 @@ def forward_hooks(hooks: Sequence[tuple[nn.Module, Hook]]) -> Iterator[None]:
 
 
 class Capture:
-    """Reduced outputs of the hooked layers, collected batch by batch during one probe pass.
+    """Reduced outputs of the hooked layers, written batch by batch into host arrays during one probe pass.
 
-    Outputs are kept without a copy where possible: a hook holds a reference to the output (or to its
-    reduction) and :meth:`end_batch` checks the tensor's version counter. If the forward pass changed an
-    output in place after its hook ran (``ReLU(inplace=True)`` after a recorded ``Linear``), the batch must be
-    run again, and from then on that layer is copied inside its hook.
+    The arrays are passed in with :meth:`begin` and may be reused from pass to pass (no fresh allocation,
+    hence no page faults, on the training thread); an array that is missing or has the wrong width is
+    allocated in the hook.
 
     Attributes:
-        outputs: layer name -> list of CPU float32 tensors of shape [batch, n_neurons], one per batch.
-        sample_shapes: layer name -> the output shape of one sample before reduction (set on first call).
-        copy: names of the layers copied inside the hook (found changed in place before).
+        layers: layer name -> module.
+        sample_shapes: layer name -> the output shape of one sample before reduction (set by the first batch).
     """
 
-    def __init__(self, layers: Mapping[str, nn.Module], copy: Iterable[str] = ()):
+    def __init__(self, layers: Mapping[str, nn.Module]):
         self.layers = dict(layers)
-        self.outputs: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
         self.sample_shapes: dict[str, tuple[int, ...]] = {}
-        self.copy = set(copy)
         self._calls = dict.fromkeys(self.layers, 0)
-        # layer name -> (reduced output [batch, n_neurons], tensor it views or None, that tensor's version)
-        self._pending: dict[str, tuple[torch.Tensor, torch.Tensor | None, int]] = {}
+        self._dest: dict[str, np.ndarray] = {}
+        self._rows = 0
+        self._start = 0
+
+    def begin(self, dest: dict[str, np.ndarray], n_rows: int, start: int) -> None:
+        """Direct the next batch into rows ``start ..`` of ``dest[name]``, arrays of shape (n_rows, n_neurons)."""
+        self._dest, self._rows, self._start = dest, n_rows, start
 
     def hook(self, name: str) -> Hook:
         """The forward hook that records layer ``name``."""
-        calls, pending, shapes, copy = self._calls, self._pending, self.sample_shapes, self.copy
+        calls, shapes = self._calls, self.sample_shapes
 
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
             t = first_tensor(output, f"Layer {name!r}").detach()
             if name not in shapes:
                 shapes[name] = tuple(t.shape[1:])
             r = reduce_output(t)  # [batch, n_neurons]
-            if t.ndim >= 3 or not t.is_cpu or t.dtype != torch.float32:
-                pending[name] = (r.to(device="cpu", dtype=torch.float32), None, 0)  # a new tensor
-            elif name in copy:
-                pending[name] = (r.clone(), None, 0)
-            else:
-                pending[name] = (r, t, t._version)  # a view of t: valid unless t changes in place
+            buf = self._dest.get(name)
+            if buf is None or buf.shape != (self._rows, r.shape[1]):
+                buf = self._dest[name] = np.empty((self._rows, r.shape[1]), np.float32)
+            torch.from_numpy(buf[self._start : self._start + r.shape[0]]).copy_(r)  # casts and moves to host
             calls[name] += 1
 
         return record
 
-    def end_batch(self) -> list[str]:
-        """Check and keep the outputs of the batch just run.
-
-        Returns:
-            Names of layers whose output the forward pass changed in place after their hook ran. If any, the
-            batch's outputs are discarded, those layers are added to :attr:`copy`, and the caller must run the
-            batch again. Empty when the batch's outputs were kept.
+    def end_batch(self) -> None:
+        """Check the batch just run: every layer ran exactly once.
 
         Raises:
             RuntimeError: a layer did not run (see :data:`NOT_FIRED_HINT`) or ran more than once.
         """
-        calls, pending = self._calls, self._pending
+        calls = self._calls
         try:
             missing = [n for n, c in calls.items() if c == 0]
             if missing:
@@ -110,15 +105,7 @@ class Capture:
                 raise RuntimeError(f"Layers {sorted(repeated)} ran more than once in one forward pass (calls: "
                                    f"{repeated}); a reused module has no single activation per sample. Record a "
                                    "module that runs once.")
-            changed = [n for n, (_, src, version) in pending.items() if src is not None and src._version != version]
-            if changed:
-                self.copy.update(changed)
-                return changed
-            for n, (r, _, _) in pending.items():
-                self.outputs[n].append(r)
-            return []
         finally:
-            pending.clear()
             for n in calls:
                 calls[n] = 0
 
@@ -128,16 +115,16 @@ class Capture:
 
 
 @contextmanager
-def capture(layers: Mapping[str, nn.Module], copy: Iterable[str] = ()) -> Iterator[Capture]:
+def capture(layers: Mapping[str, nn.Module]) -> Iterator[Capture]:
     """Hook ``layers`` for the duration of the block and collect their reduced outputs.
 
     Args:
         layers: layer name -> module, e.g. from :func:`instrument.layers.resolve_layers`.
-        copy: layers known to be changed in place later in the forward pass: copied inside the hook.
 
     Yields:
-        The :class:`Capture` being filled; call :meth:`Capture.end_batch` after each forward pass.
+        The :class:`Capture`; call :meth:`Capture.begin` before and :meth:`Capture.end_batch` after each
+        forward pass.
     """
-    cap = Capture(layers, copy)
+    cap = Capture(layers)
     with forward_hooks([(m, cap.hook(n)) for n, m in cap.layers.items()]):
         yield cap

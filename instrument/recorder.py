@@ -208,7 +208,6 @@ class Recorder:
 
         self.layers = resolve_layers(self._model, layers)
         self._modules = list(self._model.modules())  # whose training flags a probe pass saves and restores
-        self._copy_layers: set[str] = set()  # layers whose outputs change in place later in the forward pass
         self._labels = {p.name: p.y.detach().cpu().numpy().astype(np.int64) for p in self.probes}
         self._x_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
 
@@ -248,6 +247,7 @@ class Recorder:
         self._closed = False
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # FIFO of snapshots; bounded by self._slots
         self._slots = threading.BoundedSemaphore(queue_size)  # released by the writer when a snapshot is done
+        self._free: queue.SimpleQueue = queue.SimpleQueue()  # host arrays of written snapshots, for reuse
         self._thread = threading.Thread(target=self._write_loop, name=f"topotrace-writer:{self.path.name}",
                                         daemon=True)
         self._thread.start()
@@ -346,13 +346,12 @@ class Recorder:
             x = self._x_cache[key] = probe.x.to(device)
         return x
 
-    def _run(self, batches: Callable[[ProbeSet], range]) -> tuple[dict[str, dict[str, np.ndarray]],
-                                                                dict[str, tuple[int, ...]]]:
-        """One probe pass over ``batches(probe)`` start offsets; model state restored afterwards.
+    def _run(self, inputs: Mapping[str, torch.Tensor], bufs: dict[str, dict[str, np.ndarray]]
+             ) -> dict[str, tuple[int, ...]]:
+        """One probe pass over ``inputs`` (probe name -> [n, ...]); model state restored afterwards.
 
-        Returns:
-            ``(payload, sample_shapes)``: probe name -> {layer name -> (n, n_neurons) float32, "": logits
-            (n, C) float32}, and layer name -> output shape of one sample before reduction.
+        Fills ``bufs``: probe name -> {layer name -> (n, n_neurons) float32, "": logits (n, C) float32}; arrays
+        already there are overwritten in place. Returns layer name -> output shape of one sample.
         """
         model = self._model
         device = _device_of(model)
@@ -361,28 +360,28 @@ class Recorder:
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         bs = self.batch_size
-        payload: dict[str, dict[str, np.ndarray]] = {}
         try:
             # Flags are set directly, not through model.eval()/train(): a train() override with side effects
             # (e.g. merging adapter weights into the base weights on eval) must not run for a probe pass.
             # object.__setattr__ skips nn.Module.__setattr__'s parameter/buffer bookkeeping (a bool is neither).
             for m in modules:
                 _set(m, "training", False)
-            with torch.no_grad(), capture(self.layers, self._copy_layers) as cap:
-                for probe in self.probes:
-                    x = self._inputs(probe, device)
-                    logits = []
-                    for start in batches(probe):
+            with torch.no_grad(), capture(self.layers) as cap:
+                for name, x in inputs.items():
+                    x = x.to(device)  # a no-op when the probe set already lives on the model's device
+                    n = x.shape[0]
+                    dest = bufs.setdefault(name, {})
+                    for start in range(0, n, bs):
+                        cap.begin(dest, n, start)
                         out = first_tensor(model(x[start : start + bs]), "The model")  # [batch, C]
-                        while cap.end_batch():  # an output was changed in place: again, copying that layer
-                            self._copy_layers |= cap.copy
-                            out = first_tensor(model(x[start : start + bs]), "The model")
-                        logits.append(out.detach().to(device="cpu", dtype=torch.float32))
-                    arrays = {name: _cat(parts) for name, parts in cap.outputs.items()}
-                    arrays[""] = _cat(logits)
-                    payload[probe.name] = arrays
-                    for parts in cap.outputs.values():
-                        parts.clear()
+                        cap.end_batch()
+                        if out.ndim != 2:
+                            raise ValueError(f"The model must return logits of shape (batch, n_classes). Got a "
+                                             f"tensor of shape {tuple(out.shape)} for probe set {name!r}.")
+                        logits = dest.get("")
+                        if logits is None or logits.shape != (n, out.shape[1]):
+                            logits = dest[""] = np.empty((n, out.shape[1]), np.float32)
+                        torch.from_numpy(logits[start : start + out.shape[0]]).copy_(out)
                 shapes = cap.sample_shapes
         finally:
             for m, flag in zip(modules, modes):
@@ -390,22 +389,21 @@ class Recorder:
             torch.set_rng_state(cpu_rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state(cuda_rng, device)
-        return payload, shapes
+        return shapes
 
     def _probe_pass(self) -> dict[str, dict[str, np.ndarray]]:
-        return self._run(lambda p: range(0, len(p), self.batch_size))[0]
+        try:  # host arrays of a snapshot the writer has finished with: reused, so no fresh memory per pass
+            bufs = self._free.get_nowait()
+        except queue.Empty:
+            bufs = {}
+        device = _device_of(self._model)
+        self._run({p.name: self._inputs(p, device) for p in self.probes}, bufs)
+        return bufs
 
     def _dry_pass(self) -> tuple[dict[str, tuple[int, ...]], int]:
-        saved, self.batch_size = self.batch_size, 2
-        try:
-            payload, shapes = self._run(lambda p: range(0, 1))
-        finally:
-            self.batch_size = saved
-            self._x_cache.clear()
-        logits = next(iter(payload.values()))[""]
-        if logits.ndim != 2:
-            raise ValueError(f"The model must return logits of shape (batch, n_classes). Got a tensor of shape "
-                             f"{logits.shape} for a batch of {len(logits)}.")
+        bufs: dict[str, dict[str, np.ndarray]] = {}
+        shapes = self._run({p.name: p.x[:2] for p in self.probes}, bufs)
+        logits = next(iter(bufs.values()))[""]
         return {n: shapes[n] for n in self.layers}, logits.shape[1]
 
     def _report(self) -> None:
@@ -435,6 +433,7 @@ class Recorder:
                 except BaseException as err:  # noqa: BLE001 - any failure stops recording, never training
                     self._fail(err, item[0])
                 finally:
+                    self._free.put(item[3])  # the snapshot is written (or dropped): its arrays can be reused
                     del item
                     self._slots.release()
         finally:
