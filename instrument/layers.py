@@ -2,7 +2,9 @@
 
 Layers are selected once, by exact ``named_modules()`` name, a list of names, a glob (``"fc*"``,
 ``"encoder.*.mlp"``) or a predicate ``(name, module) -> bool``, and resolved to an ordered
-``{name: module}`` whose names are used verbatim in the store and the report.
+``{name: module}`` whose names are used verbatim in the store and the report. In globs, ``*`` and ``?`` stay
+within one dotted part of a name (``"hidden*"`` selects ``hidden1`` but not its child ``hidden1.0``), ``**``
+crosses dots (``"encoder.**"`` selects everything below ``encoder``), and ``[...]`` is a character class.
 
 Reductions (recorded per layer in the store):
 
@@ -13,7 +15,7 @@ Reductions (recorded per layer in the store):
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from collections.abc import Callable, Sequence
 from typing import Union
 
@@ -71,7 +73,8 @@ def resolve_layers(model: nn.Module, layers: LayerSelector) -> dict[str, nn.Modu
         chosen = set()
         for p in patterns:
             if _GLOB_CHARS & set(p):
-                hits = fnmatch.filter(available, p)
+                rx = glob_regex(p)
+                hits = [n for n in available if rx.fullmatch(n)]
                 if not hits:
                     raise ValueError(f"Layer pattern {p!r} matches no layer. Available: {available}")
                 chosen.update(hits)
@@ -80,6 +83,29 @@ def resolve_layers(model: nn.Module, layers: LayerSelector) -> dict[str, nn.Modu
             else:
                 raise ValueError(f"Unknown layer {p!r}. Available: {available}")
     return {n: m for n, m in named if n in chosen}
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a layer glob: ``*`` and ``?`` do not cross ``.``; ``**`` does; ``[...]`` is a character class."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append(r"[^.]*")
+        elif c == "?":
+            out.append(r"[^.]")
+        elif c == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out))
 
 
 def reduction_for(sample_shape: Sequence[int]) -> str:

@@ -175,6 +175,12 @@ def test_selection_by_name_glob_list_and_predicate():
     m = Encoder()
     assert list(resolve_layers(m, "head")) == ["head"]
     assert list(resolve_layers(m, "encoder.*.mlp")) == ["encoder.0.mlp", "encoder.1.mlp"]
+    # '*' stays within one dotted part; '**' crosses dots
+    assert list(resolve_layers(m, "encoder*")) == ["encoder"]
+    assert list(resolve_layers(m, "encoder.*")) == ["encoder.0", "encoder.1"]
+    assert list(resolve_layers(m, "encoder.**")) == ["encoder.0", "encoder.0.mlp", "encoder.0.norm", "encoder.1",
+                                                     "encoder.1.mlp", "encoder.1.norm"]
+    assert list(resolve_layers(m, "encoder.[!0].?lp")) == ["encoder.1.mlp"]
     # order follows named_modules(), whatever the order asked for
     assert list(resolve_layers(m, ["head", "encoder.1.norm"])) == ["encoder.1.norm", "head"]
     picked = resolve_layers(m, lambda name, mod: isinstance(mod, nn.Linear))
