@@ -18,7 +18,7 @@ import numpy as np
 
 Measure = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-DEFAULT_MEASURES = ("max_prob", "margin", "entropy", "true_prob")
+DEFAULT_MEASURES = ("max_prob", "margin", "entropy", "true_prob", "logit_margin")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -57,6 +57,17 @@ def entropy(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return -plogp.sum(axis=1) / np.log(probs.shape[1])
 
 
+def logit_margin(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 logit (= log p1 - log p2) of each sample; shape (n,).
+
+    Unlike the probability-based measures it does not saturate once the softmax is peaked, so it still
+    separates samples late in training, when max_prob is 1.00 for nearly all of them.
+    """
+    top2 = np.partition(probs, probs.shape[1] - 2, axis=1)[:, -2:]
+    tiny = np.finfo(np.float64).tiny
+    return np.log(top2[:, 1]) - np.log(np.maximum(top2[:, 0], tiny))
+
+
 def true_prob(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The probability given to each sample's true class; shape (n,)."""
     return probs[np.arange(len(labels)), labels]
@@ -67,6 +78,7 @@ _REGISTRY: dict[str, Measure] = {
     "margin": margin,
     "entropy": entropy,
     "true_prob": true_prob,
+    "logit_margin": logit_margin,
 }
 
 

@@ -10,7 +10,7 @@ from instrument import confidence
 
 def _reference(logits, labels):
     """Per-sample loops with math.exp/log: an implementation independent of the vectorised one."""
-    out = {k: [] for k in ("max_prob", "margin", "entropy", "true_prob", "loss", "pred")}
+    out = {k: [] for k in ("max_prob", "margin", "entropy", "true_prob", "logit_margin", "loss", "pred")}
     for z, y in zip(logits.astype(float), labels):
         m = max(z)
         e = [math.exp(v - m) for v in z]
@@ -21,6 +21,7 @@ def _reference(logits, labels):
         out["margin"].append(ranked[0] - ranked[1])
         out["entropy"].append(-sum(q * math.log(q) for q in p if q > 0) / math.log(len(p)))
         out["true_prob"].append(p[y])
+        out["logit_margin"].append(sorted(z)[-1] - sorted(z)[-2])
         out["loss"].append(-(z[y] - m - math.log(s)))
         out["pred"].append(int(np.argmax(z)))
     return {k: np.array(v) for k, v in out.items()}
@@ -64,6 +65,7 @@ def test_planted_extremes():
     np.testing.assert_allclose(conf["margin"], [0.0, 1.0], atol=1e-7)
     np.testing.assert_allclose(conf["entropy"], [1.0, 0.0], atol=1e-7)
     np.testing.assert_allclose(conf["true_prob"], [0.25, 1.0], atol=1e-7)
+    np.testing.assert_allclose(conf["logit_margin"], [0.0, 500.0], atol=1e-4)
     np.testing.assert_allclose(loss, [math.log(4), 0.0], atol=1e-6)
     assert correct[1]
 
