@@ -183,6 +183,7 @@ def analyze(
     t_start = time.perf_counter()
     path = resolve_store_path(store_path)
     cache = Path(cache_path) if cache_path is not None else path.parent / "analysis.h5"
+    cache.parent.mkdir(parents=True, exist_ok=True)  # fail here, not after the work, if it cannot be made
     if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool):
         raise TypeError(f"The 'n_bins' parameter must be an int. Got {type(n_bins).__name__} instead.")
     if n_bins < 1:

@@ -190,9 +190,10 @@ def test_cache_invalidated_when_store_grows_or_params_change(small_store, monkey
 
 def test_progress_and_explicit_cache_path(small_store, tmp_path):
     seen = []
-    res = analyze(small_store, tmp_path / "elsewhere.h5", layout_methods=["pca"], default_layout="pca+declutter",
+    cache = tmp_path / "new" / "folder" / "elsewhere.h5"  # folders are created
+    res = analyze(small_store, cache, layout_methods=["pca"], default_layout="pca+declutter",
                   progress=lambda stage, done, total: seen.append((stage, done, total)))
-    assert (tmp_path / "elsewhere.h5").exists() and not (small_store.parent / "analysis.h5").exists()
+    assert cache.exists() and not (small_store.parent / "analysis.h5").exists()
     assert ("fc1: snapshots", 4, 4) in seen and ("block.conv: layouts", 1, 1) in seen
     assert res.layers["fc1"].default_layout == "pca+declutter"
 
