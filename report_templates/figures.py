@@ -13,7 +13,7 @@ selector moves (see :func:`map_sections`).
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +22,29 @@ from bokeh.models import (
     ColorBar,
     ColumnDataSource,
     CustomJS,
+    CustomJSTickFormatter,
     Div,
+    FixedTicker,
     HoverTool,
     InlineStyleSheet,
     Legend,
     LinearColorMapper,
+    RadioButtonGroup,
     Select,
     Slider,
     Title,
     Toggle,
 )
 from bokeh.models.layouts import LayoutDOM
-from bokeh.palettes import Category10_10, RdBu11
+from bokeh.palettes import Category10_10, RdBu11, Reds9
 from bokeh.plotting import figure
 
 from analysis.results import AnalysisResults, InterpOperator, LayerResult
 
 _HERE = Path(__file__).resolve().parent
 TILE_PX = 190  # width of one map tile in CSS pixels
+LAYOUT_PX = 204  # width of one layout-comparison tile: five fit in the page's column
+LAYOUT_COLS = 5
 MAP_GROUPINGS = (("class", "by true class"), ("correct", "correct vs wrong"))
 CURVE_NAMES = (("accuracy", "Accuracy"), ("loss", "Loss (cross-entropy)"))
 PROBE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b")
@@ -55,6 +60,56 @@ def diverging_palette(n: int = 256) -> list[str]:
     frac = (pos - lo)[:, None]
     rgb = np.rint(base[lo] * (1 - frac) + base[lo + 1] * frac).astype(int)
     return ["#%02x%02x%02x" % tuple(c) for c in rgb]
+
+
+def sequential_palette(n: int = 256) -> list[str]:
+    """White (zero) to dark red (the limit) palette of ``n`` hex colours, interpolated from white and Reds9."""
+    reds = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in Reds9], dtype=np.float64)
+    reds = reds[np.argsort(-reds.sum(axis=1))]  # light to dark, whichever way the palette module lists it
+    base = np.concatenate([[[255.0, 255.0, 255.0]], reds[1:]])  # pure white instead of Reds9's near-white end
+    pos = np.linspace(0.0, len(base) - 1, n)
+    lo = np.floor(pos).astype(int).clip(0, len(base) - 2)
+    frac = (pos - lo)[:, None]
+    rgb = np.rint(base[lo] * (1 - frac) + base[lo + 1] * frac).astype(int)
+    return ["#%02x%02x%02x" % tuple(c) for c in rgb]
+
+
+def layer_is_nonnegative(layer: LayerResult) -> bool:
+    """True when every finite NAP value of the layer (all groupings, snapshots and groups) is >= 0.
+
+    Such layers (e.g. after ReLU) get a sequential colour scale over [0, color_limit] instead of a symmetric one.
+    """
+    seen = False
+    for gn in (layer.naps or {}).values():
+        v = np.asarray(gn.naps)
+        if v.size == 0 or not np.isfinite(v).any():
+            continue
+        seen = True
+        if np.nanmin(v) < 0:
+            return False
+    return seen
+
+
+def _usable(limit: float) -> float:
+    """A colour limit that draws: a dead layer (limit 0 or NaN) still gets the scale 1.0."""
+    return float(limit) if np.isfinite(limit) and limit > 0 else 1.0
+
+
+def activation_scale(layer: LayerResult) -> tuple[list[str], float, float]:
+    """Palette and (low, high) of the layer's raw-activation maps, the same for every snapshot and group.
+
+    Non-negative layers: white -> dark red over [0, color_limit]; others: blue - white - red over
+    [-color_limit, +color_limit]. The PNG export uses exactly this mapping.
+    """
+    limit = _usable(layer.color_limit)
+    if layer_is_nonnegative(layer):
+        return sequential_palette(), 0.0, limit
+    return diverging_palette(), -limit, limit
+
+
+def contrast_limit(layer: LayerResult) -> float:
+    """Symmetric colour limit of contrast-normalised maps (each neuron's mean over the groups subtracted)."""
+    return _usable(layer.color_limit_contrast)
 
 
 def esc(value: object) -> str:
@@ -84,6 +139,9 @@ _DIV_CSS = """
 .tt-ctl { display: inline-block; padding-top: 7px; color: #57606a; font-size: 13px; }
 .tt-steplabel { display: inline-block; padding-top: 6px; font-size: 14px; font-variant-numeric: tabular-nums;
                 min-width: 270px; }
+.tt-key { white-space: nowrap; margin-right: 6px; }
+.tt-key span { display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin-right: 3px;
+               vertical-align: -1px; }
 """
 
 
@@ -93,11 +151,31 @@ def _div(text: str, **kw) -> Div:
 
 
 def step_axis_type(steps: np.ndarray) -> str:
-    """``"log"`` when the steps are positive and span two decades or more, else ``"linear"``."""
+    """``"log"`` when the steps span two decades or more (counting step 0 as 1, see :func:`time_x`), else linear."""
     steps = np.asarray(steps, dtype=np.float64)
-    if len(steps) > 1 and steps.min() > 0 and steps.max() / steps.min() >= 100:
+    if len(steps) > 1 and steps.min() >= 0 and (steps.max() + 1) / (steps.min() + 1) >= 100:
         return "log"
     return "linear"
+
+
+def time_x(steps: np.ndarray, axis_type: str) -> np.ndarray:
+    """Positions of steps on a time axis: ``step + 1`` on a log axis (so step 0 has a place), else ``step``."""
+    steps = np.asarray(steps, dtype=np.float64)
+    return steps + 1.0 if axis_type == "log" else steps
+
+
+TIME_LABEL = {"log": "training step (log scale)", "linear": "training step"}
+
+
+def _style_time_axis(fig: figure, steps: np.ndarray, axis_type: str) -> None:
+    """On a log step axis, ticks sit at steps 0, 1, 10, 100, ... (drawn at step + 1) and are labelled in steps."""
+    if axis_type != "log":
+        return
+    top = int(np.ceil(np.log10(max(float(np.max(steps)), 1.0) + 1)))
+    major = [1.0] + [10.0 ** k + 1 for k in range(top + 1)]  # steps 0, 1, 10, 100, ...
+    minor = [m * 10.0 ** k + 1 for k in range(top + 1) for m in range(2, 10)]
+    fig.xaxis.ticker = FixedTicker(ticks=major, minor_ticks=minor)
+    fig.xaxis.formatter = CustomJSTickFormatter(code="return Math.round(tick - 1).toLocaleString('en-US');")
 
 
 def _line_figure(title: str, x_label: str, y_label: str, x_axis_type: str = "linear", **kw) -> figure:
@@ -107,6 +185,13 @@ def _line_figure(title: str, x_label: str, y_label: str, x_axis_type: str = "lin
     fig.yaxis.axis_label = plain(y_label)
     fig.title.text_font_size = "13px"
     fig.min_border_right = 12
+    return fig
+
+
+def _time_figure(title: str, y_label: str, steps: np.ndarray, axis_type: str, **kw) -> figure:
+    """A line chart over training time (log step axis when the snapshots span two decades or more)."""
+    fig = _line_figure(title, TIME_LABEL[axis_type], y_label, axis_type, **kw)
+    _style_time_axis(fig, steps, axis_type)
     return fig
 
 
@@ -128,16 +213,16 @@ def training_curves(results: AnalysisResults) -> LayoutDOM | None:
     specs = list(CURVE_NAMES) + [(f"conf_{measure}", f"Mean confidence ({measure})")]
     figs = []
     for key, title in specs:
-        fig = _line_figure(title, "training step", title.split(" (")[0], xtype)
+        fig = _time_figure(title, title.split(" (")[0], steps, xtype)
         items = []
         for i, (probe, named) in enumerate(curves.items()):
             if key not in named:
                 continue
             y = np.asarray(named[key], dtype=np.float64)
-            src = ColumnDataSource({"step": steps[: len(y)], "y": y})
+            src = ColumnDataSource({"x": time_x(steps[: len(y)], xtype), "step": steps[: len(y)], "y": y})
             color = PROBE_COLORS[i % len(PROBE_COLORS)]
-            r = fig.line("step", "y", source=src, line_width=2, color=color)
-            fig.scatter("step", "y", source=src, size=4, color=color)
+            r = fig.line("x", "y", source=src, line_width=2, color=color)
+            fig.scatter("x", "y", source=src, size=4, color=color)
             items.append((str(probe), [r]))
         if not items:
             continue
@@ -151,18 +236,31 @@ def training_curves(results: AnalysisResults) -> LayoutDOM | None:
 
 
 # ----------------------------------------------------------------------------------------------- maps
+TAM, PLAIN, CORR = 0, 1, 2  # tile kinds: activation maps that can show contrast, other activation maps, correlations
+
+
 @dataclass
 class _MapRegistry:
-    """Sources of all map tiles on the page (parallel lists indexed by tile), shared by one callback."""
+    """Sources of all map tiles on the page (parallel ``tile_*`` lists indexed by tile), shared by one callback."""
 
-    imgs: list
-    pts: list
-    tile_vals: list
-    tile_group: list
-    tile_op: list
-    tile_layer: list
-    vsrc: list
-    osrc: list
+    imgs: list = field(default_factory=list)
+    pts: list = field(default_factory=list)
+    tile_vals: list = field(default_factory=list)
+    tile_group: list = field(default_factory=list)
+    tile_op: list = field(default_factory=list)
+    tile_layer: list = field(default_factory=list)
+    tile_kind: list = field(default_factory=list)
+    tile_title: list = field(default_factory=list)
+    tile_name: list = field(default_factory=list)
+    tile_counts: list = field(default_factory=list)
+    vsrc: list = field(default_factory=list)
+    osrc: list = field(default_factory=list)
+    csrc: list = field(default_factory=list)
+    tam_mappers: list = field(default_factory=list)
+    tam_scale: list = field(default_factory=list)
+    tam_bars: list = field(default_factory=list)
+    tam_hovers: list = field(default_factory=list)
+    corr_bars: list = field(default_factory=list)
 
 
 def _op_source(op: InterpOperator, name: str) -> ColumnDataSource:
@@ -174,10 +272,9 @@ def _op_source(op: InterpOperator, name: str) -> ColumnDataSource:
 
 
 def _map_tile(title: str, op: InterpOperator, xy: np.ndarray, values: np.ndarray, mapper: LinearColorMapper,
-              value_label: str) -> tuple[figure, ColumnDataSource, ColumnDataSource]:
+              value_label: str) -> tuple[figure, ColumnDataSource, ColumnDataSource, HoverTool]:
     """One map: image of the interpolated ``values`` (N,) on the layout plus hoverable neuron positions."""
     x0, x1, y0, y1 = (float(v) for v in op.extent)
-    h, w = op.grid_shape
     fig = figure(title=plain(title), width=TILE_PX, height=max(120, int(TILE_PX * (y1 - y0) / max(x1 - x0, 1e-9)) + 24),
                  x_range=(x0, x1), y_range=(y0, y1), toolbar_location=None, tools="", match_aspect=True,
                  min_border=2)
@@ -194,15 +291,16 @@ def _map_tile(title: str, op: InterpOperator, xy: np.ndarray, values: np.ndarray
     })
     # Dots mark neurons for hovering; with many neurons they would hide the map, so they fade (still hoverable).
     n = len(xy)
-    alpha = 0.35 if n <= 100 else (0.12 if n <= 400 else 0.0)
-    r = fig.scatter("x", "y", source=pts_src, size=5, fill_alpha=0.0, line_color="#333333", line_alpha=alpha,
+    alpha = 0.3 if n <= 100 else (0.12 if n <= 400 else 0.0)
+    r = fig.scatter("x", "y", source=pts_src, size=4, fill_alpha=0.0, line_color="#333333", line_alpha=alpha,
                     hover_line_color="black", hover_line_alpha=1.0, hover_fill_color="black", hover_fill_alpha=0.6)
-    fig.add_tools(HoverTool(renderers=[r], tooltips=[("neuron", "@neuron"), (value_label, "@value{0.000}")],
-                            point_policy="snap_to_data"))
-    return fig, img_src, pts_src
+    hover = HoverTool(renderers=[r], tooltips=[("neuron", "@neuron"), (value_label, "@value{0.000}")],
+                      point_policy="snap_to_data")
+    fig.add_tools(hover)
+    return fig, img_src, pts_src, hover
 
 
-def _color_bar(mapper: LinearColorMapper, title: str, width: int) -> figure:
+def _color_bar(mapper: LinearColorMapper, title: str, width: int) -> tuple[figure, ColorBar]:
     """A horizontal colour bar as a figure of its own (below a grid of tiles)."""
     fig = figure(width=width, height=70, toolbar_location=None, tools="", min_border=0, outline_line_color=None,
                  x_range=(0, 1), y_range=(0, 1))
@@ -213,45 +311,75 @@ def _color_bar(mapper: LinearColorMapper, title: str, width: int) -> figure:
                    width=max(width - 40, 100), title_text_font_size="11px", title_text_font_style="normal",
                    major_label_text_font_size="11px", padding=6)
     fig.add_layout(bar, "center")
-    return fig
+    return fig, bar
 
 
-def _layer_grid(results: AnalysisResults, layer: LayerResult, li: int, reg: _MapRegistry, label: str,
-                values: np.ndarray, names: list[str], limit: float, value_label: str, bar_title: str,
-                ncols: int) -> list[LayoutDOM]:
-    """Tiles of one layer for one value array of shape (S, G, N); registers their sources in ``reg``.
+def _counts_vary(counts: np.ndarray | None) -> bool:
+    c = np.asarray(counts) if counts is not None else np.zeros((0, 0))
+    return c.ndim == 2 and c.shape[0] > 1 and bool((c != c[:1]).any())
 
+
+def _tile_title(name: str, counts: np.ndarray | None, s: int) -> str:
+    return f"{name} (n = {int(counts[s])})" if counts is not None else name
+
+
+def _layer_grid(layer: LayerResult, li: int, reg: _MapRegistry, kind: int, values: list[np.ndarray],
+                names: list[str], scale: tuple[list[str], float, float], value_label: str, bar_title: str,
+                ncols: int, counts: np.ndarray | None = None) -> tuple[list[LayoutDOM], ColorBar, LinearColorMapper]:
+    """Tiles of one layer for value arrays of shape (S, G, N); registers their sources in ``reg``.
+
+    ``values`` holds one array, or for correlation tiles one per confidence measure (the callback picks the
+    selected one). ``counts`` (S, G) puts each group's sample count in its tile title when it changes over time.
     Returns the grid of tiles and its colour bar (placed one after the other in a flat column: BokehJS 3.9
-    never finishes laying out a grid plot nested three columns deep).
+    never finishes laying out a grid plot nested three columns deep), the bar and the colour mapper.
     """
     lay = layer.layouts[layer.default_layout]
     if len(reg.osrc) == 0 or reg.osrc[-1].name != f"op_{li}":
         reg.osrc.append(_op_source(lay.interp, f"op_{li}"))
-    reg.vsrc.append(ColumnDataSource({"v": np.ascontiguousarray(values, dtype=np.float32)}, name=label))
-    limit = float(limit) if np.isfinite(limit) and limit > 0 else 1.0  # a dead layer still gets a usable scale
-    mapper = LinearColorMapper(palette=diverging_palette(), low=-limit, high=limit, nan_color=(0, 0, 0, 0))
-    last = values.shape[0] - 1
+    first = len(reg.vsrc)
+    for v in values:
+        reg.vsrc.append(ColumnDataSource({"v": np.ascontiguousarray(v, dtype=np.float32)}))
+    count_idx = -1
+    if _counts_vary(counts):
+        reg.csrc.append(ColumnDataSource({"c": np.ascontiguousarray(counts, dtype=np.int32)}))
+        count_idx = len(reg.csrc) - 1
+    palette, low, high = scale
+    mapper = LinearColorMapper(palette=palette, low=low, high=high, nan_color=(0, 0, 0, 0))
+    last = values[0].shape[0] - 1
     tiles = []
     for g, name in enumerate(names):
-        fig, img_src, pts_src = _map_tile(str(name), lay.interp, np.asarray(lay.xy), values[last, g], mapper,
-                                          value_label)
+        gc = np.asarray(counts)[:, g] if count_idx >= 0 else None
+        fig, img_src, pts_src, hover = _map_tile(_tile_title(str(name), gc, last), lay.interp, np.asarray(lay.xy),
+                                                 values[0][last, g], mapper, value_label)
         tiles.append(fig)
         reg.imgs.append(img_src)
         reg.pts.append(pts_src)
-        reg.tile_vals.append(len(reg.vsrc) - 1)
+        reg.tile_vals.append(first)
         reg.tile_group.append(g)
         reg.tile_op.append(len(reg.osrc) - 1)
         reg.tile_layer.append(li)
+        reg.tile_kind.append(kind)
+        reg.tile_title.append(fig.title)
+        reg.tile_name.append(plain(name))
+        reg.tile_counts.append(count_idx)
+        if kind == TAM:
+            reg.tam_hovers.append(hover)
     ncols = min(ncols, len(tiles))
     grid = gridplot(tiles, ncols=ncols, toolbar_location=None)
-    return [grid, _color_bar(mapper, bar_title, ncols * TILE_PX)]
+    bar_fig, bar = _color_bar(mapper, bar_title, ncols * TILE_PX)
+    return [grid, bar_fig], bar, mapper
 
 
-def _layer_heading(layer: LayerResult, scale: str | None = None) -> Div:
-    if scale is None:
-        scale = f"colour scale \u00b1{float(layer.color_limit):.3g}, the same for every snapshot"
+def _scale_text(layer: LayerResult) -> str:
+    _, low, high = activation_scale(layer)
+    if low == 0:
+        return f"mean activation 0 (white) to {high:.3g} (dark red)"
+    return f"mean activation \u00b1{high:.3g}"
+
+
+def _layer_heading(layer: LayerResult, scale: str) -> Div:
     text = (f"<p class='tt-layer'>Layer <b>{esc(layer.name)}</b> &middot; {int(layer.n_neurons)} neurons "
-            f"&middot; layout {esc(layer.default_layout)} &middot; {esc(scale)}</p>")
+            f"&middot; layout {esc(layer.default_layout)} &middot; {esc(scale)}, the same for every snapshot</p>")
     return _div(text=text)
 
 
@@ -265,33 +393,81 @@ def _step_text(steps: list[int], epochs: list[int], s: int) -> str:
             f"of {len(steps)}</span>")
 
 
-def map_sections(results: AnalysisResults) -> dict[str, LayoutDOM]:
-    """All map sections with their shared time slider, play button and layer selector.
+def correlation_measures(results: AnalysisResults) -> list[str]:
+    """Confidence measures with correlations in every layer that has any, in the analysis's order."""
+    sets = [set(la.corr) for la in results.layers.values() if la.corr]
+    if not sets:
+        return []
+    common = set.intersection(*sets)
+    order = list(results.measures or []) + sorted(common - set(results.measures or []))
+    return [m for m in order if m in common]
 
-    Returns a dict of named models (only the available ones): ``map_controls`` (slider, play, layer selector
-    and step label), ``tam_maps`` (one map per class and per correct/wrong group), ``confbin_maps`` (one map
-    per confidence bin) and ``corr_maps`` (per-neuron correlation with the primary confidence measure, overall
-    and within class). One CustomJS callback renders the tiles of the selected layer at the chosen snapshot.
+
+def _default_measure(results: AnalysisResults, measures: list[str]) -> str:
+    return results.primary_measure if results.primary_measure in measures else measures[0]
+
+
+def measure_select(results: AnalysisResults) -> Select | None:
+    """Selector of the confidence measure for the correlation maps and curves (name ``corr_measure``).
+
+    None when fewer than two measures have correlations. The default is the analysis's primary measure.
+    """
+    measures = correlation_measures(results)
+    if len(measures) < 2:
+        return None
+    return Select(title="", options=measures, value=_default_measure(results, measures), width=170,
+                  name="corr_measure")
+
+
+MODE_LABELS = ["mean activation", "contrast to the other groups"]
+
+
+def map_sections(results: AnalysisResults, measure: Select | None = None) -> dict[str, LayoutDOM]:
+    """All map sections with their shared time slider, play button, layer selector and view switches.
+
+    Args:
+        results: the analysis of one run.
+        measure: the confidence-measure selector from :func:`measure_select` (shared with the correlation
+            curves), or None to show correlations with the default measure only.
+
+    Returns:
+        A dict of named models (only the available ones): ``map_controls`` (slider, play, layer selector and
+        step label), ``tam_mode`` (mean activation vs contrast to the other groups), ``tam_maps`` (one map per
+        class and per correct/wrong group), ``confbin_maps`` (one map per confidence bin) and ``corr_maps``
+        (per-neuron correlation with the selected confidence measure, overall and within class). One CustomJS
+        callback renders the tiles of the selected layer at the chosen snapshot.
     """
     layers = [la for la in results.layers.values() if _has_maps(results, la)]
     if not layers:
         return {}
-    reg = _MapRegistry([], [], [], [], [], [], [], [])
+    reg = _MapRegistry()
     panels: list[list[LayoutDOM]] = []
     sections: dict[str, list[LayoutDOM]] = {"tam_maps": [], "confbin_maps": [], "corr_maps": []}
-    measure = results.primary_measure
+    if measure is not None:
+        measures = list(measure.options)
+    else:
+        available = correlation_measures(results)
+        measures = [_default_measure(results, available)] if available else []
+    primary = results.primary_measure
+    pal_div = diverging_palette()
     for li, layer in enumerate(layers):
         show = li == 0  # the first layer is shown until the reader picks another
         mine: list[LayoutDOM] = []
+        scale = activation_scale(layer)
+        clim = contrast_limit(layer)
         # maps per class and correct vs wrong
-        parts: list[LayoutDOM] = [_layer_heading(layer)]
+        parts: list[LayoutDOM] = [_layer_heading(layer, f"{_scale_text(layer)}; contrast \u00b1{clim:.3g}")]
         for grouping, caption in MAP_GROUPINGS:
             gn = layer.naps.get(grouping)
             if gn is None:
                 continue
-            parts.append(_div(text=f"<h4 class='tt-sub'>Mean activation {esc(caption)}</h4>"))
-            parts += _layer_grid(results, layer, li, reg, f"naps_{li}_{grouping}", gn.naps, gn.group_names,
-                                 layer.color_limit, "mean activation", "mean activation", 5)
+            parts.append(_div(text=f"<h4 class='tt-sub'>{esc(caption)}</h4>"))
+            grid, bar, mapper = _layer_grid(layer, li, reg, TAM, [gn.naps], gn.group_names, scale,
+                                            "mean activation", "mean activation", 5, gn.counts)
+            parts += grid
+            reg.tam_mappers.append(mapper)
+            reg.tam_scale.append([scale[1], scale[2], clim, scale[1] == 0])
+            reg.tam_bars.append(bar)
         if len(parts) > 1:
             block = column(*parts, visible=show)
             sections["tam_maps"].append(block)
@@ -299,20 +475,21 @@ def map_sections(results: AnalysisResults) -> dict[str, LayoutDOM]:
         # maps per confidence bin
         gn = layer.naps.get("confbin")
         if gn is not None:
-            block = column(_layer_heading(layer),
-                           *_layer_grid(results, layer, li, reg, f"naps_{li}_confbin", gn.naps, gn.group_names,
-                                        layer.color_limit, "mean activation", f"mean activation per {measure} bin",
-                                        6), visible=show)
+            grid, _, _ = _layer_grid(layer, li, reg, PLAIN, [gn.naps], gn.group_names, scale, "mean activation",
+                                     f"mean activation per {primary} bin", 6, gn.counts)
+            block = column(_layer_heading(layer, _scale_text(layer)), *grid, visible=show)
             sections["confbin_maps"].append(block)
             mine.append(block)
-        # correlation maps
-        cr = layer.corr.get(measure) if layer.corr else None
-        if cr is not None:
-            vals = np.stack([np.asarray(cr.pearson, np.float32), np.asarray(cr.pearson_within, np.float32)], axis=1)
-            block = column(_layer_heading(layer, "Pearson r, colour scale \u00b11"),
-                           *_layer_grid(results, layer, li, reg, f"corr_{li}", np.nan_to_num(vals),
-                                        ["r overall", "r within class"], 1.0, "r",
-                                        f"Pearson r of activation with {measure}", 2), visible=show)
+        # correlation maps, one value source per measure (the selector picks one)
+        crs = [layer.corr.get(m) for m in measures] if layer.corr else []
+        if crs and all(cr is not None for cr in crs):
+            vals = [np.nan_to_num(np.stack([np.asarray(cr.pearson, np.float32),
+                                            np.asarray(cr.pearson_within, np.float32)], axis=1)) for cr in crs]
+            default = measure.value if measure is not None else measures[0]
+            grid, bar, _ = _layer_grid(layer, li, reg, CORR, vals, ["r overall", "r within class"],
+                                       (pal_div, -1.0, 1.0), "r", f"Pearson r of activation with {default}", 2)
+            reg.corr_bars.append(bar)
+            block = column(_layer_heading(layer, "Pearson r, colour scale \u00b11"), *grid, visible=show)
             sections["corr_maps"].append(block)
             mine.append(block)
         panels.append(mine)
@@ -329,11 +506,16 @@ def map_sections(results: AnalysisResults) -> dict[str, LayoutDOM]:
     if len(layers) > 1:
         select = Select(title="", options=[la.name for la in layers], value=layers[0].name, width=160,
                         name="layer_select")
+    mode = RadioButtonGroup(labels=MODE_LABELS, active=0, name="tam_mode") if reg.tam_mappers else None
     code = (_HERE / "render_maps.js").read_text()
-    cb = CustomJS(args=dict(slider=slider, layer_select=select, label=label, play=play, steps=steps,
-                            epochs=epochs, imgs=reg.imgs, pts=reg.pts, vsrc=reg.vsrc, tile_vals=reg.tile_vals,
-                            tile_group=reg.tile_group, osrc=reg.osrc, tile_op=reg.tile_op,
-                            tile_layer=reg.tile_layer, panels=panels), code=code)
+    cb = CustomJS(args=dict(
+        slider=slider, layer_select=select, label=label, play=play, mode=mode, measure_select=measure,
+        steps=steps, epochs=epochs, imgs=reg.imgs, pts=reg.pts, vsrc=reg.vsrc, tile_vals=reg.tile_vals,
+        tile_group=reg.tile_group, osrc=reg.osrc, tile_op=reg.tile_op, tile_layer=reg.tile_layer,
+        tile_kind=reg.tile_kind, tile_title=reg.tile_title, tile_name=reg.tile_name, tile_counts=reg.tile_counts,
+        csrc=reg.csrc, panels=panels, tam_mappers=reg.tam_mappers, tam_scale=reg.tam_scale, tam_bars=reg.tam_bars,
+        tam_hovers=reg.tam_hovers, corr_bars=reg.corr_bars, pal_div=pal_div, pal_seq=sequential_palette(),
+        corr_bar_texts=[plain(f"Pearson r of activation with {m}") for m in measures]), code=code)
     slider.js_on_change("value", cb)
     play.js_on_change("active", cb)
     widgets: list[LayoutDOM] = []
@@ -341,8 +523,13 @@ def map_sections(results: AnalysisResults) -> dict[str, LayoutDOM]:
         select.js_on_change("value", cb)
         widgets.append(_div(text="<span class='tt-ctl'>Layer</span>"))
         widgets.append(select)
+    if measure is not None:
+        measure.js_on_change("value", cb)
     widgets += [play, _div(text="<span class='tt-ctl'>Training time</span>"), slider, label]
     out: dict[str, LayoutDOM] = {"map_controls": row(*widgets, name="map_controls")}
+    if mode is not None:
+        mode.js_on_change("active", cb)
+        out["tam_mode"] = mode
     for key, blocks in sections.items():
         if blocks:
             out[key] = column(*blocks, name=key)
@@ -350,39 +537,109 @@ def map_sections(results: AnalysisResults) -> dict[str, LayoutDOM]:
 
 
 # -------------------------------------------------------------------------------------- correlations
-def correlation_summary(results: AnalysisResults) -> LayoutDOM | None:
-    """Mean r and the share of significantly positive / negative neurons over time (name ``corr_summary``)."""
-    measure = results.primary_measure
+SUMMARY_KEYS = ("mean_r", "mean_r_within", "frac_sig_pos", "frac_sig_neg", "frac_sig_pos_within",
+                "frac_sig_neg_within")
+SUMMARY_JS = """
+const k = Math.max(0, sel.options.indexOf(sel.value));
+for (let i = 0; i < views.length; i++) {
+  const all = alls[i].data, v = views[i].data;
+  const nd = {x: v.x, step: v.step};
+  for (const key of keys) nd[key] = all[sel.value + "|" + key];
+  views[i].data = nd;
+}
+for (let i = 0; i < titles.length; i++) titles[i].text = title_texts[i][k];
+"""
+
+
+def correlation_summary(results: AnalysisResults, measure: Select | None = None) -> LayoutDOM | None:
+    """Mean r and the share of significantly positive / negative neurons over time (name ``corr_summary``).
+
+    With a measure selector (from :func:`measure_select`), the curves of every measure are shipped and a small
+    CustomJS callback shows those of the selected measure.
+    """
+    measures = list(measure.options) if measure is not None else []
+    if not measures:
+        available = correlation_measures(results)
+        measures = [_default_measure(results, available)] if available else []
+    if not measures:
+        return None
+    shown = measure.value if measure is not None else measures[0]
     steps = np.asarray(results.steps)
     xtype = step_axis_type(steps)
-    rows = []
+    rows, views, alls, titles, title_texts = [], [], [], [], []
     for layer in results.layers.values():
-        cr = layer.corr.get(measure) if layer.corr else None
-        if cr is None or not cr.summary:
+        crs = {m: layer.corr.get(m) for m in measures} if layer.corr else {}
+        if not crs or any(cr is None or not cr.summary for cr in crs.values()):
             continue
-        f_r = _line_figure(f"{layer.name}: mean r with {measure}", "training step", "mean Pearson r", xtype,
-                           width=420)
-        f_s = _line_figure(f"{layer.name}: share of neurons with q < {cr.alpha:g}", "training step",
-                           "share of neurons", xtype, width=420)
+        n = len(steps)
+        all_data = {}
+        for m, cr in crs.items():
+            for key in SUMMARY_KEYS:
+                y = np.full(n, np.nan)
+                got = cr.summary.get(key)
+                if got is not None:
+                    got = np.asarray(got, float)[:n]
+                    y[: len(got)] = got
+                all_data[f"{m}|{key}"] = y
+        view = ColumnDataSource({"x": time_x(steps, xtype), "step": steps,
+                                 **{k: all_data[f"{shown}|{k}"] for k in SUMMARY_KEYS}})
+        views.append(view)
+        alls.append(ColumnDataSource(all_data))
+        alpha = crs[shown].alpha
+        f_r = _time_figure(f"{layer.name}: mean r with {shown}", "mean Pearson r", steps, xtype, width=440)
+        f_s = _time_figure(f"{layer.name}: share of neurons with q < {alpha:g}", "share of neurons", steps, xtype,
+                           width=520)
+        titles.append(f_r.title)
+        title_texts.append([plain(f"{layer.name}: mean r with {m}") for m in measures])
         items_r, items_s = [], []
         for suffix, what, dash in (("", "overall", "solid"), ("_within", "within class", "dashed")):
-            y = cr.summary.get(f"mean_r{suffix}")
-            if y is not None:
-                r = f_r.line(steps[: len(y)], np.asarray(y, float), line_width=2, color="#444444", line_dash=dash)
-                items_r.append((what, [r]))
+            r = f_r.line("x", f"mean_r{suffix}", source=view, line_width=2, color="#444444", line_dash=dash)
+            items_r.append((what, [r]))
             for sign, color in (("pos", "#b2182b"), ("neg", "#2166ac")):
-                y = cr.summary.get(f"frac_sig_{sign}{suffix}")
-                if y is not None:
-                    r = f_s.line(steps[: len(y)], np.asarray(y, float), line_width=2, color=color, line_dash=dash)
-                    items_s.append((f"{'positive' if sign == 'pos' else 'negative'} r, {what}", [r]))
+                r = f_s.line("x", f"frac_sig_{sign}{suffix}", source=view, line_width=2, color=color,
+                             line_dash=dash)
+                items_s.append((f"{'positive' if sign == 'pos' else 'negative'} r, {what}", [r]))
+        f_r.add_tools(HoverTool(tooltips=[("step", "@step"), ("mean r", "@mean_r{0.000}"),
+                                          ("within class", "@mean_r_within{0.000}")], mode="vline",
+                                renderers=[items_r[0][1][0]]))
+        f_s.add_tools(HoverTool(tooltips=[("step", "@step"), ("positive", "@frac_sig_pos{0%}"),
+                                          ("negative", "@frac_sig_neg{0%}"),
+                                          ("positive within", "@frac_sig_pos_within{0%}"),
+                                          ("negative within", "@frac_sig_neg_within{0%}")], mode="vline",
+                                renderers=[items_s[0][1][0]]))
         _add_legend(f_r, items_r)
-        if len(items_s) > 1:
-            f_s.add_layout(Legend(items=items_s, location="center", label_text_font_size="11px", ncols=2,
-                                  padding=2, border_line_alpha=0), "below")
+        f_s.add_layout(Legend(items=items_s, location="center", label_text_font_size="11px", ncols=2,
+                              padding=2, spacing=4, border_line_alpha=0), "below")
         rows.append(row(f_r, f_s))
     if not rows:
         return None
+    if measure is not None:
+        measure.js_on_change("value", CustomJS(args=dict(sel=measure, views=views, alls=alls, keys=list(SUMMARY_KEYS),
+                                                         titles=titles, title_texts=title_texts), code=SUMMARY_JS))
     return column(*rows, name="corr_summary")
+
+
+def significance_table(results: AnalysisResults) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """Share of neurons with a significant positive / negative r (overall) at the last snapshot.
+
+    Returns:
+        Per layer with correlations: (layer name, [(measure, positive share, negative share), ...]) with the
+        shares as percent text, in the order of :func:`correlation_measures`.
+    """
+    out = []
+    for layer in results.layers.values():
+        rows = []
+        for m in correlation_measures(results):
+            cr = layer.corr.get(m) if layer.corr else None
+            if cr is None:
+                continue
+            pos, neg = (np.asarray(cr.summary.get(k, []), float) for k in ("frac_sig_pos", "frac_sig_neg"))
+            if pos.size == 0 or neg.size == 0:
+                continue
+            rows.append((m, f"{100 * pos[-1]:.0f} %", f"{100 * neg[-1]:.0f} %"))
+        if rows:
+            out.append((layer.name, rows))
+    return out
 
 
 # ------------------------------------------------------------------------------- strength / distinct
@@ -396,15 +653,18 @@ def strength_distinctness(results: AnalysisResults) -> LayoutDOM | None:
     figs = []
     for attr, title in (("strength", "Activity strength (mean |a|)"),
                         ("distinctness", "Class distinctness (between / within variance)")):
-        fig = _line_figure(title, "training step", attr, xtype)
+        fig = _time_figure(title, attr, steps, xtype)
         items = []
         for i, layer in enumerate(layers):
             y = np.asarray(getattr(layer, attr, None) if getattr(layer, attr, None) is not None else [], float)
             if y.size == 0:
                 continue
-            r = fig.line(steps[: len(y)], y, line_width=2, color=Category10_10[i % 10])
+            src = ColumnDataSource({"x": time_x(steps[: len(y)], xtype), "step": steps[: len(y)], "y": y})
+            r = fig.line("x", "y", source=src, line_width=2, color=Category10_10[i % 10])
             items.append((layer.name, [r]))
         if items:
+            fig.add_tools(HoverTool(tooltips=[("step", "@step"), (attr, "@y{0.000}")], mode="vline",
+                                    renderers=[it[1][0] for it in items]))
             _add_legend(fig, items)
             figs.append(fig)
     bin_rows = []
@@ -457,12 +717,17 @@ def layout_comparison(results: AnalysisResults) -> LayoutDOM | None:
         figs = []
         for method, lay in layer.layouts.items():
             xy = np.asarray(lay.xy, float)
-            title = method + ("  (used for the maps)" if method == layer.default_layout else "")
-            fig = figure(title=plain(title), width=268, height=282, toolbar_location=None, tools="",
-                         match_aspect=True, min_border=4)
-            fig.add_layout(Title(text=f"trust. {lay.trustworthiness:.2f} \u00b7 Shepard {lay.shepard:.2f} "
-                                      f"\u00b7 smooth. {lay.smoothness:.2f}", text_font_size="11px",
-                                 text_font_style="normal", text_color="#57606a"), "above")
+            used = method == layer.default_layout
+            fig = figure(title=plain(method), width=LAYOUT_PX, height=LAYOUT_PX + 44, toolbar_location=None,
+                         tools="", match_aspect=True, min_border=4, outline_line_color="#333333" if used else "#d0d7de",
+                         outline_line_width=2 if used else 1)
+            # Titles added "above" stack towards the plot: main title, then the scores, then smoothness.
+            fig.add_layout(Title(text=f"trust. {lay.trustworthiness:.2f} \u00b7 Shepard {lay.shepard:.2f}",
+                                 text_font_size="11px", text_font_style="normal", text_color="#57606a"), "above")
+            smooth = f"smoothness {lay.smoothness:.2f}" + (" \u00b7 used for the maps" if used else "")
+            fig.add_layout(Title(text=smooth,
+                                 text_font_size="11px", text_font_style="bold" if used else "normal",
+                                 text_color="#1f2328" if used else "#57606a"), "above")
             fig.axis.visible = False
             fig.grid.visible = False
             fig.title.text_font_size = "12px"
@@ -477,9 +742,14 @@ def layout_comparison(results: AnalysisResults) -> LayoutDOM | None:
             r = fig.scatter("x", "y", source=ColumnDataSource(data), color="color", size=5, alpha=0.8)
             fig.add_tools(HoverTool(renderers=[r], tooltips=tips))
             figs.append(fig)
+        key = ""
+        if pref is not None:
+            key = " &middot; preferred class: " + " ".join(
+                f"<span class='tt-key'><span style='background:{Category10_10[g % 10]}'></span>{esc(name)}</span>"
+                for g, name in enumerate(gn.group_names))
         rows.append(_div(text=f"<p class='tt-layer'>Layer <b>{esc(layer.name)}</b> &middot; "
-                              f"{int(layer.n_neurons)} neurons</p>"))
-        rows.append(gridplot(figs, ncols=4, toolbar_location=None))
+                              f"{int(layer.n_neurons)} neurons{key}</p>"))
+        rows.append(gridplot(figs, ncols=LAYOUT_COLS, toolbar_location=None))
     if not rows:
         return None
     return column(*rows, name="layout_comparison")

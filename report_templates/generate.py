@@ -116,21 +116,27 @@ def _page_context(results: AnalysisResults, now: _dt.datetime) -> dict[str, obje
     tables = [(layer.name, [(m, _fmt(la.trustworthiness), _fmt(la.shepard), _fmt(la.smoothness), _fmt(la.seconds, 2))
                             for m, la in layer.layouts.items()])
               for layer in results.layers.values() if layer.layouts]
+    steps = [int(x) for x in results.steps]
     return {"run": _run_context(results, now), "trends": trends, "layout_tables": tables,
-            "citations": CITATIONS}
+            "citations": CITATIONS, "significance": figures.significance_table(results),
+            "measures": figures.correlation_measures(results), "last_step": f"{steps[-1]:,}" if steps else "",
+            "log_time": figures.step_axis_type(results.steps) == "log"}
 
 
 def report_roots(results: AnalysisResults) -> dict[str, LayoutDOM]:
     """Every available named figure root of the report (missing data leaves its name out)."""
     roots: dict[str, LayoutDOM] = {}
-    for name, build in (("training_curves", figures.training_curves),
-                        ("corr_summary", figures.correlation_summary),
-                        ("strength_distinctness", figures.strength_distinctness),
-                        ("layout_comparison", figures.layout_comparison)):
-        model = build(results)
+    measure = figures.measure_select(results)  # shared by the correlation maps and curves
+    for name, model in (("training_curves", figures.training_curves(results)),
+                        ("corr_summary", figures.correlation_summary(results, measure)),
+                        ("strength_distinctness", figures.strength_distinctness(results)),
+                        ("layout_comparison", figures.layout_comparison(results))):
         if model is not None:
             roots[name] = model
-    roots.update(figures.map_sections(results))
+    maps = figures.map_sections(results, measure)
+    roots.update(maps)
+    if measure is not None and ("corr_maps" in maps or "corr_summary" in roots):
+        roots["corr_measure"] = measure
     if not roots:  # Bokeh needs one root to write a page; this one shows nothing
         roots["placeholder"] = Div(text="", visible=False, name="placeholder")
     return roots

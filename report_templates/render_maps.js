@@ -1,44 +1,87 @@
 // Renders the topographic maps of one snapshot in the browser (body of a Bokeh CustomJS callback).
 //
 // Each map tile owns an image source (one H x W float32 image, row 0 at the bottom) and a points source
-// (neuron positions; column "value", a float32 array, feeds the hover tooltip). Neuron values of every snapshot live in value
-// sources (column "v", shape (S, G, N)); the interpolation operator of a layer lives in an operator source
-// (columns "pixel" (P,), "neurons" (P, K), "weights" (P, K)). A frame is
-//     img[pixel[p]] = sum_k v[s, g, neurons[p, k]] * weights[p, k]
-// and every other pixel is NaN (outside the layout's region, drawn transparent).
+// (neuron positions; column "value", a float32 array, feeds the hover tooltip). Neuron values of every snapshot
+// live in value sources (column "v", shape (S, G, N)); the interpolation operator of a layer lives in an
+// operator source (columns "pixel" (P,), "neurons" (P, K), "weights" (P, K)). A frame is
+//     img[pixel[p]] = sum_k u[neurons[p, k]] * weights[p, k],   u[n] = v[s, g, n] - c[n]
+// where c = 0, or, in the contrast view of the activation maps, c[n] = the mean of v[s, :, n] over the groups
+// that are not empty (the reference study's contrast normalisation). Every other pixel is NaN (outside the
+// layout's region, drawn transparent).
 //
-// Args (all parallel lists are indexed by map tile):
-//   slider, layer_select (or null), label (Div), play (Toggle),
+// Args (all tile_* lists are indexed by map tile):
+//   slider, layer_select (or null), label (Div), play (Toggle), mode (RadioButtonGroup or null: 0 = mean
+//   activation, 1 = contrast), measure_select (Select or null: the confidence measure of the correlation maps),
 //   steps, epochs: per-snapshot numbers for the label,
 //   imgs, pts: the tiles' sources; vsrc, tile_vals, tile_group: value sources and each tile's (source, group);
+//   a correlation tile (tile_kind 2) reads source tile_vals + the selected measure's position;
 //   osrc, tile_op: operator sources and each tile's operator; tile_layer: each tile's layer position;
-//   panels: per layer position, the layout models shown only while that layer is selected.
+//   tile_kind: 0 activation map that can show contrast, 1 other activation map, 2 correlation map;
+//   tile_title, tile_name, tile_counts, csrc: title models, group names and (index into csrc, column "c" of
+//   shape (S, G), or -1) sample counts written into the title;
+//   panels: per layer position, the layout models shown only while that layer is selected;
+//   tam_mappers, tam_scale ([low, high, contrast limit, sequential?]), tam_bars, tam_hovers, pal_div, pal_seq:
+//   what the contrast switch changes; corr_bars, corr_bar_texts: colour-bar titles per measure.
 const w = window;
 if (w.topotraceRender === undefined || w.topotraceRender.owner !== slider.id) {
   const render = function (s) {
     const t0 = performance.now();
     const layer = layer_select === null ? 0 : Math.max(0, layer_select.options.indexOf(layer_select.value));
+    const contrast = mode !== null && mode.active === 1;
+    const meas = measure_select === null ? 0 : Math.max(0, measure_select.options.indexOf(measure_select.value));
+    const means = {};
     const touched = [];
     for (let m = 0; m < imgs.length; m++) {
       if (tile_layer[m] !== layer) continue;
-      const vals = vsrc[tile_vals[m]].data.v;            // flat float32, shape (S, G, N)
+      const vi = tile_vals[m] + (tile_kind[m] === 2 ? meas : 0);
+      const vals = vsrc[vi].data.v;                      // flat float32, shape (S, G, N)
       const shape = vals.shape;
       const G = shape[1], N = shape[2];
       const base = (s * G + tile_group[m]) * N;
+      let sub = null;
+      if (contrast && tile_kind[m] === 0) {
+        sub = means[vi];
+        if (sub === undefined) {                         // mean over the non-empty groups, per neuron
+          sub = new Float32Array(N);
+          const cnt = new Int32Array(N);
+          for (let g = 0; g < G; g++) {
+            const b = (s * G + g) * N;
+            for (let n = 0; n < N; n++) {
+              const x = vals[b + n];
+              if (x === x) { sub[n] += x; cnt[n]++; }
+            }
+          }
+          for (let n = 0; n < N; n++) sub[n] = cnt[n] > 0 ? sub[n] / cnt[n] : NaN;
+          means[vi] = sub;
+        }
+      }
       const op = osrc[tile_op[m]].data;
       const pixel = op.pixel, nb = op.neurons, wt = op.weights;
       const K = nb.shape[1];
       const img = imgs[m].data.image[0];
       img.fill(NaN);
-      for (let p = 0, q = 0; p < pixel.length; p++) {
-        let acc = 0.0;
-        for (let k = 0; k < K; k++, q++) acc += vals[base + nb[q]] * wt[q];
-        img[pixel[p]] = acc;
+      if (sub === null) {
+        for (let p = 0, q = 0; p < pixel.length; p++) {
+          let acc = 0.0;
+          for (let k = 0; k < K; k++, q++) acc += vals[base + nb[q]] * wt[q];
+          img[pixel[p]] = acc;
+        }
+      } else {
+        for (let p = 0, q = 0; p < pixel.length; p++) {
+          let acc = 0.0;
+          for (let k = 0; k < K; k++, q++) acc += (vals[base + nb[q]] - sub[nb[q]]) * wt[q];
+          img[pixel[p]] = acc;
+        }
       }
       // Hover values change in place without a change event: the tooltip reads them when it shows, and the
       // dots (which never move) are not redrawn or re-indexed.
       const pv = pts[m].data.value;
-      for (let n = 0; n < N; n++) pv[n] = vals[base + n];
+      for (let n = 0; n < N; n++) pv[n] = sub === null ? vals[base + n] : vals[base + n] - sub[n];
+      if (tile_counts[m] >= 0) {
+        const c = csrc[tile_counts[m]].data.c;
+        const text = tile_name[m] + " (n = " + c[s * G + tile_group[m]] + ")";
+        if (tile_title[m].text !== text) tile_title[m].text = text;
+      }
       touched.push(imgs[m]);
     }
     for (const src of touched) src.change.emit();
@@ -66,7 +109,24 @@ if (cb_obj === play) {
     clearInterval(w.topotracePlayTimer);
   }
 } else {
-  if (layer_select !== null) {
+  if (mode !== null && cb_obj === mode) {
+    const contrast = mode.active === 1;
+    for (let i = 0; i < tam_mappers.length; i++) {
+      const [low, high, climit, seq] = tam_scale[i];
+      const mapper = tam_mappers[i];
+      mapper.palette = contrast ? pal_div : (seq ? pal_seq : pal_div);
+      mapper.low = contrast ? -climit : low;
+      mapper.high = contrast ? climit : high;
+      tam_bars[i].title = contrast ? "contrast: mean activation minus the mean over the groups" : "mean activation";
+    }
+    const what = contrast ? "contrast" : "mean activation";
+    for (const hover of tam_hovers) hover.tooltips = [["neuron", "@neuron"], [what, "@value{0.000}"]];
+  }
+  if (measure_select !== null && cb_obj === measure_select) {
+    const k = Math.max(0, measure_select.options.indexOf(measure_select.value));
+    for (const bar of corr_bars) bar.title = corr_bar_texts[k];
+  }
+  if (layer_select !== null && cb_obj === layer_select) {
     const layer = layer_select.options.indexOf(layer_select.value);
     for (let l = 0; l < panels.length; l++) {
       for (const model of panels[l]) model.visible = (l === layer);
