@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install topotrace into it
 
-train: $(STAMP)  ## train the default MLP on scikit-learn's digits and record runs/$(RUN)/store.h5
-	$(BIN)/topotrace train --config $(CONFIG)
+train: $(STAMP)  ## train the default MLP on digits and record runs/$(RUN)/store.h5 (OVERWRITE=1 to redo)
+	$(BIN)/topotrace train --config $(CONFIG) $(if $(OVERWRITE),--overwrite)
 
 analyze: $(STAMP)  ## analyse runs/$(RUN) (cached in runs/$(RUN)/analysis.h5)
 	$(BIN)/topotrace analyze runs/$(RUN)

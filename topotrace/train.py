@@ -83,7 +83,8 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
     store_path = run_dir / "store.h5"
     if run_dir.exists():
         if not overwrite:
-            raise FileExistsError(f"{run_dir} exists already. Choose another run.name or pass --overwrite.")
+            raise FileExistsError(f"{run_dir} exists already. Choose another run.name or pass --overwrite "
+                                  "(make train OVERWRITE=1).")
         shutil.rmtree(run_dir)
     seed = int(cfg["run"]["seed"])
     torch.manual_seed(seed)
