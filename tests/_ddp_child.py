@@ -1,0 +1,46 @@
+"""Two-process DDP training (gloo, CPU) for tests/test_ddp.py; started by torchrun.
+
+Usage: torchrun --standalone --nproc_per_node=2 tests/_ddp_child.py OUT_DIR RECORD(0|1)
+Rank 0 records through the recorder (which unwraps DDP to the inner module); every rank saves its final
+parameters to OUT_DIR/params_rank<r>.npz.
+"""
+
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from instrument.recorder import ProbeSet, Recorder
+from instrument.schedules import every
+
+out_dir, record = sys.argv[1], sys.argv[2] == "1"
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+ddp = nn.parallel.DistributedDataParallel(model)
+opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+g = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
+x, y = torch.randn(64, 6, generator=g), torch.randint(0, 3, (64,), generator=g)
+rec = None
+if record and rank == 0:
+    probe = ProbeSet("heldout", torch.randn(30, 6, generator=torch.Generator().manual_seed(7)), torch.arange(30) % 3)
+    rec = Recorder(ddp, os.path.join(out_dir, "store.h5"), layers=["1", "2"], probes=[probe],
+                   class_names=["a", "b", "c"], schedule=every(2))
+    rec.step(0)
+for step in range(1, 13):
+    ddp.train()
+    idx = torch.randint(0, 64, (16,), generator=g)
+    opt.zero_grad()
+    nn.functional.cross_entropy(ddp(x[idx]), y[idx]).backward()
+    opt.step()
+    if rec is not None:
+        rec.step(step)
+if rec is not None:
+    rec.close()
+state = {k.replace(".", "_"): v.detach().numpy() for k, v in model.state_dict().items()}
+np.savez(os.path.join(out_dir, f"params_rank{rank}.npz"), **state)
+dist.destroy_process_group()
