@@ -1,13 +1,16 @@
 """Static PNG export of one topographic map with its colour bar, for papers (Pillow only, no matplotlib).
 
-The picture uses the report's colour mapping exactly: the palette of :func:`report_templates.figures.diverging_palette`
-over the layer's fixed colour limit, binned like Bokeh's ``LinearColorMapper``. Pixels outside the layout's
-region are white. Geometry (in output pixels; ``H, W`` = the operator's grid, ``scale`` = pixels per grid cell)::
+The picture uses the report's colour mapping exactly (:func:`report_templates.figures.activation_scale`): for a
+layer whose activations are never negative the sequential white-to-dark-red palette over [0, limit], otherwise the
+diverging palette over [-limit, +limit]; the contrast view (each neuron's mean over the groups subtracted) uses the
+diverging palette over the layer's contrast limit. Values are binned like Bokeh's ``LinearColorMapper``. Pixels
+outside the layout's region are white. Geometry (in output pixels; ``H, W`` = the operator's grid, ``scale`` =
+pixels per grid cell)::
 
     title band of TITLE_H px
     map:        x in [MARGIN, MARGIN + W*scale),  y in [TITLE_H, TITLE_H + H*scale)   (grid row 0 at the bottom)
     colour bar: x in [bar_x, bar_x + BAR_W) with bar_x = MARGIN + W*scale + GAP, same rows as the map,
-                +limit at the top, -limit at the bottom, tick labels to its right.
+                the scale's high end at the top, its low end at the bottom, tick labels to its right.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from analysis.naps import contrast_normalise
 from analysis.results import AnalysisResults
 
-from .figures import diverging_palette
+from .figures import activation_scale, contrast_limit, diverging_palette
 
 MARGIN = 10
 TITLE_H = 30
@@ -29,15 +33,16 @@ BAR_W = 16
 LABEL_W = 64
 
 
-def palette_rgb(n: int = 256) -> np.ndarray:
-    """The report's diverging palette as an array of shape (n, 3), uint8."""
-    return np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in diverging_palette(n)], dtype=np.uint8)
+def palette_rgb(palette: list[str] | None = None) -> np.ndarray:
+    """A palette of hex colours (default: the report's diverging one) as an array of shape (n, 3), uint8."""
+    palette = diverging_palette() if palette is None else palette
+    return np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in palette], dtype=np.uint8)
 
 
-def color_index(values: np.ndarray, limit: float, n: int = 256) -> np.ndarray:
-    """Palette index of each value as Bokeh's LinearColorMapper bins it over [-limit, limit]; NaN -> -1."""
+def color_index(values: np.ndarray, low: float, high: float, n: int = 256) -> np.ndarray:
+    """Palette index of each value as Bokeh's LinearColorMapper bins it over [low, high]; NaN -> -1."""
     v = np.asarray(values, dtype=np.float64)
-    idx = np.floor((v + limit) / (2 * limit) * n)
+    idx = np.floor((v - low) / (high - low) * n)
     idx = np.clip(np.nan_to_num(idx, nan=0.0), 0, n - 1).astype(np.int64)
     return np.where(np.isnan(v), -1, idx)
 
@@ -58,7 +63,7 @@ def _resolve_group(names: list[str], group: int | str) -> int:
 
 
 def export_map_png(results: AnalysisResults, layer: str, grouping: str, group: int | str, snapshot: int,
-                   path: str | os.PathLike, scale: int = 4) -> Path:
+                   path: str | os.PathLike, scale: int = 4, contrast: bool = False) -> Path:
     """Write one map (a group's mean activation at one snapshot) with a colour bar as a PNG.
 
     Args:
@@ -69,6 +74,9 @@ def export_map_png(results: AnalysisResults, layer: str, grouping: str, group: i
         snapshot: snapshot position, negative counts from the end (``-1`` is the last).
         path: PNG file to write.
         scale: output pixels per map grid cell (nearest-neighbour upscaling), 1 to 32.
+        contrast: draw the contrast to the other groups of the grouping (the neuron's mean over the groups at
+            that snapshot subtracted) on the diverging scale of the layer's contrast limit, as the report's
+            contrast view does.
 
     Returns:
         The path written.
@@ -95,13 +103,20 @@ def export_map_png(results: AnalysisResults, layer: str, grouping: str, group: i
         raise ValueError(f"The 'snapshot' parameter must be in [{-s_total}, {s_total}). Got {snapshot}.")
     s = int(snapshot) % s_total
     op = la.layouts[la.default_layout].interp
-    img = op.apply(gn.naps[s, g])  # (H, W), row 0 at the bottom, NaN outside
-    limit = float(la.color_limit) if la.color_limit > 0 else 1.0
-    pal = palette_rgb()
+    if not isinstance(contrast, (bool, np.bool_)):
+        raise TypeError(f"The 'contrast' parameter must be a bool. Got {type(contrast).__name__}.")
+    if contrast:
+        values = contrast_normalise(np.asarray(gn.naps[s], np.float32))[g]  # (N,)
+        palette, low, high = diverging_palette(), -contrast_limit(la), contrast_limit(la)
+    else:
+        values = gn.naps[s, g]
+        palette, low, high = activation_scale(la)
+    img = op.apply(values)  # (H, W), row 0 at the bottom, NaN outside
+    pal = palette_rgb(palette)
 
     h, w = op.grid_shape
     rgb = np.full((h, w, 3), 255, np.uint8)
-    idx = color_index(img, limit, len(pal))
+    idx = color_index(img, low, high, len(pal))
     rgb[idx >= 0] = pal[idx[idx >= 0]]
     rgb = np.repeat(np.repeat(rgb[::-1], scale, axis=0), scale, axis=1)  # top row of the PNG = highest y
 
@@ -110,20 +125,21 @@ def export_map_png(results: AnalysisResults, layer: str, grouping: str, group: i
     width, height = bar_x + BAR_W + LABEL_W, TITLE_H + mh + MARGIN
     canvas = Image.new("RGB", (width, height), "white")
     canvas.paste(Image.fromarray(rgb), (MARGIN, TITLE_H))
-    # colour bar: row r of the bar shows the value at the centre of that row, top = +limit
-    centres = limit - (np.arange(mh) + 0.5) / mh * 2 * limit
-    bar = np.repeat(pal[color_index(centres, limit, len(pal))][:, None, :], BAR_W, axis=1)
+    # colour bar: row r of the bar shows the value at the centre of that row, top = high
+    centres = high - (np.arange(mh) + 0.5) / mh * (high - low)
+    bar = np.repeat(pal[color_index(centres, low, high, len(pal))][:, None, :], BAR_W, axis=1)
     canvas.paste(Image.fromarray(bar), (bar_x, TITLE_H))
     draw = ImageDraw.Draw(canvas)
     draw.rectangle((bar_x - 1, TITLE_H - 1, bar_x + BAR_W, TITLE_H + mh), outline=(90, 90, 90))
     font = ImageFont.load_default(size=max(10, min(14, mh // 12)))
-    for frac, value in ((0.0, limit), (0.5, 0.0), (1.0, -limit)):
+    for frac, value in ((0.0, high), (0.5, (high + low) / 2), (1.0, low)):
         y = TITLE_H + min(int(frac * mh), mh - 1)
         draw.line((bar_x + BAR_W, y, bar_x + BAR_W + 4, y), fill=(60, 60, 60))
-        draw.text((bar_x + BAR_W + 7, y), f"{value:+.3g}" if value else "0", fill=(30, 30, 30), font=font,
+        text = "0" if value == 0 else (f"{value:+.3g}" if low < 0 else f"{value:.3g}")
+        draw.text((bar_x + BAR_W + 7, y), text, fill=(30, 30, 30), font=font,
                   anchor="lm")
     step = int(results.steps[s]) if len(results.steps) > s else s
-    title = f"{layer} · {gn.group_names[g]} · step {step:,}"
+    title = f"{layer} · {gn.group_names[g]} · step {step:,}" + (" · contrast" if contrast else "")
     draw.text((MARGIN, TITLE_H // 2), title, fill=(20, 20, 20), font=ImageFont.load_default(size=13), anchor="lm")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

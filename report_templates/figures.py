@@ -43,7 +43,7 @@ from analysis.results import AnalysisResults, InterpOperator, LayerResult
 
 _HERE = Path(__file__).resolve().parent
 TILE_PX = 190  # width of one map tile in CSS pixels
-LAYOUT_PX = 204  # width of one layout-comparison tile: five fit in the page's column
+LAYOUT_PX = 212  # width of one layout-comparison tile: five fit in the page's column
 LAYOUT_COLS = 5
 MAP_GROUPINGS = (("class", "by true class"), ("correct", "correct vs wrong"))
 CURVE_NAMES = (("accuracy", "Accuracy"), ("loss", "Loss (cross-entropy)"))
@@ -432,10 +432,10 @@ def map_sections(results: AnalysisResults, measure: Select | None = None) -> dic
 
     Returns:
         A dict of named models (only the available ones): ``map_controls`` (slider, play, layer selector and
-        step label), ``tam_mode`` (mean activation vs contrast to the other groups), ``tam_maps`` (one map per
-        class and per correct/wrong group), ``confbin_maps`` (one map per confidence bin) and ``corr_maps``
-        (per-neuron correlation with the selected confidence measure, overall and within class). One CustomJS
-        callback renders the tiles of the selected layer at the chosen snapshot.
+        step label), ``tam_view`` (the ``tam_mode`` switch: mean activation vs contrast to the other groups),
+        ``tam_maps`` (one map per class and per correct/wrong group), ``confbin_maps`` (one map per confidence
+        bin) and ``corr_maps`` (per-neuron correlation with the selected confidence measure, overall and within
+        class). One CustomJS callback renders the tiles of the selected layer at the chosen snapshot.
     """
     layers = [la for la in results.layers.values() if _has_maps(results, la)]
     if not layers:
@@ -529,7 +529,7 @@ def map_sections(results: AnalysisResults, measure: Select | None = None) -> dic
     out: dict[str, LayoutDOM] = {"map_controls": row(*widgets, name="map_controls")}
     if mode is not None:
         mode.js_on_change("active", cb)
-        out["tam_mode"] = mode
+        out["tam_view"] = row(mode, name="tam_view")  # a root of its own: the widget is also a callback argument
     for key, blocks in sections.items():
         if blocks:
             out[key] = column(*blocks, name=key)
@@ -721,13 +721,13 @@ def layout_comparison(results: AnalysisResults) -> LayoutDOM | None:
             fig = figure(title=plain(method), width=LAYOUT_PX, height=LAYOUT_PX + 44, toolbar_location=None,
                          tools="", match_aspect=True, min_border=4, outline_line_color="#333333" if used else "#d0d7de",
                          outline_line_width=2 if used else 1)
-            # Titles added "above" stack towards the plot: main title, then the scores, then smoothness.
+            # Titles added "above" stack away from the plot: smoothness right above it, then the scores, then
+            # the main title on top.
+            smooth = f"smoothness {lay.smoothness:.2f}" + (" \u00b7 used for the maps" if used else "")
+            fig.add_layout(Title(text=smooth, text_font_size="11px", text_font_style="bold" if used else "normal",
+                                 text_color="#1f2328" if used else "#57606a"), "above")
             fig.add_layout(Title(text=f"trust. {lay.trustworthiness:.2f} \u00b7 Shepard {lay.shepard:.2f}",
                                  text_font_size="11px", text_font_style="normal", text_color="#57606a"), "above")
-            smooth = f"smoothness {lay.smoothness:.2f}" + (" \u00b7 used for the maps" if used else "")
-            fig.add_layout(Title(text=smooth,
-                                 text_font_size="11px", text_font_style="bold" if used else "normal",
-                                 text_color="#1f2328" if used else "#57606a"), "above")
             fig.axis.visible = False
             fig.grid.visible = False
             fig.title.text_font_size = "12px"

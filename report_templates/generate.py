@@ -19,6 +19,7 @@ from pathlib import Path
 import jinja2
 import markupsafe
 from bokeh.embed import file_html
+from bokeh.layouts import row
 from bokeh.models import Div
 from bokeh.models.layouts import LayoutDOM
 from bokeh.resources import INLINE
@@ -136,7 +137,7 @@ def report_roots(results: AnalysisResults) -> dict[str, LayoutDOM]:
     maps = figures.map_sections(results, measure)
     roots.update(maps)
     if measure is not None and ("corr_maps" in maps or "corr_summary" in roots):
-        roots["corr_measure"] = measure
+        roots["corr_view"] = row(measure, name="corr_view")  # the widget itself is also a callback argument
     if not roots:  # Bokeh needs one root to write a page; this one shows nothing
         roots["placeholder"] = Div(text="", visible=False, name="placeholder")
     return roots

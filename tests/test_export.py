@@ -9,7 +9,7 @@ from test_report import synthetic_results
 
 from report_templates import export
 from report_templates.export import export_map_png
-from report_templates.figures import diverging_palette
+from report_templates.figures import diverging_palette, sequential_palette
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +18,19 @@ def results(tmp_path_factory):
                              n_classes=4, per_class=10)
 
 
-def _ref_rgb(value: float, limit: float) -> np.ndarray:
-    """Bokeh LinearColorMapper binning over [-limit, limit] into the report's 256-colour palette."""
-    pal = diverging_palette(256)
-    i = int(np.clip(np.floor((value + limit) / (2 * limit) * 256), 0, 255))
+def _ref_rgb(value: float, limit: float, low: float | None = None, pal: list[str] | None = None) -> np.ndarray:
+    """Bokeh LinearColorMapper binning over [low, limit] (low = -limit by default) into a 256-colour palette."""
+    pal = diverging_palette(256) if pal is None else pal
+    low = -limit if low is None else low
+    i = int(np.clip(np.floor((value - low) / (limit - low) * 256), 0, 255))
     return np.array([int(pal[i][k:k + 2], 16) for k in (1, 3, 5)])
+
+
+def _map_pixel(op, p: int, scale: int) -> tuple[int, int]:
+    """(y, x) in the PNG of the centre of operator pixel p (grid row 0 is the bottom of the picture)."""
+    h, w = op.grid_shape
+    r, c = divmod(int(op.pixel[p]), w)
+    return export.TITLE_H + (h - 1 - r) * scale + scale // 2, export.MARGIN + c * scale + scale // 2
 
 
 def test_size_and_pixels_match_colour_mapping(results, tmp_path):
@@ -92,3 +100,44 @@ def test_bad_arguments_name_the_parameter(results, tmp_path, kw, err, match):
     args.update(kw)
     with pytest.raises(err, match=match):
         export_map_png(results, **args)
+
+
+def test_nonnegative_layer_uses_sequential_mapping(results, tmp_path):
+    """With NAPs >= 0 (as after ReLU) the PNG maps [0, limit] white to dark red, like the report."""
+    import dataclasses
+
+    la = results.layers["layer0"]
+    naps = {k: dataclasses.replace(g, naps=np.abs(g.naps)) for k, g in la.naps.items()}
+    res = dataclasses.replace(results, layers={"layer0": dataclasses.replace(la, naps=naps)})
+    op = la.layouts[la.default_layout].interp
+    scale = 3
+    im = np.asarray(Image.open(export_map_png(res, "layer0", "class", 1, -1, tmp_path / "s.png", scale=scale))
+                    .convert("RGB")).astype(int)
+    values = naps["class"].naps[-1, 1]
+    pal = sequential_palette(256)
+    for p in np.random.default_rng(1).choice(len(op.pixel), 12, replace=False):
+        v = float((values[op.neurons[p]] * op.weights[p]).sum())
+        assert np.array_equal(im[_map_pixel(op, p, scale)], _ref_rgb(v, la.color_limit, 0.0, pal)), (p, v)
+    h, w = op.grid_shape
+    bx = export.MARGIN + w * scale + export.GAP + export.BAR_W // 2
+    top, bottom = im[export.TITLE_H + 1, bx], im[export.TITLE_H + h * scale - 2, bx]
+    assert tuple(bottom) == (255, 255, 255) or bottom.min() > 245  # zero is white
+    assert top[0] > 80 and top[1] < 20 and top[2] < 30  # the limit is dark red
+
+
+def test_contrast_export_subtracts_group_mean(results, tmp_path):
+    """contrast=True draws the NAP minus the neuron's mean over the groups, on the symmetric contrast scale."""
+    la = results.layers["layer0"]
+    op = la.layouts[la.default_layout].interp
+    scale = 2
+    im = np.asarray(Image.open(export_map_png(results, "layer0", "class", 2, 1, tmp_path / "c.png", scale=scale,
+                                              contrast=True)).convert("RGB")).astype(int)
+    naps = la.naps["class"].naps[1].astype(np.float64)  # (G, N)
+    values = naps[2] - np.nanmean(naps, axis=0)  # reference contrast normalisation
+    lim = la.color_limit_contrast
+    assert lim > 0
+    for p in np.random.default_rng(2).choice(len(op.pixel), 12, replace=False):
+        v = float((values[op.neurons[p]] * op.weights[p]).sum())
+        assert np.array_equal(im[_map_pixel(op, p, scale)], _ref_rgb(v, lim)), (p, v)
+    with pytest.raises(TypeError, match="'contrast'"):
+        export_map_png(results, "layer0", "class", 2, 1, tmp_path / "x.png", contrast="yes")

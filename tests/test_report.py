@@ -239,3 +239,133 @@ def test_parse_png_spec():
     assert parse_png_spec("enc:0.fc:confbin:0.1–0.3:5") == ("enc:0.fc", "confbin", "0.1–0.3", 5)
     with pytest.raises(ValueError, match="SNAPSHOT"):
         parse_png_spec("fc1:class:3:last")
+
+
+# --------------------------------------------------------------------------------- colour scales and views
+def _nonneg_results(results: AnalysisResults) -> AnalysisResults:
+    """The first layer made non-negative (|NAPs|, as after a ReLU); the second layer stays signed."""
+    first = next(iter(results.layers))
+    la = results.layers[first]
+    naps = {k: dataclasses.replace(g, naps=np.abs(g.naps)) for k, g in la.naps.items()}
+    return dataclasses.replace(results, layers={**results.layers, first: dataclasses.replace(la, naps=naps)})
+
+
+def _mappers_by_low(doc: dict) -> list[tuple[float, float, list]]:
+    out = []
+    for m in _models(doc, "LinearColorMapper"):
+        a = m["attributes"]
+        out.append((a["low"], a["high"], a["palette"]))
+    return out
+
+
+def test_layer_is_nonnegative_ignores_empty_groups(results):
+    """Non-negativity is read from every grouping's NAPs; NaN (empty groups) does not count."""
+    from report_templates.figures import layer_is_nonnegative
+
+    la = next(iter(_nonneg_results(results).layers.values()))
+    assert layer_is_nonnegative(la)
+    naps = dict(la.naps)
+    nan_group = np.array(naps["class"].naps, dtype=np.float32)
+    nan_group[0, 0, :] = np.nan
+    naps["class"] = dataclasses.replace(naps["class"], naps=nan_group)
+    assert layer_is_nonnegative(dataclasses.replace(la, naps=naps))
+    signed = np.array(naps["confbin"].naps, dtype=np.float32)
+    signed[-1, 0, 3] = -1e-3
+    naps["confbin"] = dataclasses.replace(naps["confbin"], naps=signed)
+    assert not layer_is_nonnegative(dataclasses.replace(la, naps=naps))
+    assert np.nanmin(next(iter(results.layers.values())).naps["class"].naps) < 0  # the synthetic layer is signed
+
+
+def test_nonnegative_layer_gets_sequential_scale(results, tmp_path):
+    """A layer with NAPs >= 0 maps [0, color_limit] white to dark red; a signed one keeps -L..L; r stays -1..1."""
+    res = _nonneg_results(results)
+    doc = _docs_json(build_report(res, tmp_path / "seq.html").read_text("utf-8"))
+    mappers = _mappers_by_low(doc)
+    nonneg, signed = res.layers.values()
+    seq = [m for m in mappers if m[0] == 0.0]
+    assert seq and all(m[1] == pytest.approx(nonneg.color_limit) for m in seq)
+    assert all(m[2][0] == "#ffffff" for m in seq)
+    r, g, b = (int(seq[0][2][-1][i:i + 2], 16) for i in (1, 3, 5))
+    assert r > 80 and g < 20 and b < 30  # dark red at the limit
+    assert any(m[0] == pytest.approx(-signed.color_limit) and m[1] == pytest.approx(signed.color_limit)
+               for m in mappers)
+    assert any(m[0] == -1.0 and m[1] == 1.0 for m in mappers)  # correlation maps
+    assert not any(m[0] == 0.0 and m[1] == pytest.approx(signed.color_limit) for m in mappers)
+
+
+def test_contrast_switch_and_measure_selector(results, html_text):
+    """The TAM section has the mean/contrast switch; the measure selector lists every measure, primary first."""
+    from report_templates.figures import correlation_measures
+
+    doc = _docs_json(html_text)
+    radios = [m for m in _models(doc, "RadioButtonGroup") if m["attributes"].get("name") == "tam_mode"]
+    assert len(radios) == 1 and radios[0]["attributes"]["active"] == 0
+    assert "contrast to the other groups" in radios[0]["attributes"]["labels"]
+    selects = [m for m in _models(doc, "Select") if m["attributes"].get("name") == "corr_measure"]
+    assert len(selects) == 1
+    measures = correlation_measures(results)
+    assert selects[0]["attributes"]["options"] == measures == [m for m in results.measures if m in measures]
+    assert set(measures) == set(next(iter(results.layers.values())).corr)
+    assert selects[0]["attributes"]["value"] == results.primary_measure
+
+
+def test_summary_ships_every_measure(results, html_text):
+    """The correlation curves carry each measure's summary (the selector swaps them in the browser)."""
+    import base64
+    import gzip
+
+    doc = json.dumps(_docs_json(html_text))
+    layer = next(iter(results.layers.values()))
+    for m, cr in layer.corr.items():
+        assert f'"{m}|frac_sig_pos"' in doc and f'"{m}|mean_r_within"' in doc
+    # The summary columns are float64 buffers; the primary measure's mean r is among them bit for bit.
+    want = np.asarray(layer.corr[results.primary_measure].summary["mean_r"], np.float64).tobytes()
+    blobs = [base64.b64decode(b) for b in re.findall(r'"data": "([A-Za-z0-9+/=]+)"', doc)]
+    blobs = [gzip.decompress(b) if b[:2] == b"\x1f\x8b" else b for b in blobs]  # Bokeh may gzip buffers
+    assert want in blobs
+
+
+def test_significance_table_matches_summaries(results, html_text):
+    """The last-snapshot shares in the correlation section equal the analysis summaries."""
+    for layer in results.layers.values():
+        for m, cr in layer.corr.items():
+            pos, neg = cr.summary["frac_sig_pos"][-1], cr.summary["frac_sig_neg"][-1]
+            assert f"{100 * pos:.0f} % / {100 * neg:.0f} %" in html_text
+    assert "saturate near 1.00" in html_text
+
+
+def test_log_step_axis_for_log_spaced_snapshots(results, tmp_path):
+    """Snapshots spanning decades get a log step axis with points at step + 1; short spans stay linear."""
+    from report_templates.figures import step_axis_type, time_x
+
+    assert step_axis_type(np.array([0, 1, 3, 10, 30, 100])) == "log"
+    assert step_axis_type(np.array([10, 20, 40, 80, 120])) == "linear"
+    assert step_axis_type(np.array([5])) == "linear"
+    np.testing.assert_array_equal(time_x(np.array([0, 9, 99]), "log"), [1.0, 10.0, 100.0])
+    np.testing.assert_array_equal(time_x(np.array([0, 9, 99]), "linear"), [0.0, 9.0, 99.0])
+    steps = np.array([0, 1, 3, 10, 30, 100], dtype=np.int64)
+    page = build_report(dataclasses.replace(results, steps=steps), tmp_path / "log.html").read_text("utf-8")
+    doc = _docs_json(page)
+    assert _models(doc, "LogAxis") and "log scale" in page and "step + 1" in page
+    labels = [m["attributes"].get("axis_label") for m in _models(doc, "LogAxis")]
+    assert labels and all(lab == "training step (log scale)" for lab in labels)
+    tickers = [m["attributes"] for m in _models(doc, "FixedTicker")]
+    assert tickers and all(t["ticks"][:3] == [1.0, 2.0, 11.0] for t in tickers)  # steps 0, 1, 10
+    lin = _docs_json(build_report(results, tmp_path / "lin.html").read_text("utf-8"))
+    assert not _models(lin, "LogAxis")
+
+
+def test_layout_comparison_fits_one_row(results, html_text):
+    """All layout methods of a layer sit in one row, each tile narrow enough for five in the page column."""
+    from report_templates.figures import LAYOUT_COLS, LAYOUT_PX
+
+    n_methods = max(len(la.layouts) for la in results.layers.values())
+    page_column = 1180 - 2 * 28 - 2 * (22 + 1)  # report.css: page max-width and padding, section padding, border
+    assert n_methods <= LAYOUT_COLS and LAYOUT_COLS * LAYOUT_PX <= page_column
+    root = next(r for r in next(iter(_docs_json(html_text).values()))["roots"]
+                if r["attributes"].get("name") == "layout_comparison")
+    grids = _models(root, "GridPlot")
+    assert len(grids) == len(results.layers)
+    for grid, layer in zip(grids, results.layers.values()):
+        cells = [(c[1], c[2]) for c in grid["attributes"]["children"]]
+        assert cells == [(0, i) for i in range(len(layer.layouts))]  # one row, in method order

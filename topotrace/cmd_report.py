@@ -1,7 +1,8 @@
 """``topotrace report``: analyse a run (or load the cached analysis) and write its self-contained HTML report.
 
 Also exports chosen maps as PNG files for papers with ``--png LAYER:GROUPING:GROUP:SNAPSHOT`` (repeatable),
-e.g. ``--png fc1:class:3:-1`` for class 3's map of layer ``fc1`` at the last snapshot.
+e.g. ``--png fc1:class:3:-1`` for class 3's map of layer ``fc1`` at the last snapshot; ``--contrast`` draws them
+as contrast to the other groups of the grouping.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also export this map as PNG (repeatable), e.g. fc1:class:3:-1; written to "
                              "maps/ next to the report")
     parser.add_argument("--scale", type=int, default=4, help="PNG pixels per map grid cell (default: 4)")
+    parser.add_argument("--contrast", action="store_true",
+                        help="draw the PNG maps as contrast to the other groups (group mean subtracted per neuron)")
     parser.add_argument("--refresh", action="store_true", help="recompute the analysis even if its cache is current")
 
 
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     for layer, grouping, group, snapshot in pngs:
         target = out.parent / "maps" / f"{_safe(layer)}_{_safe(grouping)}_{_safe(group)}_{snapshot}.png"
         try:
-            export_map_png(results, layer, grouping, group, snapshot, target, scale=args.scale)
+            export_map_png(results, layer, grouping, group, snapshot, target, scale=args.scale,
+                           contrast=args.contrast)
         except (ValueError, TypeError) as err:
             print(f"PNG {layer}:{grouping}:{group}:{snapshot} not written: {err}", file=sys.stderr)
             return 2
