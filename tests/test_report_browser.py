@@ -27,7 +27,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+def built(tmp_path_factory):
+    """(report path, the analysis results it shows)."""
     from test_report import synthetic_results
 
     from report_templates.generate import build_report
@@ -37,7 +38,13 @@ def report(tmp_path_factory) -> Path:
     # Class names with TeX delimiters and markup: drawn as plain text, and nothing is fetched to typeset them.
     layers = {k: dataclasses.replace(la, naps={**la.naps, "class": dataclasses.replace(
         la.naps["class"], group_names=[f"$$c{i}$$ <b>x</b>" for i in range(5)])}) for k, la in res.layers.items()}
-    return build_report(dataclasses.replace(res, layers=layers), d / "report.html")
+    res = dataclasses.replace(res, layers=layers)
+    return build_report(res, d / "report.html"), res
+
+
+@pytest.fixture(scope="module")
+def report(built) -> Path:
+    return built[0]
 
 
 @pytest.fixture(scope="module")
@@ -172,4 +179,87 @@ def test_layer_selector_switches_layer(page_and_log):
     heading = page.locator("section#maps .tt-layer").nth(1)  # the second layer's heading, now shown
     assert heading.is_visible() and "Layer layer1" in heading.inner_text()
     assert not page.locator("section#maps .tt-layer").nth(0).is_visible()
+    assert errors == []
+
+
+SHOW_JS = """async ([s, layer]) => {
+  const d = Bokeh.documents[0];
+  const sel = d.get_model_by_name('layer_select');
+  sel.value = sel.options[layer];
+  d.get_model_by_name('time_slider').value = s;
+  await new Promise(r => setTimeout(r, 150));
+}"""
+TILE_JS = """([root, g]) => {
+  // Hover values (the neuron values drawn) and colour range of tile g of the first grid of the first layer.
+  const d = Bokeh.documents[0];
+  const grid = d.get_model_by_name(root).children[0].children.find(c => c.type === 'GridPlot');
+  const fig = grid.children[g][0];
+  const mapper = fig.renderers[0].glyph.color_mapper;
+  return [Array.from(fig.renderers[1].data_source.data.value), mapper.low, mapper.high, fig.title.text];
+}"""
+
+
+def test_contrast_view_subtracts_group_mean(page_and_log, built):
+    """The contrast switch draws each class NAP minus the neuron's mean over classes, on a symmetric scale."""
+    page, _, errors = page_and_log
+    res = built[1]
+    layer = next(iter(res.layers.values()))
+    s, g = 3, 2
+    page.evaluate(SHOW_JS, [s, 0])
+    raw, low, high, _ = page.evaluate(TILE_JS, ["tam_maps", g])
+    naps = np.asarray(layer.naps["class"].naps[s], np.float64)  # (G, N)
+    np.testing.assert_allclose(raw, naps[g], rtol=1e-6, atol=1e-6)
+    assert (low, high) == pytest.approx((-layer.color_limit, layer.color_limit))  # signed synthetic layer
+    before = _map_png(page)
+    page.evaluate("async () => { Bokeh.documents[0].get_model_by_name('tam_mode').active = 1;"
+                  " await new Promise(r => setTimeout(r, 150)); }")
+    con, low, high, _ = page.evaluate(TILE_JS, ["tam_maps", g])
+    np.testing.assert_allclose(con, naps[g] - np.nanmean(naps, axis=0), rtol=1e-5, atol=1e-5)
+    assert (low, high) == pytest.approx((-layer.color_limit_contrast, layer.color_limit_contrast))
+    after = _map_png(page)
+    assert (np.abs(before - after).sum(axis=2) > 30).mean() > 0.02
+    page.evaluate("async () => { Bokeh.documents[0].get_model_by_name('tam_mode').active = 0;"
+                  " await new Promise(r => setTimeout(r, 150)); }")
+    back, low, _, _ = page.evaluate(TILE_JS, ["tam_maps", g])
+    np.testing.assert_allclose(back, raw)
+    assert low == pytest.approx(-layer.color_limit)
+    assert errors == []
+
+
+def test_measure_selector_switches_maps_and_curves(page_and_log, built):
+    """Choosing another confidence measure redraws the correlation maps and swaps the summary curves."""
+    page, _, errors = page_and_log
+    res = built[1]
+    layer = next(iter(res.layers.values()))
+    s = 5
+    page.evaluate(SHOW_JS, [s, 0])
+    options = page.evaluate("Bokeh.documents[0].get_model_by_name('corr_measure').options")
+    assert page.evaluate("Bokeh.documents[0].get_model_by_name('corr_measure').value") == res.primary_measure
+    other = [m for m in options if m != res.primary_measure][-1]
+    vals, *_ = page.evaluate(TILE_JS, ["corr_maps", 0])
+    np.testing.assert_allclose(vals, np.nan_to_num(layer.corr[res.primary_measure].pearson[s]), atol=1e-6)
+    got = page.evaluate("""async (m) => {
+        const d = Bokeh.documents[0];
+        d.get_model_by_name('corr_measure').value = m;
+        await new Promise(r => setTimeout(r, 150));
+        const fig = d.get_model_by_name('corr_summary').children[0].children[1];
+        return [Array.from(fig.renderers[0].data_source.data.frac_sig_pos), fig.title.text];
+    }""", other)
+    vals, *_ = page.evaluate(TILE_JS, ["corr_maps", 1])
+    np.testing.assert_allclose(vals, np.nan_to_num(layer.corr[other].pearson_within[s]), atol=1e-6)
+    np.testing.assert_allclose(got[0], layer.corr[other].summary["frac_sig_pos"])
+    title = page.evaluate("Bokeh.documents[0].get_model_by_name('corr_summary').children[0].children[0].title.text")
+    assert title.endswith(f"mean r with {other}")
+    page.evaluate("(m) => { Bokeh.documents[0].get_model_by_name('corr_measure').value = m; }", res.primary_measure)
+    assert errors == []
+
+
+def test_layout_comparison_in_one_row(page_and_log, built):
+    """The layout methods of a layer sit side by side in one row inside the section."""
+    page, _, errors = page_and_log
+    n = len(next(iter(built[1].layers.values())).layouts)
+    section = page.locator("section#layouts").bounding_box()
+    boxes = [page.locator("section#layouts canvas").nth(i).bounding_box() for i in range(n)]
+    assert len({round(b["y"]) for b in boxes}) == 1
+    assert max(b["x"] + b["width"] for b in boxes) <= section["x"] + section["width"] - 10
     assert errors == []
