@@ -24,7 +24,7 @@ from bokeh.settings import settings
 from analysis.pipeline import analyze
 from analysis.results import AnalysisResults
 from instrument.synthetic import write_synthetic_store
-from report_templates.figures import MAP_GROUPINGS
+from report_templates.figures import MAP_GROUPINGS, correlation_measures
 from report_templates.generate import build_report
 
 CHROMIUM = "/usr/bin/chromium"
@@ -49,9 +49,10 @@ def _map_arrays(res: AnalysisResults) -> list[tuple[object, np.ndarray]]:
         for grouping in [g for g, _ in MAP_GROUPINGS] + ["confbin"]:
             if grouping in la.naps:
                 out.append((op, np.asarray(la.naps[grouping].naps, np.float32)))
-        cr = la.corr.get(res.primary_measure) if la.corr else None
-        if cr is not None:
-            out.append((op, np.stack([cr.pearson, cr.pearson_within], axis=1).astype(np.float32)))
+        for measure in correlation_measures(res):  # the page ships every measure; a selector picks one
+            cr = la.corr.get(measure) if la.corr else None
+            if cr is not None:
+                out.append((op, np.stack([cr.pearson, cr.pearson_within], axis=1).astype(np.float32)))
     return out
 
 
