@@ -52,8 +52,17 @@ def assign_bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def bin_names(edges: np.ndarray) -> list[str]:
-    """Display names of the bins, e.g. ``["0.10–0.42", "0.42–0.77", ...]``."""
-    return [f"{lo:.2f}–{hi:.2f}" for lo, hi in zip(edges[:-1], edges[1:])]
+    """Display names of the bins, e.g. ``["0.10–0.42", "0.42–0.77", ...]``.
+
+    Edges get as many decimals (2 to 6) as it takes to tell neighbouring edges apart, so bins of a saturated
+    measure read ``0.9950–0.9999``, not ``1.00–1.00``.
+    """
+    edges = np.asarray(edges, np.float64)
+    for digits in range(2, 7):
+        text = [f"{e:.{digits}f}" for e in edges]
+        if all(a != b for a, b, lo, hi in zip(text[:-1], text[1:], edges[:-1], edges[1:]) if lo != hi):
+            break
+    return [f"{lo}–{hi}" for lo, hi in zip(text[:-1], text[1:])]
 
 
 def group_index(

@@ -43,7 +43,7 @@ from .results import (
     save_results,
 )
 
-ANALYSIS_VERSION = 2  # 2: within-class Spearman on all-sample ranks, robust layout scaling, default rule
+ANALYSIS_VERSION = 3  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names
 ALPHA = 0.05
 GRID = 64
 RANDOM_STATE = 0

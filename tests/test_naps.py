@@ -112,3 +112,13 @@ def test_compute_naps_streams_snapshots(store_path, monkeypatch):
         res = naps.compute_naps(st, "heldout", "layer0", contrast=True)
     assert calls == [0, 1, 2, 3]
     np.testing.assert_allclose(np.nanmean(res["class"].naps, axis=1), 0, atol=1e-6)
+
+
+def test_bin_names_tell_neighbouring_edges_apart():
+    """Bin names get enough decimals to distinguish distinct edges (a saturated measure is not '1.00–1.00')."""
+    from analysis.naps import bin_names
+
+    assert bin_names(np.array([0.1, 0.42, 0.77, 1.0])) == ["0.10–0.42", "0.42–0.77", "0.77–1.00"]
+    names = bin_names(np.array([0.2, 0.95, 0.9996, 1.0]))
+    assert names == ["0.2000–0.9500", "0.9500–0.9996", "0.9996–1.0000"]
+    assert len(set(names)) == 3
