@@ -99,7 +99,7 @@ def write_synthetic_store(
                     acts[layer.name] = a
                 recs[p] = ProbeRecord(acts, logits, pred, pred == y, loss.astype(np.float32),
                                       {m: conf[m].astype(np.float32) for m in MEASURES})
-            writer.append(Snapshot(step=int(10 * 2**(s / 2)) + s, epoch=s // 5, time=time.time(), probes=recs))
+            writer.append(Snapshot(step=int(10 * 1.07**s) + s, epoch=s // 5, time=time.time(), probes=recs))
     finally:
         writer.close()
     return Path(path)
