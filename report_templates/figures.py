@@ -121,7 +121,7 @@ def plain(value: object) -> str:
     """Run text for a Bokeh title, axis label or colour-bar title, kept from being read as TeX.
 
     BokehJS typesets strings delimited by double dollars, backslash-bracket or backslash-parenthesis with
-    MathJax, which it would fetch from a CDN; a zero-width space between the delimiter's characters keeps the
+    MathJax, which it would fetch over the network; a zero-width space between the delimiter's characters keeps the
     text plain.
     """
     text = str(value)
