@@ -188,7 +188,7 @@ import sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[2])
 from instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, StoreWriter
-from instrument.synthetic import MEASURES, confidence_from_logits
+from instrument.confidence import DEFAULT_MEASURES as MEASURES, outcomes
 n_s, n_neurons, n_classes, per_class = 260, 2048, 10, 200
 n = n_classes * per_class
 rng = np.random.default_rng(0)
@@ -202,13 +202,10 @@ with StoreWriter.create(sys.argv[1], spec, {"run_name": "bench-big", "seed": 0})
     for s in range(n_s):
         t = (s + 1) / n_s
         logits = noise * (1 - 0.5 * t) + 6 * t * np.eye(n_classes, dtype=np.float32)[y]
-        conf = confidence_from_logits(logits, y)
+        pred, correct, loss, conf = outcomes(logits, y, MEASURES)
         k = s % 97
         a = np.maximum(t * tuning + 0.5 * pool[k:k + n], 0) * (0.5 + conf["max_prob"][:, None])
-        pred = logits.argmax(1)
-        rec = ProbeRecord({"layer0": a.astype(np.float16)}, logits, pred, pred == y,
-                          -np.log(np.clip(conf["true_prob"], 1e-12, None)).astype(np.float32),
-                          {m: v.astype(np.float32) for m, v in conf.items()})
+        rec = ProbeRecord({"layer0": a.astype(np.float16)}, logits, pred, correct, loss, conf)
         w.append(Snapshot(step=10 * (s + 1), epoch=s // 26, time=time.time(), probes={"heldout": rec}))
 """
 

@@ -17,24 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .confidence import DEFAULT_MEASURES, outcomes
 from .store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, StoreWriter
-
-MEASURES = ("max_prob", "margin", "entropy", "true_prob")
-
-
-def confidence_from_logits(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Reference confidence measures from logits of shape (n, C) and labels of shape (n,); each (n,)."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    top2 = np.sort(p, axis=1)[:, -2:]
-    ent = -(p * np.log(np.clip(p, 1e-30, None))).sum(axis=1) / np.log(p.shape[1])
-    return {
-        "max_prob": top2[:, 1],
-        "margin": top2[:, 1] - top2[:, 0],
-        "entropy": ent,
-        "true_prob": p[np.arange(len(labels)), labels],
-    }
 
 
 def write_synthetic_store(
@@ -67,7 +51,7 @@ def write_synthetic_store(
     labels = {p: np.repeat(np.arange(n_classes), per_class) for p in names}
     probes = tuple(ProbeSpec(p, np.arange(n) + 10_000 * k, labels[p]) for k, p in enumerate(names))
     layers = tuple(LayerSpec(f"layer{i}", int(d), "flatten", (int(d),)) for i, d in enumerate(layer_sizes))
-    spec = StoreSpec(layers, probes, tuple(f"class {c}" for c in range(n_classes)), MEASURES, act_dtype)
+    spec = StoreSpec(layers, probes, tuple(f"class {c}" for c in range(n_classes)), DEFAULT_MEASURES, act_dtype)
     # Per layer: each neuron (from 2 on) prefers the class of its cluster; clusters cycle through classes.
     tuning = []
     for d in layer_sizes:
@@ -84,9 +68,7 @@ def write_synthetic_store(
             for p in names:
                 y = labels[p]
                 logits = noise[p] * (1.0 - 0.5 * t) + 6.0 * t * np.eye(n_classes, dtype=np.float32)[y]
-                conf = confidence_from_logits(logits, y)
-                pred = logits.argmax(axis=1)
-                loss = -np.log(np.clip(conf["true_prob"], 1e-12, None))
+                pred, correct, loss, conf = outcomes(logits, y, DEFAULT_MEASURES)
                 acts = {}
                 for layer, (pref, base) in zip(layers, tuning):
                     d = layer.n_neurons
@@ -97,8 +79,7 @@ def write_synthetic_store(
                     if d > 1:
                         a[:, 1] = y.astype(np.float32) / n_classes * (1 + t)
                     acts[layer.name] = a
-                recs[p] = ProbeRecord(acts, logits, pred, pred == y, loss.astype(np.float32),
-                                      {m: conf[m].astype(np.float32) for m in MEASURES})
+                recs[p] = ProbeRecord(acts, logits, pred, correct, loss, conf)
             writer.append(Snapshot(step=int(10 * 1.07**s) + s, epoch=s // 5, time=time.time(), probes=recs))
     finally:
         writer.close()
