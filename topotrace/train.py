@@ -147,16 +147,17 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
 
 
 def final_metrics(store_path: Path) -> dict[str, dict[str, float]]:
-    """Accuracy, loss and mean max-softmax confidence at the last snapshot, per probe set."""
+    """Accuracy, loss and mean confidence (max_prob where recorded) at the last snapshot, per probe set."""
     from instrument.store import Store
 
     out = {}
     with Store(store_path) as st:
+        measure = "max_prob" if "max_prob" in st.measures else st.measures[0]
         for name in st.probes:
             out[name] = {
                 "accuracy": float(np.mean(st.correct(name)[-1])),
                 "loss": float(np.mean(st.loss(name)[-1])),
-                "confidence": float(np.mean(st.conf(name, st.measures[0])[-1])),
+                "confidence": float(np.mean(st.conf(name, measure)[-1])),
                 "n": len(st.labels(name)),
             }
     return out
