@@ -10,11 +10,12 @@
 3. Wall time of the default-like training run (digits-size MLP, 1290 steps, 60 log-spaced snapshots of two
    400-sample probe sets) with the recorder / without it.
 4. Writer throughput (float16 activations appended through ``StoreWriter``) / ``numpy.ndarray.tofile`` of the
-   same bytes.
+   same bytes; and the compression choice: gzip level 1 against no compression, write time and file size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -262,7 +263,25 @@ def bench_writer(tmp: Path) -> dict[str, float]:
         base.append(time.perf_counter() - t0)
         path.unlink()
         raw.unlink()
-    return {"bytes": nbytes, "ours": nbytes / statistics.median(ours), "tofile": nbytes / statistics.median(base)}
+    # The compression choice: post-ReLU activations (half zeros, as in real hidden layers), none vs gzip level 1.
+    relu = [Snapshot(x.step, 0, 0.0, {"heldout": ProbeRecord(
+        {k: np.maximum(a, 0) for k, a in x.probes["heldout"].acts.items()}, *(
+            getattr(x.probes["heldout"], f) for f in ("logits", "pred", "correct", "loss", "conf")))}) for x in snaps]
+    comp = {}
+    for kind in (None, "gzip"):
+        times, size = [], 0
+        for r in range(3):
+            path = tmp / f"c{r}.h5"
+            t0 = time.perf_counter()
+            with StoreWriter.create(path, dataclasses.replace(spec, compression=kind), {}) as w:
+                for snap in relu:
+                    w.append(snap)
+            times.append(time.perf_counter() - t0)
+            size = path.stat().st_size
+            path.unlink()
+        comp[kind] = (statistics.median(times), size)
+    return {"bytes": nbytes, "ours": nbytes / statistics.median(ours), "tofile": nbytes / statistics.median(base),
+            "gzip_time": comp["gzip"][0] / comp[None][0], "gzip_size": comp["gzip"][1] / comp[None][1]}
 
 
 def main() -> None:
@@ -287,6 +306,9 @@ def main() -> None:
          f"+{(t['ours'] - t['plain']) / n_snap * 1e3:.1f} ms per snapshot"),
         ("writer throughput, StoreWriter float16 / ndarray.tofile",
          f"{w['ours'] / 1e6:.0f} MB/s / {w['tofile'] / 1e6:.0f} MB/s", w["ours"] / w["tofile"], ""),
+        ("gzip level 1 / uncompressed store: write time (post-ReLU float16 activations)", "", w["gzip_time"],
+         "default: uncompressed"),
+        ("gzip level 1 / uncompressed store: file size", "", w["gzip_size"], ""),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'times':>26}  {'ratio':>6}  target")
