@@ -59,8 +59,9 @@ class Capture:
         sample_shapes: layer name -> the output shape of one sample before reduction (set by the first batch).
     """
 
-    def __init__(self, layers: Mapping[str, nn.Module]):
+    def __init__(self, layers: Mapping[str, nn.Module], reductions: Mapping[str, str] | None = None):
         self.layers = dict(layers)
+        self.reductions_given = dict(reductions or {})
         self.sample_shapes: dict[str, tuple[int, ...]] = {}
         self._calls = dict.fromkeys(self.layers, 0)
         self._dest: dict[str, np.ndarray] = {}
@@ -73,13 +74,13 @@ class Capture:
 
     def hook(self, name: str) -> Hook:
         """The forward hook that records layer ``name``."""
-        calls, shapes = self._calls, self.sample_shapes
+        calls, shapes, reduction = self._calls, self.sample_shapes, self.reductions_given.get(name)
 
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
             t = first_tensor(output, f"Layer {name!r}").detach()
             if name not in shapes:
                 shapes[name] = tuple(t.shape[1:])
-            r = reduce_output(t)  # [batch, n_neurons]
+            r = reduce_output(t, reduction)  # [batch, n_neurons]
             buf = self._dest.get(name)
             if buf is None or buf.shape != (self._rows, r.shape[1]):
                 buf = self._dest[name] = np.empty((self._rows, r.shape[1]), np.float32)
@@ -110,21 +111,22 @@ class Capture:
                 calls[n] = 0
 
     def reductions(self) -> dict[str, str]:
-        """Layer name -> ``"flatten"`` or ``"channel_mean"``, from the observed output shapes."""
-        return {n: reduction_for(s) for n, s in self.sample_shapes.items()}
+        """Layer name -> reduction: the one given, else the automatic choice for the observed output shape."""
+        return {n: self.reductions_given.get(n) or reduction_for(s) for n, s in self.sample_shapes.items()}
 
 
 @contextmanager
-def capture(layers: Mapping[str, nn.Module]) -> Iterator[Capture]:
+def capture(layers: Mapping[str, nn.Module], reductions: Mapping[str, str] | None = None) -> Iterator[Capture]:
     """Hook ``layers`` for the duration of the block and collect their reduced outputs.
 
     Args:
         layers: layer name -> module, e.g. from :func:`instrument.layers.resolve_layers`.
+        reductions: layer name -> reduction for layers that do not use the automatic choice.
 
     Yields:
         The :class:`Capture`; call :meth:`Capture.begin` before and :meth:`Capture.end_batch` after each
         forward pass.
     """
-    cap = Capture(layers)
+    cap = Capture(layers, reductions)
     with forward_hooks([(m, cap.hook(n)) for n, m in cap.layers.items()]):
         yield cap

@@ -10,17 +10,25 @@ Reductions (recorded per layer in the store):
 
 * ``"flatten"``: outputs of shape [batch, d] or [batch] — every output unit is a neuron;
 * ``"channel_mean"``: outputs with a spatial extent, [batch, C, L], [batch, C, H, W], [batch, C, D, H, W]
-  (convolutions, pooling, conv batch norm) — the mean over space of each channel is one neuron.
+  (convolutions, pooling, conv batch norm) — the mean over space of each channel is one neuron;
+* ``"token_mean"``: sequence outputs [batch, T, D] (transformer blocks, batch-first RNNs) — the mean over
+  tokens of each feature is one neuron. Never chosen automatically (a [batch, T, D] output looks like a 1-D
+  conv output): ask for it with ``Recorder(reductions={"encoder.*": "token_mean"})``.
+
+Outputs with 3 or more dims get ``"channel_mean"`` unless a reduction is given; others ``"flatten"``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Union
 
+import numpy as np
 import torch
 from torch import nn
+
+from .store import REDUCTIONS
 
 LayerSelector = Union[str, Sequence[str], Callable[[str, nn.Module], bool]]
 
@@ -85,6 +93,32 @@ def resolve_layers(model: nn.Module, layers: LayerSelector) -> dict[str, nn.Modu
     return {n: m for n, m in named if n in chosen}
 
 
+def resolve_reductions(layers: Mapping[str, nn.Module], reductions: Mapping[str, str] | None
+                       ) -> dict[str, str]:
+    """Resolve ``{layer name or glob: reduction}`` against the selected layers to ``{layer name: reduction}``.
+
+    Raises:
+        ValueError: an unknown reduction, or a key that matches no selected layer.
+        TypeError: ``reductions`` is not a mapping of str to str.
+    """
+    if reductions is None:
+        return {}
+    if not isinstance(reductions, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                      for k, v in reductions.items()):
+        raise TypeError(f"The 'reductions' parameter must map layer names or globs to reduction names. "
+                        f"Got {reductions!r} instead.")
+    out: dict[str, str] = {}
+    for key, reduction in reductions.items():
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"Unknown reduction {reduction!r} for {key!r}. Allowed: {list(REDUCTIONS)}")
+        rx = glob_regex(key)
+        hits = [n for n in layers if rx.fullmatch(n)]
+        if not hits:
+            raise ValueError(f"The 'reductions' key {key!r} matches no selected layer. Selected: {list(layers)}")
+        out |= dict.fromkeys(hits, reduction)
+    return out
+
+
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """Compile a layer glob: ``*`` and ``?`` do not cross ``.``; ``**`` does; ``[...]`` is a character class."""
     out, i = [], 0
@@ -109,22 +143,36 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 def reduction_for(sample_shape: Sequence[int]) -> str:
-    """``"channel_mean"`` for per-sample shapes with a spatial extent ([C, L], [C, H, W], ...), else ``"flatten"``."""
+    """The automatic reduction: ``"channel_mean"`` for shapes with a spatial extent, else ``"flatten"``."""
     return "channel_mean" if len(sample_shape) >= 2 else "flatten"
 
 
-def reduce_output(out: torch.Tensor) -> torch.Tensor:
+def n_neurons_for(sample_shape: Sequence[int], reduction: str) -> int:
+    """Neurons per sample that ``reduction`` leaves of an output of shape ``sample_shape`` (one sample)."""
+    if reduction == "channel_mean":
+        return int(sample_shape[0])
+    if reduction == "token_mean":
+        return int(sample_shape[-1])
+    return int(np.prod(sample_shape, dtype=np.int64))
+
+
+def reduce_output(out: torch.Tensor, reduction: str | None = None) -> torch.Tensor:
     """One row of neuron values per sample.
 
     Args:
         out: a layer's output, shape [batch, *sample_shape].
+        reduction: ``"flatten"``, ``"channel_mean"`` (mean over dims 2.. of [batch, C, *spatial]),
+            ``"token_mean"`` (mean over dims 1..-2 of [batch, *tokens, D], for sequence models) or ``None``
+            for :func:`reduction_for`'s automatic choice.
 
     Returns:
-        Tensor of shape [batch, n_neurons]: the spatial mean per channel for [batch, C, *spatial] outputs,
-        else the flattened output (a view where possible; callers copy it before the next in-place op).
+        Tensor of shape [batch, n_neurons] (a view where possible).
     """
-    if out.ndim >= 3:  # [batch, C, *spatial] -> [batch, C]
+    reduction = reduction or reduction_for(out.shape[1:])
+    if reduction == "channel_mean" and out.ndim >= 3:  # [batch, C, *spatial] -> [batch, C]
         return out.mean(dim=tuple(range(2, out.ndim)))
+    if reduction == "token_mean" and out.ndim >= 3:  # [batch, *tokens, D] -> [batch, D]
+        return out.mean(dim=tuple(range(1, out.ndim - 1)))
     return out.reshape(out.shape[0], -1)  # [batch] or [batch, d] -> [batch, d]
 
 

@@ -50,7 +50,15 @@ from torch import nn
 
 from . import confidence
 from .hooks import capture
-from .layers import LayerSelector, first_tensor, reduction_for, resolve_layers, unwrap
+from .layers import (
+    LayerSelector,
+    first_tensor,
+    n_neurons_for,
+    reduction_for,
+    resolve_layers,
+    resolve_reductions,
+    unwrap,
+)
 from .store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, open_writer
 
 log = logging.getLogger(__name__)
@@ -143,6 +151,9 @@ class Recorder:
         act_dtype: ``"float16"`` (default) or ``"float32"`` storage for activations.
         compression: ``None`` (default) or ``"gzip"``.
         measures: confidence measure names (:mod:`instrument.confidence`); ``None`` records all defaults.
+        reductions: layer name or glob -> reduction (``"flatten"``, ``"channel_mean"``, ``"token_mean"``) for
+            layers that should not use the automatic choice (:mod:`instrument.layers`); e.g.
+            ``{"encoder.layers.*": "token_mean"}`` for transformer blocks with [batch, tokens, features] outputs.
         batch_size: probe samples per forward pass.
         queue_size: snapshots that may be queued or being written at once; beyond that :meth:`step` blocks
             until the writer has finished one (back-pressure).
@@ -170,6 +181,7 @@ class Recorder:
         act_dtype: str = "float16",
         compression: str | None = None,
         measures: Sequence[str] | None = None,
+        reductions: Mapping[str, str] | None = None,
         batch_size: int = 512,
         queue_size: int = 4,
     ):
@@ -207,6 +219,7 @@ class Recorder:
             raise TypeError(f"The 'meta' parameter must be a mapping or None. Got {type(meta).__name__}.")
 
         self.layers = resolve_layers(self._model, layers)
+        self._reductions = resolve_reductions(self.layers, reductions)
         self._modules = list(self._model.modules())  # whose training flags a probe pass saves and restores
         self._labels = {p.name: p.y.detach().cpu().numpy().astype(np.int64) for p in self.probes}
         self._x_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
@@ -219,9 +232,12 @@ class Recorder:
                              f"names: {list(self.class_names)}")
         layer_specs = []
         for name, shape in shapes.items():
-            reduction = reduction_for(shape)
-            n = shape[0] if reduction == "channel_mean" else int(np.prod(shape, dtype=np.int64))
-            layer_specs.append(LayerSpec(name, int(n), reduction, tuple(int(s) for s in shape)))
+            reduction = self._reductions.get(name) or reduction_for(shape)
+            if reduction != "flatten" and len(shape) < 2:
+                raise ValueError(f"Layer {name!r}: reduction {reduction!r} needs outputs with at least 2 dims per "
+                                 f"sample. Got per-sample shape {tuple(shape)}.")
+            n = n_neurons_for(shape, reduction)
+            layer_specs.append(LayerSpec(name, n, reduction, tuple(int(s) for s in shape)))
         self.spec = StoreSpec(
             layers=tuple(layer_specs),
             probes=tuple(ProbeSpec(p.name, p.index, self._labels[p.name]) for p in self.probes),
@@ -366,7 +382,7 @@ class Recorder:
             # object.__setattr__ skips nn.Module.__setattr__'s parameter/buffer bookkeeping (a bool is neither).
             for m in modules:
                 _set(m, "training", False)
-            with torch.no_grad(), capture(self.layers) as cap:
+            with torch.no_grad(), capture(self.layers, self._reductions) as cap:
                 for name, x in inputs.items():
                     x = x.to(device)  # a no-op when the probe set already lives on the model's device
                     n = x.shape[0]

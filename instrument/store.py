@@ -31,7 +31,7 @@ import numpy.typing as npt
 FORMAT = "topotrace-store"
 SCHEMA_VERSION = 1
 LIBVER = ("v110", "v110")  # readable by HDF5 1.10 tools (Debian's h5dump), required for SWMR
-REDUCTIONS = ("flatten", "channel_mean")
+REDUCTIONS = ("flatten", "channel_mean", "token_mean")
 ACT_DTYPES = ("float16", "float32")
 COMPRESSIONS = (None, "gzip")
 
@@ -47,8 +47,9 @@ class LayerSpec:
     Attributes:
         name: the module's dotted name from ``model.named_modules()``, used verbatim everywhere.
         n_neurons: values recorded per sample after reduction.
-        reduction: ``"flatten"`` (every output unit is a neuron) or ``"channel_mean"`` (conv outputs:
-            the spatial mean of each channel is one neuron).
+        reduction: ``"flatten"`` (every output unit is a neuron), ``"channel_mean"`` (conv outputs: the
+            spatial mean of each channel is one neuron) or ``"token_mean"`` (sequence outputs [T, D]: the mean
+            over tokens of each feature is one neuron).
         output_shape: the layer's output shape for one sample, before reduction.
     """
 

@@ -492,3 +492,45 @@ def test_recorder_module_imports_nothing_heavy_at_package_level():
 
     assert recorder_mod.__name__ == "instrument.recorder"
     assert not hasattr(instrument, "Recorder")
+
+
+class SeqModel(nn.Module):
+    """A tiny sequence classifier whose encoder block returns [batch, tokens, features]."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.block = nn.Sequential(nn.Linear(8, 6), nn.GELU())
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):  # x: [batch, tokens, 3]
+        return self.head(self.block(self.embed(x)).mean(dim=1))
+
+
+def test_token_mean_reduction_for_sequence_outputs(tmp_path):
+    """reductions={'block': 'token_mean'} records the token mean of each feature; others stay automatic."""
+    torch.manual_seed(0)
+    model = SeqModel()
+    x, y = torch.randn(20, 5, 3), torch.arange(20) % 4
+    with _recorder(model, tmp_path / "s.h5", layers=["embed", "block"], probe=(x, y),
+                   reductions={"bl*": "token_mean"}) as rec:
+        rec.snapshot(0)
+    with torch.no_grad():
+        block = model.block(model.embed(x))  # [20, 5, 6]
+        embed = model.embed(x)  # [20, 5, 8], automatic: channel_mean over the last dim (5 "channels")
+    with Store(tmp_path / "s.h5") as st:
+        assert st.layers["block"].reduction == "token_mean" and st.layers["block"].n_neurons == 6
+        assert st.layers["embed"].reduction == "channel_mean" and st.layers["embed"].n_neurons == 5
+        np.testing.assert_allclose(st.acts("heldout", "block", 0), block.mean(dim=1).numpy(), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(st.acts("heldout", "embed", 0), embed.mean(dim=2).numpy(), rtol=2e-3, atol=2e-3)
+
+
+def test_bad_reductions_are_refused(tmp_path):
+    """Unknown reduction names and keys that match no selected layer fail before training, naming both."""
+    with pytest.raises(ValueError, match=r"Unknown reduction 'mean' for 'fc1'. Allowed: \['flatten', 'channel_mean'"):
+        _recorder(MLP(), tmp_path / "a.h5", reductions={"fc1": "mean"})
+    with pytest.raises(ValueError, match=r"'reductions' key 'conv\*' matches no selected layer. Selected: \['fc1'"):
+        _recorder(MLP(), tmp_path / "b.h5", reductions={"conv*": "flatten"})
+    with pytest.raises(ValueError, match=r"reduction 'token_mean' needs outputs with at least 2 dims"):
+        _recorder(MLP(), tmp_path / "c.h5", reductions={"fc1": "token_mean"})
+    assert not any(tmp_path.iterdir())
