@@ -96,11 +96,6 @@ def register_measure(name: str, fn: Measure) -> None:
     _REGISTRY[name] = fn
 
 
-def available_measures() -> tuple[str, ...]:
-    """Names of every registered measure, built-in ones first."""
-    return tuple(_REGISTRY)
-
-
 def check_measures(measures: Sequence[str] | None) -> tuple[str, ...]:
     """Validate measure names; ``None`` means :data:`DEFAULT_MEASURES`. Returns them as a tuple."""
     if measures is None:

@@ -483,9 +483,4 @@ class Recorder:
         return snap
 
 
-def _cat(parts: list[torch.Tensor]) -> np.ndarray:
-    t = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return t.numpy()
-
-
 __all__ = ["ProbeSet", "Recorder"]
