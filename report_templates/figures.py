@@ -32,6 +32,7 @@ from bokeh.models import (
     RadioButtonGroup,
     Select,
     Slider,
+    Span,
     Title,
     Toggle,
 )
@@ -178,6 +179,26 @@ def _style_time_axis(fig: figure, steps: np.ndarray, axis_type: str) -> None:
     fig.xaxis.formatter = CustomJSTickFormatter(code="return Math.round(tick - 1).toLocaleString('en-US');")
 
 
+MARKER_NAME = "time_marker"  # every current-snapshot marker carries this name; render_maps.js moves them all
+
+
+def _add_time_marker(fig: figure, steps: np.ndarray, axis_type: str) -> Span:
+    """A thin vertical line at the last snapshot (where the time slider starts), named :data:`MARKER_NAME`.
+
+    The map callback moves it to the snapshot the slider is on (drawn at :func:`time_x` of that step).
+    """
+    x = float(time_x(np.asarray(steps)[-1:], axis_type)[0]) if len(steps) else 0.0
+    span = Span(location=x, dimension="height", line_color="#57606a", line_width=1, line_alpha=0.8,
+                line_dash="dashed", name=MARKER_NAME)
+    fig.add_layout(span)
+    return span
+
+
+def time_markers(roots: list[LayoutDOM]) -> list[Span]:
+    """The current-snapshot markers inside ``roots`` (for the map callback to move)."""
+    return [m for root in roots for m in root.select({"name": MARKER_NAME}) if isinstance(m, Span)]
+
+
 def _line_figure(title: str, x_label: str, y_label: str, x_axis_type: str = "linear", **kw) -> figure:
     fig = figure(title=plain(title), width=kw.pop("width", 360), height=kw.pop("height", 260), x_axis_type=x_axis_type,
                  toolbar_location=None, tools="", **kw)
@@ -189,9 +210,13 @@ def _line_figure(title: str, x_label: str, y_label: str, x_axis_type: str = "lin
 
 
 def _time_figure(title: str, y_label: str, steps: np.ndarray, axis_type: str, **kw) -> figure:
-    """A line chart over training time (log step axis when the snapshots span two decades or more)."""
+    """A line chart over training time with a current-snapshot marker (see :func:`_add_time_marker`).
+
+    The step axis is logarithmic when the snapshots span two decades or more.
+    """
     fig = _line_figure(title, TIME_LABEL[axis_type], y_label, axis_type, **kw)
     _style_time_axis(fig, steps, axis_type)
+    _add_time_marker(fig, steps, axis_type)
     return fig
 
 
@@ -422,13 +447,16 @@ def measure_select(results: AnalysisResults) -> Select | None:
 MODE_LABELS = ["mean activation", "contrast to the other groups"]
 
 
-def map_sections(results: AnalysisResults, measure: Select | None = None) -> dict[str, LayoutDOM]:
+def map_sections(results: AnalysisResults, measure: Select | None = None,
+                 markers: list[Span] | None = None) -> dict[str, LayoutDOM]:
     """All map sections with their shared time slider, play button, layer selector and view switches.
 
     Args:
         results: the analysis of one run.
         measure: the confidence-measure selector from :func:`measure_select` (shared with the correlation
             curves), or None to show correlations with the default measure only.
+        markers: current-snapshot markers of the charts over training time (from :func:`time_markers`); the
+            slider moves them to its snapshot's step.
 
     Returns:
         A dict of named models (only the available ones): ``map_controls`` (slider, play, layer selector and
@@ -515,7 +543,9 @@ def map_sections(results: AnalysisResults, measure: Select | None = None) -> dic
         tile_kind=reg.tile_kind, tile_title=reg.tile_title, tile_name=reg.tile_name, tile_counts=reg.tile_counts,
         csrc=reg.csrc, panels=panels, tam_mappers=reg.tam_mappers, tam_scale=reg.tam_scale, tam_bars=reg.tam_bars,
         tam_hovers=reg.tam_hovers, corr_bars=reg.corr_bars, pal_div=pal_div, pal_seq=sequential_palette(),
-        corr_bar_texts=[plain(f"Pearson r of activation with {m}") for m in measures]), code=code)
+        corr_bar_texts=[plain(f"Pearson r of activation with {m}") for m in measures],
+        markers=list(markers or []), marker_x=[float(x) for x in time_x(results.steps, step_axis_type(results.steps))]),
+        code=code)
     slider.js_on_change("value", cb)
     play.js_on_change("active", cb)
     widgets: list[LayoutDOM] = []

@@ -134,7 +134,7 @@ def report_roots(results: AnalysisResults) -> dict[str, LayoutDOM]:
                         ("layout_comparison", figures.layout_comparison(results))):
         if model is not None:
             roots[name] = model
-    maps = figures.map_sections(results, measure)
+    maps = figures.map_sections(results, measure, figures.time_markers(list(roots.values())))
     roots.update(maps)
     if measure is not None and ("corr_maps" in maps or "corr_summary" in roots):
         roots["corr_view"] = row(measure, name="corr_view")  # the widget itself is also a callback argument

@@ -21,7 +21,9 @@
 //   shape (S, G), or -1) sample counts written into the title;
 //   panels: per layer position, the layout models shown only while that layer is selected;
 //   tam_mappers, tam_scale ([low, high, contrast limit, sequential?]), tam_bars, tam_hovers, pal_div, pal_seq:
-//   what the contrast switch changes; corr_bars, corr_bar_texts: colour-bar titles per measure.
+//   what the contrast switch changes; corr_bars, corr_bar_texts: colour-bar titles per measure;
+//   markers, marker_x: the current-snapshot Spans of the charts over training time and each snapshot's x
+//   position on them (step, or step + 1 on a log axis).
 const w = window;
 if (w.topotraceRender === undefined || w.topotraceRender.owner !== slider.id) {
   const render = function (s) {
@@ -88,6 +90,7 @@ if (w.topotraceRender === undefined || w.topotraceRender.owner !== slider.id) {
     const i = Math.min(s, steps.length - 1);
     label.text = "<span class='tt-steplabel'>step " + steps[i].toLocaleString("en-US") + " \u00b7 epoch " +
                  epochs[i] + " \u00b7 snapshot " + (i + 1) + " of " + steps.length + "</span>";
+    for (const span of markers) span.location = marker_x[i];
     w.topotraceFrameMs = performance.now() - t0;
     w.topotraceSnapshot = s;
     return w.topotraceFrameMs;

@@ -369,3 +369,29 @@ def test_layout_comparison_fits_one_row(results, html_text):
     for grid, layer in zip(grids, results.layers.values()):
         cells = [(c[1], c[2]) for c in grid["attributes"]["children"]]
         assert cells == [(0, i) for i in range(len(layer.layouts))]  # one row, in method order
+
+
+def _custom_js_arg(doc: dict, arg: str):
+    """Value of argument ``arg`` of the one CustomJS callback that has it."""
+    found = []
+    for cb in _models(doc, "CustomJS"):
+        args = cb["attributes"].get("args", {})
+        entries = args.get("entries", []) if isinstance(args, dict) else []
+        found += [v for k, v in entries if k == arg]
+    assert len(found) == 1, f"{len(found)} CustomJS callbacks have the argument {arg!r}"
+    return found[0]
+
+
+@pytest.mark.parametrize("log_steps", [False, True])
+def test_time_markers_on_every_time_chart(results, tmp_path, log_steps):
+    """Each chart over training time has one marker at the last snapshot; the slider callback knows every step's x."""
+    steps = np.array([0, 1, 3, 10, 30, 100], dtype=np.int64) if log_steps else np.asarray(results.steps)
+    res = dataclasses.replace(results, steps=steps)
+    doc = _docs_json(build_report(res, tmp_path / "markers.html").read_text("utf-8"))
+    want_x = steps.astype(float) + (1.0 if log_steps else 0.0)  # log axes draw step s at s + 1
+    spans = [m for m in _models(doc, "Span") if m["attributes"].get("name") == "time_marker"]
+    n_corr_layers = sum(1 for la in res.layers.values() if la.corr)
+    assert len(spans) == 3 + 2 * n_corr_layers + 2  # training curves, correlation summaries, strength/distinctness
+    assert all(s["attributes"]["location"] == want_x[-1] and s["attributes"]["dimension"] == "height" for s in spans)
+    assert sorted(s["id"] for s in spans) == sorted(m["id"] for m in _custom_js_arg(doc, "markers"))
+    np.testing.assert_array_equal(_custom_js_arg(doc, "marker_x"), want_x)

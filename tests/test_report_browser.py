@@ -263,3 +263,21 @@ def test_layout_comparison_in_one_row(page_and_log, built):
     assert len({round(b["y"]) for b in boxes}) == 1
     assert max(b["x"] + b["width"] for b in boxes) <= section["x"] + section["width"] - 10
     assert errors == []
+
+
+def test_slider_moves_time_markers(page_and_log, built):
+    """Every chart over training time marks the slider's snapshot: its Span sits at that step (+ 1 on a log axis)."""
+    page, _, errors = page_and_log
+    steps = np.asarray(built[1].steps, dtype=np.float64)
+    log = len(steps) > 1 and (steps.max() + 1) / (steps.min() + 1) >= 100
+    for s in (2, len(steps) - 1, 0):
+        locs = page.evaluate("""async (s) => {
+            const d = Bokeh.documents[0];
+            d.get_model_by_name('time_slider').value = s;
+            await new Promise(r => setTimeout(r, 150));
+            const all = typeof d.all_models === 'function' ? d.all_models() : (d.all_models ?? d._all_models.values());
+            return [...all].filter(m => m.name === 'time_marker').map(m => m.location);
+        }""", s)
+        assert len(locs) >= 5  # training curves (3) and strength / distinctness (2) at least
+        assert locs == [steps[s] + (1.0 if log else 0.0)] * len(locs)
+    assert errors == []
