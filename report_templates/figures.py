@@ -286,6 +286,10 @@ class _MapRegistry:
     tam_bars: list = field(default_factory=list)
     tam_hovers: list = field(default_factory=list)
     corr_bars: list = field(default_factory=list)
+    corr_mappers: list = field(default_factory=list)
+    corr_fit: list = field(default_factory=list)
+    corr_heads: list = field(default_factory=list)
+    corr_head_texts: list = field(default_factory=list)
 
 
 def _op_source(op: InterpOperator, name: str) -> ColumnDataSource:
@@ -402,10 +406,40 @@ def _scale_text(layer: LayerResult) -> str:
     return f"mean activation \u00b1{high:.3g}"
 
 
-def _layer_heading(layer: LayerResult, scale: str) -> Div:
-    text = (f"<p class='tt-layer'>Layer <b>{esc(layer.name)}</b> &middot; {int(layer.n_neurons)} neurons "
+def _heading_text(layer: LayerResult, scale: str) -> str:
+    return (f"<p class='tt-layer'>Layer <b>{esc(layer.name)}</b> &middot; {int(layer.n_neurons)} neurons "
             f"&middot; layout {esc(layer.default_layout)} &middot; {esc(scale)}, the same for every snapshot</p>")
-    return _div(text=text)
+
+
+def _layer_heading(layer: LayerResult, scale: str) -> Div:
+    return _div(text=_heading_text(layer, scale))
+
+
+def corr_fit_limit(layer: LayerResult, measure: str) -> float:
+    """Symmetric colour limit of the layer's correlation maps with ``measure`` in the "fit to data" view.
+
+    The largest finite |r| over all snapshots, neurons and both maps (overall and within class), so one scale
+    serves every snapshot; 1.0 when there is none (or it is 0).
+    """
+    cr = (layer.corr or {}).get(measure)
+    if cr is None:
+        return 1.0
+    top = 0.0
+    for r in (cr.pearson, cr.pearson_within):
+        a = np.abs(np.asarray(r, np.float64))
+        a = a[np.isfinite(a)]
+        if a.size:
+            top = max(top, float(a.max()))
+    return _usable(min(top, 1.0))
+
+
+CORR_SCALE_LABELS = ["scale \u00b11", "fit to data"]
+
+
+def _corr_scale_text(limit: float | None, measure: str) -> str:
+    if limit is None:
+        return "Pearson r, colour scale \u00b11"
+    return f"Pearson r, colour scale \u00b1{limit:.2f} (fit: largest |r| with {measure})"
 
 
 def _has_maps(results: AnalysisResults, layer: LayerResult) -> bool:
@@ -461,6 +495,8 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
     Returns:
         A dict of named models (only the available ones): ``map_controls`` (slider, play, layer selector and
         step label), ``tam_view`` (the ``tam_mode`` switch: mean activation vs contrast to the other groups),
+        ``corr_scale_view`` (the ``corr_scale`` switch of the correlation maps: \u00b11 or fit to the data, see
+        :func:`corr_fit_limit`),
         ``tam_maps`` (one map per class and per correct/wrong group), ``confbin_maps`` (one map per confidence
         bin) and ``corr_maps`` (per-neuron correlation with the selected confidence measure, overall and within
         class). One CustomJS callback renders the tiles of the selected layer at the chosen snapshot.
@@ -514,10 +550,17 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
             vals = [np.nan_to_num(np.stack([np.asarray(cr.pearson, np.float32),
                                             np.asarray(cr.pearson_within, np.float32)], axis=1)) for cr in crs]
             default = measure.value if measure is not None else measures[0]
-            grid, bar, _ = _layer_grid(layer, li, reg, CORR, vals, ["r overall", "r within class"],
-                                       (pal_div, -1.0, 1.0), "r", f"Pearson r of activation with {default}", 2)
+            grid, bar, mapper = _layer_grid(layer, li, reg, CORR, vals, ["r overall", "r within class"],
+                                            (pal_div, -1.0, 1.0), "r", f"Pearson r of activation with {default}", 2)
+            fits = [corr_fit_limit(layer, m) for m in measures]
+            head = _layer_heading(layer, _corr_scale_text(None, default))
             reg.corr_bars.append(bar)
-            block = column(_layer_heading(layer, "Pearson r, colour scale \u00b11"), *grid, visible=show)
+            reg.corr_mappers.append(mapper)
+            reg.corr_fit.append(fits)
+            reg.corr_heads.append(head)
+            reg.corr_head_texts.append([head.text] + [_heading_text(layer, _corr_scale_text(f, m))
+                                                      for f, m in zip(fits, measures)])
+            block = column(head, *grid, visible=show)
             sections["corr_maps"].append(block)
             mine.append(block)
         panels.append(mine)
@@ -535,6 +578,8 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
         select = Select(title="", options=[la.name for la in layers], value=layers[0].name, width=160,
                         name="layer_select")
     mode = RadioButtonGroup(labels=MODE_LABELS, active=0, name="tam_mode") if reg.tam_mappers else None
+    corr_scale = (RadioButtonGroup(labels=CORR_SCALE_LABELS, active=0, name="corr_scale") if reg.corr_mappers
+                  else None)
     code = (_HERE / "render_maps.js").read_text()
     cb = CustomJS(args=dict(
         slider=slider, layer_select=select, label=label, play=play, mode=mode, measure_select=measure,
@@ -544,8 +589,9 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
         csrc=reg.csrc, panels=panels, tam_mappers=reg.tam_mappers, tam_scale=reg.tam_scale, tam_bars=reg.tam_bars,
         tam_hovers=reg.tam_hovers, corr_bars=reg.corr_bars, pal_div=pal_div, pal_seq=sequential_palette(),
         corr_bar_texts=[plain(f"Pearson r of activation with {m}") for m in measures],
-        markers=list(markers or []), marker_x=[float(x) for x in time_x(results.steps, step_axis_type(results.steps))]),
-        code=code)
+        corr_scale=corr_scale, corr_mappers=reg.corr_mappers, corr_fit=reg.corr_fit, corr_heads=reg.corr_heads,
+        corr_head_texts=reg.corr_head_texts, markers=list(markers or []),
+        marker_x=[float(x) for x in time_x(results.steps, step_axis_type(results.steps))]), code=code)
     slider.js_on_change("value", cb)
     play.js_on_change("active", cb)
     widgets: list[LayoutDOM] = []
@@ -560,6 +606,9 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
     if mode is not None:
         mode.js_on_change("active", cb)
         out["tam_view"] = row(mode, name="tam_view")  # a root of its own: the widget is also a callback argument
+    if corr_scale is not None:
+        corr_scale.js_on_change("active", cb)
+        out["corr_scale_view"] = row(corr_scale, name="corr_scale_view")
     for key, blocks in sections.items():
         if blocks:
             out[key] = column(*blocks, name=key)

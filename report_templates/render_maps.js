@@ -22,6 +22,9 @@
 //   panels: per layer position, the layout models shown only while that layer is selected;
 //   tam_mappers, tam_scale ([low, high, contrast limit, sequential?]), tam_bars, tam_hovers, pal_div, pal_seq:
 //   what the contrast switch changes; corr_bars, corr_bar_texts: colour-bar titles per measure;
+//   corr_scale (RadioButtonGroup or null: 0 = scale +-1, 1 = fit to data), corr_mappers, corr_heads: per layer
+//   with correlation maps, its colour mapper and heading Div; corr_fit: per such layer, the fit limit per
+//   measure; corr_head_texts: per such layer, the heading for +-1 followed by the fit heading per measure;
 //   markers, marker_x: the current-snapshot Spans of the charts over training time and each snapshot's x
 //   position on them (step, or step + 1 on a log axis).
 const w = window;
@@ -128,6 +131,16 @@ if (cb_obj === play) {
   if (measure_select !== null && cb_obj === measure_select) {
     const k = Math.max(0, measure_select.options.indexOf(measure_select.value));
     for (const bar of corr_bars) bar.title = corr_bar_texts[k];
+  }
+  if (corr_scale !== null && (cb_obj === corr_scale || cb_obj === measure_select)) {
+    const k = measure_select === null ? 0 : Math.max(0, measure_select.options.indexOf(measure_select.value));
+    const fit = corr_scale.active === 1;
+    for (let i = 0; i < corr_mappers.length; i++) {
+      const lim = fit ? corr_fit[i][k] : 1.0;
+      corr_mappers[i].low = -lim;
+      corr_mappers[i].high = lim;
+      corr_heads[i].text = corr_head_texts[i][fit ? 1 + k : 0];
+    }
   }
   if (layer_select !== null && cb_obj === layer_select) {
     const layer = layer_select.options.indexOf(layer_select.value);

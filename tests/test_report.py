@@ -395,3 +395,31 @@ def test_time_markers_on_every_time_chart(results, tmp_path, log_steps):
     assert all(s["attributes"]["location"] == want_x[-1] and s["attributes"]["dimension"] == "height" for s in spans)
     assert sorted(s["id"] for s in spans) == sorted(m["id"] for m in _custom_js_arg(doc, "markers"))
     np.testing.assert_array_equal(_custom_js_arg(doc, "marker_x"), want_x)
+
+
+def test_corr_fit_limit_matches_numpy(results, html_text):
+    """The "fit to data" limit is max |r| over snapshots, neurons and both maps, per layer and measure."""
+    from report_templates.figures import corr_fit_limit, correlation_measures
+
+    doc = _docs_json(html_text)
+    measures = correlation_measures(results)
+    want = []
+    for layer in results.layers.values():
+        row = []
+        for m in measures:
+            both = np.concatenate([np.ravel(layer.corr[m].pearson), np.ravel(layer.corr[m].pearson_within)])
+            ref = float(np.nanmax(np.abs(both)))
+            assert 0 < ref < 1
+            assert corr_fit_limit(layer, m) == pytest.approx(ref, rel=1e-12)
+            row.append(ref)
+        want.append(row)
+    np.testing.assert_allclose(_custom_js_arg(doc, "corr_fit"), want, rtol=1e-12)
+    radios = [m for m in _models(doc, "RadioButtonGroup") if m["attributes"].get("name") == "corr_scale"]
+    assert len(radios) == 1 and radios[0]["attributes"]["active"] == 0  # the page opens on the +-1 scale
+    texts = _custom_js_arg(doc, "corr_head_texts")
+    assert all("\u00b11," in t[0] and len(t) == 1 + len(measures) for t in texts)
+    assert f"\u00b1{want[0][0]:.2f} (fit: largest |r| with {measures[0]})" in texts[0][1]
+    layer = next(iter(results.layers.values()))
+    dead = dataclasses.replace(layer.corr[measures[0]], pearson=np.zeros_like(layer.corr[measures[0]].pearson),
+                               pearson_within=np.full_like(layer.corr[measures[0]].pearson_within, np.nan))
+    assert corr_fit_limit(dataclasses.replace(layer, corr={measures[0]: dead}), measures[0]) == 1.0

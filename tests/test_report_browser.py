@@ -36,8 +36,13 @@ def built(tmp_path_factory):
     d = tmp_path_factory.mktemp("browser")
     res = synthetic_results(d / "store.h5", n_snapshots=8, layer_sizes=(48, 24), n_classes=5, per_class=12)
     # Class names with TeX delimiters and markup: drawn as plain text, and nothing is fetched to typeset them.
+    # Weak correlations with the primary measure (|r| <= 0.3, as in real runs), so fitting the scale matters.
+    m = res.primary_measure
+    weak = {k: dataclasses.replace(la.corr[m], pearson=0.3 * la.corr[m].pearson,
+                                   pearson_within=0.3 * la.corr[m].pearson_within) for k, la in res.layers.items()}
     layers = {k: dataclasses.replace(la, naps={**la.naps, "class": dataclasses.replace(
-        la.naps["class"], group_names=[f"$$c{i}$$ <b>x</b>" for i in range(5)])}) for k, la in res.layers.items()}
+        la.naps["class"], group_names=[f"$$c{i}$$ <b>x</b>" for i in range(5)])}, corr={**la.corr, m: weak[k]})
+        for k, la in res.layers.items()}
     res = dataclasses.replace(res, layers=layers)
     return build_report(res, d / "report.html"), res
 
@@ -280,4 +285,41 @@ def test_slider_moves_time_markers(page_and_log, built):
         }""", s)
         assert len(locs) >= 5  # training curves (3) and strength / distinctness (2) at least
         assert locs == [steps[s] + (1.0 if log else 0.0)] * len(locs)
+    assert errors == []
+
+
+def _corr_png(page) -> np.ndarray:
+    """Pixels of the first correlation map of the shown layer, as an (H, W, 3) array."""
+    from PIL import Image
+
+    canvas = page.locator("section#correlation canvas").first
+    canvas.evaluate("e => e.scrollIntoView({block: 'center'})")
+    page.wait_for_timeout(200)  # far down the page: let the plot paint after scrolling
+    return np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), dtype=np.int16)
+
+
+def test_corr_scale_switch_fits_colours(page_and_log, built):
+    """"Fit to data" sets the correlation maps' scale to ±max |r| of the layer and measure; the map changes."""
+    page, _, errors = page_and_log
+    res = built[1]
+    layer = next(iter(res.layers.values()))
+    cr = layer.corr[res.primary_measure]
+    fit = float(np.nanmax(np.abs(np.concatenate([np.ravel(cr.pearson), np.ravel(cr.pearson_within)]))))
+    assert fit < 0.5  # the fixture's weak correlations
+    page.evaluate(SHOW_JS, [4, 0])
+    _, low, high, _ = page.evaluate(TILE_JS, ["corr_maps", 0])
+    assert (low, high) == (-1.0, 1.0)
+    before = _corr_png(page)
+    set_scale = """async (a) => { Bokeh.documents[0].get_model_by_name('corr_scale').active = a;
+                                  await new Promise(r => setTimeout(r, 150)); }"""
+    page.evaluate(set_scale, 1)
+    _, low, high, _ = page.evaluate(TILE_JS, ["corr_maps", 0])
+    assert (low, high) == pytest.approx((-fit, fit), rel=1e-6)
+    assert f"\u00b1{fit:.2f} (fit" in page.locator("section#correlation .tt-layer").first.inner_text()
+    after = _corr_png(page)
+    assert before.shape == after.shape
+    assert (np.abs(before - after).sum(axis=2) > 30).mean() > 0.02
+    page.evaluate(set_scale, 0)
+    _, low, high, _ = page.evaluate(TILE_JS, ["corr_maps", 0])
+    assert (low, high) == (-1.0, 1.0)
     assert errors == []
