@@ -93,7 +93,19 @@ if (w.topotraceRender === undefined || w.topotraceRender.owner !== slider.id) {
     const i = Math.min(s, steps.length - 1);
     label.text = "<span class='tt-steplabel'>step " + steps[i].toLocaleString("en-US") + " \u00b7 epoch " +
                  epochs[i] + " \u00b7 snapshot " + (i + 1) + " of " + steps.length + "</span>";
-    for (const span of markers) span.location = marker_x[i];
+    // The markers follow once the maps have painted (each moved marker repaints its whole chart, which would
+    // otherwise about double the frame time); a newer frame cancels a pending move.
+    if (markers.length > 0) {
+      const later = w.requestIdleCallback !== undefined ? (f) => w.requestIdleCallback(f, {timeout: 150})
+                                                          : (f) => w.setTimeout(f, 0);
+      const cancel = w.cancelIdleCallback !== undefined ? w.cancelIdleCallback.bind(w) : w.clearTimeout.bind(w);
+      if (w.topotraceMarkerJob !== undefined) cancel(w.topotraceMarkerJob);
+      const x = marker_x[i];
+      w.topotraceMarkerJob = later(function () {
+        w.topotraceMarkerJob = undefined;
+        for (const span of markers) span.location = x;
+      });
+    }
     w.topotraceFrameMs = performance.now() - t0;
     w.topotraceSnapshot = s;
     return w.topotraceFrameMs;

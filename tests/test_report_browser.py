@@ -279,7 +279,7 @@ def test_slider_moves_time_markers(page_and_log, built):
         locs = page.evaluate("""async (s) => {
             const d = Bokeh.documents[0];
             d.get_model_by_name('time_slider').value = s;
-            await new Promise(r => setTimeout(r, 150));
+            await new Promise(r => setTimeout(r, 400));  // markers move once the maps have painted
             const all = typeof d.all_models === 'function' ? d.all_models() : (d.all_models ?? d._all_models.values());
             return [...all].filter(m => m.name === 'time_marker').map(m => m.location);
         }""", s)
