@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from instrument.store import Store
+from instrument.store import Store, resolve_store_path
 
 from . import maps, naps, stats
 from .layouts import NeuronLayout, shepard_score, trustworthiness_score
@@ -83,12 +83,6 @@ def pick_default_layout(layouts: dict[str, LayoutResult]) -> str:
     if not full:
         return max(layouts, key=lambda k: map_fill(layouts[k]))
     return max(full, key=lambda k: (layouts[k].trustworthiness, k == "force+declutter"))
-
-
-def resolve_store_path(path: str | os.PathLike) -> Path:
-    """A run folder ``runs/<name>`` means ``runs/<name>/store.h5``; a file path is used as given."""
-    p = Path(path)
-    return p / "store.h5" if p.is_dir() else p
 
 
 def store_fingerprint(store: Store) -> dict[str, int]:

@@ -297,14 +297,9 @@ class Recorder:
         Call it after each optimiser update with the number of updates done so far (and at step 0 before
         training). Blocks while the writer queue is full.
         """
-        if not self._active:
-            if self._closed:
-                raise RuntimeError(f"The recorder for {self.path} is closed.")
-            self._report()
+        if self._active and not self.schedule(step):
             return False
-        if not self.schedule(step):
-            return False
-        return self.snapshot(step, epoch)
+        return self.snapshot(step, epoch)  # also refuses a closed recorder and reports a stopped one
 
     def snapshot(self, step: int, epoch: int = 0) -> bool:
         """Run a probe pass now, whatever the schedule says; returns False if recording has stopped.

@@ -36,6 +36,15 @@ ACT_DTYPES = ("float16", "float32")
 COMPRESSIONS = (None, "gzip")
 
 
+STORE_FILE = "store.h5"  # a run folder runs/<name>/ holds its store under this name
+
+
+def resolve_store_path(path: str | os.PathLike) -> Path:
+    """A run folder ``runs/<name>`` means ``runs/<name>/store.h5``; a file path is used as given."""
+    p = Path(path)
+    return p / STORE_FILE if p.is_dir() else p
+
+
 class StoreError(ValueError):
     """A store does not match what was asked of it (schema, model, probe sets, steps)."""
 
@@ -343,8 +352,8 @@ class StoreWriter:
         Args:
             path: the file to create; its folder is created if needed.
             spec: what the store holds.
-            meta: run metadata stored once: ``run_name``, ``seed``, ``config`` (dict), ``config_toml`` (text),
-                ``versions`` (dict), ``model_summary`` (text), ``data`` (text) and anything else JSON can hold.
+            meta: run metadata stored once: ``run_name``, ``seed``, ``config`` (dict), ``versions`` (dict),
+                ``model_summary`` (text), ``data`` (text) and anything else JSON can hold.
         """
         path = Path(path)
         if path.exists():
@@ -524,9 +533,7 @@ class Store:
         """Re-read the committed count; returns the number of committed snapshots."""
         c = self._f["committed"]
         c.refresh()
-        self._n = int(c[0])
-        for name in ("step", "epoch", "time"):
-            self._f[name].refresh()
+        self._n = int(c[0])  # datasets are refreshed when read (see _rows, _acts_dataset)
         return self._n
 
     # metadata
@@ -552,7 +559,7 @@ class Store:
 
     @property
     def meta(self) -> dict[str, object]:
-        """Run metadata given at creation (JSON values decoded; ``config_toml`` etc. stay text)."""
+        """Run metadata given at creation (JSON values decoded; plain text stays text)."""
         out: dict[str, object] = {}
         for k, v in self._f.attrs.items():
             if not k.startswith("meta_"):

@@ -15,7 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from analysis.layouts import METHODS
-from analysis.pipeline import analyze, resolve_store_path
+from analysis.pipeline import analyze
+from instrument.store import resolve_store_path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

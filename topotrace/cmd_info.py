@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from instrument.store import SCHEMA_VERSION, Store
-
-
-def store_path(target: str) -> Path:
-    """A run folder (``runs/<name>``) or a store file -> the store file."""
-    p = Path(target)
-    return p / "store.h5" if p.is_dir() else p
+from instrument.store import SCHEMA_VERSION, Store, resolve_store_path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +18,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    path = store_path(args.run)
+    path = resolve_store_path(args.run)
     with Store(path) as st:
         meta = st.meta
         steps = st.steps

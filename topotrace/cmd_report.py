@@ -45,7 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.pipeline import analyze, resolve_store_path
+    from analysis.pipeline import analyze
+    from instrument.store import resolve_store_path
     from report_templates.export import export_map_png
     from report_templates.generate import build_report
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from instrument.recorder import ProbeSet, Recorder
 from instrument.schedules import every, log_spaced, per_epoch
+from instrument.store import STORE_FILE
 
 from .config import to_toml
 from .data import load_dataset, stratified_indices
@@ -80,7 +81,7 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
         progress: called as ``progress(step, total_steps)`` after each step.
     """
     run_dir = Path(cfg["run"]["out_dir"]) / cfg["run"]["name"]
-    store_path = run_dir / "store.h5"
+    store_path = run_dir / STORE_FILE
     if run_dir.exists():
         if not overwrite:
             raise FileExistsError(f"{run_dir} exists already. Choose another run.name or pass --overwrite "
@@ -111,9 +112,7 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
         "run_name": cfg["run"]["name"],
         "seed": seed,
         "config": cfg,
-        "config_toml": to_toml(cfg),
         "data": data.description,
-        "model_summary": f"{model}\nparameters: {sum(p.numel() for p in model.parameters())}",
         "host": platform.node(),
         "total_steps": total_steps,
     }
