@@ -1,6 +1,6 @@
 """Two-process DDP training (gloo, CPU) for tests/test_ddp.py; started by torchrun.
 
-Usage: torchrun --standalone --nproc_per_node=2 tests/_ddp_child.py OUT_DIR RECORD(0|1)
+Usage: torchrun --nproc_per_node=2 tests/_ddp_child.py OUT_DIR RECORD(0|1)
 Rank 0 records through the recorder (which unwraps DDP to the inner module); every rank saves its final
 parameters to OUT_DIR/params_rank<r>.npz.
 """
@@ -43,4 +43,5 @@ if rec is not None:
     rec.close()
 state = {k.replace(".", "_"): v.detach().numpy() for k, v in model.state_dict().items()}
 np.savez(os.path.join(out_dir, f"params_rank{rank}.npz"), **state)
+dist.barrier()  # without it, gloo teardown aborts now and then ("terminate called without an active exception")
 dist.destroy_process_group()

@@ -1,6 +1,7 @@
 """Recording under torchrun DDP: rank 0 records through the inner module; training is unchanged."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,15 @@ def run_ddp(out, record):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not found next to the Python interpreter")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CHILD.parent.parent)}
-    subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(CHILD), str(out), str(int(record))],
-                   check=True, env=env, timeout=120, capture_output=True)
+    # Loopback only: no dependence on the machine's hostname resolving (torchrun --standalone needs it).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CHILD.parent.parent), "GLOO_SOCKET_IFNAME": "lo"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(torchrun), "--nnodes=1", "--nproc_per_node=2", "--master-addr=127.0.0.1", f"--master-port={port}",
+           str(CHILD), str(out), str(int(record))]
+    done = subprocess.run(cmd, env=env, timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, f"torchrun exited {done.returncode}:\n{done.stderr[-4000:]}"
     return [dict(np.load(out / f"params_rank{r}.npz", allow_pickle=False)) for r in (0, 1)]
 
 
