@@ -3,7 +3,7 @@
 :func:`forward_hooks` registers hooks, yields, and removes every one of them in ``finally`` — after a normal
 exit and after an exception alike — so training steps outside a probe pass run without any hook.
 :func:`capture` builds on it: inside each hook the selected layer's output is reduced to [batch, n_neurons]
-and copied into a host float32 array, so later in-place changes in the forward pass cannot alter what was
+and copied into a host array (float32, or float16 when the store keeps float16), so later in-place changes in the forward pass cannot alter what was
 recorded; :meth:`Capture.end_batch` checks that every layer ran exactly once.
 """
 
@@ -51,16 +51,19 @@ class Capture:
     """Reduced outputs of the hooked layers, written batch by batch into host arrays during one probe pass.
 
     The arrays are passed in with :meth:`begin` and may be reused from pass to pass (no fresh allocation,
-    hence no page faults, on the training thread); an array that is missing or has the wrong width is
-    allocated in the hook.
+    hence no page faults, on the training thread); an array that is missing or has the wrong width or dtype
+    is allocated in the hook. Copying straight into the store's dtype halves the bytes the training thread
+    writes when the store keeps float16 (``torch.Tensor.copy_`` casts).
 
     Attributes:
         layers: layer name -> module.
         sample_shapes: layer name -> the output shape of one sample before reduction (set by the first batch).
     """
 
-    def __init__(self, layers: Mapping[str, nn.Module], reductions: Mapping[str, str] | None = None):
+    def __init__(self, layers: Mapping[str, nn.Module], reductions: Mapping[str, str] | None = None,
+                 dtype: np.dtype | str = np.float32):
         self.layers = dict(layers)
+        self.dtype = np.dtype(dtype)
         self.reductions_given = dict(reductions or {})
         self.sample_shapes: dict[str, tuple[int, ...]] = {}
         self._calls = dict.fromkeys(self.layers, 0)
@@ -74,7 +77,7 @@ class Capture:
 
     def hook(self, name: str) -> Hook:
         """The forward hook that records layer ``name``."""
-        calls, shapes, reduction = self._calls, self.sample_shapes, self.reductions_given.get(name)
+        calls, shapes, reduction, dtype = self._calls, self.sample_shapes, self.reductions_given.get(name), self.dtype
 
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
             t = first_tensor(output, f"Layer {name!r}").detach()
@@ -82,8 +85,8 @@ class Capture:
                 shapes[name] = tuple(t.shape[1:])
             r = reduce_output(t, reduction)  # [batch, n_neurons]
             buf = self._dest.get(name)
-            if buf is None or buf.shape != (self._rows, r.shape[1]):
-                buf = self._dest[name] = np.empty((self._rows, r.shape[1]), np.float32)
+            if buf is None or buf.shape != (self._rows, r.shape[1]) or buf.dtype != dtype:
+                buf = self._dest[name] = np.empty((self._rows, r.shape[1]), dtype)
             torch.from_numpy(buf[self._start : self._start + r.shape[0]]).copy_(r)  # casts and moves to host
             calls[name] += 1
 
@@ -116,17 +119,19 @@ class Capture:
 
 
 @contextmanager
-def capture(layers: Mapping[str, nn.Module], reductions: Mapping[str, str] | None = None) -> Iterator[Capture]:
+def capture(layers: Mapping[str, nn.Module], reductions: Mapping[str, str] | None = None,
+            dtype: np.dtype | str = np.float32) -> Iterator[Capture]:
     """Hook ``layers`` for the duration of the block and collect their reduced outputs.
 
     Args:
         layers: layer name -> module, e.g. from :func:`instrument.layers.resolve_layers`.
         reductions: layer name -> reduction for layers that do not use the automatic choice.
+        dtype: dtype of the host arrays.
 
     Yields:
         The :class:`Capture`; call :meth:`Capture.begin` before and :meth:`Capture.end_batch` after each
         forward pass.
     """
-    cap = Capture(layers, reductions)
+    cap = Capture(layers, reductions, dtype)
     with forward_hooks([(m, cap.hook(n)) for n, m in cap.layers.items()]):
         yield cap

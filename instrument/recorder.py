@@ -357,12 +357,12 @@ class Recorder:
             x = self._x_cache[key] = probe.x.to(device)
         return x
 
-    def _run(self, inputs: Mapping[str, torch.Tensor], bufs: dict[str, dict[str, np.ndarray]]
-             ) -> dict[str, tuple[int, ...]]:
+    def _run(self, inputs: Mapping[str, torch.Tensor], bufs: dict[str, dict[str, np.ndarray]],
+             act_dtype: np.dtype | str = np.float32) -> dict[str, tuple[int, ...]]:
         """One probe pass over ``inputs`` (probe name -> [n, ...]); model state restored afterwards.
 
-        Fills ``bufs``: probe name -> {layer name -> (n, n_neurons) float32, "": logits (n, C) float32}; arrays
-        already there are overwritten in place. Returns layer name -> output shape of one sample.
+        Fills ``bufs``: probe name -> {layer name -> (n, n_neurons) act_dtype, "": logits (n, C) float32};
+        arrays already there are overwritten in place. Returns layer name -> output shape of one sample.
         """
         model = self._model
         device = _device_of(model)
@@ -377,7 +377,7 @@ class Recorder:
             # object.__setattr__ skips nn.Module.__setattr__'s parameter/buffer bookkeeping (a bool is neither).
             for m in modules:
                 _set(m, "training", False)
-            with torch.no_grad(), capture(self.layers, self._reductions) as cap:
+            with torch.no_grad(), capture(self.layers, self._reductions, act_dtype) as cap:
                 for name, x in inputs.items():
                     x = x.to(device)  # a no-op when the probe set already lives on the model's device
                     n = x.shape[0]
@@ -408,7 +408,7 @@ class Recorder:
         except queue.Empty:
             bufs = {}
         device = _device_of(self._model)
-        self._run({p.name: self._inputs(p, device) for p in self.probes}, bufs)
+        self._run({p.name: self._inputs(p, device) for p in self.probes}, bufs, self.spec.act_dtype)
         return bufs
 
     def _dry_pass(self) -> tuple[dict[str, tuple[int, ...]], int]:
@@ -468,12 +468,11 @@ class Recorder:
     def _build(self, item: tuple) -> Snapshot:
         step, epoch, t, payload = item
         snap = Snapshot(step=step, epoch=epoch, time=t)
-        dtype = np.dtype(self.spec.act_dtype)
         for p in self.probes:
             arrays = payload[p.name]
             logits = arrays[""]
             pred, correct, loss, conf = confidence.outcomes(logits, self._labels[p.name], self.measures)
-            acts = {name: arrays[name].astype(dtype, copy=False) for name in self.layers}
+            acts = {name: arrays[name] for name in self.layers}  # already in the store's dtype
             snap.probes[p.name] = ProbeRecord(acts, logits, pred, correct, loss, conf)
         return snap
 
