@@ -3,8 +3,8 @@
 :func:`forward_hooks` registers hooks, yields, and removes every one of them in ``finally`` — after a normal
 exit and after an exception alike — so training steps outside a probe pass run without any hook.
 :func:`capture` builds on it: inside each hook the selected layer's output is reduced to [batch, n_neurons]
-and copied into a host array (float32, or float16 when the store keeps float16), so later in-place changes in the forward pass cannot alter what was
-recorded; :meth:`Capture.end_batch` checks that every layer ran exactly once.
+and copied into a host array in the store's dtype, so later in-place changes in the forward pass cannot alter
+what was recorded; :meth:`Capture.end_batch` checks that every layer ran exactly once.
 """
 
 from __future__ import annotations
