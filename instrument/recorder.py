@@ -47,6 +47,7 @@ import h5py
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from . import confidence
 from .hooks import capture
@@ -160,7 +161,8 @@ class Recorder:
 
     Raises:
         ValueError, TypeError: an invalid argument, e.g. an unknown layer (the message lists the available
-            names) or a logit count that differs from ``len(class_names)``.
+            names), a logit count that differs from ``len(class_names)``, or a model with uninitialised lazy
+            parameters (``nn.LazyLinear`` before its first forward pass).
         RuntimeError: a selected layer does not run in the model's forward pass (checked by a dry pass on two
             probe samples, which leaves the model, its modes and the RNG states as they were).
         StoreError: ``resume=True`` and the existing store was recorded with a different setup.
@@ -218,6 +220,11 @@ class Recorder:
         if meta is not None and not isinstance(meta, Mapping):
             raise TypeError(f"The 'meta' parameter must be a mapping or None. Got {type(meta).__name__}.")
 
+        lazy = [n for n, t in self._model.named_parameters() if is_lazy(t)]
+        if lazy:  # the dry pass would draw their initial values at another point of the RNG stream than training
+            raise ValueError(f"The model has uninitialised lazy parameters {lazy}. Run one forward pass (e.g. on a "
+                             "training batch) before creating the Recorder, so that initialising them stays part of "
+                             "your training code and recording does not change the initial weights.")
         self.layers = resolve_layers(self._model, layers)
         self._reductions = resolve_reductions(self.layers, reductions)
         self._modules = list(self._model.modules())  # whose training flags a probe pass saves and restores

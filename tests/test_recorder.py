@@ -252,6 +252,20 @@ def test_unknown_layer_lists_available_names(tmp_path):
     assert not (tmp_path / "s.h5").exists()
 
 
+def test_uninitialised_lazy_module_is_refused_before_anything_runs(tmp_path):
+    """The dry pass must not initialise lazy parameters: that would move their draw in the RNG stream."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 4))
+    rng = torch.get_rng_state()
+    with pytest.raises(ValueError, match=r"uninitialised lazy parameters \['0.weight', '0.bias'\]\. Run one forward"):
+        _recorder(model, tmp_path / "s.h5", layers="1")
+    assert not (tmp_path / "s.h5").exists()
+    assert torch.equal(torch.get_rng_state(), rng)
+    model(torch.zeros(2, 10))  # initialised by the user's own code: now accepted
+    with _recorder(model, tmp_path / "s.h5", layers="1") as rec:
+        assert rec.snapshot(0)
+
+
 def test_glob_and_predicate_select_layers(tmp_path):
     torch.manual_seed(0)
     with _recorder(MLP(), tmp_path / "g.h5", layers="act*") as rec:
