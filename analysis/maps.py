@@ -4,8 +4,10 @@ A map is drawn once per layout as an operator (pixel -> three neurons with baryc
 triangulation of the neuron positions), so rendering any snapshot or group is a gather and a weighted sum
 (:meth:`analysis.results.InterpOperator.apply`); the report ships the operator instead of images.
 
-The map region is the convex hull of the neurons minus every pixel farther than ``max_gap`` times the median
-nearest-neighbour spacing from the closest neuron, so empty bays of a concave layout stay blank.
+The map region is an alpha shape: the Delaunay triangles whose circumradius is at most ``max_radius`` times the
+median nearest-neighbour spacing. Triangles that bridge empty space (bays of a concave layout, the gap to an
+island of neurons such as the silent units of a ReLU layer) have large circumradii, so those pixels stay blank
+instead of being filled by interpolating across the gap.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from scipy.spatial import Delaunay, cKDTree
 from .results import InterpOperator
 
 
-def interp_operator(xy: np.ndarray, grid: int = 64, max_gap: float = 3.0, pad: float = 0.02) -> InterpOperator:
+def interp_operator(xy: np.ndarray, grid: int = 64, max_radius: float = 2.5, pad: float = 0.02) -> InterpOperator:
     """Barycentric interpolation operator of a layout on a ``grid`` x ``grid`` image.
 
     Args:
         xy: array of shape (N, 2), neuron positions (N >= 3, not all on one line).
         grid: image side in pixels.
-        max_gap: pixels farther than ``max_gap`` x the median nearest-neighbour distance from every neuron are
-            outside the region (``np.inf`` keeps the whole convex hull).
+        max_radius: triangles whose circumradius exceeds ``max_radius`` x the median nearest-neighbour distance
+            are outside the region (``np.inf`` keeps the whole convex hull).
         pad: margin around the positions' bounding box, as a fraction of its size.
 
     Returns:
@@ -51,14 +53,14 @@ def interp_operator(xy: np.ndarray, grid: int = 64, max_gap: float = 3.0, pad: f
         raise ValueError(f"Cannot triangulate {len(xy)} neuron positions (all on a line?).") from err
     simplex = tri.find_simplex(pts)
     inside = simplex >= 0
-    if np.isfinite(max_gap):
-        tree = cKDTree(xy)
-        nn = tree.query(xy, k=2)[0][:, 1]
+    if np.isfinite(max_radius):
+        nn = cKDTree(xy).query(xy, k=2)[0][:, 1]
         spacing = float(np.median(nn[nn > 0])) if np.any(nn > 0) else float(np.max(span))
-        dist = tree.query(pts[inside], k=1)[0]
-        keep = np.zeros(len(pts), bool)
-        keep[np.flatnonzero(inside)[dist <= max_gap * spacing]] = True
-        inside = keep
+        a, b, c = (xy[tri.simplices[:, i]] for i in range(3))  # corners, each [T, 2]
+        sides = np.linalg.norm(b - c, axis=1) * np.linalg.norm(a - c, axis=1) * np.linalg.norm(a - b, axis=1)
+        area2 = np.abs((b - a)[:, 0] * (c - a)[:, 1] - (b - a)[:, 1] * (c - a)[:, 0])  # twice the area
+        radius = np.divide(sides, 2.0 * area2, out=np.full(len(sides), np.inf), where=area2 > 0)  # R = abc / 4A
+        inside &= radius[simplex] <= max_radius * spacing
     pix = np.flatnonzero(inside)
     s = simplex[pix]
     t = tri.transform[s]  # [P, 3, 2]

@@ -43,7 +43,7 @@ from .results import (
     save_results,
 )
 
-ANALYSIS_VERSION = 3  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names
+ANALYSIS_VERSION = 4  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: alpha-shape map region
 ALPHA = 0.05
 GRID = 64
 RANDOM_STATE = 0
@@ -51,7 +51,7 @@ CKA_MAX_SAMPLES = 512  # CKA uses a fixed, seeded subset of at most this many pr
 MAX_TSNE_NEURONS = 2048
 MAX_MDS_NEURONS = 256
 MAX_WORKERS = 4  # threads computing snapshots in parallel (capped by the CPU count)
-MIN_MAP_FILL = 0.5  # see pick_default_layout
+MIN_MAP_FILL = 0.4  # see pick_default_layout; a round body fills about 0.6-0.8 of its square
 
 Progress = Callable[[str, int, int], None]
 

@@ -162,4 +162,4 @@ def test_layout_of_planted_outlier_neurons_fills_its_map(method):
     xy = NeuronLayout(method=method).fit(x).embedding_
     assert np.ptp(xy[5:], axis=0).min() > 0.5  # min-max scaling alone gives 0.29 (pca) and 0.42 (mds)
     op = interp_operator(xy, grid=32)
-    assert len(op.pixel) / 32**2 > 0.4  # min-max scaling alone: 0.29 and 0.30
+    assert len(op.pixel) / 32**2 > 0.2  # min-max scaling alone: 0.14 and 0.17 (robust: 0.22 and 0.36)

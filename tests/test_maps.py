@@ -14,7 +14,7 @@ def _grid_layout(n=8, seed=0):
 
 def test_barycentric_interpolation_is_exact_for_linear_fields():
     xy = _grid_layout()
-    op = maps.interp_operator(xy, grid=32, max_gap=np.inf)
+    op = maps.interp_operator(xy, grid=32, max_radius=np.inf)
     values = 2 * xy[:, 0] - 3 * xy[:, 1] + 1
     img = op.apply(values)
     x0, x1, y0, y1 = op.extent
@@ -41,12 +41,30 @@ def test_render_matches_apply():
 def test_region_masks_gaps_between_clusters():
     rng = np.random.default_rng(3)
     xy = np.vstack([rng.uniform(0, 0.2, (30, 2)), rng.uniform(0.8, 1.0, (30, 2))])
-    hull = maps.interp_operator(xy, grid=40, max_gap=np.inf)
-    concave = maps.interp_operator(xy, grid=40, max_gap=3.0)
+    hull = maps.interp_operator(xy, grid=40, max_radius=np.inf)
+    concave = maps.interp_operator(xy, grid=40)
     assert len(concave.pixel) < 0.6 * len(hull.pixel)
     img = concave.apply(np.ones(60))
     assert np.isnan(img[20, 20])  # the middle, far from every neuron, is blank
     assert np.isfinite(hull.apply(np.ones(60))[20, 20])
+
+
+def test_region_does_not_bridge_the_gap_to_an_island():
+    """An island five spacings off a regular lattice (e.g. a layer's silent units) is not joined to it by the
+    wedge the convex hull would fill, while the lattice and the island are filled without holes."""
+    lattice = _grid_layout(10, 6) * 0.9  # x, y in 0 .. 0.9, spacing 0.1
+    island = np.array([[0, 0], [0.1, 0], [0.05, 0.09], [0, 0.1], [0.1, 0.1], [0.05, 0.01]]) + [1.4, 0.4]
+    xy = np.vstack([lattice, island])
+    for max_radius, gap_filled in ((2.5, False), (np.inf, True)):
+        op = maps.interp_operator(xy, grid=80, max_radius=max_radius)
+        img = op.apply(np.ones(len(xy)))
+        x0, x1, y0, y1 = op.extent
+        cx = x0 + (np.arange(80) + 0.5) * (x1 - x0) / 80
+        cy = y0 + (np.arange(80) + 0.5) * (y1 - y0) / 80
+        gap = np.isfinite(img[:, (cx > 0.95) & (cx < 1.35)])
+        assert gap.any() == gap_filled
+        assert np.isfinite(img[np.ix_((cy > 0.05) & (cy < 0.85), (cx > 0.05) & (cx < 0.85))]).all()  # no holes
+        assert np.isfinite(img[np.ix_((cy > 0.43) & (cy < 0.47), (cx > 1.43) & (cx < 1.47))]).all()  # island
 
 
 def test_invalid_inputs():

@@ -297,7 +297,7 @@ def test_cli_prints_trends_and_cache_path(small_store, capsys):
 def test_default_layout_is_most_trustworthy_among_filled_maps():
     """A thin-strip layout loses to a filled one even with higher trustworthiness; with none filled, max fill."""
     from analysis.maps import interp_operator
-    from analysis.pipeline import map_fill, pick_default_layout
+    from analysis.pipeline import MIN_MAP_FILL, map_fill, pick_default_layout
     from analysis.results import LayoutResult
 
     rng = np.random.default_rng(0)
@@ -310,10 +310,10 @@ def test_default_layout_is_most_trustworthy_among_filled_maps():
 
     cands = {"tsne+declutter": lay("tsne+declutter", strip, 0.97), "som+declutter": lay("som+declutter", square, 0.9),
              "pca+declutter": lay("pca+declutter", square, 0.8)}
-    assert map_fill(cands["tsne+declutter"]) < 0.5 <= map_fill(cands["som+declutter"])
+    assert map_fill(cands["tsne+declutter"]) < MIN_MAP_FILL <= map_fill(cands["som+declutter"])
     assert pick_default_layout(cands) == "som+declutter"
     thinner = strip.copy()
     thinner[:55, 0] *= 0.3
     only_thin = {"a": lay("a", strip, 0.9), "b": lay("b", thinner, 0.99)}
-    assert map_fill(only_thin["b"]) < map_fill(only_thin["a"]) < 0.5
+    assert map_fill(only_thin["b"]) < map_fill(only_thin["a"]) < MIN_MAP_FILL
     assert pick_default_layout(only_thin) == "a"
