@@ -43,7 +43,7 @@ from .results import (
     save_results,
 )
 
-ANALYSIS_VERSION = 4  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: alpha-shape map region
+ANALYSIS_VERSION = 4  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions
 ALPHA = 0.05
 GRID = 64
 RANDOM_STATE = 0
