@@ -777,22 +777,28 @@ def strength_distinctness(results: AnalysisResults) -> LayoutDOM | None:
 
 
 # ------------------------------------------------------------------------------------------ layouts
+NO_PREFERENCE = "none (same mean for every class)"
+NO_PREFERENCE_COLOR = "#ffffff"  # hollow: Category10 already has a grey (class 7)
+NO_PREFERENCE_LINE = "#57606a"
+
+
 def layout_comparison(results: AnalysisResults) -> LayoutDOM | None:
     """Each layout method of each layer side by side, neurons coloured by preferred class (``layout_comparison``).
 
-    The preferred class of a neuron is the class with the highest mean activation at the last snapshot.
+    The preferred class of a neuron is the class with the highest mean activation at the last snapshot; a neuron
+    with the same mean for every class (e.g. a silent unit) has none and is drawn grey.
     """
     rows = []
     for layer in results.layers.values():
         if not layer.layouts:
             continue
         gn = layer.naps.get("class")
-        pref = None
+        pref = None  # (N,) preferred group index, -1 for none
         names = None
         if gn is not None and np.asarray(gn.naps).shape[0] > 0:
             last = np.nan_to_num(np.asarray(gn.naps[-1], float), nan=-np.inf)  # (G, N)
-            pref = last.argmax(axis=0)
-            names = [str(gn.group_names[int(p)]) for p in pref]
+            pref = np.where(last.max(axis=0) > last.min(axis=0), last.argmax(axis=0), -1)
+            names = [str(gn.group_names[int(p)]) if p >= 0 else NO_PREFERENCE for p in pref]
         figs = []
         for method, lay in layer.layouts.items():
             xy = np.asarray(lay.xy, float)
@@ -813,12 +819,14 @@ def layout_comparison(results: AnalysisResults) -> LayoutDOM | None:
             data = {"x": xy[:, 0], "y": xy[:, 1], "neuron": np.arange(len(xy))}
             tips = [("neuron", "@neuron")]
             if pref is not None and len(pref) == len(xy):
-                data["color"] = [Category10_10[int(p) % 10] for p in pref]
+                data["color"] = [Category10_10[int(p) % 10] if p >= 0 else NO_PREFERENCE_COLOR for p in pref]
+                data["line"] = [Category10_10[int(p) % 10] if p >= 0 else NO_PREFERENCE_LINE for p in pref]
                 data["pref"] = names
                 tips.append(("preferred class", "@pref"))
             else:
-                data["color"] = ["#555555"] * len(xy)
-            r = fig.scatter("x", "y", source=ColumnDataSource(data), color="color", size=5, alpha=0.8)
+                data["color"] = data["line"] = ["#555555"] * len(xy)
+            r = fig.scatter("x", "y", source=ColumnDataSource(data), fill_color="color", line_color="line", size=5,
+                            alpha=0.8)
             fig.add_tools(HoverTool(renderers=[r], tooltips=tips))
             figs.append(fig)
         key = ""
@@ -826,6 +834,10 @@ def layout_comparison(results: AnalysisResults) -> LayoutDOM | None:
             key = " &middot; preferred class: " + " ".join(
                 f"<span class='tt-key'><span style='background:{Category10_10[g % 10]}'></span>{esc(name)}</span>"
                 for g, name in enumerate(gn.group_names))
+            if (pref < 0).any():
+                key += (f" <span class='tt-key'><span style='background:{NO_PREFERENCE_COLOR}; "
+                        f"box-shadow: inset 0 0 0 1px {NO_PREFERENCE_LINE}'></span>"
+                        f"{esc(NO_PREFERENCE)}</span>")
         rows.append(_div(text=f"<p class='tt-layer'>Layer <b>{esc(layer.name)}</b> &middot; "
                               f"{int(layer.n_neurons)} neurons{key}</p>"))
         rows.append(gridplot(figs, ncols=LAYOUT_COLS, toolbar_location=None))

@@ -371,6 +371,28 @@ def test_layout_comparison_fits_one_row(results, html_text):
         assert cells == [(0, i) for i in range(len(layer.layouts))]  # one row, in method order
 
 
+def test_layout_comparison_greys_neurons_without_a_preferred_class(results):
+    """A silent neuron (all-zero class means) has no preferred class: grey, "none", never class 0's colour."""
+    from bokeh.models import ColumnDataSource
+    from bokeh.palettes import Category10_10
+
+    from report_templates.figures import NO_PREFERENCE, NO_PREFERENCE_COLOR, layout_comparison
+
+    name, layer = next(iter(results.layers.items()))
+    naps = np.array(layer.naps["class"].naps, copy=True)  # (S, G, N)
+    naps[-1, :, 3] = 0.0  # silent
+    naps[-1, :, 5] = 0.7  # active, but alike for every class
+    naps[-1, :, 7] = [0.1, 0.9, 0.2, 0.3]  # prefers class 1
+    grouped = dataclasses.replace(layer.naps["class"], naps=naps)
+    edited = dataclasses.replace(layer, naps={**layer.naps, "class": grouped})
+    root = layout_comparison(dataclasses.replace(results, layers={name: edited}))
+    sources = [s for s in root.select({"type": ColumnDataSource}) if "pref" in s.data]
+    assert len(sources) == len(layer.layouts)
+    data = sources[0].data
+    assert [data["pref"][i] for i in (3, 5, 7)] == [NO_PREFERENCE, NO_PREFERENCE, layer.naps["class"].group_names[1]]
+    assert [data["color"][i] for i in (3, 5, 7)] == [NO_PREFERENCE_COLOR, NO_PREFERENCE_COLOR, Category10_10[1]]
+
+
 def _custom_js_arg(doc: dict, arg: str):
     """Value of argument ``arg`` of the one CustomJS callback that has it."""
     found = []
