@@ -314,6 +314,35 @@ def clear_writer_flag(path: str | os.PathLike) -> bool:
 # --- writing ----------------------------------------------------------------------------------------------
 
 
+class _RowWriter:
+    """Writes row ``i`` of one snapshot-first dataset through h5py's low-level API.
+
+    ``Dataset.resize`` and ``Dataset.__setitem__`` rebuild selections and look up shape and dtype in Python on
+    every call; a snapshot writes some 10-30 rows, and the writer thread holds the GIL while it does, so that
+    overhead is taken from training. Here the row shape, dtype and memory space are computed once.
+    """
+
+    __slots__ = ("_id", "_row", "_count", "_mspace", "dtype")
+
+    def __init__(self, ds: h5py.Dataset):
+        self._id = ds.id
+        self._row = tuple(ds.shape[1:])
+        self._count = (1, *self._row)
+        self._mspace = h5py.h5s.create_simple(self._count)
+        self.dtype = ds.dtype
+
+    def resize(self, n: int) -> None:
+        """Set the snapshot count of the dataset to ``n``."""
+        self._id.set_extent((n, *self._row))
+
+    def write(self, i: int, value: npt.ArrayLike) -> None:
+        """Write ``value`` (shape = the row shape) as row ``i``; the dataset must hold at least ``i + 1`` rows."""
+        arr = np.ascontiguousarray(value, dtype=self.dtype).reshape(self._count)
+        fspace = self._id.get_space()
+        fspace.select_hyperslab((i, *(0 for _ in self._row)), self._count)
+        self._id.write(self._mspace, fspace, arr)
+
+
 class StoreWriter:
     """Appends snapshots to a store. Not thread-safe: one writer thread owns it.
 
@@ -334,11 +363,11 @@ class StoreWriter:
             g = f[f"probes/{p.name}"]
             keys = ["logits", "pred", "correct", "loss"] + [f"acts/{la.name}" for la in spec.layers]
             self._rows |= {(p.name, k): g[k] for k in keys + [f"conf/{m}" for m in spec.measures]}
-        self._per_snapshot = list(self._rows.values())
         # Rows beyond the committed count belong to a snapshot that was never committed: cut them away.
-        for d in self._per_snapshot:
+        for d in self._rows.values():
             if d.shape[0] != self._n:
                 d.resize(self._n, axis=0)
+        self._writers = {key: _RowWriter(d) for key, d in self._rows.items()}
         f.flush()
         f.swmr_mode = True
         # HDF5 drops its own file lock in SWMR mode; this shared lock tells clear_writer_flag we are alive.
@@ -458,21 +487,21 @@ class StoreWriter:
         """Validate, resize, write, flush, commit. Returns the new number of committed snapshots."""
         self._check(snap)
         i = self._n
-        for d in self._per_snapshot:
-            d.resize(i + 1, axis=0)
-        rows = self._rows
-        rows["step"][i] = snap.step
-        rows["epoch"][i] = snap.epoch
-        rows["time"][i] = snap.time
+        rows = self._writers
+        for w in rows.values():
+            w.resize(i + 1)
+        rows["step"].write(i, snap.step)
+        rows["epoch"].write(i, snap.epoch)
+        rows["time"].write(i, snap.time)
         for name, rec in snap.probes.items():
-            rows[name, "logits"][i] = rec.logits
-            rows[name, "pred"][i] = rec.pred
-            rows[name, "correct"][i] = rec.correct
-            rows[name, "loss"][i] = rec.loss
+            rows[name, "logits"].write(i, rec.logits)
+            rows[name, "pred"].write(i, rec.pred)
+            rows[name, "correct"].write(i, rec.correct)
+            rows[name, "loss"].write(i, rec.loss)
             for layer, a in rec.acts.items():
-                rows[name, f"acts/{layer}"][i] = a
+                rows[name, f"acts/{layer}"].write(i, a)
             for m, v in rec.conf.items():
-                rows[name, f"conf/{m}"][i] = v
+                rows[name, f"conf/{m}"].write(i, v)
         self._f.flush()  # every row of snapshot i reaches the file before the commit below
         self._committed[0] = i + 1
         self._committed.flush()
