@@ -358,16 +358,16 @@ class StoreWriter:
         self._last_step = int(f["step"][self._n - 1]) if self._n else None
         # Dataset handles, looked up once: "step", "epoch", "time" and (probe, key) for key "logits", "pred",
         # "correct", "loss", "acts/<layer>", "conf/<measure>".
-        self._rows: dict[object, h5py.Dataset] = {name: f[name] for name in ("step", "epoch", "time")}
+        datasets: dict[object, h5py.Dataset] = {name: f[name] for name in ("step", "epoch", "time")}
         for p in spec.probes:
             g = f[f"probes/{p.name}"]
             keys = ["logits", "pred", "correct", "loss"] + [f"acts/{la.name}" for la in spec.layers]
-            self._rows |= {(p.name, k): g[k] for k in keys + [f"conf/{m}" for m in spec.measures]}
+            datasets |= {(p.name, k): g[k] for k in keys + [f"conf/{m}" for m in spec.measures]}
         # Rows beyond the committed count belong to a snapshot that was never committed: cut them away.
-        for d in self._rows.values():
+        for d in datasets.values():
             if d.shape[0] != self._n:
                 d.resize(self._n, axis=0)
-        self._writers = {key: _RowWriter(d) for key, d in self._rows.items()}
+        self._writers = {key: _RowWriter(d) for key, d in datasets.items()}
         f.flush()
         f.swmr_mode = True
         # HDF5 drops its own file lock in SWMR mode; this shared lock tells clear_writer_flag we are alive.
