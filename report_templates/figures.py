@@ -786,7 +786,7 @@ def layout_comparison(results: AnalysisResults) -> LayoutDOM | None:
     """Each layout method of each layer side by side, neurons coloured by preferred class (``layout_comparison``).
 
     The preferred class of a neuron is the class with the highest mean activation at the last snapshot; a neuron
-    with the same mean for every class (e.g. a silent unit) has none and is drawn grey.
+    with the same mean for every class (e.g. a silent unit) has none and is drawn hollow.
     """
     rows = []
     for layer in results.layers.values():
