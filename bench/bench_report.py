@@ -27,9 +27,8 @@ from instrument.synthetic import write_synthetic_store
 from report_templates.figures import MAP_GROUPINGS, correlation_measures
 from report_templates.generate import build_report
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from .browser import ARGS, CHROMIUM, slider_frames
+
 OUT = Path(__file__).resolve().parent / "out"
 
 
@@ -96,19 +95,8 @@ def frame_times(html: Path, shot: Path) -> dict[str, float] | None:
                                "Bokeh.documents[0].get_model_by_name('time_slider') !== null", timeout=120_000)
         page.wait_for_timeout(500)
         load = time.perf_counter() - t0
-        ms = page.evaluate("""async () => {
-            const s = Bokeh.documents[0].get_model_by_name('time_slider');
-            const out = [];
-            const n = Math.min(s.end, 40);
-            for (let k = 0; k <= n; k++) {
-                const i = (k * 7) % (s.end + 1);
-                const t0 = performance.now();
-                s.value = i;
-                await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
-                out.push([window.topotraceFrameMs, performance.now() - t0]);
-            }
-            return out;
-        }""")
+        end = int(page.evaluate("Bokeh.documents[0].get_model_by_name('time_slider').end"))
+        ms = slider_frames(page, [(k * 7) % (end + 1) for k in range(min(end, 40) + 1)])
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     ms = [m for m in ms if m[0] is not None]

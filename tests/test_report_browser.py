@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from bench.browser import ARGS, CHROMIUM, slider_frames
+
 SECTIONS = {"summary": "Run summary and provenance", "training-curves": "Training curves",
             "maps": "Topographic activation maps", "confidence-maps": "Maps per confidence bin",
             "correlation": "Activity–confidence correlation",
@@ -118,17 +117,8 @@ def test_slider_changes_map_pixels_and_frame_time(page_and_log, tmp_path):
     assert changed.mean() > 0.02, f"only {changed.mean():.3%} of the map's pixels changed"
     label = page.locator(".tt-steplabel").first.inner_text()
     assert label.startswith("step ") and label.endswith("snapshot 1 of 8")
-    ms = page.evaluate("""async () => {
-        const s = Bokeh.documents[0].get_model_by_name('time_slider');
-        const out = [];
-        for (let i = 1; i <= s.end; i++) {
-            const t0 = performance.now();
-            s.value = i;
-            await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
-            out.push([window.topotraceFrameMs, performance.now() - t0]);
-        }
-        return out;
-    }""")
+    end = int(page.evaluate("Bokeh.documents[0].get_model_by_name('time_slider').end"))
+    ms = slider_frames(page, list(range(1, end + 1)))
     fill = float(np.median([m[0] for m in ms]))
     painted = float(np.median([m[1] for m in ms]))
     print(f"\nframe: fill {fill:.2f} ms, to paint {painted:.1f} ms (median over {len(ms)} moves)")
