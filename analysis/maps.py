@@ -2,7 +2,7 @@
 
 A map is drawn once per layout as an operator (pixel -> three neurons with barycentric weights, from a Delaunay
 triangulation of the neuron positions), so rendering any snapshot or group is a gather and a weighted sum
-(:meth:`analysis.results.InterpOperator.apply`); the report ships the operator instead of images.
+(:meth:`topotrace.analysis.results.InterpOperator.apply`); the report ships the operator instead of images.
 
 The map region is an alpha shape: the Delaunay triangles whose circumradius is at most ``max_radius`` times the
 median nearest-neighbour spacing. Triangles that bridge empty space (bays of a concave layout, the gap to an

@@ -3,7 +3,7 @@
 Owns the groupings (true class, predicted class, correct vs wrong, confidence bin, class x confidence bin),
 the confidence bins, per-snapshot group means and the optional contrast normalisation of the reference study
 (subtract the across-group mean). :func:`compute_naps` streams a store one snapshot at a time;
-:mod:`analysis.pipeline` calls the per-snapshot pieces inside its single pass over the activations.
+:mod:`topotrace.analysis.pipeline` calls the per-snapshot pieces inside its single pass over the activations.
 
 Confidence bins are quantile bins of one confidence measure with edges computed once from the values of all
 snapshots pooled, so a bin means the same confidence range at every snapshot (early snapshots put most
@@ -169,7 +169,7 @@ def compute_naps(
     """NAPs of one layer for every snapshot, streamed from a store one snapshot at a time.
 
     Args:
-        store: an open :class:`instrument.store.Store`.
+        store: an open :class:`topotrace.instrument.store.Store`.
         probe: probe set name.
         layer: layer name.
         measure: confidence measure that defines the confidence bins.

@@ -71,7 +71,7 @@ class LayoutResult:
         xy: array of shape (N, 2), float32, positions scaled into [0, 1]^2.
         trustworthiness: sklearn-style trustworthiness with k = 7, in [0, 1].
         shepard: Spearman rank correlation between feature-space and layout distances.
-        smoothness: smoothness score of the rendered map (higher is smoother; defined in analysis.layouts).
+        smoothness: smoothness score of the rendered map (higher is smoother; defined in topotrace.analysis.layouts).
         seconds: wall time to compute the layout.
         interp: the interpolation operator for maps drawn on this layout.
     """

@@ -57,7 +57,7 @@ def paper_force_refinement(xy: np.ndarray, steps: int = 1000) -> np.ndarray:
 
 
 def bench_layouts() -> None:
-    from analysis.layouts import NeuronLayout, trustworthiness_score
+    from topotrace.analysis.layouts import NeuronLayout, trustworthiness_score
 
     print("Layouts of digits-MLP NAPs (cosine features; time includes declutter; k = 7)")
     print(f"{'neurons':>7} {'method':<18} {'seconds':>8} {'trust':>6} {'vs baseline':>12}")
@@ -88,7 +88,7 @@ def bench_layouts() -> None:
 
 
 def _plain_read(path: Path, probe: str, dtype: object = np.float32) -> float:
-    from instrument.store import Store
+    from topotrace.instrument.store import Store
 
     t0 = time.perf_counter()
     with Store(path) as st:
@@ -99,8 +99,8 @@ def _plain_read(path: Path, probe: str, dtype: object = np.float32) -> float:
 
 
 def bench_whole_store() -> None:
-    from analysis.pipeline import analyze
-    from instrument.synthetic import write_synthetic_store
+    from topotrace.analysis.pipeline import analyze
+    from topotrace.instrument.synthetic import write_synthetic_store
 
     print("\nWhole-store analysis vs one plain read of the activations (warm page cache, same run)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,8 +147,8 @@ def peak_kb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-from analysis.pipeline import analyze
-from instrument.store import Store
+from topotrace.analysis.pipeline import analyze
+from topotrace.instrument.store import Store
 path = Path(sys.argv[1])
 
 
@@ -187,8 +187,8 @@ _WRITE = r"""
 import sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[2])
-from instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, StoreWriter
-from instrument.confidence import DEFAULT_MEASURES as MEASURES, outcomes
+from topotrace.instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, StoreWriter
+from topotrace.instrument.confidence import DEFAULT_MEASURES as MEASURES, outcomes
 n_s, n_neurons, n_classes, per_class = 260, 2048, 10, 200
 n = n_classes * per_class
 rng = np.random.default_rng(0)

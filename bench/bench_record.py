@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from instrument import confidence
-from instrument.recorder import ProbeSet, Recorder
-from instrument.schedules import at_steps, log_spaced
-from instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, StoreWriter
+from topotrace.instrument import confidence
+from topotrace.instrument.recorder import ProbeSet, Recorder
+from topotrace.instrument.schedules import at_steps, log_spaced
+from topotrace.instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, StoreWriter
 
 CLASSES = [str(c) for c in range(10)]
 LAYERS = ["fc1", "relu1", "fc2", "relu2", "out"]

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from bokeh.settings import settings
 
-from analysis.pipeline import analyze
-from analysis.results import AnalysisResults
-from instrument.synthetic import write_synthetic_store
-from report_templates.figures import MAP_GROUPINGS, correlation_measures
-from report_templates.generate import build_report
+from topotrace.analysis.pipeline import analyze
+from topotrace.analysis.results import AnalysisResults
+from topotrace.instrument.synthetic import write_synthetic_store
+from topotrace.report_templates.figures import MAP_GROUPINGS, correlation_measures
+from topotrace.report_templates.generate import build_report
 
 from .browser import ARGS, CHROMIUM, slider_frames
 

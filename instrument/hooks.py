@@ -124,7 +124,7 @@ def capture(layers: Mapping[str, nn.Module], reductions: Mapping[str, str] | Non
     """Hook ``layers`` for the duration of the block and collect their reduced outputs.
 
     Args:
-        layers: layer name -> module, e.g. from :func:`instrument.layers.resolve_layers`.
+        layers: layer name -> module, e.g. from :func:`topotrace.instrument.layers.resolve_layers`.
         reductions: layer name -> reduction for layers that do not use the automatic choice.
         dtype: dtype of the host arrays.
 

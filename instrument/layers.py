@@ -189,3 +189,34 @@ def first_tensor(out: object, what: str) -> torch.Tensor:
             if isinstance(o, torch.Tensor):
                 return o
     raise TypeError(f"{what} returned {type(out).__name__}, which holds no tensor to record.")
+
+
+LogitsSelector = Union[str, Callable[[object], "torch.Tensor"], None]
+
+
+def select_logits(out: object, logits: LogitsSelector = None) -> torch.Tensor:
+    """The logits in a model's output, shape (batch, n_classes).
+
+    Args:
+        out: what ``model(x)`` returned: a tensor, a tuple/list, a mapping or an object with attributes (a
+            Hugging Face ``ModelOutput`` is both a mapping and has attributes).
+        logits: ``None`` takes the output itself or its first tensor; a str takes that key or attribute
+            (``"logits"`` for Hugging Face models); a callable is given the output and returns the tensor.
+
+    Raises:
+        TypeError: nothing that is a tensor was found where ``logits`` points.
+    """
+    if logits is None:
+        return first_tensor(out, "The model")
+    if callable(logits):
+        value = logits(out)
+        where = f"The 'logits' callable {getattr(logits, '__name__', logits)!r}"
+    elif isinstance(out, Mapping) and logits in out:
+        value, where = out[logits], f"The model output's key {logits!r}"
+    else:
+        value, where = getattr(out, logits, None), f"The model output's attribute {logits!r}"
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{where} must give the logits tensor of shape (batch, n_classes). Got "
+                        f"{type(value).__name__} from a {type(out).__name__} output.")
+    return value
+

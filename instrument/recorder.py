@@ -17,8 +17,8 @@ the reduced layer outputs and the logits are copied to host memory and queued. A
 continues exactly as without the recorder (BatchNorm statistics are not updated in eval mode).
 
 What the writer thread does: softmax, predictions, correctness, per-sample loss and confidence measures
-(:mod:`instrument.confidence`), the cast of activations to the store's dtype, and the append to the store
-(:mod:`instrument.store`). At most ``queue_size`` snapshots are in the writer's hands (queued or being
+(:mod:`topotrace.instrument.confidence`), the cast of activations to the store's dtype, and the append to the store
+(:mod:`topotrace.instrument.store`). At most ``queue_size`` snapshots are in the writer's hands (queued or being
 written); when all are taken, :meth:`Recorder.step` blocks until the writer has caught up (back-pressure bounds
 memory to ``queue_size`` snapshots).
 
@@ -53,11 +53,12 @@ from . import confidence
 from .hooks import capture
 from .layers import (
     LayerSelector,
-    first_tensor,
+    LogitsSelector,
     n_neurons_for,
     reduction_for,
     resolve_layers,
     resolve_reductions,
+    select_logits,
     unwrap,
 )
 from .store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, open_writer
@@ -143,18 +144,24 @@ class Recorder:
             names/globs, or a predicate ``(name, module) -> bool``. Resolved once here.
         probes: the probe sets (distinct names).
         class_names: one name per logit.
-        schedule: ``schedule(step) -> bool``, see :mod:`instrument.schedules`.
+        schedule: ``schedule(step) -> bool``, see :mod:`topotrace.instrument.schedules`.
         meta: run metadata stored with a new store (``run_name``, ``seed``, ``config``, ...); library
             ``versions``, ``model_summary``, ``n_parameters`` and ``schedule`` are added unless given.
         resume: append to ``path`` if it exists (the model, layers, probe sets, classes and measures must
-            match; a mismatch raises :class:`instrument.store.StoreError`). :attr:`last_step` then tells the
+            match; a mismatch raises :class:`topotrace.instrument.store.StoreError`). :attr:`last_step` then tells the
             loop where to continue.
+        resume_step: with ``resume``, the step of the checkpoint that training resumes from: snapshots the
+            store holds after it are cut, so the store describes the resumed weights (``None`` keeps them all;
+            then :attr:`last_step` tells the loop where to continue).
         act_dtype: ``"float16"`` (default) or ``"float32"`` storage for activations.
         compression: ``None`` (default) or ``"gzip"``.
-        measures: confidence measure names (:mod:`instrument.confidence`); ``None`` records all defaults.
+        measures: confidence measure names (:mod:`topotrace.instrument.confidence`); ``None`` records all defaults.
         reductions: layer name or glob -> reduction (``"flatten"``, ``"channel_mean"``, ``"token_mean"``) for
-            layers that should not use the automatic choice (:mod:`instrument.layers`); e.g.
+            layers that should not use the automatic choice (:mod:`topotrace.instrument.layers`); e.g.
             ``{"encoder.layers.*": "token_mean"}`` for transformer blocks with [batch, tokens, features] outputs.
+        logits: where the logits are in the model's output: ``None`` (default) for the output itself or its
+            first tensor, a key or attribute name (``"logits"`` for Hugging Face models, whose forward returns a
+            ``ModelOutput``), or a callable ``output -> tensor`` of shape (batch, n_classes).
         batch_size: probe samples per forward pass.
         queue_size: snapshots that may be queued or being written at once; beyond that :meth:`step` blocks
             until the writer has finished one (back-pressure).
@@ -180,10 +187,12 @@ class Recorder:
         schedule: Callable[[int], bool],
         meta: Mapping[str, object] | None = None,
         resume: bool = False,
+        resume_step: int | None = None,
         act_dtype: str = "float16",
         compression: str | None = None,
         measures: Sequence[str] | None = None,
         reductions: Mapping[str, str] | None = None,
+        logits: LogitsSelector = None,
         batch_size: int = 512,
         queue_size: int = 4,
     ):
@@ -217,6 +226,10 @@ class Recorder:
             if value < 1:
                 raise ValueError(f"The {name!r} parameter must be an int >= 1. Got {value} instead.")
         self.batch_size = batch_size
+        if logits is not None and not (isinstance(logits, str) or callable(logits)):
+            raise TypeError(f"The 'logits' parameter must be None, a key/attribute name or a callable output -> "
+                            f"tensor. Got {type(logits).__name__} instead.")
+        self._logits = logits
         if meta is not None and not isinstance(meta, Mapping):
             raise TypeError(f"The 'meta' parameter must be a mapping or None. Got {type(meta).__name__}.")
 
@@ -258,7 +271,9 @@ class Recorder:
         if isinstance(user.get("versions"), Mapping):
             user["versions"] = {**full_meta["versions"], **user["versions"]}
         full_meta.update(user)
-        writer = open_writer(self.path, self.spec, full_meta, resume)
+        if resume_step is not None:
+            resume_step = operator.index(resume_step)
+        writer = open_writer(self.path, self.spec, full_meta, resume, resume_step)
 
         self._writer = writer
         self._n = writer.n_snapshots
@@ -391,7 +406,7 @@ class Recorder:
                     dest = bufs.setdefault(name, {})
                     for start in range(0, n, bs):
                         cap.begin(dest, n, start)
-                        out = first_tensor(model(x[start : start + bs]), "The model")  # [batch, C]
+                        out = select_logits(model(x[start : start + bs]), self._logits)  # [batch, C]
                         cap.end_batch()
                         if out.ndim != 2:
                             raise ValueError(f"The model must return logits of shape (batch, n_classes). Got a "

@@ -433,8 +433,15 @@ class StoreWriter:
         return cls(h5py.File(path, "r+", libver=LIBVER), path, spec)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, spec: StoreSpec) -> StoreWriter:
-        """Open an existing store to append more snapshots; refuse it if it was made for another model."""
+    def resume(cls, path: str | os.PathLike, spec: StoreSpec, from_step: int | None = None) -> StoreWriter:
+        """Open an existing store to append more snapshots; refuse it if it was made for another model.
+
+        Args:
+            path: the store.
+            spec: what the resumed recording will append; must equal the store's.
+            from_step: training resumes from a checkpoint taken at this step: committed snapshots at later
+                steps describe weights that no longer exist and are cut (``None`` keeps every snapshot).
+        """
         path = Path(path)
         clear_writer_flag(path)
         f = h5py.File(path, "r+", libver=LIBVER)
@@ -444,6 +451,12 @@ class StoreWriter:
             if old != spec:
                 raise StoreError(f"Cannot resume {path}: it was recorded with a different setup. "
                                  + _describe_mismatch(old, spec))
+            if from_step is not None:
+                n = int(f["committed"][0])
+                keep = int(np.searchsorted(f["step"][:n], from_step, side="right"))
+                if keep < n:  # uncommit first: a kill from here on leaves the shorter, consistent store
+                    f["committed"][0] = keep
+                    f.flush()
             return cls(f, path, spec)
         except BaseException:
             f.close()
@@ -522,10 +535,14 @@ class StoreWriter:
         self.close()
 
 
-def open_writer(path: str | os.PathLike, spec: StoreSpec, meta: Mapping[str, object], resume: bool) -> StoreWriter:
-    """Create the store, or with ``resume=True`` append to it if it exists (created if it does not)."""
+def open_writer(path: str | os.PathLike, spec: StoreSpec, meta: Mapping[str, object], resume: bool,
+                from_step: int | None = None) -> StoreWriter:
+    """Create the store, or with ``resume=True`` append to it if it exists (created if it does not).
+
+    ``from_step`` (with ``resume``) cuts committed snapshots after that step, see :meth:`StoreWriter.resume`.
+    """
     if resume and Path(path).exists():
-        return StoreWriter.resume(path, spec)
+        return StoreWriter.resume(path, spec, from_step)
     return StoreWriter.create(path, spec, meta)
 
 

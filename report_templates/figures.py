@@ -1,6 +1,6 @@
-"""Figure builders of the report: pure functions from analysis results to named Bokeh models.
+"""Figure builders of the report: pure functions from topotrace.analysis results to named Bokeh models.
 
-Every public builder takes an :class:`~analysis.results.AnalysisResults` (and nothing mutable), returns a
+Every public builder takes an :class:`~topotrace.analysis.results.AnalysisResults` (and nothing mutable), returns a
 Bokeh model whose ``name`` the template uses to place it (or ``None`` when the data it needs is missing), and
 touches no file. Text from the run reaches Bokeh only as titles, axis labels, legend labels and tooltips
 (rendered as text by BokehJS) or through :func:`html.escape` before it becomes ``Div`` HTML.
@@ -40,7 +40,7 @@ from bokeh.models.layouts import LayoutDOM
 from bokeh.palettes import Category10_10, RdBu11, Reds9
 from bokeh.plotting import figure
 
-from analysis.results import AnalysisResults, InterpOperator, LayerResult
+from topotrace.analysis.results import AnalysisResults, InterpOperator, LayerResult
 
 _HERE = Path(__file__).resolve().parent
 TILE_PX = 190  # width of one map tile in CSS pixels

@@ -1,6 +1,6 @@
 """The report generator: analysis results -> one self-contained HTML file.
 
-:func:`build_report` asks :mod:`report_templates.figures` for the named figure roots, gathers the page text
+:func:`build_report` asks :mod:`topotrace.report_templates.figures` for the named figure roots, gathers the page text
 (provenance, trend sentences, quality tables) and hands both to :func:`_embed`, the one function in the package
 that calls Bokeh's embedding API. Bokeh's JavaScript and CSS are inlined (``INLINE`` resources), so the file
 opens offline and requests nothing from any host. The jinja2 template ``report.html`` extends Bokeh's file
@@ -24,7 +24,7 @@ from bokeh.models import Div
 from bokeh.models.layouts import LayoutDOM
 from bokeh.resources import INLINE
 
-from analysis.results import AnalysisResults
+from topotrace.analysis.results import AnalysisResults
 
 from . import figures
 

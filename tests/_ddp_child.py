@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from instrument.recorder import ProbeSet, Recorder
-from instrument.schedules import every
+from topotrace.instrument.recorder import ProbeSet, Recorder
+from topotrace.instrument.schedules import every
 
 out_dir, record = sys.argv[1], sys.argv[2] == "1"
 dist.init_process_group("gloo")

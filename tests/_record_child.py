@@ -10,8 +10,8 @@ import time
 import torch
 from torch import nn
 
-from instrument.recorder import ProbeSet, Recorder
-from instrument.schedules import every
+from topotrace.instrument.recorder import ProbeSet, Recorder
+from topotrace.instrument.schedules import every
 
 CLASSES = ["a", "b", "c"]
 

@@ -1,4 +1,10 @@
-"""Imports point one way (instrument <- analysis <- report_templates) and analysis never needs torch."""
+"""Imports point one way (instrument <- analysis <- report_templates <- the topotrace app) and analysis never needs torch.
+
+The repository's folders instrument/, analysis/ and report_templates/ are installed as topotrace.instrument,
+topotrace.analysis and topotrace.report_templates; an import of ``topotrace.analysis.stats`` counts as one of
+``analysis``, and an import of any other ``topotrace`` module (the command line, the front door, the
+integrations) counts as one of ``topotrace``.
+"""
 
 import ast
 import subprocess
@@ -8,6 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
+SUBPACKAGES = ("instrument", "analysis", "report_templates")
 FORBIDDEN = {
     "instrument": {"analysis", "report_templates", "topotrace", "bokeh", "jinja2"},
     "analysis": {"torch", "report_templates", "topotrace", "bokeh", "jinja2", "pickle"},
@@ -15,13 +22,36 @@ FORBIDDEN = {
 }
 
 
+def _root(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "topotrace":
+        return parts[1] if len(parts) > 1 and parts[1] in SUBPACKAGES else "topotrace"
+    return parts[0]
+
+
 def imported_roots(path):
+    """The package each import of ``path`` reaches (relative imports beyond the own package count as topotrace)."""
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            yield from (alias.name.split(".")[0] for alias in node.names)
+            yield from (_root(alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.module.split(".")[0]
+            if node.module == "topotrace":
+                yield from (_root(f"topotrace.{alias.name}") for alias in node.names)
+            else:
+                yield _root(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.level > 1:
+            yield "topotrace"
+
+
+def test_bare_package_names_are_not_imported():
+    """Every module imports the subpackages through the installed name (topotrace.instrument, ...)."""
+    for package in (*SUBPACKAGES, "topotrace", "bench", "tests"):
+        for p in (ROOT / package).rglob("*.py"):
+            tree = ast.parse(p.read_text())
+            names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module]
+            assert not [m for m in names if m.split(".")[0] in SUBPACKAGES], p
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -45,8 +75,8 @@ def test_no_pickle_anywhere():
 
 def test_analysis_and_report_run_without_torch():
     """Importing every analysis and report module leaves torch unimported."""
-    mods = [f"{pkg}.{p.stem}" for pkg in ("analysis", "report_templates") for p in (ROOT / pkg).glob("*.py")
-            if p.stem != "__init__"] + ["instrument.store", "instrument.synthetic"]
+    mods = [f"topotrace.{pkg}.{p.stem}" for pkg in ("analysis", "report_templates") for p in (ROOT / pkg).glob("*.py")
+            if p.stem != "__init__"] + ["topotrace.instrument.store", "topotrace.instrument.synthetic"]
     code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in mods)
     code += "assert 'torch' not in sys.modules, 'torch was imported'\n"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

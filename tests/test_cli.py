@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from instrument.store import Store
+from topotrace.instrument.store import Store
 from topotrace.cli import main
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from instrument import confidence
+from topotrace.instrument import confidence
 
 
 def _reference(logits, labels):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instrument.store import Store
+from topotrace.instrument.store import Store
 
 CHILD = Path(__file__).with_name("_ddp_child.py")
 

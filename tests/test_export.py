@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 from test_report import synthetic_results
 
-from report_templates import export
-from report_templates.export import export_map_png
-from report_templates.figures import diverging_palette, sequential_palette
+from topotrace.report_templates import export
+from topotrace.report_templates.export import export_map_png
+from topotrace.report_templates.figures import diverging_palette, sequential_palette
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from instrument.hooks import capture, forward_hooks
-from instrument.layers import reduce_output, reduction_for, resolve_layers, unwrap
+from topotrace.instrument.hooks import capture, forward_hooks
+from topotrace.instrument.layers import reduce_output, reduction_for, resolve_layers, unwrap
 
 
 class Net(nn.Module):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instrument.store import Store
+from topotrace.instrument.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _record_child as child  # noqa: E402

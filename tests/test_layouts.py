@@ -1,4 +1,4 @@
-"""Neuron layouts (analysis.layouts): planted clusters, determinism, estimator contract, quality scores."""
+"""Neuron layouts (topotrace.analysis.layouts): planted clusters, determinism, estimator contract, quality scores."""
 
 import numpy as np
 import pytest
@@ -8,8 +8,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.manifold import trustworthiness
 from sklearn.neighbors import KNeighborsClassifier
 
-from analysis import layouts
-from analysis.layouts import NeuronLayout
+from topotrace.analysis import layouts
+from topotrace.analysis.layouts import NeuronLayout
 
 
 def _two_clusters(n=60, d=10, seed=0):
@@ -151,7 +151,7 @@ def test_far_outlier_group_does_not_squeeze_the_body():
 @pytest.mark.parametrize("method", ["pca", "mds"])
 def test_layout_of_planted_outlier_neurons_fills_its_map(method):
     """End to end: features with 5 neurons orthogonal to all others give a body that fills most of the map."""
-    from analysis.maps import interp_operator
+    from topotrace.analysis.maps import interp_operator
 
     rng = np.random.default_rng(5)
     ang, el = rng.uniform(0.1, np.pi / 2 - 0.1, (2, 80))

@@ -1,9 +1,9 @@
-"""Interpolation operator, colour limits and smoothness (analysis.maps)."""
+"""Interpolation operator, colour limits and smoothness (topotrace.analysis.maps)."""
 
 import numpy as np
 import pytest
 
-from analysis import maps
+from topotrace.analysis import maps
 
 
 def _grid_layout(n=8, seed=0):

@@ -1,11 +1,11 @@
-"""NAPs, groupings and confidence bins (analysis.naps) against direct references."""
+"""NAPs, groupings and confidence bins (topotrace.analysis.naps) against direct references."""
 
 import numpy as np
 import pytest
 
-from analysis import naps
-from instrument.store import Store
-from instrument.synthetic import write_synthetic_store
+from topotrace.analysis import naps
+from topotrace.instrument.store import Store
+from topotrace.instrument.synthetic import write_synthetic_store
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_compute_naps_streams_snapshots(store_path, monkeypatch):
 
 def test_bin_names_tell_neighbouring_edges_apart():
     """Bin names get enough decimals to distinguish distinct edges (a saturated measure is not '1.00–1.00')."""
-    from analysis.naps import bin_names
+    from topotrace.analysis.naps import bin_names
 
     assert bin_names(np.array([0.1, 0.42, 0.77, 1.0])) == ["0.10–0.42", "0.42–0.77", "0.77–1.00"]
     names = bin_names(np.array([0.2, 0.95, 0.9996, 1.0]))

@@ -1,4 +1,4 @@
-"""The cached analysis (analysis.pipeline.analyze) against references computed directly from small stores."""
+"""The cached analysis (topotrace.analysis.pipeline.analyze) against references computed directly from small stores."""
 
 import dataclasses
 import subprocess
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from analysis.pipeline import analyze
-from analysis.results import AnalysisResults, load_results, save_results
-from instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, Store, StoreSpec, StoreWriter
-from instrument.synthetic import write_synthetic_store
+from topotrace.analysis.pipeline import analyze
+from topotrace.analysis.results import AnalysisResults, load_results, save_results
+from topotrace.instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, Store, StoreSpec, StoreWriter
+from topotrace.instrument.synthetic import write_synthetic_store
 
 FAST = ["pca", "force"]
 N_CLASSES = 3
@@ -248,12 +248,12 @@ def test_load_refuses_other_files(tmp_path, synthetic):
 
 
 def test_analysis_never_imports_torch():
-    code = "import analysis.pipeline, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import topotrace.analysis.pipeline, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_thread_count_does_not_change_results(small_store, tmp_path, monkeypatch):
-    import analysis.pipeline as pipeline
+    import topotrace.analysis.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "MAX_WORKERS", 1)
     one = analyze(small_store, tmp_path / "one.h5", layout_methods=["pca"])
@@ -296,9 +296,9 @@ def test_cli_prints_trends_and_cache_path(small_store, capsys):
 
 def test_default_layout_is_most_trustworthy_among_filled_maps():
     """A thin-strip layout loses to a filled one even with higher trustworthiness; with none filled, max fill."""
-    from analysis.maps import interp_operator
-    from analysis.pipeline import MIN_MAP_FILL, map_fill, pick_default_layout
-    from analysis.results import LayoutResult
+    from topotrace.analysis.maps import interp_operator
+    from topotrace.analysis.pipeline import MIN_MAP_FILL, map_fill, pick_default_layout
+    from topotrace.analysis.results import LayoutResult
 
     rng = np.random.default_rng(0)
     square = rng.random((60, 2))

@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from instrument import recorder as recorder_mod
-from instrument.recorder import ProbeSet, Recorder
-from instrument.schedules import every
-from instrument.store import Store, StoreError, StoreWriter
+from topotrace.instrument.recorder import ProbeSet, Recorder
+from topotrace.instrument.schedules import every
+from topotrace.instrument.store import Store, StoreError, StoreWriter
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -405,7 +404,7 @@ def test_writer_failure_leaves_training_running(tmp_path, monkeypatch, caplog, f
     path = tmp_path / "s.h5"
     calls = _fail_after(monkeypatch, 2, failure)
     model = DropBN()
-    with caplog.at_level(logging.ERROR, logger="instrument.recorder"):
+    with caplog.at_level(logging.ERROR, logger="topotrace.instrument.recorder"):
         with pytest.warns(RuntimeWarning) as warned:
             rec = _recorder(model, path, layers="fc1", batch_size=16)
             _train(model, 20, rec)  # no exception escapes
@@ -450,6 +449,25 @@ def test_resume_appends_and_keeps_earlier_data(tmp_path):
         assert st.steps.tolist() == [0, 2, 4, 6, 8]
         np.testing.assert_array_equal(st.acts("heldout", "fc2", 1), acts)
         np.testing.assert_array_equal(st.logits("heldout")[:3], logits)
+
+
+def test_resume_from_a_checkpoint_cuts_later_snapshots(tmp_path):
+    """resume_step=4 drops the snapshots at steps 6 and 8 (weights that the checkpoint does not hold) and keeps 0-4."""
+    torch.manual_seed(0)
+    path = tmp_path / "s.h5"
+    model = MLP()
+    with _recorder(model, path, schedule=every(2)) as rec:
+        _train(model, 9, rec)
+    with Store(path) as st:
+        assert st.steps.tolist() == [0, 2, 4, 6, 8]
+        kept = st.logits("heldout")[:3]
+    with _recorder(model, path, schedule=every(2), resume=True, resume_step=4) as rec:
+        assert rec.last_step == 4 and rec.n_snapshots == 3
+        rec.step(6)
+    with Store(path) as st:
+        assert st.steps.tolist() == [0, 2, 4, 6]
+        np.testing.assert_array_equal(st.logits("heldout")[:3], kept)
+        assert st._f["probes/heldout/logits"].shape[0] == 4  # the cut rows are gone, not just uncommitted
 
 
 def test_resume_of_missing_store_creates_it(tmp_path):
@@ -501,13 +519,6 @@ def test_full_queue_blocks_the_training_thread(tmp_path, monkeypatch):
     assert rec.n_snapshots == 3
 
 
-def test_recorder_module_imports_nothing_heavy_at_package_level():
-    import instrument
-
-    assert recorder_mod.__name__ == "instrument.recorder"
-    assert not hasattr(instrument, "Recorder")
-
-
 class SeqModel(nn.Module):
     """A tiny sequence classifier whose encoder block returns [batch, tokens, features]."""
 
@@ -548,3 +559,37 @@ def test_bad_reductions_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"reduction 'token_mean' needs outputs with at least 2 dims"):
         _recorder(MLP(), tmp_path / "c.h5", reductions={"fc1": "token_mean"})
     assert not any(tmp_path.iterdir())
+
+
+class DictOut(nn.Module):
+    """Returns a mapping with the logits under a key, like a Hugging Face ModelOutput."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = MLP()
+
+    def forward(self, x):
+        return {"hidden": x.mean(1), "logits": self.mlp(x)}
+
+
+def test_logits_chosen_by_key_or_callable(tmp_path):
+    """logits='logits' and a callable pick the logits from a structured output; the stored logits equal them."""
+    torch.manual_seed(0)
+    model = DictOut()
+    x, y = _data(30)
+    for i, choice in enumerate(("logits", lambda out: out["logits"])):
+        with _recorder(model, tmp_path / f"{i}.h5", layers="mlp.fc*", probe=(x, y), logits=choice) as rec:
+            rec.step(0)
+        with torch.no_grad():
+            ref = model.mlp(x).numpy()
+        with Store(tmp_path / f"{i}.h5") as st:
+            np.testing.assert_allclose(st.logits("heldout")[0], ref, rtol=1e-6, atol=1e-6)
+
+
+def test_logits_pointing_at_nothing_is_a_clear_error(tmp_path):
+    """A key that is not in the output names the key and the output's type before anything is written."""
+    with pytest.raises(TypeError, match="'scores'.*dict"):
+        _recorder(DictOut(), tmp_path / "s.h5", layers="mlp.fc*", logits="scores")
+    with pytest.raises(TypeError, match="'logits' parameter"):
+        _recorder(DictOut(), tmp_path / "s.h5", layers="mlp.fc*", logits=3)
+    assert not (tmp_path / "s.h5").exists()

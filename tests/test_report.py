@@ -11,10 +11,10 @@ import bokeh
 import numpy as np
 import pytest
 
-from analysis.pipeline import analyze
-from analysis.results import AnalysisResults
-from instrument.synthetic import write_synthetic_store
-from report_templates.generate import build_report
+from topotrace.analysis.pipeline import analyze
+from topotrace.analysis.results import AnalysisResults
+from topotrace.instrument.synthetic import write_synthetic_store
+from topotrace.report_templates.generate import build_report
 
 SECTION_TITLES = (
     "Run summary and provenance", "Training curves", "Topographic activation maps", "Maps per confidence bin",
@@ -260,7 +260,7 @@ def _mappers_by_low(doc: dict) -> list[tuple[float, float, list]]:
 
 def test_layer_is_nonnegative_ignores_empty_groups(results):
     """Non-negativity is read from every grouping's NAPs; NaN (empty groups) does not count."""
-    from report_templates.figures import layer_is_nonnegative
+    from topotrace.report_templates.figures import layer_is_nonnegative
 
     la = next(iter(_nonneg_results(results).layers.values()))
     assert layer_is_nonnegative(la)
@@ -295,7 +295,7 @@ def test_nonnegative_layer_gets_sequential_scale(results, tmp_path):
 
 def test_contrast_switch_and_measure_selector(results, html_text):
     """The TAM section has the mean/contrast switch; the measure selector lists every measure, primary first."""
-    from report_templates.figures import correlation_measures
+    from topotrace.report_templates.figures import correlation_measures
 
     doc = _docs_json(html_text)
     radios = [m for m in _models(doc, "RadioButtonGroup") if m["attributes"].get("name") == "tam_mode"]
@@ -336,7 +336,7 @@ def test_significance_table_matches_summaries(results, html_text):
 
 def test_log_step_axis_for_log_spaced_snapshots(results, tmp_path):
     """Snapshots spanning decades get a log step axis with points at step + 1; short spans stay linear."""
-    from report_templates.figures import step_axis_type, time_x
+    from topotrace.report_templates.figures import step_axis_type, time_x
 
     assert step_axis_type(np.array([0, 1, 3, 10, 30, 100])) == "log"
     assert step_axis_type(np.array([10, 20, 40, 80, 120])) == "linear"
@@ -357,7 +357,7 @@ def test_log_step_axis_for_log_spaced_snapshots(results, tmp_path):
 
 def test_layout_comparison_fits_one_row(results, html_text):
     """All layout methods of a layer sit in one row, each tile narrow enough for five in the page column."""
-    from report_templates.figures import LAYOUT_COLS, LAYOUT_PX
+    from topotrace.report_templates.figures import LAYOUT_COLS, LAYOUT_PX
 
     n_methods = max(len(la.layouts) for la in results.layers.values())
     page_column = 1180 - 2 * 28 - 2 * (22 + 1)  # report.css: page max-width and padding, section padding, border
@@ -376,7 +376,7 @@ def test_layout_comparison_greys_neurons_without_a_preferred_class(results):
     from bokeh.models import ColumnDataSource
     from bokeh.palettes import Category10_10
 
-    from report_templates.figures import NO_PREFERENCE, NO_PREFERENCE_COLOR, layout_comparison
+    from topotrace.report_templates.figures import NO_PREFERENCE, NO_PREFERENCE_COLOR, layout_comparison
 
     name, layer = next(iter(results.layers.items()))
     naps = np.array(layer.naps["class"].naps, copy=True)  # (S, G, N)
@@ -421,7 +421,7 @@ def test_time_markers_on_every_time_chart(results, tmp_path, log_steps):
 
 def test_corr_fit_limit_matches_numpy(results, html_text):
     """The "fit to data" limit is max |r| over snapshots, neurons and both maps, per layer and measure."""
-    from report_templates.figures import corr_fit_limit, correlation_measures
+    from topotrace.report_templates.figures import corr_fit_limit, correlation_measures
 
     doc = _docs_json(html_text)
     measures = correlation_measures(results)

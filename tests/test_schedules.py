@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from instrument.schedules import at_steps, every, log_spaced, per_epoch
+from topotrace.instrument.schedules import at_steps, every, log_spaced, per_epoch
 
 
 def _selected(schedule, last):

@@ -1,10 +1,10 @@
-"""Statistics of analysis.stats against independent numpy/scipy references."""
+"""Statistics of topotrace.analysis.stats against independent numpy/scipy references."""
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from analysis import stats
+from topotrace.analysis import stats
 
 
 def _data(seed=0, n=60, n_neurons=7, n_classes=3):

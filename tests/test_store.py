@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from instrument.store import (
+from topotrace.instrument.store import (
     LayerSpec,
     ProbeRecord,
     ProbeSpec,
@@ -189,7 +189,7 @@ WRITER = textwrap.dedent(
     import sys, numpy as np
     sys.path.insert(0, {tests!r})
     from test_store import make_spec, make_snapshot
-    from instrument.store import StoreWriter
+    from topotrace.instrument.store import StoreWriter
     w = StoreWriter.create({path!r}, make_spec(), {{"run_name": "killed"}})
     step = 0
     while True:

@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from analysis.layouts import METHODS
-from analysis.pipeline import analyze
-from instrument.store import resolve_store_path
+from topotrace.analysis.layouts import METHODS
+from topotrace.analysis.pipeline import analyze
+from topotrace.instrument.store import resolve_store_path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from instrument.store import SCHEMA_VERSION, Store, resolve_store_path
+from topotrace.instrument.store import SCHEMA_VERSION, Store, resolve_store_path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -45,10 +45,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.pipeline import analyze
-    from instrument.store import resolve_store_path
-    from report_templates.export import export_map_png
-    from report_templates.generate import build_report
+    from topotrace.analysis.pipeline import analyze
+    from topotrace.instrument.store import resolve_store_path
+    from topotrace.report_templates.export import export_map_png
+    from topotrace.report_templates.generate import build_report
 
     path = resolve_store_path(args.run)
     if not path.exists():

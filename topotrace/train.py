@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from instrument.recorder import ProbeSet, Recorder
-from instrument.schedules import every, log_spaced, per_epoch
-from instrument.store import STORE_FILE
+from topotrace.instrument.recorder import ProbeSet, Recorder
+from topotrace.instrument.schedules import every, log_spaced, per_epoch
+from topotrace.instrument.store import STORE_FILE
 
 from .config import to_toml
 from .data import load_dataset, stratified_indices
@@ -147,7 +147,7 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
 
 def final_metrics(store_path: Path) -> dict[str, dict[str, float]]:
     """Accuracy, loss and mean confidence (max_prob where recorded) at the last snapshot, per probe set."""
-    from instrument.store import Store
+    from topotrace.instrument.store import Store
 
     out = {}
     with Store(store_path) as st:
