@@ -2,7 +2,7 @@
 
 Owns :class:`NeuronLayout` (a scikit-learn-style estimator: ``NeuronLayout(method="force").fit(X).embedding_``),
 the self-organising map and force-directed layouts (own numpy implementations), :func:`declutter`, and the
-quality scores :func:`trustworthiness_score`, :func:`shepard_score` (smoothness lives in :mod:`topotrace.analysis.maps`).
+quality scores :func:`trustworthiness_score`, :func:`shepard_score` (smoothness lives in :mod:`.maps`).
 
 Feature vectors X have shape (N, D): one row per neuron, e.g. its NAP over the D classes at the last snapshot.
 Distances between neurons are cosine distances by default, so two neurons that respond to the same classes in the

@@ -163,7 +163,7 @@ def analyze(
         cache_path: the cache file; default ``analysis.h5`` in the store's folder.
         probe_set: probe set whose activations the layer results describe (curves cover every probe set).
         measure: primary confidence measure: it defines the confidence bins.
-        layout_methods: layout methods (see :class:`topotrace.analysis.layouts.NeuronLayout`), each followed by declutter;
+        layout_methods: layout methods (see :class:`.layouts.NeuronLayout`), each followed by declutter;
             default :func:`default_layout_methods` per layer.
         default_layout: key of the layout used for the report's maps (e.g. ``"force+declutter"``); default
             :func:`pick_default_layout`.

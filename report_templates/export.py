@@ -1,6 +1,6 @@
 """Static PNG export of one topographic map with its colour bar, for papers (Pillow only, no matplotlib).
 
-The picture uses the report's colour mapping exactly (:func:`topotrace.report_templates.figures.activation_scale`): for a
+The picture uses the report's colour mapping exactly (:func:`.figures.activation_scale`): for a
 layer whose activations are never negative the sequential white-to-dark-red palette over [0, limit], otherwise the
 diverging palette over [-limit, +limit]; the contrast view (each neuron's mean over the groups subtracted) uses the
 diverging palette over the layer's contrast limit. Values are binned like Bokeh's ``LinearColorMapper``. Pixels

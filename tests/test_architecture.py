@@ -1,4 +1,4 @@
-"""Imports point one way (instrument <- analysis <- report_templates <- the topotrace app) and analysis never needs torch.
+"""Imports point one way (instrument <- analysis <- report_templates <- the app); analysis never needs torch.
 
 The repository's folders instrument/, analysis/ and report_templates/ are installed as topotrace.instrument,
 topotrace.analysis and topotrace.report_templates; an import of ``topotrace.analysis.stats`` counts as one of

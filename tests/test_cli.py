@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from topotrace.instrument.store import Store
 from topotrace.cli import main
+from topotrace.instrument.store import Store
 
 
 @pytest.fixture(scope="module")
