@@ -86,6 +86,19 @@ def render(op: InterpOperator, values: np.ndarray) -> np.ndarray:
     return img.reshape(-1, h, w)
 
 
+def all_nonnegative(arrays: Iterable[np.ndarray]) -> bool:
+    """True when the arrays hold at least one finite value and no finite value below 0 (NaNs are ignored)."""
+    seen = False
+    for a in arrays:
+        a = np.asarray(a)
+        finite = a[np.isfinite(a)]
+        if finite.size:
+            seen = True
+            if finite.min() < 0:
+                return False
+    return seen
+
+
 def color_limit(arrays: Iterable[np.ndarray], percentile: float = 100.0) -> float:
     """One symmetric colour limit for all the given maps' values (every snapshot and group together).
 

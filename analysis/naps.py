@@ -1,9 +1,9 @@
 """Neuron activation profiles (NAPs): each neuron's mean activation per group of probe samples.
 
 Owns the groupings (true class, predicted class, correct vs wrong, confidence bin, class x confidence bin),
-the confidence bins, per-snapshot group means and the optional contrast normalisation of the reference study
-(subtract the across-group mean). :func:`compute_naps` streams a store one snapshot at a time;
-:mod:`topotrace.analysis.pipeline` calls the per-snapshot pieces inside its single pass over the activations.
+the confidence bins and the optional contrast normalisation of the reference study (subtract the
+across-group mean). :mod:`topotrace.analysis.pipeline` computes the group means of every grouping in its
+single streamed pass over the activations (one matrix product per snapshot).
 
 Confidence bins are quantile bins of one confidence measure with edges computed once from the values of all
 snapshots pooled, so a bin means the same confidence range at every snapshot (early snapshots put most
@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from .results import GroupedNaps
 
 GROUPINGS = ("class", "pred", "correct", "confbin", "class_confbin")
 
@@ -114,29 +112,6 @@ def group_names(grouping: str, class_names: Sequence[str], names_of_bins: Sequen
     raise ValueError(f"The 'grouping' parameter must be a str among {set(GROUPINGS)}. Got {grouping!r} instead.")
 
 
-def group_means(acts: np.ndarray, index: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean activation of every neuron per group.
-
-    Args:
-        acts: array of shape (n, N).
-        index: array of shape (n,), int, group of each sample in 0 .. G - 1.
-        n_groups: G.
-
-    Returns:
-        ``(naps, counts)``: naps of shape (G, N), float32 (NaN for empty groups) and counts of shape (G,), int64.
-    """
-    counts = np.bincount(index, minlength=n_groups).astype(np.int64)
-    acts = np.asarray(acts)
-    dtype = np.result_type(acts.dtype, np.float32)
-    onehot = np.zeros((n_groups, len(index)), dtype)
-    onehot[index, np.arange(len(index))] = 1.0
-    sums = onehot @ acts.astype(dtype, copy=False)  # [G, N]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        naps = sums / counts[:, None]
-    naps[counts == 0] = np.nan
-    return naps.astype(np.float32), counts
-
-
 def contrast_normalise(naps: np.ndarray) -> np.ndarray:
     """Subtract each neuron's mean over groups (the reference study's contrast normalisation).
 
@@ -154,53 +129,3 @@ def contrast_normalise(naps: np.ndarray) -> np.ndarray:
         n = finite.sum(axis=-2, keepdims=True)
         mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
     return (naps - mean).astype(naps.dtype)
-
-
-def compute_naps(
-    store,
-    probe: str,
-    layer: str,
-    *,
-    measure: str = "max_prob",
-    n_bins: int = 5,
-    groupings: Sequence[str] = GROUPINGS,
-    contrast: bool = False,
-) -> dict[str, GroupedNaps]:
-    """NAPs of one layer for every snapshot, streamed from a store one snapshot at a time.
-
-    Args:
-        store: an open :class:`topotrace.instrument.store.Store`.
-        probe: probe set name.
-        layer: layer name.
-        measure: confidence measure that defines the confidence bins.
-        n_bins: B, number of quantile bins (edges pooled over all snapshots).
-        groupings: which of :data:`GROUPINGS` to compute.
-        contrast: subtract the across-group mean per neuron (see :func:`contrast_normalise`).
-
-    Returns:
-        grouping -> :class:`GroupedNaps` with naps of shape (S, G, N) and counts of shape (S, G).
-    """
-    for g in groupings:
-        if g not in GROUPINGS:
-            raise ValueError(f"The 'groupings' parameter must hold values among {set(GROUPINGS)}. Got {g!r}.")
-    labels = store.labels(probe)
-    pred, correct = store.pred(probe), store.correct(probe)
-    conf = store.conf(probe, measure)
-    edges = confbin_edges(conf, n_bins)
-    bins = assign_bins(conf, edges)
-    names_b = bin_names(edges)
-    n_classes = len(store.class_names)
-    n_s, n_neurons = store.n_snapshots, store.layers[layer].n_neurons
-    out: dict[str, GroupedNaps] = {}
-    for g in groupings:
-        _, n_g = group_index(g, labels, pred[0] if n_s else labels, labels, labels, n_classes, n_bins)
-        out[g] = GroupedNaps(g, group_names(g, store.class_names, names_b),
-                             np.full((n_s, n_g, n_neurons), np.nan, np.float32), np.zeros((n_s, n_g), np.int64))
-    for s, a in store.iter_acts(probe, layer):
-        for g in groupings:
-            idx, n_g = group_index(g, labels, pred[s], correct[s], bins[s], n_classes, n_bins)
-            out[g].naps[s], out[g].counts[s] = group_means(a, idx, n_g)
-    if contrast:
-        for g in groupings:
-            out[g].naps = contrast_normalise(out[g].naps)
-    return out

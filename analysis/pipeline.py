@@ -43,7 +43,8 @@ from .results import (
     save_results,
 )
 
-ANALYSIS_VERSION = 4  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions
+ANALYSIS_VERSION = 5  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
+# 5: trends hold numbers and verdicts (no sentences), layers say whether they are non-negative
 ALPHA = 0.05
 GRID = 64
 RANDOM_STATE = 0
@@ -342,18 +343,17 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
     elif default_layout not in layouts:
         raise ValueError(f"The 'default_layout' parameter must be one of {sorted(layouts)}. "
                          f"Got {default_layout!r} instead.")
-    trends = [stats.trend_over_time(lp.strength, "activity strength"),
-              stats.trend_over_time(lp.distinctness, "class distinctness"),
-              stats.trend_over_bins(lp.strength_by_bin, "activity strength"),
-              stats.trend_over_bins(lp.distinctness_by_bin, "class distinctness")]
-    for t in trends:
-        t.quantity = {"activity strength": "strength", "class distinctness": "distinctness"}[t.quantity]
+    trends = [stats.trend_over_time(lp.strength, "strength"),
+              stats.trend_over_time(lp.distinctness, "distinctness"),
+              stats.trend_over_bins(lp.strength_by_bin, "strength"),
+              stats.trend_over_bins(lp.distinctness_by_bin, "distinctness")]
     return LayerResult(
         name=name, n_neurons=n_neurons, reduction=spec.reduction, naps=grouped, layouts=layouts,
         default_layout=default_layout,
         color_limit=maps.color_limit(gn.naps for gn in grouped.values()),
         color_limit_contrast=maps.color_limit(naps.contrast_normalise(gn.naps[s]) for gn in grouped.values()
                                               for s in range(n_s)),
+        nonnegative=maps.all_nonnegative(gn.naps for gn in grouped.values()),
         corr=corr, strength=lp.strength, distinctness=lp.distinctness, bin_names=names_b,
         strength_by_bin=lp.strength_by_bin, distinctness_by_bin=lp.distinctness_by_bin, cka=lp.cka, trends=trends,
     )

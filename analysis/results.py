@@ -112,18 +112,22 @@ class CorrResult:
     alpha: float = 0.05
 
 
+VERDICTS = ("rises", "falls", "no trend", "not enough data")
+
+
 @dataclass
 class Trend:
-    """Does a quantity rise? One answer with the statistic behind it.
+    """Does a quantity rise? Numbers and a verdict; the report layer turns them into words.
 
     Attributes:
-        quantity: e.g. ``"strength"`` or ``"distinctness"``.
+        quantity: ``"strength"`` or ``"distinctness"``.
         versus: ``"time"`` or ``"confidence"``.
         statistic: name of the test, e.g. ``"spearman_rho"``.
         value: the statistic's value.
         p_value: its p-value.
-        rises: True when the quantity rises significantly (p < 0.05 and value > 0).
-        text: one plain-English sentence for the report.
+        verdict: one of :data:`VERDICTS`: ``"rises"`` (p < 0.05 and value > 0), ``"falls"`` (p < 0.05 and
+            value < 0), ``"no trend"``, or ``"not enough data"`` (the statistic is undefined).
+        n: the number of values the statistic was computed over (snapshots, or (snapshot, bin) cells).
     """
 
     quantity: str
@@ -131,8 +135,12 @@ class Trend:
     statistic: str
     value: float
     p_value: float
-    rises: bool
-    text: str
+    verdict: str
+    n: int
+
+    @property
+    def rises(self) -> bool:
+        return self.verdict == "rises"
 
 
 @dataclass
@@ -159,6 +167,8 @@ class LayerResult:
         trends: list of :class:`Trend` (strength and distinctness vs time and vs confidence).
         color_limit_contrast: like ``color_limit`` for contrast-normalised NAPs (each neuron's mean over the
             groups of a grouping subtracted), for reports that show those.
+        nonnegative: every finite NAP value of the layer is >= 0 (e.g. after ReLU): its maps can use a
+            sequential scale over [0, color_limit].
     """
 
     name: str
@@ -177,6 +187,7 @@ class LayerResult:
     cka: np.ndarray
     trends: list[Trend] = field(default_factory=list)
     color_limit_contrast: float = float("nan")
+    nonnegative: bool = False
 
 
 @dataclass
@@ -289,6 +300,7 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
             g.attrs["default_layout"] = lr.default_layout
             g.attrs["color_limit"] = float(lr.color_limit)
             g.attrs["color_limit_contrast"] = float(lr.color_limit_contrast)
+            g.attrs["nonnegative"] = bool(lr.nonnegative)
             g.attrs["bin_names"] = _dumps(list(lr.bin_names))
             g.attrs["trends"] = _dumps([vars(t) for t in lr.trends])
             g.attrs["grouping_order"] = _dumps(list(lr.naps))
@@ -376,7 +388,7 @@ def load_results(path: str | os.PathLike) -> AnalysisResults:
                 bin_names=json.loads(_text(ga["bin_names"])), strength_by_bin=g["strength_by_bin"][()],
                 distinctness_by_bin=g["distinctness_by_bin"][()], cka=g["cka"][()],
                 trends=[Trend(**t) for t in json.loads(_text(ga["trends"]))],
-                color_limit_contrast=float(ga["color_limit_contrast"]),
+                color_limit_contrast=float(ga["color_limit_contrast"]), nonnegative=bool(ga["nonnegative"]),
             )
         return AnalysisResults(
             store_path=_text(a["store_path"]), store_sha256=_text(a["store_sha256"]),

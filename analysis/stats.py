@@ -2,8 +2,10 @@
 
 Owns: float16 conversion by table, column-wise ranks with average ties (one packed-key sort per neuron),
 Pearson and Spearman correlation of every neuron with confidence (overall and within class), their p-values,
-the Benjamini–Hochberg adjustment, per-snapshot summaries, activity strength, class distinctness, linear CKA
-and the trend tests that say whether a quantity rises.
+the Benjamini–Hochberg adjustment, per-snapshot summaries, class distinctness from sufficient statistics,
+linear CKA to a fixed reference and the trend tests that say whether a quantity rises. (Activity strength,
+mean |a|, is summed inside the pipeline's pass.) The textbook forms these are tested against live in
+``tests/reference.py``.
 
 Definitions (also in ``docs/analysis.md``):
 
@@ -29,11 +31,6 @@ from .results import Trend
 
 _TINY = 1e-12
 _BLOCK_ELEMENTS = 1 << 20  # samples x neurons per block in snapshot_correlations
-
-
-def _as2d(y: np.ndarray) -> tuple[np.ndarray, bool]:
-    y = np.asarray(y)
-    return (y[:, None], True) if y.ndim == 1 else (y, False)
 
 
 class Workspace:
@@ -184,65 +181,6 @@ def rankdata_columns(x: np.ndarray) -> np.ndarray:
     return (out * 0.5).T
 
 
-def centre_within(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Subtract the class mean from every row: ``x - mean(x[labels == c])``; shape as ``x``, float64."""
-    x = np.asarray(x, np.float64)
-    lab = np.unique(labels, return_inverse=True)[1]
-    counts = np.bincount(lab).astype(np.float64)
-    onehot = np.zeros((len(counts), len(lab)))
-    onehot[lab, np.arange(len(lab))] = 1.0
-    flat = x.reshape(len(lab), -1)
-    means = (onehot @ flat) / counts[:, None]
-    return (flat - means[lab]).reshape(x.shape)
-
-
-def _corr(xc: np.ndarray, yc: np.ndarray, raw_x: np.ndarray, raw_y: np.ndarray) -> np.ndarray:
-    ssx = np.einsum("ij,ij->j", xc, xc)
-    ssy = np.einsum("ij,ij->j", yc, yc)
-    num = xc.T @ yc  # [N, M]
-    # Variation at the level of float rounding of the raw values counts as none.
-    ok = np.outer((ssx > 0) & (ssx > _TINY * raw_x), (ssy > 0) & (ssy > _TINY * raw_y))
-    den = np.sqrt(np.outer(ssx, ssy))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(ok, num / np.where(ok, den, 1.0), 0.0)
-    return np.clip(r, -1.0, 1.0)
-
-
-def corr_columns(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson correlation of every column of ``x`` with every column of ``y``.
-
-    Args:
-        x: array of shape (n, N).
-        y: array of shape (n,) or (n, M).
-
-    Returns:
-        Array of shape (N,) (or (N, M)), float64; 0 where either variable has no variation.
-    """
-    x = np.asarray(x, np.float64)
-    y2, flat = _as2d(np.asarray(y, np.float64))
-    r = _corr(x - x.mean(axis=0), y2 - y2.mean(axis=0), np.einsum("ij,ij->j", x, x), np.einsum("ij,ij->j", y2, y2))
-    return r[:, 0] if flat else r
-
-
-def corr_within(x: np.ndarray, y: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Within-class Pearson correlation: class means of both variables removed, residuals pooled over classes.
-
-    Args:
-        x: array of shape (n, N).
-        y: array of shape (n,) or (n, M).
-        labels: array of shape (n,), class of each sample.
-
-    Returns:
-        Array of shape (N,) (or (N, M)), float64; 0 where either variable does not vary within classes.
-    """
-    x = np.asarray(x, np.float64)
-    y2, flat = _as2d(np.asarray(y, np.float64))
-    raw_x = np.einsum("ij,ij->j", x, x)
-    raw_y = np.einsum("ij,ij->j", y2, y2)
-    r = _corr(centre_within(x, labels), centre_within(y2, labels), raw_x, raw_y)
-    return r[:, 0] if flat else r
-
-
 def _moments_corr(num: np.ndarray, ssx: np.ndarray, raw_x: np.ndarray, ssy: np.ndarray,
                   raw_y: np.ndarray) -> np.ndarray:
     ok = np.outer((ssx > 0) & (ssx > _TINY * raw_x), (ssy > 0) & (ssy > _TINY * raw_y))
@@ -383,34 +321,6 @@ def corr_summary(r: np.ndarray, q: np.ndarray, alpha: float) -> dict[str, float]
     }
 
 
-def activity_strength(acts: np.ndarray) -> float:
-    """Activity strength: mean absolute activation over samples and neurons (NaN for no samples)."""
-    acts = np.asarray(acts)
-    return float(np.abs(acts).mean(dtype=np.float64)) if acts.size else float("nan")
-
-
-def class_distinctness(acts: np.ndarray, labels: np.ndarray) -> float:
-    """Class distinctness: between-class over within-class variance, summed over neurons (Fisher trace ratio).
-
-    Args:
-        acts: array of shape (n, N).
-        labels: array of shape (n,), class of each sample.
-
-    Returns:
-        ``sum_j sum_c n_c (m_cj - m_j)^2 / sum_j sum_i (a_ij - m_{c(i) j})^2``; NaN with fewer than two classes
-        or no within-class variation.
-    """
-    acts = np.asarray(acts, np.float64)
-    labels = np.asarray(labels)
-    if acts.shape[0] == 0:
-        return float("nan")
-    lab = np.unique(labels, return_inverse=True)[1]
-    counts = np.bincount(lab)
-    onehot = np.zeros((len(counts), len(lab)))
-    onehot[lab, np.arange(len(lab))] = 1.0
-    return distinctness_from_sums(onehot @ acts, counts, float(np.einsum("ij,ij->", acts, acts)))
-
-
 def distinctness_from_sums(class_sums: np.ndarray, class_counts: np.ndarray, sum_sq: float) -> float:
     """Class distinctness from sufficient statistics (what the streaming pass accumulates anyway).
 
@@ -420,7 +330,9 @@ def distinctness_from_sums(class_sums: np.ndarray, class_counts: np.ndarray, sum
         sum_sq: sum of squared activations over all samples and neurons.
 
     Returns:
-        Between-class over within-class sum of squares (see :func:`class_distinctness`).
+        ``sum_j sum_c n_c (m_cj - m_j)^2 / sum_j sum_i (a_ij - m_{c(i) j})^2`` (Fisher trace ratio: between-class
+        over within-class sum of squares, summed over neurons); NaN with fewer than two classes or no
+        within-class variation.
     """
     counts = np.asarray(class_counts, np.float64)
     keep = counts > 0
@@ -476,11 +388,6 @@ class CkaReference:
         return num / den if den > 0 else float("nan")
 
 
-def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Linear CKA between two activation matrices of shape (n, N_x) and (n, N_y) over the same samples."""
-    return CkaReference(y).score(x)
-
-
 def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     ok = np.isfinite(x) & np.isfinite(y)
     if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
@@ -489,27 +396,19 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
-def _sentence(quantity: str, versus: str, rho: float, p: float, rises: bool, detail: str) -> str:
-    what = {"time": "with training time", "confidence": "with confidence"}[versus]
+def _verdict(rho: float, p: float) -> str:
     if not np.isfinite(rho):
-        return f"Not enough data to tell whether {quantity} changes {what}."
-    if rises:
-        verdict = f"{quantity.capitalize()} rises {what}"
-    elif p < 0.05 and rho < 0:
-        verdict = f"{quantity.capitalize()} falls {what}"
-    else:
-        verdict = f"{quantity.capitalize()} shows no significant trend {what}"
-    return f"{verdict} (Spearman rho = {rho:.2f}, p = {p:.2g}, {detail})."
+        return "not enough data"
+    if p < 0.05:
+        return "rises" if rho > 0 else "falls"
+    return "no trend"
 
 
 def trend_over_time(values: np.ndarray, quantity: str) -> Trend:
     """Does ``values`` (shape (S,), one per snapshot in step order) rise over training? Spearman vs step."""
     v = np.asarray(values, np.float64)
     rho, p = _spearman(np.arange(len(v), dtype=np.float64), v)
-    rises = bool(np.isfinite(rho) and p < 0.05 and rho > 0)
-    n = int(np.isfinite(v).sum())
-    return Trend(quantity, "time", "spearman_rho", rho, p, rises,
-                 _sentence(quantity, "time", rho, p, rises, f"over {n} snapshots"))
+    return Trend(quantity, "time", "spearman_rho", rho, p, _verdict(rho, p), int(np.isfinite(v).sum()))
 
 
 def trend_over_bins(values: np.ndarray, quantity: str) -> Trend:
@@ -526,8 +425,4 @@ def trend_over_bins(values: np.ndarray, quantity: str) -> Trend:
         centred = v - np.nanmean(v, axis=1, keepdims=True) if len(v) else v
     b = np.broadcast_to(np.arange(v.shape[1], dtype=np.float64), v.shape)
     rho, p = _spearman(b.ravel(), centred.ravel())
-    rises = bool(np.isfinite(rho) and p < 0.05 and rho > 0)
-    n = int(np.isfinite(centred).sum())
-    return Trend(quantity, "confidence", "spearman_rho", rho, p, rises,
-                 _sentence(quantity, "confidence", rho, p, rises,
-                           f"bin index vs value centred per snapshot, {n} cells"))
+    return Trend(quantity, "confidence", "spearman_rho", rho, p, _verdict(rho, p), int(np.isfinite(centred).sum()))

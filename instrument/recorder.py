@@ -18,7 +18,7 @@ continues exactly as without the recorder (BatchNorm statistics are not updated 
 
 What the writer thread does: softmax, predictions, correctness, per-sample loss and confidence measures
 (:mod:`topotrace.instrument.confidence`), the cast of activations to the store's dtype, and the append to the store
-(:mod:`topotrace.instrument.store`). At most ``queue_size`` snapshots are in the writer's hands (queued or being
+(:mod:`topotrace.instrument.store.writer`). At most ``queue_size`` snapshots are in the writer's hands (queued or being
 written); when all are taken, :meth:`Recorder.step` blocks until the writer has caught up (back-pressure bounds
 memory to ``queue_size`` snapshots).
 

@@ -27,6 +27,7 @@ from bokeh.resources import INLINE
 from topotrace.analysis.results import AnalysisResults
 
 from . import figures
+from .words import trend_sentence
 
 _HERE = Path(__file__).resolve().parent
 CITATIONS = (
@@ -113,7 +114,7 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 
 def _page_context(results: AnalysisResults, now: _dt.datetime) -> dict[str, object]:
-    trends = [(layer.name, t.text) for layer in results.layers.values() for t in (layer.trends or [])]
+    trends = [(layer.name, trend_sentence(t)) for layer in results.layers.values() for t in (layer.trends or [])]
     tables = [(layer.name, [(m, _fmt(la.trustworthiness), _fmt(la.shepard), _fmt(la.smoothness), _fmt(la.seconds, 2))
                             for m, la in layer.layouts.items()])
               for layer in results.layers.values() if layer.layouts]

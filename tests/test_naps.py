@@ -7,25 +7,13 @@ from topotrace.analysis import naps
 from topotrace.instrument.store import Store
 from topotrace.instrument.synthetic import write_synthetic_store
 
+from . import reference as ref_impl
+
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory):
     return write_synthetic_store(tmp_path_factory.mktemp("naps") / "store.h5", n_snapshots=4, layer_sizes=(12,),
                                  n_classes=3, per_class=10)
-
-
-def test_group_means_reference():
-    rng = np.random.default_rng(0)
-    acts = rng.normal(size=(30, 5)).astype(np.float32)
-    idx = rng.integers(0, 4, 30)
-    idx[idx == 2] = 3  # group 2 empty
-    m, counts = naps.group_means(acts, idx, 5)
-    for g in range(5):
-        assert counts[g] == (idx == g).sum()
-        if counts[g]:
-            np.testing.assert_allclose(m[g], acts[idx == g].mean(axis=0), rtol=1e-6)
-        else:
-            assert np.isnan(m[g]).all()
 
 
 def test_confbin_edges_are_pooled_quantiles():
@@ -65,53 +53,37 @@ def test_contrast_normalise_subtracts_group_mean():
     assert np.isnan(out[0, 1, 1])
 
 
-def test_compute_naps_matches_direct_computation(store_path):
+@pytest.fixture(scope="module")
+def analysed(store_path, tmp_path_factory):
+    from topotrace.analysis.pipeline import analyze
+
+    return analyze(store_path, tmp_path_factory.mktemp("naps_cache") / "analysis.h5", layout_methods=["pca"],
+                   n_bins=3)
+
+
+def test_every_grouping_matches_direct_computation(store_path, analysed):
+    """The pipeline's NAPs of every grouping equal group means computed directly from each snapshot."""
+    lr = analysed.layers["layer0"]
     with Store(store_path) as st:
-        res = naps.compute_naps(st, "heldout", "layer0", n_bins=3)
         labels, pred, correct = st.labels("heldout"), st.pred("heldout"), st.correct("heldout")
         conf = st.conf("heldout", "max_prob")
         edges = np.quantile(conf.ravel().astype(np.float64), np.linspace(0, 1, 4))
         for s in range(st.n_snapshots):
-            a = st.acts("heldout", "layer0", s)
+            a = st.acts("heldout", "layer0", s).astype(np.float64)
             cb = np.clip(np.searchsorted(edges, conf[s], side="right") - 1, 0, 2)
             keys = {"class": labels, "pred": pred[s], "correct": correct[s].astype(int), "confbin": cb,
                     "class_confbin": labels * 3 + cb}
             for g, key in keys.items():
-                gn = res[g]
-                for k in range(gn.naps.shape[1]):
-                    assert gn.counts[s, k] == (key == k).sum()
-                    if gn.counts[s, k]:
-                        np.testing.assert_allclose(gn.naps[s, k], a[key == k].mean(0), rtol=1e-5, atol=1e-6)
-    assert res["class"].group_names == ["class 0", "class 1", "class 2"]
-    assert res["correct"].group_names == ["wrong", "correct"]
-
-
-def test_count_weighted_class_naps_equal_overall_mean(store_path):
-    with Store(store_path) as st:
-        res = naps.compute_naps(st, "heldout", "layer0", groupings=["class", "confbin", "class_confbin"])
-        for g in ("class", "confbin", "class_confbin"):
-            gn = res[g]
-            for s in range(st.n_snapshots):
+                gn = lr.naps[g]
+                means, counts = ref_impl.group_means(a, key, gn.naps.shape[1])
+                np.testing.assert_array_equal(gn.counts[s], counts)
+                np.testing.assert_allclose(gn.naps[s], means, rtol=1e-5, atol=1e-6)  # NaN where empty, both
+                # the count-weighted group means are the overall mean
                 w = gn.counts[s][:, None]
-                mean = np.nansum(gn.naps[s] * w, axis=0) / w.sum()
-                np.testing.assert_allclose(mean, st.acts("heldout", "layer0", s).mean(0), rtol=1e-5, atol=1e-6)
-
-
-def test_compute_naps_streams_snapshots(store_path, monkeypatch):
-    """NAPs come from iter_acts (one snapshot in memory), never from a whole-store read."""
-    calls = []
-    orig = Store.iter_acts
-
-    def spy(self, probe, layer):
-        for s, a in orig(self, probe, layer):
-            calls.append(s)
-            yield s, a
-
-    monkeypatch.setattr(Store, "iter_acts", spy)
-    with Store(store_path) as st:
-        res = naps.compute_naps(st, "heldout", "layer0", contrast=True)
-    assert calls == [0, 1, 2, 3]
-    np.testing.assert_allclose(np.nanmean(res["class"].naps, axis=1), 0, atol=1e-6)
+                np.testing.assert_allclose(np.nansum(gn.naps[s] * w, axis=0) / w.sum(), a.mean(0), rtol=1e-5,
+                                           atol=1e-6)
+    assert lr.naps["class"].group_names == ["class 0", "class 1", "class 2"]
+    assert lr.naps["correct"].group_names == ["wrong", "correct"]
 
 
 def test_bin_names_tell_neighbouring_edges_apart():

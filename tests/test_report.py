@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from topotrace.analysis.pipeline import analyze
 from topotrace.analysis.results import AnalysisResults
 from topotrace.instrument.synthetic import write_synthetic_store
 from topotrace.report_templates.generate import build_report
+from topotrace.report_templates.words import trend_sentence
 
 SECTION_TITLES = (
     "Run summary and provenance", "Training curves", "Topographic activation maps", "Maps per confidence bin",
@@ -87,7 +89,7 @@ def test_provenance_and_citations(results, html_text):
     assert "Relation of Activity and Confidence when Training Deep Neural Networks" in html_text
     for layer in results.layers.values():
         for t in layer.trends:
-            assert t.text in html_text
+            assert html.escape(trend_sentence(t), quote=False) in html_text
 
 
 def _outside_scripts(page: str) -> str:
@@ -112,7 +114,7 @@ def _evil_results(results: AnalysisResults) -> AnalysisResults:
     for key, la in results.layers.items():
         naps = {k: dataclasses.replace(g, group_names=[f"{EVIL}{x}" for x in g.group_names])
                 for k, g in la.naps.items()}
-        trends = [dataclasses.replace(t, text=f"{EVIL} trend") for t in la.trends]
+        trends = [dataclasses.replace(t, quantity=f"{EVIL} trend") for t in la.trends]
         evil_name = f"{EVIL}{MATH}{key}"
         layers[evil_name] = dataclasses.replace(la, name=evil_name, naps=naps, trends=trends,
                                                 bin_names=[f"{EVIL}{b}" for b in la.bin_names])

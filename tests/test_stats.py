@@ -6,6 +6,8 @@ from scipy import stats as sps
 
 from topotrace.analysis import stats
 
+from . import reference as ref_impl
+
 
 def _data(seed=0, n=60, n_neurons=7, n_classes=3):
     rng = np.random.default_rng(seed)
@@ -17,21 +19,17 @@ def _data(seed=0, n=60, n_neurons=7, n_classes=3):
     return x, y, labels
 
 
-def _residuals(v, labels):
-    v = np.asarray(v, float).copy()
-    for c in np.unique(labels):
-        v[labels == c] -= v[labels == c].mean(axis=0)
-    return v
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
-def test_rankdata_columns_matches_scipy(dtype):
-    """Average ranks with ties equal scipy's rankdata per column, also on the packed-key paths (float16/32)."""
-    x, _, _ = _data()
+def test_spearman_ranks_ties_like_scipy(dtype):
+    """Spearman with ties (average ranks) equals scipy's, also on the packed-key paths (float16/32, signed zeros)."""
+    x, y, labels = _data()
     x = x.astype(dtype)
     x[3, 2] = -0.0  # signed zero ties with +0.0
     x[4, 2] = 0.0
-    np.testing.assert_array_equal(stats.rankdata_columns(x), sps.rankdata(x.astype(np.float64), axis=0))
+    r = stats.snapshot_correlations(x, y, labels)
+    xf = x.astype(np.float64)
+    ref = ref_impl.pearson(sps.rankdata(xf, axis=0), sps.rankdata(y, axis=0))
+    np.testing.assert_allclose(r["spearman"], ref, atol=1e-10)
 
 
 def test_as_float_is_exact_for_every_float16():
@@ -59,47 +57,43 @@ def test_partial_spearman_is_regression_on_global_ranks():
     np.testing.assert_allclose(r["spearman_within"], ref, atol=1e-10)
 
 
-def test_corr_columns_matches_pearsonr():
-    x, y, _ = _data(2)
-    r = stats.corr_columns(x, y)
-    ref = np.array([[sps.pearsonr(x[:, j], y[:, m]).statistic for m in range(2)] for j in range(x.shape[1])])
-    np.testing.assert_allclose(r, ref, atol=1e-12)
-    np.testing.assert_allclose(stats.corr_columns(x, y[:, 0]), ref[:, 0], atol=1e-12)
-
-
-def test_corr_within_is_correlation_of_class_residuals():
-    x, y, labels = _data(3)
-    rx, ry = _residuals(x, labels), _residuals(y, labels)
-    ref = np.array([[np.corrcoef(rx[:, j], ry[:, m])[0, 1] for m in range(2)] for j in range(x.shape[1])])
-    np.testing.assert_allclose(stats.corr_within(x, y, labels), ref, atol=1e-12)
+def test_pearson_and_within_class_pearson_match_scipy():
+    """Overall Pearson equals scipy's pearsonr; within-class Pearson equals the correlation of class residuals."""
+    x, y, labels = _data(2)
+    r = stats.snapshot_correlations(x.astype(np.float32), y, labels)
+    xf = x.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(r["pearson"], ref_impl.pearson(xf, y), atol=1e-10)
+    np.testing.assert_allclose(r["pearson_within"], ref_impl.pearson_within(xf, y, labels), atol=1e-10)
 
 
 def test_constant_neuron_has_zero_correlation():
     """A neuron without variation (dead unit; class-only neuron within class) gets r = 0, not NaN."""
     x, y, labels = _data(4)
     x[:, 0] = 0.0
-    x[:, 1] = (labels * 0.1).astype(np.float32)  # varies only between classes
-    assert stats.corr_columns(x, y)[0, 0] == 0.0
-    assert abs(stats.corr_columns(x, y)[1, 0]) > 0  # overall it does vary
-    assert stats.corr_within(x, y, labels)[1, 0] == 0.0
+    x[:, 1] = labels * 0.1  # varies only between classes
+    r = stats.snapshot_correlations(x.astype(np.float32), y, labels)
+    assert r["pearson"][0, 0] == 0.0 and r["spearman"][0, 0] == 0.0
+    assert abs(r["pearson"][1, 0]) > 0  # overall it does vary
+    assert r["pearson_within"][1, 0] == 0.0 and r["spearman_within"][1, 0] == 0.0
 
 
 def test_planted_confidence_neuron():
-    """A neuron equal to confidence correlates 1 overall and within class; a class-only neuron 0 within."""
+    """A neuron equal to confidence correlates 1 overall and within class (Pearson and Spearman)."""
     x, y, labels = _data(5)
     x[:, 2] = y[:, 0]
-    assert stats.corr_columns(x, y)[2, 0] == pytest.approx(1.0)
-    assert stats.corr_within(x, y, labels)[2, 0] == pytest.approx(1.0)
+    r = stats.snapshot_correlations(x, y, labels)
+    for k in ("pearson", "spearman", "pearson_within", "spearman_within"):
+        assert r[k][2, 0] == pytest.approx(1.0)
 
 
 def test_pvalues_match_pearsonr_and_within_dof():
     x, y, labels = _data(6)
-    r = stats.corr_columns(x, y[:, 0])
+    r = ref_impl.pearson(x, y[:, :1])[:, 0]
     p = stats.corr_pvalues(r, len(x) - 2)
     ref = [sps.pearsonr(x[:, j], y[:, 0]).pvalue for j in range(x.shape[1])]
     np.testing.assert_allclose(p, ref, rtol=1e-8)
     # within class: t-test with n - C - 1 degrees of freedom (C class means were estimated)
-    rw = stats.corr_within(x, y[:, 0], labels)
+    rw = ref_impl.pearson_within(x, y[:, :1], labels)[:, 0]
     df = len(x) - 3 - 1
     t = rw * np.sqrt(df / (1 - rw**2))
     np.testing.assert_allclose(stats.corr_pvalues(rw, df), 2 * sps.t.sf(np.abs(t), df), rtol=1e-10)
@@ -133,18 +127,17 @@ def test_corr_summary():
     assert s == {"mean_r": pytest.approx(0.075), "frac_sig_pos": 0.25, "frac_sig_neg": 0.25}
 
 
-def test_strength_and_distinctness_reference():
+def _distinctness(x, labels):
+    """The production form: from class sums, class counts and the sum of squares."""
+    onehot = (labels[None, :] == np.arange(labels.max() + 1)[:, None]).astype(float)
+    return stats.distinctness_from_sums(onehot @ x, onehot.sum(1), float((x * x).sum()))
+
+
+def test_distinctness_from_sums_equals_the_fisher_ratio():
+    """Sufficient statistics give the between/within sum-of-squares ratio; one class gives NaN."""
     x, _, labels = _data(8)
-    assert stats.activity_strength(x) == pytest.approx(np.mean(np.abs(x)))
-    between = within = 0.0
-    for j in range(x.shape[1]):
-        m = x[:, j].mean()
-        for c in np.unique(labels):
-            v = x[labels == c, j]
-            between += len(v) * (v.mean() - m) ** 2
-            within += ((v - v.mean()) ** 2).sum()
-    assert stats.class_distinctness(x, labels) == pytest.approx(between / within)
-    assert np.isnan(stats.class_distinctness(x[labels == 0], labels[labels == 0]))
+    assert _distinctness(x, labels) == pytest.approx(ref_impl.distinctness(x, labels))
+    assert np.isnan(_distinctness(x[labels == 0], labels[labels == 0]))
 
 
 def test_distinctness_grows_with_class_separation():
@@ -152,20 +145,19 @@ def test_distinctness_grows_with_class_separation():
     labels = np.repeat(np.arange(4), 25)
     noise = rng.normal(size=(100, 8))
     centres = rng.normal(size=(4, 8))
-    d = [stats.class_distinctness(noise + k * centres[labels], labels) for k in (0.5, 1.0, 2.0)]
+    d = [_distinctness(noise + k * centres[labels], labels) for k in (0.5, 1.0, 2.0)]
     assert d[0] < d[1] < d[2]
 
 
 @pytest.mark.parametrize("n", [12, 40])  # sample-space (n <= N) and feature-space Gram paths
-def test_linear_cka_reference(n):
+def test_cka_reference(n):
+    """CkaReference equals the definition; invariant to rotation, scale and shift."""
     rng = np.random.default_rng(n)
     x, y = rng.normal(size=(n, 20)), rng.normal(size=(n, 15))
-    xc, yc = x - x.mean(0), y - y.mean(0)
-    ref = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
-    assert stats.linear_cka(x, y) == pytest.approx(ref)
-    assert stats.linear_cka(x, x) == pytest.approx(1.0)
+    assert stats.CkaReference(y).score(x) == pytest.approx(ref_impl.linear_cka(x, y))
+    assert stats.CkaReference(x).score(x) == pytest.approx(1.0)
     q = np.linalg.qr(rng.normal(size=(20, 20)))[0]
-    assert stats.linear_cka(3 * x @ q + 1, x) == pytest.approx(1.0)  # invariant to rotation, scale, shift
+    assert stats.CkaReference(x).score(3 * x @ q + 1) == pytest.approx(1.0)
 
 
 def test_trend_over_time():
@@ -173,9 +165,11 @@ def test_trend_over_time():
     t = stats.trend_over_time(v, "strength")
     ref = sps.spearmanr(np.arange(6), v)
     assert (t.value, t.p_value) == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue))
-    assert t.rises and t.versus == "time" and "rises" in t.text
+    assert t.rises and t.verdict == "rises" and t.versus == "time" and t.n == 6
     down = stats.trend_over_time(v[::-1], "strength")
-    assert not down.rises and "falls" in down.text
+    assert not down.rises and down.verdict == "falls"
+    assert stats.trend_over_time(np.ones(6), "strength").verdict == "not enough data"
+    assert stats.trend_over_time(np.array([1.0, 3.0, 2.0, 1.5, 2.5]), "strength").verdict == "no trend"
 
 
 def test_trend_over_bins_removes_time_level():
@@ -202,11 +196,11 @@ def test_snapshot_correlations_equal_the_direct_forms():
     x[:, 4] = y[:, 0].astype(np.float16)  # confidence neuron
     r = stats.snapshot_correlations(x.astype(np.float32), y, labels, rank_source=x)
     xf = x.astype(np.float64)
-    np.testing.assert_allclose(r["pearson"], stats.corr_columns(xf, y), atol=1e-10)
-    np.testing.assert_allclose(r["pearson_within"], stats.corr_within(xf, y, labels), atol=1e-10)
+    np.testing.assert_allclose(r["pearson"], ref_impl.pearson(xf, y), atol=1e-10)
+    np.testing.assert_allclose(r["pearson_within"], ref_impl.pearson_within(xf, y, labels), atol=1e-10)
     ref_s = [[sps.spearmanr(xf[:, j], y[:, m]).statistic for m in range(2)] for j in range(x.shape[1])]
     np.testing.assert_allclose(r["spearman"], ref_s, atol=1e-10)
-    rw = stats.corr_within(sps.rankdata(xf, axis=0), sps.rankdata(y, axis=0), labels)
+    rw = ref_impl.pearson_within(sps.rankdata(xf, axis=0), sps.rankdata(y, axis=0), labels)
     np.testing.assert_allclose(r["spearman_within"], rw, atol=1e-10)
     # float16 values ranked directly (no rank_source), float32 store values through their 32-bit keys
     for acts in (x, xf.astype(np.float32)):

@@ -13,10 +13,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from topotrace.analysis.layouts import METHODS
 from topotrace.analysis.pipeline import analyze
 from topotrace.instrument.store import resolve_store_path
+from topotrace.report_templates.words import QUANTITY, VERDICT, VERSUS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -59,12 +61,14 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"[bold]{path}[/]: {res.n_snapshots} snapshots (steps {res.steps[0]} .. {res.steps[-1]}), "
                   f"probe set {res.probe_set!r}, confidence {res.primary_measure!r} — {state} in {seconds:.1f} s")
     table = Table(title="Does activity become stronger and more distinct with training time and confidence?")
-    for col in ("layer", "quantity", "versus", "rises?", "Spearman rho", "p"):
-        table.add_column(col, no_wrap=True)
+    for col in ("layer", "quantity", "", "verdict", "Spearman rho", "p"):
+        table.add_column(col, no_wrap=col in ("Spearman rho", "p"))
+    style = {"rises": "green", "falls": "red"}
     for name, lr in res.layers.items():
         for t in lr.trends:
-            verdict = "[green]yes[/]" if t.rises else ("[red]falls[/]" if t.p_value < 0.05 and t.value < 0 else "no")
-            table.add_row(name, t.quantity, t.versus, verdict, f"{t.value:.2f}", f"{t.p_value:.2g}")
+            verdict = Text(VERDICT.get(t.verdict, t.verdict), style=style.get(t.verdict, ""))
+            table.add_row(Text(name), QUANTITY.get(t.quantity, t.quantity), VERSUS.get(t.versus, t.versus), verdict,
+                          f"{t.value:.2f}", f"{t.p_value:.2g}")
     console.print(table)
     console.print("rho vs time: Spearman between snapshot order and the per-snapshot value; rho vs confidence: "
                   "Spearman between confidence-bin index and the value centred within each snapshot.")

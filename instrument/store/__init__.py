@@ -1,0 +1,62 @@
+"""The on-disk format of a topotrace run: one HDF5 file, owned by this package alone.
+
+Everything that reads or writes a store goes through :class:`StoreWriter` (append snapshots while a model
+trains) or :class:`Store` (read a store, also while it is still being written). The layout is documented in
+``docs/store.md``; :data:`SCHEMA_VERSION` changes whenever that layout changes.
+
+Commit protocol. The file is written in HDF5's single-writer/multiple-reader (SWMR) mode, with the file
+format bounded to HDF5 1.10. Every per-snapshot dataset has the snapshot axis first and one snapshot per
+chunk. Appending a snapshot resizes every dataset, writes and flushes its data, and only then advances the
+one-element dataset ``/committed`` and flushes it. Readers trust ``/committed`` alone, so a process killed at
+any instant leaves a file that opens and holds every committed snapshot intact; rows past ``/committed`` are
+ignored by readers and cut away when the run resumes.
+
+No pickle: metadata is stored as HDF5 attributes holding strings, numbers or JSON text.
+
+Modules (import from this package, not from them; it needs only numpy and h5py, never torch):
+    format: the format constants, the spec dataclasses and their HDF5 attributes.
+    writer: :class:`StoreWriter`, the commit protocol.
+    reader: :class:`Store`.
+    repair: :func:`clear_writer_flag`, the crash repair a resumed store needs after its writer was killed.
+"""
+
+from .format import (
+    ACT_DTYPES,
+    COMPRESSIONS,
+    FORMAT,
+    LIBVER,
+    REDUCTIONS,
+    SCHEMA_VERSION,
+    STORE_FILE,
+    LayerSpec,
+    ProbeRecord,
+    ProbeSpec,
+    Snapshot,
+    StoreError,
+    StoreSpec,
+    resolve_store_path,
+)
+from .reader import Store
+from .repair import clear_writer_flag
+from .writer import StoreWriter, open_writer
+
+__all__ = [
+    "ACT_DTYPES",
+    "COMPRESSIONS",
+    "FORMAT",
+    "LIBVER",
+    "REDUCTIONS",
+    "SCHEMA_VERSION",
+    "STORE_FILE",
+    "LayerSpec",
+    "ProbeRecord",
+    "ProbeSpec",
+    "Snapshot",
+    "Store",
+    "StoreError",
+    "StoreSpec",
+    "StoreWriter",
+    "clear_writer_flag",
+    "open_writer",
+    "resolve_store_path",
+]

@@ -1,0 +1,207 @@
+"""The store's format: constants, the spec dataclasses, and the spec's HDF5 attributes (written and checked)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+FORMAT = "topotrace-store"
+SCHEMA_VERSION = 1
+LIBVER = ("v110", "v110")  # readable by HDF5 1.10 tools (Debian's h5dump), required for SWMR
+REDUCTIONS = ("flatten", "channel_mean", "token_mean")
+ACT_DTYPES = ("float16", "float32")
+COMPRESSIONS = (None, "gzip")
+
+
+STORE_FILE = "store.h5"  # a run folder runs/<name>/ holds its store under this name
+
+
+def resolve_store_path(path: str | os.PathLike) -> Path:
+    """A run folder ``runs/<name>`` means ``runs/<name>/store.h5``; a file path is used as given."""
+    p = Path(path)
+    return p / STORE_FILE if p.is_dir() else p
+
+
+class StoreError(ValueError):
+    """A store does not match what was asked of it (schema, model, probe sets, steps)."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One recorded layer.
+
+    Attributes:
+        name: the module's dotted name from ``model.named_modules()``, used verbatim everywhere.
+        n_neurons: values recorded per sample after reduction.
+        reduction: ``"flatten"`` (every output unit is a neuron), ``"channel_mean"`` (conv outputs: the
+            spatial mean of each channel is one neuron) or ``"token_mean"`` (sequence outputs [T, D]: the mean
+            over tokens of each feature is one neuron).
+        output_shape: the layer's output shape for one sample, before reduction.
+    """
+
+    name: str
+    n_neurons: int
+    reduction: str
+    output_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeSpec:
+    """A fixed probe set, run through the model at every snapshot.
+
+    Attributes:
+        name: ``"heldout"`` or ``"train"`` by convention; any name without ``/``.
+        index: array of shape (n_samples,), int64, indices of the samples in their source dataset.
+        label: array of shape (n_samples,), int64, the samples' true classes.
+    """
+
+    name: str
+    index: np.ndarray
+    label: np.ndarray
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, ProbeSpec)
+            and self.name == other.name
+            and np.array_equal(self.index, other.index)
+            and np.array_equal(self.label, other.label)
+        )
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What a store holds; fixed when the store is created and checked again on resume.
+
+    Attributes:
+        layers: the recorded layers, in recording order.
+        probes: the probe sets.
+        class_names: one name per class; ``len(class_names)`` is the number of logits.
+        measures: names of the per-sample confidence measures, e.g. ``("max_prob", "margin")``.
+        act_dtype: ``"float16"`` (default) or ``"float32"`` for activations.
+        compression: ``None`` (default; see ``make bench``) or ``"gzip"``.
+    """
+
+    layers: tuple[LayerSpec, ...]
+    probes: tuple[ProbeSpec, ...]
+    class_names: tuple[str, ...]
+    measures: tuple[str, ...]
+    act_dtype: str = "float16"
+    compression: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.act_dtype not in ACT_DTYPES:
+            raise ValueError(f"The 'act_dtype' parameter must be one of {ACT_DTYPES}. Got {self.act_dtype!r} instead.")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(
+                f"The 'compression' parameter must be one of {COMPRESSIONS}. Got {self.compression!r} instead."
+            )
+        if not self.layers:
+            raise ValueError("A store needs at least one layer.")
+        if not self.probes:
+            raise ValueError("A store needs at least one probe set.")
+        for kind, names in (("layer", [la.name for la in self.layers]), ("probe set", [p.name for p in self.probes]),
+                            ("measure", list(self.measures))):
+            for name in names:
+                if not name or "/" in name or name in (".", ".."):
+                    raise ValueError(f"Invalid {kind} name {name!r}: it must be non-empty and contain no '/'.")
+            if len(set(names)) != len(names):
+                raise ValueError(f"Duplicate {kind} names: {names}")
+        for la in self.layers:
+            if la.reduction not in REDUCTIONS:
+                raise ValueError(f"Layer {la.name!r}: reduction must be one of {REDUCTIONS}. Got {la.reduction!r}.")
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class ProbeRecord:
+    """One probe set's results at one snapshot (n = samples in the probe set, C = classes).
+
+    Attributes:
+        acts: layer name -> array of shape (n, n_neurons).
+        logits: array of shape (n, C).
+        pred: array of shape (n,), predicted class (argmax of the logits).
+        correct: array of shape (n,), bool.
+        loss: array of shape (n,), per-sample cross-entropy.
+        conf: measure name -> array of shape (n,).
+    """
+
+    acts: dict[str, np.ndarray]
+    logits: np.ndarray
+    pred: np.ndarray
+    correct: np.ndarray
+    loss: np.ndarray
+    conf: dict[str, np.ndarray]
+
+
+@dataclass
+class Snapshot:
+    """Everything recorded at one training step."""
+
+    step: int
+    epoch: int
+    time: float  # seconds since the Unix epoch when the probe pass ran
+    probes: dict[str, ProbeRecord] = field(default_factory=dict)
+
+
+def _json(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _spec_to_attrs(spec: StoreSpec) -> dict[str, str]:
+    return {
+        "layers": _json([[la.name, la.n_neurons, la.reduction, list(la.output_shape)] for la in spec.layers]),
+        "class_names": _json(list(spec.class_names)),
+        "measures": _json(list(spec.measures)),
+        "act_dtype": spec.act_dtype,
+        "compression": spec.compression or "none",
+    }
+
+
+def _read_spec(f: h5py.File) -> StoreSpec:
+    a = f.attrs
+    layers = tuple(LayerSpec(n, int(k), r, tuple(s)) for n, k, r, s in json.loads(a["layers"]))
+    probes = tuple(
+        ProbeSpec(name, f[f"probes/{name}/index"][()], f[f"probes/{name}/label"][()])
+        for name in json.loads(a["probe_sets"])
+    )
+    comp = a["compression"]
+    return StoreSpec(
+        layers=layers,
+        probes=probes,
+        class_names=tuple(json.loads(a["class_names"])),
+        measures=tuple(json.loads(a["measures"])),
+        act_dtype=a["act_dtype"],
+        compression=None if comp == "none" else comp,
+    )
+
+
+def _check_format(f: h5py.File, path: Path) -> None:
+    if f.attrs.get("format") != FORMAT:
+        raise StoreError(f"{path} is not a topotrace store (attribute 'format' is {f.attrs.get('format')!r}).")
+    version = int(f.attrs.get("schema_version", -1))
+    if version != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has store schema version {version}; this topotrace reads version {SCHEMA_VERSION}."
+        )
+
+
+def _describe_mismatch(old: StoreSpec, new: StoreSpec) -> str:
+    lines = []
+    for name in ("class_names", "measures", "act_dtype", "compression"):
+        if getattr(old, name) != getattr(new, name):
+            lines.append(f"{name}: existing {getattr(old, name)!r} vs new {getattr(new, name)!r}")
+    if old.layers != new.layers:
+        fmt = lambda ls: [(la.name, la.n_neurons, la.reduction) for la in ls]  # noqa: E731
+        lines.append(f"layers: existing {fmt(old.layers)} vs new {fmt(new.layers)}")
+    if old.probes != new.probes:
+        fmt = lambda ps: [(p.name, len(p.index)) for p in ps]  # noqa: E731
+        lines.append(f"probe sets: existing {fmt(old.probes)} vs new {fmt(new.probes)} (or different samples)")
+    return "; ".join(lines)
