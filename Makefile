@@ -2,14 +2,16 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-RUN     ?= digits
 CONFIG  ?= configs/digits.toml
+# the run's name, runs/$(RUN)/ in every target (default: the config file's name)
+RUN     ?= $(basename $(notdir $(CONFIG)))
 STAMP   := $(VENV)/.installed
 
 .PHONY: help setup train analyze report info test bench lint clean
 
-help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+help:  ## list the targets (RUN=NAME names the run in every target, CONFIG=FILE the training config)
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/\$$(RUN)/$(RUN)/g' \
+		| awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,14 +22,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install topotrace into it
 
-train: $(STAMP)  ## train the default MLP on digits and record runs/$(RUN)/store.h5 (OVERWRITE=1 to redo)
-	$(BIN)/topotrace train --config $(CONFIG) $(if $(OVERWRITE),--overwrite)
+train: $(STAMP)  ## train CONFIG (default: the MLP on digits) and record runs/$(RUN)/store.h5 (OVERWRITE=1 to redo)
+	$(BIN)/topotrace train --config $(CONFIG) --name $(RUN) $(if $(SEED),--seed $(SEED)) $(if $(OVERWRITE),--overwrite)
 
 analyze: $(STAMP)  ## analyse runs/$(RUN) (cached in runs/$(RUN)/analysis.h5)
 	$(BIN)/topotrace analyze runs/$(RUN)
 
 report: $(STAMP)  ## train if needed, analyse, and write runs/$(RUN)/report.html
-	@test -f runs/$(RUN)/store.h5 || $(BIN)/topotrace train --config $(CONFIG)
+	@test -f runs/$(RUN)/store.h5 || $(BIN)/topotrace train --config $(CONFIG) --name $(RUN) $(if $(SEED),--seed $(SEED))
 	$(BIN)/topotrace report runs/$(RUN)
 
 info: $(STAMP)  ## summarise runs/$(RUN)/store.h5

@@ -236,6 +236,28 @@ def analyze(
     return res
 
 
+def cached_results(store_path: str | os.PathLike, cache_path: str | os.PathLike | None = None) -> AnalysisResults | None:
+    """The cached analysis of the store as it is now, whatever parameters made it; ``None`` if there is none.
+
+    The cache counts when it was computed from the store's current content (its fingerprint) by this version
+    of the analysis; its parameters are in ``results.params``.
+    """
+    path = resolve_store_path(store_path)
+    cache = Path(cache_path) if cache_path is not None else path.parent / "analysis.h5"
+    if not cache.exists():
+        return None
+    with Store(path) as store:
+        fingerprint = json.dumps(store_fingerprint(store), sort_keys=True)
+    try:
+        attrs = read_cache_attrs(cache)
+        params = json.loads(str(attrs.get("params_key", "{}")))
+        if attrs.get("fingerprint") != fingerprint or params.get("analysis_version") != ANALYSIS_VERSION:
+            return None
+        return load_results(cache)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_methods: list[str] | None,
                    default_layout: str | None, n_bins: int, report: Progress) -> LayerResult:
     spec = store.layers[name]

@@ -52,3 +52,44 @@ def test_bad_config_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="Unknown layer 'fc9'"):
         main(["train", "--config", str(tmp_path / "bad.toml"), "--epochs", "1"])
     assert not (tmp_path / "digits" / "store.h5").exists()
+
+
+def test_report_reuses_the_cached_analysis_whatever_made_it(tmp_path, capsys, monkeypatch):
+    """After `analyze --measure margin`, `report` uses that cache (and says so); options recompute it."""
+    from topotrace.analysis import pipeline
+    from topotrace.instrument.synthetic import write_synthetic_store
+
+    write_synthetic_store(tmp_path / "store.h5", n_snapshots=3, layer_sizes=(16,), n_classes=3, per_class=6)
+    assert main(["analyze", str(tmp_path), "--measure", "margin", "--layouts", "pca", "--bins", "3"]) == 0
+    capsys.readouterr()
+    calls = []
+    real = pipeline._analyze_layer
+    monkeypatch.setattr(pipeline, "_analyze_layer", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    assert main(["report", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "using the cached analysis (probe set heldout, measure margin, 3 confidence bins, layouts pca)" in err
+    assert calls == []
+    assert main(["report", str(tmp_path), "--measure", "max_prob", "--layouts", "pca"]) == 0
+    assert calls == ["layer0"]
+    from topotrace.analysis.results import load_results
+
+    assert load_results(tmp_path / "analysis.h5").primary_measure == "max_prob"
+
+
+def test_train_seed_and_name_options(tmp_path):
+    """--seed and --name reach the run: the store's metadata holds them, and two seeds differ."""
+    for seed in (3, 4):
+        assert main(["train", "--epochs", "1", "--out-dir", str(tmp_path), "--name", f"s{seed}",
+                     "--seed", str(seed)]) == 0
+    with Store(tmp_path / "s3" / "store.h5") as a, Store(tmp_path / "s4" / "store.h5") as b:
+        assert (a.meta["seed"], b.meta["seed"]) == (3, 4) and a.meta["run_name"] == "s3"
+        assert not np.array_equal(a.logits("heldout")[0], b.logits("heldout")[0])
+
+
+def test_help_is_plain_text_with_working_examples(capsys):
+    """`topotrace --help` has no reST markup, and its --png example names a layer of the default run."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and ":func:" not in out
+    assert "--png hidden1:class:3:-1" in out

@@ -1,4 +1,4 @@
-"""``topotrace`` command line: ``train``, ``info``, ``analyze``, ``report``.
+"""The topotrace command line: train, info, analyze, report.
 
 Each subcommand lives in its own module ``topotrace.cmd_<name>`` with ``configure(parser)`` and
 ``run(args) -> int``; modules are imported only when their command runs, so ``topotrace info`` never
@@ -11,8 +11,18 @@ import argparse
 import importlib
 import sys
 
+EXAMPLES = """examples (the default run):
+  topotrace train                          train the MLP on digits, record runs/digits/store.h5
+  topotrace info runs/digits               what the store holds
+  topotrace analyze runs/digits            the analysis, cached in runs/digits/analysis.h5
+  topotrace report runs/digits             runs/digits/report.html
+  topotrace report runs/digits --png hidden1:class:3:-1
+                                           also class 3's map of layer hidden1 at the last snapshot as PNG
+  topotrace COMMAND --help                 the options of one command
+"""
+
 COMMANDS = {
-    "train": "train a model and record activations into runs/<name>/store.h5",
+    "train": "train a model and record activations into runs/NAME/store.h5",
     "info": "print a readable summary of a store",
     "analyze": "compute NAPs, layouts, maps and statistics (cached next to the store)",
     "report": "write the self-contained HTML report of a run",
@@ -22,7 +32,8 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``topotrace`` command."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="topotrace", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="topotrace", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = argv[0] if argv and argv[0] in COMMANDS else None
     for name, help_text in COMMANDS.items():

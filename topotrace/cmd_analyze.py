@@ -21,15 +21,47 @@ from topotrace.instrument.store import resolve_store_path
 from topotrace.report_templates.words import QUANTITY, VERDICT, VERSUS
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run folder (runs/<name>, meaning runs/<name>/store.h5) or store file")
-    parser.add_argument("--probe-set", default="heldout", help="probe set the layer results describe "
-                        "(default: heldout)")
-    parser.add_argument("--measure", default="max_prob", help="confidence measure that defines the confidence "
-                        "bins (default: max_prob)")
+ANALYSIS_DEFAULTS = {"probe_set": "heldout", "measure": "max_prob", "layouts": None, "n_bins": 5}
+
+
+def add_analysis_options(parser: argparse.ArgumentParser) -> None:
+    """The options that choose what the analysis computes (shared by ``analyze`` and ``report``)."""
+    parser.add_argument("--probe-set", default=None,
+                        help="probe set the layer results describe (default: heldout)")
+    parser.add_argument("--measure", default=None,
+                        help="confidence measure that defines the confidence bins (default: max_prob)")
     parser.add_argument("--layouts", default=None, help=f"comma-separated layout methods among {', '.join(METHODS)} "
                         "(default: the fast ones for each layer's size)")
+    parser.add_argument("--bins", type=int, default=None, dest="n_bins", metavar="N",
+                        help="number of confidence bins (default: 5)")
     parser.add_argument("--refresh", action="store_true", help="recompute even if the cache is up to date")
+
+
+def analysis_options_given(args: argparse.Namespace) -> bool:
+    """True when any option of :func:`add_analysis_options` other than --refresh was given."""
+    return any(getattr(args, k) is not None for k in ANALYSIS_DEFAULTS)
+
+
+def analysis_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """Keyword arguments of :func:`topotrace.analysis.pipeline.analyze` from the parsed options."""
+    value = {k: getattr(args, k) if getattr(args, k) is not None else d for k, d in ANALYSIS_DEFAULTS.items()}
+    layouts = value.pop("layouts")
+    value["layout_methods"] = [m.strip() for m in layouts.split(",") if m.strip()] if layouts else None
+    return value | {"refresh": args.refresh}
+
+
+def describe_params(params: dict[str, object]) -> str:
+    """The parameters a cached analysis was made with, in one line."""
+    layouts = params.get("layout_methods") or "default"
+    if isinstance(layouts, list):
+        layouts = ",".join(layouts)
+    return (f"probe set {params.get('probe_set')}, measure {params.get('measure')}, {params.get('n_bins')} "
+            f"confidence bins, layouts {layouts}")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run folder (runs/NAME, meaning runs/NAME/store.h5) or store file")
+    add_analysis_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
     if not path.exists():
         console.print(f"[red]No store at {path}.[/] Train first (make train) or give a store file.")
         return 2
-    methods = [m.strip() for m in args.layouts.split(",") if m.strip()] if args.layouts else None
     cache = path.parent / "analysis.h5"
     t0 = time.perf_counter()
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -51,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(tasks[stage], completed=done, total=total)
 
         try:
-            res = analyze(path, cache, probe_set=args.probe_set, measure=args.measure, layout_methods=methods,
-                          refresh=args.refresh, progress=progress)
+            res = analyze(path, cache, progress=progress, **analysis_kwargs(args))
         except (ValueError, KeyError) as err:
             console.print(f"[red]Analysis failed:[/] {err}")
             return 2

@@ -1,7 +1,10 @@
-"""``topotrace report``: analyse a run (or load the cached analysis) and write its self-contained HTML report.
+"""topotrace report: write the self-contained HTML report of a run, analysing it first if needed.
 
-Also exports chosen maps as PNG files for papers with ``--png LAYER:GROUPING:GROUP:SNAPSHOT`` (repeatable),
-e.g. ``--png fc1:class:3:-1`` for class 3's map of layer ``fc1`` at the last snapshot; ``--contrast`` draws them
+Without analysis options the cached analysis of the store is used whatever parameters made it (they are
+printed); with any of them (the same as for topotrace analyze) the analysis is made with those.
+
+Also exports chosen maps as PNG files for papers with --png LAYER:GROUPING:GROUP:SNAPSHOT (repeatable),
+e.g. --png hidden1:class:3:-1 for class 3's map of layer hidden1 at the last snapshot; --contrast draws them
 as contrast to the other groups of the grouping.
 """
 
@@ -18,7 +21,7 @@ def parse_png_spec(spec: str) -> tuple[str, str, str, int]:
     """``"LAYER:GROUPING:GROUP:SNAPSHOT"`` -> (layer, grouping, group, snapshot); the layer may contain ':'."""
     parts = spec.rsplit(":", 3)
     if len(parts) != 4 or not all(parts[:3]):
-        raise ValueError(f"The '--png' option must look like LAYER:GROUPING:GROUP:SNAPSHOT (e.g. fc1:class:3:-1). "
+        raise ValueError(f"The '--png' option must look like LAYER:GROUPING:GROUP:SNAPSHOT (e.g. hidden1:class:3:-1). "
                          f"Got {spec!r}.")
     try:
         snapshot = int(parts[3])
@@ -33,19 +36,21 @@ def _safe(name: str) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run folder (runs/<name>, meaning runs/<name>/store.h5) or store file")
+    from .cmd_analyze import add_analysis_options
+
+    parser.add_argument("run", help="run folder (runs/NAME, meaning runs/NAME/store.h5) or store file")
     parser.add_argument("--out", default=None, help="HTML file to write (default: report.html next to the store)")
     parser.add_argument("--png", action="append", default=[], metavar="LAYER:GROUPING:GROUP:SNAPSHOT",
-                        help="also export this map as PNG (repeatable), e.g. fc1:class:3:-1; written to "
+                        help="also export this map as PNG (repeatable), e.g. hidden1:class:3:-1; written to "
                              "maps/ next to the report")
     parser.add_argument("--scale", type=int, default=4, help="PNG pixels per map grid cell (default: 4)")
     parser.add_argument("--contrast", action="store_true",
                         help="draw the PNG maps as contrast to the other groups (group mean subtracted per neuron)")
-    parser.add_argument("--refresh", action="store_true", help="recompute the analysis even if its cache is current")
+    add_analysis_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from topotrace.analysis.pipeline import analyze
+    from topotrace.analysis.pipeline import analyze, cached_results
     from topotrace.instrument.store import resolve_store_path
     from topotrace.report_templates.export import export_map_png
     from topotrace.report_templates.generate import build_report
@@ -60,8 +65,16 @@ def run(args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    from .cmd_analyze import analysis_kwargs, analysis_options_given, describe_params
+
+    cache = path.parent / "analysis.h5"
     try:
-        results = analyze(path, path.parent / "analysis.h5", refresh=args.refresh)
+        results = None if args.refresh or analysis_options_given(args) else cached_results(path, cache)
+        if results is not None:
+            print(f"using the cached analysis ({describe_params(results.params)}); give analysis options or "
+                  "--refresh to recompute", file=sys.stderr)
+        else:
+            results = analyze(path, cache, **analysis_kwargs(args))
     except (ValueError, KeyError) as err:
         print(f"Analysis failed: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""``topotrace train``: train the configured model and record it (the default run: an MLP on digits)."""
+"""topotrace train: train the configured model and record it (the default run: an MLP on digits)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from .config import load_config
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="TOML config (default: built-in digits run)")
     parser.add_argument("--name", default=None, help="run name (overrides run.name)")
+    parser.add_argument("--seed", type=int, default=None, help="override run.seed (model init, data split, "
+                        "probe samples and batch order)")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--out-dir", default=None, help="override run.out_dir (default runs)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
@@ -23,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict = {"run": {}, "train": {}}
     if args.name:
         overrides["run"]["name"] = args.name
+    if args.seed is not None:
+        overrides["run"]["seed"] = args.seed
     if args.out_dir:
         overrides["run"]["out_dir"] = args.out_dir
     if args.epochs is not None:
