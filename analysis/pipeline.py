@@ -236,7 +236,8 @@ def analyze(
     return res
 
 
-def cached_results(store_path: str | os.PathLike, cache_path: str | os.PathLike | None = None) -> AnalysisResults | None:
+def cached_results(store_path: str | os.PathLike,
+                   cache_path: str | os.PathLike | None = None) -> AnalysisResults | None:
     """The cached analysis of the store as it is now, whatever parameters made it; ``None`` if there is none.
 
     The cache counts when it was computed from the store's current content (its fingerprint) by this version

@@ -20,7 +20,6 @@ from topotrace.analysis.pipeline import analyze
 from topotrace.instrument.store import resolve_store_path
 from topotrace.report_templates.words import QUANTITY, VERDICT, VERSUS
 
-
 ANALYSIS_DEFAULTS = {"probe_set": "heldout", "measure": "max_prob", "layouts": None, "n_bins": 5}
 
 
