@@ -1,0 +1,140 @@
+"""PyTorch Lightning: a ``Callback`` that records a LightningModule with :class:`topotrace.Recorder`.
+
+The callback translates Lightning's events into the Recorder's API and nothing more; the plain-loop recipe
+(``rec.step(0)`` before training, ``rec.step(step, epoch)`` after every optimiser update, ``rec.close()``)
+is what it runs, so Lightning and a plain loop over the same batches record the same snapshots, bit for bit::
+
+    import topotrace as tt
+    from topotrace.integrations.lightning import TopotraceCallback
+
+    cb = TopotraceCallback("runs/mine/store.h5", layers="net.*", probes=[tt.ProbeSet("heldout", x, y)],
+                           class_names=classes, schedule=tt.log_spaced(total_steps, 60))
+    Trainer(max_steps=total_steps, callbacks=[cb]).fit(module, loader)
+
+Events used (Lightning 2.x):
+
+* ``on_train_start``: creates the Recorder and records the starting model (step 0 of a new run). This hook,
+  not ``on_fit_start``, because ``Trainer._run`` calls ``on_fit_start`` *before*
+  ``_checkpoint_connector.restore_training_state()``, which restores the loops and with them
+  ``trainer.global_step`` (strategies with ``restore_checkpoint_after_setup``, e.g. DeepSpeed, even load the
+  weights after ``on_fit_start``). ``on_train_start`` is called by ``FitLoop.on_run_start`` inside
+  ``_run_stage``, after every restore and after ``strategy.setup`` moved the model to its device, so there
+  ``trainer.global_step`` is the step of the weights the model holds. When fit resumes (``fit(ckpt_path=...)``,
+  or a second ``fit`` of the same Trainer with ``global_step > 0``), the existing store is opened with
+  ``resume=True, resume_step=global_step``: snapshots after the checkpoint's step are cut, and the resumed step
+  is not recorded again when the store holds it.
+* ``on_train_batch_end``: records at ``trainer.global_step`` (the number of optimiser updates). It runs after
+  the batch's optimiser step; with ``accumulate_grad_batches=k`` it also runs after the k - 1 micro-batches
+  that do not step, where ``global_step`` has not moved: a step is handed to the Recorder once, when
+  ``global_step`` first reaches it.
+* ``on_fit_end`` and ``on_exception``: close the Recorder (queued snapshots are written, the store closed).
+
+Only global rank 0 records (``trainer.is_global_zero``); other ranks create no recorder and no file. The model is
+the LightningModule itself: its ``forward`` must return the logits, or pass ``logits=`` (a key, attribute name or
+callable, see :class:`topotrace.Recorder`). A fit that does no training (resumed at ``max_steps``) records nothing.
+
+A resume from a checkpoint taken mid-epoch is exact only if the DataLoader is stateful: Lightning restarts a plain
+``DataLoader`` at the first batch of the epoch while ``global_step`` continues, so the resumed run trains on other
+batches than an uninterrupted one would (the store still describes the weights that were trained).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    from lightning.pytorch import Callback, LightningModule, Trainer
+except ModuleNotFoundError as err:
+    if err.name is None or err.name.split(".")[0] != "lightning":
+        raise  # Lightning is there but something it needs is not: show the real error
+    _MISSING = "topotrace.integrations.lightning needs PyTorch Lightning: pip install topotrace[lightning]"
+    raise ImportError(_MISSING) from None
+
+from topotrace.instrument.layers import LayerSelector
+from topotrace.instrument.recorder import ProbeSet, Recorder
+
+# Recorder arguments that are not recorder_kwargs: the callback's own arguments, and what it takes from the Trainer.
+_SET_BY_CALLBACK = ("model", "path", "layers", "probes", "class_names", "schedule", "resume", "resume_step")
+_RECORDER_KWARGS = tuple(p for p in inspect.signature(Recorder).parameters if p not in _SET_BY_CALLBACK)
+
+
+class TopotraceCallback(Callback):
+    """Record the LightningModule's activations on fixed probe sets at scheduled ``trainer.global_step`` values.
+
+    Args:
+        store_path: the store file (``.h5``); it must not exist for a new run (a resumed fit appends to it).
+        layers: which layers of the LightningModule to record (``named_modules()`` names, globs or a predicate).
+        probes: the probe sets.
+        class_names: one name per logit.
+        schedule: ``schedule(step) -> bool`` over optimiser steps (``trainer.global_step``).
+        **recorder_kwargs: further :class:`topotrace.Recorder` arguments: ``meta``, ``act_dtype``,
+            ``compression``, ``measures``, ``reductions``, ``logits``, ``batch_size``, ``queue_size``.
+
+    Raises:
+        TypeError: ``recorder_kwargs`` holds a name the Recorder does not take, or one the callback sets itself
+            (``model``, ``path``, ``resume``, ``resume_step``).
+    """
+
+    def __init__(
+        self,
+        store_path: str | Path,
+        layers: LayerSelector,
+        probes: Sequence[ProbeSet],
+        class_names: Sequence[str],
+        schedule: Callable[[int], bool],
+        **recorder_kwargs: Any,
+    ):
+        unknown = sorted(set(recorder_kwargs) - set(_RECORDER_KWARGS))
+        if unknown:
+            raise TypeError(f"The 'recorder_kwargs' of TopotraceCallback must be among {list(_RECORDER_KWARGS)} "
+                            f"(the callback sets {list(_SET_BY_CALLBACK)} itself). Got {unknown} instead.")
+        self.store_path = Path(store_path)
+        self._args = dict(layers=layers, probes=probes, class_names=class_names, schedule=schedule, **recorder_kwargs)
+        self._rec: Recorder | None = None
+        self._step: int | None = None  # the global_step last seen: at train start, or last handed to the Recorder
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """The Recorder of the running fit on global rank 0; ``None`` before ``on_train_start`` and after the fit."""
+        return self._rec
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self._close()  # left over from a fit that ended without on_fit_end or on_exception (the Tuner's exit)
+        step = trainer.global_step  # restored from the checkpoint by now
+        resume = trainer.ckpt_path is not None or step > 0
+        self._rec = Recorder(pl_module, self.store_path, resume=resume, resume_step=step if resume else None,
+                             **self._args)
+        self._step = step
+        last = self._rec.last_step
+        if last is None or step > last:
+            self._rec.step(step, trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self._rec is None or step == self._step:  # other ranks; micro-batches that did not step
+            return
+        self._step = step
+        self._rec.step(step, trainer.current_epoch)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        rec, self._rec, self._step = self._rec, None, None
+        if rec is not None:
+            rec.close()
+
+    def __repr__(self) -> str:
+        return f"TopotraceCallback({str(self.store_path)!r}, schedule={self._args['schedule']!r})"
+
+
+__all__ = ["TopotraceCallback"]
