@@ -1,0 +1,249 @@
+"""The Hugging Face Trainer callback on a tiny seeded BERT trained on scikit-learn's bundled digits.
+
+The reference for what the callback records is a plain :class:`Recorder` fed with copies of the model's weights
+taken (by a test-only callback) at the scheduled steps of the same seeded Trainer run without topotrace.
+"""
+
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+
+from topotrace.instrument.recorder import ProbeSet, Recorder
+from topotrace.instrument.schedules import every
+from topotrace.instrument.store import Store
+from topotrace.integrations.hf import TopotraceCallback
+
+PAD, CLS = 17, 18  # token ids 0..16 are the pixel values
+N_TRAIN, BATCH = 160, 16
+STEPS_PER_EPOCH = N_TRAIN // BATCH  # 10: the runs cross an epoch boundary
+MAX_STEPS, CHECKPOINT = 12, 6
+SCHEDULE = every(3)  # steps 0, 3, 6, 9, 12
+LAYERS = ["bert.encoder.layer.*", "bert.pooler"]
+REDUCTIONS = {"bert.encoder.layer.*": "token_mean"}
+CLASSES = [str(d) for d in range(10)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quiet_machine():
+    """One torch thread (on a shared 2-core machine two intra-op threads fight for the cores and a step takes
+    ~20x longer; every compared run uses the same count) and no network: the Hub in offline mode (its
+    HF_HUB_OFFLINE is read at import, hence the constant) and every socket connect raising."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:]}")
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+        mp.setattr(socket.socket, "connect", refuse)
+        mp.setattr(socket.socket, "connect_ex", refuse)
+        yield
+    torch.set_num_threads(threads)
+
+
+class Digits(torch.utils.data.Dataset):
+    def __init__(self, ids, labels):
+        self.ids, self.labels = ids, labels
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Token ids [n, 65] (CLS then the 64 pixel values 0..16) and labels [n]."""
+    d = load_digits()
+    pixels = torch.from_numpy(d.data.astype(np.int64))  # [1797, 64], values 0..16
+    ids = torch.cat([torch.full((len(pixels), 1), CLS), pixels], dim=1)  # [1797, 65]
+    return ids, torch.from_numpy(d.target.astype(np.int64))
+
+
+@pytest.fixture(scope="module")
+def probes(digits):
+    ids, y = digits
+    return [ProbeSet("heldout", ids[1500:1560], y[1500:1560], np.arange(1500, 1560)),
+            ProbeSet("train", ids[:40], y[:40])]
+
+
+def _model():
+    """A tiny BERT with dropout on (a probe pass that moved the RNG would change every later mask)."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=19, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=65, type_vocab_size=1, pad_token_id=PAD,
+                        num_labels=10, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    return BertForSequenceClassification(config)
+
+
+def _train(digits, out, callbacks, *, save=False, resume=None):
+    """A seeded Trainer run of MAX_STEPS updates (a checkpoint at step CHECKPOINT with ``save``); the model."""
+    ids, y = digits
+    args = TrainingArguments(output_dir=str(out), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH,
+                             learning_rate=1e-3, report_to=[], save_strategy="steps" if save else "no",
+                             save_steps=CHECKPOINT, logging_strategy="no", use_cpu=True, seed=1, disable_tqdm=True,
+                             dataloader_num_workers=0)
+    model = _model()
+    Trainer(model, args, train_dataset=Digits(ids[:N_TRAIN], y[:N_TRAIN]), callbacks=callbacks).train(
+        resume_from_checkpoint=resume)
+    return model
+
+
+def _callback(path, probes):
+    return TopotraceCallback(path, layers=LAYERS, probes=probes, class_names=CLASSES, schedule=SCHEDULE,
+                             reductions=REDUCTIONS, batch_size=32, meta={"seed": 1})
+
+
+class CopyWeights(TrainerCallback):
+    """Test-only: copies of the model's weights before training and after every scheduled update."""
+
+    def __init__(self):
+        self.states = {}
+
+    def _copy(self, state, model):
+        if SCHEDULE(state.global_step):
+            self.states[state.global_step] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._copy(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._copy(state, model)
+
+
+class StopAt(TrainerCallback):
+    """Test-only: ends training after ``step`` updates, as a crash after a checkpoint would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+@pytest.fixture(scope="module")
+def runs(digits, probes, tmp_path_factory):
+    """The same seeded training with the topotrace callback and without it (weights copied in both)."""
+    root = tmp_path_factory.mktemp("hf")
+    with_cb, without = CopyWeights(), CopyWeights()
+    model = _train(digits, root / "with", [_callback(root / "with.h5", probes), with_cb])
+    plain = _train(digits, root / "without", [without])
+    return {"store": root / "with.h5", "model": model, "copies": with_cb.states,
+            "plain_model": plain, "plain_copies": without.states, "root": root}
+
+
+def _contents(path):
+    """Everything a store holds per snapshot: steps, epochs, and per probe set the outcomes and every layer's acts."""
+    with Store(path) as st:
+        out = {"step": st.steps, "epoch": st.epochs}
+        for p in st.probes:
+            out |= {(p, what): getattr(st, what)(p) for what in ("logits", "pred", "correct", "loss")}
+            out |= {(p, "conf", m): st.conf(p, m) for m in st.measures}
+            out |= {(p, "acts", la): np.stack([st.acts(p, la, i) for i in range(st.n_snapshots)]) for la in st.layers}
+    return out
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
+
+
+def test_store_equals_plain_recorder_on_the_same_weights(runs, probes):
+    """The callback's store is bit-identical to a plain Recorder's snapshots of the weights the Trainer had."""
+    ref = runs["root"] / "reference.h5"
+    model = _model()
+    with Recorder(model, ref, layers=LAYERS, probes=probes, class_names=CLASSES, schedule=SCHEDULE,
+                  reductions=REDUCTIONS, logits="logits") as rec:
+        for step, state in sorted(runs["plain_copies"].items()):
+            model.load_state_dict(state)
+            rec.snapshot(step, step // STEPS_PER_EPOCH)
+    got = _contents(runs["store"])
+    _assert_same(got, _contents(ref))
+    assert got["step"].tolist() == [0, 3, 6, 9, 12] and got["epoch"].tolist() == [0, 0, 0, 0, 1]
+    with Store(runs["store"]) as st, Store(ref) as st_ref:
+        assert st.layers == st_ref.layers and st.probes == st_ref.probes and st.measures == st_ref.measures
+        assert st.layers["bert.encoder.layer.0"].reduction == "token_mean"
+        assert st.meta["seed"] == 1  # recorder_kwargs are passed on
+        assert not np.array_equal(st.logits("heldout")[0], st.logits("heldout")[-1])  # training moved the model
+
+
+def test_training_unchanged_by_the_callback(runs):
+    """With dropout on, the weights at every scheduled step and at the end equal those of a run without it."""
+    assert sorted(runs["copies"]) == sorted(runs["plain_copies"]) == [0, 3, 6, 9, 12]
+    for step, state in runs["copies"].items():
+        assert all(torch.equal(v, runs["plain_copies"][step][k]) for k, v in state.items()), step
+    final, plain = runs["model"].state_dict(), runs["plain_model"].state_dict()
+    assert all(torch.equal(v, plain[k]) for k, v in final.items())
+
+
+def test_resume_from_checkpoint_cuts_and_continues_the_store(runs, digits, probes, tmp_path):
+    """Resuming from checkpoint-6 replaces the interrupted run's later snapshots; the store equals a straight run's."""
+    path, out = tmp_path / "store.h5", tmp_path / "run"
+    checkpoint = str(out / f"checkpoint-{CHECKPOINT}")
+    _train(digits, out, [_callback(path, probes), StopAt(9)], save=True)  # checkpoint at 6, stops after 9
+    with Store(path) as st:
+        assert st.steps.tolist() == [0, 3, 6, 9]
+    resumed_at = time.time()
+    _train(digits, out, [_callback(path, probes)], save=True, resume=checkpoint)
+    with Store(path) as st:
+        steps, times = st.steps, st.times
+    assert np.all(np.diff(steps) > 0)
+    assert np.all((times > resumed_at) == (steps > CHECKPOINT))  # 0-6 kept from the first run, 9 and 12 new
+    straight = _contents(runs["store"])
+    _assert_same(_contents(path), straight)  # the Trainer's resume is bit-exact on CPU
+
+    # A store that lacks the checkpoint's step (here: a new one) gets it, from the weights loaded at resume.
+    _train(digits, tmp_path / "again", [_callback(tmp_path / "new.h5", probes)], resume=checkpoint)
+    _assert_same(_contents(tmp_path / "new.h5"), {k: v[2:] for k, v in straight.items()})
+
+
+def test_non_main_process_does_nothing(tmp_path, probes):
+    """On a process other than world rank 0 every hook is a no-op: no Recorder, no file, the model unused."""
+    path = tmp_path / "store.h5"
+    cb = _callback(path, probes)
+    state, control = TrainerState(is_world_process_zero=False), TrainerControl()
+    cb.on_train_begin(None, state, control, model=object())  # a Recorder would refuse a non-Module
+    state.global_step, state.epoch = 3, 0.3
+    cb.on_step_end(None, state, control, model=object())
+    cb.on_train_end(None, state, control, model=object())
+    assert cb.recorder is None and not path.exists()
+
+
+def test_recorder_kwargs_set_by_the_callback_are_refused(tmp_path, probes):
+    """'resume' and 'resume_step' come from the Trainer's state; unknown names are refused at construction."""
+    for name in ("resume", "resume_step", "model", "batchsize"):
+        with pytest.raises(TypeError, match=rf"'recorder_kwargs'.*Got \['{name}'\] instead"):
+            TopotraceCallback(tmp_path / "s.h5", layers=LAYERS, probes=probes, class_names=CLASSES,
+                              schedule=SCHEDULE, **{name: 1})
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_import_without_transformers_names_the_extra():
+    """Without transformers the package imports and the hf module fails with a one-line 'pip install topotrace[hf]'."""
+    code = ("import sys\n"
+            "sys.modules['transformers'] = None\n"
+            "import topotrace.integrations\n"
+            "try:\n"
+            "    import topotrace.integrations.hf\n"
+            "except ImportError as err:\n"
+            "    print(repr(str(err)), err.__cause__, err.__suppress_context__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ("'topotrace.integrations.hf needs transformers: pip install topotrace[hf]' None True")

@@ -1,0 +1,127 @@
+"""The Hugging Face ``Trainer`` callback: the Trainer's events translated into :class:`topotrace.Recorder` calls.
+
+::
+
+    from topotrace.integrations.hf import TopotraceCallback
+
+    cb = TopotraceCallback("runs/bert/store.h5", layers=["bert.encoder.layer.*", "bert.pooler"],
+                           probes=[tt.ProbeSet("heldout", input_ids, labels)], class_names=classes,
+                           schedule=tt.log_spaced(max_steps, 50),
+                           reductions={"bert.encoder.layer.*": "token_mean"})
+    Trainer(model, args, train_dataset=ds, callbacks=[cb]).train()
+
+What happens, on the main process only (``state.is_world_process_zero``; other processes do nothing):
+
+* ``on_train_begin``: the Recorder is created on the Trainer's model (``kwargs["model"]``, the unwrapped
+  model), with ``logits="logits"`` (a Hugging Face model returns a ``ModelOutput``) unless given. A fresh run
+  records step 0, the untrained model, if the schedule says so. This event, not ``on_init_end``, because
+  ``Trainer._inner_training_loop`` calls it after ``_init_training_state`` (which restores ``state`` and so
+  ``global_step`` from the checkpoint's ``trainer_state.json``) and after the weights were loaded
+  (``Trainer.train`` before the loop; ``_prepare_for_training`` for DeepSpeed/FSDP). A run resumed from a
+  checkpoint therefore appends to the store with ``resume=True`` and ``resume_step=state.global_step``:
+  snapshots the store holds after the checkpoint's step are cut; the checkpoint's step is recorded only if
+  the schedule asks for it and the store lacks it (a new store, or one that lost that snapshot), never twice.
+* ``on_step_end`` (once per optimiser update, after ``state.global_step`` is advanced):
+  ``Recorder.step(state.global_step, int(state.epoch))``.
+* ``on_train_end``: the Recorder is closed (every queued snapshot written).
+
+A probe pass restores every module's mode and the RNG states, so training goes on exactly as without the
+callback, and the store holds the same bytes as a plain loop calling :meth:`topotrace.Recorder.step` with
+the same model states. Needs ``pip install topotrace[hf]``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    from transformers import TrainerCallback
+except ModuleNotFoundError as err:
+    if err.name is None or err.name.split(".")[0] != "transformers":
+        raise
+    raise ImportError("topotrace.integrations.hf needs transformers: pip install topotrace[hf]") from None
+
+from topotrace.instrument.layers import LayerSelector
+from topotrace.instrument.recorder import ProbeSet, Recorder
+
+_SET_HERE = ("model", "path", "layers", "probes", "class_names", "schedule", "resume", "resume_step")
+_ALLOWED = tuple(n for n in inspect.signature(Recorder).parameters if n not in _SET_HERE)
+
+
+class TopotraceCallback(TrainerCallback):
+    """Record activations and confidence on fixed probe sets while a Hugging Face ``Trainer`` trains.
+
+    Args:
+        store_path: the store file (``.h5``); it must not exist for a fresh run; a run resumed from a
+            checkpoint appends to it.
+        layers: which layers to record (names as in ``model.named_modules()``, globs, a list, or a predicate).
+        probes: the probe sets; ``x`` is the model's first positional input (``input_ids``), called without an
+            attention mask, so probe sequences should hold no padding.
+        class_names: one name per logit.
+        schedule: ``schedule(step) -> bool``; ``step`` is the Trainer's ``global_step`` (optimiser updates).
+        **recorder_kwargs: passed on to :class:`topotrace.Recorder` (``meta``, ``act_dtype``, ``compression``,
+            ``measures``, ``reductions``, ``logits`` (default ``"logits"``), ``batch_size``, ``queue_size``);
+            ``resume`` and ``resume_step`` are set from the Trainer's state.
+
+    Raises:
+        TypeError: ``recorder_kwargs`` holds a name the Recorder does not take, or one the callback sets itself
+            (``model``, ``path``, ``resume``, ``resume_step``).
+    """
+
+    def __init__(
+        self,
+        store_path: str | Path,
+        layers: LayerSelector,
+        probes: Sequence[ProbeSet],
+        class_names: Sequence[str],
+        schedule: Callable[[int], bool],
+        **recorder_kwargs: Any,
+    ):
+        bad = sorted(set(recorder_kwargs) - set(_ALLOWED))
+        if bad:
+            raise TypeError(f"The 'recorder_kwargs' of TopotraceCallback must be among {list(_ALLOWED)} "
+                            f"(the callback sets {list(_SET_HERE)} itself). Got {bad} instead.")
+        self.store_path = Path(store_path)
+        self._kwargs = {"layers": layers, "probes": probes, "class_names": class_names, "schedule": schedule,
+                        "logits": "logits", **recorder_kwargs}
+        self._recorder: Recorder | None = None
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """The Recorder while training runs on the main process; ``None`` before, after and elsewhere."""
+        return self._recorder
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Create the Recorder (resuming the store if the Trainer resumed) and record the starting model if due."""
+        if not state.is_world_process_zero:
+            return
+        self._close()  # a Recorder left open by a train() call that raised
+        step = state.global_step  # the Trainer restores it (and the weights) from the checkpoint before this event
+        resume = step > 0
+        rec = self._recorder = Recorder(kwargs["model"], self.store_path, resume=resume,
+                                        resume_step=step if resume else None, **self._kwargs)
+        if rec.last_step is None or rec.last_step < step:  # the store lacks the model training starts from
+            rec.step(step, int(state.epoch or 0))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Record the model after ``state.global_step`` updates if the schedule says so."""
+        if self._recorder is not None:
+            self._recorder.step(state.global_step, int(state.epoch or 0))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Write every queued snapshot and close the store."""
+        self._close()
+
+    def _close(self) -> None:
+        if self._recorder is not None:
+            rec, self._recorder = self._recorder, None
+            rec.close()
+
+    def __repr__(self) -> str:
+        return f"TopotraceCallback({str(self.store_path)!r}, schedule={self._kwargs['schedule']!r})"
+
+
+__all__ = ["TopotraceCallback"]
