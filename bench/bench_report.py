@@ -24,8 +24,9 @@ from bokeh.settings import settings
 from topotrace.analysis.pipeline import analyze
 from topotrace.analysis.results import AnalysisResults
 from topotrace.instrument.synthetic import write_synthetic_store
-from topotrace.report_templates.figures import MAP_GROUPINGS, correlation_measures
+from topotrace.report_templates.charts import correlation_measures
 from topotrace.report_templates.generate import build_report
+from topotrace.report_templates.maps import MAP_GROUPINGS
 
 from .browser import ARGS, CHROMIUM, slider_frames
 

@@ -1,11 +1,11 @@
 """Static PNG export of one topographic map with its colour bar, for papers (Pillow only, no matplotlib).
 
-The picture uses the report's colour mapping exactly (:func:`.figures.activation_scale`): for a
-layer whose activations are never negative the sequential white-to-dark-red palette over [0, limit], otherwise the
-diverging palette over [-limit, +limit]; the contrast view (each neuron's mean over the groups subtracted) uses the
-diverging palette over the layer's contrast limit. Values are binned like Bokeh's ``LinearColorMapper``. Pixels
-outside the layout's region are white. Geometry (in output pixels; ``H, W`` = the operator's grid, ``scale`` =
-pixels per grid cell)::
+The picture uses the report's colour mapping exactly (:func:`.style.activation_scale`): for a layer whose
+activations are never negative the sequential white-to-dark-red palette over [0, limit], otherwise the diverging
+palette over [-limit, +limit]; the contrast view (each neuron's mean over the groups subtracted) uses the diverging
+palette over the layer's contrast limit. Values are binned like Bokeh's ``LinearColorMapper``
+(:func:`.style.color_index`). Pixels outside the layout's region are white. Geometry (in output pixels; ``H, W`` =
+the operator's grid, ``scale`` = pixels per grid cell)::
 
     title band of TITLE_H px
     map:        x in [MARGIN, MARGIN + W*scale),  y in [TITLE_H, TITLE_H + H*scale)   (grid row 0 at the bottom)
@@ -24,27 +24,13 @@ from PIL import Image, ImageDraw, ImageFont
 from topotrace.analysis.naps import contrast_normalise
 from topotrace.analysis.results import AnalysisResults
 
-from .figures import activation_scale, contrast_limit, diverging_palette
+from .style import activation_scale, color_index, contrast_limit, diverging_palette, palette_rgb
 
 MARGIN = 10
 TITLE_H = 30
 GAP = 14
 BAR_W = 16
 LABEL_W = 64
-
-
-def palette_rgb(palette: list[str] | None = None) -> np.ndarray:
-    """A palette of hex colours (default: the report's diverging one) as an array of shape (n, 3), uint8."""
-    palette = diverging_palette() if palette is None else palette
-    return np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in palette], dtype=np.uint8)
-
-
-def color_index(values: np.ndarray, low: float, high: float, n: int = 256) -> np.ndarray:
-    """Palette index of each value as Bokeh's LinearColorMapper bins it over [low, high]; NaN -> -1."""
-    v = np.asarray(values, dtype=np.float64)
-    idx = np.floor((v - low) / (high - low) * n)
-    idx = np.clip(np.nan_to_num(idx, nan=0.0), 0, n - 1).astype(np.int64)
-    return np.where(np.isnan(v), -1, idx)
 
 
 def _resolve_group(names: list[str], group: int | str) -> int:

@@ -1,10 +1,10 @@
 """The report generator: analysis results -> one self-contained HTML file.
 
-:func:`build_report` asks :mod:`topotrace.report_templates.figures` for the named figure roots, gathers the page text
-(provenance, trend sentences, quality tables) and hands both to :func:`_embed`, the one function in the package
-that calls Bokeh's embedding API. Bokeh's JavaScript and CSS are inlined (``INLINE`` resources), so the file
-opens offline and requests nothing from any host. The jinja2 template ``report.html`` extends Bokeh's file
-template with autoescape on; Bokeh escapes its embedded JSON itself.
+:func:`build_report` asks the figure modules (:mod:`.charts`, :mod:`.maps`, :mod:`.layout_view`) for the named
+figure roots, gathers the page text (provenance, trend sentences, quality tables) and hands both to :func:`_embed`,
+the one function in the package that calls Bokeh's embedding API. Bokeh's JavaScript and CSS are inlined
+(``INLINE`` resources), so the file opens offline and requests nothing from any host. The jinja2 template
+``report.html`` extends Bokeh's file template with autoescape on; Bokeh escapes its embedded JSON itself.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from bokeh.resources import INLINE
 
 from topotrace.analysis.results import AnalysisResults
 
-from . import figures
+from . import charts, layout_view, maps
 from .words import trend_sentence
 
 _HERE = Path(__file__).resolve().parent
@@ -120,24 +120,24 @@ def _page_context(results: AnalysisResults, now: _dt.datetime) -> dict[str, obje
               for layer in results.layers.values() if layer.layouts]
     steps = [int(x) for x in results.steps]
     return {"run": _run_context(results, now), "trends": trends, "layout_tables": tables,
-            "citations": CITATIONS, "significance": figures.significance_table(results),
-            "measures": figures.correlation_measures(results), "last_step": f"{steps[-1]:,}" if steps else "",
-            "log_time": figures.step_axis_type(results.steps) == "log"}
+            "citations": CITATIONS, "significance": charts.significance_table(results),
+            "measures": charts.correlation_measures(results), "last_step": f"{steps[-1]:,}" if steps else "",
+            "log_time": charts.step_axis_type(results.steps) == "log"}
 
 
 def report_roots(results: AnalysisResults) -> dict[str, LayoutDOM]:
     """Every available named figure root of the report (missing data leaves its name out)."""
     roots: dict[str, LayoutDOM] = {}
-    measure = figures.measure_select(results)  # shared by the correlation maps and curves
-    for name, model in (("training_curves", figures.training_curves(results)),
-                        ("corr_summary", figures.correlation_summary(results, measure)),
-                        ("strength_distinctness", figures.strength_distinctness(results)),
-                        ("layout_comparison", figures.layout_comparison(results))):
+    measure = charts.measure_select(results)  # shared by the correlation maps and curves
+    for name, model in (("training_curves", charts.training_curves(results)),
+                        ("corr_summary", charts.correlation_summary(results, measure)),
+                        ("strength_distinctness", charts.strength_distinctness(results)),
+                        ("layout_comparison", layout_view.layout_comparison(results))):
         if model is not None:
             roots[name] = model
-    maps = figures.map_sections(results, measure, figures.time_markers(list(roots.values())))
-    roots.update(maps)
-    if measure is not None and ("corr_maps" in maps or "corr_summary" in roots):
+    sections = maps.map_sections(results, measure, charts.time_markers(list(roots.values())))
+    roots.update(sections)
+    if measure is not None and ("corr_maps" in sections or "corr_summary" in roots):
         roots["corr_view"] = row(measure, name="corr_view")  # the widget itself is also a callback argument
     if not roots:  # Bokeh needs one root to write a page; this one shows nothing
         roots["placeholder"] = Div(text="", visible=False, name="placeholder")

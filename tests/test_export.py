@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from test_report import synthetic_results
 
 from topotrace.report_templates import export
 from topotrace.report_templates.export import export_map_png
-from topotrace.report_templates.figures import diverging_palette, sequential_palette
+from topotrace.report_templates.style import diverging_palette, sequential_palette
+
+from .test_report import synthetic_results
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_nonnegative_layer_uses_sequential_mapping(results, tmp_path):
 
     la = results.layers["layer0"]
     naps = {k: dataclasses.replace(g, naps=np.abs(g.naps)) for k, g in la.naps.items()}
-    res = dataclasses.replace(results, layers={"layer0": dataclasses.replace(la, naps=naps)})
+    res = dataclasses.replace(results, layers={"layer0": dataclasses.replace(la, naps=naps, nonnegative=True)})
     op = la.layouts[la.default_layout].interp
     scale = 3
     im = np.asarray(Image.open(export_map_png(res, "layer0", "class", 1, -1, tmp_path / "s.png", scale=scale))

@@ -97,3 +97,16 @@ def test_smoothness_smooth_vs_random_values():
     assert maps.smoothness(op, smooth) > 0.8
     assert abs(maps.smoothness(op, rough)) < 0.25
     assert maps.smoothness(op, smooth) == maps.smoothness(op, smooth)  # seeded baseline
+
+
+def test_all_nonnegative_ignores_nan_and_needs_a_value():
+    """Non-negativity is read from every finite value; NaN (empty groups) does not count; no values -> False."""
+    from topotrace.analysis.maps import all_nonnegative
+
+    a = np.abs(np.random.default_rng(0).normal(size=(3, 4, 5)))
+    a[0, 0] = np.nan
+    assert all_nonnegative([a, a[:1]])
+    b = a.copy()
+    b[-1, 0, 3] = -1e-3
+    assert not all_nonnegative([a, b])
+    assert not all_nonnegative([np.full((2, 2), np.nan)])

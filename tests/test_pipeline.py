@@ -120,6 +120,7 @@ def test_every_statistic_matches_direct_reference(small_store):
                     if rows.any():
                         assert lr.strength_by_bin[s, b] == pytest.approx(np.abs(a[rows]).mean())
             assert lr.cka[-1] == pytest.approx(1.0)
+            assert lr.nonnegative == all(np.nanmin(g.naps) >= 0 for g in lr.naps.values())
         for probe in st.probes:
             np.testing.assert_allclose(res.curves[probe]["accuracy"], st.correct(probe).mean(1))
             np.testing.assert_allclose(res.curves[probe]["loss"], st.loss(probe).mean(1), rtol=1e-6)

@@ -249,7 +249,8 @@ def _nonneg_results(results: AnalysisResults) -> AnalysisResults:
     first = next(iter(results.layers))
     la = results.layers[first]
     naps = {k: dataclasses.replace(g, naps=np.abs(g.naps)) for k, g in la.naps.items()}
-    return dataclasses.replace(results, layers={**results.layers, first: dataclasses.replace(la, naps=naps)})
+    return dataclasses.replace(results, layers={**results.layers,
+                                                first: dataclasses.replace(la, naps=naps, nonnegative=True)})
 
 
 def _mappers_by_low(doc: dict) -> list[tuple[float, float, list]]:
@@ -258,24 +259,6 @@ def _mappers_by_low(doc: dict) -> list[tuple[float, float, list]]:
         a = m["attributes"]
         out.append((a["low"], a["high"], a["palette"]))
     return out
-
-
-def test_layer_is_nonnegative_ignores_empty_groups(results):
-    """Non-negativity is read from every grouping's NAPs; NaN (empty groups) does not count."""
-    from topotrace.report_templates.figures import layer_is_nonnegative
-
-    la = next(iter(_nonneg_results(results).layers.values()))
-    assert layer_is_nonnegative(la)
-    naps = dict(la.naps)
-    nan_group = np.array(naps["class"].naps, dtype=np.float32)
-    nan_group[0, 0, :] = np.nan
-    naps["class"] = dataclasses.replace(naps["class"], naps=nan_group)
-    assert layer_is_nonnegative(dataclasses.replace(la, naps=naps))
-    signed = np.array(naps["confbin"].naps, dtype=np.float32)
-    signed[-1, 0, 3] = -1e-3
-    naps["confbin"] = dataclasses.replace(naps["confbin"], naps=signed)
-    assert not layer_is_nonnegative(dataclasses.replace(la, naps=naps))
-    assert np.nanmin(next(iter(results.layers.values())).naps["class"].naps) < 0  # the synthetic layer is signed
 
 
 def test_nonnegative_layer_gets_sequential_scale(results, tmp_path):
@@ -297,7 +280,7 @@ def test_nonnegative_layer_gets_sequential_scale(results, tmp_path):
 
 def test_contrast_switch_and_measure_selector(results, html_text):
     """The TAM section has the mean/contrast switch; the measure selector lists every measure, primary first."""
-    from topotrace.report_templates.figures import correlation_measures
+    from topotrace.report_templates.charts import correlation_measures
 
     doc = _docs_json(html_text)
     radios = [m for m in _models(doc, "RadioButtonGroup") if m["attributes"].get("name") == "tam_mode"]
@@ -338,7 +321,7 @@ def test_significance_table_matches_summaries(results, html_text):
 
 def test_log_step_axis_for_log_spaced_snapshots(results, tmp_path):
     """Snapshots spanning decades get a log step axis with points at step + 1; short spans stay linear."""
-    from topotrace.report_templates.figures import step_axis_type, time_x
+    from topotrace.report_templates.charts import step_axis_type, time_x
 
     assert step_axis_type(np.array([0, 1, 3, 10, 30, 100])) == "log"
     assert step_axis_type(np.array([10, 20, 40, 80, 120])) == "linear"
@@ -359,7 +342,7 @@ def test_log_step_axis_for_log_spaced_snapshots(results, tmp_path):
 
 def test_layout_comparison_fits_one_row(results, html_text):
     """All layout methods of a layer sit in one row, each tile narrow enough for five in the page column."""
-    from topotrace.report_templates.figures import LAYOUT_COLS, LAYOUT_PX
+    from topotrace.report_templates.layout_view import LAYOUT_COLS, LAYOUT_PX
 
     n_methods = max(len(la.layouts) for la in results.layers.values())
     page_column = 1180 - 2 * 28 - 2 * (22 + 1)  # report.css: page max-width and padding, section padding, border
@@ -378,7 +361,7 @@ def test_layout_comparison_greys_neurons_without_a_preferred_class(results):
     from bokeh.models import ColumnDataSource
     from bokeh.palettes import Category10_10
 
-    from topotrace.report_templates.figures import NO_PREFERENCE, NO_PREFERENCE_COLOR, layout_comparison
+    from topotrace.report_templates.layout_view import NO_PREFERENCE, NO_PREFERENCE_COLOR, layout_comparison
 
     name, layer = next(iter(results.layers.items()))
     naps = np.array(layer.naps["class"].naps, copy=True)  # (S, G, N)
@@ -423,7 +406,8 @@ def test_time_markers_on_every_time_chart(results, tmp_path, log_steps):
 
 def test_corr_fit_limit_matches_numpy(results, html_text):
     """The "fit to data" limit is max |r| over snapshots, neurons and both maps, per layer and measure."""
-    from topotrace.report_templates.figures import corr_fit_limit, correlation_measures
+    from topotrace.report_templates.charts import correlation_measures
+    from topotrace.report_templates.style import corr_fit_limit
 
     doc = _docs_json(html_text)
     measures = correlation_measures(results)

@@ -28,9 +28,9 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """(report path, the analysis results it shows)."""
-    from test_report import synthetic_results
-
     from topotrace.report_templates.generate import build_report
+
+    from .test_report import synthetic_results
 
     d = tmp_path_factory.mktemp("browser")
     res = synthetic_results(d / "store.h5", n_snapshots=8, layer_sizes=(48, 24), n_classes=5, per_class=12)

@@ -1,0 +1,337 @@
+"""Charts over training time and confidence, with their time axis, snapshot markers and measure selector.
+
+The charts: training curves, the correlation summary and significance table, strength and distinctness (over
+training time and per confidence bin). Every public builder takes an
+:class:`~topotrace.analysis.results.AnalysisResults` (and nothing mutable), returns a Bokeh model whose ``name``
+the template uses to place it (or ``None`` when the data it needs is missing), and touches no file.
+
+Each chart over training time carries a current-snapshot marker named :data:`MARKER_NAME`; :func:`time_markers`
+collects them for the map callback (:func:`topotrace.report_templates.maps.map_sections`), which moves them with
+the time slider. The selector of :func:`measure_select` is shared by the correlation curves and the correlation
+maps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from bokeh.layouts import column, row
+from bokeh.models import (
+    ColumnDataSource,
+    CustomJS,
+    CustomJSTickFormatter,
+    FixedTicker,
+    HoverTool,
+    Legend,
+    Select,
+    Span,
+)
+from bokeh.models.layouts import LayoutDOM
+from bokeh.palettes import Category10_10
+from bokeh.plotting import figure
+
+from topotrace.analysis.results import AnalysisResults
+
+from .style import plain
+
+CURVE_NAMES = (("accuracy", "Accuracy"), ("loss", "Loss (cross-entropy)"))
+PROBE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b")
+
+
+# ------------------------------------------------------------------------------------------ time axis
+def step_axis_type(steps: np.ndarray) -> str:
+    """``"log"`` when the steps span two decades or more (counting step 0 as 1, see :func:`time_x`), else linear."""
+    steps = np.asarray(steps, dtype=np.float64)
+    if len(steps) > 1 and steps.min() >= 0 and (steps.max() + 1) / (steps.min() + 1) >= 100:
+        return "log"
+    return "linear"
+
+
+def time_x(steps: np.ndarray, axis_type: str) -> np.ndarray:
+    """Positions of steps on a time axis: ``step + 1`` on a log axis (so step 0 has a place), else ``step``."""
+    steps = np.asarray(steps, dtype=np.float64)
+    return steps + 1.0 if axis_type == "log" else steps
+
+
+TIME_LABEL = {"log": "training step (log scale)", "linear": "training step"}
+
+
+def _style_time_axis(fig: figure, steps: np.ndarray, axis_type: str) -> None:
+    """On a log step axis, ticks sit at steps 0, 1, 10, 100, ... (drawn at step + 1) and are labelled in steps."""
+    if axis_type != "log":
+        return
+    top = int(np.ceil(np.log10(max(float(np.max(steps)), 1.0) + 1)))
+    major = [1.0] + [10.0 ** k + 1 for k in range(top + 1)]  # steps 0, 1, 10, 100, ...
+    minor = [m * 10.0 ** k + 1 for k in range(top + 1) for m in range(2, 10)]
+    fig.xaxis.ticker = FixedTicker(ticks=major, minor_ticks=minor)
+    fig.xaxis.formatter = CustomJSTickFormatter(code="return Math.round(tick - 1).toLocaleString('en-US');")
+
+
+MARKER_NAME = "time_marker"  # every current-snapshot marker carries this name; render_maps.js moves them all
+
+
+def _add_time_marker(fig: figure, steps: np.ndarray, axis_type: str) -> Span:
+    """A thin vertical line at the last snapshot (where the time slider starts), named :data:`MARKER_NAME`.
+
+    The map callback moves it to the snapshot the slider is on (drawn at :func:`time_x` of that step).
+    """
+    x = float(time_x(np.asarray(steps)[-1:], axis_type)[0]) if len(steps) else 0.0
+    span = Span(location=x, dimension="height", line_color="#57606a", line_width=1, line_alpha=0.8,
+                line_dash="dashed", name=MARKER_NAME)
+    fig.add_layout(span)
+    return span
+
+
+def time_markers(roots: list[LayoutDOM]) -> list[Span]:
+    """The current-snapshot markers inside ``roots`` (for the map callback to move)."""
+    return [m for root in roots for m in root.select({"name": MARKER_NAME}) if isinstance(m, Span)]
+
+
+def _line_figure(title: str, x_label: str, y_label: str, x_axis_type: str = "linear", **kw) -> figure:
+    fig = figure(title=plain(title), width=kw.pop("width", 360), height=kw.pop("height", 260), x_axis_type=x_axis_type,
+                 toolbar_location=None, tools="", **kw)
+    fig.xaxis.axis_label = plain(x_label)
+    fig.yaxis.axis_label = plain(y_label)
+    fig.title.text_font_size = "13px"
+    fig.min_border_right = 12
+    return fig
+
+
+def _time_figure(title: str, y_label: str, steps: np.ndarray, axis_type: str, **kw) -> figure:
+    """A line chart over training time with a current-snapshot marker (see :func:`_add_time_marker`).
+
+    The step axis is logarithmic when the snapshots span two decades or more.
+    """
+    fig = _line_figure(title, TIME_LABEL[axis_type], y_label, axis_type, **kw)
+    _style_time_axis(fig, steps, axis_type)
+    _add_time_marker(fig, steps, axis_type)
+    return fig
+
+
+def _add_legend(fig: figure, items: list[tuple[str, list]]) -> None:
+    if len(items) > 1:
+        fig.add_layout(Legend(items=items, location="center", orientation="horizontal", label_text_font_size="11px",
+                              padding=2, spacing=8, border_line_alpha=0), "below")
+
+
+# ---------------------------------------------------------------------------------- confidence measures
+def correlation_measures(results: AnalysisResults) -> list[str]:
+    """Confidence measures with correlations in every layer that has any, in the analysis's order."""
+    sets = [set(la.corr) for la in results.layers.values() if la.corr]
+    if not sets:
+        return []
+    common = set.intersection(*sets)
+    order = list(results.measures or []) + sorted(common - set(results.measures or []))
+    return [m for m in order if m in common]
+
+
+def default_measure(results: AnalysisResults, measures: list[str]) -> str:
+    """The measure shown first: the analysis's primary measure when it is among ``measures``, else the first."""
+    return results.primary_measure if results.primary_measure in measures else measures[0]
+
+
+def measure_select(results: AnalysisResults) -> Select | None:
+    """Selector of the confidence measure for the correlation maps and curves (name ``corr_measure``).
+
+    None when fewer than two measures have correlations. The default is the analysis's primary measure.
+    """
+    measures = correlation_measures(results)
+    if len(measures) < 2:
+        return None
+    return Select(title="", options=measures, value=default_measure(results, measures), width=170,
+                  name="corr_measure")
+
+
+# --------------------------------------------------------------------------------------------- curves
+def training_curves(results: AnalysisResults) -> LayoutDOM | None:
+    """Accuracy, loss and mean confidence of every probe set over training steps (name ``training_curves``)."""
+    curves = results.curves or {}
+    steps = np.asarray(results.steps)
+    if not curves or len(steps) == 0:
+        return None
+    xtype = step_axis_type(steps)
+    measure = results.primary_measure
+    specs = list(CURVE_NAMES) + [(f"conf_{measure}", f"Mean confidence ({measure})")]
+    figs = []
+    for key, title in specs:
+        fig = _time_figure(title, title.split(" (")[0], steps, xtype)
+        items = []
+        for i, (probe, named) in enumerate(curves.items()):
+            if key not in named:
+                continue
+            y = np.asarray(named[key], dtype=np.float64)
+            src = ColumnDataSource({"x": time_x(steps[: len(y)], xtype), "step": steps[: len(y)], "y": y})
+            color = PROBE_COLORS[i % len(PROBE_COLORS)]
+            r = fig.line("x", "y", source=src, line_width=2, color=color)
+            fig.scatter("x", "y", source=src, size=4, color=color)
+            items.append((str(probe), [r]))
+        if not items:
+            continue
+        fig.add_tools(HoverTool(tooltips=[("step", "@step"), ("value", "@y{0.0000}")], mode="vline",
+                                renderers=[it[1][0] for it in items]))
+        _add_legend(fig, items)
+        figs.append(fig)
+    if not figs:
+        return None
+    return row(*figs, name="training_curves")
+
+
+# -------------------------------------------------------------------------------------- correlations
+SUMMARY_KEYS = ("mean_r", "mean_r_within", "frac_sig_pos", "frac_sig_neg", "frac_sig_pos_within",
+                "frac_sig_neg_within")
+SUMMARY_JS = """
+const k = Math.max(0, sel.options.indexOf(sel.value));
+for (let i = 0; i < views.length; i++) {
+  const all = alls[i].data, v = views[i].data;
+  const nd = {x: v.x, step: v.step};
+  for (const key of keys) nd[key] = all[sel.value + "|" + key];
+  views[i].data = nd;
+}
+for (let i = 0; i < titles.length; i++) titles[i].text = title_texts[i][k];
+"""
+
+
+def correlation_summary(results: AnalysisResults, measure: Select | None = None) -> LayoutDOM | None:
+    """Mean r and the share of significantly positive / negative neurons over time (name ``corr_summary``).
+
+    With a measure selector (from :func:`measure_select`), the curves of every measure are shipped and a small
+    CustomJS callback shows those of the selected measure.
+    """
+    measures = list(measure.options) if measure is not None else []
+    if not measures:
+        available = correlation_measures(results)
+        measures = [default_measure(results, available)] if available else []
+    if not measures:
+        return None
+    shown = measure.value if measure is not None else measures[0]
+    steps = np.asarray(results.steps)
+    xtype = step_axis_type(steps)
+    rows, views, alls, titles, title_texts = [], [], [], [], []
+    for layer in results.layers.values():
+        crs = {m: layer.corr.get(m) for m in measures} if layer.corr else {}
+        if not crs or any(cr is None or not cr.summary for cr in crs.values()):
+            continue
+        n = len(steps)
+        all_data = {}
+        for m, cr in crs.items():
+            for key in SUMMARY_KEYS:
+                y = np.full(n, np.nan)
+                got = cr.summary.get(key)
+                if got is not None:
+                    got = np.asarray(got, float)[:n]
+                    y[: len(got)] = got
+                all_data[f"{m}|{key}"] = y
+        view = ColumnDataSource({"x": time_x(steps, xtype), "step": steps,
+                                 **{k: all_data[f"{shown}|{k}"] for k in SUMMARY_KEYS}})
+        views.append(view)
+        alls.append(ColumnDataSource(all_data))
+        alpha = crs[shown].alpha
+        f_r = _time_figure(f"{layer.name}: mean r with {shown}", "mean Pearson r", steps, xtype, width=440)
+        f_s = _time_figure(f"{layer.name}: share of neurons with q < {alpha:g}", "share of neurons", steps, xtype,
+                           width=520)
+        titles.append(f_r.title)
+        title_texts.append([plain(f"{layer.name}: mean r with {m}") for m in measures])
+        items_r, items_s = [], []
+        for suffix, what, dash in (("", "overall", "solid"), ("_within", "within class", "dashed")):
+            r = f_r.line("x", f"mean_r{suffix}", source=view, line_width=2, color="#444444", line_dash=dash)
+            items_r.append((what, [r]))
+            for sign, color in (("pos", "#b2182b"), ("neg", "#2166ac")):
+                r = f_s.line("x", f"frac_sig_{sign}{suffix}", source=view, line_width=2, color=color,
+                             line_dash=dash)
+                items_s.append((f"{'positive' if sign == 'pos' else 'negative'} r, {what}", [r]))
+        f_r.add_tools(HoverTool(tooltips=[("step", "@step"), ("mean r", "@mean_r{0.000}"),
+                                          ("within class", "@mean_r_within{0.000}")], mode="vline",
+                                renderers=[items_r[0][1][0]]))
+        f_s.add_tools(HoverTool(tooltips=[("step", "@step"), ("positive", "@frac_sig_pos{0%}"),
+                                          ("negative", "@frac_sig_neg{0%}"),
+                                          ("positive within", "@frac_sig_pos_within{0%}"),
+                                          ("negative within", "@frac_sig_neg_within{0%}")], mode="vline",
+                                renderers=[items_s[0][1][0]]))
+        _add_legend(f_r, items_r)
+        f_s.add_layout(Legend(items=items_s, location="center", label_text_font_size="11px", ncols=2,
+                              padding=2, spacing=4, border_line_alpha=0), "below")
+        rows.append(row(f_r, f_s))
+    if not rows:
+        return None
+    if measure is not None:
+        measure.js_on_change("value", CustomJS(args=dict(sel=measure, views=views, alls=alls, keys=list(SUMMARY_KEYS),
+                                                         titles=titles, title_texts=title_texts), code=SUMMARY_JS))
+    return column(*rows, name="corr_summary")
+
+
+def significance_table(results: AnalysisResults) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """Share of neurons with a significant positive / negative r (overall) at the last snapshot.
+
+    Returns:
+        Per layer with correlations: (layer name, [(measure, positive share, negative share), ...]) with the
+        shares as percent text, in the order of :func:`correlation_measures`.
+    """
+    out = []
+    for layer in results.layers.values():
+        rows = []
+        for m in correlation_measures(results):
+            cr = layer.corr.get(m) if layer.corr else None
+            if cr is None:
+                continue
+            pos, neg = (np.asarray(cr.summary.get(k, []), float) for k in ("frac_sig_pos", "frac_sig_neg"))
+            if pos.size == 0 or neg.size == 0:
+                continue
+            rows.append((m, f"{100 * pos[-1]:.0f} %", f"{100 * neg[-1]:.0f} %"))
+        if rows:
+            out.append((layer.name, rows))
+    return out
+
+
+# ------------------------------------------------------------------------------- strength / distinct
+def strength_distinctness(results: AnalysisResults) -> LayoutDOM | None:
+    """Strength and distinctness vs training time and vs confidence bin (name ``strength_distinctness``)."""
+    steps = np.asarray(results.steps)
+    layers = list(results.layers.values())
+    if not layers or len(steps) == 0:
+        return None
+    xtype = step_axis_type(steps)
+    figs = []
+    for attr, title in (("strength", "Activity strength (mean |a|)"),
+                        ("distinctness", "Class distinctness (between / within variance)")):
+        fig = _time_figure(title, attr, steps, xtype)
+        items = []
+        for i, layer in enumerate(layers):
+            y = np.asarray(getattr(layer, attr, None) if getattr(layer, attr, None) is not None else [], float)
+            if y.size == 0:
+                continue
+            src = ColumnDataSource({"x": time_x(steps[: len(y)], xtype), "step": steps[: len(y)], "y": y})
+            r = fig.line("x", "y", source=src, line_width=2, color=Category10_10[i % 10])
+            items.append((layer.name, [r]))
+        if items:
+            fig.add_tools(HoverTool(tooltips=[("step", "@step"), (attr, "@y{0.000}")], mode="vline",
+                                    renderers=[it[1][0] for it in items]))
+            _add_legend(fig, items)
+            figs.append(fig)
+    bin_rows = []
+    for attr, title in (("strength_by_bin", "Strength"), ("distinctness_by_bin", "Distinctness")):
+        for layer in layers:
+            y = getattr(layer, attr, None)
+            names = list(layer.bin_names or [])
+            if y is None or np.asarray(y).ndim != 2 or not names or np.asarray(y).shape[1] != len(names):
+                continue
+            y = np.asarray(y, float)
+            fig = _line_figure(f"{title} by {results.primary_measure} bin, {layer.name}", "confidence bin",
+                               title.lower(), "auto", x_range=names)
+            picks = sorted({0, y.shape[0] // 2, y.shape[0] - 1})
+            shades = ["#c6dbef", "#6baed6", "#08519c"][-len(picks):]
+            items = []
+            for s, color in zip(picks, shades):
+                r = fig.line(names, y[s], line_width=2, color=color)
+                fig.scatter(names, y[s], size=5, color=color)
+                items.append((f"step {int(steps[s]):,}", [r]))
+            fig.xaxis.major_label_orientation = 0.6
+            _add_legend(fig, items)
+            bin_rows.append(fig)
+    if not figs and not bin_rows:
+        return None
+    parts = []
+    if figs:
+        parts.append(row(*figs))
+    for i in range(0, len(bin_rows), 2):
+        parts.append(row(*bin_rows[i:i + 2]))
+    return column(*parts, name="strength_distinctness")
+
