@@ -7,10 +7,13 @@ CONFIG  ?= configs/digits.toml
 RUN     ?= $(basename $(notdir $(CONFIG)))
 STAMP   := $(VENV)/.installed
 
-.PHONY: help setup train analyze report info test bench lint clean
+SEEDS   ?= 0,1,2
+STUDY   ?= $(RUN)-study
+
+.PHONY: help setup train analyze report study info test bench lint clean
 
 help:  ## list the targets (RUN=NAME names the run in every target, CONFIG=FILE the training config)
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/\$$(RUN)/$(RUN)/g' \
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/\$$(RUN)/$(RUN)/g' -e 's/\$$(STUDY)/$(STUDY)/g' \
 		| awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
@@ -28,9 +31,12 @@ train: $(STAMP)  ## train CONFIG (default: the MLP on digits) and record runs/$(
 analyze: $(STAMP)  ## analyse runs/$(RUN) (cached in runs/$(RUN)/analysis.h5)
 	$(BIN)/topotrace analyze runs/$(RUN)
 
-report: $(STAMP)  ## train if needed, analyse, and write runs/$(RUN)/report.html
-	@test -f runs/$(RUN)/store.h5 || $(BIN)/topotrace train --config $(CONFIG) --name $(RUN) $(if $(SEED),--seed $(SEED))
+report: $(STAMP)  ## train if needed, analyse, write runs/$(RUN)/report.html and findings.json (a run or a study)
+	@test -f runs/$(RUN)/store.h5 -o -f runs/$(RUN)/study.json || $(BIN)/topotrace train --config $(CONFIG) --name $(RUN) $(if $(SEED),--seed $(SEED))
 	$(BIN)/topotrace report runs/$(RUN)
+
+study: $(STAMP)  ## train, record and analyse SEEDS (0,1,2) of CONFIG into runs/$(STUDY)/; findings across seeds
+	$(BIN)/topotrace study --config $(CONFIG) --seeds $(SEEDS) --name $(STUDY)
 
 info: $(STAMP)  ## summarise runs/$(RUN)/store.h5
 	$(BIN)/topotrace info runs/$(RUN)

@@ -5,8 +5,10 @@ the confidence bins and the optional contrast normalisation of the reference stu
 across-group mean). :mod:`topotrace.analysis.pipeline` computes the group means of every grouping in its
 single streamed pass over the activations (one matrix product per snapshot).
 
-Confidence bins are quantile bins of one confidence measure with edges computed once from the values of all
-snapshots pooled, so a bin means the same confidence range at every snapshot (early snapshots put most
+Confidence bins are quantile bins of one confidence measure, by default per snapshot ("relative
+confidence", :func:`snapshot_bins`: every bin holds the same share of samples at every snapshot, so no bin
+is empty when a measure saturates), or with edges computed once from the values of all snapshots pooled
+(:func:`confbin_edges`: a bin means the same confidence range at every snapshot; early snapshots put most
 samples in low bins, late ones in high bins).
 """
 
@@ -38,6 +40,35 @@ def confbin_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
     if v.size == 0:
         raise ValueError("Cannot compute confidence bins: no finite confidence values.")
     return np.quantile(v, np.linspace(0.0, 1.0, n_bins + 1))
+
+
+def snapshot_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Per-snapshot quantile bins ("relative confidence"): every bin holds the same share of each snapshot's samples.
+
+    Args:
+        values: array of shape (S, n), a confidence measure per snapshot and sample.
+        n_bins: B >= 1.
+
+    Returns:
+        Array of shape (S, n), int64 in 0 .. B - 1: sample i of snapshot s is in bin ``floor(B * r / n)`` where r
+        is its rank (0 .. n - 1) at that snapshot, ties broken by sample order, so bin sizes differ by at most 1.
+    """
+    if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool):
+        raise TypeError(f"The 'n_bins' parameter must be an int. Got {type(n_bins).__name__} instead.")
+    if n_bins < 1:
+        raise ValueError(f"The 'n_bins' parameter must be >= 1. Got {n_bins} instead.")
+    v = np.atleast_2d(np.asarray(values, np.float64))
+    n = v.shape[1]
+    rank = np.empty(v.shape, np.int64)
+    order = np.argsort(v, axis=1, kind="stable")
+    np.put_along_axis(rank, order, np.arange(n)[None, :], axis=1)
+    return (rank * n_bins // n).astype(np.int64)
+
+
+def relative_bin_names(n_bins: int) -> list[str]:
+    """Names of per-snapshot quantile bins, e.g. ``["0–20 %", "20–40 %", ...]`` (share of the snapshot's samples)."""
+    edges = [round(100 * b / n_bins) for b in range(n_bins + 1)]
+    return [f"{lo}–{hi} %" for lo, hi in zip(edges[:-1], edges[1:])]
 
 
 def assign_bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

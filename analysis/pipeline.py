@@ -3,8 +3,9 @@
 One streaming pass per layer reads the probe set's activations snapshot by snapshot (plus the final snapshot
 once more, the reference for CKA) and computes at each snapshot the NAPs of every grouping, the correlations
 with every confidence measure, activity strength and class distinctness (overall and per confidence bin) and
-CKA; then layouts, maps and trends are computed from those small results. Memory is bounded by one snapshot's
-activations plus the results (which grow with snapshots x neurons, not with samples).
+CKA, and each probe sample's activity strength and class distinctness; then layouts, maps and the bootstrap
+evidence for the study's claims (:mod:`.evidence`) are computed from those small results. Memory is bounded
+by one snapshot's activations plus the results (which grow with snapshots x neurons or samples).
 
 Cache. The results are written to ``analysis.h5`` next to the store together with the store's fingerprint
 (committed snapshots, last step, file size and modification time in ns) and the analysis parameters (JSON,
@@ -30,7 +31,7 @@ from threadpoolctl import threadpool_limits
 
 from topotrace.instrument.store import Store, resolve_store_path
 
-from . import maps, naps, stats
+from . import evidence, maps, naps, stats
 from .layouts import NeuronLayout, shepard_score, trustworthiness_score
 from .results import (
     AnalysisResults,
@@ -43,8 +44,8 @@ from .results import (
     save_results,
 )
 
-ANALYSIS_VERSION = 5  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
-# 5: trends hold numbers and verdicts (no sentences), layers say whether they are non-negative
+ANALYSIS_VERSION = 6  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
+# 5: layers say whether they are non-negative; 6: per-sample evidence, per-snapshot bins, no trend p-values
 ALPHA = 0.05
 GRID = 64
 RANDOM_STATE = 0
@@ -150,7 +151,8 @@ def analyze(
     cache_path: str | os.PathLike | None = None,
     *,
     probe_set: str = "heldout",
-    measure: str = "max_prob",
+    measure: str | None = None,
+    bins: str = "snapshot",
     layout_methods: Sequence[str] | None = None,
     default_layout: str | None = None,
     n_bins: int = 5,
@@ -163,12 +165,17 @@ def analyze(
         store_path: the store file, or a run folder holding ``store.h5``.
         cache_path: the cache file; default ``analysis.h5`` in the store's folder.
         probe_set: probe set whose activations the layer results describe (curves cover every probe set).
-        measure: primary confidence measure: it defines the confidence bins.
+        measure: primary confidence measure: it defines the confidence bins and leads the findings; default
+            ``logit_margin`` when the store has it (it does not saturate late in training as ``max_prob``
+            does), else the store's first measure.
+        bins: ``"snapshot"`` (default): quantile bins of each snapshot ("relative confidence": every bin holds
+            the same share of samples at every snapshot); ``"pooled"``: edges from all snapshots pooled (a bin
+            is the same confidence range at every snapshot, and late bins may be empty).
         layout_methods: layout methods (see :class:`.layouts.NeuronLayout`), each followed by declutter;
             default :func:`default_layout_methods` per layer.
         default_layout: key of the layout used for the report's maps (e.g. ``"force+declutter"``); default
             :func:`pick_default_layout`.
-        n_bins: B, quantile bins of the primary measure (edges pooled over all snapshots).
+        n_bins: B, quantile bins of the primary measure.
         refresh: recompute even if the cache matches.
         progress: called as ``progress(stage, done, total)`` while computing.
 
@@ -183,16 +190,18 @@ def analyze(
         raise TypeError(f"The 'n_bins' parameter must be an int. Got {type(n_bins).__name__} instead.")
     if n_bins < 1:
         raise ValueError(f"The 'n_bins' parameter must be >= 1. Got {n_bins} instead.")
+    if bins not in ("snapshot", "pooled"):
+        raise ValueError(f"The 'bins' parameter must be 'snapshot' or 'pooled'. Got {bins!r} instead.")
     if layout_methods is not None:
         if isinstance(layout_methods, str):
             raise TypeError("The 'layout_methods' parameter must be a list of method names, not a str.")
         layout_methods = list(layout_methods)
     params = {
         "analysis_version": ANALYSIS_VERSION, "probe_set": probe_set, "measure": measure,
-        "layout_methods": layout_methods, "default_layout": default_layout, "n_bins": int(n_bins),
+        "layout_methods": layout_methods, "default_layout": default_layout, "n_bins": int(n_bins), "bins": bins,
         "alpha": ALPHA, "grid": GRID, "min_map_fill": MIN_MAP_FILL, "random_state": RANDOM_STATE,
         "cka_max_samples": CKA_MAX_SAMPLES,
-        "layout_features": "class NAPs at the last snapshot", "metric": "cosine", "confbins": "pooled quantiles",
+        "layout_features": "class NAPs at the last snapshot", "metric": "cosine", "n_boot": evidence.N_BOOT,
     }
     report = progress or (lambda stage, done, total: None)
     with Store(path) as store:
@@ -201,6 +210,9 @@ def analyze(
         if probe_set not in store.probes:
             raise ValueError(f"The 'probe_set' parameter must be one of {sorted(store.probes)}. "
                              f"Got {probe_set!r} instead.")
+        if measure is None:
+            measure = "logit_margin" if "logit_margin" in store.measures else store.measures[0]
+        params["measure"] = measure
         if measure not in store.measures:
             raise ValueError(f"The 'measure' parameter must be one of {list(store.measures)}. Got {measure!r} instead.")
         fp = store_fingerprint(store)
@@ -221,8 +233,8 @@ def analyze(
         # OpenBLAS's threads spin while they wait, which on a busy machine made small layouts up to 40x slower.
         with threadpool_limits(1, user_api="blas"):
             for name in store.layers:
-                layers[name] = _analyze_layer(store, name, probe_set, measure, layout_methods, default_layout,
-                                              n_bins, report)
+                layers[name] = _analyze_layer(store, name, probe_set, measure, bins, layout_methods,
+                                              default_layout, n_bins, report)
         sha_thread.join()
         res = AnalysisResults(
             store_path=str(path), store_sha256=sha[0] if sha else "", n_snapshots=store.n_snapshots,
@@ -259,8 +271,9 @@ def cached_results(store_path: str | os.PathLike,
         return None
 
 
-def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_methods: list[str] | None,
-                   default_layout: str | None, n_bins: int, report: Progress) -> LayerResult:
+def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode: str,
+                   layout_methods: list[str] | None, default_layout: str | None, n_bins: int,
+                   report: Progress) -> LayerResult:
     spec = store.layers[name]
     n_s, n_neurons = store.n_snapshots, spec.n_neurons
     labels = store.labels(probe)
@@ -268,13 +281,18 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
     measures = list(store.measures)
     conf_all = np.stack([store.conf(probe, m) for m in measures], axis=-1).astype(np.float64)  # [S, n, M]
     primary = conf_all[..., measures.index(measure)]
-    edges = naps.confbin_edges(primary, n_bins)
-    bins = naps.assign_bins(primary, edges)
-    names_b = naps.bin_names(edges)
+    if bins_mode == "pooled":
+        edges = naps.confbin_edges(primary, n_bins)
+        bins = naps.assign_bins(primary, edges)
+        names_b = naps.bin_names(edges)
+    else:
+        bins = naps.snapshot_bins(primary, n_bins)
+        names_b = naps.relative_bin_names(n_bins)
     n_classes = len(store.class_names)
     sizes = {g: naps.group_index(g, labels, labels, labels, labels, n_classes, n_bins)[1] for g in naps.GROUPINGS}
     lp = _LayerPass(n_s, n_neurons, measures, n_bins, sizes)
     n = len(labels)
+    per_sample = np.full((2, n_s, n), np.nan)  # strength and distinctness of every probe sample
     n_present = len(np.unique(labels))
     df, df_within = n - 2, n - n_present - 1
     sub = np.sort(np.random.default_rng(RANDOM_STATE).permutation(n)[:CKA_MAX_SAMPLES]) if n > CKA_MAX_SAMPLES \
@@ -316,6 +334,8 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
             sq_sums = np.bincount(bins[s], sq_rows, minlength=n_bins)  # [B]
             n_bin = counts[off["confbin"]: off["confbin"] + n_bins]
             lp.strength[s] = abs_sums.sum() / (n * n_neurons)
+            per_sample[0, s] = abs_rows / n_neurons
+            per_sample[1, s] = evidence.sample_distinctness(a, labels, n_classes)
             cls = slice(off["class"], off["class"] + n_classes)
             lp.distinctness[s] = stats.distinctness_from_sums(sums[cls], counts[cls], sq_sums.sum())
             ccb = off["class_confbin"] + np.arange(n_classes) * n_bins
@@ -366,10 +386,9 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
     elif default_layout not in layouts:
         raise ValueError(f"The 'default_layout' parameter must be one of {sorted(layouts)}. "
                          f"Got {default_layout!r} instead.")
-    trends = [stats.trend_over_time(lp.strength, "strength"),
-              stats.trend_over_time(lp.distinctness, "distinctness"),
-              stats.trend_over_bins(lp.strength_by_bin, "strength"),
-              stats.trend_over_bins(lp.distinctness_by_bin, "distinctness")]
+    report(f"{name}: bootstrap", 0, 1)
+    ev = evidence.sample_evidence(per_sample, conf_all, labels, n_classes, measures, seed=RANDOM_STATE)
+    report(f"{name}: bootstrap", 1, 1)
     return LayerResult(
         name=name, n_neurons=n_neurons, reduction=spec.reduction, naps=grouped, layouts=layouts,
         default_layout=default_layout,
@@ -378,7 +397,7 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, layout_met
                                               for s in range(n_s)),
         nonnegative=maps.all_nonnegative(gn.naps for gn in grouped.values()),
         corr=corr, strength=lp.strength, distinctness=lp.distinctness, bin_names=names_b,
-        strength_by_bin=lp.strength_by_bin, distinctness_by_bin=lp.distinctness_by_bin, cka=lp.cka, trends=trends,
+        strength_by_bin=lp.strength_by_bin, distinctness_by_bin=lp.distinctness_by_bin, cka=lp.cka, evidence=ev,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -112,35 +112,43 @@ class CorrResult:
     alpha: float = 0.05
 
 
-VERDICTS = ("rises", "falls", "no trend", "not enough data")
-
-
 @dataclass
-class Trend:
-    """Does a quantity rise? Numbers and a verdict; the report layer turns them into words.
+class SampleEvidence:
+    """Per-snapshot evidence of one layer (one run, one probe set), with bootstrap intervals.
 
     Attributes:
-        quantity: ``"strength"`` or ``"distinctness"``.
-        versus: ``"time"`` or ``"confidence"``.
-        statistic: name of the test, e.g. ``"spearman_rho"``.
-        value: the statistic's value.
-        p_value: its p-value.
-        verdict: one of :data:`VERDICTS`: ``"rises"`` (p < 0.05 and value > 0), ``"falls"`` (p < 0.05 and
-            value < 0), ``"no trend"``, or ``"not enough data"`` (the statistic is undefined).
-        n: the number of values the statistic was computed over (snapshots, or (snapshot, bin) cells).
+        quantities: ``("strength", "distinctness")``.
+        measures: M confidence measure names.
+        mean: array of shape (2, S): mean per-sample quantity at each snapshot.
+        mean_ci: array of shape (2, S, 2): its bootstrap interval.
+        rho: array of shape (2, S, M): Spearman of the quantity with each measure, overall.
+        rho_ci: array of shape (2, S, M, 2).
+        rho_partial: array of shape (2, S, M): partial Spearman given the class.
+        rho_partial_ci: array of shape (2, S, M, 2).
+        change: array of shape (2,): mean at the last snapshot minus mean at the first.
+        change_ci: array of shape (2, 2): its (paired) bootstrap interval.
+        peak: array of shape (2,), int: snapshot index where the mean is largest.
+        peak_change: array of shape (2,): mean at the peak minus mean at the first snapshot.
+        peak_change_ci: array of shape (2, 2).
+        n_samples: probe samples n.
+        n_boot: bootstrap resamples.
     """
 
-    quantity: str
-    versus: str
-    statistic: str
-    value: float
-    p_value: float
-    verdict: str
-    n: int
-
-    @property
-    def rises(self) -> bool:
-        return self.verdict == "rises"
+    quantities: tuple[str, ...]
+    measures: list[str]
+    mean: np.ndarray
+    mean_ci: np.ndarray
+    rho: np.ndarray
+    rho_ci: np.ndarray
+    rho_partial: np.ndarray
+    rho_partial_ci: np.ndarray
+    change: np.ndarray
+    change_ci: np.ndarray
+    peak: np.ndarray
+    peak_change: np.ndarray
+    peak_change_ci: np.ndarray
+    n_samples: int
+    n_boot: int
 
 
 @dataclass
@@ -164,7 +172,8 @@ class LayerResult:
         strength_by_bin: array of shape (S, B).
         distinctness_by_bin: array of shape (S, B).
         cka: array of shape (S,): linear CKA of each snapshot's activations to the final snapshot's.
-        trends: list of :class:`Trend` (strength and distinctness vs time and vs confidence).
+        evidence: per-sample evidence for the study's claims with bootstrap intervals
+            (:class:`topotrace.analysis.evidence.SampleEvidence`); ``None`` for results built without it.
         color_limit_contrast: like ``color_limit`` for contrast-normalised NAPs (each neuron's mean over the
             groups of a grouping subtracted), for reports that show those.
         nonnegative: every finite NAP value of the layer is >= 0 (e.g. after ReLU): its maps can use a
@@ -185,7 +194,7 @@ class LayerResult:
     strength_by_bin: np.ndarray
     distinctness_by_bin: np.ndarray
     cka: np.ndarray
-    trends: list[Trend] = field(default_factory=list)
+    evidence: SampleEvidence | None = None
     color_limit_contrast: float = float("nan")
     nonnegative: bool = False
 
@@ -259,7 +268,7 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
     ``measures``, ``class_names``, ``layer_order``; datasets ``steps``, ``epochs``, ``curves/<probe>/<name>``;
     one group ``layers/<name>`` per layer with ``naps/<grouping>/{naps,counts}``,
     ``layouts/<method>/{xy,pixel,neurons,weights}``, ``corr/<measure>/{pearson,...,summary/<name>}`` and the
-    per-snapshot arrays; trends are JSON text. No pickle anywhere.
+    per-snapshot arrays; the per-sample evidence is a group ``evidence`` of arrays. No pickle anywhere.
 
     Args:
         results: what to save.
@@ -302,7 +311,15 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
             g.attrs["color_limit_contrast"] = float(lr.color_limit_contrast)
             g.attrs["nonnegative"] = bool(lr.nonnegative)
             g.attrs["bin_names"] = _dumps(list(lr.bin_names))
-            g.attrs["trends"] = _dumps([vars(t) for t in lr.trends])
+            if lr.evidence is not None:
+                ev = lr.evidence
+                h = g.create_group("evidence")
+                h.attrs["quantities"] = _dumps(list(ev.quantities))
+                h.attrs["measures"] = _dumps(list(ev.measures))
+                h.attrs["n_samples"] = int(ev.n_samples)
+                h.attrs["n_boot"] = int(ev.n_boot)
+                for k in EVIDENCE_ARRAYS:
+                    _put(h, k, getattr(ev, k))
             g.attrs["grouping_order"] = _dumps(list(lr.naps))
             g.attrs["layout_order"] = _dumps(list(lr.layouts))
             g.attrs["corr_order"] = _dumps(list(lr.corr))
@@ -338,6 +355,17 @@ def read_cache_attrs(path: str | os.PathLike) -> dict[str, object]:
     """Root attributes of a cache file (text decoded), without reading any dataset."""
     with h5py.File(path, "r") as f:
         return {k: (_text(v) if isinstance(v, (bytes, str)) else v) for k, v in f.attrs.items()}
+
+
+EVIDENCE_ARRAYS = ("mean", "mean_ci", "rho", "rho_ci", "rho_partial", "rho_partial_ci", "change", "change_ci",
+                   "peak", "peak_change", "peak_change_ci")
+
+
+def _load_evidence(h: h5py.Group) -> SampleEvidence:
+    arrays = {k: h[k][()] for k in EVIDENCE_ARRAYS}
+    return SampleEvidence(quantities=tuple(json.loads(_text(h.attrs["quantities"]))),
+                          measures=json.loads(_text(h.attrs["measures"])), n_samples=int(h.attrs["n_samples"]),
+                          n_boot=int(h.attrs["n_boot"]), **arrays)
 
 
 def load_results(path: str | os.PathLike) -> AnalysisResults:
@@ -387,7 +415,7 @@ def load_results(path: str | os.PathLike) -> AnalysisResults:
                 corr=corr, strength=g["strength"][()], distinctness=g["distinctness"][()],
                 bin_names=json.loads(_text(ga["bin_names"])), strength_by_bin=g["strength_by_bin"][()],
                 distinctness_by_bin=g["distinctness_by_bin"][()], cka=g["cka"][()],
-                trends=[Trend(**t) for t in json.loads(_text(ga["trends"]))],
+                evidence=_load_evidence(g["evidence"]) if "evidence" in g else None,
                 color_limit_contrast=float(ga["color_limit_contrast"]), nonnegative=bool(ga["nonnegative"]),
             )
         return AnalysisResults(

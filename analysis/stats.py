@@ -3,7 +3,7 @@
 Owns: float16 conversion by table, column-wise ranks with average ties (one packed-key sort per neuron),
 Pearson and Spearman correlation of every neuron with confidence (overall and within class), their p-values,
 the Benjamini–Hochberg adjustment, per-snapshot summaries, class distinctness from sufficient statistics,
-linear CKA to a fixed reference and the trend tests that say whether a quantity rises. (Activity strength,
+and linear CKA to a fixed reference. (Activity strength,
 mean |a|, is summed inside the pipeline's pass.) The textbook forms these are tested against live in
 ``tests/reference.py``.
 
@@ -25,9 +25,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 from scipy import special
-from scipy import stats as sps
-
-from .results import Trend
 
 _TINY = 1e-12
 _BLOCK_ELEMENTS = 1 << 20  # samples x neurons per block in snapshot_correlations
@@ -386,43 +383,3 @@ class CkaReference:
             norm_x = float(np.linalg.norm((xc.T @ xc).astype(np.float64)))
         den = norm_x * self._norm_y
         return num / den if den > 0 else float("nan")
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return float("nan"), float("nan")
-    res = sps.spearmanr(x[ok], y[ok])
-    return float(res.statistic), float(res.pvalue)
-
-
-def _verdict(rho: float, p: float) -> str:
-    if not np.isfinite(rho):
-        return "not enough data"
-    if p < 0.05:
-        return "rises" if rho > 0 else "falls"
-    return "no trend"
-
-
-def trend_over_time(values: np.ndarray, quantity: str) -> Trend:
-    """Does ``values`` (shape (S,), one per snapshot in step order) rise over training? Spearman vs step."""
-    v = np.asarray(values, np.float64)
-    rho, p = _spearman(np.arange(len(v), dtype=np.float64), v)
-    return Trend(quantity, "time", "spearman_rho", rho, p, _verdict(rho, p), int(np.isfinite(v).sum()))
-
-
-def trend_over_bins(values: np.ndarray, quantity: str) -> Trend:
-    """Does ``values`` (shape (S, B), per snapshot and confidence bin) rise with confidence?
-
-    Each snapshot's values are centred on their mean over bins, which removes the change with training time
-    (late snapshots fill the high bins); the statistic is Spearman's rho between bin index and the centred
-    value over all (snapshot, bin) cells with data.
-    """
-    v = np.asarray(values, np.float64)
-    ok_rows = np.isfinite(v).sum(axis=1) >= 2  # a snapshot with one filled bin says nothing about confidence
-    v = v[ok_rows]
-    with np.errstate(invalid="ignore"):
-        centred = v - np.nanmean(v, axis=1, keepdims=True) if len(v) else v
-    b = np.broadcast_to(np.arange(v.shape[1], dtype=np.float64), v.shape)
-    rho, p = _spearman(b.ravel(), centred.ravel())
-    return Trend(quantity, "confidence", "spearman_rho", rho, p, _verdict(rho, p), int(np.isfinite(centred).sum()))

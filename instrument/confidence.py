@@ -19,6 +19,9 @@ import numpy as np
 Measure = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 DEFAULT_MEASURES = ("max_prob", "margin", "entropy", "true_prob", "logit_margin")
+# Measures whose higher values mean *less* confidence; the findings turn their sign around so that "with
+# confidence" means the same for every measure. A registered measure counts as higher = more confident.
+UNCERTAINTY_MEASURES = frozenset({"entropy"})
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -245,7 +245,7 @@ MODE_LABELS = ["mean activation", "contrast to the other groups"]
 
 
 def map_sections(results: AnalysisResults, measure: Select | None = None,
-                 markers: list[Span] | None = None) -> dict[str, LayoutDOM]:
+                 markers: list[Span] | None = None, ncols: int = 5) -> dict[str, LayoutDOM]:
     """All map sections with their shared time slider, play button, layer selector and view switches.
 
     Args:
@@ -254,6 +254,8 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
             curves), or None to show correlations with the default measure only.
         markers: current-snapshot markers of the charts over training time (from :func:`time_markers`); the
             slider moves them to its snapshot's step.
+        ncols: tiles per row of the class and correct/wrong grids (the comparison page, with a column of maps
+            per run, asks for fewer).
 
     Returns:
         A dict of named models (only the available ones): ``map_controls`` (slider, play, layer selector and
@@ -290,7 +292,7 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
                 continue
             parts.append(html_div(text=f"<h4 class='tt-sub'>{esc(caption)}</h4>"))
             grid, bar, mapper = _layer_grid(layer, li, reg, TAM, [gn.naps], gn.group_names, scale,
-                                            "mean activation", "mean activation", 5, gn.counts)
+                                            "mean activation", "mean activation", ncols, gn.counts)
             parts += grid
             reg.tam_mappers.append(mapper)
             reg.tam_scale.append([scale[1], scale[2], clim, scale[1] == 0])

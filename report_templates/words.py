@@ -1,35 +1,92 @@
 """Words for numbers: the one place where analysis results become sentences, for the HTML and the terminal.
 
-The analysis stores effects, statistics and verdicts only (:class:`topotrace.analysis.results.Trend`); the
-report and ``topotrace analyze`` both call these functions, so a result reads the same everywhere. The
-returned text is plain: callers escape it for their medium (HTML, rich markup).
+The analysis stores effects, intervals and verdicts only (:class:`topotrace.analysis.findings.Finding`); the
+report and the command line both call these functions, so a result reads the same everywhere. The returned
+text is plain: callers escape it for their medium (HTML, rich markup).
 """
 
 from __future__ import annotations
 
 import math
 
-from topotrace.analysis.results import Trend
+from topotrace.analysis.findings import Finding
 
-QUANTITY = {"strength": "activity strength", "distinctness": "class distinctness"}
-VERSUS = {"time": "with training time", "confidence": "with confidence"}
-VERDICT = {"rises": "rises", "falls": "falls", "no trend": "shows no significant trend",
-           "not enough data": "cannot be judged"}
+CLAIM_TEXT = {
+    "stronger_with_time": "Activity becomes stronger with training time",
+    "more_distinct_with_time": "Activity becomes more class-distinct with training time",
+    "stronger_with_confidence": "The more confident the network, the stronger a sample's activity",
+    "more_distinct_with_confidence": "The more confident the network, the more class-distinct a sample's activity",
+}
+CLAIM_SHORT = {
+    "stronger_with_time": "stronger with time",
+    "more_distinct_with_time": "more distinct with time",
+    "stronger_with_confidence": "stronger with confidence",
+    "more_distinct_with_confidence": "more distinct with confidence",
+}
 
 
-def trend_detail(t: Trend) -> str:
-    """What the statistic was computed over, e.g. ``"over 60 snapshots"``."""
-    if t.versus == "time":
-        return f"over {t.n} snapshots"
-    return f"bin index vs value centred per snapshot, {t.n} cells"
+def number(value: float, digits: int = 3) -> str:
+    """A number for a sentence or a table: 3 significant digits, a real minus sign, "n/a" for NaN."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    text = f"{value:.{digits}g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return text.replace("-", "−")
 
 
-def trend_sentence(t: Trend) -> str:
-    """One sentence for a trend, e.g. ``"Activity strength rises with training time (Spearman rho = 0.93, ...)."``."""
-    quantity = QUANTITY.get(t.quantity, t.quantity)
-    versus = VERSUS.get(t.versus, f"with {t.versus}")
-    if t.verdict == "not enough data" or not math.isfinite(t.value):
-        return f"Not enough data to tell whether {quantity} changes {versus}."
-    verb = VERDICT.get(t.verdict, t.verdict)
-    return (f"{quantity[:1].upper()}{quantity[1:]} {verb} {versus} (Spearman rho = {t.value:.2f}, "
-            f"p = {t.p_value:.2g}, {trend_detail(t)}).")
+def interval(f: Finding) -> str:
+    """``"0.12 to 0.31"``, or "n/a" when the interval is undefined."""
+    if not (math.isfinite(f.ci_low) and math.isfinite(f.ci_high)):
+        return "n/a"
+    return f"{number(f.ci_low)} to {number(f.ci_high)}"
+
+
+def interval_kind(f: Finding) -> str:
+    """What the interval is: across runs, or a bootstrap over probe samples for one run."""
+    if f.n_runs == 1:
+        return "95 % bootstrap interval over probe samples, 1 run"
+    return f"95 % t-interval across {f.n_runs} runs"
+
+
+def finding_sentence(f: Finding) -> str:
+    """One sentence per finding, with its effect, interval, verdict and, where they apply, peak and onset.
+
+    E.g. "Activity becomes stronger with training time (hidden1): change 0.83, 95 % t-interval across 3 runs
+    0.77 to 0.89 — supported."
+    """
+    measure = f", confidence = {f.measure}" if f.measure else ""
+    effect = "change" if f.versus == "time" else "partial Spearman ρ at the last snapshot"
+    text = (f"{CLAIM_TEXT[f.claim]} ({f.layer}{measure}): {effect} {number(f.effect)}, {interval_kind(f)} "
+            f"{interval(f)} — {f.verdict}.")
+    if f.versus == "time" and f.peak_step >= 0 and f.peak_step != int(f.steps[-1]):
+        text += f" It peaks at step {f.peak_step}, before the last snapshot."
+    if f.versus == "confidence" and f.onset_step >= 0:
+        text += f" The interval stays above 0 from step {f.onset_step} on."
+    return text
+
+
+def effect_text(f: Finding) -> str:
+    """What a finding's effect is, in a few words: ``"change"``, or ``"partial ρ with logit_margin"``."""
+    return "change" if f.versus == "time" else f"partial ρ with {f.measure}"
+
+
+def comparison_sentence(layer: str, claim: str, entries: list[tuple[str, Finding | str]]) -> str:
+    """One sentence for one layer and claim over several runs: each run's verdict, effect and interval.
+
+    E.g. "Activity becomes stronger with training time (hidden1): lr-0.1 supported (change 0.83, 0.77 to 0.89);
+    lr-0.01 not supported (change 0.02, −0.05 to 0.1). The verdicts differ."
+
+    Args:
+        layer: the layer name.
+        claim: a key of :data:`CLAIM_TEXT`.
+        entries: ``(run label, finding)`` per run; where a run has no finding, a few words saying why instead
+            (e.g. "no such layer").
+    """
+    parts = []
+    for label, f in entries:
+        if isinstance(f, str):
+            parts.append(f"{label}: {f}")
+        else:
+            parts.append(f"{label} {f.verdict} ({effect_text(f)} {number(f.effect)}, {interval(f)})")
+    verdicts = {f.verdict for _, f in entries if not isinstance(f, str)}
+    ending = " The verdicts differ." if len(verdicts) > 1 else ""
+    return f"{CLAIM_TEXT[claim]} ({layer}): {'; '.join(parts)}.{ending}"

@@ -59,3 +59,24 @@ def group_means(acts, key, n_groups):
         if counts[g]:
             naps[g] = acts[key == g].mean(0)
     return naps, counts
+
+
+def sample_distinctness(acts, labels, n_classes):
+    """Per-sample distinctness by loops: leave-one-out own-class mean vs nearest other class mean."""
+    out = []
+    for i, a in enumerate(acts):
+        own = [j for j in range(len(acts)) if labels[j] == labels[i] and j != i]
+        others = [c for c in range(n_classes) if c != labels[i] and (labels == c).any()]
+        if not own or not others:
+            out.append(np.nan)
+            continue
+        d_own = np.linalg.norm(a - acts[own].mean(axis=0))
+        d_other = min(np.linalg.norm(a - acts[labels == c].mean(axis=0)) for c in others)
+        out.append((d_other - d_own) / (d_other + d_own) if d_other + d_own > 0 else 0.0)
+    return np.array(out)
+
+
+def partial_spearman(x, y, labels):
+    """Spearman of x (n,) and y (n,) given the class: all-sample ranks, class means of the ranks removed."""
+    rx, ry = residuals(sps.rankdata(x), labels), residuals(sps.rankdata(y), labels)
+    return np.corrcoef(rx, ry)[0, 1]

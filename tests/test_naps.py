@@ -58,11 +58,11 @@ def analysed(store_path, tmp_path_factory):
     from topotrace.analysis.pipeline import analyze
 
     return analyze(store_path, tmp_path_factory.mktemp("naps_cache") / "analysis.h5", layout_methods=["pca"],
-                   n_bins=3)
+                   n_bins=3, measure="max_prob", bins="pooled")
 
 
 def test_every_grouping_matches_direct_computation(store_path, analysed):
-    """The pipeline's NAPs of every grouping equal group means computed directly from each snapshot."""
+    """The pipeline's NAPs of every grouping (pooled confidence bins) equal group means computed directly."""
     lr = analysed.layers["layer0"]
     with Store(store_path) as st:
         labels, pred, correct = st.labels("heldout"), st.pred("heldout"), st.correct("heldout")
@@ -94,3 +94,23 @@ def test_bin_names_tell_neighbouring_edges_apart():
     names = bin_names(np.array([0.2, 0.95, 0.9996, 1.0]))
     assert names == ["0.2000–0.9500", "0.9500–0.9996", "0.9996–1.0000"]
     assert len(set(names)) == 3
+
+
+def test_snapshot_bins_hold_equal_shares_at_every_snapshot(store_path, tmp_path):
+    """Per-snapshot ("relative") bins: bin b of snapshot s holds the samples ranked b/B .. (b+1)/B there."""
+    from topotrace.analysis.pipeline import analyze
+
+    res = analyze(store_path, tmp_path / "a.h5", layout_methods=["pca"], n_bins=4, measure="logit_margin")
+    gn = res.layers["layer0"].naps["confbin"]
+    assert gn.group_names == ["0–25 %", "25–50 %", "50–75 %", "75–100 %"]
+    with Store(store_path) as st:
+        conf = st.conf("heldout", "logit_margin")
+        n = conf.shape[1]
+        for s in range(st.n_snapshots):
+            assert gn.counts[s].tolist() == np.bincount(np.arange(n) * 4 // n).tolist()  # 30 samples: 8, 7, 8, 7
+            a = st.acts("heldout", "layer0", s).astype(np.float64)
+            order = np.argsort(conf[s], kind="stable")
+            for b in range(4):
+                members = order[np.arange(n) * 4 // n == b]
+                np.testing.assert_allclose(gn.naps[s, b], a[members].mean(0), rtol=1e-5, atol=1e-6)
+    assert naps.snapshot_bins(np.array([[3.0, 1.0, 2.0, 2.0]]), 2).tolist() == [[1, 0, 0, 1]]

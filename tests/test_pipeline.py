@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from topotrace.analysis.findings import run_findings
 from topotrace.analysis.pipeline import analyze
 from topotrace.analysis.results import AnalysisResults, load_results, save_results
 from topotrace.instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, Store, StoreSpec, StoreWriter
 from topotrace.instrument.synthetic import write_synthetic_store
+
+from . import reference as ref_impl
 
 FAST = ["pca", "force"]
 N_CLASSES = 3
@@ -106,6 +109,15 @@ def test_every_statistic_matches_direct_reference(small_store):
                     assert cr.summary["frac_sig_pos"][s] == np.mean(sig & (cr.pearson[s] > 0))
                     assert cr.summary["mean_r"][s] == pytest.approx(np.mean(ref_p), abs=1e-6)
                 assert lr.strength[s] == pytest.approx(np.abs(a).mean())
+                strength_i = np.abs(a).mean(axis=1)
+                distinct_i = ref_impl.sample_distinctness(a, labels, N_CLASSES)
+                assert lr.evidence.mean[0, s] == pytest.approx(strength_i.mean())
+                assert lr.evidence.mean[1, s] == pytest.approx(np.nanmean(distinct_i))
+                for j, m in enumerate(lr.evidence.measures):
+                    c = st.conf("heldout", m)[s].astype(np.float64)
+                    assert lr.evidence.rho[0, s, j] == pytest.approx(sps.spearmanr(strength_i, c).statistic)
+                    assert lr.evidence.rho_partial[1, s, j] == pytest.approx(
+                        ref_impl.partial_spearman(distinct_i, c, labels))
                 means = np.stack([a[labels == k].mean(0) for k in range(N_CLASSES)])
                 between = (10 * (means - a.mean(0)) ** 2).sum()
                 within = sum(((a[labels == k] - means[k]) ** 2).sum() for k in range(N_CLASSES))
@@ -114,8 +126,9 @@ def test_every_statistic_matches_direct_reference(small_store):
                 xc, yc = a - a.mean(0), final - final.mean(0)
                 cka = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
                 assert lr.cka[s] == pytest.approx(cka, rel=1e-5)
-                edges = np.quantile(st.conf("heldout", "max_prob").astype(np.float64), [0, 0.5, 1])
-                low = st.conf("heldout", "max_prob")[s] < edges[1]
+                conf_s = st.conf("heldout", "max_prob")[s]  # per-snapshot bins: the lower half of the ranks
+                low = np.zeros(len(conf_s), bool)
+                low[np.argsort(conf_s, kind="stable")[: len(conf_s) // 2]] = True
                 for b, rows in enumerate([low, ~low]):
                     if rows.any():
                         assert lr.strength_by_bin[s, b] == pytest.approx(np.abs(a[rows]).mean())
@@ -139,10 +152,10 @@ def test_planted_signals_on_synthetic_store(synthetic):
     assert (cr.spearman[:, 0] > 0.99).all() and (cr.spearman_within[:, 0] > 0.99).all()
     assert np.abs(cr.pearson_within[:, 1]).max() < 1e-6 and np.abs(cr.spearman_within[:, 1]).max() < 1e-6
     assert (cr.q_pearson[:, 0] < 0.05).all()
-    trends = {(t.quantity, t.versus): t for t in lr.trends}
-    assert trends["strength", "time"].rises and trends["distinctness", "time"].rises
-    assert trends["strength", "confidence"].rises
-    assert all(t.statistic == "spearman_rho" and t.n > 0 for t in lr.trends)
+    found = {(f.claim, f.measure): f for f in run_findings(res)}
+    assert found["stronger_with_time", ""].verdict == "supported"  # planted: neurons grow over training
+    assert found["more_distinct_with_time", ""].verdict == "supported"
+    assert all(f.n_runs == 1 and f.ci_low <= f.effect <= f.ci_high for f in found.values())
     gn = lr.naps["class"]
     for s in range(res.n_snapshots):
         w = gn.counts[s][:, None]
@@ -285,12 +298,13 @@ def test_tiny_layer_gets_statistics_but_no_map(tmp_path):
     assert lr.corr["max_prob"].pearson.shape == (3, 2) and np.isfinite(lr.strength).all()
 
 
-def test_cli_prints_trends_and_cache_path(small_store, capsys):
+def test_cli_prints_findings_and_cache_path(small_store, capsys):
     from topotrace.cli import main
 
     assert main(["analyze", str(small_store.parent), "--layouts", "pca", "--measure", "margin"]) == 0
     out = capsys.readouterr().out
-    assert "strength" in out and "distinctness" in out and "confidence" in out and "Spearman rho" in out
+    assert "stronger with time" in out and "more distinct with confidence" in out and "95 %" in out
+    assert "supported" in out and "bootstrap interval over probe samples" in out
     assert str(small_store.parent / "analysis.h5") in out.replace("\n", "")
     assert main(["analyze", str(small_store.parent / "nothing.h5")]) == 2
 

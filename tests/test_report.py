@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import re
 from pathlib import Path
 
 import bokeh
+import markupsafe
 import numpy as np
 import pytest
 
+from topotrace.analysis.findings import run_findings
 from topotrace.analysis.pipeline import analyze
 from topotrace.analysis.results import AnalysisResults
 from topotrace.instrument.synthetic import write_synthetic_store
 from topotrace.report_templates.generate import build_report
-from topotrace.report_templates.words import trend_sentence
+from topotrace.report_templates.words import finding_sentence
 
 SECTION_TITLES = (
-    "Run summary and provenance", "Training curves", "Topographic activation maps", "Maps per confidence bin",
-    "Activity&ndash;confidence correlation", "Activity strength and class distinctness", "Layout comparison",
+    "Findings", "Run summary and provenance", "Training curves", "Topographic activation maps",
+    "Maps per confidence bin", "Activity&ndash;confidence correlation", "Activity strength and class distinctness",
+    "Layout comparison",
 )
 EVIL = "<script>alert(1)</script>\"'&"
 MATH = "$$x$$ \\(y\\) \\[z\\]"  # TeX delimiters: BokehJS would fetch MathJax from a CDN to typeset these
@@ -87,9 +89,11 @@ def test_provenance_and_citations(results, html_text):
     assert results.store_sha256 in html_text
     assert "Visualizing Deep Neural Networks with Topographic Activation Maps" in html_text
     assert "Relation of Activity and Confidence when Training Deep Neural Networks" in html_text
-    for layer in results.layers.values():
-        for t in layer.trends:
-            assert html.escape(trend_sentence(t), quote=False) in html_text
+    found = run_findings(results)
+    assert found
+    for f in found:
+        if f.measure in ("", results.primary_measure):
+            assert str(markupsafe.escape(finding_sentence(f))) in html_text
 
 
 def _outside_scripts(page: str) -> str:
@@ -114,9 +118,8 @@ def _evil_results(results: AnalysisResults) -> AnalysisResults:
     for key, la in results.layers.items():
         naps = {k: dataclasses.replace(g, group_names=[f"{EVIL}{x}" for x in g.group_names])
                 for k, g in la.naps.items()}
-        trends = [dataclasses.replace(t, quantity=f"{EVIL} trend") for t in la.trends]
         evil_name = f"{EVIL}{MATH}{key}"
-        layers[evil_name] = dataclasses.replace(la, name=evil_name, naps=naps, trends=trends,
+        layers[evil_name] = dataclasses.replace(la, name=evil_name, naps=naps,
                                                 bin_names=[f"{EVIL}{b}" for b in la.bin_names])
     meta = dict(results.meta, run_name=EVIL, data=EVIL, model_summary=EVIL, seed=EVIL,
                 config={"opt": {EVIL: EVIL, "lr": EVIL}}, versions={EVIL: EVIL})
@@ -175,7 +178,7 @@ def _models(node, kind: str) -> list[dict]:
 
 
 def test_missing_sections_give_notes(results, tmp_path):
-    """A run with no layers, curves, correlations or trends still builds, with a visible note per section."""
+    """A run with no layers, curves, correlations or findings still builds, with a visible note per section."""
     bare = dataclasses.replace(results, layers={}, curves={}, meta={})
     page = build_report(bare, tmp_path / "bare.html").read_text(encoding="utf-8")
     for title in SECTION_TITLES:
@@ -189,14 +192,14 @@ def test_missing_sections_give_notes(results, tmp_path):
 
 def test_partial_layer_data_gives_notes(results, tmp_path):
     """Layers without confidence bins and correlations keep the class maps and note the rest."""
-    layers = {k: dataclasses.replace(la, corr={}, naps={"class": la.naps["class"]}, trends=[],
+    layers = {k: dataclasses.replace(la, corr={}, naps={"class": la.naps["class"]}, evidence=None,
                                      strength_by_bin=np.zeros((0, 0)), bin_names=[], color_limit=float("nan"))
               for k, la in results.layers.items()}
     page = build_report(dataclasses.replace(results, layers=layers), tmp_path / "p.html").read_text("utf-8")
     mappers = _models(_docs_json(page), "LinearColorMapper")
     assert mappers and all(m["attributes"]["high"] == 1.0 == -m["attributes"]["low"] for m in mappers)
     assert "No confidence-bin maps" in page and "No correlation maps" in page
-    assert "No trend tests" in page
+    assert "No findings" in page
     assert "No activation maps" not in page
 
 
@@ -398,7 +401,9 @@ def test_time_markers_on_every_time_chart(results, tmp_path, log_steps):
     want_x = steps.astype(float) + (1.0 if log_steps else 0.0)  # log axes draw step s at s + 1
     spans = [m for m in _models(doc, "Span") if m["attributes"].get("name") == "time_marker"]
     n_corr_layers = sum(1 for la in res.layers.values() if la.corr)
-    assert len(spans) == 3 + 2 * n_corr_layers + 2  # training curves, correlation summaries, strength/distinctness
+    n_findings_charts = 4 * sum(1 for la in res.layers.values() if la.evidence is not None)
+    # training curves, correlation summaries, strength/distinctness, the findings' claims
+    assert len(spans) == 3 + 2 * n_corr_layers + 2 + n_findings_charts
     assert all(s["attributes"]["location"] == want_x[-1] and s["attributes"]["dimension"] == "height" for s in spans)
     assert sorted(s["id"] for s in spans) == sorted(m["id"] for m in _custom_js_arg(doc, "markers"))
     np.testing.assert_array_equal(_custom_js_arg(doc, "marker_x"), want_x)

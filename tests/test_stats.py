@@ -160,34 +160,6 @@ def test_cka_reference(n):
     assert stats.CkaReference(x).score(3 * x @ q + 1) == pytest.approx(1.0)
 
 
-def test_trend_over_time():
-    v = np.array([1.0, 1.2, 1.1, 1.5, 1.7, 2.0])
-    t = stats.trend_over_time(v, "strength")
-    ref = sps.spearmanr(np.arange(6), v)
-    assert (t.value, t.p_value) == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue))
-    assert t.rises and t.verdict == "rises" and t.versus == "time" and t.n == 6
-    down = stats.trend_over_time(v[::-1], "strength")
-    assert not down.rises and down.verdict == "falls"
-    assert stats.trend_over_time(np.ones(6), "strength").verdict == "not enough data"
-    assert stats.trend_over_time(np.array([1.0, 3.0, 2.0, 1.5, 2.5]), "strength").verdict == "no trend"
-
-
-def test_trend_over_bins_removes_time_level():
-    """Values rising with bin inside every snapshot rise with confidence, whatever the level per snapshot."""
-    rng = np.random.default_rng(10)
-    s, b = 8, 5
-    level = np.arange(s)[::-1, None] * 10.0  # falls over time: must not matter
-    v = level + np.arange(b)[None, :] + rng.normal(0, 0.1, (s, b))
-    v[0, 3:] = np.nan  # empty bins
-    t = stats.trend_over_bins(v, "distinctness")
-    centred = v - np.nanmean(v, axis=1, keepdims=True)
-    ok = np.isfinite(centred)
-    ref = sps.spearmanr(np.broadcast_to(np.arange(b), v.shape)[ok], centred[ok])
-    assert t.value == pytest.approx(ref.statistic) and t.rises
-    falling = stats.trend_over_bins(level - np.arange(b)[None, :] + rng.normal(0, 0.1, (s, b)), "distinctness")
-    assert not falling.rises and falling.value < -0.9
-
-
 def test_snapshot_correlations_equal_the_direct_forms():
     """The moment-based pass equals Pearson / within-class Pearson on values and on (within-class) ranks."""
     x, y, labels = _data(11)

@@ -1,20 +1,35 @@
 """The one renderer of results as sentences (report_templates.words), used by the HTML report and the terminal."""
 
-from topotrace.analysis.results import Trend
-from topotrace.report_templates.words import trend_sentence
+import numpy as np
+
+from topotrace.analysis.findings import Finding, RunEffect
+from topotrace.report_templates.words import finding_sentence, number
 
 
-def _trend(verdict, value=0.8, p=1e-4, versus="time", quantity="strength", n=12):
-    return Trend(quantity, versus, "spearman_rho", value, p, verdict, n)
+def _finding(claim, measure="", effect=0.5, lo=0.2, hi=0.8, n_runs=3, verdict="supported", curve=None, **kw):
+    steps = np.array([0, 10, 100])
+    curve = np.array([0.1, 0.6, 0.4]) if curve is None else curve
+    runs = [RunEffect(f"seed {i}", effect, lo, hi) for i in range(n_runs)]
+    return Finding("hidden1", claim, measure, effect, lo, hi, n_runs, verdict, "", runs, steps, curve,
+                   np.zeros((3, 2)), np.zeros((n_runs, 3)), **kw)
 
 
-def test_each_verdict_reads_as_its_own_sentence():
-    """Rises, falls, no trend and not enough data give distinct sentences with the numbers behind them."""
-    assert trend_sentence(_trend("rises")) == (
-        "Activity strength rises with training time (Spearman rho = 0.80, p = 0.0001, over 12 snapshots).")
-    assert trend_sentence(_trend("falls", -0.7, versus="confidence", quantity="distinctness", n=30)) == (
-        "Class distinctness falls with confidence (Spearman rho = -0.70, p = 0.0001, bin index vs value centred "
-        "per snapshot, 30 cells).")
-    assert "shows no significant trend with training time" in trend_sentence(_trend("no trend", 0.1, 0.6))
-    assert trend_sentence(_trend("not enough data", float("nan"), float("nan"))) == (
-        "Not enough data to tell whether activity strength changes with training time.")
+def test_sentences_carry_effect_interval_and_verdict():
+    """A finding reads as its claim, layer, measure, effect, the kind of interval, the interval and the verdict."""
+    f = _finding("stronger_with_time", peak_step=10)
+    assert finding_sentence(f) == (
+        "Activity becomes stronger with training time (hidden1): change 0.5, 95 % t-interval across 3 runs 0.2 to "
+        "0.8 — supported. It peaks at step 10, before the last snapshot.")
+    g = _finding("more_distinct_with_confidence", "logit_margin", -0.25, -0.4, -0.1, n_runs=1,
+                 verdict="not supported", onset_step=-1)
+    assert finding_sentence(g) == (
+        "The more confident the network, the more class-distinct a sample's activity (hidden1, confidence = "
+        "logit_margin): partial Spearman ρ at the last snapshot −0.25, 95 % bootstrap interval over probe samples, "
+        "1 run −0.4 to −0.1 — not supported.")
+    h = _finding("stronger_with_confidence", "margin", onset_step=10)
+    assert finding_sentence(h).endswith("The interval stays above 0 from step 10 on.")
+
+
+def test_numbers():
+    assert (number(0.12345), number(-2.5), number(float("nan")), number(0.0001234)) == (
+        "0.123", "−2.5", "n/a", "1.23e−04")

@@ -1,4 +1,4 @@
-"""The topotrace command line: train, info, analyze, report.
+"""The topotrace command line: train, info, analyze, report, study, compare.
 
 Each subcommand lives in its own module ``topotrace.cmd_<name>`` with ``configure(parser)`` and
 ``run(args) -> int``; modules are imported only when their command runs, so ``topotrace info`` never
@@ -18,6 +18,9 @@ EXAMPLES = """examples (the default run):
   topotrace report runs/digits             runs/digits/report.html
   topotrace report runs/digits --png hidden1:class:3:-1
                                            also class 3's map of layer hidden1 at the last snapshot as PNG
+  topotrace study --seeds 0,1,2            three seeds of the default run, runs/digits-study/
+  topotrace compare runs/lr-0.1 runs/lr-0.01
+                                           two runs side by side in runs/compare.html
   topotrace COMMAND --help                 the options of one command
 """
 
@@ -25,7 +28,9 @@ COMMANDS = {
     "train": "train a model and record activations into runs/NAME/store.h5",
     "info": "print a readable summary of a store",
     "analyze": "compute NAPs, layouts, maps and statistics (cached next to the store)",
-    "report": "write the self-contained HTML report of a run",
+    "report": "write the self-contained HTML report (and findings.json) of a run or a study",
+    "study": "train, record and analyse replicate runs (seeds) and report the findings across them",
+    "compare": "write one self-contained HTML page with two or more runs side by side",
 }
 
 

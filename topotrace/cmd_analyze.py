@@ -1,7 +1,7 @@
-"""``topotrace analyze``: run (or load from cache) the offline analysis of a store and answer the study's question.
+"""topotrace analyze: run (or load from cache) the offline analysis of a store and answer the study's question.
 
-For each layer it prints whether activity strength and class distinctness rise with training time and with
-confidence, with the Spearman statistic behind each answer, and where the cached results are.
+For each layer it prints the study's four claims (stronger / more class-distinct, with training time / with
+confidence) with effect, 95 % interval and verdict, and where the cached results are.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from topotrace.analysis.findings import RULE, run_findings
 from topotrace.analysis.layouts import METHODS
 from topotrace.analysis.pipeline import analyze
 from topotrace.instrument.store import resolve_store_path
-from topotrace.report_templates.words import QUANTITY, VERDICT, VERSUS
+from topotrace.report_templates.words import CLAIM_SHORT, interval, interval_kind, number
 
 ANALYSIS_DEFAULTS = {"probe_set": "heldout", "measure": "max_prob", "layouts": None, "n_bins": 5}
 
@@ -89,18 +90,21 @@ def run(args: argparse.Namespace) -> int:
     state = "computed" if tasks else "loaded from cache"
     console.print(f"[bold]{path}[/]: {res.n_snapshots} snapshots (steps {res.steps[0]} .. {res.steps[-1]}), "
                   f"probe set {res.probe_set!r}, confidence {res.primary_measure!r} — {state} in {seconds:.1f} s")
-    table = Table(title="Does activity become stronger and more distinct with training time and confidence?")
-    for col in ("layer", "quantity", "", "verdict", "Spearman rho", "p"):
-        table.add_column(col, no_wrap=col in ("Spearman rho", "p"))
-    style = {"rises": "green", "falls": "red"}
-    for name, lr in res.layers.items():
-        for t in lr.trends:
-            verdict = Text(VERDICT.get(t.verdict, t.verdict), style=style.get(t.verdict, ""))
-            table.add_row(Text(name), QUANTITY.get(t.quantity, t.quantity), VERSUS.get(t.versus, t.versus), verdict,
-                          f"{t.value:.2f}", f"{t.p_value:.2g}")
+    found = run_findings(res)
+    table = Table(title="Does a sample's activity become stronger and more class-distinct with training time and "
+                        f"with confidence ({res.primary_measure})?")
+    for col in ("layer", "claim", "effect", "95 % interval", "verdict"):
+        table.add_column(col, no_wrap=col != "layer")
+    style = {"supported": "green", "mixed": "yellow"}
+    for f in found:
+        if f.measure in ("", res.primary_measure):
+            table.add_row(Text(f.layer), CLAIM_SHORT[f.claim], number(f.effect), interval(f),
+                          Text(f.verdict, style=style.get(f.verdict, "")))
     console.print(table)
-    console.print("rho vs time: Spearman between snapshot order and the per-snapshot value; rho vs confidence: "
-                  "Spearman between confidence-bin index and the value centred within each snapshot.")
+    if found:
+        console.print(Text(f"{interval_kind(found[0])}. {RULE} Effects: change of the mean from the first snapshot "
+                           "to the last (time); partial Spearman correlation given the class at the last snapshot "
+                           "(confidence). The report lists every confidence measure."))
     lay = Table(title="Layouts (default marked *)")
     for col in ("layer", "layout", "trustworthiness", "Shepard", "smoothness", "seconds"):
         lay.add_column(col)

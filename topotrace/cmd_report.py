@@ -1,4 +1,7 @@
-"""topotrace report: write the self-contained HTML report of a run, analysing it first if needed.
+"""topotrace report: write the self-contained HTML report of a run or a study, analysing it first if needed.
+
+Writes report.html and findings.json next to the store (for a study folder, runs/NAME/: the findings across its
+seeds, then the maps of its first seed).
 
 Without analysis options the cached analysis of the store is used whatever parameters made it (they are
 printed); with any of them (the same as for topotrace analyze) the analysis is made with those.
@@ -11,6 +14,7 @@ as contrast to the other groups of the grouping.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -50,11 +54,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from topotrace.analysis.findings import run_findings, write_findings_json
     from topotrace.analysis.pipeline import analyze, cached_results
     from topotrace.instrument.store import resolve_store_path
     from topotrace.report_templates.export import export_map_png
     from topotrace.report_templates.generate import build_report
 
+    from .study import is_study
+
+    if is_study(args.run):
+        return write_study_report(Path(args.run), out=Path(args.out) if args.out else None)
     path = resolve_store_path(args.run)
     if not path.exists():
         print(f"No store at {path}. Train first (make train) or give a store file.", file=sys.stderr)
@@ -80,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     t1 = time.perf_counter()
     out = Path(args.out) if args.out else path.parent / "report.html"
-    build_report(results, out)
+    found = run_findings(results)
+    build_report(results, out, found)
+    if found:
+        write_findings_json(found, out.with_name("findings.json"))
     t2 = time.perf_counter()
     for layer, grouping, group, snapshot in pngs:
         target = out.parent / "maps" / f"{_safe(layer)}_{_safe(grouping)}_{_safe(group)}_{snapshot}.png"
@@ -93,5 +105,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"map: {target}", file=sys.stderr)
     size = out.stat().st_size / 1e6
     print(f"analysis {t1 - t0:.1f} s, report {t2 - t1:.1f} s, {size:.1f} MB", file=sys.stderr)
+    print(out)
+    return 0
+
+
+def write_study_report(path: Path, out: Path | None = None) -> int:
+    """Findings across a study's seeds -> ``findings.json`` and ``report.html`` in the study folder; exit code."""
+    from topotrace.analysis.findings import findings, write_findings_json
+    from topotrace.report_templates.generate import build_report
+
+    from .study import load_study, study_results
+
+    try:
+        study = load_study(path)
+        results = study_results(study)
+        names = [f"seed {s}" for s in study.seeds]
+        found = findings(results, names)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    out = out or study.path / "report.html"
+    links = [(name, os.path.relpath(study.seed_dir(s) / "report.html", out.parent))
+             for name, s in zip(names, study.seeds)]
+    for s, res in zip(study.seeds, results):  # each seed's own report, linked from the study's
+        seed_report = study.seed_dir(s) / "report.html"
+        if not seed_report.exists():
+            build_report(res, seed_report)
+    build_report(results[0], out, found, runs=links, title=f"study {study.name} ({len(study.seeds)} seeds)")
+    write_findings_json(found, out.with_name("findings.json"))
     print(out)
     return 0

@@ -32,7 +32,6 @@ the same model states. Needs ``pip install topotrace[hf]``.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,8 +46,7 @@ except ModuleNotFoundError as err:
 from topotrace.instrument.layers import LayerSelector
 from topotrace.instrument.recorder import ProbeSet, Recorder
 
-_SET_HERE = ("model", "path", "layers", "probes", "class_names", "schedule", "resume", "resume_step")
-_ALLOWED = tuple(n for n in inspect.signature(Recorder).parameters if n not in _SET_HERE)
+from ._recorder_args import check_recorder_kwargs
 
 
 class TopotraceCallback(TrainerCallback):
@@ -80,10 +78,7 @@ class TopotraceCallback(TrainerCallback):
         schedule: Callable[[int], bool],
         **recorder_kwargs: Any,
     ):
-        bad = sorted(set(recorder_kwargs) - set(_ALLOWED))
-        if bad:
-            raise TypeError(f"The 'recorder_kwargs' of TopotraceCallback must be among {list(_ALLOWED)} "
-                            f"(the callback sets {list(_SET_HERE)} itself). Got {bad} instead.")
+        check_recorder_kwargs(recorder_kwargs)
         self.store_path = Path(store_path)
         self._kwargs = {"layers": layers, "probes": probes, "class_names": class_names, "schedule": schedule,
                         "logits": "logits", **recorder_kwargs}

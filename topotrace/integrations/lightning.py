@@ -40,7 +40,6 @@ batches than an uninterrupted one would (the store still describes the weights t
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,9 +55,7 @@ except ModuleNotFoundError as err:
 from topotrace.instrument.layers import LayerSelector
 from topotrace.instrument.recorder import ProbeSet, Recorder
 
-# Recorder arguments that are not recorder_kwargs: the callback's own arguments, and what it takes from the Trainer.
-_SET_BY_CALLBACK = ("model", "path", "layers", "probes", "class_names", "schedule", "resume", "resume_step")
-_RECORDER_KWARGS = tuple(p for p in inspect.signature(Recorder).parameters if p not in _SET_BY_CALLBACK)
+from ._recorder_args import check_recorder_kwargs
 
 
 class TopotraceCallback(Callback):
@@ -87,10 +84,7 @@ class TopotraceCallback(Callback):
         schedule: Callable[[int], bool],
         **recorder_kwargs: Any,
     ):
-        unknown = sorted(set(recorder_kwargs) - set(_RECORDER_KWARGS))
-        if unknown:
-            raise TypeError(f"The 'recorder_kwargs' of TopotraceCallback must be among {list(_RECORDER_KWARGS)} "
-                            f"(the callback sets {list(_SET_BY_CALLBACK)} itself). Got {unknown} instead.")
+        check_recorder_kwargs(recorder_kwargs)
         self.store_path = Path(store_path)
         self._args = dict(layers=layers, probes=probes, class_names=class_names, schedule=schedule, **recorder_kwargs)
         self._rec: Recorder | None = None

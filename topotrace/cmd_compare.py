@@ -1,0 +1,127 @@
+"""topotrace compare: one self-contained HTML page with two or more runs side by side (e.g. two learning rates).
+
+Takes run folders (runs/NAME, meaning runs/NAME/store.h5) or store files; a study folder is refused (compare
+its seed folders instead). Each run's cached analysis is used when it is current, whatever parameters made it;
+otherwise the run is analysed with the default parameters (cached next to its store, as topotrace analyze
+does). The page is written to --out, by default compare.html in the folder that holds the run folders (their
+deepest common folder; the current folder when that is the filesystem root), and its path is printed. Runs are
+labelled by their folder names. Bad input (fewer than two runs, a missing store, a study folder, the same run
+twice) is reported in one line on stderr with exit code 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+USAGE_HINT = "Give two or more run folders (runs/NAME) or store files, e.g. topotrace compare runs/lr-0.1 runs/lr-0.01."
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="*", metavar="RUN",
+                        help="two or more run folders (runs/NAME, meaning runs/NAME/store.h5) or store files")
+    parser.add_argument("--out", default=None, help="HTML file to write (default: compare.html in the folder that "
+                        "holds the run folders, e.g. runs/compare.html)")
+
+
+def _run_dir(store: Path) -> Path:
+    return store.parent
+
+
+def run_labels(stores: list[Path]) -> list[str]:
+    """Each run's folder name; where two runs share one, their last two path parts (then a position)."""
+    labels = [_run_dir(s).name or str(_run_dir(s)) for s in stores]
+    if len(set(labels)) < len(labels):
+        labels = ["/".join(_run_dir(s).absolute().parts[-2:]) for s in stores]
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} ({i + 1})" for i, label in enumerate(labels)]
+    return labels
+
+
+def default_out(stores: list[Path]) -> Path:
+    """``compare.html`` in the deepest folder holding every run folder (the current folder if that is ``/``)."""
+    common = Path(os.path.commonpath([str(_run_dir(s).absolute().parent) for s in stores]))
+    if common == Path(common.anchor):
+        return Path("compare.html")
+    try:
+        return common.relative_to(Path.cwd().absolute()) / "compare.html"  # runs/compare.html, as given
+    except ValueError:  # not under the current folder: the absolute path
+        return common / "compare.html"
+
+
+def check_runs(paths: list[str]) -> tuple[list[Path], str]:
+    """The runs' store paths, or an empty list and the one-line reason they are not usable."""
+    from topotrace.instrument.store import resolve_store_path
+
+    from .study import is_study
+
+    if len(paths) < 2:
+        got = f"got {len(paths)}" + (f": {paths[0]}" if paths else "")
+        return [], f"topotrace compare needs two or more runs ({got}). {USAGE_HINT}"
+    stores: list[Path] = []
+    for p in paths:
+        if is_study(p):
+            return [], (f"{p} is a study folder (several seeds); compare takes single runs: give its seed folders "
+                        f"instead, e.g. topotrace compare {Path(p) / 'seed-0'} {Path(p) / 'seed-1'}.")
+        store = resolve_store_path(p)
+        if not store.is_file():
+            where = f"No store in {p} (no {store})" if Path(p).is_dir() else f"{p} is neither a run folder nor a store"
+            return [], f"{where}. {USAGE_HINT} Train that run first (topotrace train) or fix the path."
+        for q, other in zip(paths, stores):
+            if os.path.samefile(store, other):
+                return [], (f"{q} and {p} are the same run; give each run once (two or more different run "
+                            "folders or store files).")
+        stores.append(store)
+    return stores, ""
+
+
+def run(args: argparse.Namespace) -> int:
+    stores, problem = check_runs(list(args.runs))
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    from topotrace.analysis.findings import run_findings
+    from topotrace.analysis.pipeline import analyze, cached_results
+    from topotrace.report_templates.compare import findings_rows
+    from topotrace.report_templates.generate import build_comparison
+
+    console = Console(stderr=True, highlight=False)
+    labels = run_labels(stores)
+    runs = []
+    for label, store in zip(labels, stores):
+        try:
+            res = cached_results(store)
+            if res is None:
+                console.print(f"{escape(label)}: analysing {escape(str(store))} (default parameters)")
+                res = analyze(store)
+            else:
+                console.print(f"{escape(label)}: using the cached analysis")
+        except (ValueError, KeyError) as err:
+            print(f"Analysis of {store} failed: {err}", file=sys.stderr)
+            return 2
+        runs.append((label, res))
+    found = [run_findings(res) for _, res in runs]
+    out = build_comparison(runs, Path(args.out) if args.out else default_out(stores), found)
+    rows = findings_rows(runs, found)
+    if rows:
+        table = Table(title="Findings side by side (each run's own 95 % bootstrap interval)")
+        table.add_column("layer")
+        table.add_column("claim")
+        for label in labels:
+            table.add_column(Text(label))
+        style = {"supported": "green", "mixed": "yellow"}
+        for r in rows:
+            cells = [Text(c["missing"]) if c["missing"] else
+                     Text(f"{c['effect']} ({c['interval']}) ") + Text(c["verdict"], style=style.get(c["verdict"], ""))
+                     for c in r["cells"]]
+            table.add_row(Text(r["layer"]), r["claim_text"], *cells)
+        console.print(table)
+    print(out)
+    return 0
