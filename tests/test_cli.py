@@ -93,3 +93,21 @@ def test_help_is_plain_text_with_working_examples(capsys):
     out = capsys.readouterr().out
     assert "``" not in out and ":func:" not in out
     assert "--png hidden1:class:3:-1" in out
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../x", "/tmp/x", "a/b", ""])
+def test_run_names_that_leave_the_runs_folder_are_refused(tmp_path, capsys, name):
+    """--name must be a plain folder name: '..', '.', paths and empty names get one line and exit 2, nothing written."""
+    (tmp_path / "keep.txt").write_text("mine")
+    assert main(["train", "--name", name, "--epochs", "1", "--out-dir", str(tmp_path / "runs"), "--overwrite"]) == 2
+    assert "plain folder name" in capsys.readouterr().out
+    assert (tmp_path / "keep.txt").read_text() == "mine" and not (tmp_path / "runs").exists()
+
+
+def test_overwrite_replaces_only_a_run(tmp_path, capsys):
+    """--overwrite refuses a folder of the same name that is not a topotrace run, and leaves it as it was."""
+    (tmp_path / "digits").mkdir()
+    (tmp_path / "digits" / "thesis.tex").write_text("mine")
+    assert main(["train", "--epochs", "1", "--out-dir", str(tmp_path), "--overwrite"]) == 2
+    assert "not a topotrace run" in capsys.readouterr().out
+    assert (tmp_path / "digits" / "thesis.tex").read_text() == "mine"

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .config import load_config
+from .config import check_run_name, load_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]{escape(str(err))}[/]")
         return 2
     name = args.name or f"{cfg['run']['name']}-study"
+    try:
+        check_run_name(name, "study name (--name)")
+    except ValueError as err:
+        console.print(f"[red]{escape(str(err))}[/]")
+        return 2
     path = Path(cfg["run"]["out_dir"]) / name
     try:
         if is_study(path) and args.config is None and args.seeds is None and args.epochs is None:

@@ -7,6 +7,7 @@ import argparse
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from .config import load_config
 
@@ -23,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides: dict = {"run": {}, "train": {}}
-    if args.name:
+    if args.name is not None:
         overrides["run"]["name"] = args.name
     if args.seed is not None:
         overrides["run"]["seed"] = args.seed
@@ -32,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         overrides["train"]["epochs"] = args.epochs
     console = Console()
-    cfg = load_config(args.config, overrides)  # bad settings fail here, before anything is trained
+    try:
+        cfg = load_config(args.config, overrides)  # bad settings fail here, before anything is trained
+    except (ValueError, TypeError, OSError) as err:
+        console.print(Text(str(err), style="red"))
+        return 2
 
     from .train import final_metrics, train_run  # imports torch
 
@@ -46,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             summary = train_run(cfg, overwrite=args.overwrite, progress=progress)
         except FileExistsError as err:
-            console.print(f"[red]{err}[/]")
+            console.print(Text(str(err), style="red"))
             return 2
     if summary.error is not None:
         console.print(f"[red]Recording stopped early: {summary.error!r}. The store keeps "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from pathlib import Path
 
@@ -37,6 +38,21 @@ def _check_types(section: str, given: dict[str, object], default: dict[str, obje
                             f"Got {value!r} ({type(value).__name__}) instead.")
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_name(name: object, what: str = "run name") -> str:
+    """A run or study name is one plain folder name inside the runs folder: letters, digits, ``.``, ``_``, ``-``.
+
+    Raises:
+        ValueError: anything else (``..``, ``.``, a path, an empty name), naming what is allowed.
+    """
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
+        raise ValueError(f"The {what} must be a plain folder name: 1-100 letters, digits, '.', '_' or '-', starting "
+                         f"with a letter or digit (it becomes a folder inside the runs folder). Got {name!r}.")
+    return name
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, object]] | None = None) -> dict:
     """Read a TOML config over the defaults; unknown sections or keys are errors.
 
@@ -62,6 +78,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, o
     if cfg["record"]["schedule"] not in SCHEDULES:
         raise ValueError(f"The 'record.schedule' setting must be one of {SCHEDULES}. "
                          f"Got {cfg['record']['schedule']!r} instead.")
+    check_run_name(cfg["run"]["name"], "run.name")
     for section, key in (("train", "epochs"), ("train", "batch_size"), ("record", "snapshots"), ("record", "every"),
                          ("data", "heldout_per_class")):
         if cfg[section][key] < 1:

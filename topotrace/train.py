@@ -86,6 +86,9 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
         if not overwrite:
             raise FileExistsError(f"{run_dir} exists already. Choose another run.name or pass --overwrite "
                                   "(make train OVERWRITE=1).")
+        if not (run_dir / STORE_FILE).exists() and not (run_dir / "config.toml").exists():
+            raise FileExistsError(f"{run_dir} exists and is not a topotrace run (no store.h5 or config.toml); "
+                                  "--overwrite only replaces runs. Choose another run.name.")
         shutil.rmtree(run_dir)
     seed = int(cfg["run"]["seed"])
     torch.manual_seed(seed)
