@@ -41,36 +41,47 @@ def sample_strength(acts: np.ndarray) -> np.ndarray:
     return np.abs(np.asarray(acts, np.float32)).mean(axis=1, dtype=np.float64)
 
 
-def sample_distinctness(acts: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+def sample_distinctness(acts: np.ndarray, labels: np.ndarray, n_classes: int, class_sums: np.ndarray | None = None,
+                        sq_norms: np.ndarray | None = None) -> np.ndarray:
     """Per-sample class distinctness (see the module docstring).
 
     Args:
         acts: array of shape (n, N).
         labels: array of shape (n,), int in 0 .. n_classes - 1.
         n_classes: C.
+        class_sums: optional array of shape (C, N): the sum of each class's rows of ``acts``, when the caller has
+            it already (the pipeline's NAP pass does).
+        sq_norms: optional array of shape (n,): ``sum_j a_ij^2``, likewise.
 
     Returns:
         Array of shape (n,), float64 in [-1, 1]; NaN for a sample that is the only one of its class, or when
         no other class has samples.
     """
-    a = np.asarray(acts, np.float64)
+    a = np.asarray(acts)
+    a = a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
     labels = np.asarray(labels, np.int64)
+    n = len(labels)
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    onehot = np.zeros((n_classes, len(labels)))
-    onehot[labels, np.arange(len(labels))] = 1.0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = (onehot @ a) / counts[:, None]  # [C, N]; NaN rows for empty classes
-    sq = np.einsum("ij,ij->i", a, a)  # [n]
+    if class_sums is None:
+        onehot = np.zeros((n_classes, n), a.dtype)
+        onehot[labels, np.arange(n)] = 1.0
+        class_sums = onehot @ a
+    if sq_norms is None:
+        sq_norms = np.einsum("ij,ij->i", a, a, dtype=np.float64)
     present = counts > 0
-    m = np.where(present[:, None], means, 0.0)
-    d2 = sq[:, None] - 2.0 * a @ m.T + np.einsum("ij,ij->i", m, m)[None, :]  # [n, C] squared distances
+    means = np.zeros((n_classes, a.shape[1]))
+    means[present] = np.asarray(class_sums, np.float64)[present] / counts[present, None]  # [C, N]
+    # |a_i - m_c|^2 = |a_i|^2 - 2 a_i . m_c + |m_c|^2, with the products in the activations' precision
+    d2 = (np.asarray(sq_norms, np.float64)[:, None] - 2.0 * (a @ means.T.astype(a.dtype))
+          + np.einsum("ij,ij->i", means, means)[None, :])  # [n, C]
     d2 = np.maximum(d2, 0.0)
     d2[:, ~present] = np.inf
     own_count = counts[labels]
+    rows = np.arange(n)
     with np.errstate(invalid="ignore", divide="ignore"):
         # a_i - mean without i = n_c / (n_c - 1) * (a_i - mean of the class)
-        d_own = own_count / (own_count - 1.0) * np.sqrt(d2[np.arange(len(labels)), labels])
-    d2[np.arange(len(labels)), labels] = np.inf
+        d_own = own_count / (own_count - 1.0) * np.sqrt(d2[rows, labels])
+    d2[rows, labels] = np.inf
     d_other = np.sqrt(d2.min(axis=1))
     total = d_other + d_own
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -137,7 +148,9 @@ def weighted_spearman(x: np.ndarray, y: np.ndarray, labels: np.ndarray, n_classe
     cols = [onehot, rx, rx * rx, (onehot[:, :, None] * rx[:, None, :]).reshape(n, c * k), ry, ry * ry,
             (onehot[:, :, None] * ry[:, None, :]).reshape(n, c * m),
             (rx[:, :, None] * ry[:, None, :]).reshape(n, k * m)]
-    sums = np.asarray(weights, np.float64) @ np.hstack(cols)
+    weights = np.asarray(weights)
+    dtype = np.float32 if weights.dtype == np.float32 else np.float64  # float32: the resamples (see Bootstrap)
+    sums = (weights @ np.hstack(cols).astype(dtype)).astype(np.float64)
     r = sums.shape[0]
     swc, sx, sxx, sxc, sy, syy, syc, sxy = np.split(sums, np.cumsum([c, k, k, c * k, m, m, c * m]), axis=1)
     sxc, syc, sxy = sxc.reshape(r, c, k), syc.reshape(r, c, m), sxy.reshape(r, k, m)
@@ -148,9 +161,10 @@ def weighted_spearman(x: np.ndarray, y: np.ndarray, labels: np.ndarray, n_classe
         vx = sxx - sx * sx / sw[:, None]  # [R, K]
         vy = syy - sy * sy / sw[:, None]  # [R, M]
         overall = cov / np.sqrt(vx[:, :, None] * vy[:, None, :])
-        cov_w = sxy - np.einsum("rck,rcm,rc->rkm", sxc, syc, inv)
-        vx_w = sxx - np.einsum("rck,rck,rc->rk", sxc, sxc, inv)
-        vy_w = syy - np.einsum("rcm,rcm,rc->rm", syc, syc, inv)
+        sxc_inv = sxc * inv[:, :, None]  # [R, C, K]
+        cov_w = sxy - np.matmul(sxc_inv.transpose(0, 2, 1), syc)  # [R, K, M], batched over resamples
+        vx_w = sxx - (sxc_inv * sxc).sum(axis=1)
+        vy_w = syy - (syc * syc * inv[:, :, None]).sum(axis=1)
         partial = cov_w / np.sqrt(vx_w[:, :, None] * vy_w[:, None, :])
     tiny = 1e-9 * float(n) ** 3  # ranks that do not vary (all tied) leave only rounding
     overall[(vx[:, :, None] <= tiny) | (vy[:, None, :] <= tiny)] = np.nan
@@ -161,9 +175,83 @@ def weighted_spearman(x: np.ndarray, y: np.ndarray, labels: np.ndarray, n_classe
 QUANTITIES = ("strength", "distinctness")
 
 
+class Bootstrap:
+    """Seeded bootstrap over the probe samples of one run, shared by every snapshot, quantity and measure.
+
+    The pipeline calls :meth:`correlations` for each snapshot inside its streamed pass (in its worker threads)
+    and :meth:`evidence` once at the end. The plain statistics are computed in float64; the resamples in
+    float32 (their sums of centred ranks keep about 5 significant digits, far below the width of any interval).
+
+    Args:
+        labels: array of shape (n,), int classes of the probe samples.
+        n_classes: C.
+        n_boot: resamples.
+        seed: the resamples' seed.
+    """
+
+    def __init__(self, labels: np.ndarray, n_classes: int, n_boot: int = N_BOOT, seed: int = 0):
+        self.labels = np.asarray(labels, np.int64)
+        self.n_classes = n_classes
+        self.n_boot = n_boot
+        n = len(self.labels)
+        self._ones = np.ones((1, n))
+        self._counts = bootstrap_weights(n, n_boot, seed)  # [B, n] float64
+        self._counts32 = self._counts.astype(np.float32)
+
+    def correlations(self, x: np.ndarray, conf: np.ndarray) -> dict[str, np.ndarray]:
+        """Spearman of each per-sample quantity with each measure at one snapshot, with bootstrap intervals.
+
+        Args:
+            x: array of shape (K, n), per-sample quantities.
+            conf: array of shape (n, M), confidence measures.
+
+        Returns:
+            ``rho``, ``rho_partial`` of shape (K, M) and ``rho_ci``, ``rho_partial_ci`` of shape (K, M, 2).
+        """
+        overall, partial = weighted_spearman(x, conf, self.labels, self.n_classes, self._ones)
+        b_overall, b_partial = weighted_spearman(x, conf, self.labels, self.n_classes, self._counts32)
+        out = {"rho": overall[0], "rho_partial": partial[0]}
+        for key, vals in (("rho_ci", b_overall), ("rho_partial_ci", b_partial)):
+            lo, hi = _interval(vals)
+            out[key] = np.stack([lo, hi], axis=-1)
+        return out
+
+    def evidence(self, per_sample: np.ndarray, correlations: list[dict[str, np.ndarray]],
+                 measures: list[str]) -> SampleEvidence:
+        """Assemble the layer's evidence: means over snapshots, the change first -> last and the peak.
+
+        Args:
+            per_sample: array of shape (K, S, n).
+            correlations: :meth:`correlations` of every snapshot, in order.
+            measures: the M measure names.
+        """
+        q, n_s, _ = per_sample.shape
+        mean = np.full((q, n_s), np.nan)
+        mean_ci = np.full((q, n_s, 2), np.nan)
+        boot_means = np.full((q, self.n_boot, n_s), np.nan)
+        for k in range(q):
+            x = per_sample[k]  # [S, n]
+            ok = np.isfinite(x)
+            xz, okf = np.where(ok, x, 0.0).T, ok.T.astype(np.float64)  # [n, S]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean[k] = (self._ones @ xz)[0] / (self._ones @ okf)[0]
+                boot_means[k] = (self._counts @ xz) / (self._counts @ okf)
+            lo, hi = _interval(boot_means[k])
+            mean_ci[k, :, 0], mean_ci[k, :, 1] = lo, hi
+        stacked = {key: np.stack([c[key] for c in correlations], axis=1) for key in correlations[0]}  # [K, S, ...]
+        change = mean[:, -1] - mean[:, 0]
+        lo, hi = _interval((boot_means[:, :, -1] - boot_means[:, :, 0]).T)  # paired: one resample, both snapshots
+        peak = np.array([int(np.nanargmax(v)) if np.isfinite(v).any() else n_s - 1 for v in mean])
+        peak_change = np.array([mean[k, peak[k]] - mean[k, 0] for k in range(q)])
+        plo, phi = _interval(np.stack([boot_means[k, :, peak[k]] - boot_means[k, :, 0] for k in range(q)], axis=1))
+        return SampleEvidence(QUANTITIES[:q], list(measures), mean, mean_ci, stacked["rho"], stacked["rho_ci"],
+                              stacked["rho_partial"], stacked["rho_partial_ci"], change, np.stack([lo, hi], axis=1),
+                              peak, peak_change, np.stack([plo, phi], axis=1), len(self.labels), self.n_boot)
+
+
 def sample_evidence(per_sample: np.ndarray, conf: np.ndarray, labels: np.ndarray, n_classes: int,
                     measures: list[str], n_boot: int = N_BOOT, seed: int = 0) -> SampleEvidence:
-    """Bootstrap evidence from the per-sample quantities of every snapshot.
+    """Bootstrap evidence from the per-sample quantities of every snapshot (all at once; see :class:`Bootstrap`).
 
     Args:
         per_sample: array of shape (2, S, n): per-sample strength and distinctness at every snapshot.
@@ -174,38 +262,6 @@ def sample_evidence(per_sample: np.ndarray, conf: np.ndarray, labels: np.ndarray
         n_boot: bootstrap resamples (the same resamples for every snapshot and quantity).
         seed: the bootstrap's seed.
     """
-    q, n_s, n = per_sample.shape
-    m = conf.shape[2]
-    weights = np.vstack([np.ones((1, n)), bootstrap_weights(n, n_boot, seed)])  # row 0: the plain statistic
-    mean = np.full((q, n_s), np.nan)
-    mean_ci = np.full((q, n_s, 2), np.nan)
-    rho = np.full((q, n_s, m), np.nan)
-    rho_ci = np.full((q, n_s, m, 2), np.nan)
-    rho_p = np.full((q, n_s, m), np.nan)
-    rho_p_ci = np.full((q, n_s, m, 2), np.nan)
-    boot_means = np.full((q, n_boot, n_s), np.nan)
-    for k in range(q):
-        x = per_sample[k]  # [S, n]
-        ok = np.isfinite(x)
-        wx = weights @ np.where(ok, x, 0.0).T  # [1 + B, S]
-        wn = weights @ ok.T.astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = wx / wn
-        mean[k] = means[0]
-        boot_means[k] = means[1:]
-        lo, hi = _interval(means[1:])
-        mean_ci[k, :, 0], mean_ci[k, :, 1] = lo, hi
-    for s in range(n_s):
-        overall, partial = weighted_spearman(per_sample[:, s], conf[s], labels, n_classes, weights)  # [1+B, q, M]
-        rho[:, s], rho_p[:, s] = overall[0], partial[0]
-        for ci, vals in ((rho_ci, overall), (rho_p_ci, partial)):
-            lo, hi = _interval(vals[1:])
-            ci[:, s, :, 0], ci[:, s, :, 1] = lo, hi
-    change = mean[:, -1] - mean[:, 0]
-    boot_change = boot_means[:, :, -1] - boot_means[:, :, 0]  # paired: the same resample at both snapshots
-    lo, hi = _interval(boot_change.T)
-    peak = np.array([int(np.nanargmax(v)) if np.isfinite(v).any() else n_s - 1 for v in mean])
-    peak_change = np.array([mean[k, peak[k]] - mean[k, 0] for k in range(q)])
-    plo, phi = _interval(np.stack([boot_means[k, :, peak[k]] - boot_means[k, :, 0] for k in range(q)], axis=1))
-    return SampleEvidence(QUANTITIES[:q], list(measures), mean, mean_ci, rho, rho_ci, rho_p, rho_p_ci, change,
-                          np.stack([lo, hi], axis=1), peak, peak_change, np.stack([plo, phi], axis=1), n, n_boot)
+    boot = Bootstrap(labels, n_classes, n_boot, seed)
+    corr = [boot.correlations(per_sample[:, s], conf[s]) for s in range(per_sample.shape[1])]
+    return boot.evidence(per_sample, corr, measures)

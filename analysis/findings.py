@@ -80,7 +80,8 @@ class Finding:
             claims, the partial Spearman correlation for confidence claims.
         band: array of shape (S, 2): its interval (across runs; bootstrap for one run).
         run_curves: array of shape (n_runs, S): every run's own curve.
-        peak_step: step where the mean curve is highest (time claims) .
+        peak_step: time claims whose curve ends below the interval of its highest point: the step of that
+            peak (-1 otherwise: the quantity rises to the end or plateaus).
         onset_step: first step from which the band's lower end stays above 0 to the end (confidence claims;
             -1 if it never does).
     """
@@ -266,7 +267,11 @@ def combine(layer: str, claim: str, measure: str, evidences: Sequence[SampleEvid
     sign = ", sign reversed: higher means less confident" if measure in UNCERTAINTY_MEASURES else ""
     text = STATISTIC[versus].format(quantity=quantity, measure=measure, sign=sign)
     steps = np.asarray(steps)
-    peak = int(steps[int(np.nanargmax(curve))]) if versus == "time" and np.isfinite(curve).any() else -1
+    peak = -1
+    if versus == "time" and np.isfinite(curve).any():
+        at = int(np.nanargmax(curve))
+        if curve[-1] < band[at, 0]:  # the end lies below the peak's interval: it peaked earlier, then fell
+            peak = int(steps[at])
     onset = _onset(steps, band[:, 0]) if versus == "confidence" else -1
     return Finding(layer, claim, measure, effect, lo, hi, len(evidences), verdict(lo, run_effects), text,
                    run_effects, steps, curve, band, curves, peak, onset)

@@ -293,6 +293,8 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
     lp = _LayerPass(n_s, n_neurons, measures, n_bins, sizes)
     n = len(labels)
     per_sample = np.full((2, n_s, n), np.nan)  # strength and distinctness of every probe sample
+    boot = evidence.Bootstrap(labels, n_classes, seed=RANDOM_STATE)
+    sample_corr: list[dict[str, np.ndarray]] = [{}] * n_s  # filled per snapshot by the workers
     n_present = len(np.unique(labels))
     df, df_within = n - 2, n - n_present - 1
     sub = np.sort(np.random.default_rng(RANDOM_STATE).permutation(n)[:CKA_MAX_SAMPLES]) if n > CKA_MAX_SAMPLES \
@@ -334,9 +336,10 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
             sq_sums = np.bincount(bins[s], sq_rows, minlength=n_bins)  # [B]
             n_bin = counts[off["confbin"]: off["confbin"] + n_bins]
             lp.strength[s] = abs_sums.sum() / (n * n_neurons)
-            per_sample[0, s] = abs_rows / n_neurons
-            per_sample[1, s] = evidence.sample_distinctness(a, labels, n_classes)
             cls = slice(off["class"], off["class"] + n_classes)
+            per_sample[0, s] = abs_rows / n_neurons
+            per_sample[1, s] = evidence.sample_distinctness(a, labels, n_classes, sums[cls], sq_rows)
+            sample_corr[s] = boot.correlations(per_sample[:, s], conf_all[s])
             lp.distinctness[s] = stats.distinctness_from_sums(sums[cls], counts[cls], sq_sums.sum())
             ccb = off["class_confbin"] + np.arange(n_classes) * n_bins
             for b in range(n_bins):
@@ -386,9 +389,7 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
     elif default_layout not in layouts:
         raise ValueError(f"The 'default_layout' parameter must be one of {sorted(layouts)}. "
                          f"Got {default_layout!r} instead.")
-    report(f"{name}: bootstrap", 0, 1)
-    ev = evidence.sample_evidence(per_sample, conf_all, labels, n_classes, measures, seed=RANDOM_STATE)
-    report(f"{name}: bootstrap", 1, 1)
+    ev = boot.evidence(per_sample, sample_corr, measures)
     return LayerResult(
         name=name, n_neurons=n_neurons, reduction=spec.reduction, naps=grouped, layouts=layouts,
         default_layout=default_layout,

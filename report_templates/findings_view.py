@@ -17,20 +17,22 @@ from topotrace.analysis.findings import Finding
 
 from .charts import _time_figure, step_axis_type, time_x
 from .style import esc, html_div
-from .words import CLAIM_SHORT
 
 VERDICT_COLOR = {"supported": "#1a7f37", "mixed": "#9a6700", "not supported": "#57606a"}
+CHART_TITLE = {"stronger_with_time": "strength vs time", "more_distinct_with_time": "distinctness vs time",
+               "stronger_with_confidence": "strength vs confidence",
+               "more_distinct_with_confidence": "distinctness vs confidence"}
 Y_LABEL = {"strength": "mean per-sample strength", "distinctness": "mean per-sample distinctness"}
 
 
 def _chart(f: Finding) -> LayoutDOM:
     axis = step_axis_type(f.steps)
     x = time_x(f.steps, axis)
-    title = f"{CLAIM_SHORT[f.claim]}: {f.verdict}"
+    title = f"{CHART_TITLE[f.claim]}: {f.verdict}"
     y_label = Y_LABEL[f.quantity] if f.versus == "time" else f"partial Spearman ρ ({f.measure})"
-    fig = _time_figure(title, y_label, f.steps, axis, width=236, height=220)
+    fig = _time_figure(title, y_label, f.steps, axis, width=250, height=220)
     fig.title.text_color = VERDICT_COLOR.get(f.verdict, "#24292f")
-    fig.title.text_font_size = "11.5px"
+    fig.title.text_font_size = "11px"
     fig.yaxis.axis_label_text_font_size = "11px"
     fig.xaxis.axis_label_text_font_size = "11px"
     band = np.asarray(f.band, np.float64)

@@ -57,8 +57,10 @@ def finding_sentence(f: Finding) -> str:
     effect = "change" if f.versus == "time" else "partial Spearman ρ at the last snapshot"
     text = (f"{CLAIM_TEXT[f.claim]} ({f.layer}{measure}): {effect} {number(f.effect)}, {interval_kind(f)} "
             f"{interval(f)} — {f.verdict}.")
-    if f.versus == "time" and f.peak_step >= 0 and f.peak_step != int(f.steps[-1]):
-        text += f" It peaks at step {f.peak_step}, before the last snapshot."
+    if f.versus == "time" and f.peak_step >= 0:
+        text += f" Not monotone: it peaks at step {f.peak_step} and ends below that peak's interval."
+    elif f.versus == "time" and f.verdict != "not supported":
+        text += " It ends within the interval of its highest point (no fall back)."
     if f.versus == "confidence" and f.onset_step >= 0:
         text += f" The interval stays above 0 from step {f.onset_step} on."
     return text

@@ -19,7 +19,7 @@ def test_shipped_configs_load(path):
 
 def test_toml_roundtrip(tmp_path):
     """The config copy written into a run folder reads back to the same settings."""
-    cfg = load_config(CONFIGS[0], {"run": {"name": 'we"ird\\name'}})
+    cfg = load_config(CONFIGS[0], {"data": {"path": 'we"ird\\name'}})
     (tmp_path / "c.toml").write_text(to_toml(cfg))
     assert tomllib.loads(to_toml(cfg)) == cfg
     assert load_config(tmp_path / "c.toml") == cfg

@@ -260,3 +260,24 @@ def test_h5dump_reads_store(tmp_path):
     out = subprocess.run(["h5dump", "-d", "/probes/heldout/acts/fc1", str(path)], capture_output=True, text=True,
                          check=True).stdout
     assert "H5T_IEEE_F16" in out or "16-bit" in out or "DATASPACE  SIMPLE { ( 2, 6, 5 )" in out
+
+
+def test_reader_opening_a_new_store_at_once_does_not_stop_the_writer(tmp_path, monkeypatch):
+    """A reader that opens the store the moment it appears (before the first append) cannot stop the writer."""
+    import os
+
+    from topotrace.instrument.store import writer as writer_mod
+
+    readers = []
+    real_replace = os.replace
+
+    def replace_then_read(src, dst):
+        real_replace(src, dst)
+        readers.append(Store(dst))  # e.g. `topotrace info` on a run that is just starting; kept open
+
+    monkeypatch.setattr(writer_mod.os, "replace", replace_then_read)
+    with StoreWriter.create(tmp_path / "s.h5", make_spec(), {}) as w:
+        assert w.path == tmp_path / "s.h5"
+        w.append(make_snapshot(0, 0))
+    assert readers and readers[0].refresh() == 1
+    readers[0].close()

@@ -19,7 +19,9 @@ def test_sentences_carry_effect_interval_and_verdict():
     f = _finding("stronger_with_time", peak_step=10)
     assert finding_sentence(f) == (
         "Activity becomes stronger with training time (hidden1): change 0.5, 95 % t-interval across 3 runs 0.2 to "
-        "0.8 — supported. It peaks at step 10, before the last snapshot.")
+        "0.8 — supported. Not monotone: it peaks at step 10 and ends below that peak's interval.")
+    assert finding_sentence(_finding("more_distinct_with_time")).endswith(
+        "It ends within the interval of its highest point (no fall back).")
     g = _finding("more_distinct_with_confidence", "logit_margin", -0.25, -0.4, -0.1, n_runs=1,
                  verdict="not supported", onset_step=-1)
     assert finding_sentence(g) == (

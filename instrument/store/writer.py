@@ -142,8 +142,18 @@ class StoreWriter:
             tmp.unlink(missing_ok=True)
             raise
         f.close()
-        os.replace(tmp, path)  # the store appears complete or not at all
-        return cls(h5py.File(path, "r+", libver=LIBVER), path, spec)
+        # Reopen for writing and switch to SWMR *before* the store gets its name: a reader that opens the store
+        # the moment it appears (``topotrace info`` on a starting run) must not hold it while the writer
+        # switches to SWMR, which needs the file unlocked. The handle and the lock survive the rename.
+        writer = cls(h5py.File(tmp, "r+", libver=LIBVER), tmp, spec)
+        try:
+            os.replace(tmp, path)  # the store appears complete or not at all
+        except BaseException:
+            writer.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        writer.path = path
+        return writer
 
     @classmethod
     def resume(cls, path: str | os.PathLike, spec: StoreSpec, from_step: int | None = None) -> StoreWriter:
