@@ -74,6 +74,8 @@ def test_report_reuses_the_cached_analysis_whatever_made_it(tmp_path, capsys, mo
     from topotrace.analysis.results import load_results
 
     assert load_results(tmp_path / "analysis.h5").primary_measure == "max_prob"
+    assert main(["report", str(tmp_path), "--refresh", "--layouts", "pca"]) == 0  # the default measure again
+    assert load_results(tmp_path / "analysis.h5").primary_measure == "logit_margin"
 
 
 def test_train_seed_and_name_options(tmp_path):

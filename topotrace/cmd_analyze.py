@@ -21,7 +21,8 @@ from topotrace.analysis.pipeline import analyze
 from topotrace.instrument.store import resolve_store_path
 from topotrace.report_templates.words import CLAIM_SHORT, interval, interval_kind, number
 
-ANALYSIS_DEFAULTS = {"probe_set": "heldout", "measure": "max_prob", "layouts": None, "n_bins": 5}
+# None: the pipeline's own default (for the measure: logit_margin when the store has it)
+ANALYSIS_DEFAULTS = {"probe_set": "heldout", "measure": None, "layouts": None, "n_bins": 5}
 
 
 def add_analysis_options(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +30,8 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe-set", default=None,
                         help="probe set the layer results describe (default: heldout)")
     parser.add_argument("--measure", default=None,
-                        help="confidence measure that defines the confidence bins (default: max_prob)")
+                        help="confidence measure that defines the confidence bins and leads the findings "
+                             "(default: logit_margin when recorded, else the store's first measure)")
     parser.add_argument("--layouts", default=None, help=f"comma-separated layout methods among {', '.join(METHODS)} "
                         "(default: the fast ones for each layer's size)")
     parser.add_argument("--bins", type=int, default=None, dest="n_bins", metavar="N",
