@@ -30,11 +30,13 @@ def test_train_writes_store_and_config(short_run, capsys):
         assert acc[-1] > 0.5 > acc[0]  # it learned (2 epochs only)
 
 
-def test_info(short_run, capsys):
-    """`topotrace info` summarises a run folder."""
+def test_info(short_run, capsys, tmp_path):
+    """`topotrace info` summarises a run folder; a missing one gets one line and exit 2."""
     assert main(["info", str(short_run)]) == 0
     out = capsys.readouterr().out
     assert "hidden1" in out and "heldout" in out and "snapshots:" in out
+    assert main(["info", str(tmp_path / "none")]) == 2
+    assert "No store at" in capsys.readouterr().out
 
 
 def test_train_refuses_existing_run(short_run, capsys):

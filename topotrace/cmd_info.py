@@ -8,17 +8,22 @@ import datetime as dt
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from topotrace.instrument.store import SCHEMA_VERSION, Store, resolve_store_path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run folder (runs/<name>) or store file")
+    parser.add_argument("run", help="run folder (runs/NAME) or store file")
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
     path = resolve_store_path(args.run)
+    if not path.is_file():
+        console.print(Text(f"No store at {path}. Give a run folder (runs/NAME) or a store file; "
+                           "`topotrace train` makes one.", style="red"))
+        return 2
     with Store(path) as st:
         meta = st.meta
         steps = st.steps
