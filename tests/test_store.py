@@ -281,3 +281,16 @@ def test_reader_opening_a_new_store_at_once_does_not_stop_the_writer(tmp_path, m
         w.append(make_snapshot(0, 0))
     assert readers and readers[0].refresh() == 1
     readers[0].close()
+
+
+@pytest.mark.parametrize("committed", [-1, 99])
+def test_committed_count_outside_the_data_is_refused(tmp_path, committed):
+    """A /committed count below 0 or beyond the rows the store holds is a damaged store: one clear StoreError."""
+    path = tmp_path / "s.h5"
+    with StoreWriter.create(path, make_spec(), {}) as w:
+        for i in range(3):
+            w.append(make_snapshot(i, i))
+    with h5py.File(path, "r+") as f:
+        f["committed"][0] = committed
+    with pytest.raises(StoreError, match=rf"damaged: it says {committed} snapshots are committed but holds 3"):
+        Store(path)

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from topotrace.instrument.store import SCHEMA_VERSION, Store, resolve_store_path
+from topotrace.instrument.store import SCHEMA_VERSION, Store, StoreError, resolve_store_path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,12 @@ def run(args: argparse.Namespace) -> int:
         console.print(Text(f"No store at {path}. Give a run folder (runs/NAME) or a store file; "
                            "`topotrace train` makes one.", style="red"))
         return 2
-    with Store(path) as st:
+    try:
+        st = Store(path)
+    except (StoreError, OSError) as err:
+        console.print(Text(f"Cannot read {path}: {err}", style="red"))
+        return 2
+    with st:
         meta = st.meta
         steps = st.steps
         console.print(f"[bold]{path}[/]  ({path.stat().st_size / 1e6:.1f} MB, schema {SCHEMA_VERSION})")

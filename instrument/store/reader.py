@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from .format import LIBVER, LayerSpec, ProbeSpec, _check_format, _read_spec
+from .format import LIBVER, LayerSpec, ProbeSpec, StoreError, _check_format, _read_spec
 
 
 class Store:
@@ -36,16 +36,23 @@ class Store:
         try:
             _check_format(self._f, self.path)
             self.spec = _read_spec(self._f)
+            self.refresh()
         except BaseException:
             self._f.close()
             raise
-        self.refresh()
 
     def refresh(self) -> int:
         """Re-read the committed count; returns the number of committed snapshots."""
         c = self._f["committed"]
         c.refresh()
-        self._n = int(c[0])  # datasets are refreshed when read (see _rows, _acts_dataset)
+        n = int(c[0])  # datasets are refreshed when read (see _rows, _acts_dataset)
+        step = self._f["step"]
+        step.refresh()
+        if not 0 <= n <= step.shape[0]:  # the writer resizes every dataset before it advances the count
+            raise StoreError(f"{self.path} is damaged: it says {n} snapshots are committed but holds "
+                             f"{step.shape[0]}. Only a store written by topotrace can be read; restore it from a "
+                             "copy or record the run again.")
+        self._n = n
         return self._n
 
     # metadata
