@@ -215,15 +215,12 @@ def analyze(
         params["measure"] = measure
         if measure not in store.measures:
             raise ValueError(f"The 'measure' parameter must be one of {list(store.measures)}. Got {measure!r} instead.")
-        fp = store_fingerprint(store)
-        key = {"fingerprint": json.dumps(fp, sort_keys=True), "params_key": json.dumps(params, sort_keys=True)}
-        if not refresh and cache.exists():
-            try:
-                attrs = read_cache_attrs(cache)
-                if all(attrs.get(k) == v for k, v in key.items()):
-                    return load_results(cache)
-            except (OSError, ValueError, KeyError):
-                pass  # unreadable or another version: recompute
+        fingerprint = json.dumps(store_fingerprint(store), sort_keys=True)
+        key = {"fingerprint": fingerprint, "params_key": json.dumps(params, sort_keys=True)}
+        if not refresh:
+            cached = _load_cache(cache, fingerprint, key["params_key"])
+            if cached is not None:
+                return cached
         sha_thread, sha = _sha256_async(store)
         report("training curves", 0, 1)
         curves = _curves(store)
@@ -248,6 +245,26 @@ def analyze(
     return res
 
 
+def _load_cache(cache: Path, fingerprint: str, params_key: str | None = None) -> AnalysisResults | None:
+    """The cache, if it was made from the store's current content by this analysis version.
+
+    With ``params_key`` it must also have been made with exactly these parameters. ``None`` when it is missing,
+    stale or unreadable.
+    """
+    if not cache.exists():
+        return None
+    try:
+        attrs = read_cache_attrs(cache)
+        made_with = str(attrs.get("params_key", "{}"))
+        if attrs.get("fingerprint") != fingerprint or json.loads(made_with).get("analysis_version") != ANALYSIS_VERSION:
+            return None
+        if params_key is not None and made_with != params_key:
+            return None
+        return load_results(cache)
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable or another version: recompute
+
+
 def cached_results(store_path: str | os.PathLike,
                    cache_path: str | os.PathLike | None = None) -> AnalysisResults | None:
     """The cached analysis of the store as it is now, whatever parameters made it; ``None`` if there is none.
@@ -256,19 +273,9 @@ def cached_results(store_path: str | os.PathLike,
     of the analysis; its parameters are in ``results.params``.
     """
     path = resolve_store_path(store_path)
-    cache = Path(cache_path) if cache_path is not None else path.parent / "analysis.h5"
-    if not cache.exists():
-        return None
     with Store(path) as store:
         fingerprint = json.dumps(store_fingerprint(store), sort_keys=True)
-    try:
-        attrs = read_cache_attrs(cache)
-        params = json.loads(str(attrs.get("params_key", "{}")))
-        if attrs.get("fingerprint") != fingerprint or params.get("analysis_version") != ANALYSIS_VERSION:
-            return None
-        return load_results(cache)
-    except (OSError, ValueError, KeyError):
-        return None
+    return _load_cache(Path(cache_path) if cache_path is not None else path.parent / "analysis.h5", fingerprint)
 
 
 def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode: str,

@@ -28,7 +28,7 @@ from topotrace.report_templates.charts import correlation_measures
 from topotrace.report_templates.generate import build_report
 from topotrace.report_templates.maps import MAP_GROUPINGS
 
-from .browser import ARGS, CHROMIUM, slider_frames
+from .browser import ARGS, CHROMIUM, open_offline, slider_frames
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -86,12 +86,8 @@ def frame_times(html: Path, shot: Path) -> dict[str, float] | None:
         return None
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        blocked: list[str] = []
-        page.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file://")
-                   else (blocked.append(r.request.url), r.abort()))
         t0 = time.perf_counter()
-        page.goto(html.as_uri())
+        page, blocked, _ = open_offline(browser, html, wait_idle=False)
         page.wait_for_function("window.Bokeh && Bokeh.documents.length > 0 && "
                                "Bokeh.documents[0].get_model_by_name('time_slider') !== null", timeout=120_000)
         page.wait_for_timeout(500)

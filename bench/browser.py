@@ -26,3 +26,29 @@ def slider_frames(page, values: list[int]) -> list[list[float | None]]:
         }
         return out;
     }""", values)
+
+
+def open_offline(browser, path, width: int = 1280, height: int = 1000, wait_idle: bool = True):
+    """Open a local page with every request to a host refused; returns ``(page, blocked, errors)``.
+
+    ``blocked`` collects the URLs that were refused, ``errors`` console errors and page errors. With
+    ``wait_idle`` it waits up to 20 s for Bokeh's "document idle" console message and asserts it came.
+    """
+    import time
+
+    blocked: list[str] = []
+    errors: list[str] = []
+    idle: list[str] = []
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file://")
+               else (blocked.append(r.request.url), r.abort()))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else
+            (idle.append(m.text) if "document idle" in m.text else None))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri())
+    if wait_idle:
+        t0 = time.perf_counter()
+        while not idle and time.perf_counter() - t0 < 20:
+            page.wait_for_timeout(100)
+        assert idle, "Bokeh never reported the document idle"
+    return page, blocked, errors

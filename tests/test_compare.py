@@ -10,14 +10,13 @@ import html
 import io
 import os
 import re
-import time
 from pathlib import Path
 
 import markupsafe
 import numpy as np
 import pytest
 
-from bench.browser import ARGS, CHROMIUM
+from bench.browser import ARGS, CHROMIUM, open_offline
 from topotrace.analysis.findings import run_findings
 from topotrace.analysis.pipeline import analyze
 from topotrace.cli import main
@@ -209,20 +208,9 @@ def test_browser_time_control_moves_both_columns(runs, page):
     from PIL import Image
 
     path = runs[0] / "compare.html"
-    errors, blocked, idle = [], [], []
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file://")
-                  else (blocked.append(r.request.url), r.abort()))
-        tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else
-               (idle.append(m.text) if "document idle" in m.text else None))
-        tab.on("pageerror", lambda e: errors.append(str(e)))
-        tab.goto(path.as_uri())
-        t0 = time.perf_counter()
-        while not idle and time.perf_counter() - t0 < 20:
-            tab.wait_for_timeout(100)
-        assert idle, "Bokeh never reported the document idle"
+        tab, blocked, errors = open_offline(browser, path, width=1400)
 
         def tiles() -> list[np.ndarray]:
             shots = []

@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench.browser import ARGS, CHROMIUM, slider_frames
+from bench.browser import ARGS, CHROMIUM, open_offline, slider_frames
 
 SECTIONS = {"summary": "Run summary and provenance", "training-curves": "Training curves",
             "maps": "Topographic activation maps", "confidence-maps": "Maps per confidence bin",
@@ -53,29 +52,9 @@ def report(built) -> Path:
 
 @pytest.fixture(scope="module")
 def page_and_log(report):
-    blocked: list[str] = []
-    errors: list[str] = []
-    idle: list[str] = []
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-
-        def route(r):
-            if r.request.url.startswith("file://"):
-                r.continue_()
-            else:
-                blocked.append(r.request.url)
-                r.abort()
-
-        page.route("**/*", route)
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else
-                (idle.append(m.text) if "document idle" in m.text else None))
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(report.as_uri())
-        t0 = time.perf_counter()
-        while not idle and time.perf_counter() - t0 < 20:
-            page.wait_for_timeout(100)
-        assert idle, "Bokeh never reported the document idle"
+        page, blocked, errors = open_offline(browser, report)
         yield page, blocked, errors
         browser.close()
 

@@ -109,8 +109,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_study_report(path: Path, out: Path | None = None) -> int:
-    """Findings across a study's seeds -> ``findings.json`` and ``report.html`` in the study folder; exit code."""
+def write_study_report(path: Path, out: Path | None = None, results: list | None = None) -> int:
+    """Findings across a study's seeds -> ``findings.json`` and ``report.html`` in the study folder; exit code.
+
+    ``results``: the seeds' analyses when the caller has them (``topotrace study``); else they are loaded.
+    """
     from topotrace.analysis.findings import findings, write_findings_json
     from topotrace.report_templates.generate import build_report
 
@@ -118,7 +121,7 @@ def write_study_report(path: Path, out: Path | None = None) -> int:
 
     try:
         study = load_study(path)
-        results = study_results(study)
+        results = results if results is not None else study_results(study)
         names = [f"seed {s}" for s in study.seeds]
         found = findings(results, names)
     except ValueError as err:

@@ -79,10 +79,10 @@ def run(args: argparse.Namespace) -> int:
                 bar.advance(seeds_task)
 
         try:
-            run_study(study, train, on_seed)
+            results = run_study(study, train, on_seed)
         except (RuntimeError, ValueError) as err:
             console.print(f"[red]{escape(str(err))}[/] Run the same command again to continue.")
             return 1
     from .cmd_report import write_study_report
 
-    return write_study_report(study.path)
+    return write_study_report(study.path, results=results)

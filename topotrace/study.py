@@ -149,7 +149,7 @@ def run_study(study: Study, train: Callable[[dict], object],
             note(seed, "training")
             train(seed_config(study, seed))
         note(seed, "analysing")
-        res = cached_results(run_dir) or analyze(run_dir)
+        res = _analysis(run_dir)
         note(seed, "done")
         results.append(res)
     return results
@@ -165,4 +165,8 @@ def study_results(study: Study) -> list[AnalysisResults]:
     if missing:
         raise ValueError(f"Study {study.name!r}: seeds {missing} have not finished training. Continue the study "
                          f"with: topotrace study --name {study.name} (same config and seeds).")
-    return [cached_results(study.seed_dir(s)) or analyze(study.seed_dir(s)) for s in study.seeds]
+    return [_analysis(study.seed_dir(s)) for s in study.seeds]
+
+
+def _analysis(run_dir: Path) -> AnalysisResults:
+    return cached_results(run_dir) or analyze(run_dir)
