@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 SEEDS   ?= 0,1,2
 STUDY   ?= $(RUN)-study
 
-.PHONY: help setup train analyze report study info test bench lint clean
+.PHONY: help setup train analyze report study site info test bench lint clean
 
 help:  ## list the targets (RUN=NAME names the run in every target, CONFIG=FILE the training config)
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/\$$(RUN)/$(RUN)/g' -e 's/\$$(STUDY)/$(STUDY)/g' \
@@ -33,10 +33,17 @@ analyze: $(STAMP)  ## analyse runs/$(RUN) (cached in runs/$(RUN)/analysis.h5)
 
 report: $(STAMP)  ## train if needed, analyse, write runs/$(RUN)/report.html and findings.json (a run or a study)
 	@test -f runs/$(RUN)/store.h5 -o -f runs/$(RUN)/study.json || $(BIN)/topotrace train --config $(CONFIG) --name $(RUN) $(if $(SEED),--seed $(SEED))
+	@$(BIN)/topotrace site runs >/dev/null  # first, so that the report links back to the index
 	$(BIN)/topotrace report runs/$(RUN)
+	$(BIN)/topotrace site runs
 
 study: $(STAMP)  ## train, record and analyse SEEDS (0,1,2) of CONFIG into runs/$(STUDY)/; findings across seeds
+	@mkdir -p runs && $(BIN)/topotrace site runs >/dev/null
 	$(BIN)/topotrace study --config $(CONFIG) --seeds $(SEEDS) --name $(STUDY)
+	$(BIN)/topotrace site runs
+
+site: $(STAMP)  ## write runs/index.html: every run and study in runs/ in one sortable table
+	$(BIN)/topotrace site runs
 
 info: $(STAMP)  ## summarise runs/$(RUN)/store.h5
 	$(BIN)/topotrace info runs/$(RUN)

@@ -15,6 +15,11 @@ time*. This module owns the numbers behind those claims (definitions also in ``d
   per-sample quantity and a confidence measure, overall and partial given the class (ranks over all samples,
   class means of the ranks removed, residuals correlated; the same partial Spearman as the neuron maps).
 
+Non-finite values. A sample with a non-finite activation anywhere in the layer, or a non-finite confidence,
+has no per-sample quantity at that snapshot: the pipeline sets both to NaN there, and every statistic here
+leaves NaN samples out (means over the remaining samples, ranks among them; a bootstrap resample weighs only
+them). The pipeline computes the class means for distinctness from the remaining samples too.
+
 Uncertainty. Within a run the probe samples are the unit: a seeded bootstrap draws ``n_boot`` resamples of
 the n samples (multinomial counts, the same resamples for every snapshot, so differences between snapshots
 are paired) and every statistic is recomputed on each; intervals are percentile intervals. Ranks are taken
@@ -119,7 +124,7 @@ def weighted_spearman(x: np.ndarray, y: np.ndarray, labels: np.ndarray, n_classe
 
     Args:
         x: array of shape (K, n), per-sample quantities; samples where any row is NaN are left out.
-        y: array of shape (n, M), confidence measures.
+        y: array of shape (n, M), confidence measures; samples where any measure is non-finite are left out.
         labels: array of shape (n,), int classes.
         n_classes: C.
         weights: array of shape (R, n): one row of sample weights per evaluation (a row of ones gives the
@@ -132,7 +137,7 @@ def weighted_spearman(x: np.ndarray, y: np.ndarray, labels: np.ndarray, n_classe
     k, n = x.shape
     m = np.shape(y)[1]
     c = n_classes
-    ok = np.isfinite(x).all(axis=0)
+    ok = np.isfinite(x).all(axis=0) & np.isfinite(y).all(axis=1)
     if ok.sum() < 3:
         nan = np.full((np.shape(weights)[0], k, m), np.nan)
         return nan, nan.copy()

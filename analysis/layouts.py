@@ -299,6 +299,8 @@ class NeuronLayout(BaseEstimator):
             raise ValueError(f"X must have shape (n_neurons, n_features). Got shape {x.shape} instead.")
         if len(x) < 3:
             raise ValueError(f"NeuronLayout needs at least 3 neurons. Got {len(x)}.")
+        if x.shape[1] < 1:
+            raise ValueError(f"X must have at least one feature per neuron. Got shape {x.shape} instead.")
         if not np.isfinite(x).all():
             raise ValueError("X contains NaN or infinite values (empty groups?); drop or fill them first.")
         if self.method == "mds" and len(x) > self.max_mds_neurons:
@@ -327,7 +329,10 @@ class NeuronLayout(BaseEstimator):
             xy = _pca2(xp, rs)
         elif self.method == "tsne":
             perplexity = float(min(self.perplexity, max((n - 1) / 3.0, 1.0)))
-            xy = TSNE(2, perplexity=perplexity, metric=self.metric, init="pca", random_state=rs).fit_transform(x)
+            # scikit-learn scales its PCA start by the first component's spread: with identical rows (e.g. every
+            # neuron silent) that is 0 / 0, and Barnes-Hut t-SNE on NaN positions crashed the process.
+            init = "pca" if np.ptp(x, axis=0).max() > 0 else "random"
+            xy = TSNE(2, perplexity=perplexity, metric=self.metric, init=init, random_state=rs).fit_transform(x)
         elif self.method == "mds":
             from sklearn.metrics import pairwise_distances
 

@@ -10,6 +10,11 @@ confidence", :func:`snapshot_bins`: every bin holds the same share of samples at
 is empty when a measure saturates), or with edges computed once from the values of all snapshots pooled
 (:func:`confbin_edges`: a bin means the same confidence range at every snapshot; early snapshots put most
 samples in low bins, late ones in high bins).
+
+Non-finite values. A sample whose confidence is NaN or infinite belongs to no confidence bin (bin -1) and a
+sample whose outputs are non-finite to no predicted-class or correct/wrong group; :func:`group_index` passes -1
+through ("in no group"), and the pipeline leaves such samples out of those groupings. The class grouping uses
+the true label only, so it keeps every sample; each neuron's NAP averages that neuron's finite values only.
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ def snapshot_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
         n_bins: B >= 1.
 
     Returns:
-        Array of shape (S, n), int64 in 0 .. B - 1: sample i of snapshot s is in bin ``floor(B * r / n)`` where r
-        is its rank (0 .. n - 1) at that snapshot, ties broken by sample order, so bin sizes differ by at most 1.
+        Array of shape (S, n), int64 in -1 .. B - 1: sample i of snapshot s is in bin ``floor(B * r / n_s)``
+        where r is its rank (0 .. n_s - 1) among the n_s samples of that snapshot with a finite value, ties broken
+        by sample order, so bin sizes differ by at most 1; a non-finite value (NaN, inf) is in no bin (-1).
     """
     if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool):
         raise TypeError(f"The 'n_bins' parameter must be an int. Got {type(n_bins).__name__} instead.")
@@ -59,10 +65,17 @@ def snapshot_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
         raise ValueError(f"The 'n_bins' parameter must be >= 1. Got {n_bins} instead.")
     v = np.atleast_2d(np.asarray(values, np.float64))
     n = v.shape[1]
+    finite = np.isfinite(v)
+    all_finite = bool(finite.all())
+    if not all_finite:
+        v = np.where(finite, v, np.inf)  # non-finite values rank after every finite one
     rank = np.empty(v.shape, np.int64)
     order = np.argsort(v, axis=1, kind="stable")
     np.put_along_axis(rank, order, np.arange(n)[None, :], axis=1)
-    return (rank * n_bins // n).astype(np.int64)
+    if all_finite:
+        return (rank * n_bins // n).astype(np.int64)
+    n_finite = np.maximum(finite.sum(axis=1, keepdims=True), 1)
+    return np.where(finite, rank * n_bins // n_finite, -1).astype(np.int64)
 
 
 def relative_bin_names(n_bins: int) -> list[str]:
@@ -72,12 +85,17 @@ def relative_bin_names(n_bins: int) -> list[str]:
 
 
 def assign_bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin index of each value: array of the same shape as ``values``, int64 in 0 .. B - 1.
+    """Bin index of each value: array of the same shape as ``values``, int64 in -1 .. B - 1.
 
-    Bin b holds ``edges[b] <= v < edges[b + 1]``; the last bin also holds its upper edge, and values outside
-    the edges fall into the first or last bin.
+    Bin b holds ``edges[b] <= v < edges[b + 1]``; the last bin also holds its upper edge, and finite values
+    outside the edges fall into the first or last bin. A non-finite value (NaN, inf) is in no bin (-1).
     """
-    return np.searchsorted(np.asarray(edges)[1:-1], np.asarray(values), side="right").astype(np.int64)
+    values = np.asarray(values)
+    out = np.searchsorted(np.asarray(edges)[1:-1], values, side="right").astype(np.int64)
+    finite = np.isfinite(values)
+    if not finite.all():
+        out[~finite] = -1
+    return out
 
 
 def bin_names(edges: np.ndarray) -> list[str]:
@@ -114,8 +132,12 @@ def group_index(
         n_classes: C.
         n_bins: B.
 
+    ``pred``, ``correct`` and ``conf_bin`` may hold -1 for a sample in no group (non-finite outputs or
+    confidence); it stays -1 in the index.
+
     Returns:
-        ``(index, G)``: index array of shape (n,), int64 in 0 .. G - 1, and the number of groups G.
+        ``(index, G)``: index array of shape (n,), int64 in -1 .. G - 1 (-1: in no group), and the number of
+        groups G.
     """
     if grouping == "class":
         return np.asarray(labels, np.int64), n_classes
@@ -126,7 +148,8 @@ def group_index(
     if grouping == "confbin":
         return np.asarray(conf_bin, np.int64), n_bins
     if grouping == "class_confbin":
-        return np.asarray(labels, np.int64) * n_bins + np.asarray(conf_bin, np.int64), n_classes * n_bins
+        b = np.asarray(conf_bin, np.int64)
+        return np.where(b >= 0, np.asarray(labels, np.int64) * n_bins + b, -1), n_classes * n_bins
     raise ValueError(f"The 'grouping' parameter must be a str among {set(GROUPINGS)}. Got {grouping!r} instead.")
 
 

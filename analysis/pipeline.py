@@ -13,6 +13,14 @@ with :data:`ANALYSIS_VERSION`). A later call with the same fingerprint and param
 touching the activations. The fingerprint is O(1) to check, changes whenever a snapshot is appended (count,
 step, size) or the file is rewritten (mtime), and avoids hashing gigabytes on every call; the store's SHA-256
 is still computed once per analysis, for provenance, on a thread in parallel with the computation.
+
+Non-finite values are data, not poison (``docs/analysis.md``, "Non-finite values"). Each statistic leaves out
+the non-finite values of its own unit: a neuron's NAPs and correlations its NaN/inf values (and, for the
+correlations, samples with non-finite outputs), the per-sample statistics the samples with any non-finite
+activation in the layer or non-finite outputs; the counts are kept per layer and snapshot. The per-sample sums
+of |a| that the pass computes anyway are non-finite exactly where a row holds NaN or inf, so an all-finite
+snapshot costs no extra pass and takes the unchanged fast path. A run that diverged (:data:`DIVERGED_SHARE`)
+is analysed up to the snapshot before its diverged tail, which is found by walking back from the last snapshot.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +45,7 @@ from .layouts import NeuronLayout, shepard_score, trustworthiness_score
 from .results import (
     AnalysisResults,
     CorrResult,
+    Divergence,
     GroupedNaps,
     LayerResult,
     LayoutResult,
@@ -44,8 +54,9 @@ from .results import (
     save_results,
 )
 
-ANALYSIS_VERSION = 6  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
-# 5: layers say whether they are non-negative; 6: per-sample evidence, per-snapshot bins, no trend p-values
+ANALYSIS_VERSION = 7  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
+# 5: layers say whether they are non-negative; 6: per-sample evidence, per-snapshot bins, no trend p-values;
+# 7: non-finite values left out per statistic (with counts), layouts without non-finite neurons, divergence
 ALPHA = 0.05
 GRID = 64
 RANDOM_STATE = 0
@@ -54,6 +65,11 @@ MAX_TSNE_NEURONS = 2048
 MAX_MDS_NEURONS = 256
 MAX_WORKERS = 4  # threads computing snapshots in parallel (capped by the CPU count)
 MIN_MAP_FILL = 0.4  # see pick_default_layout; a round body fills about 0.6-0.8 of its square
+# A snapshot is diverged when more than this share of the probe samples has non-finite outputs (loss or a
+# confidence measure) or more than this share of some layer's activation values (samples x neurons) is non-finite
+# (a share of values, so one NaN neuron is not a divergence: it is left out and placed nowhere); the run diverged
+# at the first snapshot of its tail of diverged snapshots, and the analysis stops before it.
+DIVERGED_SHARE = 0.5
 
 Progress = Callable[[str, int, int], None]
 
@@ -106,15 +122,68 @@ def _sha256_async(store: Store) -> tuple[threading.Thread, list[str]]:
     return t, out
 
 
-def _curves(store: Store) -> dict[str, dict[str, np.ndarray]]:
+def _outcome_ok(store: Store, probe: str) -> np.ndarray:
+    """Samples whose outputs are finite: array of shape (S, n), bool: the loss and every confidence measure.
+
+    They are computed from the logits, so a NaN or +inf logit makes them non-finite (a -inf logit of a wrong
+    class only means probability 0); reading them costs S x n values per measure instead of S x n x C logits.
+    """
+    ok = np.isfinite(store.loss(probe))
+    for m in store.measures:
+        ok &= np.isfinite(store.conf(probe, m))
+    return ok
+
+
+def _finite_mean(x: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Mean of each row of ``x`` (S, n) over the entries where ``ok`` (S, n) holds: array of shape (S,)."""
+    if ok.all():
+        return x.mean(axis=1, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, x, 0).sum(axis=1, dtype=np.float64) / ok.sum(axis=1)
+
+
+def _curves(store: Store, n_s: int) -> dict[str, dict[str, np.ndarray]]:
+    """Accuracy, loss and confidence of every probe set at the first ``n_s`` snapshots, over finite outputs."""
     curves = {}
     for p in store.probes:
-        c = {"accuracy": store.correct(p).mean(axis=1, dtype=np.float64),
-             "loss": store.loss(p).mean(axis=1, dtype=np.float64)}
+        ok = _outcome_ok(store, p)[:n_s]
+        c = {"accuracy": _finite_mean(store.correct(p)[:n_s], ok), "loss": _finite_mean(store.loss(p)[:n_s], ok)}
         for m in store.measures:
-            c[f"conf_{m}"] = store.conf(p, m).mean(axis=1, dtype=np.float64)
+            c[f"conf_{m}"] = _finite_mean(store.conf(p, m)[:n_s], ok)
         curves[p] = c
     return curves
+
+
+def _nonfinite_share(acts: np.ndarray) -> float:
+    """Share of the non-finite values of ``acts`` (any shape)."""
+    return 1.0 - np.count_nonzero(np.isfinite(acts)) / acts.size if acts.size else 0.0
+
+
+def _find_divergence(store: Store, probe: str, outcome_ok: np.ndarray) -> Divergence | None:
+    """The diverged tail of a run (:data:`DIVERGED_SHARE`), or ``None`` when its last snapshot is not diverged.
+
+    Walks back from the last snapshot, one layer's activations of one snapshot at a time, to the first snapshot
+    that is not diverged: a run that did not diverge costs one read of its last snapshot.
+
+    Args:
+        store: the open store.
+        probe: the analysed probe set.
+        outcome_ok: array of shape (S, n), bool, from :func:`_outcome_ok`.
+    """
+    n_s = store.n_snapshots
+    out_bad = (~outcome_ok).mean(axis=1) > DIVERGED_SHARE  # [S]
+    first: tuple[int, list[str], bool] | None = None  # the earliest diverged snapshot seen so far
+    for s in range(n_s - 1, -1, -1):
+        bad = [name for name in store.layers
+               if _nonfinite_share(store.acts(probe, name, s, dtype=None)) > DIVERGED_SHARE]
+        if not bad and not out_bad[s]:
+            break
+        first = (s, bad, bool(out_bad[s]))
+    if first is None:
+        return None
+    k, layers, outputs = first
+    steps = store.steps
+    return Divergence(k, int(steps[k]), int(steps[k - 1]) if k else -1, layers, outputs, n_s)
 
 
 class _LayerPass:
@@ -133,17 +202,54 @@ class _LayerPass:
         self.strength_by_bin = np.full((n_s, n_bins), np.nan)
         self.distinctness_by_bin = np.full((n_s, n_bins), np.nan)
         self.cka = np.full(n_s, np.nan)
+        self.excluded_values = np.zeros(n_s, np.int64)
+        self.excluded_samples = np.zeros(n_s, np.int64)
 
 
 def _snapshot_stats(lp: _LayerPass, s: int, a: np.ndarray, rank_source: np.ndarray, labels: np.ndarray,
-                    conf: np.ndarray, df: int, df_within: int, ws: stats.Workspace) -> None:
-    """Correlations of one snapshot: ``a`` (n, N), ``conf`` (n, M) -> rows ``s`` of the result arrays."""
-    r = stats.snapshot_correlations(a, conf, labels, rank_source, workspace=ws)
+                    conf: np.ndarray, df: int, df_within: int, ws: stats.Workspace,
+                    usable: np.ndarray | None = None) -> None:
+    """Correlations of one snapshot: ``a`` (n, N), ``conf`` (n, M) -> rows ``s`` of the result arrays.
+
+    ``usable`` (n, N), bool: the samples each neuron is correlated over (its finite values of samples with
+    finite outputs), each neuron with its own degrees of freedom; ``None``: every sample, ``df`` and ``df_within``.
+    """
+    if usable is None:
+        r = stats.snapshot_correlations(a, conf, labels, rank_source, workspace=ws)
+        dofs: dict[str, int | np.ndarray] = {"pearson": df, "pearson_within": df_within}
+    else:
+        r, n_used, n_cls = stats.masked_correlations(a, conf, labels, usable, rank_source, workspace=ws)
+        dofs = {"pearson": n_used - 2, "pearson_within": n_used - n_cls - 1}  # [N] each
     for k, v in r.items():
         lp.r[k][:, s] = v.T
-    for key, dof in (("pearson", df), ("pearson_within", df_within)):
+    for key, dof in dofs.items():
         p = stats.corr_pvalues(r[key].T, dof)  # [M, N]
         lp.q[key][:, s] = stats.bh_fdr(p)
+
+
+class _Cka:
+    """Linear CKA of each snapshot to the reference snapshot, over the samples finite in both.
+
+    Args:
+        ref: array of shape (n, N), the reference activations (stored dtype; non-finite rows are left out).
+        sub: the fixed subset of at most :data:`CKA_MAX_SAMPLES` samples (``slice(None)``: all of them).
+    """
+
+    def __init__(self, ref: np.ndarray, sub: slice | np.ndarray):
+        idx = np.arange(len(ref))[sub]
+        y = stats.as_float(ref[sub], np.float32)  # [n_sub, N]
+        ok = np.isfinite(y).all(axis=1)
+        self._sub, self._idx, self._ref = (sub, idx, y) if ok.all() else (idx[ok], idx[ok], y[ok])
+        self._default = stats.CkaReference(self._ref, dtype=np.float32) if len(self._ref) >= 2 else None
+
+    def score(self, a: np.ndarray, keep: np.ndarray | None = None) -> float:
+        """CKA of ``a`` (n, N) to the reference over the samples where ``keep`` (n,), bool, holds (default all)."""
+        if keep is None or keep[self._idx].all():
+            return self._default.score(a[self._sub]) if self._default is not None else float("nan")
+        k = keep[self._idx]
+        if k.sum() < 2:
+            return float("nan")
+        return stats.CkaReference(self._ref[k], dtype=np.float32).score(a[self._idx[k]])
 
 
 def analyze(
@@ -158,6 +264,7 @@ def analyze(
     n_bins: int = 5,
     refresh: bool = False,
     progress: Progress | None = None,
+    until_good: bool = False,
 ) -> AnalysisResults:
     """Analyse a store (or load the cached analysis if the store and parameters are unchanged).
 
@@ -178,9 +285,15 @@ def analyze(
         n_bins: B, quantile bins of the primary measure.
         refresh: recompute even if the cache matches.
         progress: called as ``progress(stage, done, total)`` while computing.
+        until_good: for a store with a damaged snapshot, analyse the snapshots before it (see
+            :class:`topotrace.instrument.store.Store`); otherwise reading the damaged snapshot raises.
 
     Returns:
-        :class:`AnalysisResults`.
+        :class:`AnalysisResults`; for a run that diverged (:data:`DIVERGED_SHARE`), of the snapshots before
+        its diverged tail, with ``divergence`` saying where it diverged.
+
+    Raises:
+        ValueError: invalid parameters, a store without snapshots, or one diverged from its first snapshot on.
     """
     t_start = time.perf_counter()
     path = resolve_store_path(store_path)
@@ -204,7 +317,7 @@ def analyze(
         "layout_features": "class NAPs at the last snapshot", "metric": "cosine", "n_boot": evidence.N_BOOT,
     }
     report = progress or (lambda stage, done, total: None)
-    with Store(path) as store:
+    with Store(path, until_good=until_good) as store:
         if store.n_snapshots == 0:
             raise ValueError(f"{path} has no committed snapshots yet; nothing to analyse.")
         if probe_set not in store.probes:
@@ -221,9 +334,17 @@ def analyze(
             cached = _load_cache(cache, fingerprint, key["params_key"])
             if cached is not None:
                 return cached
+        outcome_ok = _outcome_ok(store, probe_set)  # [S, n]
+        divergence = _find_divergence(store, probe_set, outcome_ok)
+        n_s = store.n_snapshots if divergence is None else divergence.snapshot
+        if n_s == 0:
+            what = " and ".join([f"layer {la!r}" for la in divergence.layers] + ["the outputs"] * divergence.outputs)
+            raise ValueError(f"{path} diverged from its first snapshot (step {divergence.step}) on: {what} hold more "
+                             f"than {DIVERGED_SHARE:.0%} non-finite values for the {probe_set!r} probe set at every "
+                             "snapshot; nothing finite to analyse.")
         sha_thread, sha = _sha256_async(store)
         report("training curves", 0, 1)
-        curves = _curves(store)
+        curves = _curves(store, n_s)
         report("training curves", 1, 1)
         layers = {}
         # One BLAS thread throughout: every product here is small or already runs on a worker per core, and
@@ -231,13 +352,14 @@ def analyze(
         with threadpool_limits(1, user_api="blas"):
             for name in store.layers:
                 layers[name] = _analyze_layer(store, name, probe_set, measure, bins, layout_methods,
-                                              default_layout, n_bins, report)
+                                              default_layout, n_bins, report, n_s, outcome_ok[:n_s])
         sha_thread.join()
         res = AnalysisResults(
-            store_path=str(path), store_sha256=sha[0] if sha else "", n_snapshots=store.n_snapshots,
-            steps=store.steps, epochs=store.epochs, probe_set=probe_set, primary_measure=measure,
+            store_path=str(path), store_sha256=sha[0] if sha else "", n_snapshots=n_s,
+            steps=store.steps[:n_s], epochs=store.epochs[:n_s], probe_set=probe_set, primary_measure=measure,
             measures=list(store.measures), class_names=list(store.class_names), curves=curves, layers=layers,
             params=params | {"seconds": round(time.perf_counter() - t_start, 3)}, meta=store.meta,
+            nonfinite_outputs=(~outcome_ok[:n_s]).sum(axis=1).astype(np.int64), divergence=divergence,
         )
     report("saving", 0, 1)
     save_results(res, cache, extra_attrs=key)
@@ -265,29 +387,39 @@ def _load_cache(cache: Path, fingerprint: str, params_key: str | None = None) ->
         return None  # unreadable or another version: recompute
 
 
-def cached_results(store_path: str | os.PathLike,
-                   cache_path: str | os.PathLike | None = None) -> AnalysisResults | None:
+def cached_results(store_path: str | os.PathLike, cache_path: str | os.PathLike | None = None,
+                   until_good: bool = False) -> AnalysisResults | None:
     """The cached analysis of the store as it is now, whatever parameters made it; ``None`` if there is none.
 
     The cache counts when it was computed from the store's current content (its fingerprint) by this version
-    of the analysis; its parameters are in ``results.params``.
+    of the analysis; its parameters are in ``results.params``. ``until_good``: the store's snapshots before a
+    damaged one (as :func:`analyze`).
     """
     path = resolve_store_path(store_path)
-    with Store(path) as store:
+    with Store(path, until_good=until_good) as store:
         fingerprint = json.dumps(store_fingerprint(store), sort_keys=True)
     return _load_cache(Path(cache_path) if cache_path is not None else path.parent / "analysis.h5", fingerprint)
 
 
 def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode: str,
                    layout_methods: list[str] | None, default_layout: str | None, n_bins: int,
-                   report: Progress) -> LayerResult:
+                   report: Progress, n_s: int, outcome_ok: np.ndarray) -> LayerResult:
+    """One layer over the first ``n_s`` snapshots (the last of them is the CKA reference).
+
+    ``outcome_ok`` (n_s, n), bool: samples with finite outputs (the others are in no prediction or confidence
+    group and out of the correlations and per-sample statistics).
+    """
     spec = store.layers[name]
-    n_s, n_neurons = store.n_snapshots, spec.n_neurons
+    n_neurons = spec.n_neurons
     labels = store.labels(probe)
-    preds, corrects = store.pred(probe), store.correct(probe)
+    preds, corrects = store.pred(probe)[:n_s], store.correct(probe)[:n_s]
     measures = list(store.measures)
-    conf_all = np.stack([store.conf(probe, m) for m in measures], axis=-1).astype(np.float64)  # [S, n, M]
+    conf_all = np.stack([store.conf(probe, m)[:n_s] for m in measures], axis=-1).astype(np.float64)  # [S, n, M]
     primary = conf_all[..., measures.index(measure)]
+    if not outcome_ok.all():  # samples with non-finite outputs: in no prediction or confidence group
+        primary = np.where(outcome_ok, primary, np.nan)
+        preds = np.where(outcome_ok, preds, -1)
+        corrects = np.where(outcome_ok, corrects, -1)
     if bins_mode == "pooled":
         edges = naps.confbin_edges(primary, n_bins)
         bins = naps.assign_bins(primary, edges)
@@ -306,7 +438,7 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
     df, df_within = n - 2, n - n_present - 1
     sub = np.sort(np.random.default_rng(RANDOM_STATE).permutation(n)[:CKA_MAX_SAMPLES]) if n > CKA_MAX_SAMPLES \
         else slice(None)
-    cka_ref = stats.CkaReference(store.acts(probe, name, -1)[sub], dtype=np.float32)
+    cka = _Cka(store.acts(probe, name, n_s - 1, dtype=None), sub)
     stage = f"{name}: snapshots"
     report(stage, 0, n_s)
     offsets = np.cumsum([0] + [sizes[g] for g in naps.GROUPINGS])
@@ -322,39 +454,70 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
             if ws is None:
                 ws = local.ws = stats.Workspace()
             a = stats.as_float(stored, np.float32, out=ws.get("acts", stored.shape, np.float32))  # [n, N]
+            scratch = ws.get("scratch", a.shape, np.float32)
+            abs_rows = np.abs(a, out=scratch).sum(axis=1).astype(np.float64)  # [n] (pairwise sums per row)
+            sq_rows = np.einsum("ij,ij->i", a, a, dtype=np.float64)  # [n]
+            # A row holding NaN or inf sums to NaN or inf: the sums find non-finite values without a pass of their
+            # own, and an all-finite snapshot with finite outputs takes the fast path (keep is None).
+            keep = None  # [n], bool: the samples behind the per-sample statistics (None: every sample)
+            finite = None  # [n, N], bool: the finite activations (computed only when some row is not finite)
+            out_ok = outcome_ok[s]
+            if not (np.isfinite(abs_rows).all() and out_ok.all()):
+                finite = np.isfinite(a)
+                keep = finite.all(axis=1) & out_ok
+                lp.excluded_values[s] = finite.size - np.count_nonzero(finite)
+                lp.excluded_samples[s] = n - np.count_nonzero(keep)
+                if keep.all():  # only sums that overflowed: every value is finite after all
+                    keep = finite = None
             # Sums of every group of every grouping in one product: [G_total, n] @ [n, N].
-            rows = np.concatenate([off[g] + naps.group_index(g, labels, preds[s], corrects[s], bins[s], n_classes,
-                                                             n_bins)[0] for g in naps.GROUPINGS])
+            idx = [naps.group_index(g, labels, preds[s], corrects[s], bins[s], n_classes, n_bins)[0]
+                   for g in naps.GROUPINGS]
+            rows = np.concatenate([off[g] + i for g, i in zip(naps.GROUPINGS, idx)])
             onehot = np.zeros((g_total, n), np.float32)
-            onehot[rows, cols] = 1.0
-            sums = (onehot @ a).astype(np.float64)  # [G_total, N]
-            counts = np.bincount(rows, minlength=g_total)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                means = sums / counts[:, None]
+            if keep is None:
+                onehot[rows, cols] = 1.0
+                sums = (onehot @ a).astype(np.float64)  # [G_total, N]
+                counts = np.bincount(rows, minlength=g_total)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    means = sums / counts[:, None]
+                used = counts
+            else:
+                valid = np.concatenate(idx) >= 0  # samples in no group (-1) stay out of that grouping
+                onehot[rows[valid], cols[valid]] = 1.0
+                counts = np.bincount(rows[valid], minlength=g_total)
+                # Each neuron's NAP averages its own finite values: [G_total, n] @ [n, N] twice.
+                n_finite = (onehot @ finite.astype(np.float32)).astype(np.float64)  # [G_total, N]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    means = (onehot @ np.where(finite, a, np.float32(0))).astype(np.float64) / n_finite
+                # Sums over the kept samples only, for the per-sample statistics and their aggregates.
+                sums = (onehot[:, keep] @ a[keep]).astype(np.float64)  # [G_total, N]
+                used = np.count_nonzero(onehot[:, keep], axis=1)
             for g in naps.GROUPINGS:
                 sl = slice(off[g], off[g] + sizes[g])
                 lp.naps[g][s], lp.counts[g][s] = means[sl], counts[sl]
             # Values for the moments (float32 is exact for float16 data), the stored values for the ranks.
-            _snapshot_stats(lp, s, a, stored, labels, conf_all[s], df, df_within, ws)
-            scratch = ws.get("scratch", a.shape, np.float32)
-            abs_rows = np.abs(a, out=scratch).sum(axis=1).astype(np.float64)  # [n] (pairwise sums per row)
-            sq_rows = np.einsum("ij,ij->i", a, a, dtype=np.float64)  # [n]
-            abs_sums = np.bincount(bins[s], abs_rows, minlength=n_bins)  # [B]
-            sq_sums = np.bincount(bins[s], sq_rows, minlength=n_bins)  # [B]
-            n_bin = counts[off["confbin"]: off["confbin"] + n_bins]
-            lp.strength[s] = abs_sums.sum() / (n * n_neurons)
+            _snapshot_stats(lp, s, a, stored, labels, conf_all[s], df, df_within, ws,
+                            None if keep is None else finite & out_ok[:, None])
+            kept = slice(None) if keep is None else np.flatnonzero(keep)
+            n_kept = n if keep is None else len(kept)
+            abs_sums = np.bincount(bins[s][kept], abs_rows[kept], minlength=n_bins)  # [B]
+            sq_sums = np.bincount(bins[s][kept], sq_rows[kept], minlength=n_bins)  # [B]
+            n_bin = used[off["confbin"]: off["confbin"] + n_bins]
             cls = slice(off["class"], off["class"] + n_classes)
-            per_sample[0, s] = abs_rows / n_neurons
-            per_sample[1, s] = evidence.sample_distinctness(a, labels, n_classes, sums[cls], sq_rows)
+            if n_kept:
+                lp.strength[s] = abs_sums.sum() / (n_kept * n_neurons)
+                per_sample[0, s, kept] = abs_rows[kept] / n_neurons
+                per_sample[1, s, kept] = evidence.sample_distinctness(a[kept], labels[kept], n_classes, sums[cls],
+                                                                      sq_rows[kept])
             sample_corr[s] = boot.correlations(per_sample[:, s], conf_all[s])
-            lp.distinctness[s] = stats.distinctness_from_sums(sums[cls], counts[cls], sq_sums.sum())
+            lp.distinctness[s] = stats.distinctness_from_sums(sums[cls], used[cls], sq_sums.sum())
             ccb = off["class_confbin"] + np.arange(n_classes) * n_bins
             for b in range(n_bins):
                 if n_bin[b]:
                     lp.strength_by_bin[s, b] = abs_sums[b] / (n_bin[b] * n_neurons)
-                    lp.distinctness_by_bin[s, b] = stats.distinctness_from_sums(sums[ccb + b], counts[ccb + b],
+                    lp.distinctness_by_bin[s, b] = stats.distinctness_from_sums(sums[ccb + b], used[ccb + b],
                                                                                 sq_sums[b])
-            lp.cka[s] = cka_ref.score(a[sub])
+            lp.cka[s] = cka.score(a, keep)
         except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
             raise ValueError(f"Analysis failed for layer {name!r} at snapshot {s} (step {steps[s]}, "
                              f"activations {stored.shape})") from err
@@ -368,6 +531,8 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
         for s, a in store.iter_acts(probe, name, dtype=None):
+            if s >= n_s:  # the diverged tail
+                break
             pending.append(pool.submit(process, s, a))
             while len(pending) >= workers + (workers > 1):
                 pending.popleft().result()
@@ -406,15 +571,24 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
         nonnegative=maps.all_nonnegative(gn.naps for gn in grouped.values()),
         corr=corr, strength=lp.strength, distinctness=lp.distinctness, bin_names=names_b,
         strength_by_bin=lp.strength_by_bin, distinctness_by_bin=lp.distinctness_by_bin, cka=lp.cka, evidence=ev,
+        excluded_values=lp.excluded_values, excluded_samples=lp.excluded_samples,
     )
 
 
 def _layouts(
     class_naps: np.ndarray, methods: list[str] | None, layer: str, report: Progress
 ) -> dict[str, LayoutResult]:
-    """Layouts of the neurons from their class NAPs (shape (C, N)) at the reference snapshot."""
+    """Layouts of the neurons from their class NAPs (shape (C, N)) at the reference snapshot.
+
+    Classes without a finite value for any neuron (absent from the probe set) are left out of the features; a
+    neuron with a non-finite value among the rest (every value of one of its classes was NaN or inf) is placed
+    nowhere: the methods see only the finite rows, its row of ``xy`` is NaN, and the maps interpolate between
+    the placed neurons (``interp.neurons`` indexes all N).
+    """
     x = class_naps.T.astype(np.float64)  # [N, C]
-    x = x[:, np.isfinite(x).all(axis=0)]  # classes absent from the probe set
+    x = x[:, np.isfinite(x).any(axis=0)]  # classes absent from the probe set
+    placed = np.flatnonzero(np.isfinite(x).all(axis=1)) if x.shape[1] else np.zeros(0, np.int64)
+    n_all, x = len(x), x[placed]  # [N_placed, C]
     methods = default_layout_methods(len(x)) if methods is None else methods
     out: dict[str, LayoutResult] = {}
     if len(x) < 3:  # a 2-D map needs at least a triangle of neurons
@@ -427,11 +601,14 @@ def _layouts(
             est.fit(x)
         except ValueError as err:
             raise ValueError(f"Layout {method!r} failed for layer {layer!r} ({x.shape[0]} neurons)") from err
-        xy = est.embedding_
+        xy = est.embedding_  # [N_placed, 2]
         op = maps.interp_operator(xy, grid=GRID)
-        out[est.name] = LayoutResult(
-            method=est.name, xy=xy, trustworthiness=trustworthiness_score(x, xy), shepard=shepard_score(x, xy),
-            smoothness=maps.smoothness(op, x.T), seconds=float(est.seconds_), interp=op,
-        )
+        scores = {"trustworthiness": trustworthiness_score(x, xy), "shepard": shepard_score(x, xy),
+                  "smoothness": maps.smoothness(op, x.T)}
+        if len(x) < n_all:  # back to all N neurons: NaN rows for those placed nowhere
+            xy = np.full((n_all, 2), np.nan, np.float32)
+            xy[placed] = est.embedding_
+            op = replace(op, neurons=placed[op.neurons].astype(np.int32))
+        out[est.name] = LayoutResult(method=est.name, xy=xy, seconds=float(est.seconds_), interp=op, **scores)
         report(stage, i + 1, len(methods))
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -68,7 +68,9 @@ class LayoutResult:
 
     Attributes:
         method: ``"pca"``, ``"tsne"``, ``"mds"``, ``"som"``, ``"force"`` (each may carry ``"+declutter"``).
-        xy: array of shape (N, 2), float32, positions scaled into [0, 1]^2.
+        xy: array of shape (N, 2), float32, positions scaled into [0, 1]^2; NaN rows for neurons placed nowhere
+            (no finite profile to place them by, see :attr:`unplaced`). The scores and ``interp`` cover the
+            placed neurons; ``interp.neurons`` holds indices into all N.
         trustworthiness: sklearn-style trustworthiness with k = 7, in [0, 1].
         shepard: Spearman rank correlation between feature-space and layout distances.
         smoothness: smoothness score of the rendered map (higher is smoother; defined in topotrace.analysis.layouts).
@@ -83,6 +85,11 @@ class LayoutResult:
     smoothness: float
     seconds: float
     interp: InterpOperator
+
+    @property
+    def unplaced(self) -> np.ndarray:
+        """Indices of the neurons placed nowhere (NaN rows of ``xy``): array of shape (U,), int64."""
+        return np.flatnonzero(~np.isfinite(np.asarray(self.xy)).all(axis=1))
 
 
 @dataclass
@@ -178,6 +185,11 @@ class LayerResult:
             groups of a grouping subtracted), for reports that show those.
         nonnegative: every finite NAP value of the layer is >= 0 (e.g. after ReLU): its maps can use a
             sequential scale over [0, color_limit].
+        excluded_values: array of shape (S,), int64: non-finite activation values (NaN, inf) at each snapshot;
+            each is left out of its neuron's NAPs and correlations (``docs/analysis.md``, "Non-finite values").
+        excluded_samples: array of shape (S,), int64: probe samples left out of the per-sample statistics at
+            each snapshot (strength, distinctness, CKA, evidence): a non-finite activation in this layer or
+            non-finite outputs (loss or confidence).
     """
 
     name: str
@@ -197,6 +209,32 @@ class LayerResult:
     evidence: SampleEvidence | None = None
     color_limit_contrast: float = float("nan")
     nonnegative: bool = False
+    excluded_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    excluded_samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@dataclass
+class Divergence:
+    """Where a run diverged: from ``snapshot`` on, its snapshots are not analysed (``docs/analysis.md``).
+
+    Attributes:
+        snapshot: index in the store of the first snapshot of the diverged tail (0-based); the analysis holds
+            the snapshots before it.
+        step: its step.
+        last_step: the step of the last analysed snapshot (``snapshot - 1``).
+        layers: the layers with more than half of their activation values (samples x neurons) non-finite at
+            ``snapshot``.
+        outputs: the outputs (loss or a confidence measure, all computed from the logits) are non-finite for
+            more than half of the probe samples at ``snapshot``.
+        n_snapshots: committed snapshots in the store.
+    """
+
+    snapshot: int
+    step: int
+    last_step: int
+    layers: list[str]
+    outputs: bool
+    n_snapshots: int
 
 
 @dataclass
@@ -218,6 +256,10 @@ class AnalysisResults:
         layers: layer name -> :class:`LayerResult`, in recording order.
         params: the analysis parameters (JSON-able), for provenance and cache checks.
         meta: the store's run metadata (run_name, seed, config, versions, ...), for provenance.
+        nonfinite_outputs: array of shape (S,), int64: probe samples of ``probe_set`` whose loss or some
+            confidence measure is non-finite at each snapshot (left out of the correlations, the groupings by
+            prediction and confidence, the per-sample statistics and the curves).
+        divergence: where the run diverged (the analysis then stops before it), or ``None``.
     """
 
     store_path: str
@@ -233,6 +275,8 @@ class AnalysisResults:
     layers: dict[str, LayerResult]
     params: dict[str, object]
     meta: dict[str, object]
+    nonfinite_outputs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    divergence: Divergence | None = None
 
 
 # --- the cache file ---------------------------------------------------------------------------------------
@@ -265,10 +309,12 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
     """Write ``results`` to an HDF5 cache file (atomically: a temporary file renamed into place).
 
     Layout: root attributes ``format``, ``version``, the scalar fields, and JSON text for ``params``, ``meta``,
-    ``measures``, ``class_names``, ``layer_order``; datasets ``steps``, ``epochs``, ``curves/<probe>/<name>``;
+    ``measures``, ``class_names``, ``layer_order``, ``divergence`` (``null`` when the run did not diverge);
+    datasets ``steps``, ``epochs``, ``nonfinite_outputs``, ``curves/<probe>/<name>``;
     one group ``layers/<name>`` per layer with ``naps/<grouping>/{naps,counts}``,
     ``layouts/<method>/{xy,pixel,neurons,weights}``, ``corr/<measure>/{pearson,...,summary/<name>}`` and the
-    per-snapshot arrays; the per-sample evidence is a group ``evidence`` of arrays. No pickle anywhere.
+    per-snapshot arrays (with ``excluded_values``, ``excluded_samples``); the per-sample evidence is a group
+    ``evidence`` of arrays. No pickle anywhere.
 
     Args:
         results: what to save.
@@ -295,6 +341,11 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
         a["meta"] = _dumps(results.meta)
         a["layer_order"] = _dumps(list(results.layers))
         a["curve_order"] = _dumps({p: list(c) for p, c in results.curves.items()})
+        div = results.divergence
+        a["divergence"] = _dumps(None if div is None else {
+            "snapshot": int(div.snapshot), "step": int(div.step), "last_step": int(div.last_step),
+            "layers": list(div.layers), "outputs": bool(div.outputs), "n_snapshots": int(div.n_snapshots)})
+        _put(f, "nonfinite_outputs", np.asarray(results.nonfinite_outputs, np.int64))
         for k, v in (extra_attrs or {}).items():
             a[k] = v
         _put(f, "steps", np.asarray(results.steps, np.int64))
@@ -325,6 +376,8 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
             g.attrs["corr_order"] = _dumps(list(lr.corr))
             for k in ("strength", "distinctness", "strength_by_bin", "distinctness_by_bin", "cka"):
                 _put(g, k, getattr(lr, k))
+            for k in ("excluded_values", "excluded_samples"):
+                _put(g, k, np.asarray(getattr(lr, k), np.int64))
             for gname, gn in lr.naps.items():
                 h = g.create_group(f"naps/{gname}")
                 h.attrs["group_names"] = _dumps(list(gn.group_names))
@@ -384,6 +437,7 @@ def load_results(path: str | os.PathLike) -> AnalysisResults:
                              f"this topotrace reads version {CACHE_VERSION}.")
         curves = {p: {n: f[f"curves/{p}/{n}"][()] for n in names}
                   for p, names in json.loads(_text(a["curve_order"])).items()}
+        div = json.loads(_text(a.get("divergence", "null")))
         layers: dict[str, LayerResult] = {}
         for name in json.loads(_text(a["layer_order"])):
             g = f[f"layers/{name}"]
@@ -417,6 +471,7 @@ def load_results(path: str | os.PathLike) -> AnalysisResults:
                 distinctness_by_bin=g["distinctness_by_bin"][()], cka=g["cka"][()],
                 evidence=_load_evidence(g["evidence"]) if "evidence" in g else None,
                 color_limit_contrast=float(ga["color_limit_contrast"]), nonnegative=bool(ga["nonnegative"]),
+                **{k: g[k][()] for k in ("excluded_values", "excluded_samples") if k in g},
             )
         return AnalysisResults(
             store_path=_text(a["store_path"]), store_sha256=_text(a["store_sha256"]),
@@ -424,4 +479,6 @@ def load_results(path: str | os.PathLike) -> AnalysisResults:
             probe_set=_text(a["probe_set"]), primary_measure=_text(a["primary_measure"]),
             measures=json.loads(_text(a["measures"])), class_names=json.loads(_text(a["class_names"])),
             curves=curves, layers=layers, params=json.loads(_text(a["params"])), meta=json.loads(_text(a["meta"])),
+            nonfinite_outputs=f["nonfinite_outputs"][()] if "nonfinite_outputs" in f else np.zeros(0, np.int64),
+            divergence=Divergence(**div) if div else None,
         )

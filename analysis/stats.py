@@ -15,6 +15,9 @@ Definitions (also in ``docs/analysis.md``):
   ranks subtracted, residuals correlated (the within-class Pearson statistic on the overall Spearman's ranks).
 * A neuron without variation (e.g. a dead ReLU unit, or one that encodes only the class when looking within
   class) has no measurable association: r = 0, p = 1.
+* Non-finite values are data, not poison (:func:`masked_correlations`): each neuron is correlated over the
+  samples where its activation and the confidence are finite; fewer than :data:`MIN_SAMPLES` such samples
+  give r = NaN (no data, which is not "no association"), and p-values use each neuron's own degrees of freedom.
 * Class distinctness is Fisher's trace ratio: the between-class variance of the class means summed over
   neurons divided by the within-class variance summed over neurons (the two add up to the total variance).
   Summing before dividing keeps neurons with almost no within-class variance from dominating.
@@ -28,6 +31,8 @@ from scipy import special
 
 _TINY = 1e-12
 _BLOCK_ELEMENTS = 1 << 20  # samples x neurons per block in snapshot_correlations
+MIN_SAMPLES = 3  # a correlation over fewer usable samples is NaN
+CORRELATIONS = ("pearson", "pearson_within", "spearman", "spearman_within")
 
 
 class Workspace:
@@ -260,22 +265,86 @@ def snapshot_correlations(
     return out
 
 
-def corr_pvalues(r: np.ndarray, df: int) -> np.ndarray:
+def corr_pvalues(r: np.ndarray, df: int | np.ndarray) -> np.ndarray:
     """Two-sided p-values of correlations from the t-distribution with ``df`` degrees of freedom.
 
     Args:
-        r: array of correlations, any shape.
-        df: degrees of freedom (``n - 2`` overall, ``n - C - 1`` within class).
+        r: array of correlations, any shape (NaN gives NaN).
+        df: degrees of freedom (``n - 2`` overall, ``n - C - 1`` within class): an int, or an array that
+            broadcasts against ``r`` (e.g. shape (N,) for ``r`` of shape (M, N): each neuron's own count).
 
     Returns:
-        Array of the same shape; NaN where ``df < 1``.
+        Array of the same shape as ``r``; NaN where ``df < 1``.
     """
     r = np.asarray(r, np.float64)
-    if df < 1:
-        return np.full(r.shape, np.nan)
+    if np.ndim(df) == 0:
+        if df < 1:
+            return np.full(r.shape, np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = r * np.sqrt(df / np.maximum(1.0 - r * r, 0.0))
+        return 2.0 * special.stdtr(df, -np.abs(t))  # the t-distribution's tail, as scipy.stats.t.sf
+    dfa = np.asarray(df, np.float64)
+    ok = dfa >= 1
+    d = np.where(ok, dfa, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = r * np.sqrt(df / np.maximum(1.0 - r * r, 0.0))
-    return 2.0 * special.stdtr(df, -np.abs(t))  # the t-distribution's tail, as scipy.stats.t.sf
+        t = r * np.sqrt(d / np.maximum(1.0 - r * r, 0.0))
+        p = 2.0 * special.stdtr(d, -np.abs(t))
+    return np.where(ok, p, np.nan)
+
+
+def masked_correlations(
+    acts: np.ndarray,
+    conf: np.ndarray,
+    labels: np.ndarray,
+    usable: np.ndarray,
+    rank_source: np.ndarray | None = None,
+    workspace: Workspace | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """:func:`snapshot_correlations` where each neuron uses only its own usable samples (non-finite values left out).
+
+    Neurons with the same usable samples are computed together: one :func:`snapshot_correlations` call per
+    distinct set (a few bad sample rows cost one call; a NaN in one neuron one more, for that neuron), so the
+    statistics of every neuron equal those computed on its usable samples alone.
+
+    Args:
+        acts: array of shape (n, N); values where ``usable`` is False are ignored (they may be NaN or inf).
+        conf: array of shape (n, M); must be finite wherever a sample is usable for some neuron.
+        labels: array of shape (n,), true classes.
+        usable: bool array of shape (n, N): sample i counts for neuron j (typically both finite).
+        rank_source: what to rank instead of ``acts`` (same order and shape); default ``acts``.
+        workspace: scratch arrays reused across calls (one per thread); default a fresh one.
+
+    Returns:
+        ``(r, n_used, n_classes)``: ``r`` as :func:`snapshot_correlations` (each array of shape (N, M), NaN for
+        a neuron with fewer than :data:`MIN_SAMPLES` usable samples); ``n_used``, array of shape (N,), int64, the
+        samples behind each neuron; ``n_classes``, array of shape (N,), int64, the classes among them (for the
+        degrees of freedom ``n_used - 2`` and ``n_used - n_classes - 1``).
+    """
+    usable = np.asarray(usable, bool)
+    labels = np.asarray(labels)
+    y = np.asarray(conf, np.float64)
+    y = y[:, None] if y.ndim == 1 else y
+    n, n_neurons = usable.shape
+    src = np.asarray(acts if rank_source is None else rank_source)
+    acts = np.asarray(acts)
+    out = {k: np.full((n_neurons, y.shape[1]), np.nan) for k in CORRELATIONS}
+    n_used = usable.sum(axis=0).astype(np.int64)
+    n_classes = np.zeros(n_neurons, np.int64)
+    # One key per neuron: its usable samples packed into bits; neurons with equal keys share one call.
+    keys = np.ascontiguousarray(np.packbits(usable, axis=0).T)  # [N, ceil(n / 8)]
+    _, inverse = np.unique(keys.view(np.dtype((np.void, keys.shape[1]))).ravel(), return_inverse=True)
+    order = np.argsort(inverse.ravel(), kind="stable")
+    bounds = np.flatnonzero(np.diff(inverse.ravel()[order])) + 1
+    for cols in np.split(order, bounds):
+        rows = np.flatnonzero(usable[:, cols[0]])
+        n_classes[cols] = len(np.unique(labels[rows]))
+        if len(rows) < MIN_SAMPLES:
+            continue
+        r = snapshot_correlations(acts[np.ix_(rows, cols)], y[rows], labels[rows], src[np.ix_(rows, cols)],
+                                  workspace)
+        for k in CORRELATIONS:
+            out[k][cols] = r[k]
+    return out, n_used, n_classes
 
 
 def bh_fdr(p: np.ndarray) -> np.ndarray:

@@ -4,7 +4,10 @@
 exit and after an exception alike — so training steps outside a probe pass run without any hook.
 :func:`capture` builds on it: inside each hook the selected layer's output is reduced to [batch, n_neurons]
 and copied into a host array in the store's dtype, so later in-place changes in the forward pass cannot alter
-what was recorded; :meth:`Capture.end_batch` checks that every layer ran exactly once.
+what was recorded; :meth:`Capture.end_batch` checks that every layer ran exactly once. The first call of each
+hook plans the layer once: which tensor of its output is recorded (the only one, or the one a selector names)
+and its reduction (the one given, or the automatic choice where the shape leaves no doubt); an ambiguous output
+raises a one-line ``ValueError`` from that first forward pass.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layers import first_tensor, reduce_output, reduction_for
+from .layers import OutputSelector, choose_reduction, reduce_output, select_layer_output
 
 Hook = Callable[[nn.Module, Any, Any], Any]
 
@@ -55,17 +58,28 @@ class Capture:
     is allocated in the hook. Copying straight into the store's dtype halves the bytes the training thread
     writes when the store keeps float16 (``torch.Tensor.copy_`` casts).
 
+    Args:
+        layers: layer name -> module.
+        reductions: layer name -> reduction, for layers whose shape has no automatic reduction or that should
+            not use it.
+        dtype: dtype of the host arrays.
+        outputs: layer name -> which tensor of an output that holds several is recorded (an int index, a str
+            key or attribute, or a callable output -> tensor); see
+            :func:`topotrace.instrument.layers.select_layer_output`.
+
     Attributes:
         layers: layer name -> module.
         sample_shapes: layer name -> the output shape of one sample before reduction (set by the first batch).
     """
 
     def __init__(self, layers: Mapping[str, nn.Module], reductions: Mapping[str, str] | None = None,
-                 dtype: np.dtype | str = np.float32):
+                 dtype: np.dtype | str = np.float32, outputs: Mapping[str, OutputSelector] | None = None):
         self.layers = dict(layers)
         self.dtype = np.dtype(dtype)
         self.reductions_given = dict(reductions or {})
+        self.outputs_given = dict(outputs or {})
         self.sample_shapes: dict[str, tuple[int, ...]] = {}
+        self._planned: dict[str, str] = {}  # layer name -> reduction, fixed by the layer's first output
         self._calls = dict.fromkeys(self.layers, 0)
         self._dest: dict[str, np.ndarray] = {}
         self._rows = 0
@@ -77,12 +91,19 @@ class Capture:
 
     def hook(self, name: str) -> Hook:
         """The forward hook that records layer ``name``."""
-        calls, shapes, reduction, dtype = self._calls, self.sample_shapes, self.reductions_given.get(name), self.dtype
+        calls, shapes, planned, dtype = self._calls, self.sample_shapes, self._planned, self.dtype
+        given, selector = self.reductions_given.get(name), self.outputs_given.get(name)
 
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
-            t = first_tensor(output, f"Layer {name!r}").detach()
-            if name not in shapes:
-                shapes[name] = tuple(t.shape[1:])
+            if selector is None and isinstance(output, torch.Tensor):
+                t = output.detach()  # [batch, *sample_shape]
+            else:
+                t = select_layer_output(output, name, selector).detach()
+            reduction = planned.get(name)
+            if reduction is None:  # the first batch: shape and reduction are checked once
+                shape = tuple(t.shape[1:])
+                reduction = planned[name] = choose_reduction(name, shape, given)
+                shapes[name] = shape
             r = reduce_output(t, reduction)  # [batch, n_neurons]
             buf = self._dest.get(name)
             if buf is None or buf.shape != (self._rows, r.shape[1]) or buf.dtype != dtype:
@@ -114,24 +135,27 @@ class Capture:
                 calls[n] = 0
 
     def reductions(self) -> dict[str, str]:
-        """Layer name -> reduction: the one given, else the automatic choice for the observed output shape."""
-        return {n: self.reductions_given.get(n) or reduction_for(s) for n, s in self.sample_shapes.items()}
+        """Layer name -> reduction of the layers that ran: the one given, else the automatic choice."""
+        return dict(self._planned)
 
 
 @contextmanager
 def capture(layers: Mapping[str, nn.Module], reductions: Mapping[str, str] | None = None,
-            dtype: np.dtype | str = np.float32) -> Iterator[Capture]:
+            dtype: np.dtype | str = np.float32, outputs: Mapping[str, OutputSelector] | None = None
+            ) -> Iterator[Capture]:
     """Hook ``layers`` for the duration of the block and collect their reduced outputs.
 
     Args:
         layers: layer name -> module, e.g. from :func:`topotrace.instrument.layers.resolve_layers`.
-        reductions: layer name -> reduction for layers that do not use the automatic choice.
+        reductions: layer name -> reduction for layers that do not use the automatic choice (required for
+            shapes without one, such as [batch, tokens, features]).
         dtype: dtype of the host arrays.
+        outputs: layer name -> which tensor of an output that holds several is recorded.
 
     Yields:
         The :class:`Capture`; call :meth:`Capture.begin` before and :meth:`Capture.end_batch` after each
         forward pass.
     """
-    cap = Capture(layers, reductions, dtype)
+    cap = Capture(layers, reductions, dtype, outputs)
     with forward_hooks([(m, cap.hook(n)) for n, m in cap.layers.items()]):
         yield cap

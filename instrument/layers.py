@@ -12,14 +12,23 @@ Reductions (recorded per layer in the store):
 * ``"channel_mean"``: outputs with a spatial extent, [batch, C, L], [batch, C, H, W], [batch, C, D, H, W]
   (convolutions, pooling, conv batch norm) — the mean over space of each channel is one neuron;
 * ``"token_mean"``: sequence outputs [batch, T, D] (transformer blocks, batch-first RNNs) — the mean over
-  tokens of each feature is one neuron. Never chosen automatically (a [batch, T, D] output looks like a 1-D
-  conv output): ask for it with ``Recorder(reductions={"encoder.*": "token_mean"})``.
+  tokens of each feature is one neuron.
 
-Outputs with 3 or more dims get ``"channel_mean"`` unless a reduction is given; others ``"flatten"``.
+Chosen automatically only where the shape leaves no doubt: [batch] and [batch, d] get ``"flatten"``,
+[batch, C, H, W] and [batch, C, D, H, W] ``"channel_mean"``. Any other shape, above all [batch, A, B]
+(tokens x features of a transformer block, or channels x length of a 1-D conv), is refused unless
+``Recorder(reductions={"encoder.*": "token_mean"})`` names the reduction.
+
+Which tensor of an output is recorded: a layer or model output that holds several tensors (a tuple, list,
+mapping, dataclass or Hugging Face ``ModelOutput``, e.g. ``nn.MultiheadAttention``'s ``(out, weights)``)
+is refused unless a selector says which one: an int index, a str key or attribute name, or a callable
+``output -> tensor`` (``Recorder(outputs={"attn": 0}, logits="logits")``). A tensor, or a structure holding
+exactly one tensor, needs no selector.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Union
@@ -31,6 +40,8 @@ from torch import nn
 from .store import REDUCTIONS
 
 LayerSelector = Union[str, Sequence[str], Callable[[str, nn.Module], bool]]
+OutputSelector = Union[int, str, Callable[[object], torch.Tensor]]
+LogitsSelector = Union[OutputSelector, None]
 
 _GLOB_CHARS = set("*?[")
 
@@ -119,6 +130,37 @@ def resolve_reductions(layers: Mapping[str, nn.Module], reductions: Mapping[str,
     return out
 
 
+def resolve_outputs(layers: Mapping[str, nn.Module], outputs: Mapping[str, OutputSelector] | None
+                    ) -> dict[str, OutputSelector]:
+    """Resolve ``{layer name or glob: selector}`` against the selected layers to ``{layer name: selector}``.
+
+    A selector says which tensor of a layer output that holds several is recorded: an int index, a str key or
+    attribute name, or a callable ``output -> tensor`` (see :func:`select_output`).
+
+    Raises:
+        ValueError: a key that matches no selected layer.
+        TypeError: ``outputs`` is not a mapping of str to selectors.
+    """
+    if outputs is None:
+        return {}
+    if not isinstance(outputs, Mapping) or not all(isinstance(k, str) and _is_selector(v)
+                                                   for k, v in outputs.items()):
+        raise TypeError(f"The 'outputs' parameter must map layer names or globs to an int index, a str key or "
+                        f"attribute name, or a callable output -> tensor. Got {outputs!r} instead.")
+    out: dict[str, OutputSelector] = {}
+    for key, selector in outputs.items():
+        rx = glob_regex(key)
+        hits = [n for n in layers if rx.fullmatch(n)]
+        if not hits:
+            raise ValueError(f"The 'outputs' key {key!r} matches no selected layer. Selected: {list(layers)}")
+        out |= dict.fromkeys(hits, selector)
+    return out
+
+
+def _is_selector(value: object) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str) or callable(value)
+
+
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """Compile a layer glob: ``*`` and ``?`` do not cross ``.``; ``**`` does; ``[...]`` is a character class."""
     out, i = [], 0
@@ -142,9 +184,49 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-def reduction_for(sample_shape: Sequence[int]) -> str:
-    """The automatic reduction: ``"channel_mean"`` for shapes with a spatial extent, else ``"flatten"``."""
-    return "channel_mean" if len(sample_shape) >= 2 else "flatten"
+def reduction_for(sample_shape: Sequence[int], layer: str | None = None) -> str:
+    """The automatic reduction for an output of shape [batch, *sample_shape], where the shape leaves no doubt.
+
+    [batch] and [batch, d] give ``"flatten"``; [batch, C, H, W] and [batch, C, D, H, W] (2-D and 3-D conv
+    maps) give ``"channel_mean"``.
+
+    Args:
+        sample_shape: the output shape of one sample (without the batch axis).
+        layer: the layer's name, for the message.
+
+    Raises:
+        ValueError: any other shape, above all [batch, A, B] (tokens x features, or channels x length); the
+            one-line message lists what ``token_mean``, ``channel_mean`` and ``flatten`` would give and how to
+            pass the choice.
+    """
+    shape = tuple(int(s) for s in sample_shape)
+    if len(shape) <= 1:
+        return "flatten"
+    if len(shape) in (3, 4):
+        return "channel_mean"
+    dims = ", ".join(map(str, shape))
+    tokens, positions = int(np.prod(shape[:-1])), int(np.prod(shape[1:]))
+    what = f"Layer {layer!r} outputs" if layer is not None else "An output of shape"
+    how = f"reductions={{{layer!r}: <reduction>}}" if layer is not None else "a reduction"
+    guess = " (tokens x features, or channels x length?)" if len(shape) == 2 else ""
+    raise ValueError(f"{what} [batch, {dims}], which has no automatic reduction{guess}. Pass {how}: "
+                     f"'token_mean' gives {shape[-1]} neurons (the mean over {tokens} tokens), 'channel_mean' "
+                     f"{shape[0]} neurons (the mean over {positions} positions), 'flatten' "
+                     f"{n_neurons_for(shape, 'flatten')} neurons.")
+
+
+def choose_reduction(layer: str, sample_shape: Sequence[int], reduction: str | None = None) -> str:
+    """The reduction for ``layer``: the one given (checked against the shape), else :func:`reduction_for`'s.
+
+    Raises:
+        ValueError: no reduction given for an ambiguous shape, or a mean reduction for [batch] or [batch, d].
+    """
+    if reduction is None:
+        return reduction_for(sample_shape, layer)
+    if reduction != "flatten" and len(sample_shape) < 2:
+        raise ValueError(f"Layer {layer!r}: reduction {reduction!r} needs outputs with at least 2 dims per "
+                         f"sample. Got per-sample shape {tuple(sample_shape)}.")
+    return reduction
 
 
 def n_neurons_for(sample_shape: Sequence[int], reduction: str) -> int:
@@ -167,6 +249,9 @@ def reduce_output(out: torch.Tensor, reduction: str | None = None) -> torch.Tens
 
     Returns:
         Tensor of shape [batch, n_neurons] (a view where possible).
+
+    Raises:
+        ValueError: ``reduction`` is None and the shape has no automatic reduction (e.g. [batch, A, B]).
     """
     reduction = reduction or reduction_for(out.shape[1:])
     if reduction == "channel_mean" and out.ndim >= 3:  # [batch, C, *spatial] -> [batch, C]
@@ -176,47 +261,110 @@ def reduce_output(out: torch.Tensor, reduction: str | None = None) -> torch.Tens
     return out.reshape(out.shape[0], -1)  # [batch] or [batch, d] -> [batch, d]
 
 
-def first_tensor(out: object, what: str) -> torch.Tensor:
-    """The output itself if it is a tensor, else the first tensor of a tuple/list output.
+def output_tensors(out: object, path: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor in an output, depth first, with the path that reaches it.
 
-    Raises:
-        TypeError: no tensor found; ``what`` names the layer in the message.
+    Tuples and lists give ``[0]``, mappings (a Hugging Face ``ModelOutput`` is one) ``['logits']``,
+    dataclasses ``.logits``; nested ones concatenate (``[1][0]``). A tensor output gives ``[("", out)]``.
     """
     if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        for o in out:
-            if isinstance(o, torch.Tensor):
-                return o
-    raise TypeError(f"{what} returned {type(out).__name__}, which holds no tensor to record.")
-
-
-LogitsSelector = Union[str, Callable[[object], "torch.Tensor"], None]
+        return [(path, out)]
+    if isinstance(out, Mapping):
+        items = [(f"{path}[{k!r}]", v) for k, v in out.items()]
+    elif isinstance(out, (tuple, list)):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(out)]
+    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
+        items = [(f"{path}.{f.name}", getattr(out, f.name)) for f in dataclasses.fields(out)]
+    else:
+        return []
+    return [found for p, v in items for found in output_tensors(v, p)]
 
 
 def select_logits(out: object, logits: LogitsSelector = None) -> torch.Tensor:
-    """The logits in a model's output, shape (batch, n_classes).
+    """The logits in a model's output (shape checked by the caller: (batch, n_classes)).
 
     Args:
-        out: what ``model(x)`` returned: a tensor, a tuple/list, a mapping or an object with attributes (a
-            Hugging Face ``ModelOutput`` is both a mapping and has attributes).
-        logits: ``None`` takes the output itself or its first tensor; a str takes that key or attribute
-            (``"logits"`` for Hugging Face models); a callable is given the output and returns the tensor.
+        out: what ``model(x)`` returned: a tensor, a tuple/list, a mapping (a Hugging Face ``ModelOutput``) or
+            a dataclass.
+        logits: ``None`` takes the output's only tensor; an int takes that entry (of a tuple/list, or of a
+            mapping's or dataclass's values in order); a str takes that key or attribute (``"logits"`` for
+            Hugging Face models); a callable is given the output and returns the tensor.
 
     Raises:
-        TypeError: nothing that is a tensor was found where ``logits`` points.
+        ValueError: ``logits`` is None and the output holds several tensors (the message lists them with
+            their shapes), or an index is out of range.
+        TypeError: the output holds no tensor, or ``logits`` points at no tensor.
     """
-    if logits is None:
-        return first_tensor(out, "The model")
-    if callable(logits):
-        value = logits(out)
-        where = f"The 'logits' callable {getattr(logits, '__name__', logits)!r}"
-    elif isinstance(out, Mapping) and logits in out:
-        value, where = out[logits], f"The model output's key {logits!r}"
-    else:
-        value, where = getattr(out, logits, None), f"The model output's attribute {logits!r}"
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{where} must give the logits tensor of shape (batch, n_classes). Got "
-                        f"{type(value).__name__} from a {type(out).__name__} output.")
-    return value
+    return _select(out, logits, "The model", lambda v: f"logits={v}", "are the logits")
 
+
+def select_layer_output(out: object, layer: str, selector: OutputSelector | None = None) -> torch.Tensor:
+    """The tensor to record of layer ``layer``'s output, shape [batch, ...]; ``selector`` as in :func:`select_logits`.
+
+    Raises:
+        ValueError: ``selector`` is None and the output holds several tensors (the message lists them with
+            their shapes and says to pass ``outputs={layer: <index>}``), or an index is out of range.
+        TypeError: the output holds no tensor, or ``selector`` points at no tensor.
+    """
+    return _select(out, selector, f"Layer {layer!r}", lambda v: f"outputs={{{layer!r}: {v}}}", "to record")
+
+
+def _listing(found: list[tuple[str, torch.Tensor]]) -> str:
+    return ", ".join(f"{p or 'the output'} shape {tuple(t.shape)}" for p, t in found)
+
+
+def _select(out: object, selector: OutputSelector | None, what: str, how: Callable[[str], str], purpose: str
+            ) -> torch.Tensor:
+    """One tensor of ``out``; ``what`` says who returned it, ``how(value)`` how the selector is passed."""
+    if selector is None:
+        if isinstance(out, torch.Tensor):
+            return out
+        found = output_tensors(out)
+        if len(found) == 1:
+            return found[0][1]
+        if not found:
+            raise TypeError(f"{what} returned {type(out).__name__}, which holds no tensor to record.")
+        if isinstance(out, (tuple, list)):
+            kind, other = "<index>", "a key/callable"
+        elif isinstance(out, Mapping):
+            kind, other = "<key>", "an index/callable"
+        else:
+            kind, other = "<attribute>", "an index/callable"
+        raise ValueError(f"{what} returns {len(found)} tensors: {_listing(found)}. Pass {how(kind)} (or {other}) "
+                         f"to say which {purpose}.")
+    where = f"the {type(out).__name__} that {what[0].lower()}{what[1:]} returns"
+    if isinstance(selector, str) or not callable(selector):
+        passed = how(repr(selector))
+        if isinstance(out, torch.Tensor):
+            raise TypeError(f"{passed} picks from a tuple, list, mapping or dataclass output, but {what[0].lower()}"
+                            f"{what[1:]} returns a single tensor of shape {tuple(out.shape)}. Leave it unset.")
+        if isinstance(selector, str):
+            if isinstance(out, Mapping) and selector in out:
+                value = out[selector]
+            elif not isinstance(out, Mapping) and hasattr(out, selector):
+                value = getattr(out, selector)
+            else:
+                raise TypeError(f"{passed}: no key or attribute {selector!r} in {where}. It holds "
+                                f"{_listing(output_tensors(out)) or 'no tensor'}.")
+        else:
+            if isinstance(out, Mapping) and selector in out:
+                entries = [out[selector]]
+                selector = 0
+            elif isinstance(out, (tuple, list)):
+                entries = list(out)
+            elif isinstance(out, Mapping):
+                entries = list(out.values())
+            elif dataclasses.is_dataclass(out) and not isinstance(out, type):
+                entries = [getattr(out, f.name) for f in dataclasses.fields(out)]
+            else:
+                raise TypeError(f"{passed}: {where} cannot be indexed. Pass a str attribute name or a callable.")
+            if not -len(entries) <= selector < len(entries):
+                raise ValueError(f"{passed}: index {selector} is out of range for the {len(entries)} entries of "
+                                 f"{where}. It holds {_listing(output_tensors(out)) or 'no tensor'}.")
+            value = entries[selector]
+    else:
+        passed = how(getattr(selector, "__name__", repr(selector)))
+        value = selector(out)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{passed} must give a tensor. Got {type(value).__name__} from {where}.")
+    return value

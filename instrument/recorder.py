@@ -54,9 +54,10 @@ from .hooks import capture
 from .layers import (
     LayerSelector,
     LogitsSelector,
+    OutputSelector,
     n_neurons_for,
-    reduction_for,
     resolve_layers,
+    resolve_outputs,
     resolve_reductions,
     select_logits,
     unwrap,
@@ -156,12 +157,21 @@ class Recorder:
         act_dtype: ``"float16"`` (default) or ``"float32"`` storage for activations.
         compression: ``None`` (default) or ``"gzip"``.
         measures: confidence measure names (:mod:`topotrace.instrument.confidence`); ``None`` records all defaults.
-        reductions: layer name or glob -> reduction (``"flatten"``, ``"channel_mean"``, ``"token_mean"``) for
-            layers that should not use the automatic choice (:mod:`topotrace.instrument.layers`); e.g.
-            ``{"encoder.layers.*": "token_mean"}`` for transformer blocks with [batch, tokens, features] outputs.
-        logits: where the logits are in the model's output: ``None`` (default) for the output itself or its
-            first tensor, a key or attribute name (``"logits"`` for Hugging Face models, whose forward returns a
-            ``ModelOutput``), or a callable ``output -> tensor`` of shape (batch, n_classes).
+        reductions: layer name or glob -> reduction (``"flatten"``, ``"channel_mean"``, ``"token_mean"``)
+            (:mod:`topotrace.instrument.layers`). Automatic only where the shape leaves no doubt: [batch, d] ->
+            ``"flatten"``, [batch, C, H, W] and [batch, C, D, H, W] -> ``"channel_mean"``. Any other shape,
+            above all [batch, A, B], must be named here, e.g. ``{"encoder.layers.*": "token_mean"}`` for
+            transformer blocks with [batch, tokens, features] outputs (``"channel_mean"`` for 1-D conv
+            [batch, C, L] outputs).
+        outputs: layer name or glob -> which tensor to record of a layer output that holds several (a tuple,
+            list, mapping or dataclass, e.g. ``nn.MultiheadAttention``'s ``(out, weights)``, an LSTM's
+            ``(out, (h, c))``): an int index, a str key or attribute name, or a callable ``output -> tensor``,
+            e.g. ``{"attn": 0}``. Not needed for a tensor, or a structure holding exactly one tensor.
+        logits: where the logits, a tensor of shape (batch, n_classes), are in the model's output: ``None``
+            (default) when the output is one tensor (or a structure holding exactly one tensor), an int index
+            (``1`` for a model returning ``(aux, logits)``), a key or attribute name (``"logits"`` for Hugging
+            Face models, whose forward returns a ``ModelOutput``), or a callable ``output -> tensor``. An output
+            holding several tensors with ``logits`` unset is refused, listing them with their shapes.
         batch_size: probe samples per forward pass.
         queue_size: snapshots that may be queued or being written at once; beyond that :meth:`step` blocks
             until the writer has finished one (back-pressure).
@@ -169,7 +179,11 @@ class Recorder:
     Raises:
         ValueError, TypeError: an invalid argument, e.g. an unknown layer (the message lists the available
             names), a logit count that differs from ``len(class_names)``, or a model with uninitialised lazy
-            parameters (``nn.LazyLinear`` before its first forward pass).
+            parameters (``nn.LazyLinear`` before its first forward pass). Found by the dry pass, each in one
+            line naming the layer, the shapes and what to pass: a model output holding several tensors without
+            ``logits``, logits not of shape (batch, n_classes), a layer output holding several tensors without
+            ``outputs``, a layer output without an automatic reduction (e.g. [batch, A, B]) missing from
+            ``reductions``. Nothing is written when the constructor raises.
         RuntimeError: a selected layer does not run in the model's forward pass (checked by a dry pass on two
             probe samples, which leaves the model, its modes and the RNG states as they were).
         StoreError: ``resume=True`` and the existing store was recorded with a different setup.
@@ -192,6 +206,7 @@ class Recorder:
         compression: str | None = None,
         measures: Sequence[str] | None = None,
         reductions: Mapping[str, str] | None = None,
+        outputs: Mapping[str, OutputSelector] | None = None,
         logits: LogitsSelector = None,
         batch_size: int = 512,
         queue_size: int = 4,
@@ -226,9 +241,10 @@ class Recorder:
             if value < 1:
                 raise ValueError(f"The {name!r} parameter must be an int >= 1. Got {value} instead.")
         self.batch_size = batch_size
-        if logits is not None and not (isinstance(logits, str) or callable(logits)):
-            raise TypeError(f"The 'logits' parameter must be None, a key/attribute name or a callable output -> "
-                            f"tensor. Got {type(logits).__name__} instead.")
+        if logits is not None and not (isinstance(logits, (int, str)) and not isinstance(logits, bool)
+                                       or callable(logits)):
+            raise TypeError(f"The 'logits' parameter must be None, an int index, a key/attribute name or a callable "
+                            f"output -> tensor. Got {type(logits).__name__} instead.")
         self._logits = logits
         if meta is not None and not isinstance(meta, Mapping):
             raise TypeError(f"The 'meta' parameter must be a mapping or None. Got {type(meta).__name__}.")
@@ -240,22 +256,21 @@ class Recorder:
                              "your training code and recording does not change the initial weights.")
         self.layers = resolve_layers(self._model, layers)
         self._reductions = resolve_reductions(self.layers, reductions)
+        self._outputs = resolve_outputs(self.layers, outputs)
         self._modules = list(self._model.modules())  # whose training flags a probe pass saves and restores
         self._labels = {p.name: p.y.detach().cpu().numpy().astype(np.int64) for p in self.probes}
         self._x_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
 
-        # Dry pass on two samples of every probe set: output shapes for the store, and every error that a
-        # wrong layer choice or a wrong class count would otherwise raise at the first snapshot.
-        shapes, n_logits = self._dry_pass()
+        # Dry pass on two samples of every probe set: output shapes and reductions for the store, and every
+        # error that a wrong layer choice, an ambiguous output or a wrong class count would otherwise raise at
+        # the first snapshot.
+        shapes, planned, n_logits = self._dry_pass()
         if n_logits != n_classes:
             raise ValueError(f"The model returns {n_logits} logits per sample but 'class_names' has {n_classes} "
                              f"names: {list(self.class_names)}")
         layer_specs = []
         for name, shape in shapes.items():
-            reduction = self._reductions.get(name) or reduction_for(shape)
-            if reduction != "flatten" and len(shape) < 2:
-                raise ValueError(f"Layer {name!r}: reduction {reduction!r} needs outputs with at least 2 dims per "
-                                 f"sample. Got per-sample shape {tuple(shape)}.")
+            reduction = planned[name]
             n = n_neurons_for(shape, reduction)
             layer_specs.append(LayerSpec(name, n, reduction, tuple(int(s) for s in shape)))
         self.spec = StoreSpec(
@@ -380,11 +395,12 @@ class Recorder:
         return x
 
     def _run(self, inputs: Mapping[str, torch.Tensor], bufs: dict[str, dict[str, np.ndarray]],
-             act_dtype: np.dtype | str = np.float32) -> dict[str, tuple[int, ...]]:
+             act_dtype: np.dtype | str = np.float32) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
         """One probe pass over ``inputs`` (probe name -> [n, ...]); model state restored afterwards.
 
         Fills ``bufs``: probe name -> {layer name -> (n, n_neurons) act_dtype, "": logits (n, C) float32};
-        arrays already there are overwritten in place. Returns layer name -> output shape of one sample.
+        arrays already there are overwritten in place. Returns layer name -> output shape of one sample, and
+        layer name -> reduction.
         """
         model = self._model
         device = _device_of(model)
@@ -399,30 +415,42 @@ class Recorder:
             # object.__setattr__ skips nn.Module.__setattr__'s parameter/buffer bookkeeping (a bool is neither).
             for m in modules:
                 _set(m, "training", False)
-            with torch.no_grad(), capture(self.layers, self._reductions, act_dtype) as cap:
+            with torch.no_grad(), capture(self.layers, self._reductions, act_dtype, self._outputs) as cap:
                 for name, x in inputs.items():
                     x = x.to(device)  # a no-op when the probe set already lives on the model's device
                     n = x.shape[0]
                     dest = bufs.setdefault(name, {})
                     for start in range(0, n, bs):
                         cap.begin(dest, n, start)
-                        out = select_logits(model(x[start : start + bs]), self._logits)  # [batch, C]
+                        batch = x[start : start + bs]
+                        out = select_logits(model(batch), self._logits)  # [batch, C]
                         cap.end_batch()
-                        if out.ndim != 2:
-                            raise ValueError(f"The model must return logits of shape (batch, n_classes). Got a "
-                                             f"tensor of shape {tuple(out.shape)} for probe set {name!r}.")
+                        if out.ndim != 2 or out.shape[0] != batch.shape[0]:
+                            raise ValueError(self._bad_logits(out, batch.shape[0], name))
                         logits = dest.get("")
                         if logits is None or logits.shape != (n, out.shape[1]):
                             logits = dest[""] = np.empty((n, out.shape[1]), np.float32)
                         torch.from_numpy(logits[start : start + out.shape[0]]).copy_(out)
-                shapes = cap.sample_shapes
+                shapes, reductions = cap.sample_shapes, cap.reductions()
         finally:
             for m, flag in zip(modules, modes):
                 _set(m, "training", flag)
             torch.set_rng_state(cpu_rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state(cuda_rng, device)
-        return shapes
+        return shapes, reductions
+
+    def _bad_logits(self, out: torch.Tensor, batch: int, probe: str) -> str:
+        chosen = self._logits
+        if chosen is None:
+            how = "the model's output"
+        elif isinstance(chosen, (int, str)):
+            how = f"logits={chosen!r}"
+        else:
+            how = f"logits={getattr(chosen, '__name__', chosen)}"
+        return (f"The logits ({how}) must have shape (batch, n_classes) with batch = {batch}. Got shape "
+                f"{tuple(out.shape)} for probe set {probe!r}. Pass logits= (an index, key or callable) that gives "
+                "the (batch, n_classes) logits.")
 
     def _probe_pass(self) -> dict[str, dict[str, np.ndarray]]:
         try:  # host arrays of a snapshot the writer has finished with: reused, so no fresh memory per pass
@@ -433,17 +461,18 @@ class Recorder:
         self._run({p.name: self._inputs(p, device) for p in self.probes}, bufs, self.spec.act_dtype)
         return bufs
 
-    def _dry_pass(self) -> tuple[dict[str, tuple[int, ...]], int]:
+    def _dry_pass(self) -> tuple[dict[str, tuple[int, ...]], dict[str, str], int]:
         bufs: dict[str, dict[str, np.ndarray]] = {}
-        shapes = self._run({p.name: p.x[:2] for p in self.probes}, bufs)
+        shapes, reductions = self._run({p.name: p.x[:2] for p in self.probes}, bufs)
         logits = next(iter(bufs.values()))[""]
-        return {n: shapes[n] for n in self.layers}, logits.shape[1]
+        return {n: shapes[n] for n in self.layers}, reductions, logits.shape[1]
 
     def _report(self) -> None:
         if self._error is not None and not self._warned:
             self._warned = True
+            reason = " ".join(str(self._error).split()).rstrip(".")  # one line: HDF5's messages hold newlines
             warnings.warn(
-                f"Recording to {self.path} stopped: {type(self._error).__name__}: {self._error}. Training goes on "
+                f"Recording to {self.path} stopped: {type(self._error).__name__}: {reason}. Training goes on "
                 f"unrecorded; the store keeps its {self._n} committed snapshots.",
                 RuntimeWarning,
                 stacklevel=3,
@@ -480,8 +509,11 @@ class Recorder:
         self._error = err
         self._active = False
         where = f" at step {step}" if step is not None else " while closing"
+        # An I/O failure (disk full, file size limit) is said in one line; a traceback is kept for the failures
+        # that are bugs. The writer closes its file once, without writing more to it (StoreWriter.close).
         log.error("Recording to %s failed%s: %s: %s. Recording stopped; training goes on; the store keeps its %d "
-                  "committed snapshots.", self.path, where, type(err).__name__, err, self._n, exc_info=err)
+                  "committed snapshots.", self.path, where, type(err).__name__, " ".join(str(err).split()).rstrip("."),
+                  self._n, exc_info=None if isinstance(err, OSError) else err)
         try:
             self._writer.close()
         except BaseException:  # noqa: BLE001 - the file may be gone already

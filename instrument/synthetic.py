@@ -12,7 +12,7 @@ whose statistics are known exactly:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ def write_synthetic_store(
     seed: int = 0,
     act_dtype: str = "float16",
     with_train_probe: bool = True,
+    meta: Mapping[str, object] | None = None,
 ) -> Path:
     """Write a synthetic store and return its path.
 
@@ -44,6 +45,7 @@ def write_synthetic_store(
         seed: RNG seed; the same seed gives the same file contents (up to timestamps).
         act_dtype: ``"float16"`` or ``"float32"``.
         with_train_probe: also write a ``"train"`` probe set.
+        meta: run metadata to add to (or replace in) the synthetic run's (``run_name``, ``data``, ...).
     """
     rng = np.random.default_rng(seed)
     n = n_classes * per_class
@@ -59,8 +61,8 @@ def write_synthetic_store(
         pref = cluster % n_classes
         tuning.append((pref, rng.normal(0, 1, (n_classes, d)).astype(np.float32)))
     noise = {p: rng.normal(0, 1, (n, n_classes)).astype(np.float32) for p in names}
-    meta = {"run_name": "synthetic", "seed": seed, "data": "synthetic", "config": {"synthetic": True}}
-    writer = StoreWriter.create(path, spec, meta)
+    run_meta = {"run_name": "synthetic", "seed": seed, "data": "synthetic", "config": {"synthetic": True}}
+    writer = StoreWriter.create(path, spec, {**run_meta, **(meta or {})})
     try:
         for s in range(n_snapshots):
             t = (s + 1) / n_snapshots  # training progress in (0, 1]

@@ -31,7 +31,7 @@ from topotrace.analysis.findings import RULE, Finding, run_findings
 from topotrace.analysis.results import AnalysisResults
 
 from . import charts, compare, findings_view, layout_view, maps
-from .words import CLAIM_SHORT, finding_sentence, interval, number
+from .words import CLAIM_SHORT, divergence_sentence, finding_sentence, interval, nonfinite_sentences, number
 
 _HERE = Path(__file__).resolve().parent
 CITATIONS = (
@@ -136,7 +136,9 @@ def _page_context(results: AnalysisResults, now: _dt.datetime, found: list[Findi
             "runs": runs, "layout_tables": tables,
             "citations": CITATIONS, "significance": charts.significance_table(results),
             "measures": charts.correlation_measures(results), "last_step": f"{steps[-1]:,}" if steps else "",
-            "log_time": charts.step_axis_type(results.steps) == "log"}
+            "log_time": charts.step_axis_type(results.steps) == "log",
+            "divergence": divergence_sentence(results.divergence) if results.divergence is not None else "",
+            "nonfinite": nonfinite_sentences(results)}
 
 
 def report_roots(results: AnalysisResults, found: list[Finding] | None = None) -> dict[str, LayoutDOM]:
@@ -187,7 +189,8 @@ def _write_page(page: str, out_path: str | os.PathLike) -> Path:
 
 
 def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: list[Finding] | None = None,
-                 runs: list[tuple[str, str]] | None = None, title: str | None = None) -> Path:
+                 runs: list[tuple[str, str]] | None = None, title: str | None = None,
+                 index: str | None = None) -> Path:
     """Write the self-contained HTML report of ``results`` and return its path.
 
     Args:
@@ -197,6 +200,8 @@ def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: l
             findings across its seeds.
         runs: ``(label, relative link)`` of other reports to list in the header (a study's seeds).
         title: the page's heading; default the run's name.
+        index: relative link to the site's ``index.html`` (``topotrace site``), shown in the header; ``None``
+            for a report that stands alone.
 
     Returns:
         The path written.
@@ -208,6 +213,7 @@ def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: l
     context = _page_context(results, now, found, list(runs or []))
     if title is not None:
         context["run"] = dict(context["run"], name=title)
+    context["site_index"] = index
     page = _embed(report_roots(results, found), f"topotrace report: {context['run']['name']}", context)
     return _write_page(page, out_path)
 

@@ -16,6 +16,7 @@ from bokeh.plotting import figure
 from topotrace.analysis.results import AnalysisResults
 
 from .style import esc, html_div, plain
+from .words import unplaced_sentence
 
 LAYOUT_PX = 212  # width of one layout-comparison tile: five fit in the page's column
 LAYOUT_COLS = 5
@@ -80,8 +81,10 @@ def layout_comparison(results: AnalysisResults) -> LayoutDOM | None:
                 key += (f" <span class='tt-key'><span style='background:{NO_PREFERENCE_COLOR}; "
                         f"box-shadow: inset 0 0 0 1px {NO_PREFERENCE_LINE}'></span>"
                         f"{esc(NO_PREFERENCE)}</span>")
+        unplaced = unplaced_sentence(next(iter(layer.layouts.values())).unplaced)  # the same for every method
+        unplaced = f" &middot; {esc(unplaced)}" if unplaced else ""
         rows.append(html_div(text=f"<p class='tt-layer'>Layer <b>{esc(layer.name)}</b> &middot; "
-                              f"{int(layer.n_neurons)} neurons{key}</p>"))
+                              f"{int(layer.n_neurons)} neurons{key}{unplaced}</p>"))
         rows.append(gridplot(figs, ncols=LAYOUT_COLS, toolbar_location=None))
     if not rows:
         return None

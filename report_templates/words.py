@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from topotrace.analysis.findings import Finding
+from topotrace.analysis.results import AnalysisResults, Divergence
 
 CLAIM_TEXT = {
     "stronger_with_time": "Activity becomes stronger with training time",
@@ -92,3 +95,67 @@ def comparison_sentence(layer: str, claim: str, entries: list[tuple[str, Finding
     verdicts = {f.verdict for _, f in entries if not isinstance(f, str)}
     ending = " The verdicts differ." if len(verdicts) > 1 else ""
     return f"{CLAIM_TEXT[claim]} ({layer}): {'; '.join(parts)}.{ending}"
+
+
+def _names(names: list[str]) -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def divergence_sentence(d: Divergence) -> str:
+    """The banner of a diverged run.
+
+    E.g. "The run diverged at step 1,200 (snapshot 7 of 10): layer fc1 and the logits hold non-finite values
+    from there on; the analysis and maps stop at step 1,000."
+    """
+    parts = ([("layer " if len(d.layers) == 1 else "layers ") + _names(list(d.layers))] if d.layers else [])
+    parts += ["the logits"] if d.outputs else []
+    verb = "holds" if len(parts) == 1 and len(d.layers) == 1 else "hold"
+    return (f"The run diverged at step {d.step:,} (snapshot {d.snapshot + 1} of {d.n_snapshots}): "
+            f"{_names(parts)} {verb} non-finite values from there on; the analysis and maps stop at step "
+            f"{d.last_step:,}.")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def nonfinite_sentences(results: AnalysisResults) -> list[str]:
+    """One sentence per layer with non-finite activations, and one for non-finite outputs; empty when none.
+
+    E.g. "Layer fc1 holds 12 non-finite activation values at 3 of 40 snapshots (first at step 200): each is left
+    out of its neuron's profiles and correlations, and the per-sample statistics leave out up to 2 samples per
+    snapshot."
+    """
+    steps = np.asarray(results.steps)
+    n_s = len(steps)
+    out = []
+
+    def where(counts: np.ndarray) -> str:
+        at = np.flatnonzero(counts)
+        return f"at {at.size} of {n_s} snapshots (first at step {int(steps[at[0]]):,})"
+
+    for layer in results.layers.values():
+        values, samples = np.asarray(layer.excluded_values), np.asarray(layer.excluded_samples)
+        if values.sum() > 0:
+            out.append(f"Layer {layer.name} holds {_plural(int(values.sum()), 'non-finite activation value')} "
+                       f"{where(values)}: each is left out of its neuron's profiles and correlations, and the "
+                       f"per-sample statistics leave out up to {_plural(int(samples.max()), 'sample')} per snapshot.")
+    outputs = np.asarray(results.nonfinite_outputs)
+    if outputs.sum() > 0:
+        out.append(f"Non-finite loss or confidence: up to {_plural(int(outputs.max()), 'probe sample')} per "
+                   f"snapshot {where(outputs)}, left out of the correlations, the groupings by prediction and "
+                   "confidence, the per-sample statistics and the curves.")
+    return out
+
+
+def unplaced_sentence(neurons: np.ndarray, shown: int = 20) -> str:
+    """Which neurons a layout placed nowhere (no finite profile); empty when there are none.
+
+    E.g. "2 neurons placed nowhere (no finite profile at the last snapshot): 4, 9."
+    """
+    ids = [int(i) for i in np.asarray(neurons).ravel()]
+    if not ids:
+        return ""
+    listed = ", ".join(str(i) for i in ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+    return f"{_plural(len(ids), 'neuron')} placed nowhere (no finite profile at the last snapshot): {listed}."

@@ -108,14 +108,15 @@ def test_capture_conv_channel_mean_and_tuple_output():
     x = torch.randn(6, 2, 7, 7)
     seq = torch.randn(6, 9, 5)
     dest = {}
-    with torch.no_grad(), capture({"conv": conv, "lstm": lstm}) as cap:
+    # the LSTM's output holds 3 tensors and is [batch, T, 4]: both choices are named
+    with torch.no_grad(), capture({"conv": conv, "lstm": lstm}, {"lstm": "token_mean"}, outputs={"lstm": 0}) as cap:
         cap.begin(dest, 6, 0)
         y = conv(x)
         o, _ = lstm(seq)
         cap.end_batch()
     np.testing.assert_allclose(dest["conv"], y.mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(dest["lstm"], o.mean(dim=2).numpy(), rtol=1e-5, atol=1e-6)
-    assert cap.reductions() == {"conv": "channel_mean", "lstm": "channel_mean"}
+    np.testing.assert_allclose(dest["lstm"], o.mean(dim=1).numpy(), rtol=1e-5, atol=1e-6)
+    assert cap.reductions() == {"conv": "channel_mean", "lstm": "token_mean"}
     assert cap.sample_shapes == {"conv": (3, 7, 7), "lstm": (9, 4)}
 
 
@@ -140,11 +141,15 @@ def test_end_batch_refuses_a_module_run_twice():
 
 def test_reduce_output_shapes():
     assert reduce_output(torch.ones(4, 3, 5, 5)).shape == (4, 3)
-    assert reduce_output(torch.ones(4, 3, 5)).shape == (4, 3)
+    assert reduce_output(torch.ones(4, 2, 3, 5, 5)).shape == (4, 2)
+    assert reduce_output(torch.ones(4, 3, 5), "channel_mean").shape == (4, 3)
+    assert reduce_output(torch.ones(4, 3, 5), "token_mean").shape == (4, 5)
     assert reduce_output(torch.ones(4, 7)).shape == (4, 7)
     assert reduce_output(torch.ones(4)).shape == (4, 1)
     assert reduction_for((3, 5, 5)) == "channel_mean"
     assert reduction_for((7,)) == "flatten"
+    with pytest.raises(ValueError, match="no automatic reduction"):  # [batch, A, B]: tokens or channels?
+        reduce_output(torch.ones(4, 3, 5))
 
 
 def test_unknown_layer_lists_available_names():

@@ -308,9 +308,11 @@ def test_fused_attention_out_proj_is_a_clear_error(tmp_path):
             return self.head(self.attn(x, x, x)[0].mean(1))
 
     x, y = torch.randn(6, 3, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    # attn returns (out [batch, 3, 8], weights [batch, 3, 3]): which tensor and which reduction are chosen
+    choice = {"outputs": {"attn": 0}, "reductions": {"attn": "token_mean"}}
     with pytest.raises(RuntimeError, match=r"\['attn.out_proj'\] did not run.*MultiheadAttention"):
-        _recorder(Tiny(), tmp_path / "s.h5", layers=["attn", "attn.out_proj"], probe=(x, y))
-    with _recorder(Tiny(), tmp_path / "t.h5", layers="attn", probe=(x, y)) as rec:
+        _recorder(Tiny(), tmp_path / "s.h5", layers=["attn", "attn.out_proj"], probe=(x, y), **choice)
+    with _recorder(Tiny(), tmp_path / "t.h5", layers="attn", probe=(x, y), **choice) as rec:
         rec.snapshot(0)
     assert rec.spec.layers[0].output_shape == (3, 8)
 
@@ -533,16 +535,17 @@ class SeqModel(nn.Module):
 
 
 def test_token_mean_reduction_for_sequence_outputs(tmp_path):
-    """reductions={'block': 'token_mean'} records the token mean of each feature; others stay automatic."""
+    """reductions={'block': 'token_mean'} records the token mean of each feature; channel_mean (asked for: a
+    [batch, A, B] output has no automatic reduction) the mean over the last dim."""
     torch.manual_seed(0)
     model = SeqModel()
     x, y = torch.randn(20, 5, 3), torch.arange(20) % 4
     with _recorder(model, tmp_path / "s.h5", layers=["embed", "block"], probe=(x, y),
-                   reductions={"bl*": "token_mean"}) as rec:
+                   reductions={"bl*": "token_mean", "embed": "channel_mean"}) as rec:
         rec.snapshot(0)
     with torch.no_grad():
         block = model.block(model.embed(x))  # [20, 5, 6]
-        embed = model.embed(x)  # [20, 5, 8], automatic: channel_mean over the last dim (5 "channels")
+        embed = model.embed(x)  # [20, 5, 8], channel_mean: the mean over the last dim (5 "channels")
     with Store(tmp_path / "s.h5") as st:
         assert st.layers["block"].reduction == "token_mean" and st.layers["block"].n_neurons == 6
         assert st.layers["embed"].reduction == "channel_mean" and st.layers["embed"].n_neurons == 5
@@ -591,5 +594,7 @@ def test_logits_pointing_at_nothing_is_a_clear_error(tmp_path):
     with pytest.raises(TypeError, match="'scores'.*dict"):
         _recorder(DictOut(), tmp_path / "s.h5", layers="mlp.fc*", logits="scores")
     with pytest.raises(TypeError, match="'logits' parameter"):
+        _recorder(DictOut(), tmp_path / "s.h5", layers="mlp.fc*", logits=1.0)
+    with pytest.raises(ValueError, match=r"logits=3: index 3 is out of range for the 2 entries of the dict"):
         _recorder(DictOut(), tmp_path / "s.h5", layers="mlp.fc*", logits=3)
     assert not (tmp_path / "s.h5").exists()

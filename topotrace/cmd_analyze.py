@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -18,7 +18,6 @@ from rich.text import Text
 from topotrace.analysis.findings import RULE, run_findings
 from topotrace.analysis.layouts import METHODS
 from topotrace.analysis.pipeline import analyze
-from topotrace.instrument.store import resolve_store_path
 from topotrace.report_templates.words import CLAIM_SHORT, interval, interval_kind, number
 
 # None: the pipeline's own default (for the measure: logit_margin when the store has it)
@@ -62,16 +61,21 @@ def describe_params(params: dict[str, object]) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from .cmd_info import add_until_good_option
+
     parser.add_argument("run", help="run folder (runs/NAME, meaning runs/NAME/store.h5) or store file")
     add_analysis_options(parser)
+    add_until_good_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from .cli import visible
+    from .cmd_info import find_store, open_store
+
     console = Console()
-    path = resolve_store_path(args.run)
-    if not path.exists():
-        console.print(f"[red]No store at {path}.[/] Train first (make train) or give a store file.")
-        return 2
+    path = find_store(args.run)
+    open_store(path, args).close()  # a file that is no readable store: one clear line before any work
+    kwargs = analysis_kwargs(args) | {"until_good": args.until_good}
     cache = path.parent / "analysis.h5"
     t0 = time.perf_counter()
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -80,28 +84,25 @@ def run(args: argparse.Namespace) -> int:
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
+                tasks[stage] = bar.add_task(escape(visible(stage)), total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        try:
-            res = analyze(path, cache, progress=progress, **analysis_kwargs(args))
-        except (ValueError, KeyError) as err:
-            console.print(f"[red]Analysis failed:[/] {err}")
-            return 2
+        res = analyze(path, cache, progress=progress, **kwargs)
     seconds = time.perf_counter() - t0
     state = "computed" if tasks else "loaded from cache"
-    console.print(f"[bold]{path}[/]: {res.n_snapshots} snapshots (steps {res.steps[0]} .. {res.steps[-1]}), "
-                  f"probe set {res.probe_set!r}, confidence {res.primary_measure!r} — {state} in {seconds:.1f} s")
+    console.print(Text.assemble((visible(path), "bold"), f": {res.n_snapshots} snapshots (steps {res.steps[0]} .. "
+                                f"{res.steps[-1]}), probe set ", visible(repr(res.probe_set)), ", confidence ",
+                                visible(repr(res.primary_measure)), f" — {state} in {seconds:.1f} s"))
     found = run_findings(res)
-    table = Table(title="Does a sample's activity become stronger and more class-distinct with training time and "
-                        f"with confidence ({res.primary_measure})?")
+    table = Table(title=Text("Does a sample's activity become stronger and more class-distinct with training time "
+                             f"and with confidence ({visible(res.primary_measure)})?"))
     for col in ("layer", "claim", "effect", "95 % interval", "verdict"):
         table.add_column(col, no_wrap=col != "layer")
     style = {"supported": "green", "mixed": "yellow"}
     for f in found:
         if f.measure in ("", res.primary_measure):
-            table.add_row(Text(f.layer), CLAIM_SHORT[f.claim], number(f.effect), interval(f),
-                          Text(f.verdict, style=style.get(f.verdict, "")))
+            table.add_row(Text(visible(f.layer)), Text(CLAIM_SHORT[f.claim]), Text(number(f.effect)),
+                          Text(interval(f)), Text(f.verdict, style=style.get(f.verdict, "")))
     console.print(table)
     if found:
         console.print(Text(f"{interval_kind(found[0])}. {RULE} Effects: change of the mean from the first snapshot "
@@ -113,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
     for name, lr in res.layers.items():
         for key, lo in lr.layouts.items():
             mark = " *" if key == lr.default_layout else ""
-            lay.add_row(name, key + mark, f"{lo.trustworthiness:.3f}", f"{lo.shepard:.3f}", f"{lo.smoothness:.3f}",
-                        f"{lo.seconds:.2f}")
+            lay.add_row(Text(visible(name)), Text(visible(key) + mark), f"{lo.trustworthiness:.3f}",
+                        f"{lo.shepard:.3f}", f"{lo.smoothness:.3f}", f"{lo.seconds:.2f}")
     console.print(lay)
-    console.print(f"cache: {Path(cache)}")
+    console.print(Text(f"cache: {visible(cache)}"))
     return 0

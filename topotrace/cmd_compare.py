@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -83,10 +81,16 @@ def check_runs(paths: list[str]) -> tuple[list[Path], str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .cli import describe, visible
+    from .cmd_info import open_store
+    from .cmd_report import check_output_file
+
     stores, problem = check_runs(list(args.runs))
     if problem:
-        print(problem, file=sys.stderr)
-        return 2
+        raise ValueError(problem)
+    out = check_output_file(Path(args.out) if args.out else default_out(stores), example="compare.html")
+    for store in stores:
+        open_store(store, args).close()  # a file that is no readable store: one clear line before any work
     from topotrace.analysis.findings import run_findings
     from topotrace.analysis.pipeline import analyze, cached_results
     from topotrace.report_templates.compare import findings_rows
@@ -99,29 +103,28 @@ def run(args: argparse.Namespace) -> int:
         try:
             res = cached_results(store)
             if res is None:
-                console.print(f"{escape(label)}: analysing {escape(str(store))} (default parameters)")
+                console.print(Text(f"{visible(label)}: analysing {visible(store)} (default parameters)"))
                 res = analyze(store)
             else:
-                console.print(f"{escape(label)}: using the cached analysis")
+                console.print(Text(f"{visible(label)}: using the cached analysis"))
         except (ValueError, KeyError) as err:
-            print(f"Analysis of {store} failed: {err}", file=sys.stderr)
-            return 2
+            raise ValueError(f"Analysis of {store} failed: {describe(err)}") from err
         runs.append((label, res))
     found = [run_findings(res) for _, res in runs]
-    out = build_comparison(runs, Path(args.out) if args.out else default_out(stores), found)
+    out = build_comparison(runs, out, found)
     rows = findings_rows(runs, found)
     if rows:
         table = Table(title="Findings side by side (each run's own 95 % bootstrap interval)")
         table.add_column("layer")
         table.add_column("claim")
         for label in labels:
-            table.add_column(Text(label))
+            table.add_column(Text(visible(label)))
         style = {"supported": "green", "mixed": "yellow"}
         for r in rows:
             cells = [Text(c["missing"]) if c["missing"] else
                      Text(f"{c['effect']} ({c['interval']}) ") + Text(c["verdict"], style=style.get(c["verdict"], ""))
                      for c in r["cells"]]
-            table.add_row(Text(r["layer"]), r["claim_text"], *cells)
+            table.add_row(Text(visible(r["layer"])), Text(r["claim_text"]), *cells)
         console.print(table)
-    print(out)
+    print(visible(out))
     return 0

@@ -1,64 +1,104 @@
-"""``topotrace info``: a readable summary of a store (works while the run is still recording)."""
+"""``topotrace info``: a readable summary of a store (works while the run is still recording).
+
+Everything read from the store (run name, metadata, class, layer and probe set names) is printed as plain text
+with control characters shown as escapes (:func:`topotrace.cli.visible`), never as rich markup.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from topotrace.instrument.store import SCHEMA_VERSION, Store, StoreError, resolve_store_path
+from topotrace.instrument.store import SCHEMA_VERSION, Store, resolve_store_path
+
+from .cli import visible
+
+
+def add_until_good_option(parser: argparse.ArgumentParser) -> None:
+    """``--until-good`` (shared by ``info``, ``analyze`` and ``report``)."""
+    parser.add_argument("--until-good", action="store_true",
+                        help="read a damaged or truncated store up to its last intact snapshot instead of refusing it")
+
+
+def find_store(run: str) -> Path:
+    """The store file of a run folder or store path given on the command line.
+
+    Raises:
+        FileNotFoundError: there is no store there.
+    """
+    path = resolve_store_path(run)
+    if not path.is_file():
+        where = f"{run} is a folder without {path.name}" if Path(run).is_dir() else f"No store at {path}"
+        raise FileNotFoundError(f"{where}. Give a run folder (runs/NAME, holding store.h5) or a store file; "
+                                "`topotrace train` makes one.")
+    return path
+
+
+def open_store(path: Path, args: argparse.Namespace) -> Store:
+    """Open a store for reading; a file that is not a readable store gets one clear error.
+
+    Raises:
+        StoreError: not a topotrace store, another schema version, or damaged.
+        ValueError: HDF5 cannot read the file at all.
+    """
+    try:
+        return Store(path, until_good=bool(getattr(args, "until_good", False)))
+    except OSError as err:  # h5py: not an HDF5 file, truncated, unreadable
+        raise ValueError(f"Cannot read {path} as a topotrace store ({err}). Give a store.h5 written by topotrace "
+                         "(or its run folder).") from None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run folder (runs/NAME) or store file")
+    add_until_good_option(parser)
+
+
+def _t(value: object, style: str = "") -> Text:
+    return Text(visible(value), style=style)
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    path = resolve_store_path(args.run)
-    if not path.is_file():
-        console.print(Text(f"No store at {path}. Give a run folder (runs/NAME) or a store file; "
-                           "`topotrace train` makes one.", style="red"))
-        return 2
-    try:
-        st = Store(path)
-    except (StoreError, OSError) as err:
-        console.print(Text(f"Cannot read {path}: {err}", style="red"))
-        return 2
-    with st:
+    path = find_store(args.run)
+    with open_store(path, args) as st:
         meta = st.meta
         steps = st.steps
-        console.print(f"[bold]{path}[/]  ({path.stat().st_size / 1e6:.1f} MB, schema {SCHEMA_VERSION})")
-        console.print(f"run: {meta.get('run_name', '?')}   seed: {meta.get('seed', '?')}   "
-                      f"data: {meta.get('data', '?')}")
+        console.print(Text.assemble(_t(path, "bold"), f"  ({path.stat().st_size / 1e6:.1f} MB, schema "
+                                                      f"{SCHEMA_VERSION})"))
+        console.print(Text.assemble("run: ", _t(meta.get("run_name", "?")), "   seed: ", _t(meta.get("seed", "?")),
+                                    "   data: ", _t(meta.get("data", "?"))))
         if st.n_snapshots:
             t = st.times
             console.print(f"snapshots: {st.n_snapshots}  steps {steps[0]} .. {steps[-1]}  "
                           f"epochs {st.epochs[0]} .. {st.epochs[-1]}  "
                           f"recorded {dt.datetime.fromtimestamp(t[0]):%Y-%m-%d %H:%M} .. "
-                          f"{dt.datetime.fromtimestamp(t[-1]):%H:%M}")
+                          f"{dt.datetime.fromtimestamp(t[-1]):%H:%M}", highlight=False)
         else:
             console.print("snapshots: 0 (nothing committed yet)")
-        console.print(f"classes ({len(st.class_names)}): {', '.join(st.class_names)}")
-        console.print(f"confidence measures: {', '.join(st.measures)}   activations: {st.spec.act_dtype}")
+        console.print(Text.assemble(f"classes ({len(st.class_names)}): ", _t(", ".join(st.class_names))))
+        console.print(Text.assemble("confidence measures: ", _t(", ".join(st.measures)), "   activations: ",
+                                    _t(st.spec.act_dtype)))
         layers = Table(title="layers")
         for col in ("name", "neurons", "reduction", "output shape"):
             layers.add_column(col)
         for la in st.spec.layers:
-            layers.add_row(la.name, str(la.n_neurons), la.reduction, str(tuple(la.output_shape)))
+            layers.add_row(_t(la.name), str(la.n_neurons), _t(la.reduction), str(tuple(la.output_shape)))
         console.print(layers)
         probes = Table(title="probe sets (last snapshot)")
-        for col in ("name", "samples", "accuracy", "mean loss", f"mean {st.measures[0]}"):
+        for col in ("name", "samples", "accuracy", "mean loss"):
             probes.add_column(col)
+        probes.add_column(_t(f"mean {st.measures[0]}"))
         for name, p in st.probes.items():
             if st.n_snapshots:
-                probes.add_row(name, str(len(p.index)), f"{np.mean(st.correct(name)[-1]):.3f}",
+                probes.add_row(_t(name), str(len(p.index)), f"{np.mean(st.correct(name)[-1]):.3f}",
                                f"{np.mean(st.loss(name)[-1]):.3f}", f"{np.mean(st.conf(name, st.measures[0])[-1]):.3f}")
             else:
-                probes.add_row(name, str(len(p.index)), "-", "-", "-")
+                probes.add_row(_t(name), str(len(p.index)), "-", "-", "-")
         console.print(probes)
     return 0

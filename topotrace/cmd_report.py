@@ -14,10 +14,12 @@ as contrast to the other groups of the grouping.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -41,6 +43,7 @@ def _safe(name: str) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from .cmd_analyze import add_analysis_options
+    from .cmd_info import add_until_good_option
 
     parser.add_argument("run", help="run folder (runs/NAME, meaning runs/NAME/store.h5) or store file")
     parser.add_argument("--out", default=None, help="HTML file to write (default: report.html next to the store)")
@@ -51,48 +54,90 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contrast", action="store_true",
                         help="draw the PNG maps as contrast to the other groups (group mean subtracted per neuron)")
     add_analysis_options(parser)
+    add_until_good_option(parser)
+
+
+def check_output_file(out: Path, option: str = "--out", example: str = "report.html",
+                      siblings: tuple[str, ...] = ()) -> Path:
+    """Refuse an output file that cannot be written, before any work: a folder, a missing or read-only folder.
+
+    Args:
+        out: the file to write.
+        option: how the user gave it, for the message.
+        example: a file name for the message.
+        siblings: other names written next to it (``findings.json``, ``maps``), which must not be in the way.
+
+    Raises:
+        IsADirectoryError, FileNotFoundError, PermissionError: naming the path and what to give instead.
+    """
+    if out.is_dir():
+        raise IsADirectoryError(f"{option} {out} is a folder; give the file to write, e.g. {out / example}.")
+    if out.exists() and not out.is_file():
+        raise FileExistsError(f"{option} {out} exists and is not a regular file; give another file name.")
+    folder = out.parent
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"{option} {out}: {blocking} is a file, not a folder. Give a file in a folder.")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {out}: the folder {folder} does not exist. Create it first, or give a "
+                                "file in an existing folder.")
+    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise PermissionError(f"{option} {out}: the folder {folder} is not writable. Give a file in a folder you "
+                              "may write to.")
+    for name in siblings:
+        other = folder / name
+        if name.endswith(".json") and other.is_dir():
+            raise IsADirectoryError(f"{option} {out}: {other}, written next to it, is a folder; move it away or "
+                                    "write the report into another folder.")
+        if not name.endswith(".json") and other.exists() and not other.is_dir():
+            raise FileExistsError(f"{option} {out}: {other}, written next to it, must be a folder but is a file; "
+                                  "move it away or write the report into another folder.")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     from topotrace.analysis.findings import run_findings, write_findings_json
     from topotrace.analysis.pipeline import analyze, cached_results
-    from topotrace.instrument.store import resolve_store_path
     from topotrace.report_templates.export import export_map_png
     from topotrace.report_templates.generate import build_report
 
+    from .cli import visible
+    from .cmd_info import find_store, open_store
+    from .site import site_index_for
     from .study import is_study
 
     if is_study(args.run):
-        return write_study_report(Path(args.run), out=Path(args.out) if args.out else None)
-    path = resolve_store_path(args.run)
-    if not path.exists():
-        print(f"No store at {path}. Train first (make train) or give a store file.", file=sys.stderr)
-        return 2
-    try:
-        pngs = [parse_png_spec(s) for s in args.png]
-    except ValueError as err:
-        print(err, file=sys.stderr)
-        return 2
-    t0 = time.perf_counter()
+        out = check_output_file(Path(args.out), siblings=("findings.json",)) if args.out else None
+        return write_study_report(Path(args.run), out=out)
+    path = find_store(args.run)
+    with open_store(path, args) as st:  # a file that is no readable store: one clear line before any work
+        layers = sorted(st.layers)
+    pngs = [parse_png_spec(s) for s in args.png]
+    for layer, *_ in pngs:
+        if layer not in layers:
+            raise ValueError(f"The layer of '--png' must be one of the store's layers {layers}. Got {layer!r}.")
+    if args.scale < 1:
+        raise ValueError(f"The '--scale' option must be an int >= 1 (PNG pixels per map grid cell). Got {args.scale}.")
+    out = Path(args.out) if args.out else path.parent / "report.html"
+    check_output_file(out, siblings=("findings.json",) + (("maps",) if pngs else ()))
     from .cmd_analyze import analysis_kwargs, analysis_options_given, describe_params
 
+    t0 = time.perf_counter()
     cache = path.parent / "analysis.h5"
-    try:
-        results = None if args.refresh or analysis_options_given(args) else cached_results(path, cache)
-        if results is not None:
-            print(f"using the cached analysis ({describe_params(results.params)}); give analysis options or "
-                  "--refresh to recompute", file=sys.stderr)
-        else:
-            results = analyze(path, cache, **analysis_kwargs(args))
-    except (ValueError, KeyError) as err:
-        print(f"Analysis failed: {err}", file=sys.stderr)
-        return 2
+    results = None
+    if not (args.refresh or analysis_options_given(args)):
+        results = cached_results(path, cache, until_good=args.until_good)
+    if results is not None:
+        print(f"using the cached analysis ({visible(describe_params(results.params))}); give analysis options or "
+              "--refresh to recompute", file=sys.stderr)
+    else:
+        results = analyze(path, cache, **analysis_kwargs(args), until_good=args.until_good)
     t1 = time.perf_counter()
-    out = Path(args.out) if args.out else path.parent / "report.html"
     found = run_findings(results)
-    build_report(results, out, found)
-    if found:
-        write_findings_json(found, out.with_name("findings.json"))
+    with _removed_on_failure(out.with_name(out.name + ".tmp"), out.with_name("findings.json.tmp")):
+        build_report(results, out, found, index=None if args.out else site_index_for(out))
+        if found:
+            write_findings_json(found, out.with_name("findings.json"))
     t2 = time.perf_counter()
     for layer, grouping, group, snapshot in pngs:
         target = out.parent / "maps" / f"{_safe(layer)}_{_safe(grouping)}_{_safe(group)}_{snapshot}.png"
@@ -100,13 +145,24 @@ def run(args: argparse.Namespace) -> int:
             export_map_png(results, layer, grouping, group, snapshot, target, scale=args.scale,
                            contrast=args.contrast)
         except (ValueError, TypeError) as err:
-            print(f"PNG {layer}:{grouping}:{group}:{snapshot} not written: {err}", file=sys.stderr)
-            return 2
-        print(f"map: {target}", file=sys.stderr)
+            raise ValueError(f"PNG {layer}:{grouping}:{group}:{snapshot} not written: {err}") from err
+        print(f"map: {visible(target)}", file=sys.stderr)
     size = out.stat().st_size / 1e6
     print(f"analysis {t1 - t0:.1f} s, report {t2 - t1:.1f} s, {size:.1f} MB", file=sys.stderr)
-    print(out)
+    print(visible(out))
     return 0
+
+
+@contextlib.contextmanager
+def _removed_on_failure(*paths: Path) -> Iterator[None]:
+    """Remove those of ``paths`` that did not exist before, if the block fails (temp files of an atomic write)."""
+    new = [p for p in paths if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for p in new:
+            p.unlink(missing_ok=True)
+        raise
 
 
 def write_study_report(path: Path, out: Path | None = None, results: list | None = None) -> int:
@@ -117,24 +173,24 @@ def write_study_report(path: Path, out: Path | None = None, results: list | None
     from topotrace.analysis.findings import findings, write_findings_json
     from topotrace.report_templates.generate import build_report
 
+    from .cli import visible
+    from .site import site_index_for
     from .study import load_study, study_results
 
-    try:
-        study = load_study(path)
-        results = results if results is not None else study_results(study)
-        names = [f"seed {s}" for s in study.seeds]
-        found = findings(results, names)
-    except ValueError as err:
-        print(err, file=sys.stderr)
-        return 2
+    study = load_study(path)
+    results = results if results is not None else study_results(study)
+    names = [f"seed {s}" for s in study.seeds]
+    found = findings(results, names)
     out = out or study.path / "report.html"
     links = [(name, os.path.relpath(study.seed_dir(s) / "report.html", out.parent))
              for name, s in zip(names, study.seeds)]
     for s, res in zip(study.seeds, results):  # each seed's own report, linked from the study's
         seed_report = study.seed_dir(s) / "report.html"
         if not seed_report.exists():
-            build_report(res, seed_report)
-    build_report(results[0], out, found, runs=links, title=f"study {study.name} ({len(study.seeds)} seeds)")
-    write_findings_json(found, out.with_name("findings.json"))
-    print(out)
+            build_report(res, seed_report, index=site_index_for(seed_report))
+    with _removed_on_failure(out.with_name(out.name + ".tmp"), out.with_name("findings.json.tmp")):
+        build_report(results[0], out, found, runs=links, title=f"study {study.name} ({len(study.seeds)} seeds)",
+                     index=site_index_for(out) if out == study.path / "report.html" else None)
+        write_findings_json(found, out.with_name("findings.json"))
+    print(visible(out))
     return 0

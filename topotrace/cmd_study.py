@@ -7,11 +7,14 @@ command again to continue an interrupted study: finished seeds are not redone.
 from __future__ import annotations
 
 import argparse
+import shutil
+import warnings
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from .config import check_run_name, load_config
 
@@ -26,63 +29,66 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .cli import CommandFailed, visible
     from .study import create_or_resume, is_study, load_study, parse_seeds
 
     console = Console()
     overrides: dict = {"run": {}, "train": {}}
-    if args.out_dir:
+    if args.out_dir is not None:
         overrides["run"]["out_dir"] = args.out_dir
     if args.epochs is not None:
         overrides["train"]["epochs"] = args.epochs
-    try:
-        seeds = parse_seeds(args.seeds) if args.seeds is not None else [0, 1, 2]
-        cfg = load_config(args.config, overrides)  # bad settings fail here, before anything is trained
-    except (ValueError, TypeError, OSError) as err:
-        console.print(f"[red]{escape(str(err))}[/]")
-        return 2
-    name = args.name or f"{cfg['run']['name']}-study"
-    try:
-        check_run_name(name, "study name (--name)")
-    except ValueError as err:
-        console.print(f"[red]{escape(str(err))}[/]")
-        return 2
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [0, 1, 2]
+    cfg = load_config(args.config, overrides)  # bad settings fail here, before anything is trained
+    name = check_run_name(args.name if args.name is not None else f"{cfg['run']['name']}-study",
+                          "study name (--name)")
     path = Path(cfg["run"]["out_dir"]) / name
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise FileExistsError(f"{path} exists and is not a topotrace study folder; choose another --name.")
+
+    from .study import run_study, trained
+    from .train import check_creatable, check_run_config, topmost_missing, train_run  # imports torch
+
+    check_run_config(cfg)  # layers and data, before the study folder is made
+    if not path.exists():
+        check_creatable(path)
+    made = topmost_missing(path)
     try:
         if is_study(path) and args.config is None and args.seeds is None and args.epochs is None:
             study = load_study(path)  # continue with the settings it was started with
         else:
             study = create_or_resume(path, name, seeds, cfg)
-    except (FileExistsError, ValueError) as err:
-        console.print(f"[red]{escape(str(err))}[/]")
-        return 2
+        console.print(Text.assemble("study ", (visible(study.name), "bold"), f": seeds {study.seeds} in ",
+                                    visible(study.path)))
+        with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, transient=True) as bar:
+            seeds_task = bar.add_task("seeds", total=len(study.seeds))
+            steps_task = bar.add_task("training", total=None, visible=False)
 
-    from .study import run_study
-    from .train import train_run  # imports torch
+            def train(cfg: dict) -> None:
+                bar.update(steps_task, description=f"training {escape(visible(cfg['run']['name']))}", completed=0,
+                           visible=True)
+                with warnings.catch_warnings():  # a stopped recording is logged at once, then ends the study
+                    warnings.filterwarnings("ignore", message="Recording to ", category=RuntimeWarning)
+                    summary = train_run(cfg, progress=lambda step, total: bar.update(steps_task, completed=step,
+                                                                                     total=total))
+                bar.update(steps_task, visible=False)
+                if summary.error is not None:
+                    raise CommandFailed(f"recording of {cfg['run']['name']} stopped: {summary.error!r}. Run the "
+                                        "same command again to continue the study.")
 
-    console.print(f"study [bold]{escape(study.name)}[/]: seeds {study.seeds} in {escape(str(study.path))}")
-    with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-        seeds_task = bar.add_task("seeds", total=len(study.seeds))
-        steps_task = bar.add_task("training", total=None, visible=False)
+            def on_seed(seed: int, state: str) -> None:
+                if state == "trained":
+                    console.print(f"seed {seed}: already trained")
+                if state == "done":
+                    bar.advance(seeds_task)
 
-        def train(cfg: dict) -> None:
-            bar.update(steps_task, description=f"training {cfg['run']['name']}", completed=0, visible=True)
-            summary = train_run(cfg, progress=lambda step, total: bar.update(steps_task, completed=step, total=total))
-            bar.update(steps_task, visible=False)
-            if summary.error is not None:
-                raise RuntimeError(f"recording of {cfg['run']['name']} stopped: {summary.error!r}")
-
-        def on_seed(seed: int, state: str) -> None:
-            if state == "trained":
-                console.print(f"seed {seed}: already trained")
-            if state == "done":
-                bar.advance(seeds_task)
-
-        try:
             results = run_study(study, train, on_seed)
-        except (RuntimeError, ValueError) as err:
-            console.print(f"[red]{escape(str(err))}[/] Run the same command again to continue.")
-            return 1
+    except BaseException:
+        if made is not None and not any(trained(d) for d in path.glob("seed-*")):
+            shutil.rmtree(made, ignore_errors=True)  # this command made the study and finished no seed: undo it
+        raise
     from .cmd_report import write_study_report
 
     return write_study_report(study.path, results=results)
+

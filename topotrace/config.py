@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -17,6 +18,8 @@ DEFAULTS: dict[str, dict[str, object]] = {
                "act_dtype": "float16", "compression": "none", "batch_size": 512},
 }
 SCHEDULES = ("log", "every", "epoch")
+ACT_DTYPES = ("float16", "float32")  # as topotrace.instrument.store (imported lazily there: h5py)
+COMPRESSIONS = ("none", "gzip")
 
 
 def _check_types(section: str, given: dict[str, object], default: dict[str, object]) -> None:
@@ -53,20 +56,114 @@ def check_run_name(name: object, what: str = "run name") -> str:
     return name
 
 
+def _check_path_text(value: str, what: str) -> None:
+    if "\x00" in value or not value.isprintable():
+        raise ValueError(f"The {what} must be a path without control characters. Got {value!r}.")
+
+
+def check_out_dir(value: object, what: str = "'run.out_dir' setting") -> str:
+    """The runs folder: any folder path (created when missing); not an existing file, no control characters.
+
+    Raises:
+        TypeError, ValueError: anything else, naming what is allowed.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"The {what} must be a folder path (str). Got {value!r} ({type(value).__name__}) instead.")
+    if not value:
+        raise ValueError(f"The {what} must be a folder path; got an empty one. Give '.' for the current folder.")
+    _check_path_text(value, what)
+    if Path(value).exists() and not Path(value).is_dir():
+        raise ValueError(f"The {what} must be a folder (the runs folder). Got {value!r}, which is a file; "
+                         "choose another folder.")
+    return value
+
+
+def _check_range(cfg: dict, section: str, key: str, low: float, high: float = math.inf, low_open: bool = False,
+                 high_open: bool = True) -> None:
+    value = cfg[section][key]
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high)
+    if not ok:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        hi = "inf" if high == math.inf else repr(high)
+        raise ValueError(f"The '{section}.{key}' setting must be a finite number in {left}{low!r}, {hi}{right}. "
+                         f"Got {value!r} instead.")
+
+
+def _check_values(cfg: dict) -> None:
+    """Every setting's value, after the types: ranges, choices, list items, paths (see DEFAULTS)."""
+    from .data import SOURCES
+
+    check_run_name(cfg["run"]["name"], "run.name")
+    check_out_dir(cfg["run"]["out_dir"])
+    _check_range(cfg, "run", "seed", 0, 2**32)
+    for section, key in (("train", "epochs"), ("train", "batch_size"), ("record", "snapshots"), ("record", "every"),
+                         ("record", "batch_size"), ("data", "heldout_per_class")):
+        if cfg[section][key] < 1:
+            raise ValueError(f"The '{section}.{key}' setting must be >= 1. Got {cfg[section][key]!r} instead.")
+    _check_range(cfg, "data", "train_probe_per_class", 0)
+    _check_range(cfg, "data", "test_fraction", 0.0, 1.0, low_open=True)
+    _check_range(cfg, "train", "lr", 0.0, low_open=True)
+    _check_range(cfg, "train", "momentum", 0.0, 1.0)
+    _check_range(cfg, "train", "weight_decay", 0.0)
+    _check_range(cfg, "model", "dropout", 0.0, 1.0)
+    hidden = cfg["model"]["hidden"]
+    if not hidden or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
+        raise ValueError(f"The 'model.hidden' setting must be a non-empty list of layer widths, each an int >= 1 "
+                         f"(e.g. [128, 64]). Got {hidden!r} instead.")
+    layers = cfg["record"]["layers"]
+    if not layers or (isinstance(layers, list) and not all(layers)):
+        raise ValueError(f"The 'record.layers' setting must name at least one layer (a name or glob, or a list of "
+                         f"non-empty ones, e.g. [\"hidden1\", \"hidden2\"]). Got {layers!r} instead.")
+    for key, allowed in (("schedule", SCHEDULES), ("act_dtype", ACT_DTYPES), ("compression", COMPRESSIONS)):
+        if cfg["record"][key] not in allowed:
+            raise ValueError(f"The 'record.{key}' setting must be one of {allowed}. "
+                             f"Got {cfg['record'][key]!r} instead.")
+    d = cfg["data"]
+    if d["source"] not in SOURCES:
+        raise ValueError(f"The 'data.source' setting must be one of {SOURCES}. Got {d['source']!r} instead.")
+    _check_path_text(d["path"], "'data.path' setting")
+    if d["source"] != "digits" and not d["path"]:
+        raise ValueError(f"data.source = {d['source']!r} needs data.path, the folder holding its idx files "
+                         "(train-images-idx3-ubyte etc.; nothing is downloaded). Set data.path in the config.")
+
+
+def check_data_path(cfg: dict) -> None:
+    """The data a run reads exists (checked before a run starts, not when a config is only read).
+
+    Raises:
+        FileNotFoundError: ``data.path`` of an idx data source is not a folder.
+    """
+    d = cfg["data"]
+    if d["source"] != "digits" and not Path(d["path"]).is_dir():
+        raise FileNotFoundError(f"data.source = {d['source']!r} reads its idx files from the folder data.path = "
+                                f"{d['path']!r}, which does not exist. Set data.path to the folder holding "
+                                "train-images-idx3-ubyte etc. (nothing is downloaded).")
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, object]] | None = None) -> dict:
-    """Read a TOML config over the defaults; unknown sections or keys are errors.
+    """Read a TOML config over the defaults; unknown sections or keys and bad values are errors.
 
     Returns:
         A nested dict ``{section: {key: value}}`` with every setting present.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError, TypeError: the file is not TOML, or a section, key, type or value is not allowed; the message
+            names the setting, what is allowed and what was given.
     """
     cfg = copy.deepcopy(DEFAULTS)
     given: dict = {}
     if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"The config file {path} does not exist or is not a file. Give a TOML file such "
+                                    "as configs/digits.toml, or leave out --config for the built-in digits run.")
         with open(path, "rb") as fh:
             try:
                 given = tomllib.load(fh)
-            except tomllib.TOMLDecodeError as err:
-                raise ValueError(f"{path} is not valid TOML: {err}") from err
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"{path} is not valid TOML ({err}). Fix the file; configs/digits.toml shows "
+                                 "the format.") from err
     for layer in (given, overrides or {}):
         for section, values in layer.items():
             if section not in cfg:
@@ -75,14 +172,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, o
                 raise TypeError(f"Config section [{section}] must be a table. Got {values!r} instead.")
             _check_types(section, values, DEFAULTS[section])
             cfg[section].update(values)
-    if cfg["record"]["schedule"] not in SCHEDULES:
-        raise ValueError(f"The 'record.schedule' setting must be one of {SCHEDULES}. "
-                         f"Got {cfg['record']['schedule']!r} instead.")
-    check_run_name(cfg["run"]["name"], "run.name")
-    for section, key in (("train", "epochs"), ("train", "batch_size"), ("record", "snapshots"), ("record", "every"),
-                         ("data", "heldout_per_class")):
-        if cfg[section][key] < 1:
-            raise ValueError(f"The '{section}.{key}' setting must be >= 1. Got {cfg[section][key]!r} instead.")
+    _check_values(cfg)
     return cfg
 
 

@@ -6,6 +6,8 @@ the recorder, call ``rec.step(step, epoch)`` after each optimiser step, close th
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import shutil
 import time
@@ -13,15 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from torch import nn
 
+from topotrace.instrument.layers import resolve_layers
 from topotrace.instrument.recorder import ProbeSet, Recorder
 from topotrace.instrument.schedules import every, log_spaced, per_epoch
-from topotrace.instrument.store import STORE_FILE
+from topotrace.instrument.store import FORMAT, LIBVER, STORE_FILE, Store, writer_state
 
-from .config import to_toml
+from .config import check_data_path, to_toml
 from .data import load_dataset, stratified_indices
 
 
@@ -52,6 +56,9 @@ class MLP(nn.Module):
         return self.out(x)
 
 
+CHECKPOINT_FILE = "checkpoint.npz"  # next to the store: the state a killed run resumes from (weights only)
+
+
 @dataclass
 class RunSummary:
     run_dir: Path
@@ -60,6 +67,7 @@ class RunSummary:
     steps: int
     seconds: float
     error: BaseException | None
+    resumed_from: int | None = None  # the checkpoint's step when the run was resumed
 
 
 def make_schedule(cfg: dict, total_steps: int, steps_per_epoch: int) -> Callable[[int], bool]:
@@ -72,24 +80,242 @@ def make_schedule(cfg: dict, total_steps: int, steps_per_epoch: int) -> Callable
     return per_epoch(steps_per_epoch)
 
 
-def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> RunSummary:
+def check_run_config(cfg: dict) -> None:
+    """What a config asks of the model and the data, checked before anything is written.
+
+    ``record.layers`` must name layers of the configured MLP (checked on a model without storage, leaving the
+    RNG as it was) and an idx data folder must exist.
+
+    Raises:
+        ValueError: an unknown layer (the message lists the available ones).
+        FileNotFoundError: the data folder does not exist.
+    """
+    check_data_path(cfg)
+    m = cfg["model"]
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = MLP(1, list(m["hidden"]), 2, m["dropout"], m["batchnorm"])
+    try:
+        resolve_layers(model, cfg["record"]["layers"])
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"The 'record.layers' setting does not fit the model (model.hidden = {m['hidden']}): {err}. "
+                        "Fix record.layers in the config.") from err
+
+
+def is_run(run_dir: Path) -> bool:
+    """True when ``run_dir`` is a topotrace run: a folder (not a link) holding a topotrace store.
+
+    The store opens with :class:`Store`, or, when it is damaged (a crashed run), HDF5 still reads its ``format``
+    attribute as a topotrace store's.
+    """
+    store = run_dir / STORE_FILE
+    if run_dir.is_symlink() or not run_dir.is_dir() or store.is_symlink() or not store.is_file():
+        return False
+    try:
+        with Store(store):
+            return True
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        with h5py.File(store, "r", swmr=True, libver=LIBVER) as f:
+            return f.attrs.get("format") == FORMAT
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def check_creatable(path: Path, what: str = "--out-dir") -> None:
+    """The folder ``path`` can be made (or replaced) here: its nearest existing folder is a writable folder.
+
+    Raises:
+        NotADirectoryError: a file is in the way.
+        PermissionError: the folder is not writable.
+    """
+    anchor = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p.is_symlink())
+    if not anchor.is_dir():
+        raise NotADirectoryError(f"Cannot make {path}: {anchor} is a file, not a folder. Choose another {what}.")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise PermissionError(f"Cannot make {path}: the folder {anchor} is not writable. Choose another {what}.")
+
+
+def check_not_live(store: Path, run_dir: Path) -> None:
+    """Refuse a store that a live writer holds (it keeps a shared ``flock`` on the file while recording).
+
+    Raises:
+        BlockingIOError: the lock cannot be taken.
+    """
+    if store.is_file() and writer_state(store) == "live":
+        raise BlockingIOError(f"The run {run_dir} is being recorded by a running process (its store.h5 is "
+                              "locked); wait for it to finish or stop it, then try again.")
+
+
+def check_replaceable(run_dir: Path) -> None:
+    """What ``--overwrite`` may remove: a topotrace run folder that no process records into, not the cwd.
+
+    Raises:
+        FileExistsError: ``run_dir`` is not a run (no store.h5 this version reads), a link, or holds the cwd.
+        BlockingIOError: the run is being recorded.
+    """
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir} exists and is not a topotrace run folder (a link or a file); --overwrite "
+                              "only replaces run folders. Choose another run.name or --out-dir.")
+    cwd = Path.cwd().resolve()
+    if run_dir.resolve() == cwd or run_dir.resolve() in cwd.parents:
+        raise FileExistsError(f"{run_dir} holds the current folder; --overwrite never removes it. Run from another "
+                              "folder or choose another run.name or --out-dir.")
+    check_not_live(run_dir / STORE_FILE, run_dir)
+    if not is_run(run_dir):
+        raise FileExistsError(f"{run_dir} exists and is not a topotrace run (no store.h5 that this version of "
+                              "topotrace reads); --overwrite only replaces runs. Choose another run.name, or remove "
+                              "the folder yourself if you mean to.")
+
+
+def topmost_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet; ``None`` if it exists."""
+    top = None
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            break
+        top = p
+    return top
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a checkpoint atomically (temp file, then rename) as a NumPy ``.npz`` without pickle.
+
+    ``state`` is a tree of dicts, lists, tensors, numbers, strings and ``None`` (model and optimizer state
+    dicts, RNG states). Every tensor becomes one array of the archive (bits kept: float32 weights and uint8 RNG
+    states round-trip exactly); the tree itself, with tensors replaced by their array names, is the JSON text
+    ``"tree"``. :func:`load_checkpoint` reads it with ``allow_pickle=False``: nothing but numbers and text is
+    ever decoded.
+    """
+    arrays: dict[str, np.ndarray] = {}
+
+    def flatten(obj: object) -> object:
+        if isinstance(obj, torch.Tensor):
+            name = f"t{len(arrays)}"
+            arrays[name] = obj.detach().cpu().contiguous().numpy()
+            return {"__tensor__": name}
+        if isinstance(obj, dict):
+            return {"__dict__": [[flatten(k), flatten(v)] for k, v in obj.items()]}  # keys may be ints
+        if isinstance(obj, (list, tuple)):
+            return [flatten(v) for v in obj]
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            return obj
+        raise TypeError(f"A checkpoint holds tensors, numbers and text; got {type(obj).__name__}.")
+
+    tree = json.dumps(flatten(state))
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, tree=np.array(tree), **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (``allow_pickle=False``: no object is unpickled).
+
+    Raises:
+        ValueError: it is unreadable or not a topotrace checkpoint.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+
+        def unflatten(obj: object) -> object:
+            if isinstance(obj, dict) and "__tensor__" in obj:
+                return torch.from_numpy(arrays[obj["__tensor__"]].copy())
+            if isinstance(obj, dict) and "__dict__" in obj:
+                return {unflatten(k): unflatten(v) for k, v in obj["__dict__"]}
+            if isinstance(obj, list):
+                return [unflatten(v) for v in obj]
+            return obj
+
+        state = unflatten(json.loads(str(arrays.pop("tree"))))
+        if not isinstance(state, dict) or state.get("format") != "topotrace-checkpoint":
+            raise ValueError("not a topotrace checkpoint")
+        return state
+    except Exception as err:  # numpy raises OSError, ValueError, KeyError, BadZipFile, ... for a damaged file
+        raise ValueError(f"The checkpoint {path} cannot be read ({type(err).__name__}: {err}). Remove it to "
+                         "restart the run from step 0 with --resume, or start a new run.") from None
+
+
+def _check_resumable(run_dir: Path, cfg: dict) -> None:
+    from .config import load_config
+
+    if not run_dir.is_dir() or run_dir.is_symlink():
+        raise FileNotFoundError(f"No run at {run_dir} to resume. Start it without --resume (same run.name and "
+                                "--out-dir), or give the name of an existing run.")
+    if not (run_dir / "config.toml").is_file():
+        raise ValueError(f"{run_dir} is not a topotrace run (no config.toml); --resume continues runs that "
+                         "topotrace train started. Choose another run.name.")
+    store = run_dir / STORE_FILE
+    check_not_live(store, run_dir)
+    if store.exists() and not is_run(run_dir):
+        raise ValueError(f"{run_dir} holds a store.h5 that this version of topotrace cannot read, so it cannot be "
+                         "resumed. Start a new run (another run.name).")
+    try:
+        old = load_config(run_dir / "config.toml")
+    except (ValueError, TypeError, OSError) as err:
+        raise ValueError(f"{run_dir}/config.toml cannot be read ({err}); the run cannot be resumed.") from None
+    diff = [f"{s}.{k} = {old[s][k]!r} there vs {cfg[s][k]!r} now" for s in cfg for k in cfg[s]
+            if old.get(s, {}).get(k) != cfg[s][k] and (s, k) != ("run", "out_dir")]  # the same folder, named anew
+    if diff:
+        raise ValueError(f"Cannot resume {run_dir}: it was started with another config ({'; '.join(diff)}). Resume "
+                         "with the same --config and options, or start a new run (another run.name).")
+
+
+def _settings(cfg: dict) -> str:
+    """The config a checkpoint belongs to, as text: every setting but the runs folder (it may be named anew)."""
+    return to_toml({**cfg, "run": {k: v for k, v in cfg["run"].items() if k != "out_dir"}})
+
+
+def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+              resume: bool = False) -> RunSummary:
     """Train the configured MLP and record it into ``<out_dir>/<name>/store.h5``.
+
+    Everything is checked before anything is written (config, layers, data, the run folder). A checkpoint
+    (:data:`CHECKPOINT_FILE`) is written after each epoch, once every snapshot up to it is committed. If the
+    command fails before the first checkpoint, the folders it created are removed again; after it, the run
+    is kept and ``resume=True`` continues it.
 
     Args:
         cfg: a config from :func:`topotrace.config.load_config`.
-        overwrite: replace an existing run folder of the same name.
+        overwrite: replace an existing run folder of the same name (only a topotrace run no process records).
         progress: called as ``progress(step, total_steps)`` after each step.
+        resume: continue the run of the same name from its last checkpoint (it must have the same config);
+            snapshots committed after the checkpoint are cut and recorded again.
+
+    Raises:
+        FileExistsError: the run exists (without ``overwrite`` or ``resume``), or is not a run.
+        FileNotFoundError: ``resume`` and there is no such run; or the data folder is missing.
+        BlockingIOError: the run is being recorded by another process.
+        ValueError, TypeError: a setting the model or the data refuse; ``resume`` with another config.
     """
+    if overwrite and resume:
+        raise ValueError("--overwrite and --resume exclude each other: replace the run, or continue it.")
+    check_run_config(cfg)
     run_dir = Path(cfg["run"]["out_dir"]) / cfg["run"]["name"]
     store_path = run_dir / STORE_FILE
-    if run_dir.exists():
-        if not overwrite:
-            raise FileExistsError(f"{run_dir} exists already. Choose another run.name or pass --overwrite "
-                                  "(make train OVERWRITE=1).")
-        if not (run_dir / STORE_FILE).exists() and not (run_dir / "config.toml").exists():
-            raise FileExistsError(f"{run_dir} exists and is not a topotrace run (no store.h5 or config.toml); "
-                                  "--overwrite only replaces runs. Choose another run.name.")
-        shutil.rmtree(run_dir)
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    ckpt = None
+    if resume:
+        _check_resumable(run_dir, cfg)
+        if ckpt_path.is_file():
+            ckpt = load_checkpoint(ckpt_path)
+            if ckpt.get("config") != _settings(cfg):
+                raise ValueError(f"The checkpoint {ckpt_path} belongs to another config than {run_dir}/config.toml; "
+                                 "remove it to restart the run from step 0 with --resume.")
+            if not store_path.is_file():
+                raise ValueError(f"{run_dir} has a checkpoint but no store.h5, so the snapshots before it are "
+                                 "lost; start a new run (another run.name or --overwrite).")
+    else:
+        if run_dir.exists() or run_dir.is_symlink():
+            if not overwrite:
+                raise FileExistsError(f"{run_dir} exists already. Choose another run.name, pass --overwrite to "
+                                      "replace it (make train OVERWRITE=1), or --resume to continue it.")
+            check_replaceable(run_dir)
+        check_creatable(run_dir)
     seed = int(cfg["run"]["seed"])
     torch.manual_seed(seed)
     d = cfg["data"]
@@ -109,8 +335,6 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
     steps_per_epoch = -(-len(x_train) // t["batch_size"])
     total_steps = steps_per_epoch * t["epochs"]
     r = cfg["record"]
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(to_toml(cfg))
     meta = {
         "run_name": cfg["run"]["name"],
         "seed": seed,
@@ -123,35 +347,81 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
                                 weight_decay=t["weight_decay"])
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
+    step, first_epoch = 0, 0
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            generator.set_state(ckpt["generator"])
+            step, first_epoch = int(ckpt["step"]), int(ckpt["epochs_done"])
+            rng = ckpt["rng"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise ValueError(f"The checkpoint {ckpt_path} does not fit this run ({err}). Remove it to restart the "
+                             "run from step 0 with --resume.") from None
+        torch.set_rng_state(rng)
+    resumed_from = step if resume else None
+
+    # Everything is checked; from here on the disk changes. Undo what this command made if it fails before the
+    # first checkpoint (a failed start leaves nothing behind, and the corrected command is not refused).
+    if overwrite and (run_dir.exists() or run_dir.is_symlink()):
+        check_replaceable(run_dir)  # again: it may have changed while the data loaded
+        shutil.rmtree(run_dir)
+    made = None if resume else topmost_missing(run_dir)
+    checkpointed = False
     t0 = time.perf_counter()
-    recorder = Recorder(
-        model, store_path, layers=r["layers"], probes=probes, class_names=data.class_names,
-        schedule=make_schedule(cfg, total_steps, steps_per_epoch), meta=meta, act_dtype=r["act_dtype"],
-        compression=None if r["compression"] == "none" else r["compression"], batch_size=r["batch_size"],
-    )
-    with recorder:
-        step = 0
-        recorder.step(step, epoch=0)  # the untrained model
-        for epoch in range(t["epochs"]):
-            order = torch.randperm(len(x_train), generator=generator)
-            for start in range(0, len(order), t["batch_size"]):
-                batch = order[start : start + t["batch_size"]]
-                model.train()
-                optimizer.zero_grad()
-                loss = loss_fn(model(x_train[batch]), y_train[batch])
-                loss.backward()
-                optimizer.step()
-                step += 1
-                recorder.step(step, epoch=epoch)
-                if progress is not None:
-                    progress(step, total_steps)
-    return RunSummary(run_dir, store_path, recorder.n_snapshots, step, time.perf_counter() - t0, recorder.error)
+    try:
+        if not resume:
+            run_dir.mkdir(parents=True)
+            (run_dir / "config.toml").write_text(to_toml(cfg))
+        else:
+            store_path.with_name(store_path.name + ".creating").unlink(missing_ok=True)  # left by a kill
+        recorder = Recorder(
+            model, store_path, layers=r["layers"], probes=probes, class_names=data.class_names,
+            schedule=make_schedule(cfg, total_steps, steps_per_epoch), meta=meta, act_dtype=r["act_dtype"],
+            compression=None if r["compression"] == "none" else r["compression"], batch_size=r["batch_size"],
+            resume=resume, resume_step=step if resume and ckpt is not None else (-1 if resume else None),
+        )
+        with recorder:
+            last_scheduled = recorder.last_step
+            if recorder.last_step is None and recorder.step(step, epoch=0):  # the untrained model
+                last_scheduled = step
+            for epoch in range(first_epoch, t["epochs"]):
+                order = torch.randperm(len(x_train), generator=generator)
+                for start in range(0, len(order), t["batch_size"]):
+                    batch = order[start : start + t["batch_size"]]
+                    model.train()
+                    optimizer.zero_grad()
+                    loss = loss_fn(model(x_train[batch]), y_train[batch])
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    if recorder.step(step, epoch=epoch):
+                        last_scheduled = step
+                    if progress is not None:
+                        progress(step, total_steps)
+                # Every snapshot up to here must be committed before the checkpoint says training got here.
+                while recorder.recording and last_scheduled is not None and (
+                        recorder.last_step is None or recorder.last_step < last_scheduled):
+                    time.sleep(0.001)
+                save_checkpoint(ckpt_path, {
+                    "format": "topotrace-checkpoint", "config": _settings(cfg), "step": step, "epochs_done": epoch + 1,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(), "rng": torch.get_rng_state(),
+                })
+                checkpointed = True
+    except BaseException as err:
+        if made is not None and not checkpointed:
+            shutil.rmtree(made, ignore_errors=True)
+        elif isinstance(err, KeyboardInterrupt):
+            raise KeyboardInterrupt(f"training of {run_dir} stopped at step {step}; continue it from its last "
+                                    "checkpoint with the same command and --resume") from err
+        raise
+    return RunSummary(run_dir, store_path, recorder.n_snapshots, step, time.perf_counter() - t0, recorder.error,
+                      resumed_from)
 
 
 def final_metrics(store_path: Path) -> dict[str, dict[str, float]]:
     """Accuracy, loss and mean confidence (max_prob where recorded) at the last snapshot, per probe set."""
-    from topotrace.instrument.store import Store
-
     out = {}
     with Store(store_path) as st:
         measure = "max_prob" if "max_prob" in st.measures else st.measures[0]

@@ -17,7 +17,13 @@ Modules (import from this package, not from them; it needs only numpy and h5py, 
     format: the format constants, the spec dataclasses and their HDF5 attributes.
     writer: :class:`StoreWriter`, the commit protocol.
     reader: :class:`Store`.
-    repair: :func:`clear_writer_flag`, the crash repair a resumed store needs after its writer was killed.
+    repair: :func:`clear_writer_flag`, the crash repair a resumed store needs after its writer was killed, and
+        :func:`writer_state` (is a writer recording into a store, or was it killed?).
+    integrity: the checks a store passes before it is read (file check, bounded SWMR open, chunk extents).
+
+Checksums. Every per-snapshot dataset carries HDF5's Fletcher-32 filter; :class:`Store` checks a store at open
+and names a damaged snapshot when its chunk is read (``Store(path, until_good=True)`` keeps the snapshots before
+it). A failed write (disk full) stops the writer, which closes its file without writing more to it.
 """
 
 from .format import (
@@ -37,7 +43,7 @@ from .format import (
     resolve_store_path,
 )
 from .reader import Store
-from .repair import clear_writer_flag
+from .repair import clear_writer_flag, writer_state
 from .writer import StoreWriter, open_writer
 
 __all__ = [
@@ -59,4 +65,5 @@ __all__ = [
     "clear_writer_flag",
     "open_writer",
     "resolve_store_path",
+    "writer_state",
 ]

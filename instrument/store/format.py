@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ COMPRESSIONS = (None, "gzip")
 
 
 STORE_FILE = "store.h5"  # a run folder runs/<name>/ holds its store under this name
+NONFINITE = "nonfinite"  # probes/<set>/nonfinite: (S, n_layers + 1) int64 non-finite counts (layers, then logits)
 
 
 def resolve_store_path(path: str | os.PathLike) -> Path:
@@ -28,7 +30,10 @@ def resolve_store_path(path: str | os.PathLike) -> Path:
 
 
 class StoreError(ValueError):
-    """A store does not match what was asked of it (schema, model, probe sets, steps)."""
+    """A store does not match what was asked of it (schema, model, probe sets, steps), or it is damaged.
+
+    Messages are one line that starts with the store's path.
+    """
 
 
 @dataclass(frozen=True)
@@ -165,28 +170,80 @@ def _spec_to_attrs(spec: StoreSpec) -> dict[str, str]:
     }
 
 
-def _read_spec(f: h5py.File) -> StoreSpec:
+ATTRS_DIGEST = "attrs_sha256"  # root attribute: SHA-256 of the other root attributes (their text is unchecked)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _attrs_digest(attrs: h5py.AttributeManager) -> str:
+    """SHA-256 of every root attribute but the digest itself (names and values, as canonical JSON).
+
+    HDF5 checksums object headers, but variable-length strings (our JSON text) live in a global heap that has
+    no checksum; this digest makes a damaged attribute text detectable.
+    """
+    items = {k: _plain(attrs[k]) for k in attrs if k != ATTRS_DIGEST}
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _json_attr(f: h5py.File, name: str, path: object) -> object:
+    if name not in f.attrs:
+        raise StoreError(f"{path} is damaged or not a complete store: the attribute {name!r} is missing. "
+                         "Restore it from a copy or record the run again.")
+    try:
+        return json.loads(_plain(f.attrs[name]))
+    except (TypeError, ValueError) as err:
+        raise StoreError(f"{path} is damaged: the attribute {name!r} is not valid JSON "
+                         f"({' '.join(str(err).split())}). Restore it from a copy or record the run again.") from err
+
+
+def _read_spec(f: h5py.File, path: object = None) -> StoreSpec:
+    """The spec a store was created with; a missing or malformed attribute is a :class:`StoreError` naming it."""
+    path = path if path is not None else f.filename
     a = f.attrs
-    layers = tuple(LayerSpec(n, int(k), r, tuple(s)) for n, k, r, s in json.loads(a["layers"]))
-    probes = tuple(
-        ProbeSpec(name, f[f"probes/{name}/index"][()], f[f"probes/{name}/label"][()])
-        for name in json.loads(a["probe_sets"])
-    )
-    comp = a["compression"]
-    return StoreSpec(
-        layers=layers,
-        probes=probes,
-        class_names=tuple(json.loads(a["class_names"])),
-        measures=tuple(json.loads(a["measures"])),
-        act_dtype=a["act_dtype"],
-        compression=None if comp == "none" else comp,
-    )
+    attr = "layers"
+    try:
+        layers = tuple(LayerSpec(str(n), int(k), str(r), tuple(int(x) for x in s))
+                       for n, k, r, s in _json_attr(f, "layers", path))
+        attr = "probe_sets"
+        names = _json_attr(f, "probe_sets", path)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise TypeError("expected a list of names")
+        attr = "class_names"
+        class_names = tuple(str(c) for c in _json_attr(f, "class_names", path))
+        attr = "measures"
+        measures = tuple(str(m) for m in _json_attr(f, "measures", path))
+        attr = "act_dtype/compression"
+        comp = _plain(a["compression"])
+        act_dtype = _plain(a["act_dtype"])
+    except StoreError:
+        raise
+    except (TypeError, ValueError, KeyError) as err:
+        raise StoreError(f"{path} is damaged: the attribute {attr!r} does not describe a store "
+                         f"({' '.join(str(err).split())}). Restore it from a copy or record the run again.") from err
+    # HDF5 failures reading the probe sets propagate (the reader turns them into a StoreError)
+    probes = tuple(ProbeSpec(name, f[f"probes/{name}/index"][()], f[f"probes/{name}/label"][()]) for name in names)
+    try:
+        return StoreSpec(layers=layers, probes=probes, class_names=class_names, measures=measures,
+                         act_dtype=act_dtype, compression=None if comp == "none" else comp)
+    except ValueError as err:
+        raise StoreError(f"{path} is damaged: its attributes do not describe a valid store "
+                         f"({' '.join(str(err).split())}). Restore it from a copy or record the run again.") from err
 
 
 def _check_format(f: h5py.File, path: Path) -> None:
-    if f.attrs.get("format") != FORMAT:
-        raise StoreError(f"{path} is not a topotrace store (attribute 'format' is {f.attrs.get('format')!r}).")
-    version = int(f.attrs.get("schema_version", -1))
+    a = f.attrs  # read with [] (not .get, which turns an unreadable attribute into None): damage must surface
+    fmt = _plain(a["format"]) if "format" in a else None
+    if fmt != FORMAT:
+        raise StoreError(f"{path} is not a topotrace store (attribute 'format' is {fmt!r}).")
+    version = int(a["schema_version"]) if "schema_version" in a else -1
     if version != SCHEMA_VERSION:
         raise StoreError(
             f"{path} has store schema version {version}; this topotrace reads version {SCHEMA_VERSION}."

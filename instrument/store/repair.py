@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 
 from .format import StoreError
 
@@ -60,10 +61,8 @@ def clear_writer_flag(path: str | os.PathLike) -> bool:
         StoreError: another process has the file open for writing.
     """
     with open(path, "r+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            raise StoreError(f"{path} is open for writing by another process.") from err
+        if not flock(fh.fileno(), fcntl.LOCK_EX, wait_s=0.5):
+            raise StoreError(f"{path} is open for writing by another process; wait for it to finish or stop it.")
         try:
             head = bytearray(fh.read(12))
             if head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3):
@@ -75,11 +74,17 @@ def clear_writer_flag(path: str | os.PathLike) -> bool:
             if block[11] == 0:
                 return False
             block[11] = 0
-            # The superblock's end-of-file address is only brought up to date when the writer closes the file;
-            # data committed since then lies beyond it. Extend it to the real end of the file.
+            # The superblock's end-of-file address can lag behind the file (data written since the last flush
+            # lies beyond it): extend it to the real end of the file. It can also run ahead of the file (a flush
+            # that failed half way, e.g. on a full disk, wrote the superblock but not all the blocks HDF5 had
+            # placed after the end): extend the file with zeros up to it, so that HDF5 opens the file for
+            # writing (it refuses a file shorter than its superblock says) and never places new data where it
+            # believes older blocks are.
             eoa_at = 12 + 2 * size_of_offsets
             eoa = int.from_bytes(block[eoa_at : eoa_at + size_of_offsets], "little")
             size = os.fstat(fh.fileno()).st_size
+            if eoa > size:
+                os.ftruncate(fh.fileno(), eoa)
             block[eoa_at : eoa_at + size_of_offsets] = max(eoa, size).to_bytes(size_of_offsets, "little")
             block[n : n + 4] = _lookup3(bytes(block[:n])).to_bytes(4, "little")
             fh.seek(0)
@@ -89,3 +94,38 @@ def clear_writer_flag(path: str | os.PathLike) -> bool:
             return True
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def flock(fd: int, mode: int, wait_s: float = 0.0) -> bool:
+    """Take ``fcntl.flock`` lock ``mode`` on ``fd`` without blocking, retrying for up to ``wait_s`` seconds.
+
+    The retries ride out another process's momentary probe (:func:`writer_state` holds its exclusive lock for
+    microseconds). Returns False when the lock could not be had.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
+def writer_state(path: str | os.PathLike) -> str:
+    """Whether a writer has the store open: ``"live"``, ``"killed"`` or ``"closed"``. Never blocks.
+
+    A live writer holds a shared lock on the file for as long as it records, so an exclusive lock cannot be had
+    (it is released at once when it can). A killed writer leaves no lock but the superblock's "open for writing"
+    flag (cleared when the store is resumed: :func:`clear_writer_flag`).
+    """
+    with open(path, "rb") as fh:
+        if not flock(fh.fileno(), fcntl.LOCK_EX):
+            return "live"
+        try:
+            head = fh.read(12)
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    flagged = head[:8] == b"\x89HDF\r\n\x1a\n" and head[8] in (2, 3) and head[11] != 0
+    return "killed" if flagged else "closed"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import io
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,19 +15,78 @@ import numpy as np
 import numpy.typing as npt
 
 from .format import (
+    ATTRS_DIGEST,
     FORMAT,
     LIBVER,
+    NONFINITE,
     SCHEMA_VERSION,
     Snapshot,
     StoreError,
     StoreSpec,
+    _attrs_digest,
     _check_format,
     _describe_mismatch,
     _json,
     _read_spec,
     _spec_to_attrs,
 )
-from .repair import clear_writer_flag
+from .reader import Store
+from .repair import clear_writer_flag, flock
+
+# Bits of the exponent field by item size: a float is NaN or infinite exactly when all of them are set.
+_EXPONENT = {2: (np.uint16, 0x7C00), 4: (np.uint32, 0x7F800000), 8: (np.uint64, 0x7FF0000000000000)}
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _count_nonfinite(arr: np.ndarray, scratch: np.ndarray) -> int:
+    """Non-finite values (NaN, +-inf) in the contiguous float array ``arr``.
+
+    Works on the bit pattern (one ``and`` into ``scratch`` and a max): some 10x faster than ``np.isfinite`` on
+    float16, whose arithmetic numpy emulates; the exact count is taken only when there is one.
+    """
+    bits, exp = _EXPONENT[arr.dtype.itemsize]
+    masked = scratch[: arr.nbytes].view(bits)
+    np.bitwise_and(arr.reshape(-1).view(bits), exp, out=masked)
+    if masked.size == 0 or masked.max() != exp:
+        return 0
+    return int(np.count_nonzero(masked == exp))
+
+
+def _write_error(path: Path, i: int, step: int, err: BaseException) -> OSError:
+    """One-line OSError for a failed write; HDF5's long message is reduced to its errno and reason."""
+    text = " ".join(str(err).split())
+    m = re.search(r"errno = (\d+), error message = '([^']*)'", text)
+    code = int(m.group(1)) if m else getattr(err, "errno", None)
+    reason = f"{m.group(2)} (errno {code})" if m else text
+    hint = ("; free disk space (or raise the file size limit) and resume the run" if code in _FULL
+            else "; the store keeps its committed snapshots and can be resumed")
+    out = OSError(f"Writing snapshot {i} (step {step}) to {path} failed: {reason}{hint}.")
+    out.errno = code
+    return out
+
+
+def _close_file(f: h5py.File) -> None:
+    """Close ``f`` once, whatever state a failed write left it in; nothing more reaches the disk if a flush fails.
+
+    After a failed write (disk full) HDF5 still holds data it cannot write, and closing flushes it: the close
+    fails half way, leaves the file's handle dangling, and the next use of that handle (a second close, h5py's
+    garbage collection, HDF5's own clean-up at exit) crashes the process. So when a flush fails, HDF5's file
+    descriptor is pointed at the null device first: the close then succeeds, and the file keeps exactly what
+    the last successful flush left, like a writer killed at that moment (committed snapshots intact; the
+    "open for writing" flag stays, and resume clears it).
+    """
+    if not f.id.valid:
+        return
+    try:
+        f.flush()
+    except Exception:  # noqa: BLE001 - any failed flush: detach the file before closing
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, f.id.get_vfd_handle())  # the default (sec2) driver's handle is its file descriptor
+        finally:
+            os.close(null)
+        f.flush()  # succeeds now (into the null device), which leaves HDF5's caches clean for the close
+    f.close()
 
 
 class _RowWriter:
@@ -48,12 +110,16 @@ class _RowWriter:
         """Set the snapshot count of the dataset to ``n``."""
         self._id.set_extent((n, *self._row))
 
-    def write(self, i: int, value: npt.ArrayLike) -> None:
-        """Write ``value`` (shape = the row shape) as row ``i``; the dataset must hold at least ``i + 1`` rows."""
+    def write(self, i: int, value: npt.ArrayLike) -> np.ndarray:
+        """Write ``value`` (shape = the row shape) as row ``i``; the dataset must hold at least ``i + 1`` rows.
+
+        Returns the array written: ``value`` in the dataset's dtype, contiguous, of shape (1, *row shape).
+        """
         arr = np.ascontiguousarray(value, dtype=self.dtype).reshape(self._count)
         fspace = self._id.get_space()
         fspace.select_hyperslab((i, *(0 for _ in self._row)), self._count)
         self._id.write(self._mspace, fspace, arr)
+        return arr
 
 
 class StoreWriter:
@@ -70,22 +136,33 @@ class StoreWriter:
         self._n = int(self._committed[0])
         self._last_step = int(f["step"][self._n - 1]) if self._n else None
         # Dataset handles, looked up once: "step", "epoch", "time" and (probe, key) for key "logits", "pred",
-        # "correct", "loss", "acts/<layer>", "conf/<measure>".
+        # "correct", "loss", "acts/<layer>", "conf/<measure>", NONFINITE.
         datasets: dict[object, h5py.Dataset] = {name: f[name] for name in ("step", "epoch", "time")}
+        # Stores written before non-finite counts existed have no NONFINITE dataset and stay without one.
+        self._has_nonfinite = {p.name: NONFINITE in f[f"probes/{p.name}"] for p in spec.probes}
         for p in spec.probes:
             g = f[f"probes/{p.name}"]
             keys = ["logits", "pred", "correct", "loss"] + [f"acts/{la.name}" for la in spec.layers]
+            keys += [NONFINITE] if self._has_nonfinite[p.name] else []
             datasets |= {(p.name, k): g[k] for k in keys + [f"conf/{m}" for m in spec.measures]}
         # Rows beyond the committed count belong to a snapshot that was never committed: cut them away.
         for d in datasets.values():
             if d.shape[0] != self._n:
                 d.resize(self._n, axis=0)
         self._writers = {key: _RowWriter(d) for key, d in datasets.items()}
+        # scratch for counting non-finite values: as many bytes as the largest activation or logits row
+        self._scratch = np.empty(max(d.dtype.itemsize * int(np.prod(d.shape[1:])) for key, d in datasets.items()
+                                     if isinstance(key, tuple) and (key[1] == "logits" or key[1].startswith("acts/"))),
+                                 np.uint8)
+        self._failed: BaseException | None = None  # the write failure that stopped this writer
+        self._closed = False
         f.flush()
         f.swmr_mode = True
         # HDF5 drops its own file lock in SWMR mode; this shared lock tells clear_writer_flag we are alive.
         self._lock = open(path, "rb")  # noqa: SIM115 (closed in close())
-        fcntl.flock(self._lock.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        if not flock(self._lock.fileno(), fcntl.LOCK_SH, wait_s=2.0):
+            self._lock.close()
+            raise StoreError(f"{path} is locked by another process; wait for it to finish or stop it.")
 
     @classmethod
     def create(cls, path: str | os.PathLike, spec: StoreSpec, meta: Mapping[str, object]) -> StoreWriter:
@@ -102,7 +179,10 @@ class StoreWriter:
             raise FileExistsError(f"{path} exists already; resume it or choose another run name.")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".creating")
-        f = h5py.File(tmp, "w", libver=LIBVER)
+        # The structure is built in memory and written out in one plain write: HDF5 cannot recover from a
+        # flush that fails before SWMR mode (a full disk then leaves it unable to close the file), Python can.
+        image = io.BytesIO()
+        f = h5py.File(image, "w", libver=LIBVER)
         try:
             f.attrs["format"] = FORMAT
             f.attrs["schema_version"] = SCHEMA_VERSION
@@ -114,18 +194,20 @@ class StoreWriter:
             comp = {"compression": "gzip", "compression_opts": 1} if spec.compression == "gzip" else {}
 
             def per_snapshot(g: h5py.Group, name: str, row: tuple[int, ...], dtype: str, **kw) -> None:
-                g.create_dataset(name, shape=(0, *row), maxshape=(None, *row), chunks=(1, *row), dtype=dtype, **kw)
+                # One snapshot per chunk, written once and never rewritten; Fletcher-32 checks it on every read.
+                g.create_dataset(name, shape=(0, *row), maxshape=(None, *row), chunks=(1, *row), dtype=dtype,
+                                 fletcher32=True, **kw)
 
             f.create_dataset("committed", data=np.zeros(1, np.int64))
-            # Scalars per snapshot: chunks of 256 values (one chunk per value would bloat the file).
             for name, dtype in (("step", "int64"), ("epoch", "int64"), ("time", "float64")):
-                f.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,), dtype=dtype)
+                per_snapshot(f, name, (), dtype)
             n_classes = spec.n_classes
             for p in spec.probes:
                 g = f.create_group(f"probes/{p.name}")
                 n = len(p.index)
-                g.create_dataset("index", data=np.asarray(p.index, np.int64))
-                g.create_dataset("label", data=np.asarray(p.label, np.int64))
+                checked = {"chunks": (n,), "fletcher32": True} if n else {}
+                g.create_dataset("index", data=np.asarray(p.index, np.int64), **checked)
+                g.create_dataset("label", data=np.asarray(p.label, np.int64), **checked)
                 per_snapshot(g, "logits", (n, n_classes), "float32", **comp)
                 per_snapshot(g, "pred", (n,), "int64")
                 per_snapshot(g, "correct", (n,), "bool")
@@ -136,16 +218,27 @@ class StoreWriter:
                     g[f"acts/{la.name}"].attrs["output_shape"] = np.asarray(la.output_shape, np.int64)
                 for m in spec.measures:
                     per_snapshot(g, f"conf/{m}", (n,), "float32")
-            f.flush()
-        except BaseException:
+                per_snapshot(g, NONFINITE, (len(spec.layers) + 1,), "int64")
+                g[NONFINITE].attrs["columns"] = _json([la.name for la in spec.layers] + ["logits"])
+            f.attrs[ATTRS_DIGEST] = _attrs_digest(f.attrs)  # last: every other root attribute is written
+        finally:
             f.close()
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(image.getbuffer())
+        except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        f.close()
         # Reopen for writing and switch to SWMR *before* the store gets its name: a reader that opens the store
         # the moment it appears (``topotrace info`` on a starting run) must not hold it while the writer
         # switches to SWMR, which needs the file unlocked. The handle and the lock survive the rename.
-        writer = cls(h5py.File(tmp, "r+", libver=LIBVER), tmp, spec)
+        f = h5py.File(tmp, "r+", libver=LIBVER)
+        try:
+            writer = cls(f, tmp, spec)
+        except BaseException:
+            _close_file(f)
+            tmp.unlink(missing_ok=True)
+            raise
         try:
             os.replace(tmp, path)  # the store appears complete or not at all
         except BaseException:
@@ -164,13 +257,18 @@ class StoreWriter:
             spec: what the resumed recording will append; must equal the store's.
             from_step: training resumes from a checkpoint taken at this step: committed snapshots at later
                 steps describe weights that no longer exist and are cut (``None`` keeps every snapshot).
+
+        Raises:
+            StoreError: the store is damaged (checked as :class:`Store` checks it, before anything is written),
+                or it was recorded with a different setup, or another process is writing it.
         """
         path = Path(path)
+        Store(path).close()  # refuse a damaged store (StoreError) before anything is written to it
         clear_writer_flag(path)
         f = h5py.File(path, "r+", libver=LIBVER)
         try:
             _check_format(f, path)
-            old = _read_spec(f)
+            old = _read_spec(f, path)
             if old != spec:
                 raise StoreError(f"Cannot resume {path}: it was recorded with a different setup. "
                                  + _describe_mismatch(old, spec))
@@ -182,7 +280,7 @@ class StoreWriter:
                     f.flush()
             return cls(f, path, spec)
         except BaseException:
-            f.close()
+            _close_file(f)
             raise
 
     @property
@@ -220,36 +318,61 @@ class StoreWriter:
                                      f"(existing {shape} vs new {np.shape(given[k])}).")
 
     def append(self, snap: Snapshot) -> int:
-        """Validate, resize, write, flush, commit. Returns the new number of committed snapshots."""
+        """Validate, resize, write, flush, commit. Returns the new number of committed snapshots.
+
+        Raises:
+            StoreError: the snapshot does not fit the store (nothing is written).
+            OSError: writing failed (disk full, file size limit, I/O error): a one-line message with the errno.
+                The writer is then stopped; the file keeps its committed snapshots; :meth:`close` it and
+                :meth:`resume` once the cause is fixed.
+        """
+        if self._failed is not None:
+            raise OSError(f"The writer of {self.path} stopped after a failed write; resume the run to append.")
+        if self._closed:
+            raise ValueError(f"The writer of {self.path} is closed.")
         self._check(snap)
         i = self._n
         rows = self._writers
-        for w in rows.values():
-            w.resize(i + 1)
-        rows["step"].write(i, snap.step)
-        rows["epoch"].write(i, snap.epoch)
-        rows["time"].write(i, snap.time)
-        for name, rec in snap.probes.items():
-            rows[name, "logits"].write(i, rec.logits)
-            rows[name, "pred"].write(i, rec.pred)
-            rows[name, "correct"].write(i, rec.correct)
-            rows[name, "loss"].write(i, rec.loss)
-            for layer, a in rec.acts.items():
-                rows[name, f"acts/{layer}"].write(i, a)
-            for m, v in rec.conf.items():
-                rows[name, f"conf/{m}"].write(i, v)
-        self._f.flush()  # every row of snapshot i reaches the file before the commit below
-        self._committed[0] = i + 1
-        self._committed.flush()
+        try:
+            for w in rows.values():
+                w.resize(i + 1)
+            rows["step"].write(i, snap.step)
+            rows["epoch"].write(i, snap.epoch)
+            rows["time"].write(i, snap.time)
+            for name, rec in snap.probes.items():
+                logits = rows[name, "logits"].write(i, rec.logits)
+                rows[name, "pred"].write(i, rec.pred)
+                rows[name, "correct"].write(i, rec.correct)
+                rows[name, "loss"].write(i, rec.loss)
+                acts = {layer: rows[name, f"acts/{layer}"].write(i, a) for layer, a in rec.acts.items()}
+                for m, v in rec.conf.items():
+                    rows[name, f"conf/{m}"].write(i, v)
+                if self._has_nonfinite[name]:  # counted on the stored values (a float16 cast can overflow)
+                    counts = [_count_nonfinite(acts[la.name], self._scratch) for la in self.spec.layers]
+                    rows[name, NONFINITE].write(i, [*counts, _count_nonfinite(logits, self._scratch)])
+            self._f.flush()  # every row of snapshot i reaches the file before the commit below
+            self._committed[0] = i + 1
+            self._committed.flush()
+        except (OSError, RuntimeError) as err:  # h5py's errors for failed I/O; the arguments were checked above
+            self._failed = err
+            raise _write_error(self.path, i, snap.step, err) from err
         self._n = i + 1
         self._last_step = snap.step
         return self._n
 
     def close(self) -> None:
-        """Close the file; committed snapshots stay. Safe to call twice."""
-        if self._f.id.valid:
-            self._f.close()
-        self._lock.close()
+        """Close the file; committed snapshots stay. Safe to call twice, and after a failed write.
+
+        A file whose last flush failed (disk full) is closed without writing anything more to it
+        (see :func:`_close_file`).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            _close_file(self._f)
+        finally:
+            self._lock.close()
 
     def __enter__(self) -> StoreWriter:
         return self

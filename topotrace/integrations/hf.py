@@ -61,8 +61,9 @@ class TopotraceCallback(TrainerCallback):
         class_names: one name per logit.
         schedule: ``schedule(step) -> bool``; ``step`` is the Trainer's ``global_step`` (optimiser updates).
         **recorder_kwargs: passed on to :class:`topotrace.Recorder` (``meta``, ``act_dtype``, ``compression``,
-            ``measures``, ``reductions``, ``logits`` (default ``"logits"``), ``batch_size``, ``queue_size``);
-            ``resume`` and ``resume_step`` are set from the Trainer's state.
+            ``measures``, ``reductions``, ``outputs``, ``logits`` (default ``"logits"``: the ``ModelOutput``'s
+            (batch, n_classes) logits), ``batch_size``, ``queue_size``); ``resume`` and ``resume_step`` are set
+            from the Trainer's state.
 
     Raises:
         TypeError: ``recorder_kwargs`` holds a name the Recorder does not take, or one the callback sets itself

@@ -30,8 +30,10 @@ Events used (Lightning 2.x):
 * ``on_fit_end`` and ``on_exception``: close the Recorder (queued snapshots are written, the store closed).
 
 Only global rank 0 records (``trainer.is_global_zero``); other ranks create no recorder and no file. The model is
-the LightningModule itself: its ``forward`` must return the logits, or pass ``logits=`` (a key, attribute name or
-callable, see :class:`topotrace.Recorder`). A fit that does no training (resumed at ``max_steps``) records nothing.
+the LightningModule itself: its ``forward`` must return the logits, shape (batch, n_classes), or pass ``logits=``
+(an index, key, attribute name or callable, see :class:`topotrace.Recorder`); an output holding several tensors
+without ``logits=`` is refused when training starts. A fit that does no training (resumed at ``max_steps``)
+records nothing.
 
 A resume from a checkpoint taken mid-epoch is exact only if the DataLoader is stateful: Lightning restarts a plain
 ``DataLoader`` at the first batch of the epoch while ``global_step`` continues, so the resumed run trains on other
@@ -68,7 +70,8 @@ class TopotraceCallback(Callback):
         class_names: one name per logit.
         schedule: ``schedule(step) -> bool`` over optimiser steps (``trainer.global_step``).
         **recorder_kwargs: further :class:`topotrace.Recorder` arguments: ``meta``, ``act_dtype``,
-            ``compression``, ``measures``, ``reductions``, ``logits``, ``batch_size``, ``queue_size``.
+            ``compression``, ``measures``, ``reductions``, ``outputs``, ``logits`` (needed when ``forward``
+            returns several tensors, e.g. ``logits=1`` for ``(aux, logits)``), ``batch_size``, ``queue_size``.
 
     Raises:
         TypeError: ``recorder_kwargs`` holds a name the Recorder does not take, or one the callback sets itself
