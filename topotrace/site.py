@@ -120,7 +120,7 @@ def read_run(run_dir: Path, root: Path, kind: str = "run") -> SiteRow:
     row.store_bytes = store.stat().st_size
     try:
         row.status = {"closed": "done", "live": "recording", "killed": "stopped"}[writer_state(store)]
-        with Store(store) as st:
+        with Store(store, quick=True) as st:
             meta = st.meta
             row.model, row.data, row.seed = _model_words(meta), str(meta.get("data", "")), meta.get("seed")
             row.snapshots = st.n_snapshots

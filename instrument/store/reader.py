@@ -33,6 +33,18 @@ from .integrity import ADVICE, HDF5_ERRORS, check_file, first_bad_chunk, hdf5_er
 _BLOCK_BYTES = 1 << 26  # until_good reads a dataset in blocks of about this size
 
 
+class _Lookup(dict):
+    """Datasets by path, looked up in the file when first asked for (a quick open checks only the first ones)."""
+
+    def __init__(self, f: h5py.File, first: tuple[str, ...]):
+        super().__init__((k, f[k]) for k in first)
+        self._f = f
+
+    def __missing__(self, key: str) -> h5py.Dataset:
+        d = self[key] = self._f[key]
+        return d
+
+
 class Store:
     """Read access to a store, safe while a writer is still appending.
 
@@ -46,6 +58,9 @@ class Store:
             only the snapshots before the first damaged one visible; :attr:`damaged_at` says which one that
             is. Without it, a store with a damaged or missing chunk raises a :class:`StoreError` at open (a
             chunk past the end of the file) or when the chunk is read (a checksum mismatch).
+        quick: a glance, for listings (``topotrace site``): the file check, the bounded open, the format and spec,
+            the committed count against the steps and times, and the steps' order; no check of every dataset's
+            shape and chunk extents at open (each chunk read still verifies its checksum).
 
     Attributes:
         damaged_at: with ``until_good``, the first damaged snapshot (the visible ones are those before it);
@@ -61,7 +76,7 @@ class Store:
                 ...
     """
 
-    def __init__(self, path: str | os.PathLike, until_good: bool = False):
+    def __init__(self, path: str | os.PathLike, until_good: bool = False, quick: bool = False):
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"No store at {self.path}.")
@@ -74,9 +89,12 @@ class Store:
             with hdf5_errors(self.path):
                 _check_format(self._f, self.path)
                 self.spec = _read_spec(self._f, self.path)
-                self._series = self._check()
+                self._series = self._check() if not quick else _Lookup(self._f, ("step", "time"))
             self._n = self._steps_checked = 0
-            self._open_checks()
+            if quick:
+                self.refresh()
+            else:
+                self._open_checks()
         except BaseException:
             self._f.close()
             raise
