@@ -82,6 +82,7 @@ def render_index(rows: Sequence[object], root_label: str, link_prefix: str = "")
     return env.get_template("site.html").render(
         groups=groups, claims=[c for _, c in CLAIM_COLUMNS], root=root_label.rstrip("/") or ".",
         n_runs=n_runs, n_studies=sum(1 for g in groups if g[0]["kind"] == "study"),
+        n_seeds=sum(1 for g in groups for r in g if r["kind"] == "seed"),
         date=now.strftime("%Y-%m-%d %H:%M UTC"), css=(_HERE / "site.css").read_text(),
         js=(_HERE / "site.js").read_text(),
     )
