@@ -11,6 +11,11 @@
    400-sample probe sets) with the recorder / without it.
 4. Writer throughput (float16 activations appended through ``StoreWriter``) / ``numpy.ndarray.tofile`` of the
    same bytes; and the compression choice: gzip level 1 against no compression, write time and file size.
+5. Compiled training: wall time of 400 steps of a ``torch.compile``d (inductor) MNIST-size MLP recorded every
+   20 steps (1000 probe samples) / the same compiled training with equivalent eval passes, and the same ratio in
+   eager mode (target: <= 1.15 and equal to the eager ratio within noise); the frames Dynamo compiled from the
+   recorder's creation to the end of training (target 0: the probe pass runs eagerly, so the training forward
+   is never recompiled). GPU figures: ``python -m bench.gpu_check`` on a CUDA machine.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from torch import nn
 
 from topotrace.instrument import confidence
 from topotrace.instrument.recorder import ProbeSet, Recorder
-from topotrace.instrument.schedules import at_steps, log_spaced
+from topotrace.instrument.schedules import at_steps, every, log_spaced
 from topotrace.instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, StoreWriter
 
 CLASSES = [str(c) for c in range(10)]
@@ -229,6 +234,81 @@ def bench_training(tmp: Path) -> dict[str, float]:
     return {"plain": statistics.median(plain), "ours": statistics.median(ours), "steps": total}
 
 
+def _dynamo_frames() -> int:
+    """Frames Dynamo has compiled in this process so far (first compilations and recompilations alike)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["total"])
+
+
+def bench_compiled_training(tmp: Path, compiled: bool, repeats: int = 3) -> dict[str, float]:
+    """(5): wall seconds of 400 training steps of the MNIST-size MLP, recorded every 20 steps / plain.
+
+    The plain run does what a user without the recorder would do: the same training with an equivalent eval
+    pass every 20 steps (the 1000 probe samples in batches of 512, eval mode, ``torch.no_grad()``, through the
+    uncompiled module, as the recorder's probe pass). ``compiled`` compiles the model with ``torch.compile``
+    (inductor); each run starts from ``torch._dynamo.reset()`` and one untimed training step (the compilation
+    of the training graph, the same in both), then times the recorder's creation, 401 probe passes' worth of
+    steps and the close. Also returns the frames Dynamo compiled from the recorder's creation to the end.
+    """
+    g = torch.Generator().manual_seed(0)
+    x_train, y_train = torch.randn(2048, 784, generator=g), torch.randint(0, 10, (2048,), generator=g)
+    x_probe, y_probe = torch.randn(1000, 784, generator=g), torch.randint(0, 10, (1000,), generator=g)
+    steps, every_n, batch, probe_batch = 400, 20, 64, 512
+
+    def run(path: Path | None) -> tuple[float, int]:
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = MnistMLP()
+        net = torch.compile(model) if compiled else model
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        gen = torch.Generator().manual_seed(0)
+
+        def train_step() -> None:
+            idx = torch.randint(0, len(x_train), (batch,), generator=gen)
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x_train[idx]), y_train[idx]).backward()
+            opt.step()
+
+        def eval_pass() -> None:
+            model.eval()
+            with torch.no_grad():
+                for start in range(0, len(x_probe), probe_batch):
+                    model(x_probe[start : start + probe_batch])
+            model.train()
+
+        net.train()
+        train_step()  # compiles the training graph (untimed, the same in both runs)
+        frames = _dynamo_frames()
+        t0 = time.perf_counter()
+        rec = None
+        if path is not None:
+            rec = Recorder(net, path, layers=["hidden1", "hidden2"], probes=[ProbeSet("heldout", x_probe, y_probe)],
+                           class_names=CLASSES, schedule=every(every_n), batch_size=probe_batch)
+        for step in range(steps + 1):
+            if step:
+                train_step()
+            if rec is not None:
+                rec.step(step)
+            elif step % every_n == 0:
+                eval_pass()
+        if rec is not None:
+            rec.close()
+            assert rec.error is None and rec.n_snapshots == steps // every_n + 1
+        return time.perf_counter() - t0, _dynamo_frames() - frames
+
+    plain, ours, frames = [], [], []
+    for r in range(repeats):
+        for which in ((0, 1) if r % 2 else (1, 0)):
+            t, n = run(tmp / f"{'compiled' if compiled else 'eager'}{r}.h5" if which else None)
+            (ours if which else plain).append(t)
+            if which:
+                frames.append(n)
+    ratio = statistics.median(o / p for o, p in zip(ours, plain))
+    return {"plain": statistics.median(plain), "ours": statistics.median(ours), "ratio": ratio,
+            "frames": max(frames)}
+
+
 def bench_writer(tmp: Path) -> dict[str, float]:
     """(4): bytes per second appended through StoreWriter vs written by ndarray.tofile."""
     rng = np.random.default_rng(0)
@@ -293,6 +373,8 @@ def main() -> None:
         s = next(iter(cases.values()))
         t = bench_training(tmp)
         w = bench_writer(tmp)
+        compiled = bench_compiled_training(tmp, compiled=True)
+        eager = bench_compiled_training(tmp, compiled=False)
     n_snap = len(log_spaced(t["steps"], 60).steps)
     rows = [
         (f"snapshot, training thread / bare no_grad forward (1000 samples): {name}",
@@ -309,11 +391,17 @@ def main() -> None:
         ("gzip level 1 / uncompressed store: write time (post-ReLU float16 activations)", "", w["gzip_time"],
          "default: uncompressed"),
         ("gzip level 1 / uncompressed store: file size", "", w["gzip_size"], ""),
+        ("compiled MLP 784-512-256-10, 400 steps, every(20): recorder / compiled training + eval passes",
+         f"{compiled['ours']:.2f} s / {compiled['plain']:.2f} s", compiled["ratio"], "<= 1.15, = eager"),
+        ("the same in eager mode: recorder / training + eval passes",
+         f"{eager['ours']:.2f} s / {eager['plain']:.2f} s", eager["ratio"], ""),
+        ("compiled MLP: frames Dynamo compiled after the recorder's creation", "", compiled["frames"], "0"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'times':>26}  {'ratio':>6}  target")
     for name, detail, ratio, target in rows:
-        print(f"{name:<{width}}  {detail:>26}  {ratio:6.2f}  {target}")
+        value = f"{ratio:6d}" if isinstance(ratio, int) else f"{ratio:6.2f}"
+        print(f"{name:<{width}}  {detail:>26}  {value}  {target}")
 
 
 if __name__ == "__main__":

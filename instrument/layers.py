@@ -19,6 +19,11 @@ Chosen automatically only where the shape leaves no doubt: [batch] and [batch, d
 (tokens x features of a transformer block, or channels x length of a 1-D conv), is refused unless
 ``Recorder(reductions={"encoder.*": "token_mean"})`` names the reduction.
 
+Compiled models: ``torch.compile(model)`` returns a wrapper whose module names carry an ``_orig_mod.`` part
+(``_orig_mod.fc1``; ``body._orig_mod.fc1`` for a compiled submodule ``body``). :func:`unwrap` unwraps a compiled
+model to its original module, and layer names are used without those parts (``fc1``, ``body.fc1``) in the store
+and the report; a selection, a ``reductions`` or an ``outputs`` key is accepted with or without them.
+
 Which tensor of an output is recorded: a layer or model output that holds several tensors (a tuple, list,
 mapping, dataclass or Hugging Face ``ModelOutput``, e.g. ``nn.MultiheadAttention``'s ``(out, weights)``)
 is refused unless a selector says which one: an int index, a str key or attribute name, or a callable
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Union
 
@@ -46,16 +52,53 @@ LogitsSelector = Union[OutputSelector, None]
 _GLOB_CHARS = set("*?[")
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module that does the work: ``model.module`` for (Distributed)DataParallel wrappers, else ``model``.
+_COMPILED = "_orig_mod"  # the attribute of torch.compile's wrapper (OptimizedModule) that holds the original module
 
-    Calling a DDP wrapper on one rank alone deadlocks, and its names carry a ``module.`` prefix.
+
+def _is_compiled_wrapper(module: nn.Module) -> bool:
+    """Whether ``module`` is ``torch.compile``'s wrapper (without importing Dynamo: no wrapper exists before it)."""
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")
+    return dynamo is not None and isinstance(module, dynamo.OptimizedModule)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module that does the work, in eager mode: wrappers are taken off, outermost first.
+
+    ``model.module`` for (Distributed)DataParallel wrappers (calling a DDP wrapper on one rank alone deadlocks,
+    and its names carry a ``module.`` prefix); ``model._orig_mod`` for ``torch.compile``'s wrapper (the probe
+    pass runs the original module, so the compiled training graph never sees it).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"The 'model' parameter must be a torch.nn.Module. Got {type(model).__name__} instead.")
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif _is_compiled_wrapper(model):
+            model = getattr(model, _COMPILED)
+        else:
+            return model
+
+
+def layer_name(name: str) -> str:
+    """A dotted module name without the ``_orig_mod`` parts that ``torch.compile``'s wrappers add."""
+    if _COMPILED not in name:
+        return name
+    return ".".join(part for part in name.split(".") if part != _COMPILED)
+
+
+def named_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """``{name: module}`` of every submodule (not the root), in ``named_modules()`` order, names as in the store.
+
+    Names are :func:`layer_name`'s: a compiled submodule ``body`` (``torch.compile``'s wrapper) and its
+    original module ``body._orig_mod`` are both ``body``, which maps to the original module (the one whose
+    forward hooks fire when the model runs eagerly).
+    """
+    out: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        name = layer_name(name)
+        if name:
+            out[name] = module  # a wrapper's original module comes after the wrapper and replaces it
+    return out
 
 
 def resolve_layers(model: nn.Module, layers: LayerSelector) -> dict[str, nn.Module]:
@@ -64,16 +107,17 @@ def resolve_layers(model: nn.Module, layers: LayerSelector) -> dict[str, nn.Modu
     Args:
         model: the (unwrapped) model.
         layers: an exact module name, a glob pattern, a sequence of names/patterns, or a predicate
-            ``(name, module) -> bool``. The root module (name ``""``) is never selected.
+            ``(name, module) -> bool``. The root module (name ``""``) is never selected. Names and patterns
+            may carry ``torch.compile``'s ``_orig_mod.`` parts or not (see :func:`named_layers`).
 
     Returns:
-        Dict of dotted name -> module, in the order of ``model.named_modules()``.
+        Dict of dotted name (without ``_orig_mod`` parts) -> module, in the order of ``model.named_modules()``.
 
     Raises:
         ValueError: a name matches no module (the message lists the available names), or nothing is selected.
         TypeError: ``layers`` is none of the accepted kinds.
     """
-    named = [(n, m) for n, m in model.named_modules() if n]
+    named = list(named_layers(model).items())
     available = [n for n, _ in named]
     if callable(layers) and not isinstance(layers, str):
         chosen = {n for n, m in named if layers(n, m)}
@@ -90,17 +134,18 @@ def resolve_layers(model: nn.Module, layers: LayerSelector) -> dict[str, nn.Modu
         if not patterns:
             raise ValueError(f"The 'layers' parameter selects no layer (empty list). Available: {available}")
         chosen = set()
-        for p in patterns:
+        for given in patterns:
+            p = layer_name(given)  # "_orig_mod.fc1" is "fc1"
             if _GLOB_CHARS & set(p):
                 rx = glob_regex(p)
                 hits = [n for n in available if rx.fullmatch(n)]
                 if not hits:
-                    raise ValueError(f"Layer pattern {p!r} matches no layer. Available: {available}")
+                    raise ValueError(f"Layer pattern {given!r} matches no layer. Available: {available}")
                 chosen.update(hits)
             elif p in available:
                 chosen.add(p)
             else:
-                raise ValueError(f"Unknown layer {p!r}. Available: {available}")
+                raise ValueError(f"Unknown layer {given!r}. Available: {available}")
     return {n: m for n, m in named if n in chosen}
 
 
@@ -122,7 +167,7 @@ def resolve_reductions(layers: Mapping[str, nn.Module], reductions: Mapping[str,
     for key, reduction in reductions.items():
         if reduction not in REDUCTIONS:
             raise ValueError(f"Unknown reduction {reduction!r} for {key!r}. Allowed: {list(REDUCTIONS)}")
-        rx = glob_regex(key)
+        rx = glob_regex(layer_name(key))
         hits = [n for n in layers if rx.fullmatch(n)]
         if not hits:
             raise ValueError(f"The 'reductions' key {key!r} matches no selected layer. Selected: {list(layers)}")
@@ -149,7 +194,7 @@ def resolve_outputs(layers: Mapping[str, nn.Module], outputs: Mapping[str, Outpu
                         f"attribute name, or a callable output -> tensor. Got {outputs!r} instead.")
     out: dict[str, OutputSelector] = {}
     for key, selector in outputs.items():
-        rx = glob_regex(key)
+        rx = glob_regex(layer_name(key))
         hits = [n for n in layers if rx.fullmatch(n)]
         if not hits:
             raise ValueError(f"The 'outputs' key {key!r} matches no selected layer. Selected: {list(layers)}")

@@ -12,12 +12,25 @@ A plain PyTorch loop needs four lines::
 
 What a probe pass does on the training thread: every probe set is run through the model in batches, in eval
 mode and under ``torch.no_grad()``, with forward hooks on the selected layers that exist only for the pass;
-the reduced layer outputs and the logits are copied to host memory and queued. Afterwards every module's
-``training`` flag and the torch RNG states (CPU, and CUDA when the model is there) are restored, so training
-continues exactly as without the recorder (BatchNorm statistics are not updated in eval mode).
+the reduced layer outputs, cast to the store's dtype, and the logits are copied to host memory and queued
+(on a CUDA device without blocking, into reused pinned buffers; the writer waits for one event per pass, see
+:mod:`topotrace.instrument.hooks`). Afterwards every module's ``training`` flag and the torch RNG states (CPU,
+and CUDA when the model is there) are restored, so training continues exactly as without the recorder
+(BatchNorm statistics are not updated in eval mode).
+
+Compiled models: the probe pass runs the original, eager module (``torch.compile``'s wrapper is unwrapped, see
+:func:`topotrace.instrument.layers.unwrap`) with Dynamo's stance set to ``"force_eager"`` for the pass, so
+compiled submodules run eagerly too: Dynamo never traces the hooks, the probe batch sizes or the no-grad mode,
+and the compiled training forward is not recompiled because of the recorder.
+
+Precision: the pass runs under ``torch.autocast`` when ``autocast=`` names the dtype the training autocasts to
+(``torch.bfloat16``, ``torch.float16``), else in the model's own precision, with autocast off even when the
+recorder is called inside the training's autocast block. A recorded value that is finite but beyond the
+store's float16 range is stored as ±inf (counted with the non-finite values in ``probes/<set>/nonfinite``) and
+its layer is warned about once, with the advice to record with ``act_dtype="float32"``.
 
 What the writer thread does: softmax, predictions, correctness, per-sample loss and confidence measures
-(:mod:`topotrace.instrument.confidence`), the cast of activations to the store's dtype, and the append to the store
+(:mod:`topotrace.instrument.confidence`), and the append to the store
 (:mod:`topotrace.instrument.store.writer`). At most ``queue_size`` snapshots are in the writer's hands (queued or being
 written); when all are taken, :meth:`Recorder.step` blocks until the writer has caught up (back-pressure bounds
 memory to ``queue_size`` snapshots).
@@ -32,10 +45,12 @@ store on resume) are raised from the constructor, before training starts.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import operator
 import platform
 import queue
+import sys
 import threading
 import time
 import warnings
@@ -50,7 +65,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from . import confidence
-from .hooks import capture
+from .hooks import HostCopies, capture
 from .layers import (
     LayerSelector,
     LogitsSelector,
@@ -118,6 +133,21 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _eager() -> contextlib.AbstractContextManager:
+    """Dynamo's ``"force_eager"`` stance for the block: compiled code inside runs eagerly, nothing is traced.
+
+    A no-op while Dynamo was never imported (then nothing can be compiled), and before torch 2.6 (no stances:
+    there only the unwrapped top-level module runs eagerly, compiled submodules run their compiled code).
+    """
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if "torch._dynamo" not in sys.modules or set_stance is None:
+        return contextlib.nullcontext()
+    return set_stance("force_eager")
+
+
+_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
 def _default_meta(model: nn.Module, schedule: Callable[[int], bool]) -> dict[str, object]:
     n_params = sum(p.numel() for p in model.parameters())
     return {
@@ -154,7 +184,15 @@ class Recorder:
         resume_step: with ``resume``, the step of the checkpoint that training resumes from: snapshots the
             store holds after it are cut, so the store describes the resumed weights (``None`` keeps them all;
             then :attr:`last_step` tells the loop where to continue).
-        act_dtype: ``"float16"`` (default) or ``"float32"`` storage for activations.
+        act_dtype: ``"float16"`` (default) or ``"float32"`` storage for activations. float16 holds magnitudes
+            up to 65504 with 3 significant digits: values beyond it are stored as ±inf, counted with the
+            non-finite values and warned about once per layer (pass ``"float32"`` when they occur, e.g. in
+            un-normalised layers or under bfloat16 autocast).
+        autocast: the dtype the training autocasts to (``torch.bfloat16`` or ``torch.float16``): the probe
+            pass then runs under ``torch.autocast(<the model's device type>, dtype=autocast)``, so what is
+            recorded is what the model computes in training's precision. ``None`` (default): the pass runs in
+            the model's own precision, with autocast off (also when the recorder is called inside an autocast
+            block).
         compression: ``None`` (default) or ``"gzip"``.
         measures: confidence measure names (:mod:`topotrace.instrument.confidence`); ``None`` records all defaults.
         reductions: layer name or glob -> reduction (``"flatten"``, ``"channel_mean"``, ``"token_mean"``)
@@ -210,6 +248,7 @@ class Recorder:
         logits: LogitsSelector = None,
         batch_size: int = 512,
         queue_size: int = 4,
+        autocast: torch.dtype | None = None,
     ):
         self._model = unwrap(model)
         self.path = Path(path)
@@ -248,6 +287,15 @@ class Recorder:
         self._logits = logits
         if meta is not None and not isinstance(meta, Mapping):
             raise TypeError(f"The 'meta' parameter must be a mapping or None. Got {type(meta).__name__}.")
+        if autocast is not None and not isinstance(autocast, torch.dtype):
+            raise TypeError(f"The 'autocast' parameter must be None or a torch.dtype among {list(_AUTOCAST_DTYPES)}. "
+                            f"Got {type(autocast).__name__} instead.")
+        if autocast is not None and autocast not in _AUTOCAST_DTYPES:
+            raise ValueError(f"The 'autocast' parameter must be None or a torch.dtype among {list(_AUTOCAST_DTYPES)}. "
+                             f"Got {autocast} instead.")
+        self.autocast = autocast
+        self._overflowed: set[str] = set()  # layers warned about for values beyond the store's dtype
+        self._pending: list[tuple[int, HostCopies]] = []  # (step, copies) whose overflow counts are in flight
 
         lazy = [n for n, t in self._model.named_parameters() if is_lazy(t)]
         if lazy:  # the dry pass would draw their initial values at another point of the RNG stream than training
@@ -356,10 +404,12 @@ class Recorder:
             raise ValueError(f"Steps must increase strictly: step {step} after step {self._last_submitted} "
                              f"(store {self.path}). On resume, continue after rec.last_step.")
         t = time.time()
-        payload = self._probe_pass()
+        payload, copies = self._probe_pass()
         self._last_submitted = step
+        self._pending.append((step, copies))
+        self._check_overflow()  # this pass's counts on the CPU; on CUDA those of earlier passes that arrived
         self._slots.acquire()  # blocks while the writer holds queue_size snapshots
-        self._queue.put((step, epoch, t, payload))
+        self._queue.put((step, epoch, t, payload, copies))
         return True
 
     def close(self) -> None:
@@ -372,6 +422,7 @@ class Recorder:
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join()
+        self._check_overflow(wait=True, stacklevel=3)
         self._report()
 
     def __enter__(self) -> Recorder:
@@ -394,13 +445,24 @@ class Recorder:
             x = self._x_cache[key] = probe.x.to(device)
         return x
 
+    def _precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Autocast to ``self.autocast`` for the pass, or autocast off if the caller's block has it on."""
+        if self.autocast is not None:
+            return torch.autocast(device.type, dtype=self.autocast)
+        try:
+            on = torch.is_autocast_enabled(device.type)
+        except TypeError:  # torch < 2.4: no device argument
+            on = torch.is_autocast_enabled() if device.type == "cuda" else torch.is_autocast_cpu_enabled()
+        return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
+
     def _run(self, inputs: Mapping[str, torch.Tensor], bufs: dict[str, dict[str, np.ndarray]],
-             act_dtype: np.dtype | str = np.float32) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+             act_dtype: np.dtype | str = np.float32
+             ) -> tuple[dict[str, tuple[int, ...]], dict[str, str], HostCopies]:
         """One probe pass over ``inputs`` (probe name -> [n, ...]); model state restored afterwards.
 
         Fills ``bufs``: probe name -> {layer name -> (n, n_neurons) act_dtype, "": logits (n, C) float32};
-        arrays already there are overwritten in place. Returns layer name -> output shape of one sample, and
-        layer name -> reduction.
+        arrays already there are overwritten in place (on CUDA: once the returned copies are ready). Returns
+        layer name -> output shape of one sample, layer name -> reduction, and the copies to the host.
         """
         model = self._model
         device = _device_of(model)
@@ -415,7 +477,8 @@ class Recorder:
             # object.__setattr__ skips nn.Module.__setattr__'s parameter/buffer bookkeeping (a bool is neither).
             for m in modules:
                 _set(m, "training", False)
-            with torch.no_grad(), capture(self.layers, self._reductions, act_dtype, self._outputs) as cap:
+            with (torch.no_grad(), _eager(), self._precision(device),
+                  capture(self.layers, self._reductions, act_dtype, self._outputs) as cap):
                 for name, x in inputs.items():
                     x = x.to(device)  # a no-op when the probe set already lives on the model's device
                     n = x.shape[0]
@@ -427,18 +490,15 @@ class Recorder:
                         cap.end_batch()
                         if out.ndim != 2 or out.shape[0] != batch.shape[0]:
                             raise ValueError(self._bad_logits(out, batch.shape[0], name))
-                        logits = dest.get("")
-                        if logits is None or logits.shape != (n, out.shape[1]):
-                            logits = dest[""] = np.empty((n, out.shape[1]), np.float32)
-                        torch.from_numpy(logits[start : start + out.shape[0]]).copy_(out)
-                shapes, reductions = cap.sample_shapes, cap.reductions()
+                        cap.write("", out, np.float32)  # rows start.. of dest[""], (n, C) float32
+                shapes, reductions, copies = cap.sample_shapes, cap.reductions(), cap.finish()
         finally:
             for m, flag in zip(modules, modes):
                 _set(m, "training", flag)
             torch.set_rng_state(cpu_rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state(cuda_rng, device)
-        return shapes, reductions
+        return shapes, reductions, copies
 
     def _bad_logits(self, out: torch.Tensor, batch: int, probe: str) -> str:
         chosen = self._logits
@@ -452,20 +512,49 @@ class Recorder:
                 f"{tuple(out.shape)} for probe set {probe!r}. Pass logits= (an index, key or callable) that gives "
                 "the (batch, n_classes) logits.")
 
-    def _probe_pass(self) -> dict[str, dict[str, np.ndarray]]:
+    def _probe_pass(self) -> tuple[dict[str, dict[str, np.ndarray]], HostCopies]:
         try:  # host arrays of a snapshot the writer has finished with: reused, so no fresh memory per pass
             bufs = self._free.get_nowait()
         except queue.Empty:
             bufs = {}
         device = _device_of(self._model)
-        self._run({p.name: self._inputs(p, device) for p in self.probes}, bufs, self.spec.act_dtype)
-        return bufs
+        _, _, copies = self._run({p.name: self._inputs(p, device) for p in self.probes}, bufs, self.spec.act_dtype)
+        return bufs, copies
 
     def _dry_pass(self) -> tuple[dict[str, tuple[int, ...]], dict[str, str], int]:
         bufs: dict[str, dict[str, np.ndarray]] = {}
-        shapes, reductions = self._run({p.name: p.x[:2] for p in self.probes}, bufs)
+        shapes, reductions, copies = self._run({p.name: p.x[:2] for p in self.probes}, bufs)
+        copies.wait()
         logits = next(iter(bufs.values()))[""]
         return {n: shapes[n] for n in self.layers}, reductions, logits.shape[1]
+
+    def _check_overflow(self, wait: bool = False, stacklevel: int = 4) -> None:
+        """Warn once per layer about values beyond the store's dtype, for every pass whose counts arrived.
+
+        ``wait``: wait for the counts still in flight (CUDA). ``stacklevel`` points the warning at the caller of
+        :meth:`step` (or of :meth:`close` with 3).
+        """
+        keep = []
+        for step, copies in self._pending:
+            if not (wait or copies.ready()):
+                keep.append((step, copies))
+                continue
+            if wait:
+                copies.wait()
+            for layer, count in copies.overflow().items():
+                if layer in self._overflowed:
+                    continue
+                self._overflowed.add(layer)
+                dtype = np.dtype(self.spec.act_dtype)
+                hint = ' Record with act_dtype="float32" to keep them.' if dtype.itemsize < 4 else ""
+                warnings.warn(
+                    f"Layer {layer!r} has values beyond the {dtype} range (±{float(np.finfo(dtype).max):g}): {count} "
+                    f"at step {step} are stored as ±inf and counted with the non-finite values "
+                    f"(probes/<set>/nonfinite).{hint}",
+                    RuntimeWarning,
+                    stacklevel=stacklevel,
+                )
+        self._pending = keep
 
     def _report(self) -> None:
         if self._error is not None and not self._warned:
@@ -489,6 +578,7 @@ class Recorder:
                     return
                 try:
                     if self._error is None:  # after a failure: drain, so the training thread never blocks
+                        item[4].wait()  # the pass's copies to the host have arrived (at once on the CPU)
                         n = writer.append(self._build(item))
                         self._last_step = item[0]
                         self._n = n
@@ -520,7 +610,7 @@ class Recorder:
             pass
 
     def _build(self, item: tuple) -> Snapshot:
-        step, epoch, t, payload = item
+        step, epoch, t, payload, _ = item
         snap = Snapshot(step=step, epoch=epoch, time=t)
         for p in self.probes:
             arrays = payload[p.name]
