@@ -30,10 +30,11 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -72,6 +73,14 @@ MIN_MAP_FILL = 0.4  # see pick_default_layout; a round body fills about 0.6-0.8 
 DIVERGED_SHARE = 0.5
 
 Progress = Callable[[str, int, int], None]
+
+
+class SnapshotCluster(Protocol):
+    """Computes the snapshots of a layer elsewhere (:class:`topotrace.analysis.distributed.DaskCluster`)."""
+
+    def map_snapshots(self, task: dict, n_s: int) -> Iterator[dict]:
+        """The :meth:`_LayerPass.row` of snapshots 0 .. n_s - 1 of ``task["name"]``, in order."""
+        ...
 
 
 def default_layout_methods(n_neurons: int) -> list[str]:
@@ -187,9 +196,13 @@ def _find_divergence(store: Store, probe: str, outcome_ok: np.ndarray) -> Diverg
 
 
 class _LayerPass:
-    """Accumulates the per-snapshot results of one layer during the streaming pass."""
+    """Accumulates the per-snapshot results of one layer during the streaming pass (row s: snapshot s)."""
 
-    def __init__(self, n_s: int, n_neurons: int, measures: Sequence[str], n_bins: int, group_sizes: dict[str, int]):
+    _ROWS = ("strength", "distinctness", "strength_by_bin", "distinctness_by_bin", "cka", "excluded_values",
+             "excluded_samples")
+
+    def __init__(self, n_s: int, n_neurons: int, measures: Sequence[str], n_bins: int, group_sizes: dict[str, int],
+                 n_samples: int):
         m = len(measures)
         shape = (m, n_s, n_neurons)  # measure first: each measure's (S, N) block is contiguous
         self.measures = list(measures)
@@ -204,6 +217,30 @@ class _LayerPass:
         self.cka = np.full(n_s, np.nan)
         self.excluded_values = np.zeros(n_s, np.int64)
         self.excluded_samples = np.zeros(n_s, np.int64)
+        self.per_sample = np.full((2, n_s, n_samples), np.nan)  # strength and distinctness of every probe sample
+        self.sample_corr: list[dict[str, np.ndarray]] = [{}] * n_s  # their correlations with confidence
+
+    def row(self, t: int) -> dict:
+        """Row ``t`` of every result: plain dicts of numpy arrays (what a Dask worker sends back)."""
+        out = {k: getattr(self, k)[t].copy() for k in self._ROWS}
+        return out | {"r": {k: v[:, t].copy() for k, v in self.r.items()},
+                      "q": {k: v[:, t].copy() for k, v in self.q.items()},
+                      "naps": {g: v[t].copy() for g, v in self.naps.items()},
+                      "counts": {g: v[t].copy() for g, v in self.counts.items()},
+                      "per_sample": self.per_sample[:, t].copy(), "sample_corr": self.sample_corr[t]}
+
+    def set_row(self, s: int, row: dict) -> None:
+        """Write a :meth:`row` into row ``s``."""
+        for k in self._ROWS:
+            getattr(self, k)[s] = row[k]
+        for k in ("r", "q"):
+            for key, v in row[k].items():
+                getattr(self, k)[key][:, s] = v
+        for k in ("naps", "counts"):
+            for g, v in row[k].items():
+                getattr(self, k)[g][s] = v
+        self.per_sample[:, s] = row["per_sample"]
+        self.sample_corr[s] = row["sample_corr"]
 
 
 def _snapshot_stats(lp: _LayerPass, s: int, a: np.ndarray, rank_source: np.ndarray, labels: np.ndarray,
@@ -265,6 +302,7 @@ def analyze(
     refresh: bool = False,
     progress: Progress | None = None,
     until_good: bool = False,
+    cluster: SnapshotCluster | None = None,
 ) -> AnalysisResults:
     """Analyse a store (or load the cached analysis if the store and parameters are unchanged).
 
@@ -287,6 +325,9 @@ def analyze(
         progress: called as ``progress(stage, done, total)`` while computing.
         until_good: for a store with a damaged snapshot, analyse the snapshots before it (see
             :class:`topotrace.instrument.store.Store`); otherwise reading the damaged snapshot raises.
+        cluster: compute the snapshots on a Dask cluster
+            (:func:`topotrace.analysis.distributed.dask_cluster`); its workers open the store by its path.
+            Default: in this process, with a thread pool. The results are the same either way.
 
     Returns:
         :class:`AnalysisResults`; for a run that diverged (:data:`DIVERGED_SHARE`), of the snapshots before
@@ -343,6 +384,8 @@ def analyze(
                              f"than {DIVERGED_SHARE:.0%} non-finite values for the {probe_set!r} probe set at every "
                              "snapshot; nothing finite to analyse.")
         sha_thread, sha = _sha256_async(store)
+        task = {"path": str(path), "until_good": bool(until_good), "probe": probe_set, "measure": measure,
+                "bins_mode": bins, "n_bins": int(n_bins), "n_s": int(n_s), "fingerprint": fingerprint}
         report("training curves", 0, 1)
         curves = _curves(store, n_s)
         report("training curves", 1, 1)
@@ -352,7 +395,7 @@ def analyze(
         with threadpool_limits(1, user_api="blas"):
             for name in store.layers:
                 layers[name] = _analyze_layer(store, name, probe_set, measure, bins, layout_methods,
-                                              default_layout, n_bins, report, n_s, outcome_ok[:n_s])
+                                              default_layout, n_bins, report, n_s, outcome_ok[:n_s], cluster, task)
         sha_thread.join()
         res = AnalysisResults(
             store_path=str(path), store_sha256=sha[0] if sha else "", n_snapshots=n_s,
@@ -401,16 +444,45 @@ def cached_results(store_path: str | os.PathLike, cache_path: str | os.PathLike 
     return _load_cache(Path(cache_path) if cache_path is not None else path.parent / "analysis.h5", fingerprint)
 
 
-def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode: str,
-                   layout_methods: list[str] | None, default_layout: str | None, n_bins: int,
-                   report: Progress, n_s: int, outcome_ok: np.ndarray) -> LayerResult:
-    """One layer over the first ``n_s`` snapshots (the last of them is the CKA reference).
+@dataclass
+class LayerContext:
+    """What every snapshot of one layer is computed against, built from the store alone (:func:`layer_context`).
+
+    A Dask worker builds the same context from its own handle on the store, so only plain parameters travel.
+    """
+
+    name: str
+    probe: str
+    n: int  # probe samples
+    n_neurons: int
+    n_classes: int
+    n_bins: int
+    measures: list[str]
+    labels: np.ndarray  # (n,)
+    preds: np.ndarray  # (S, n), -1 where the outputs are not finite
+    corrects: np.ndarray  # (S, n), -1 where the outputs are not finite
+    bins: np.ndarray  # (S, n), confidence bin of each sample
+    names_b: list[str]
+    conf_all: np.ndarray  # (S, n, M) float64
+    outcome_ok: np.ndarray  # (S, n) bool
+    sizes: dict[str, int]  # groups per grouping
+    off: dict[str, int]  # first row of each grouping in the stacked one-hot
+    g_total: int
+    cols: np.ndarray  # (G_groupings * n,)
+    df: int
+    df_within: int
+    boot: evidence.Bootstrap
+    cka: _Cka
+    steps: np.ndarray  # (S_total,)
+
+
+def layer_context(store: Store, name: str, probe: str, measure: str, bins_mode: str, n_bins: int, n_s: int,
+                  outcome_ok: np.ndarray) -> LayerContext:
+    """The context of one layer over the first ``n_s`` snapshots (the last of them is the CKA reference).
 
     ``outcome_ok`` (n_s, n), bool: samples with finite outputs (the others are in no prediction or confidence
     group and out of the correlations and per-sample statistics).
     """
-    spec = store.layers[name]
-    n_neurons = spec.n_neurons
     labels = store.labels(probe)
     preds, corrects = store.pred(probe)[:n_s], store.correct(probe)[:n_s]
     measures = list(store.measures)
@@ -429,99 +501,34 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
         names_b = naps.relative_bin_names(n_bins)
     n_classes = len(store.class_names)
     sizes = {g: naps.group_index(g, labels, labels, labels, labels, n_classes, n_bins)[1] for g in naps.GROUPINGS}
-    lp = _LayerPass(n_s, n_neurons, measures, n_bins, sizes)
     n = len(labels)
-    per_sample = np.full((2, n_s, n), np.nan)  # strength and distinctness of every probe sample
     boot = evidence.Bootstrap(labels, n_classes, seed=RANDOM_STATE)
-    sample_corr: list[dict[str, np.ndarray]] = [{}] * n_s  # filled per snapshot by the workers
     n_present = len(np.unique(labels))
     df, df_within = n - 2, n - n_present - 1
     sub = np.sort(np.random.default_rng(RANDOM_STATE).permutation(n)[:CKA_MAX_SAMPLES]) if n > CKA_MAX_SAMPLES \
         else slice(None)
     cka = _Cka(store.acts(probe, name, n_s - 1, dtype=None), sub)
-    stage = f"{name}: snapshots"
-    report(stage, 0, n_s)
     offsets = np.cumsum([0] + [sizes[g] for g in naps.GROUPINGS])
     off = dict(zip(naps.GROUPINGS, offsets[:-1]))
     g_total = int(offsets[-1])
     cols = np.tile(np.arange(n), len(naps.GROUPINGS))
     steps = store.steps
+    return LayerContext(name, probe, n, store.layers[name].n_neurons, n_classes, n_bins, measures, labels, preds,
+                        corrects, bins, names_b, conf_all, outcome_ok, sizes, off, g_total, cols, df, df_within, boot,
+                        cka, steps)
+
+
+def _stream_layer(store: Store, ctx: LayerContext, lp: _LayerPass, done_cb: Callable[[int], None]) -> None:
+    """The in-process pass: snapshots read in order by this thread, computed by a small thread pool."""
     local = threading.local()  # one set of scratch arrays per worker thread
 
     def process(s: int, stored: np.ndarray) -> None:
-        try:
-            ws = getattr(local, "ws", None)
-            if ws is None:
-                ws = local.ws = stats.Workspace()
-            a = stats.as_float(stored, np.float32, out=ws.get("acts", stored.shape, np.float32))  # [n, N]
-            scratch = ws.get("scratch", a.shape, np.float32)
-            abs_rows = np.abs(a, out=scratch).sum(axis=1).astype(np.float64)  # [n] (pairwise sums per row)
-            sq_rows = np.einsum("ij,ij->i", a, a, dtype=np.float64)  # [n]
-            # A row holding NaN or inf sums to NaN or inf: the sums find non-finite values without a pass of their
-            # own, and an all-finite snapshot with finite outputs takes the fast path (keep is None).
-            keep = None  # [n], bool: the samples behind the per-sample statistics (None: every sample)
-            finite = None  # [n, N], bool: the finite activations (computed only when some row is not finite)
-            out_ok = outcome_ok[s]
-            if not (np.isfinite(abs_rows).all() and out_ok.all()):
-                finite = np.isfinite(a)
-                keep = finite.all(axis=1) & out_ok
-                lp.excluded_values[s] = finite.size - np.count_nonzero(finite)
-                lp.excluded_samples[s] = n - np.count_nonzero(keep)
-                if keep.all():  # only sums that overflowed: every value is finite after all
-                    keep = finite = None
-            # Sums of every group of every grouping in one product: [G_total, n] @ [n, N].
-            idx = [naps.group_index(g, labels, preds[s], corrects[s], bins[s], n_classes, n_bins)[0]
-                   for g in naps.GROUPINGS]
-            rows = np.concatenate([off[g] + i for g, i in zip(naps.GROUPINGS, idx)])
-            onehot = np.zeros((g_total, n), np.float32)
-            if keep is None:
-                onehot[rows, cols] = 1.0
-                sums = (onehot @ a).astype(np.float64)  # [G_total, N]
-                counts = np.bincount(rows, minlength=g_total)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    means = sums / counts[:, None]
-                used = counts
-            else:
-                valid = np.concatenate(idx) >= 0  # samples in no group (-1) stay out of that grouping
-                onehot[rows[valid], cols[valid]] = 1.0
-                counts = np.bincount(rows[valid], minlength=g_total)
-                # Each neuron's NAP averages its own finite values: [G_total, n] @ [n, N] twice.
-                n_finite = (onehot @ finite.astype(np.float32)).astype(np.float64)  # [G_total, N]
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    means = (onehot @ np.where(finite, a, np.float32(0))).astype(np.float64) / n_finite
-                # Sums over the kept samples only, for the per-sample statistics and their aggregates.
-                sums = (onehot[:, keep] @ a[keep]).astype(np.float64)  # [G_total, N]
-                used = np.count_nonzero(onehot[:, keep], axis=1)
-            for g in naps.GROUPINGS:
-                sl = slice(off[g], off[g] + sizes[g])
-                lp.naps[g][s], lp.counts[g][s] = means[sl], counts[sl]
-            # Values for the moments (float32 is exact for float16 data), the stored values for the ranks.
-            _snapshot_stats(lp, s, a, stored, labels, conf_all[s], df, df_within, ws,
-                            None if keep is None else finite & out_ok[:, None])
-            kept = slice(None) if keep is None else np.flatnonzero(keep)
-            n_kept = n if keep is None else len(kept)
-            abs_sums = np.bincount(bins[s][kept], abs_rows[kept], minlength=n_bins)  # [B]
-            sq_sums = np.bincount(bins[s][kept], sq_rows[kept], minlength=n_bins)  # [B]
-            n_bin = used[off["confbin"]: off["confbin"] + n_bins]
-            cls = slice(off["class"], off["class"] + n_classes)
-            if n_kept:
-                lp.strength[s] = abs_sums.sum() / (n_kept * n_neurons)
-                per_sample[0, s, kept] = abs_rows[kept] / n_neurons
-                per_sample[1, s, kept] = evidence.sample_distinctness(a[kept], labels[kept], n_classes, sums[cls],
-                                                                      sq_rows[kept])
-            sample_corr[s] = boot.correlations(per_sample[:, s], conf_all[s])
-            lp.distinctness[s] = stats.distinctness_from_sums(sums[cls], used[cls], sq_sums.sum())
-            ccb = off["class_confbin"] + np.arange(n_classes) * n_bins
-            for b in range(n_bins):
-                if n_bin[b]:
-                    lp.strength_by_bin[s, b] = abs_sums[b] / (n_bin[b] * n_neurons)
-                    lp.distinctness_by_bin[s, b] = stats.distinctness_from_sums(sums[ccb + b], used[ccb + b],
-                                                                                sq_sums[b])
-            lp.cka[s] = cka.score(a, keep)
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
-            raise ValueError(f"Analysis failed for layer {name!r} at snapshot {s} (step {steps[s]}, "
-                             f"activations {stored.shape})") from err
+        ws = getattr(local, "ws", None)
+        if ws is None:
+            ws = local.ws = stats.Workspace()
+        process_snapshot(ctx, s, stored, ws, lp, s)
 
+    n_s = len(ctx.conf_all)
     # Snapshots are read in order by this thread and computed by a small pool (numpy releases the GIL in
     # sorting and BLAS); at most `workers` snapshots are in flight, so memory stays bounded.
     # One BLAS thread per worker: the products here are small, and a multi-threaded BLAS called from several
@@ -530,18 +537,155 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
     done = 0
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
-        for s, a in store.iter_acts(probe, name, dtype=None):
+        for s, a in store.iter_acts(ctx.probe, ctx.name, dtype=None):
             if s >= n_s:  # the diverged tail
                 break
             pending.append(pool.submit(process, s, a))
             while len(pending) >= workers + (workers > 1):
                 pending.popleft().result()
                 done += 1
-                report(stage, done, n_s)
+                done_cb(done)
         while pending:
             pending.popleft().result()
             done += 1
-            report(stage, done, n_s)
+            done_cb(done)
+
+
+def process_snapshot(ctx: LayerContext, s: int, stored: np.ndarray, ws: stats.Workspace, lp: _LayerPass,
+                     t: int) -> None:
+    """Every per-snapshot result of snapshot ``s`` of one layer, written into row ``t`` of ``lp``.
+
+    Args:
+        ctx: the layer's context (:func:`layer_context`).
+        s: the snapshot.
+        stored: array of shape (n, N), the snapshot's activations in the stored dtype.
+        ws: scratch arrays of the calling thread.
+        lp: the results; row ``t`` is written (``t = s`` in process, ``0`` on a Dask worker).
+        t: the row of ``lp``.
+    """
+    name, n, n_neurons, n_classes, n_bins = ctx.name, ctx.n, ctx.n_neurons, ctx.n_classes, ctx.n_bins
+    labels, preds, corrects, bins, conf_all = ctx.labels, ctx.preds, ctx.corrects, ctx.bins, ctx.conf_all
+    outcome_ok, sizes, off, g_total, cols, boot, cka = (ctx.outcome_ok, ctx.sizes, ctx.off, ctx.g_total, ctx.cols,
+                                                        ctx.boot, ctx.cka)
+    df, df_within, steps = ctx.df, ctx.df_within, ctx.steps
+    try:
+        a = stats.as_float(stored, np.float32, out=ws.get("acts", stored.shape, np.float32))  # [n, N]
+        scratch = ws.get("scratch", a.shape, np.float32)
+        abs_rows = np.abs(a, out=scratch).sum(axis=1).astype(np.float64)  # [n] (pairwise sums per row)
+        sq_rows = np.einsum("ij,ij->i", a, a, dtype=np.float64)  # [n]
+        # A row holding NaN or inf sums to NaN or inf: the sums find non-finite values without a pass of their
+        # own, and an all-finite snapshot with finite outputs takes the fast path (keep is None).
+        keep = None  # [n], bool: the samples behind the per-sample statistics (None: every sample)
+        finite = None  # [n, N], bool: the finite activations (computed only when some row is not finite)
+        out_ok = outcome_ok[s]
+        if not (np.isfinite(abs_rows).all() and out_ok.all()):
+            finite = np.isfinite(a)
+            keep = finite.all(axis=1) & out_ok
+            lp.excluded_values[t] = finite.size - np.count_nonzero(finite)
+            lp.excluded_samples[t] = n - np.count_nonzero(keep)
+            if keep.all():  # only sums that overflowed: every value is finite after all
+                keep = finite = None
+        # Sums of every group of every grouping in one product: [G_total, n] @ [n, N].
+        idx = [naps.group_index(g, labels, preds[s], corrects[s], bins[s], n_classes, n_bins)[0]
+               for g in naps.GROUPINGS]
+        rows = np.concatenate([off[g] + i for g, i in zip(naps.GROUPINGS, idx)])
+        onehot = np.zeros((g_total, n), np.float32)
+        if keep is None:
+            onehot[rows, cols] = 1.0
+            sums = (onehot @ a).astype(np.float64)  # [G_total, N]
+            counts = np.bincount(rows, minlength=g_total)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means = sums / counts[:, None]
+            used = counts
+        else:
+            valid = np.concatenate(idx) >= 0  # samples in no group (-1) stay out of that grouping
+            onehot[rows[valid], cols[valid]] = 1.0
+            counts = np.bincount(rows[valid], minlength=g_total)
+            # Each neuron's NAP averages its own finite values: [G_total, n] @ [n, N] twice.
+            n_finite = (onehot @ finite.astype(np.float32)).astype(np.float64)  # [G_total, N]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means = (onehot @ np.where(finite, a, np.float32(0))).astype(np.float64) / n_finite
+            # Sums over the kept samples only, for the per-sample statistics and their aggregates.
+            sums = (onehot[:, keep] @ a[keep]).astype(np.float64)  # [G_total, N]
+            used = np.count_nonzero(onehot[:, keep], axis=1)
+        for g in naps.GROUPINGS:
+            sl = slice(off[g], off[g] + sizes[g])
+            lp.naps[g][t], lp.counts[g][t] = means[sl], counts[sl]
+        # Values for the moments (float32 is exact for float16 data), the stored values for the ranks.
+        _snapshot_stats(lp, t, a, stored, labels, conf_all[s], df, df_within, ws,
+                        None if keep is None else finite & out_ok[:, None])
+        kept = slice(None) if keep is None else np.flatnonzero(keep)
+        n_kept = n if keep is None else len(kept)
+        abs_sums = np.bincount(bins[s][kept], abs_rows[kept], minlength=n_bins)  # [B]
+        sq_sums = np.bincount(bins[s][kept], sq_rows[kept], minlength=n_bins)  # [B]
+        n_bin = used[off["confbin"]: off["confbin"] + n_bins]
+        cls = slice(off["class"], off["class"] + n_classes)
+        if n_kept:
+            lp.strength[t] = abs_sums.sum() / (n_kept * n_neurons)
+            lp.per_sample[0, t, kept] = abs_rows[kept] / n_neurons
+            lp.per_sample[1, t, kept] = evidence.sample_distinctness(a[kept], labels[kept], n_classes, sums[cls],
+                                                                  sq_rows[kept])
+        lp.sample_corr[t] = boot.correlations(lp.per_sample[:, t], conf_all[s])
+        lp.distinctness[t] = stats.distinctness_from_sums(sums[cls], used[cls], sq_sums.sum())
+        ccb = off["class_confbin"] + np.arange(n_classes) * n_bins
+        for b in range(n_bins):
+            if n_bin[b]:
+                lp.strength_by_bin[t, b] = abs_sums[b] / (n_bin[b] * n_neurons)
+                lp.distinctness_by_bin[t, b] = stats.distinctness_from_sums(sums[ccb + b], used[ccb + b],
+                                                                            sq_sums[b])
+        lp.cka[t] = cka.score(a, keep)
+    except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
+        raise ValueError(f"Analysis failed for layer {name!r} at snapshot {s} (step {steps[s]}, "
+                         f"activations {stored.shape})") from err
+
+
+
+def task_context(store: Store, task: dict) -> LayerContext:
+    """The context of the layer a Dask task describes (``task`` from :func:`analyze`, plus ``name``).
+
+    Raises:
+        ValueError: the store is no longer the one being analysed (its fingerprint changed).
+    """
+    now = json.dumps(store_fingerprint(store), sort_keys=True)
+    if now != task["fingerprint"]:
+        raise ValueError(f"{task['path']} changed while it was analysed (fingerprint {now} vs "
+                         f"{task['fingerprint']} when the analysis started).")
+    n_s = task["n_s"]
+    return layer_context(store, task["name"], task["probe"], task["measure"], task["bins_mode"], task["n_bins"],
+                         n_s, _outcome_ok(store, task["probe"])[:n_s])
+
+
+def snapshot_row(ctx: LayerContext, s: int, stored: np.ndarray, ws: stats.Workspace) -> dict:
+    """The results of snapshot ``s`` alone (``stored``: array of shape (n, N)), as :meth:`_LayerPass.row`."""
+    lp = _LayerPass(1, ctx.n_neurons, ctx.measures, ctx.n_bins, ctx.sizes, ctx.n)
+    process_snapshot(ctx, s, stored, ws, lp, 0)
+    return lp.row(0)
+
+
+def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode: str,
+                   layout_methods: list[str] | None, default_layout: str | None, n_bins: int,
+                   report: Progress, n_s: int, outcome_ok: np.ndarray, cluster: SnapshotCluster | None = None,
+                   task: dict | None = None) -> LayerResult:
+    """One layer over the first ``n_s`` snapshots (the last of them is the CKA reference).
+
+    ``outcome_ok`` (n_s, n), bool: samples with finite outputs (the others are in no prediction or confidence
+    group and out of the correlations and per-sample statistics). With ``cluster``, the snapshots are computed
+    by its workers from ``task`` (plain parameters: the store's path, the analysis parameters, the layer).
+    """
+    spec = store.layers[name]
+    n_neurons = spec.n_neurons
+    ctx = layer_context(store, name, probe, measure, bins_mode, n_bins, n_s, outcome_ok)
+    measures, names_b, boot = ctx.measures, ctx.names_b, ctx.boot
+    lp = _LayerPass(n_s, n_neurons, measures, n_bins, ctx.sizes, ctx.n)
+    stage = f"{name}: snapshots"
+    report(stage, 0, n_s)
+    if cluster is not None:  # one task per snapshot on a Dask cluster; small results merged in order
+        for s, row in enumerate(cluster.map_snapshots(dict(task or {}, name=name), n_s)):
+            lp.set_row(s, row)
+            report(stage, s + 1, n_s)
+    else:
+        _stream_layer(store, ctx, lp, lambda done: report(stage, done, n_s))
+    per_sample, sample_corr = lp.per_sample, lp.sample_corr
     grouped = {g: GroupedNaps(g, naps.group_names(g, store.class_names, names_b), lp.naps[g], lp.counts[g])
                for g in naps.GROUPINGS}
     corr = {}

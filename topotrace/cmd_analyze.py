@@ -7,7 +7,9 @@ confidence) with effect, 95 % interval and verdict, and where the cached results
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from collections.abc import Iterator
 
 from rich.console import Console
 from rich.markup import escape
@@ -38,6 +40,37 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refresh", action="store_true", help="recompute even if the cache is up to date")
 
 
+def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
+    """Where the per-snapshot work runs (shared by ``analyze`` and ``study``)."""
+    parser.add_argument("--scheduler", choices=("threads", "dask"), default="threads",
+                        help="threads: in this process (default); dask: tasks on a dask.distributed cluster "
+                             "(pip install 'topotrace[dask]')")
+    parser.add_argument("--address", default=None, metavar="tcp://HOST:PORT",
+                        help="with --scheduler dask: a running Dask scheduler (default: a local cluster)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="with --scheduler dask and no --address: worker processes of the local cluster "
+                             "(default: up to 4)")
+
+
+@contextlib.contextmanager
+def scheduler_cluster(args: argparse.Namespace) -> Iterator[object | None]:
+    """The Dask cluster the options of :func:`add_scheduler_options` ask for (``None``: in process), closed on exit.
+
+    Raises:
+        ValueError: --address or --workers without --scheduler dask, or the cluster cannot be made.
+    """
+    if args.scheduler != "dask":
+        if args.address is not None or args.workers is not None:
+            raise ValueError("The '--address' and '--workers' options need '--scheduler dask'. "
+                             f"Got --scheduler {args.scheduler}.")
+        yield None
+        return
+    from topotrace.analysis.distributed import dask_cluster
+
+    with dask_cluster(args.address, args.workers) as cluster:
+        yield cluster
+
+
 def analysis_options_given(args: argparse.Namespace) -> bool:
     """True when any option of :func:`add_analysis_options` other than --refresh was given."""
     return any(getattr(args, k) is not None for k in ANALYSIS_DEFAULTS)
@@ -65,6 +98,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("run", help="run folder (runs/NAME, meaning runs/NAME/store.h5) or store file")
     add_analysis_options(parser)
+    add_scheduler_options(parser)
     add_until_good_option(parser)
 
 
@@ -78,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
     kwargs = analysis_kwargs(args) | {"until_good": args.until_good}
     cache = path.parent / "analysis.h5"
     t0 = time.perf_counter()
-    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with scheduler_cluster(args) as cluster, Progress(TextColumn("{task.description:<28}"), BarColumn(),
+                                                      MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                                                      transient=True) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -87,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                 tasks[stage] = bar.add_task(escape(visible(stage)), total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        res = analyze(path, cache, progress=progress, **kwargs)
+        res = analyze(path, cache, progress=progress, cluster=cluster, **kwargs)
     seconds = time.perf_counter() - t0
     state = "computed" if tasks else "loaded from cache"
     console.print(Text.assemble((visible(path), "bold"), f": {res.n_snapshots} snapshots (steps {res.steps[0]} .. "

@@ -26,6 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "followed by -study)")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--out-dir", default=None, help="override run.out_dir (default runs)")
+    from .cmd_analyze import add_scheduler_options
+
+    add_scheduler_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise FileExistsError(f"{path} exists and is not a topotrace study folder; choose another --name.")
 
+    from .cmd_analyze import scheduler_cluster
     from .study import run_study, trained
     from .train import check_creatable, check_run_config, topmost_missing, train_run  # imports torch
 
@@ -83,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
                 if state == "done":
                     bar.advance(seeds_task)
 
-            results = run_study(study, train, on_seed)
+            with scheduler_cluster(args) as cluster:
+                results = run_study(study, train, on_seed, cluster)
     except BaseException:
         if made is not None and not any(trained(d) for d in path.glob("seed-*")):
             shutil.rmtree(made, ignore_errors=True)  # this command made the study and finished no seed: undo it

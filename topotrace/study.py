@@ -18,10 +18,11 @@ import copy
 import json
 import shutil
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from topotrace.analysis.pipeline import analyze, cached_results
+from topotrace.analysis.pipeline import SnapshotCluster, analyze, cached_results
 from topotrace.analysis.results import AnalysisResults
 from topotrace.instrument.store import STORE_FILE, Store
 
@@ -128,35 +129,45 @@ def trained(run_dir: Path) -> bool:
 
 
 def run_study(study: Study, train: Callable[[dict], object],
-              on_seed: Callable[[int, str], None] | None = None) -> list[AnalysisResults]:
+              on_seed: Callable[[int, str], None] | None = None,
+              cluster: SnapshotCluster | None = None) -> list[AnalysisResults]:
     """Train and analyse every seed that is not done yet; returns the analyses in seed order.
+
+    Without a cluster each seed is analysed right after its training; with one, every seed is trained first and
+    then all are analysed in parallel on the cluster.
 
     Args:
         study: the study.
         train: trains one run from its configuration (``topotrace.train.train_run`` with progress).
         on_seed: called as ``on_seed(seed, state)`` with state ``"trained"`` (was already), ``"training"``,
             ``"analysing"`` or ``"done"``.
+        cluster: compute the analyses' snapshots on this Dask cluster
+            (:func:`topotrace.analysis.distributed.dask_cluster`).
     """
     note = on_seed or (lambda seed, state: None)
     results = []
+    if cluster is not None:
+        for seed in study.seeds:
+            _train_seed(study, seed, train, note)
+        for seed in study.seeds:
+            note(seed, "analysing")
+        for seed, res in zip(study.seeds, _analyses([study.seed_dir(s) for s in study.seeds], cluster)):
+            note(seed, "done")
+            results.append(res)
+        return results
     for seed in study.seeds:
-        run_dir = study.seed_dir(seed)
-        if trained(run_dir):
-            note(seed, "trained")
-        else:
-            if run_dir.exists():  # left half-written by this study when it was interrupted
-                shutil.rmtree(run_dir)
-            note(seed, "training")
-            train(seed_config(study, seed))
+        _train_seed(study, seed, train, note)
         note(seed, "analysing")
-        res = _analysis(run_dir)
+        res = _analysis(study.seed_dir(seed))
         note(seed, "done")
         results.append(res)
     return results
 
 
-def study_results(study: Study) -> list[AnalysisResults]:
+def study_results(study: Study, cluster: SnapshotCluster | None = None) -> list[AnalysisResults]:
     """The analyses of a study's finished seeds (analysed now where no current cache exists).
+
+    With ``cluster``, the seeds without a current cache are analysed in parallel on that Dask cluster.
 
     Raises:
         ValueError: a seed has not finished training.
@@ -165,8 +176,27 @@ def study_results(study: Study) -> list[AnalysisResults]:
     if missing:
         raise ValueError(f"Study {study.name!r}: seeds {missing} have not finished training. Continue the study "
                          f"with: topotrace study --name {study.name} (same config and seeds).")
-    return [_analysis(study.seed_dir(s)) for s in study.seeds]
+    return _analyses([study.seed_dir(s) for s in study.seeds], cluster)
 
 
-def _analysis(run_dir: Path) -> AnalysisResults:
-    return cached_results(run_dir) or analyze(run_dir)
+def _train_seed(study: Study, seed: int, train: Callable[[dict], object], note: Callable[[int, str], None]) -> None:
+    run_dir = study.seed_dir(seed)
+    if trained(run_dir):
+        note(seed, "trained")
+        return
+    if run_dir.exists():  # left half-written by this study when it was interrupted
+        shutil.rmtree(run_dir)
+    note(seed, "training")
+    train(seed_config(study, seed))
+
+
+def _analysis(run_dir: Path, cluster: SnapshotCluster | None = None) -> AnalysisResults:
+    return cached_results(run_dir) or analyze(run_dir, cluster=cluster)
+
+
+def _analyses(run_dirs: list[Path], cluster: SnapshotCluster | None) -> list[AnalysisResults]:
+    """The analyses of several runs, in order; on a cluster, all runs at once (one thread each submits tasks)."""
+    if cluster is None or len(run_dirs) < 2:
+        return [_analysis(d, cluster) for d in run_dirs]
+    with ThreadPoolExecutor(len(run_dirs)) as pool:
+        return list(pool.map(lambda d: _analysis(d, cluster), run_dirs))
