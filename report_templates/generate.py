@@ -11,26 +11,31 @@ the one function in the package that calls Bokeh's embedding API. Bokeh's JavaSc
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
+import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
 import jinja2
 import markupsafe
+import numpy as np
 from bokeh.document import Document
 from bokeh.embed import file_html
+from bokeh.events import DocumentReady
 from bokeh.layouts import row
-from bokeh.models import Div
+from bokeh.models import CustomJS, Div
 from bokeh.models.layouts import LayoutDOM
 from bokeh.resources import INLINE
 
 from topotrace.analysis.findings import RULE, Finding, run_findings
 from topotrace.analysis.results import AnalysisResults
 
-from . import charts, compare, findings_view, layout_view, maps
+from . import charts, compare, findings_view, layout_view, maps, pages
 from .words import CLAIM_SHORT, divergence_sentence, finding_sentence, interval, nonfinite_sentences, number
 
 _HERE = Path(__file__).resolve().parent
@@ -141,8 +146,13 @@ def _page_context(results: AnalysisResults, now: _dt.datetime, found: list[Findi
             "nonfinite": nonfinite_sentences(results)}
 
 
-def report_roots(results: AnalysisResults, found: list[Finding] | None = None) -> dict[str, LayoutDOM]:
-    """Every available named figure root of the report (missing data leaves its name out)."""
+def report_roots(results: AnalysisResults, found: list[Finding] | None = None, with_maps: bool = True,
+                 quantized: bool = True) -> dict[str, LayoutDOM]:
+    """Every available named figure root of the report (missing data leaves its name out).
+
+    ``with_maps=False`` leaves the map sections out (the summary page of a report split into layer pages);
+    ``quantized`` is passed to :func:`.maps.map_sections`.
+    """
     roots: dict[str, LayoutDOM] = {}
     measure = charts.measure_select(results)  # shared by the correlation maps and curves
     for name, model in (("findings_charts", findings_view.findings_charts(found or [], results.primary_measure)),
@@ -152,11 +162,25 @@ def report_roots(results: AnalysisResults, found: list[Finding] | None = None) -
                         ("layout_comparison", layout_view.layout_comparison(results))):
         if model is not None:
             roots[name] = model
-    sections = maps.map_sections(results, measure, charts.time_markers(list(roots.values())))
+    sections = (maps.map_sections(results, measure, charts.time_markers(list(roots.values())), quantized=quantized)
+                if with_maps else {})
     roots.update(sections)
     if measure is not None and ("corr_maps" in sections or "corr_summary" in roots):
         roots["corr_view"] = row(measure, name="corr_view")  # the widget itself is also a callback argument
     if not roots:  # Bokeh needs one root to write a page; this one shows nothing
+        roots["placeholder"] = Div(text="", visible=False, name="placeholder")
+    return roots
+
+
+def layer_roots(results: AnalysisResults, layer: str, snapshots: np.ndarray,
+                quantized: bool = True) -> dict[str, LayoutDOM]:
+    """The named roots of one layer's page: its map sections at ``snapshots`` and their controls."""
+    measure = charts.measure_select(results)  # the run's measures, as on the summary page
+    one = dataclasses.replace(results, layers={layer: results.layers[layer]})
+    roots = maps.map_sections(one, measure, [], snapshots=snapshots, quantized=quantized, keep_step=True)
+    if measure is not None and "corr_maps" in roots:
+        roots["corr_view"] = row(measure, name="corr_view")
+    if not roots:
         roots["placeholder"] = Div(text="", visible=False, name="placeholder")
     return roots
 
@@ -175,6 +199,8 @@ def _embed(roots: dict[str, LayoutDOM], title: str, context: dict[str, object],
     with doc.models.freeze():  # one recomputation of the model graph instead of one per root
         for root in roots.values():
             doc.add_root(root)
+    for cb in doc.select({"type": CustomJS, "name": maps.RENDER_NAME}):
+        doc.js_on_event(DocumentReady, cb)  # the maps are drawn in the browser, first when the page is ready
     return file_html(doc, INLINE, title, template=_template(template), template_variables=variables)
 
 
@@ -183,15 +209,91 @@ def _write_page(page: str, out_path: str | os.PathLike) -> Path:
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out
+
+
+def _size(page: str) -> int:
+    return len(page.encode("utf-8"))
+
+
+def _mb(n: float) -> str:
+    return f"{n / pages.MB:.1f} MB"
+
+
+def _map_data_bytes(roots: dict[str, LayoutDOM]) -> int:
+    """Bytes the map values and sample counts of a page's roots take in it (what grows with the snapshots)."""
+    slider = roots["map_controls"].select_one({"name": "time_slider"}) if "map_controls" in roots else None
+    if slider is None:
+        return 0
+    cb = slider.js_property_callbacks["change:value"][0]
+    return sum(pages.embedded_bytes(col) for src in [*cb.args["vsrc"], *cb.args["csrc"]] for col in src.data.values())
+
+
+def _layer_page(results: AnalysisResults, position: int, names: list[str], context: dict[str, object],
+                budget: float, quantized: bool) -> tuple[str, np.ndarray]:
+    """One layer's page, with as many snapshots as fit ``budget`` (:func:`.pages.thin_snapshots`); (page, shown)."""
+    name = names[position]
+    layer = results.layers[name]
+    steps = np.asarray(results.steps)
+    n = results.n_snapshots
+    shown = np.arange(n)
+    index = context["site_index"]
+    page = ""
+    for _ in range(6):  # build, measure, correct the number of snapshots; one correction usually lands
+        roots = layer_roots(results, name, shown, quantized)
+        thinned = len(shown) < n
+        ctx = dict(context, summary_href="../" + str(context["summary_file"]),
+                   site_index=None if index is None else "../" + str(index),
+                   nav=[(other, pages.layer_page_name(i, other), i == position) for i, other in enumerate(names)],
+                   layer={"name": name, "position": position + 1, "count": len(names),
+                          "neurons": int(layer.n_neurons), "layout": layer.default_layout, "thinned": thinned,
+                          "shown": f"{len(shown)} of {n} snapshots" if thinned else f"all {n} snapshots",
+                          "steps": pages.shown_text(steps, shown)})
+        page = _embed(roots, f"topotrace report: {context['run']['name']} · layer {name}", ctx, template="layer.html")
+        size = _size(page)
+        if size <= budget or len(shown) <= 2:
+            break
+        k = pages.fit_count(size, _map_data_bytes(roots), len(shown), budget)
+        shown = pages.thin_snapshots(steps, min(k, len(shown) - 1))
+    if _size(page) > budget:
+        warnings.warn(f"The page of layer {name!r} takes {_mb(_size(page))} with {len(shown)} snapshots, more than "
+                      f"the page budget of {_mb(budget)}; it is written anyway.", stacklevel=3)
+    return page, shown
+
+
+BASE_BYTES = 1_900_000  # BokehJS (about 1.7 MB), the page's text and the summary's charts without layers
+LAYER_BYTES = 80_000  # a layer's share of the summary's charts (findings, correlation summary, strength)
+TILE_BYTES = 4_000  # the models of one map tile in the document, without its data
+
+
+def _single_page_estimate(results: AnalysisResults, names: list[str], quantized: bool) -> int:
+    """A quick estimate of the one-page report's size: BokehJS, the summary's charts and every layer's maps."""
+    est = BASE_BYTES
+    measures = charts.correlation_measures(results)
+    for name in names:
+        layer = results.layers[name]
+        arrays = maps.shipped_values(layer, measures, np.arange(results.n_snapshots), quantized)
+        tiles = sum(a.shape[1] for a in arrays[: len(arrays) - len(measures)]) + (2 if measures else 0)
+        est += LAYER_BYTES + tiles * TILE_BYTES + sum(pages.embedded_bytes(a) for a in arrays)
+        est += 12 * int(layer.n_neurons) * (1 + len(layer.layouts))  # positions: maps and layout comparison
+    return est
 
 
 def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: list[Finding] | None = None,
                  runs: list[tuple[str, str]] | None = None, title: str | None = None,
-                 index: str | None = None) -> Path:
+                 index: str | None = None, page_budget: float = pages.DEFAULT_BUDGET_MB,
+                 quantized: bool = True) -> Path:
     """Write the self-contained HTML report of ``results`` and return its path.
+
+    The report is one page while that fits ``page_budget``; otherwise ``out_path`` holds the summary sections
+    and links to one page per layer with that layer's maps, in the folder :func:`.pages.layer_dir` next to it
+    (see :mod:`.pages` for the rule, and for the snapshots a layer page shows when all of them do not fit).
 
     Args:
         results: the analysis of one store (its maps and charts are shown).
@@ -202,20 +304,59 @@ def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: l
         title: the page's heading; default the run's name.
         index: relative link to the site's ``index.html`` (``topotrace site``), shown in the header; ``None``
             for a report that stands alone.
+        page_budget: the largest page in MB (decimal), at least :data:`.pages.MIN_BUDGET_MB`; ``float("inf")``
+            always writes one page.
+        quantized: ship map values as 8-bit codes (:mod:`.quantize`); False ships float32, as reports did
+            before (for comparisons and benchmarks).
 
     Returns:
-        The path written.
+        The path written (the summary page when the report is split; :func:`report_pages` lists every page).
     """
     if not isinstance(results, AnalysisResults):
         raise TypeError(f"The 'results' parameter must be an AnalysisResults. Got {type(results).__name__} instead.")
+    budget = pages.check_budget(page_budget)
+    out = Path(out_path)
     found = run_findings(results) if found is None else found
     now = _dt.datetime.now(_dt.timezone.utc)
     context = _page_context(results, now, found, list(runs or []))
     if title is not None:
         context["run"] = dict(context["run"], name=title)
-    context["site_index"] = index
-    page = _embed(report_roots(results, found), f"topotrace report: {context['run']['name']}", context)
-    return _write_page(page, out_path)
+    context.update(site_index=index, layer_pages=[], thinned=False, budget_mb=f"{page_budget:g}",
+                   summary_file=out.name)
+    doc_title = f"topotrace report: {context['run']['name']}"
+    names = maps.map_layers(results)
+    folder = pages.layer_dir(out)
+    if not names or budget == math.inf or _single_page_estimate(results, names, quantized) <= 1.2 * budget:
+        page = _embed(report_roots(results, found, quantized=quantized), doc_title, context)
+        if _size(page) <= budget or not names:
+            pages.remove_stale_pages(folder)
+            return _write_page(page, out)
+    entries, written = [], []
+    for i, name in enumerate(names):
+        page, shown = _layer_page(results, i, names, context, budget, quantized)
+        file = pages.layer_page_name(i, name)
+        _write_page(page, folder / file)
+        written.append(file)
+        layer = results.layers[name]
+        entries.append({"name": name, "href": f"{folder.name}/{file}", "neurons": int(layer.n_neurons),
+                        "layout": layer.default_layout, "size": _mb(_size(page)),
+                        "shown": f"{len(shown)} of {results.n_snapshots}", "thinned": len(shown) < results.n_snapshots,
+                        "steps": pages.shown_text(np.asarray(results.steps), shown)})
+    context.update(layer_pages=entries, thinned=any(e["thinned"] for e in entries))
+    page = _embed(report_roots(results, found, with_maps=False), doc_title, context)
+    if _size(page) > budget:
+        warnings.warn(f"The summary page takes {_mb(_size(page))}, more than the page budget of {_mb(budget)} (its "
+                      "charts are not split further); it is written anyway.", stacklevel=2)
+    pages.remove_stale_pages(folder, keep=written)
+    return _write_page(page, out)
+
+
+def report_pages(out_path: str | os.PathLike) -> list[Path]:
+    """The pages of the report written to ``out_path``: the page itself, then its layer pages (if split)."""
+    out = Path(out_path)
+    folder = pages.layer_dir(out)
+    layer_files = sorted(f for f in folder.iterdir() if pages.PAGE_FILE.match(f.name)) if folder.is_dir() else []
+    return [out, *layer_files]
 
 
 def build_comparison(runs: Sequence[tuple[str, AnalysisResults]], out_path: str | os.PathLike,

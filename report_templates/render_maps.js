@@ -1,9 +1,12 @@
-// Renders the topographic maps of one snapshot in the browser (body of a Bokeh CustomJS callback).
+// Renders the topographic maps of one snapshot in the browser (body of a Bokeh CustomJS callback; the page also
+// runs it once when the document is ready, which draws the maps for the first time).
 //
-// Each map tile owns an image source (one H x W float32 image, row 0 at the bottom) and a points source
-// (neuron positions; column "value", a float32 array, feeds the hover tooltip). Neuron values of every snapshot
-// live in value sources (column "v", shape (S, G, N)); the interpolation operator of a layer lives in an
-// operator source (columns "pixel" (P,), "neurons" (P, K), "weights" (P, K)). A frame is
+// Each map tile owns an image source (one H x W float32 image, row 0 at the bottom) and a column of the layer's
+// points source (neuron positions x, y, neuron; the tile's column tile_col, float32, feeds its hover tooltip). Neuron values of the shown
+// snapshots live in value sources (column "v", shape (S, G, N)): either float32 values, or 8-bit codes stored as
+// differences from the previous snapshot (modulo 256), decoded as value = low + code * step, code 255 = NaN
+// (vq[source] = [low, step, 1]; [0, 0, 0] for float32; see quantize.py). The interpolation operator of a layer
+// lives in an operator source (columns "pixel" (P,), "neurons" (P, K), "weights" (P, K)). A frame is
 //     img[pixel[p]] = sum_k u[neurons[p, k]] * weights[p, k],   u[n] = v[s, g, n] - c[n]
 // where c = 0, or, in the contrast view of the activation maps, c[n] = the mean of v[s, :, n] over the groups
 // that are not empty (the reference study's contrast normalisation). Every other pixel is NaN (outside the
@@ -12,23 +15,49 @@
 // Args (all tile_* lists are indexed by map tile):
 //   slider, layer_select (or null), label (Div), play (Toggle), mode (RadioButtonGroup or null: 0 = mean
 //   activation, 1 = contrast), measure_select (Select or null: the confidence measure of the correlation maps),
-//   steps, epochs: per-snapshot numbers for the label,
-//   imgs, pts: the tiles' sources; vsrc, tile_vals, tile_group: value sources and each tile's (source, group);
-//   a correlation tile (tile_kind 2) reads source tile_vals + the selected measure's position;
+//   steps, epochs, snap_no: per shown snapshot (slider position) its step, epoch and 1-based number among the
+//   run's n_total snapshots, for the label; keep_step: take the step to open at from the address (#step=N, the
+//   nearest shown snapshot) and write the shown step into the links of class tt-keepstep;
+//   imgs, pts, tile_col: the tiles' image sources, points sources and value columns in them; vsrc, vq, tile_vals, tile_group: value sources, how each is decoded, and
+//   each tile's (source, group); a correlation tile (tile_kind 2) reads source tile_vals + the selected
+//   measure's position;
 //   osrc, tile_op: operator sources and each tile's operator; tile_layer: each tile's layer position;
 //   tile_kind: 0 activation map that can show contrast, 1 other activation map, 2 correlation map;
 //   tile_title, tile_name, tile_counts, csrc: title models, group names and (index into csrc, column "c" of
 //   shape (S, G), or -1) sample counts written into the title;
 //   panels: per layer position, the layout models shown only while that layer is selected;
-//   tam_mappers, tam_scale ([low, high, contrast limit, sequential?]), tam_bars, tam_hovers, pal_div, pal_seq:
-//   what the contrast switch changes; corr_bars, corr_bar_texts: colour-bar titles per measure;
+//   tam_mappers, tam_scale ([low, high, contrast limit, sequential?]), tam_bars, tam_hovers, tam_tips (per
+//   hover, its tooltips for mean activation and for contrast), pal_div, pal_seq: what the contrast switch
+//   changes; corr_bars, corr_bar_texts: colour-bar titles per measure;
 //   corr_scale (RadioButtonGroup or null: 0 = scale +-1, 1 = fit to data), corr_mappers, corr_heads: per layer
 //   with correlation maps, its colour mapper and heading Div; corr_fit: per such layer, the fit limit per
 //   measure; corr_head_texts: per such layer, the heading for +-1 followed by the fit heading per measure;
-//   markers, marker_x: the current-snapshot Spans of the charts over training time and each snapshot's x
+//   markers, marker_x: the current-snapshot Spans of the charts over training time and each shown snapshot's x
 //   position on them (step, or step + 1 on a log axis).
 const w = window;
+if (w.topotraceCodes === undefined) w.topotraceCodes = new Map();  // value source id -> decoded codes and table
 if (w.topotraceRender === undefined || w.topotraceRender.owner !== slider.id) {
+  // The values of source vi: [array of shape (S, G, N), table code -> value (null for float32 values)].
+  const source = function (vi) {
+    const vals = vsrc[vi].data.v;
+    const [low, step, delta] = vq[vi];
+    if (step === 0) return [vals, null];
+    let got = w.topotraceCodes.get(vsrc[vi].id);
+    if (got === undefined || got[2] !== vals) {
+      const row = vals.shape[1] * vals.shape[2];
+      let codes = vals;
+      if (delta) {                                       // running sum over snapshots, modulo 256
+        codes = new Uint8Array(vals.length);
+        for (let i = 0; i < vals.length; i++) codes[i] = i < row ? vals[i] : (codes[i - row] + vals[i]) & 255;
+      }
+      const table = new Float32Array(256);
+      for (let c = 0; c < 255; c++) table[c] = low + c * step;
+      table[255] = NaN;
+      got = [codes, table, vals];
+      w.topotraceCodes.set(vsrc[vi].id, got);
+    }
+    return [got[0], got[1]];
+  };
   const render = function (s) {
     const t0 = performance.now();
     const layer = layer_select === null ? 0 : Math.max(0, layer_select.options.indexOf(layer_select.value));
@@ -39,49 +68,43 @@ if (w.topotraceRender === undefined || w.topotraceRender.owner !== slider.id) {
     for (let m = 0; m < imgs.length; m++) {
       if (tile_layer[m] !== layer) continue;
       const vi = tile_vals[m] + (tile_kind[m] === 2 ? meas : 0);
-      const vals = vsrc[vi].data.v;                      // flat float32, shape (S, G, N)
-      const shape = vals.shape;
+      const [vals, table] = source(vi);                  // flat, shape (S, G, N)
+      const shape = vsrc[vi].data.v.shape;
       const G = shape[1], N = shape[2];
       const base = (s * G + tile_group[m]) * N;
-      let sub = null;
+      const u = new Float32Array(N);                     // the neuron values drawn
+      if (table === null) { for (let n = 0; n < N; n++) u[n] = vals[base + n]; }
+      else { for (let n = 0; n < N; n++) u[n] = table[vals[base + n]]; }
       if (contrast && tile_kind[m] === 0) {
-        sub = means[vi];
+        let sub = means[vi];
         if (sub === undefined) {                         // mean over the non-empty groups, per neuron
           sub = new Float32Array(N);
           const cnt = new Int32Array(N);
           for (let g = 0; g < G; g++) {
             const b = (s * G + g) * N;
             for (let n = 0; n < N; n++) {
-              const x = vals[b + n];
+              const x = table === null ? vals[b + n] : table[vals[b + n]];
               if (x === x) { sub[n] += x; cnt[n]++; }
             }
           }
           for (let n = 0; n < N; n++) sub[n] = cnt[n] > 0 ? sub[n] / cnt[n] : NaN;
           means[vi] = sub;
         }
+        for (let n = 0; n < N; n++) u[n] -= sub[n];
       }
       const op = osrc[tile_op[m]].data;
       const pixel = op.pixel, nb = op.neurons, wt = op.weights;
       const K = nb.shape[1];
       const img = imgs[m].data.image[0];
       img.fill(NaN);
-      if (sub === null) {
-        for (let p = 0, q = 0; p < pixel.length; p++) {
-          let acc = 0.0;
-          for (let k = 0; k < K; k++, q++) acc += vals[base + nb[q]] * wt[q];
-          img[pixel[p]] = acc;
-        }
-      } else {
-        for (let p = 0, q = 0; p < pixel.length; p++) {
-          let acc = 0.0;
-          for (let k = 0; k < K; k++, q++) acc += (vals[base + nb[q]] - sub[nb[q]]) * wt[q];
-          img[pixel[p]] = acc;
-        }
+      for (let p = 0, q = 0; p < pixel.length; p++) {
+        let acc = 0.0;
+        for (let k = 0; k < K; k++, q++) acc += u[nb[q]] * wt[q];
+        img[pixel[p]] = acc;
       }
       // Hover values change in place without a change event: the tooltip reads them when it shows, and the
       // dots (which never move) are not redrawn or re-indexed.
-      const pv = pts[m].data.value;
-      for (let n = 0; n < N; n++) pv[n] = sub === null ? vals[base + n] : vals[base + n] - sub[n];
+      pts[m].data[tile_col[m]].set(u);
       if (tile_counts[m] >= 0) {
         const c = csrc[tile_counts[m]].data.c;
         const text = tile_name[m] + " (n = " + c[s * G + tile_group[m]] + ")";
@@ -92,7 +115,13 @@ if (w.topotraceRender === undefined || w.topotraceRender.owner !== slider.id) {
     for (const src of touched) src.change.emit();
     const i = Math.min(s, steps.length - 1);
     label.text = "<span class='tt-steplabel'>step " + steps[i].toLocaleString("en-US") + " \u00b7 epoch " +
-                 epochs[i] + " \u00b7 snapshot " + (i + 1) + " of " + steps.length + "</span>";
+                 epochs[i] + " \u00b7 snapshot " + snap_no[i] + " of " + n_total + "</span>";
+    if (keep_step) {                                     // the other layer pages open at this step
+      w.topotraceStep = steps[i];
+      for (const a of document.querySelectorAll("a.tt-keepstep")) {
+        a.href = a.getAttribute("href").split("#")[0] + "#step=" + steps[i];
+      }
+    }
     // The markers follow once the maps have painted (each moved marker repaints its whole chart, which would
     // otherwise about double the frame time); a newer frame cancels a pending move.
     if (markers.length > 0) {
@@ -137,8 +166,7 @@ if (cb_obj === play) {
       mapper.high = contrast ? climit : high;
       tam_bars[i].title = contrast ? "contrast: mean activation minus the mean over the groups" : "mean activation";
     }
-    const what = contrast ? "contrast" : "mean activation";
-    for (const hover of tam_hovers) hover.tooltips = [["neuron", "@neuron"], [what, "@value{0.000}"]];
+    for (let i = 0; i < tam_hovers.length; i++) tam_hovers[i].tooltips = tam_tips[i][contrast ? 1 : 0];
   }
   if (measure_select !== null && cb_obj === measure_select) {
     const k = Math.max(0, measure_select.options.indexOf(measure_select.value));
@@ -160,5 +188,18 @@ if (cb_obj === play) {
       for (const model of panels[l]) model.visible = (l === layer);
     }
   }
-  w.topotraceRender(slider.value);
+  let s = slider.value;
+  // Called by none of the widgets: the document is ready (the page has just opened).
+  const ready = ![slider, play, mode, measure_select, layer_select, corr_scale].includes(cb_obj);
+  if (keep_step && ready) {
+    const want = /[#&]step=(-?\d+)/.exec(window.location.hash);  // opened from another layer page
+    if (want !== null) {
+      const step = Number(want[1]);
+      let best = 0;
+      for (let k = 1; k < steps.length; k++) if (Math.abs(steps[k] - step) < Math.abs(steps[best] - step)) best = k;
+      s = best;
+      if (slider.value !== s) slider.value = s;          // its change runs this callback, which draws the maps
+    }
+  }
+  w.topotraceRender(s);
 }

@@ -109,8 +109,14 @@ def test_slider_changes_map_pixels_and_frame_time(page_and_log, tmp_path):
     assert blocked == [] and errors == []
 
 
+# A tile's hover values are its own column of the layer's shared points source, named in its hover tooltip.
+TILE_COLUMN_JS = """const tileColumn = (fig) => {
+  const hover = fig.toolbar.tools.find(t => t.tooltips !== undefined);
+  return /@(\\w+)/.exec(hover.tooltips[1][1])[1];
+};"""
 NEURON_XY_JS = """(i) => {
   // Page position of neuron i's dot on the first class map, from the plot's own scales.
+  """ + TILE_COLUMN_JS + """
   const doc = Bokeh.documents[0];
   const grid = doc.get_model_by_name('tam_maps').children[0].children.find(c => c.type === 'GridPlot');
   const fig = grid.children[0][0];
@@ -119,12 +125,16 @@ NEURON_XY_JS = """(i) => {
   for (const root of Object.values(Bokeh.index)) { view = root.owner.find_one(fig); if (view) break; }
   const rect = view.el.getBoundingClientRect();
   return [rect.left + view.frame.x_scale.compute(data.x[i]), rect.top + view.frame.y_scale.compute(data.y[i]),
-          data.neuron[i], data.value[i]];
+          data.neuron[i], data[tileColumn(fig)][i]];
 }"""
 
 
-def test_hover_shows_neuron_tooltip(page_and_log):
-    """Hovering a neuron's dot on a map shows its id and current value."""
+def test_hover_shows_neuron_tooltip(page_and_log, built):
+    """Hovering a neuron's dot on a map shows its id and current value, to the precision shipped (with ±)."""
+    import re
+
+    from topotrace.report_templates.quantize import precision_text, value_format
+
     page, _, errors = page_and_log
     page.locator("section#maps canvas").first.evaluate("e => e.scrollIntoView({block: 'center'})")
     x, y, neuron, value = page.evaluate(NEURON_XY_JS, 7)
@@ -133,7 +143,13 @@ def test_hover_shows_neuron_tooltip(page_and_log):
     content.first.wait_for(state="visible", timeout=3000)
     text = " ".join(content.first.inner_text().split())
     assert f"neuron: {neuron} " in text
-    assert f"mean activation: {value:.3f}" in text
+    # The values are shipped as 8-bit codes (design change, issue 15): the tooltip gives the value to the digit of
+    # the shipped precision, step / 2 of the layer's colour range, and states it.
+    layer = next(iter(built[1].layers.values()))
+    bound = 2 * layer.color_limit / 254 / 2  # a signed layer: range [-L, L]
+    decimals = len(value_format(bound).partition(".")[2])
+    assert f"mean activation: {value:.{decimals}f} \u00b1 {precision_text(bound)}" in text, text
+    assert re.search(r"mean activation: -?\d+\.\d+ \u00b1 0\.0\d", text)
     page.mouse.move(0, 0)
     assert errors == []
 
@@ -165,16 +181,20 @@ SHOW_JS = """async ([s, layer]) => {
 }"""
 TILE_JS = """([root, g]) => {
   // Hover values (the neuron values drawn) and colour range of tile g of the first grid of the first layer.
+  """ + TILE_COLUMN_JS + """
   const d = Bokeh.documents[0];
   const grid = d.get_model_by_name(root).children[0].children.find(c => c.type === 'GridPlot');
   const fig = grid.children[g][0];
   const mapper = fig.renderers[0].glyph.color_mapper;
-  return [Array.from(fig.renderers[1].data_source.data.value), mapper.low, mapper.high, fig.title.text];
+  return [Array.from(fig.renderers[1].data_source.data[tileColumn(fig)]), mapper.low, mapper.high, fig.title.text];
 }"""
 
 
 def test_contrast_view_subtracts_group_mean(page_and_log, built):
     """The contrast switch draws each class NAP minus the neuron's mean over classes, on a symmetric scale."""
+    from topotrace.report_templates.maps import activation_span
+    from topotrace.report_templates.quantize import quantize
+
     page, _, errors = page_and_log
     res = built[1]
     layer = next(iter(res.layers.values()))
@@ -182,13 +202,18 @@ def test_contrast_view_subtracts_group_mean(page_and_log, built):
     page.evaluate(SHOW_JS, [s, 0])
     raw, low, high, _ = page.evaluate(TILE_JS, ["tam_maps", g])
     naps = np.asarray(layer.naps["class"].naps[s], np.float64)  # (G, N)
-    np.testing.assert_allclose(raw, naps[g], rtol=1e-6, atol=1e-6)
+    # The page ships 8-bit codes (issue 15): the values drawn are the decoded codes, within step / 2 of the NAPs.
+    q = quantize(layer.naps["class"].naps, *activation_span(layer))
+    shipped = q.decode()[s]
+    np.testing.assert_allclose(raw, shipped[g], rtol=1e-6, atol=1e-6)
+    assert np.abs(np.asarray(raw) - naps[g]).max() <= q.bound * (1 + 1e-6)
     assert (low, high) == pytest.approx((-layer.color_limit, layer.color_limit))  # signed synthetic layer
     before = _map_png(page)
     page.evaluate("async () => { Bokeh.documents[0].get_model_by_name('tam_mode').active = 1;"
                   " await new Promise(r => setTimeout(r, 150)); }")
     con, low, high, _ = page.evaluate(TILE_JS, ["tam_maps", g])
-    np.testing.assert_allclose(con, naps[g] - np.nanmean(naps, axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(con, shipped[g] - np.nanmean(shipped, axis=0), rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(con) - (naps[g] - np.nanmean(naps, axis=0))).max() <= q.step  # the contrast bound
     assert (low, high) == pytest.approx((-layer.color_limit_contrast, layer.color_limit_contrast))
     after = _map_png(page)
     assert (np.abs(before - after).sum(axis=2) > 30).mean() > 0.02
@@ -202,6 +227,8 @@ def test_contrast_view_subtracts_group_mean(page_and_log, built):
 
 def test_measure_selector_switches_maps_and_curves(page_and_log, built):
     """Choosing another confidence measure redraws the correlation maps and swaps the summary curves."""
+    from topotrace.report_templates.style import corr_fit_limit
+
     page, _, errors = page_and_log
     res = built[1]
     layer = next(iter(res.layers.values()))
@@ -211,7 +238,9 @@ def test_measure_selector_switches_maps_and_curves(page_and_log, built):
     assert page.evaluate("Bokeh.documents[0].get_model_by_name('corr_measure').value") == res.primary_measure
     other = [m for m in options if m != res.primary_measure][-1]
     vals, *_ = page.evaluate(TILE_JS, ["corr_maps", 0])
-    np.testing.assert_allclose(vals, np.nan_to_num(layer.corr[res.primary_measure].pearson[s]), atol=1e-6)
+    # r is shipped as 8-bit codes on +-(largest |r|) of the layer and measure (issue 15): within step / 2 = fit / 254.
+    bound = corr_fit_limit(layer, res.primary_measure) / 254
+    np.testing.assert_allclose(vals, np.nan_to_num(layer.corr[res.primary_measure].pearson[s]), atol=bound * 1.0001)
     got = page.evaluate("""async (m) => {
         const d = Bokeh.documents[0];
         d.get_model_by_name('corr_measure').value = m;
@@ -220,7 +249,8 @@ def test_measure_selector_switches_maps_and_curves(page_and_log, built):
         return [Array.from(fig.renderers[0].data_source.data.frac_sig_pos), fig.title.text];
     }""", other)
     vals, *_ = page.evaluate(TILE_JS, ["corr_maps", 1])
-    np.testing.assert_allclose(vals, np.nan_to_num(layer.corr[other].pearson_within[s]), atol=1e-6)
+    bound = corr_fit_limit(layer, other) / 254
+    np.testing.assert_allclose(vals, np.nan_to_num(layer.corr[other].pearson_within[s]), atol=bound * 1.0001)
     np.testing.assert_allclose(got[0], layer.corr[other].summary["frac_sig_pos"])
     title = page.evaluate("Bokeh.documents[0].get_model_by_name('corr_summary').children[0].children[0].title.text")
     assert title.endswith(f"mean r with {other}")

@@ -53,6 +53,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=int, default=4, help="PNG pixels per map grid cell (default: 4)")
     parser.add_argument("--contrast", action="store_true",
                         help="draw the PNG maps as contrast to the other groups (group mean subtracted per neuron)")
+    parser.add_argument("--page-budget", type=float, default=10.0, metavar="MB",
+                        help="largest HTML page in MB (default: 10; at least 2): a report that does not fit one "
+                             "page becomes a summary page plus one page per layer, and a layer page that does not "
+                             "fit shows a log-spaced subset of the snapshots; 'inf' always writes one page")
     add_analysis_options(parser)
     add_until_good_option(parser)
 
@@ -118,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"The layer of '--png' must be one of the store's layers {layers}. Got {layer!r}.")
     if args.scale < 1:
         raise ValueError(f"The '--scale' option must be an int >= 1 (PNG pixels per map grid cell). Got {args.scale}.")
+    _check_page_budget(args.page_budget)
     out = Path(args.out) if args.out else path.parent / "report.html"
     check_output_file(out, siblings=("findings.json",) + (("maps",) if pngs else ()))
     from .cmd_analyze import analysis_kwargs, analysis_options_given, describe_params
@@ -135,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     found = run_findings(results)
     with _removed_on_failure(out.with_name(out.name + ".tmp"), out.with_name("findings.json.tmp")):
-        build_report(results, out, found, index=None if args.out else site_index_for(out))
+        build_report(results, out, found, index=None if args.out else site_index_for(out),
+                     page_budget=args.page_budget)
         if found:
             write_findings_json(found, out.with_name("findings.json"))
     t2 = time.perf_counter()
@@ -147,10 +153,31 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, TypeError) as err:
             raise ValueError(f"PNG {layer}:{grouping}:{group}:{snapshot} not written: {err}") from err
         print(f"map: {visible(target)}", file=sys.stderr)
-    size = out.stat().st_size / 1e6
-    print(f"analysis {t1 - t0:.1f} s, report {t2 - t1:.1f} s, {size:.1f} MB", file=sys.stderr)
+    print(f"analysis {t1 - t0:.1f} s, report {t2 - t1:.1f} s, {pages_summary(out)}", file=sys.stderr)
     print(visible(out))
     return 0
+
+
+def _check_page_budget(budget: float) -> None:
+    from topotrace.report_templates.pages import MIN_BUDGET_MB
+
+    if not budget >= MIN_BUDGET_MB:  # also NaN
+        raise ValueError(f"The '--page-budget' option must be a number of MB >= {MIN_BUDGET_MB} (every page carries "
+                         f"BokehJS, about 1.7 MB), or inf for one page. Got {budget:g}.")
+
+
+def pages_summary(out: Path) -> str:
+    """``"4.2 MB"`` for a one-page report; else the summary page, the layer pages, the largest and the total."""
+    from topotrace.report_templates.generate import report_pages
+
+    from .cli import visible
+
+    files = report_pages(out)
+    sizes = [f.stat().st_size / 1e6 for f in files]
+    if len(files) == 1:
+        return f"{sizes[0]:.1f} MB"
+    return (f"{sizes[0]:.1f} MB summary page + {len(files) - 1} layer pages in {visible(files[1].parent.name)}/ "
+            f"(largest {max(sizes[1:]):.1f} MB; {sum(sizes):.1f} MB in all)")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,122 @@
+"""The page rule: one page, or a summary page plus one page per layer; which snapshots a layer page shows.
+
+A report is one page while that page fits the page budget (``topotrace report --page-budget``, default
+:data:`DEFAULT_BUDGET_MB` MB). Otherwise the summary sections stay in the report's file and each layer's maps go to
+a page of their own (:func:`layer_page_name`, in the folder :func:`layer_dir` next to the report). A layer page
+that does not fit the budget with every snapshot shows an evenly log-spaced subset of them, first and last always
+kept (:func:`thin_snapshots`), as many as fit. The charts over training time on the summary page keep every
+snapshot.
+
+Sizes are what the page really takes: a page is built, measured and, when it is over the budget, built again with
+fewer snapshots (the map values take a share of the page that grows linearly with the snapshots shown, so one
+correction usually lands). :func:`embedded_bytes` gives the bytes one array takes in a Bokeh page (gzip at Bokeh's
+level, then base64), the same arithmetic Bokeh does.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from bokeh.settings import settings
+
+MB = 1_000_000  # page sizes and budgets are in decimal megabytes, as printed
+DEFAULT_BUDGET_MB = 10.0
+MIN_BUDGET_MB = 2.0  # BokehJS alone takes about 1.7 MB of every page
+PAGE_FILE = re.compile(r"^\d{2,}-.+\.html$")  # names of layer pages (layer_page_name)
+
+
+def check_budget(budget_mb: float) -> float:
+    """``budget_mb`` as bytes; a number >= :data:`MIN_BUDGET_MB` (``inf``: always one page)."""
+    if isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float)):
+        raise TypeError(f"The 'page_budget' parameter must be a number of MB. Got {type(budget_mb).__name__} instead.")
+    if math.isnan(budget_mb) or budget_mb < MIN_BUDGET_MB:
+        raise ValueError(f"The 'page_budget' parameter must be >= {MIN_BUDGET_MB} (MB; a page carries BokehJS, "
+                         f"about 1.7 MB). Got {budget_mb!r} instead.")
+    return float(budget_mb) * MB
+
+
+def embedded_bytes(arr: np.ndarray) -> int:
+    """Bytes one array takes in a Bokeh standalone page (gzip at Bokeh's level, then base64)."""
+    raw = np.ascontiguousarray(arr).tobytes()
+    return len(base64.b64encode(gzip.compress(raw, mtime=1, compresslevel=settings.compression_level())))
+
+
+def thin_snapshots(steps: Sequence[int] | np.ndarray, k: int) -> np.ndarray:
+    """Indices of ``k`` snapshots evenly spaced in log(step - first step + 1), first and last always kept.
+
+    Args:
+        steps: the run's steps, shape (S,), increasing.
+        k: how many to keep (at least 2, or S when S < 2).
+
+    Returns:
+        Increasing indices, shape (min(k, S),). Each target position on the log axis takes the nearest snapshot
+        not yet taken, so a schedule that is already log-spaced keeps about every (S / k)-th snapshot, and an
+        evenly spaced one keeps more snapshots early in training, where it changes fastest.
+    """
+    s = np.asarray(steps, dtype=np.float64)
+    n = len(s)
+    k = int(k)
+    if k >= n or n <= 2:
+        return np.arange(n)
+    k = max(k, 2)
+    x = np.log1p(np.maximum(s - s[0], 0.0))
+    chosen = {0, n - 1}
+    for t in np.linspace(x[0], x[-1], k)[1:-1]:
+        order = np.argsort(np.abs(x - t), kind="stable")
+        chosen.add(int(next(i for i in order if int(i) not in chosen)))
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def fit_count(size: int, data: int, shown: int, budget: float) -> int:
+    """Snapshots a page can show within ``budget`` bytes (at least 2).
+
+    Args:
+        size: bytes of the page built with ``shown`` snapshots.
+        data: bytes of its map values, the part that grows linearly with the snapshots (the rest does not).
+        shown: snapshots it shows.
+        budget: the page budget in bytes.
+    """
+    per = max(data, 1) / max(shown, 1)
+    fixed = size - data
+    return max(2, int((0.98 * budget - fixed) // per))
+
+
+def layer_dir(out: Path) -> Path:
+    """The folder of a report's layer pages: ``<report name>_layers`` next to it."""
+    return out.with_name(out.stem + "_layers")
+
+
+def layer_page_name(position: int, layer: str) -> str:
+    """File name of the page of the layer at ``position`` (0-based): ``01-<layer>.html``, the name made safe."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer).strip("._") or "layer"
+    return f"{position + 1:02d}-{safe}.html"
+
+
+def remove_stale_pages(folder: Path, keep: Sequence[str] = ()) -> None:
+    """Remove the layer pages in ``folder`` that a new build did not write (then the folder, if left empty).
+
+    Only files named like :func:`layer_page_name` are touched, so nothing else a user keeps there is lost.
+    """
+    if not folder.is_dir():
+        return
+    for f in folder.iterdir():
+        if f.is_file() and PAGE_FILE.match(f.name) and f.name not in keep:
+            f.unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def shown_text(steps: Sequence[int] | np.ndarray, shown: np.ndarray, limit: int = 40) -> str:
+    """``"steps 0, 1, 3, ... and 12,345"``: the steps of the shown snapshots (all of them up to ``limit``)."""
+    vals = [f"{int(steps[i]):,}" for i in shown]
+    if len(vals) > limit:
+        vals = vals[: limit - 1] + ["…", vals[-1]]
+    if len(vals) == 1:
+        return f"step {vals[0]}"
+    return "steps " + ", ".join(vals[:-1]) + " and " + vals[-1]
