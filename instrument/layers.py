@@ -163,15 +163,25 @@ def resolve_reductions(layers: Mapping[str, nn.Module], reductions: Mapping[str,
                                                       for k, v in reductions.items()):
         raise TypeError(f"The 'reductions' parameter must map layer names or globs to reduction names. "
                         f"Got {reductions!r} instead.")
-    out: dict[str, str] = {}
     for key, reduction in reductions.items():
         if reduction not in REDUCTIONS:
             raise ValueError(f"Unknown reduction {reduction!r} for {key!r}. Allowed: {list(REDUCTIONS)}")
+    return _per_layer(layers, reductions, "reductions")
+
+
+def _per_layer(layers: Mapping[str, nn.Module], given: Mapping[str, object], what: str) -> dict[str, object]:
+    """``{layer name or glob: value}`` -> ``{layer name: value}`` over the selected layers (later keys win).
+
+    Raises:
+        ValueError: a key that matches no selected layer.
+    """
+    out: dict[str, object] = {}
+    for key, value in given.items():
         rx = glob_regex(layer_name(key))
         hits = [n for n in layers if rx.fullmatch(n)]
         if not hits:
-            raise ValueError(f"The 'reductions' key {key!r} matches no selected layer. Selected: {list(layers)}")
-        out |= dict.fromkeys(hits, reduction)
+            raise ValueError(f"The '{what}' key {key!r} matches no selected layer. Selected: {list(layers)}")
+        out |= dict.fromkeys(hits, value)
     return out
 
 
@@ -192,14 +202,7 @@ def resolve_outputs(layers: Mapping[str, nn.Module], outputs: Mapping[str, Outpu
                                                    for k, v in outputs.items()):
         raise TypeError(f"The 'outputs' parameter must map layer names or globs to an int index, a str key or "
                         f"attribute name, or a callable output -> tensor. Got {outputs!r} instead.")
-    out: dict[str, OutputSelector] = {}
-    for key, selector in outputs.items():
-        rx = glob_regex(layer_name(key))
-        hits = [n for n in layers if rx.fullmatch(n)]
-        if not hits:
-            raise ValueError(f"The 'outputs' key {key!r} matches no selected layer. Selected: {list(layers)}")
-        out |= dict.fromkeys(hits, selector)
-    return out
+    return _per_layer(layers, outputs, "outputs")
 
 
 def _is_selector(value: object) -> bool:
