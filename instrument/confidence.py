@@ -8,10 +8,23 @@ with :func:`register_measure` and select them with ``Recorder(measures=[...])``:
     from topotrace.instrument.confidence import register_measure
 
     register_measure("gini", lambda p, y: 1.0 - (p**2).sum(axis=1))
+
+Measures that need more than one softmax per sample are recorded by the recorder itself, not selected with
+``measures=``; their names are reserved (:data:`DERIVED_MEASURES`):
+
+- ``temp_prob`` (:func:`fit_temperature`, :func:`temperature_softmax`): the largest probability after
+  temperature scaling (Guo et al. 2017) with a temperature fitted at every snapshot on the probe set named
+  ``"train"`` (:data:`TEMPERATURE_PROBE`) and applied to every probe set. Recorded whenever the recorder has a
+  probe set of that name; without one it is not recorded (no error).
+- ``mc_prob`` and ``mc_mutual_info`` (:func:`mc_dropout_measures`): Monte-Carlo dropout (Gal & Ghahramani
+  2016) over ``Recorder(mc_dropout=K)`` stochastic passes: the largest probability of the mean softmax, and the
+  mutual information between the prediction and the dropout masks (BALD, Houlsby et al. 2011), an epistemic
+  uncertainty. Recorded only with ``mc_dropout > 0``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -19,9 +32,19 @@ import numpy as np
 Measure = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 DEFAULT_MEASURES = ("max_prob", "margin", "entropy", "true_prob", "logit_margin")
+TEMP_PROB = "temp_prob"
+MC_PROB = "mc_prob"
+MC_MUTUAL_INFO = "mc_mutual_info"
+MC_MEASURES = (MC_PROB, MC_MUTUAL_INFO)
+# Recorded by the recorder from more than one softmax per sample; reserved names, not selectable in measures=.
+DERIVED_MEASURES = (TEMP_PROB, *MC_MEASURES)
+TEMPERATURE_PROBE = "train"  # the probe set the temperature of temp_prob is fitted on
+# Temperature search: minimise the mean NLL over T in [0.05, 20] (Newton in 1/T) to a relative 1e-6 in T.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+TEMPERATURE_RTOL = 1e-6
 # Measures whose higher values mean *less* confidence; the findings turn their sign around so that "with
 # confidence" means the same for every measure. A registered measure counts as higher = more confident.
-UNCERTAINTY_MEASURES = frozenset({"entropy"})
+UNCERTAINTY_MEASURES = frozenset({"entropy", MC_MUTUAL_INFO})
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -94,6 +117,9 @@ def register_measure(name: str, fn: Measure) -> None:
     """
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"The 'name' parameter must be a non-empty str without '/'. Got {name!r} instead.")
+    if name in DERIVED_MEASURES:
+        raise ValueError(f"The 'name' parameter must not be one of the recorder's own measures "
+                         f"{list(DERIVED_MEASURES)}. Got {name!r} instead.")
     if not callable(fn):
         raise TypeError(f"The 'fn' parameter must be callable (probs, labels) -> values. Got {type(fn).__name__}.")
     _REGISTRY[name] = fn
@@ -108,6 +134,12 @@ def check_measures(measures: Sequence[str] | None) -> tuple[str, ...]:
                         f"Got {measures!r} instead.")
     out = tuple(measures)
     for m in out:
+        if m == TEMP_PROB:
+            raise ValueError(f"The 'measures' parameter lists {m!r}: it is not selected there but recorded "
+                             f"whenever a probe set is named {TEMPERATURE_PROBE!r}. Remove it from 'measures'.")
+        if m in MC_MEASURES:
+            raise ValueError(f"The 'measures' parameter lists {m!r}: it is not selected there but recorded with "
+                             "Recorder(mc_dropout=K), K > 0. Remove it from 'measures'.")
         if m not in _REGISTRY:
             raise ValueError(f"Unknown confidence measure {m!r}. Available: {list(_REGISTRY)}")
     if len(set(out)) != len(out):
@@ -143,3 +175,117 @@ def outcomes(
             raise ValueError(f"Confidence measure {m!r} returned shape {values.shape}; expected {labels.shape}.")
         conf[m] = values.astype(np.float32)
     return pred, pred == labels, loss, conf
+
+
+def _entr_sum(probs: np.ndarray) -> np.ndarray:
+    """Shannon entropy (natural log) of each row of ``probs`` (n, C), with 0 log 0 = 0; shape (n,)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(probs > 0, probs * np.log(probs), 0.0)
+    return -plogp.sum(axis=1)
+
+
+def mc_dropout_measures(prob_sum: np.ndarray, entropy_sum: np.ndarray, n_passes: int) -> dict[str, np.ndarray]:
+    """Monte-Carlo dropout measures from running sums over ``n_passes`` stochastic passes.
+
+    Args:
+        prob_sum: array of shape (n, C): the sum over the passes of each pass's softmax probabilities.
+        entropy_sum: array of shape (n,): the sum over the passes of each pass's entropy (natural log).
+        n_passes: K, the number of passes summed.
+
+    Returns:
+        ``{"mc_prob": (n,), "mc_mutual_info": (n,)}``, float32: the largest probability of the mean softmax
+        p̄ = prob_sum / K, and the mutual information H[p̄] − mean_k H[p_k] in nats (BALD), which lies in
+        [0, log C]; it is clipped at 0 from below, where rounding leaves it a few ulps negative. Higher
+        ``mc_mutual_info`` means *less* confidence (it is in :data:`UNCERTAINTY_MEASURES`).
+    """
+    mean = np.asarray(prob_sum, np.float64) / n_passes  # [n, C]
+    mi = _entr_sum(mean) - np.asarray(entropy_sum, np.float64).reshape(-1) / n_passes
+    return {MC_PROB: mean.max(axis=1).astype(np.float32), MC_MUTUAL_INFO: np.maximum(mi, 0.0).astype(np.float32)}
+
+
+def temperature_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Row-wise ``softmax(logits / temperature)`` in float64.
+
+    Args:
+        logits: array of shape (n, C).
+        temperature: T > 0 (NaN gives NaN rows).
+
+    Returns:
+        Array of shape (n, C), float64.
+    """
+    return softmax(np.asarray(logits, np.float64) / temperature)
+
+
+def _nll_slope(z: np.ndarray, zy: np.ndarray, beta: float) -> tuple[float, float]:
+    """First and second derivative in beta of the mean NLL of ``softmax(beta * z)``.
+
+    ``z`` (n, C) float64 logits, ``zy`` (n,) the true class's logit. With p = softmax(beta z), the NLL's slope is
+    mean(E_p[z] - z_y) and its curvature mean(Var_p[z]) >= 0: the NLL is convex in beta = 1/T.
+    """
+    s = z * beta
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)  # [n, C]
+    ez = (p * z).sum(axis=1)  # [n]
+    dz = z - ez[:, None]
+    return float(np.mean(ez - zy)), float(np.mean((p * dz * dz).sum(axis=1)))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T that minimises the mean negative log-likelihood of ``softmax(logits / T)`` (Guo et al. 2017).
+
+    The NLL is convex in beta = 1/T, so its minimum is where its slope in beta is zero: found by Newton's method
+    in beta, started at T = 1 and kept inside a bracket that shrinks with the slope's sign; a step that leaves
+    the bracket first tries the bound it points at, then bisects. T is searched in [0.05, 20]
+    (:data:`TEMPERATURE_BOUNDS`) and the search stops when a step changes 1/T by less than a relative 1e-6
+    (:data:`TEMPERATURE_RTOL`; after a Newton step the error left is far smaller). Where the minimum lies beyond
+    a bound (every sample right, with growing margins: T -> 0; logits no better than chance: T -> inf), that
+    bound is returned, or the T at which the NLL has become flat to float64 precision on the way there. Each
+    step is one pass over the logits; 5 to 10 steps are typical. Rows with a non-finite logit are left out.
+
+    Args:
+        logits: array of shape (n, C).
+        labels: array of shape (n,), int64 true classes.
+
+    Returns:
+        T, a float in [0.05, 20]; NaN when no row has only finite logits.
+    """
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64)
+    if z.ndim != 2 or y.shape != (z.shape[0],):
+        raise ValueError(f"fit_temperature needs logits of shape (n, C) and labels of shape (n,). "
+                         f"Got logits {z.shape} and labels {y.shape}.")
+    ok = np.isfinite(z).all(axis=1)
+    if not ok.all():
+        z, y = z[ok], y[ok]
+    if len(y) == 0:
+        return float("nan")
+    zy = z[np.arange(len(y)), y]
+    a, b = 1.0 / TEMPERATURE_BOUNDS[1], 1.0 / TEMPERATURE_BOUNDS[0]  # the bounds of beta = 1/T
+    lo, hi = a, b  # the minimum lies in [lo, hi]
+    tried_a = tried_b = False
+    beta = 1.0
+    for _ in range(200):
+        slope, curv = _nll_slope(z, zy, beta)
+        if slope > 0:  # the minimum is at a smaller beta
+            if beta <= a:
+                return TEMPERATURE_BOUNDS[1]
+            hi = beta
+        elif slope < 0:
+            if beta >= b:
+                return TEMPERATURE_BOUNDS[0]
+            lo = beta
+        else:
+            break
+        new = beta - slope / curv if curv > 0 else math.nan
+        if not lo < new < hi:  # outside the bracket (or no curvature): try the bound it points at once, else bisect
+            if slope > 0 and lo == a and not tried_a:
+                new, tried_a = a, True
+            elif slope < 0 and hi == b and not tried_b:
+                new, tried_b = b, True
+            else:
+                new = 0.5 * (lo + hi)
+        done = abs(new - beta) <= TEMPERATURE_RTOL * beta
+        beta = new
+        if done:
+            break
+    return float(1.0 / beta)

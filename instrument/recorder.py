@@ -29,8 +29,25 @@ recorder is called inside the training's autocast block. A recorded value that i
 store's float16 range is stored as ±inf (counted with the non-finite values in ``probes/<set>/nonfinite``) and
 its layer is warned about once, with the advice to record with ``act_dtype="float32"``.
 
+Monte-Carlo dropout (``mc_dropout=K``, K > 0): after the eval-mode pass, still under ``torch.no_grad()`` and
+without any forward hook (the activations stored are the eval-mode ones), each probe set runs K more times with
+every dropout module (any ``torch.nn.modules.dropout._DropoutNd``: ``nn.Dropout``, ``Dropout1d/2d/3d``,
+``AlphaDropout``, ``FeatureAlphaDropout``) in training mode and every other module in eval mode (BatchNorm uses
+and keeps its running statistics). Per probe batch the K passes run one after the other in the probe batch
+size, and their softmax probabilities and entropies are summed on the model's device (float64), so only two
+sums per sample reach the host, never the K softmax arrays. The passes draw their dropout masks from the
+global RNGs under :func:`torch.random.fork_rng` (CPU and the model's device): at the start of each probe set
+the generators are seeded with ``MC_SEED_BASE + step`` (CPU, and the model's device only), so a recording
+is reproducible and one probe set's masks do not depend on the others; on leaving the fork the RNG states
+are back where they were, and the pass's own save and restore of the CPU and CUDA states and of every
+``training`` flag (in ``finally``, also when a pass raises) covers the MC passes too: training with
+``mc_dropout`` stays bit-identical to training without a recorder. Functional dropout
+(``F.dropout(x, p, self.training)`` in a module that is not a dropout module) stays off.
+
 What the writer thread does: softmax, predictions, correctness, per-sample loss and confidence measures
-(:mod:`topotrace.instrument.confidence`), and the append to the store
+(:mod:`topotrace.instrument.confidence`; with MC dropout ``mc_prob`` and ``mc_mutual_info`` from the sums;
+with a probe set named ``"train"`` the temperature fitted on its logits and ``temp_prob`` for every probe set),
+and the append to the store
 (:mod:`topotrace.instrument.store.writer`). At most ``queue_size`` snapshots are in the writer's hands (queued or being
 written); when all are taken, :meth:`Recorder.step` blocks until the writer has caught up (back-pressure bounds
 memory to ``queue_size`` snapshots).
@@ -62,10 +79,11 @@ import h5py
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.parameter import is_lazy
 
 from . import confidence
-from .hooks import HostCopies, capture
+from .hooks import Capture, HostCopies, capture
 from .layers import (
     LayerSelector,
     LogitsSelector,
@@ -77,12 +95,17 @@ from .layers import (
     select_logits,
     unwrap,
 )
-from .store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, open_writer
+from .store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, open_writer, recorded_measures
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
 _set = object.__setattr__
+
+MC_SEED_BASE = 2016  # the MC-dropout passes of the snapshot at step s are seeded with MC_SEED_BASE + s
+# Keys of the MC-dropout sums in a pass's host arrays; a leading "." is never part of a named_modules() name.
+_MC_PROB_SUM = ".mc_prob_sum"  # (n, C) float64: sum over the K passes of softmax(logits)
+_MC_ENTROPY_SUM = ".mc_entropy_sum"  # (n, 1) float64: sum over the K passes of the entropy (nats)
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,6 +154,28 @@ def _device_of(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def mc_seed(step: int) -> int:
+    """The seed of the MC-dropout passes of the snapshot at ``step``: ``MC_SEED_BASE + step`` (mod 2**63)."""
+    return (MC_SEED_BASE + step) % (1 << 63)
+
+
+def _seed_generators(seed: int, device: torch.device) -> None:
+    """Seed the CPU generator and the default generator of ``device`` (no other device's)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    elif device.type != "cpu":
+        torch.get_device_module(device.type).manual_seed(seed)
+
+
+def _fork_rng(device: torch.device) -> contextlib.AbstractContextManager:
+    """Fork the CPU RNG and, for an accelerator, the RNG of ``device``: restored on leaving the block."""
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    return torch.random.fork_rng(devices=[device], device_type=device.type)
 
 
 def _eager() -> contextlib.AbstractContextManager:
@@ -195,6 +240,15 @@ class Recorder:
             block).
         compression: ``None`` (default) or ``"gzip"``.
         measures: confidence measure names (:mod:`topotrace.instrument.confidence`); ``None`` records all defaults.
+            Besides them, with a probe set named ``"train"``, ``temp_prob`` is recorded for every probe set:
+            the largest probability of ``softmax(logits / T)`` with the temperature T fitted at each snapshot on
+            the ``"train"`` probe set's logits alone (:func:`topotrace.instrument.confidence.fit_temperature`),
+            and T itself (``Store.temperature``). Without a probe set of that name neither is recorded.
+        mc_dropout: K >= 0. With K > 0, at each snapshot every probe set also runs K times with the dropout
+            modules in training mode (the module docstring says how; the masks are seeded with
+            ``MC_SEED_BASE + step``), and ``mc_prob`` (the largest probability of the mean softmax) and
+            ``mc_mutual_info`` (mutual information, nats; higher = less confident) are recorded. Costs K
+            forward passes of the probe sets per snapshot. 0 (default): off.
         reductions: layer name or glob -> reduction (``"flatten"``, ``"channel_mean"``, ``"token_mean"``)
             (:mod:`topotrace.instrument.layers`). Automatic only where the shape leaves no doubt: [batch, d] ->
             ``"flatten"``, [batch, C, H, W] and [batch, C, D, H, W] -> ``"channel_mean"``. Any other shape,
@@ -222,6 +276,7 @@ class Recorder:
             ``logits``, logits not of shape (batch, n_classes), a layer output holding several tensors without
             ``outputs``, a layer output without an automatic reduction (e.g. [batch, A, B]) missing from
             ``reductions``. Nothing is written when the constructor raises.
+        ValueError: ``mc_dropout > 0`` and the model has no dropout module.
         RuntimeError: a selected layer does not run in the model's forward pass (checked by a dry pass on two
             probe samples, which leaves the model, its modes and the RNG states as they were).
         StoreError: ``resume=True`` and the existing store was recorded with a different setup.
@@ -249,6 +304,7 @@ class Recorder:
         batch_size: int = 512,
         queue_size: int = 4,
         autocast: torch.dtype | None = None,
+        mc_dropout: int = 0,
     ):
         self._model = unwrap(model)
         self.path = Path(path)
@@ -273,7 +329,17 @@ class Recorder:
             if lo < 0 or hi >= n_classes:
                 raise ValueError(f"ProbeSet {p.name!r}: labels must lie in 0..{n_classes - 1} "
                                  f"(len(class_names) = {n_classes}). Got labels {lo}..{hi}.")
-        self.measures = confidence.check_measures(measures)
+        self._registered = confidence.check_measures(measures)  # computed from the eval pass's softmax alone
+        bad_k = (f"The 'mc_dropout' parameter must be an int >= 0 (stochastic passes per probe set at each "
+                 f"snapshot; 0 = off). Got {mc_dropout!r} instead.")
+        if isinstance(mc_dropout, bool) or not isinstance(mc_dropout, (int, np.integer)):
+            raise TypeError(bad_k)
+        if mc_dropout < 0:
+            raise ValueError(bad_k)
+        self.mc_dropout = int(mc_dropout)
+        derived = (confidence.TEMP_PROB,) if any(p.name == confidence.TEMPERATURE_PROBE for p in self.probes) else ()
+        derived += confidence.MC_MEASURES if self.mc_dropout else ()
+        self.measures = self._registered + derived
         for name, value in (("batch_size", batch_size), ("queue_size", queue_size)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"The {name!r} parameter must be an int >= 1. Got {value!r} instead.")
@@ -306,6 +372,14 @@ class Recorder:
         self._reductions = resolve_reductions(self.layers, reductions)
         self._outputs = resolve_outputs(self.layers, outputs)
         self._modules = list(self._model.modules())  # whose training flags a probe pass saves and restores
+        self._dropouts = [m for m in self._modules if isinstance(m, _DropoutNd)]  # on during MC-dropout passes
+        if self.mc_dropout and not self._dropouts:
+            raise ValueError(f"Recorder(mc_dropout={self.mc_dropout}) needs dropout modules in the model; found none "
+                             f"among its {len(self._modules)} modules. Add nn.Dropout layers or set mc_dropout=0.")
+        if self.mc_dropout and all(float(getattr(m, "p", 0.0)) == 0.0 for m in self._dropouts):
+            warnings.warn(f"Recorder(mc_dropout={self.mc_dropout}): every dropout module of the model has p=0, so "
+                          "the MC-dropout passes equal the eval pass (mc_mutual_info = 0).", RuntimeWarning,
+                          stacklevel=2)
         self._labels = {p.name: p.y.detach().cpu().numpy().astype(np.int64) for p in self.probes}
         self._x_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
 
@@ -321,6 +395,10 @@ class Recorder:
             reduction = planned[name]
             n = n_neurons_for(shape, reduction)
             layer_specs.append(LayerSpec(name, n, reduction, tuple(int(s) for s in shape)))
+        if resume and confidence.TEMP_PROB in self.measures and self.path.exists():
+            old = recorded_measures(self.path)  # a store recorded before temp_prob was automatic goes on without it
+            if old is not None and confidence.TEMP_PROB not in old:
+                self.measures = tuple(m for m in self.measures if m != confidence.TEMP_PROB)
         self.spec = StoreSpec(
             layers=tuple(layer_specs),
             probes=tuple(ProbeSpec(p.name, p.index, self._labels[p.name]) for p in self.probes),
@@ -330,6 +408,8 @@ class Recorder:
             compression=compression,
         )
         full_meta = _default_meta(self._model, schedule)
+        if self.mc_dropout:
+            full_meta["mc_dropout"] = {"passes": self.mc_dropout, "seed": f"{MC_SEED_BASE} + step"}
         user = dict(meta or {})
         if isinstance(user.get("versions"), Mapping):
             user["versions"] = {**full_meta["versions"], **user["versions"]}
@@ -404,7 +484,7 @@ class Recorder:
             raise ValueError(f"Steps must increase strictly: step {step} after step {self._last_submitted} "
                              f"(store {self.path}). On resume, continue after rec.last_step.")
         t = time.time()
-        payload, copies = self._probe_pass()
+        payload, copies = self._probe_pass(step)
         self._last_submitted = step
         self._pending.append((step, copies))
         self._check_overflow()  # this pass's counts on the CPU; on CUDA those of earlier passes that arrived
@@ -456,13 +536,15 @@ class Recorder:
         return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
 
     def _run(self, inputs: Mapping[str, torch.Tensor], bufs: dict[str, dict[str, np.ndarray]],
-             act_dtype: np.dtype | str = np.float32
+             act_dtype: np.dtype | str = np.float32, mc_step: int | None = None
              ) -> tuple[dict[str, tuple[int, ...]], dict[str, str], HostCopies]:
         """One probe pass over ``inputs`` (probe name -> [n, ...]); model state restored afterwards.
 
         Fills ``bufs``: probe name -> {layer name -> (n, n_neurons) act_dtype, "": logits (n, C) float32};
-        arrays already there are overwritten in place (on CUDA: once the returned copies are ready). Returns
-        layer name -> output shape of one sample, layer name -> reduction, and the copies to the host.
+        arrays already there are overwritten in place (on CUDA: once the returned copies are ready). With
+        ``mc_step`` (the snapshot's step) and ``mc_dropout > 0``, the MC-dropout passes follow
+        (:meth:`_mc_passes`). Returns layer name -> output shape of one sample, layer name -> reduction, and the
+        copies to the host.
         """
         model = self._model
         device = _device_of(model)
@@ -477,21 +559,24 @@ class Recorder:
             # object.__setattr__ skips nn.Module.__setattr__'s parameter/buffer bookkeeping (a bool is neither).
             for m in modules:
                 _set(m, "training", False)
-            with (torch.no_grad(), _eager(), self._precision(device),
-                  capture(self.layers, self._reductions, act_dtype, self._outputs) as cap):
-                for name, x in inputs.items():
-                    x = x.to(device)  # a no-op when the probe set already lives on the model's device
-                    n = x.shape[0]
-                    dest = bufs.setdefault(name, {})
-                    for start in range(0, n, bs):
-                        cap.begin(dest, n, start)
-                        batch = x[start : start + bs]
-                        out = select_logits(model(batch), self._logits)  # [batch, C]
-                        cap.end_batch()
-                        if out.ndim != 2 or out.shape[0] != batch.shape[0]:
-                            raise ValueError(self._bad_logits(out, batch.shape[0], name))
-                        cap.write("", out, np.float32)  # rows start.. of dest[""], (n, C) float32
-                shapes, reductions, copies = cap.sample_shapes, cap.reductions(), cap.finish()
+            with torch.no_grad(), _eager(), self._precision(device):
+                with capture(self.layers, self._reductions, act_dtype, self._outputs) as cap:
+                    for name, x in inputs.items():
+                        x = x.to(device)  # a no-op when the probe set already lives on the model's device
+                        n = x.shape[0]
+                        dest = bufs.setdefault(name, {})
+                        for start in range(0, n, bs):
+                            cap.begin(dest, n, start)
+                            batch = x[start : start + bs]
+                            out = select_logits(model(batch), self._logits)  # [batch, C]
+                            cap.end_batch()
+                            if out.ndim != 2 or out.shape[0] != batch.shape[0]:
+                                raise ValueError(self._bad_logits(out, batch.shape[0], name))
+                            cap.write("", out, np.float32)  # rows start.. of dest[""], (n, C) float32
+                    shapes, reductions = cap.sample_shapes, cap.reductions()
+                if mc_step is not None and self.mc_dropout:  # the hooks are gone: nothing records these passes
+                    self._mc_passes(inputs, bufs, cap, device, mc_step)
+                copies = cap.finish()
         finally:
             for m, flag in zip(modules, modes):
                 _set(m, "training", flag)
@@ -499,6 +584,39 @@ class Recorder:
             if cuda_rng is not None:
                 torch.cuda.set_rng_state(cuda_rng, device)
         return shapes, reductions, copies
+
+    def _mc_passes(self, inputs: Mapping[str, torch.Tensor], bufs: dict[str, dict[str, np.ndarray]], cap: Capture,
+                   device: torch.device, step: int) -> None:
+        """K stochastic passes per probe batch with the dropout modules on; their sums go to ``bufs``.
+
+        Called by :meth:`_run` with every module in eval mode (it restores all flags and the CPU and CUDA RNG
+        states afterwards). Fills ``bufs[probe][_MC_PROB_SUM]`` (n, C) and ``bufs[probe][_MC_ENTROPY_SUM]``
+        (n, 1), float64: the sums over the K passes of the softmax probabilities and of their entropy (nats).
+        """
+        model, k, bs = self._model, self.mc_dropout, self.batch_size
+        acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        for m in self._dropouts:
+            _set(m, "training", True)
+        with _fork_rng(device):
+            for name, x in inputs.items():
+                _seed_generators(mc_seed(step), device)  # per probe set: its masks do not depend on the others
+                x = x.to(device)
+                n = x.shape[0]
+                dest = bufs[name]
+                for start in range(0, n, bs):
+                    batch = x[start : start + bs]
+                    prob_sum = entropy_sum = None
+                    for _ in range(k):
+                        p = torch.softmax(select_logits(model(batch), self._logits).to(acc), dim=1)  # [batch, C]
+                        h = torch.special.entr(p).sum(dim=1, keepdim=True)  # [batch, 1]
+                        if prob_sum is None:
+                            prob_sum, entropy_sum = p, h
+                        else:
+                            prob_sum += p
+                            entropy_sum += h
+                    cap.begin(dest, n, start)
+                    cap.write(_MC_PROB_SUM, prob_sum, np.float64)  # rows start.. of (n, C)
+                    cap.write(_MC_ENTROPY_SUM, entropy_sum, np.float64)  # rows start.. of (n, 1)
 
     def _bad_logits(self, out: torch.Tensor, batch: int, probe: str) -> str:
         chosen = self._logits
@@ -512,13 +630,14 @@ class Recorder:
                 f"{tuple(out.shape)} for probe set {probe!r}. Pass logits= (an index, key or callable) that gives "
                 "the (batch, n_classes) logits.")
 
-    def _probe_pass(self) -> tuple[dict[str, dict[str, np.ndarray]], HostCopies]:
+    def _probe_pass(self, step: int) -> tuple[dict[str, dict[str, np.ndarray]], HostCopies]:
         try:  # host arrays of a snapshot the writer has finished with: reused, so no fresh memory per pass
             bufs = self._free.get_nowait()
         except queue.Empty:
             bufs = {}
         device = _device_of(self._model)
-        _, _, copies = self._run({p.name: self._inputs(p, device) for p in self.probes}, bufs, self.spec.act_dtype)
+        _, _, copies = self._run({p.name: self._inputs(p, device) for p in self.probes}, bufs, self.spec.act_dtype,
+                                 mc_step=step)
         return bufs, copies
 
     def _dry_pass(self) -> tuple[dict[str, tuple[int, ...]], dict[str, str], int]:
@@ -612,10 +731,19 @@ class Recorder:
     def _build(self, item: tuple) -> Snapshot:
         step, epoch, t, payload, _ = item
         snap = Snapshot(step=step, epoch=epoch, time=t)
+        if confidence.TEMP_PROB in self.measures:  # fitted on the train probe set alone, applied to every set
+            tr = confidence.TEMPERATURE_PROBE
+            snap.temperature = confidence.fit_temperature(payload[tr][""], self._labels[tr])
         for p in self.probes:
             arrays = payload[p.name]
             logits = arrays[""]
-            pred, correct, loss, conf = confidence.outcomes(logits, self._labels[p.name], self.measures)
+            pred, correct, loss, conf = confidence.outcomes(logits, self._labels[p.name], self._registered)
+            if snap.temperature is not None:
+                probs = confidence.temperature_softmax(logits, snap.temperature)  # [n, C]
+                conf[confidence.TEMP_PROB] = probs.max(axis=1).astype(np.float32)
+            if self.mc_dropout:
+                conf |= confidence.mc_dropout_measures(arrays[_MC_PROB_SUM], arrays[_MC_ENTROPY_SUM][:, 0],
+                                                       self.mc_dropout)
             acts = {name: arrays[name] for name in self.layers}  # already in the store's dtype
             snap.probes[p.name] = ProbeRecord(acts, logits, pred, correct, loss, conf)
         return snap

@@ -42,6 +42,7 @@ from .format import (
     StoreSpec,
     resolve_store_path,
 )
+from .integrity import recorded_measures
 from .reader import Store
 from .repair import clear_writer_flag, writer_state
 from .writer import StoreWriter, open_writer
@@ -64,6 +65,7 @@ __all__ = [
     "StoreWriter",
     "clear_writer_flag",
     "open_writer",
+    "recorded_measures",
     "resolve_store_path",
     "writer_state",
 ]

@@ -21,6 +21,15 @@ COMPRESSIONS = (None, "gzip")
 
 STORE_FILE = "store.h5"  # a run folder runs/<name>/ holds its store under this name
 NONFINITE = "nonfinite"  # probes/<set>/nonfinite: (S, n_layers + 1) int64 non-finite counts (layers, then logits)
+# /temperature: (S,) float64, the temperature fitted at each snapshot for the measure TEMPERATURE_MEASURE
+# (topotrace.instrument.confidence.TEMP_PROB); a store has it exactly when its measures include that measure.
+TEMPERATURE = "temperature"
+TEMPERATURE_MEASURE = "temp_prob"
+
+
+def has_temperature(spec: StoreSpec) -> bool:
+    """Whether a store of ``spec`` holds the per-snapshot dataset ``/temperature``."""
+    return TEMPERATURE_MEASURE in spec.measures
 
 
 def resolve_store_path(path: str | os.PathLike) -> Path:
@@ -148,12 +157,17 @@ class ProbeRecord:
 
 @dataclass
 class Snapshot:
-    """Everything recorded at one training step."""
+    """Everything recorded at one training step.
+
+    ``temperature`` is the temperature of the measure ``temp_prob`` fitted at this step (NaN if it could not be
+    fitted); it is given exactly when the store's measures include ``temp_prob`` (:func:`has_temperature`).
+    """
 
     step: int
     epoch: int
     time: float  # seconds since the Unix epoch when the probe pass ran
     probes: dict[str, ProbeRecord] = field(default_factory=dict)
+    temperature: float | None = None  # the fitted temperature; a float exactly when the store has /temperature
 
 
 def _json(obj: object) -> str:

@@ -18,6 +18,7 @@ What is checked before HDF5 sees the file, how long HDF5 may retry, how its fail
 from __future__ import annotations
 
 import ctypes
+import json
 import functools
 import os
 import time
@@ -256,3 +257,17 @@ def first_bad_chunk(ds: h5py.Dataset, n: int, size: int) -> tuple[int, str] | No
         else:
             hi = mid
     return lo * rows, bad(lo) or "is damaged"
+
+
+def recorded_measures(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """The confidence measures the store at ``path`` records, or None where they cannot be read.
+
+    For a recorder resuming an older store (one recorded before a measure became automatic); a store that cannot
+    be read is reported by the writer's own open, with its reason.
+    """
+    try:
+        check_file(Path(path))
+        with open_swmr(Path(path)) as f:
+            return tuple(str(m) for m in json.loads(f.attrs["measures"]))
+    except (StoreError, *HDF5_ERRORS):
+        return None

@@ -20,6 +20,7 @@ import numpy.typing as npt
 from .format import (
     ATTRS_DIGEST,
     NONFINITE,
+    TEMPERATURE,
     LayerSpec,
     ProbeSpec,
     StoreError,
@@ -27,6 +28,7 @@ from .format import (
     _check_format,
     _plain,
     _read_spec,
+    has_temperature,
 )
 from .integrity import ADVICE, HDF5_ERRORS, check_file, first_bad_chunk, hdf5_errors, open_swmr, reason_of
 
@@ -110,6 +112,8 @@ class Store:
         if stored is not None and _plain(stored) != _attrs_digest(f.attrs):
             raise self._damaged(f"its attributes do not match their checksum (attribute {ATTRS_DIGEST!r})")
         expected: dict[str, tuple[int, ...]] = {"step": (), "epoch": (), "time": ()}
+        if has_temperature(spec):
+            expected[TEMPERATURE] = ()
         n_classes = spec.n_classes
         for p in spec.probes:
             n = len(p.index)
@@ -321,6 +325,16 @@ class Store:
     def times(self) -> np.ndarray:
         """Array of shape (n_snapshots,), float64 Unix seconds of each probe pass."""
         return self._rows("time")
+
+    @property
+    def temperature(self) -> np.ndarray | None:
+        """Array of shape (n_snapshots,), float64 temperatures of ``temp_prob``; None for a store without it.
+
+        The temperature fitted at each snapshot on the probe set ``"train"`` (NaN where it could not be fitted).
+        """
+        if not has_temperature(self.spec):
+            return None
+        return self._rows(TEMPERATURE)
 
     def _probe(self, probe: str) -> str:
         if probe not in self.probes:

@@ -20,6 +20,7 @@ from .format import (
     LIBVER,
     NONFINITE,
     SCHEMA_VERSION,
+    TEMPERATURE,
     Snapshot,
     StoreError,
     StoreSpec,
@@ -29,6 +30,7 @@ from .format import (
     _json,
     _read_spec,
     _spec_to_attrs,
+    has_temperature,
 )
 from .reader import Store
 from .repair import clear_writer_flag, flock
@@ -135,9 +137,11 @@ class StoreWriter:
         self._committed = f["committed"]
         self._n = int(self._committed[0])
         self._last_step = int(f["step"][self._n - 1]) if self._n else None
-        # Dataset handles, looked up once: "step", "epoch", "time" and (probe, key) for key "logits", "pred",
-        # "correct", "loss", "acts/<layer>", "conf/<measure>", NONFINITE.
-        datasets: dict[object, h5py.Dataset] = {name: f[name] for name in ("step", "epoch", "time")}
+        # Dataset handles, looked up once: "step", "epoch", "time", TEMPERATURE (if the store records temp_prob)
+        # and (probe, key) for key "logits", "pred", "correct", "loss", "acts/<layer>", "conf/<measure>", NONFINITE.
+        self._has_temperature = has_temperature(spec)
+        scalars = ("step", "epoch", "time") + ((TEMPERATURE,) if self._has_temperature else ())
+        datasets: dict[object, h5py.Dataset] = {name: f[name] for name in scalars}
         # Stores written before non-finite counts existed have no NONFINITE dataset and stay without one.
         self._has_nonfinite = {p.name: NONFINITE in f[f"probes/{p.name}"] for p in spec.probes}
         for p in spec.probes:
@@ -201,6 +205,8 @@ class StoreWriter:
             f.create_dataset("committed", data=np.zeros(1, np.int64))
             for name, dtype in (("step", "int64"), ("epoch", "int64"), ("time", "float64")):
                 per_snapshot(f, name, (), dtype)
+            if has_temperature(spec):
+                per_snapshot(f, TEMPERATURE, (), "float64")
             n_classes = spec.n_classes
             for p in spec.probes:
                 g = f.create_group(f"probes/{p.name}")
@@ -297,6 +303,11 @@ class StoreWriter:
             raise StoreError(
                 f"Steps must increase strictly: step {snap.step} after step {self._last_step} in {self.path}."
             )
+        if (snap.temperature is not None) != self._has_temperature:
+            given = "gives" if snap.temperature is not None else "does not give"
+            holds = "records" if self._has_temperature else "does not record"
+            raise StoreError(f"Snapshot at step {snap.step} {given} a temperature, but {self.path} {holds} one "
+                             f"(it is recorded exactly with the measure 'temp_prob').")
         names = sorted(p.name for p in self.spec.probes)
         if sorted(snap.probes) != names:
             raise StoreError(f"Snapshot at step {snap.step} has probe sets {sorted(snap.probes)}; expected {names}.")
@@ -339,6 +350,8 @@ class StoreWriter:
             rows["step"].write(i, snap.step)
             rows["epoch"].write(i, snap.epoch)
             rows["time"].write(i, snap.time)
+            if self._has_temperature:
+                rows[TEMPERATURE].write(i, snap.temperature)
             for name, rec in snap.probes.items():
                 logits = rows[name, "logits"].write(i, rec.logits)
                 rows[name, "pred"].write(i, rec.pred)
