@@ -11,7 +11,7 @@ from pathlib import Path
 DEFAULTS: dict[str, dict[str, object]] = {
     "run": {"name": "digits", "seed": 0, "out_dir": "runs"},
     "data": {"source": "digits", "path": "", "test_fraction": 0.25, "heldout_per_class": 40,
-             "train_probe_per_class": 40},
+             "train_probe_per_class": 40, "train_per_class": 0},
     "model": {"hidden": [128, 64], "dropout": 0.0, "batchnorm": False},
     "train": {"epochs": 30, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
     "record": {"layers": ["hidden1", "hidden2"], "schedule": "log", "snapshots": 60, "every": 50,
@@ -102,6 +102,9 @@ def _check_values(cfg: dict) -> None:
         if cfg[section][key] < 1:
             raise ValueError(f"The '{section}.{key}' setting must be >= 1. Got {cfg[section][key]!r} instead.")
     _check_range(cfg, "data", "train_probe_per_class", 0)
+    if cfg["data"]["train_per_class"] < 0:  # the upper bound depends on the data: checked by data.train_subset
+        raise ValueError(f"The 'data.train_per_class' setting must be an int >= 0 (0 = all training images, N = N "
+                         f"per class). Got {cfg['data']['train_per_class']!r} instead.")
     _check_range(cfg, "data", "test_fraction", 0.0, 1.0, low_open=True)
     _check_range(cfg, "train", "lr", 0.0, low_open=True)
     _check_range(cfg, "train", "momentum", 0.0, 1.0)

@@ -123,3 +123,30 @@ def stratified_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndar
         idx = np.flatnonzero(labels == c)
         picks.append(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
     return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
+def train_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """The training images a run trains on (the ``data.train_per_class`` setting): all, or a seeded few per class.
+
+    Args:
+        labels: array of shape (n_train,), the training split's classes.
+        per_class: 0 for every image; otherwise this many images of each class, drawn at random with ``seed``.
+        seed: the seed of the draw (the same seed gives the same images).
+
+    Returns:
+        Sorted indices into the training split, array of shape (n,), int64.
+
+    Raises:
+        ValueError: ``per_class`` is negative or larger than the smallest class of the training split.
+    """
+    if per_class < 0:
+        raise ValueError(f"The 'data.train_per_class' setting must be an int >= 0 (0 = all training images). "
+                         f"Got {per_class!r} instead.")
+    if per_class == 0:
+        return np.arange(len(labels), dtype=np.int64)
+    classes, counts = np.unique(labels, return_counts=True)
+    if per_class > counts.min():
+        raise ValueError(f"The 'data.train_per_class' setting must be at most {counts.min()} for this data (the "
+                         f"training split holds {counts.min()} images of class {classes[counts.argmin()]}, its "
+                         f"smallest), or 0 for all training images. Got {per_class!r} instead.")
+    return stratified_indices(labels, per_class, seed)

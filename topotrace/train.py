@@ -26,7 +26,7 @@ from topotrace.instrument.schedules import every, log_spaced, per_epoch
 from topotrace.instrument.store import FORMAT, LIBVER, STORE_FILE, Store, writer_state
 
 from .config import check_data_path, to_toml
-from .data import load_dataset, stratified_indices
+from .data import load_dataset, stratified_indices, train_subset
 
 
 class MLP(nn.Module):
@@ -320,6 +320,12 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
     torch.manual_seed(seed)
     d = cfg["data"]
     data = load_dataset(d["source"], d["path"], d["test_fraction"], seed)
+    trained = train_subset(data.y_train, d["train_per_class"], seed + 2)  # indices into the training split
+    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    description = data.description
+    if d["train_per_class"] > 0:
+        x_train, y_train = x_train[trained], y_train[trained]  # [n_trained, n_features], [n_trained]
+        description += f"; trained on {d['train_per_class']} per class ({len(trained)} images)"
     m = cfg["model"]
     model = MLP(data.x_train.shape[1], list(m["hidden"]), len(data.class_names), m["dropout"], m["batchnorm"])
 
@@ -327,11 +333,10 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
     held = stratified_indices(data.y_test, d["heldout_per_class"], seed)
     probes.append(ProbeSet("heldout", torch.from_numpy(data.x_test[held]), torch.from_numpy(data.y_test[held]), held))
     if d["train_probe_per_class"] > 0:
-        tr = stratified_indices(data.y_train, d["train_probe_per_class"], seed + 1)
+        tr = trained[stratified_indices(data.y_train[trained], d["train_probe_per_class"], seed + 1)]  # trained on
         probes.append(ProbeSet("train", torch.from_numpy(data.x_train[tr]), torch.from_numpy(data.y_train[tr]), tr))
 
     t = cfg["train"]
-    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     steps_per_epoch = -(-len(x_train) // t["batch_size"])
     total_steps = steps_per_epoch * t["epochs"]
     r = cfg["record"]
@@ -339,7 +344,7 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
         "run_name": cfg["run"]["name"],
         "seed": seed,
         "config": cfg,
-        "data": data.description,
+        "data": description,
         "host": platform.node(),
         "total_steps": total_steps,
     }
