@@ -66,7 +66,7 @@ class Finding:
 
     Attributes:
         layer: layer name.
-        claim: a key of :data:`CLAIMS`.
+        claim: a key of :data:`CLAIMS` (or of :data:`TRENDS`: :func:`trend_findings`).
         measure: the confidence measure (``""`` for the claims with training time).
         effect: mean of the runs' effects (for correlations: tanh of the mean Fisher z).
         ci_low: lower end of the 95 % interval (across runs; the bootstrap interval for one run).
@@ -105,11 +105,11 @@ class Finding:
 
     @property
     def quantity(self) -> str:
-        return CLAIMS[self.claim][0]
+        return CLAIMS[self.claim][0] if self.claim in CLAIMS else self.claim
 
     @property
     def versus(self) -> str:
-        return CLAIMS[self.claim][1]
+        return CLAIMS[self.claim][1] if self.claim in CLAIMS else "time"
 
     def to_json(self) -> dict[str, object]:
         """The machine-readable form written to ``findings.json`` (``docs/analysis.md``)."""
@@ -275,3 +275,64 @@ def combine(layer: str, claim: str, measure: str, evidences: Sequence[SampleEvid
     onset = _onset(steps, band[:, 0]) if versus == "confidence" else -1
     return Finding(layer, claim, measure, effect, lo, hi, len(evidences), verdict(lo, run_effects), text,
                    run_effects, steps, curve, band, curves, peak, onset)
+
+
+# ------------------------------------------------------------------------------ beyond the study: trends
+TRENDS = {
+    "dormant_share_grows": "change of the share of tau-dormant units (tau = {tau:g}) from the first snapshot to "
+                           "the last",
+    "nc1_falls": "log of NC1 at the first snapshot over NC1 at the last (positive: within-class variability "
+                 "collapses)",
+    "ece_rises_after_loss_minimum": "change of the expected calibration error ({measure}, held-out probe set) from "
+                                    "the snapshot of the lowest held-out loss to the last snapshot",
+}
+
+
+def trend_findings(runs: Sequence[AnalysisResults], names: Sequence[str] | None = None) -> list[Finding]:
+    """The trends beyond the study's claims (:data:`TRENDS`) of one run or of replicate runs, by :data:`RULE`.
+
+    Each run's effect and interval are its bootstrap over probe samples (``LayerResult.trends``,
+    ``AnalysisResults.ece_trend``); across runs, the mean with a t-interval (:func:`interval_across_runs`).
+    Per layer: ``dormant_share_grows`` and ``nc1_falls``; per run (layer ``""``), for each calibrated measure:
+    ``ece_rises_after_loss_minimum`` (absent when the held-out loss is lowest at the last snapshot). Results
+    analysed before these trends existed give none.
+
+    Returns:
+        :class:`Finding` objects with these claim names; ``curve`` is the mean over runs of the per-snapshot
+        quantity (dormant share, NC1, held-out ECE), ``band`` NaN (the intervals are for the change only).
+    """
+    if not runs:
+        return []
+    names = list(names) if names is not None else [f"run {i}" for i in range(len(runs))]
+    first = runs[0]
+    steps = np.asarray(first.steps)
+    tau = float(first.params.get("dormant_tau", float("nan")))
+    out: list[Finding] = []
+
+    def make(layer: str, claim: str, measure: str, effects: list[np.ndarray], curves: list[np.ndarray]) -> None:
+        vals = [np.asarray(e, np.float64) for e in effects]
+        run_effects = [RunEffect(n, float(v[0]), float(v[1]), float(v[2])) for n, v in zip(names, vals)]
+        if len(vals) == 1:
+            effect, lo, hi = (float(x) for x in vals[0])
+        else:
+            effect, lo, hi = interval_across_runs(np.array([v[0] for v in vals]))
+        stacked = np.array([np.asarray(c, np.float64)[: len(steps)] for c in curves])
+        with np.errstate(invalid="ignore"):
+            curve = np.nanmean(stacked, axis=0) if np.isfinite(stacked).any() else stacked[0]
+        text = TRENDS[claim].format(tau=tau, measure=measure)
+        out.append(Finding(layer, claim, measure, effect, lo, hi, len(vals), verdict(lo, run_effects), text,
+                           run_effects, steps, curve, np.full((len(steps), 2), np.nan), stacked))
+
+    for layer in first.layers:
+        lrs = [r.layers.get(layer) for r in runs]
+        if any(lr is None or "dormant_change" not in lr.trends or len(lr.dormant) != len(steps) for lr in lrs):
+            continue
+        make(layer, "dormant_share_grows", "", [lr.trends["dormant_change"] for lr in lrs], [lr.dormant for lr in lrs])
+        nc1 = [-np.asarray(lr.trends["nc1_log_ratio"])[[0, 2, 1]] for lr in lrs]  # falls: log(first / last)
+        make(layer, "nc1_falls", "", nc1, [lr.nc1 for lr in lrs])
+    for m in first.ece_trend:
+        if not all(m in r.ece_trend and r.calibration.get("heldout") is not None for r in runs):
+            continue
+        curves = [r.calibration["heldout"].ece[r.calibration["heldout"].measures.index(m)] for r in runs]
+        make("", "ece_rises_after_loss_minimum", m, [r.ece_trend[m] for r in runs], curves)
+    return out

@@ -41,10 +41,11 @@ from threadpoolctl import threadpool_limits
 
 from topotrace.instrument.store import Store, resolve_store_path
 
-from . import evidence, maps, naps, stats
+from . import calibration, collapse, evidence, maps, naps, stats
 from .layouts import NeuronLayout, shepard_score, trustworthiness_score
 from .results import (
     AnalysisResults,
+    Calibration,
     CorrResult,
     Divergence,
     GroupedNaps,
@@ -55,9 +56,10 @@ from .results import (
     save_results,
 )
 
-ANALYSIS_VERSION = 7  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
+ANALYSIS_VERSION = 8  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
 # 5: layers say whether they are non-negative; 6: per-sample evidence, per-snapshot bins, no trend p-values;
-# 7: non-finite values left out per statistic (with counts), layouts without non-finite neurons, divergence
+# 7: non-finite values left out per statistic (with counts), layouts without non-finite neurons, divergence;
+# 8: calibration (ECE, reliability, temperature), dormant units, NC1, train-vs-probe NAP gap, trends
 ALPHA = 0.05
 GRID = 64
 RANDOM_STATE = 0
@@ -71,6 +73,11 @@ MIN_MAP_FILL = 0.4  # see pick_default_layout; a round body fills about 0.6-0.8 
 # (a share of values, so one NaN neuron is not a divergence: it is left out and placed nowhere); the run diverged
 # at the first snapshot of its tail of diverged snapshots, and the analysis stops before it.
 DIVERGED_SHARE = 0.5
+N_BOOT_TRENDS = 200  # bootstrap resamples of the probe samples behind the trends (dormant share, NC1, ECE)
+TRAIN_PROBE = "train"  # the probe set drawn from the training data (overfitting view)
+HELDOUT_PROBE = "heldout"
+CALIBRATED_MEASURES = ("max_prob", "temp_prob")  # probabilities of the predicted class (argmax of the logits)
+ECE_BINS = calibration.ECE_BINS
 
 Progress = Callable[[str, int, int], None]
 
@@ -199,7 +206,7 @@ class _LayerPass:
     """Accumulates the per-snapshot results of one layer during the streaming pass (row s: snapshot s)."""
 
     _ROWS = ("strength", "distinctness", "strength_by_bin", "distinctness_by_bin", "cka", "excluded_values",
-             "excluded_samples")
+             "excluded_samples", "dormant", "dormant_mask", "nc1", "boot_ends")
 
     def __init__(self, n_s: int, n_neurons: int, measures: Sequence[str], n_bins: int, group_sizes: dict[str, int],
                  n_samples: int):
@@ -217,6 +224,11 @@ class _LayerPass:
         self.cka = np.full(n_s, np.nan)
         self.excluded_values = np.zeros(n_s, np.int64)
         self.excluded_samples = np.zeros(n_s, np.int64)
+        self.dormant = np.full(n_s, np.nan)
+        self.dormant_mask = np.zeros((n_s, n_neurons), bool)
+        self.nc1 = np.full(n_s, np.nan)
+        # bootstrap replicates over probe samples of (dormant share, NC1); filled at the first and last snapshot
+        self.boot_ends = np.full((n_s, 2, N_BOOT_TRENDS), np.nan, np.float32)
         self.per_sample = np.full((2, n_s, n_samples), np.nan)  # strength and distinctness of every probe sample
         self.sample_corr: list[dict[str, np.ndarray]] = [{}] * n_s  # their correlations with confidence
 
@@ -356,6 +368,7 @@ def analyze(
         "alpha": ALPHA, "grid": GRID, "min_map_fill": MIN_MAP_FILL, "random_state": RANDOM_STATE,
         "cka_max_samples": CKA_MAX_SAMPLES,
         "layout_features": "class NAPs at the last snapshot", "metric": "cosine", "n_boot": evidence.N_BOOT,
+        "dormant_tau": collapse.DORMANT_TAU, "ece_bins": ECE_BINS, "n_boot_trends": N_BOOT_TRENDS,
     }
     report = progress or (lambda stage, done, total: None)
     with Store(path, until_good=until_good) as store:
@@ -397,12 +410,18 @@ def analyze(
                 layers[name] = _analyze_layer(store, name, probe_set, measure, bins, layout_methods,
                                               default_layout, n_bins, report, n_s, outcome_ok[:n_s], cluster, task)
         sha_thread.join()
+        ref_probe = next((p for p in (HELDOUT_PROBE, probe_set) if p in store.probes and p != TRAIN_PROBE), None)
+        loss_min = loss_minimum(curves, ref_probe) if ref_probe else -1
         res = AnalysisResults(
             store_path=str(path), store_sha256=sha[0] if sha else "", n_snapshots=n_s,
             steps=store.steps[:n_s], epochs=store.epochs[:n_s], probe_set=probe_set, primary_measure=measure,
             measures=list(store.measures), class_names=list(store.class_names), curves=curves, layers=layers,
             params=params | {"seconds": round(time.perf_counter() - t_start, 3)}, meta=store.meta,
             nonfinite_outputs=(~outcome_ok[:n_s]).sum(axis=1).astype(np.int64), divergence=divergence,
+            calibration=_calibration(store, n_s),
+            temperature=(np.asarray(store.temperature[:n_s], np.float64) if store.temperature is not None
+                         else np.zeros(0)),
+            loss_min=loss_min, ece_trend=_ece_trend(store, ref_probe, n_s, loss_min) if ref_probe else {},
         )
     report("saving", 0, 1)
     save_results(res, cache, extra_attrs=key)
@@ -474,6 +493,7 @@ class LayerContext:
     boot: evidence.Bootstrap
     cka: _Cka
     steps: np.ndarray  # (S_total,)
+    tau: float = collapse.DORMANT_TAU  # threshold of the tau-dormant units
 
 
 def layer_context(store: Store, name: str, probe: str, measure: str, bins_mode: str, n_bins: int, n_s: int,
@@ -634,6 +654,15 @@ def process_snapshot(ctx: LayerContext, s: int, stored: np.ndarray, ws: stats.Wo
                 lp.distinctness_by_bin[t, b] = stats.distinctness_from_sums(sums[ccb + b], used[ccb + b],
                                                                             sq_sums[b])
         lp.cka[t] = cka.score(a, keep)
+        ak, lk = (a, labels) if keep is None else (a[kept], labels[kept])
+        lp.dormant[t], lp.dormant_mask[t] = collapse.dormant_share(ak, ctx.tau)
+        lp.nc1[t] = collapse.nc1(ak, lk, n_classes)
+        if s in (0, len(ctx.conf_all) - 1) and len(lk):  # the ends of the trends: replicates over probe samples
+            rng = np.random.default_rng(RANDOM_STATE + s)
+            for b in range(N_BOOT_TRENDS):
+                i = rng.integers(0, len(lk), len(lk))
+                lp.boot_ends[t, 0, b] = collapse.dormant_share(ak[i], ctx.tau)[0]
+                lp.boot_ends[t, 1, b] = collapse.nc1(ak[i], lk[i], n_classes)
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
         raise ValueError(f"Analysis failed for layer {name!r} at snapshot {s} (step {steps[s]}, "
                          f"activations {stored.shape})") from err
@@ -706,6 +735,17 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
         raise ValueError(f"The 'default_layout' parameter must be one of {sorted(layouts)}. "
                          f"Got {default_layout!r} instead.")
     ev = boot.evidence(per_sample, sample_corr, measures)
+    trends = {}
+    for k, key in enumerate(("dormant_change", "nc1_log_ratio")):
+        first, last = lp.boot_ends[0, k].astype(np.float64), lp.boot_ends[n_s - 1, k].astype(np.float64)
+        point = (lp.dormant if k == 0 else lp.nc1)[[0, n_s - 1]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if k == 0:
+                effect, reps = point[1] - point[0], last - first
+            else:  # NC1 changes by orders of magnitude: its trend is the log of last / first
+                effect, reps = np.log(point[1] / point[0]), np.log(last / first)
+        trends[key] = trend_interval(effect, reps)
+    gap = _nap_gap(store, name, probe, lp.naps["class"], n_s) if probe != TRAIN_PROBE else np.zeros(0)
     return LayerResult(
         name=name, n_neurons=n_neurons, reduction=spec.reduction, naps=grouped, layouts=layouts,
         default_layout=default_layout,
@@ -716,7 +756,100 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
         corr=corr, strength=lp.strength, distinctness=lp.distinctness, bin_names=names_b,
         strength_by_bin=lp.strength_by_bin, distinctness_by_bin=lp.distinctness_by_bin, cka=lp.cka, evidence=ev,
         excluded_values=lp.excluded_values, excluded_samples=lp.excluded_samples,
+        dormant=lp.dormant, dormant_mask=lp.dormant_mask, nc1=lp.nc1, nap_gap=gap, trends=trends,
     )
+
+
+def trend_interval(effect: float, reps: np.ndarray) -> np.ndarray:
+    """``[effect, low, high]``: the effect with the 95 % percentile interval of its bootstrap replicates ``reps``
+    (shape (R,); non-finite replicates left out; NaN bounds when fewer than half are finite)."""
+    reps = reps[np.isfinite(reps)]
+    if not np.isfinite(effect) or len(reps) < N_BOOT_TRENDS // 2:
+        return np.array([effect, np.nan, np.nan])
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return np.array([effect, lo, hi])
+
+
+def _nap_gap(store: Store, name: str, probe: str, class_naps: np.ndarray, n_s: int) -> np.ndarray:
+    """How far the class NAPs on the training probe set lie from those on ``probe``, at each snapshot.
+
+    ``||NAP_train - NAP_probe||_F / ||NAP_probe||_F`` over the classes present in both (finite values of each
+    neuron), shape (S,); empty when the store has no ``"train"`` probe set (``docs/analysis.md``).
+
+    Args:
+        class_naps: array of shape (S, C, N), the class NAPs on ``probe``.
+    """
+    if TRAIN_PROBE not in store.probes:
+        return np.zeros(0)
+    labels = store.labels(TRAIN_PROBE)
+    n_classes = class_naps.shape[1]
+    onehot = np.zeros((n_classes, len(labels)))
+    onehot[labels, np.arange(len(labels))] = 1.0
+    out = np.full(n_s, np.nan)
+    for s, a in store.iter_acts(TRAIN_PROBE, name, dtype=None):
+        if s >= n_s:
+            break
+        a = np.asarray(a, np.float64)
+        fin = np.isfinite(a)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            train = (onehot @ np.where(fin, a, 0.0)) / (onehot @ fin)  # [C, N]
+        ref = np.asarray(class_naps[s], np.float64)
+        both = np.isfinite(train) & np.isfinite(ref)
+        norm = np.sqrt(np.sum(np.where(both, ref, 0.0) ** 2))
+        if both.any() and norm > 0:
+            out[s] = np.sqrt(np.sum(np.where(both, train - ref, 0.0) ** 2)) / norm
+    return out
+
+
+def _calibration(store: Store, n_s: int) -> dict[str, Calibration]:
+    """Calibration of every probe set over the first ``n_s`` snapshots (:class:`.results.Calibration`)."""
+    measures = [m for m in CALIBRATED_MEASURES if m in store.measures]
+    out = {}
+    if not measures:
+        return out
+    for p in store.probes:
+        correct = store.correct(p)[:n_s].astype(bool)  # [S, n]
+        ok = _outcome_ok(store, p)[:n_s]
+        ece, counts, conf, acc = [], [], [], []
+        for m in measures:
+            c = np.where(ok, store.conf(p, m)[:n_s].astype(np.float64), np.nan)  # [S, n]
+            k, mc, a = calibration.reliability(c, correct, ECE_BINS)
+            counts.append(k), conf.append(mc), acc.append(a)
+            ece.append(calibration.ece(c, correct, ECE_BINS))
+        out[p] = Calibration(measures, np.array(ece), np.array(counts), np.array(conf), np.array(acc), ECE_BINS)
+    return out
+
+
+def loss_minimum(results_curves: dict[str, dict[str, np.ndarray]], probe: str) -> int:
+    """Snapshot index of the lowest mean loss of ``probe`` (the first of equal minima), or -1 without one."""
+    loss = np.asarray(results_curves.get(probe, {}).get("loss", []), np.float64)
+    if loss.size == 0 or not np.isfinite(loss).any():
+        return -1
+    return int(np.nanargmin(loss))
+
+
+def _ece_trend(store: Store, probe: str, n_s: int, s_min: int) -> dict[str, np.ndarray]:
+    """Change of ECE from the held-out loss minimum (snapshot ``s_min``) to the last snapshot, per measure.
+
+    ``[effect, low, high]`` per calibrated measure: bootstrap over the probe samples of ``probe`` (the same
+    resample at both snapshots), :data:`N_BOOT_TRENDS` resamples, percentile interval.
+    """
+    out = {}
+    if s_min < 0 or s_min >= n_s - 1:
+        return out
+    ends = [s_min, n_s - 1]
+    correct = store.correct(probe)[ends].astype(bool)  # [2, n]
+    ok = _outcome_ok(store, probe)[ends]
+    rng = np.random.default_rng(RANDOM_STATE)
+    idx = rng.integers(0, correct.shape[1], (N_BOOT_TRENDS, correct.shape[1]))  # [R, n]
+    for m in CALIBRATED_MEASURES:
+        if m not in store.measures:
+            continue
+        c = np.where(ok, store.conf(probe, m)[ends].astype(np.float64), np.nan)  # [2, n]
+        point = calibration.ece(c, correct, ECE_BINS)
+        reps = np.array([np.diff(calibration.ece(c[:, i], correct[:, i], ECE_BINS))[0] for i in idx])
+        out[m] = trend_interval(float(point[1] - point[0]), reps)
+    return out
 
 
 def _layouts(

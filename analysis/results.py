@@ -190,6 +190,13 @@ class LayerResult:
         excluded_samples: array of shape (S,), int64: probe samples left out of the per-sample statistics at
             each snapshot (strength, distinctness, CKA, evidence): a non-finite activation in this layer or
             non-finite outputs (loss or confidence).
+        dormant: array of shape (S,): share of the tau-dormant units (``params["dormant_tau"]``).
+        dormant_mask: array of shape (S, N), bool: the tau-dormant units at each snapshot.
+        nc1: array of shape (S,): neural-collapse NC1 of the layer's activations (NaN with fewer than 2 classes).
+        nap_gap: array of shape (S,): relative distance of the class NAPs on the ``"train"`` probe set from those
+            on the analysed probe set; empty without a train probe set (or when it is the analysed one).
+        trends: ``"dormant_change"`` (last minus first snapshot) and ``"nc1_log_ratio"`` (log of last over
+            first) -> array ``[effect, low, high]``, 95 % bootstrap interval over probe samples.
     """
 
     name: str
@@ -211,6 +218,32 @@ class LayerResult:
     nonnegative: bool = False
     excluded_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     excluded_samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    dormant: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    dormant_mask: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
+    nc1: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    nap_gap: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    trends: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Calibration:
+    """Calibration of one probe set over training (``docs/analysis.md``, "Calibration").
+
+    Attributes:
+        measures: M measures of the predicted class's probability (``max_prob``, ``temp_prob``), in order.
+        ece: array of shape (M, S): expected calibration error, equal-width bins.
+        counts: array of shape (M, S, B), int64: samples per confidence bin.
+        conf: array of shape (M, S, B): mean confidence per bin (NaN where empty).
+        accuracy: array of shape (M, S, B): accuracy per bin (NaN where empty).
+        n_bins: B.
+    """
+
+    measures: list[str]
+    ece: np.ndarray
+    counts: np.ndarray
+    conf: np.ndarray
+    accuracy: np.ndarray
+    n_bins: int
 
 
 @dataclass
@@ -260,6 +293,12 @@ class AnalysisResults:
             confidence measure is non-finite at each snapshot (left out of the correlations, the groupings by
             prediction and confidence, the per-sample statistics and the curves).
         divergence: where the run diverged (the analysis then stops before it), or ``None``.
+        calibration: probe set -> :class:`Calibration`; empty for a store without ``max_prob`` / ``temp_prob``.
+        temperature: array of shape (S,): the temperature fitted on the train probe set at each snapshot
+            (empty when the store has none).
+        loss_min: snapshot index of the lowest mean held-out loss (``-1`` without a held-out probe set).
+        ece_trend: measure -> ``[effect, low, high]``: ECE at the last snapshot minus ECE at ``loss_min`` on the
+            held-out probe set, 95 % bootstrap interval over its samples (empty when ``loss_min`` is the last).
     """
 
     store_path: str
@@ -277,6 +316,10 @@ class AnalysisResults:
     meta: dict[str, object]
     nonfinite_outputs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     divergence: Divergence | None = None
+    calibration: dict[str, Calibration] = field(default_factory=dict)
+    temperature: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    loss_min: int = -1
+    ece_trend: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # --- the cache file ---------------------------------------------------------------------------------------
@@ -349,6 +392,16 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
         for k, v in (extra_attrs or {}).items():
             a[k] = v
         _put(f, "steps", np.asarray(results.steps, np.int64))
+        _put(f, "temperature", np.asarray(results.temperature, np.float64))
+        a["loss_min"] = int(results.loss_min)
+        for m, v in results.ece_trend.items():
+            _put(f, f"ece_trend/{m}", np.asarray(v, np.float64))
+        for probe, cal in results.calibration.items():
+            h = f.create_group(f"calibration/{probe}")
+            h.attrs["measures"] = _dumps(list(cal.measures))
+            h.attrs["n_bins"] = int(cal.n_bins)
+            for k in ("ece", "counts", "conf", "accuracy"):
+                _put(h, k, np.asarray(getattr(cal, k)))
         _put(f, "epochs", np.asarray(results.epochs, np.int64))
         for probe, curves in results.curves.items():
             for name, arr in curves.items():
@@ -378,6 +431,10 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
                 _put(g, k, getattr(lr, k))
             for k in ("excluded_values", "excluded_samples"):
                 _put(g, k, np.asarray(getattr(lr, k), np.int64))
+            for k in LAYER_EXTRAS:
+                _put(g, k, np.asarray(getattr(lr, k)))
+            for k, v in lr.trends.items():
+                _put(g, f"trends/{k}", np.asarray(v, np.float64))
             for gname, gn in lr.naps.items():
                 h = g.create_group(f"naps/{gname}")
                 h.attrs["group_names"] = _dumps(list(gn.group_names))
@@ -410,6 +467,7 @@ def read_cache_attrs(path: str | os.PathLike) -> dict[str, object]:
         return {k: (_text(v) if isinstance(v, (bytes, str)) else v) for k, v in f.attrs.items()}
 
 
+LAYER_EXTRAS = ("dormant", "dormant_mask", "nc1", "nap_gap")  # per-layer arrays of analysis version 8
 EVIDENCE_ARRAYS = ("mean", "mean_ci", "rho", "rho_ci", "rho_partial", "rho_partial_ci", "change", "change_ci",
                    "peak", "peak_change", "peak_change_ci")
 
@@ -471,7 +529,8 @@ def load_results(path: str | os.PathLike) -> AnalysisResults:
                 distinctness_by_bin=g["distinctness_by_bin"][()], cka=g["cka"][()],
                 evidence=_load_evidence(g["evidence"]) if "evidence" in g else None,
                 color_limit_contrast=float(ga["color_limit_contrast"]), nonnegative=bool(ga["nonnegative"]),
-                **{k: g[k][()] for k in ("excluded_values", "excluded_samples") if k in g},
+                **{k: g[k][()] for k in ("excluded_values", "excluded_samples", *LAYER_EXTRAS) if k in g},
+                trends={k: v[()] for k, v in g["trends"].items()} if "trends" in g else {},
             )
         return AnalysisResults(
             store_path=_text(a["store_path"]), store_sha256=_text(a["store_sha256"]),
@@ -481,4 +540,10 @@ def load_results(path: str | os.PathLike) -> AnalysisResults:
             curves=curves, layers=layers, params=json.loads(_text(a["params"])), meta=json.loads(_text(a["meta"])),
             nonfinite_outputs=f["nonfinite_outputs"][()] if "nonfinite_outputs" in f else np.zeros(0, np.int64),
             divergence=Divergence(**div) if div else None,
+            calibration={p: Calibration(json.loads(_text(h.attrs["measures"])), h["ece"][()], h["counts"][()],
+                                        h["conf"][()], h["accuracy"][()], int(h.attrs["n_bins"]))
+                         for p, h in (f["calibration"].items() if "calibration" in f else [])},
+            temperature=f["temperature"][()] if "temperature" in f else np.zeros(0),
+            loss_min=int(a.get("loss_min", -1)),
+            ece_trend={m: v[()] for m, v in f["ece_trend"].items()} if "ece_trend" in f else {},
         )

@@ -100,7 +100,7 @@ def check_output_file(out: Path, option: str = "--out", example: str = "report.h
 
 
 def run(args: argparse.Namespace) -> int:
-    from topotrace.analysis.findings import run_findings, write_findings_json
+    from topotrace.analysis.findings import run_findings, trend_findings, write_findings_json
     from topotrace.analysis.pipeline import analyze, cached_results
     from topotrace.report_templates.export import export_map_png
     from topotrace.report_templates.generate import build_report
@@ -142,8 +142,9 @@ def run(args: argparse.Namespace) -> int:
     with _removed_on_failure(out.with_name(out.name + ".tmp"), out.with_name("findings.json.tmp")):
         build_report(results, out, found, index=None if args.out else site_index_for(out),
                      page_budget=args.page_budget)
-        if found:
-            write_findings_json(found, out.with_name("findings.json"))
+        trends = trend_findings([results], [str(results.meta.get("run_name", "run"))])
+        if found or trends:
+            write_findings_json([*found, *trends], out.with_name("findings.json"))
     t2 = time.perf_counter()
     for layer, grouping, group, snapshot in pngs:
         target = out.parent / "maps" / f"{_safe(layer)}_{_safe(grouping)}_{_safe(group)}_{snapshot}.png"
@@ -197,7 +198,7 @@ def write_study_report(path: Path, out: Path | None = None, results: list | None
 
     ``results``: the seeds' analyses when the caller has them (``topotrace study``); else they are loaded.
     """
-    from topotrace.analysis.findings import findings, write_findings_json
+    from topotrace.analysis.findings import findings, trend_findings, write_findings_json
     from topotrace.report_templates.generate import build_report
 
     from .cli import visible
@@ -218,6 +219,6 @@ def write_study_report(path: Path, out: Path | None = None, results: list | None
     with _removed_on_failure(out.with_name(out.name + ".tmp"), out.with_name("findings.json.tmp")):
         build_report(results[0], out, found, runs=links, title=f"study {study.name} ({len(study.seeds)} seeds)",
                      index=site_index_for(out) if out == study.path / "report.html" else None)
-        write_findings_json(found, out.with_name("findings.json"))
+        write_findings_json([*found, *trend_findings(results, names)], out.with_name("findings.json"))
     print(visible(out))
     return 0
