@@ -41,3 +41,14 @@ def test_bad_settings(tmp_path, text, error, message):
     (tmp_path / "c.toml").write_text(text)
     with pytest.raises(error, match=message):
         load_config(tmp_path / "c.toml")
+
+
+def test_mc_dropout_setting_checked():
+    """record.mc_dropout must be >= 0 and needs model.dropout > 0; the shipped digits_mc config passes."""
+    path = Path(__file__).resolve().parents[1] / "configs" / "digits_mc.toml"
+    cfg = load_config(path)
+    assert cfg["record"]["mc_dropout"] == 20 and cfg["model"]["dropout"] > 0
+    with pytest.raises(ValueError, match="needs dropout in the model"):
+        load_config(path, {"model": {"dropout": 0.0}})
+    with pytest.raises(ValueError, match="'record.mc_dropout' setting must be an int >= 0"):
+        load_config(path, {"record": {"mc_dropout": -1}})

@@ -15,7 +15,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
     "model": {"hidden": [128, 64], "dropout": 0.0, "batchnorm": False},
     "train": {"epochs": 30, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
     "record": {"layers": ["hidden1", "hidden2"], "schedule": "log", "snapshots": 60, "every": 50,
-               "act_dtype": "float16", "compression": "none", "batch_size": 512},
+               "act_dtype": "float16", "compression": "none", "batch_size": 512, "mc_dropout": 0},
 }
 SCHEDULES = ("log", "every", "epoch")
 ACT_DTYPES = ("float16", "float32")  # as topotrace.instrument.store (imported lazily there: h5py)
@@ -110,6 +110,13 @@ def _check_values(cfg: dict) -> None:
     _check_range(cfg, "train", "momentum", 0.0, 1.0)
     _check_range(cfg, "train", "weight_decay", 0.0)
     _check_range(cfg, "model", "dropout", 0.0, 1.0)
+    if cfg["record"]["mc_dropout"] < 0:
+        raise ValueError(f"The 'record.mc_dropout' setting must be an int >= 0 (Monte-Carlo dropout passes per probe "
+                         f"set at each snapshot; 0 = off). Got {cfg['record']['mc_dropout']!r} instead.")
+    if cfg["record"]["mc_dropout"] > 0 and cfg["model"]["dropout"] <= 0:
+        raise ValueError(f"The 'record.mc_dropout' setting ({cfg['record']['mc_dropout']}) needs dropout in the model: "
+                         f"set model.dropout > 0 (e.g. 0.1) or record.mc_dropout = 0. Got model.dropout = "
+                         f"{cfg['model']['dropout']!r}.")
     hidden = cfg["model"]["hidden"]
     if not hidden or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
         raise ValueError(f"The 'model.hidden' setting must be a non-empty list of layer widths, each an int >= 1 "
