@@ -29,7 +29,7 @@ from bokeh.models.layouts import LayoutDOM
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from topotrace.analysis.results import AnalysisResults
+from topotrace.analysis.results import AnalysisResults, LayerResult
 
 from .style import plain
 
@@ -175,6 +175,17 @@ def training_curves(results: AnalysisResults) -> LayoutDOM | None:
     return row(*figs, name="training_curves")
 
 
+# ------------------------------------------------------------------------------ one layer at a time
+# A per-layer section (correlation summary, charts per confidence bin, layout comparison) of more layers than this
+# shows one layer at a time, chosen with a layer selector: BokehJS builds every figure of a page before it paints.
+MAX_STACKED_LAYERS = 4
+
+
+def layer_select(names: list[str], name: str) -> Select:
+    """Selector of the layer a section shows: title "Layer", options ``names`` in order, the first selected."""
+    return Select(title="Layer", options=list(names), value=names[0], width=170, name=name)
+
+
 # -------------------------------------------------------------------------------------- correlations
 SUMMARY_KEYS = ("mean_r", "mean_r_within", "frac_sig_pos", "frac_sig_neg", "frac_sig_pos_within",
                 "frac_sig_neg_within")
@@ -188,13 +199,68 @@ for (let i = 0; i < views.length; i++) {
 }
 for (let i = 0; i < titles.length; i++) titles[i].text = title_texts[i][k];
 """
+# One layer at a time: the curves shown are those of the selected layer (layer_sel) and measure (measure_sel, or
+# the one measure shipped when there is no measure selector).
+SUMMARY_LAYER_JS = """
+const li = Math.max(0, layer_sel.options.indexOf(layer_sel.value));
+const k = measure_sel === null ? 0 : Math.max(0, measures.indexOf(measure_sel.value));
+const all = alls[li].data, v = view.data;
+const nd = {x: v.x, step: v.step};
+for (const key of keys) nd[key] = all[measures[k] + "|" + key];
+view.data = nd;
+titles[0].text = r_texts[li][k];
+titles[1].text = s_texts[li][k];
+"""
+
+
+def _summary_columns(crs: dict[str, object], n: int) -> dict[str, np.ndarray]:
+    """Every summary curve of one layer: ``"<measure>|<key>"`` -> array of shape (n,), NaN where missing."""
+    out = {}
+    for m, cr in crs.items():
+        for key in SUMMARY_KEYS:
+            y = np.full(n, np.nan)
+            got = cr.summary.get(key)
+            if got is not None:
+                got = np.asarray(got, float)[:n]
+                y[: len(got)] = got
+            out[f"{m}|{key}"] = y
+    return out
+
+
+def _summary_figures(view: ColumnDataSource, r_title: str, s_title: str, steps: np.ndarray,
+                     xtype: str) -> tuple[figure, figure]:
+    """The mean-r chart and the share-of-significant-neurons chart, drawing the columns of ``view``."""
+    f_r = _time_figure(r_title, "mean Pearson r", steps, xtype, width=440)
+    f_s = _time_figure(s_title, "share of neurons", steps, xtype, width=520)
+    items_r, items_s = [], []
+    for suffix, what, dash in (("", "overall", "solid"), ("_within", "within class", "dashed")):
+        r = f_r.line("x", f"mean_r{suffix}", source=view, line_width=2, color="#444444", line_dash=dash)
+        items_r.append((what, [r]))
+        for sign, color in (("pos", "#b2182b"), ("neg", "#2166ac")):
+            r = f_s.line("x", f"frac_sig_{sign}{suffix}", source=view, line_width=2, color=color,
+                         line_dash=dash)
+            items_s.append((f"{'positive' if sign == 'pos' else 'negative'} r, {what}", [r]))
+    f_r.add_tools(HoverTool(tooltips=[("step", "@step"), ("mean r", "@mean_r{0.000}"),
+                                      ("within class", "@mean_r_within{0.000}")], mode="vline",
+                            renderers=[items_r[0][1][0]]))
+    f_s.add_tools(HoverTool(tooltips=[("step", "@step"), ("positive", "@frac_sig_pos{0%}"),
+                                      ("negative", "@frac_sig_neg{0%}"),
+                                      ("positive within", "@frac_sig_pos_within{0%}"),
+                                      ("negative within", "@frac_sig_neg_within{0%}")], mode="vline",
+                            renderers=[items_s[0][1][0]]))
+    _add_legend(f_r, items_r)
+    f_s.add_layout(Legend(items=items_s, location="center", label_text_font_size="11px", ncols=2,
+                          padding=2, spacing=4, border_line_alpha=0), "below")
+    return f_r, f_s
 
 
 def correlation_summary(results: AnalysisResults, measure: Select | None = None) -> LayoutDOM | None:
     """Mean r and the share of significantly positive / negative neurons over time (name ``corr_summary``).
 
     With a measure selector (from :func:`measure_select`), the curves of every measure are shipped and a small
-    CustomJS callback shows those of the selected measure.
+    CustomJS callback shows those of the selected measure. Up to :data:`MAX_STACKED_LAYERS` layers with
+    correlations get a pair of charts each; with more, one pair shows the layer chosen with a layer selector
+    (name ``corr_layer_select``), every layer's curves shipped in a source of its own.
     """
     measures = list(measure.options) if measure is not None else []
     if not measures:
@@ -205,56 +271,48 @@ def correlation_summary(results: AnalysisResults, measure: Select | None = None)
     shown = measure.value if measure is not None else measures[0]
     steps = np.asarray(results.steps)
     xtype = step_axis_type(steps)
-    rows, views, alls, titles, title_texts = [], [], [], [], []
+    n = len(steps)
+    layers, columns, alphas = [], [], []  # per layer with correlations of every measure
     for layer in results.layers.values():
         crs = {m: layer.corr.get(m) for m in measures} if layer.corr else {}
         if not crs or any(cr is None or not cr.summary for cr in crs.values()):
             continue
-        n = len(steps)
-        all_data = {}
-        for m, cr in crs.items():
-            for key in SUMMARY_KEYS:
-                y = np.full(n, np.nan)
-                got = cr.summary.get(key)
-                if got is not None:
-                    got = np.asarray(got, float)[:n]
-                    y[: len(got)] = got
-                all_data[f"{m}|{key}"] = y
+        layers.append(layer.name)
+        columns.append(_summary_columns(crs, n))
+        alphas.append({m: cr.alpha for m, cr in crs.items()})
+    if not layers:
+        return None
+    k = measures.index(shown)
+    r_texts = [[plain(f"{name}: mean r with {m}") for m in measures] for name in layers]
+    if len(layers) > MAX_STACKED_LAYERS:
+        s_texts = [[plain(f"{name}: share of neurons with q < {alpha[m]:g}") for m in measures]
+                   for name, alpha in zip(layers, alphas)]
         view = ColumnDataSource({"x": time_x(steps, xtype), "step": steps,
-                                 **{k: all_data[f"{shown}|{k}"] for k in SUMMARY_KEYS}})
+                                 **{key: columns[0][f"{shown}|{key}"] for key in SUMMARY_KEYS}})
+        f_r, f_s = _summary_figures(view, r_texts[0][k], s_texts[0][k], steps, xtype)
+        select = layer_select(layers, "corr_layer_select")
+        # The layers' sources draw nothing: as callback arguments they reach the page.
+        callback = CustomJS(args=dict(layer_sel=select, measure_sel=measure, measures=measures, view=view,
+                                      alls=[ColumnDataSource(c) for c in columns], keys=list(SUMMARY_KEYS),
+                                      titles=[f_r.title, f_s.title], r_texts=r_texts, s_texts=s_texts),
+                            code=SUMMARY_LAYER_JS)
+        select.js_on_change("value", callback)
+        if measure is not None:
+            measure.js_on_change("value", callback)
+        return column(select, row(f_r, f_s), name="corr_summary")
+    rows, views, alls, titles = [], [], [], []
+    for i, (name, all_data, alpha) in enumerate(zip(layers, columns, alphas)):
+        view = ColumnDataSource({"x": time_x(steps, xtype), "step": steps,
+                                 **{key: all_data[f"{shown}|{key}"] for key in SUMMARY_KEYS}})
         views.append(view)
         alls.append(ColumnDataSource(all_data))
-        alpha = crs[shown].alpha
-        f_r = _time_figure(f"{layer.name}: mean r with {shown}", "mean Pearson r", steps, xtype, width=440)
-        f_s = _time_figure(f"{layer.name}: share of neurons with q < {alpha:g}", "share of neurons", steps, xtype,
-                           width=520)
+        f_r, f_s = _summary_figures(view, r_texts[i][k], f"{name}: share of neurons with q < {alpha[shown]:g}",
+                                    steps, xtype)
         titles.append(f_r.title)
-        title_texts.append([plain(f"{layer.name}: mean r with {m}") for m in measures])
-        items_r, items_s = [], []
-        for suffix, what, dash in (("", "overall", "solid"), ("_within", "within class", "dashed")):
-            r = f_r.line("x", f"mean_r{suffix}", source=view, line_width=2, color="#444444", line_dash=dash)
-            items_r.append((what, [r]))
-            for sign, color in (("pos", "#b2182b"), ("neg", "#2166ac")):
-                r = f_s.line("x", f"frac_sig_{sign}{suffix}", source=view, line_width=2, color=color,
-                             line_dash=dash)
-                items_s.append((f"{'positive' if sign == 'pos' else 'negative'} r, {what}", [r]))
-        f_r.add_tools(HoverTool(tooltips=[("step", "@step"), ("mean r", "@mean_r{0.000}"),
-                                          ("within class", "@mean_r_within{0.000}")], mode="vline",
-                                renderers=[items_r[0][1][0]]))
-        f_s.add_tools(HoverTool(tooltips=[("step", "@step"), ("positive", "@frac_sig_pos{0%}"),
-                                          ("negative", "@frac_sig_neg{0%}"),
-                                          ("positive within", "@frac_sig_pos_within{0%}"),
-                                          ("negative within", "@frac_sig_neg_within{0%}")], mode="vline",
-                                renderers=[items_s[0][1][0]]))
-        _add_legend(f_r, items_r)
-        f_s.add_layout(Legend(items=items_s, location="center", label_text_font_size="11px", ncols=2,
-                              padding=2, spacing=4, border_line_alpha=0), "below")
         rows.append(row(f_r, f_s))
-    if not rows:
-        return None
     if measure is not None:
         measure.js_on_change("value", CustomJS(args=dict(sel=measure, views=views, alls=alls, keys=list(SUMMARY_KEYS),
-                                                         titles=titles, title_texts=title_texts), code=SUMMARY_JS))
+                                                         titles=titles, title_texts=r_texts), code=SUMMARY_JS))
     return column(*rows, name="corr_summary")
 
 
@@ -282,8 +340,94 @@ def significance_table(results: AnalysisResults) -> list[tuple[str, list[tuple[s
 
 
 # ------------------------------------------------------------------------------- strength / distinct
+BIN_CHARTS = (("strength_by_bin", "Strength"), ("distinctness_by_bin", "Distinctness"))
+BINS_LAYER_JS = """
+const li = Math.max(0, layer_sel.options.indexOf(layer_sel.value));
+for (let f = 0; f < views.length; f++) {
+  const d = layers[f][li].data;
+  ranges[f].factors = Array.from(d.x);
+  views[f].data = Object.assign({}, d);
+  titles[f].text = title_texts[f][li];
+  for (let j = 0; j < items[f].length; j++) items[f][j].label = {value: labels[f][li][j]};
+}
+"""
+
+
+def _bin_rows(y: object, names: list[str]) -> np.ndarray | None:
+    """``y`` as an array of shape (S, B) for B = ``len(names)`` bins, or None when it is not one."""
+    if y is None or np.asarray(y).ndim != 2 or not names or np.asarray(y).shape[1] != len(names):
+        return None
+    return np.asarray(y, float)
+
+
+def _bin_picks(n_snapshots: int) -> list[int]:
+    """The snapshots a per-bin chart draws: the first, the middle and the last (fewer when they coincide)."""
+    return sorted({0, n_snapshots // 2, n_snapshots - 1})
+
+
+def _bin_layers(layers: list[LayerResult]) -> list[LayerResult]:
+    """The layers with strength or distinctness per confidence bin (either chart has something to draw)."""
+    return [la for la in layers
+            if any(_bin_rows(getattr(la, attr, None), list(la.bin_names or [])) is not None for attr, _ in BIN_CHARTS)]
+
+
+def _bins_one_layer(results: AnalysisResults, layers: list[LayerResult]) -> list[LayoutDOM]:
+    """The per-bin charts of one layer at a time: a layer selector (``bins_layer_select``) above the two charts.
+
+    Each layer's lines (its bin names as ``x``; ``y0``, ``y1``, ... at its first, middle and last snapshot, as
+    the stacked charts draw them) are shipped in a source of their own per chart; a small CustomJS callback copies
+    the selected layer's into the source the chart draws, with its bin names as the axis factors, its title and
+    its legend labels. A layer without one of the two shows that chart empty, titled "not computed".
+    """
+    steps = np.asarray(results.steps)
+    names = [la.name for la in layers]
+    select = layer_select(names, "bins_layer_select")
+    args: dict[str, list] = {key: [] for key in ("views", "layers", "ranges", "titles", "title_texts", "items",
+                                                 "labels")}
+    figs = []
+    for attr, title in BIN_CHARTS:
+        per_layer, texts, labels = [], [], []
+        for la in layers:
+            bins = list(la.bin_names)
+            y = _bin_rows(getattr(la, attr, None), bins)
+            picks = _bin_picks(y.shape[0]) if y is not None else []
+            per_layer.append({"x": bins, **{f"y{j}": y[s] for j, s in enumerate(picks)}})
+            labels.append([f"step {int(steps[s]):,}" for s in picks])
+            texts.append(plain(f"{title} by {results.primary_measure} bin, {la.name}"
+                               + ("" if y is not None else ": not computed")))
+        n_lines = max(len(got) for got in labels)
+        for data, got in zip(per_layer, labels):  # the same columns for every layer: NaN for lines it lacks
+            data.update({f"y{j}": np.full(len(data["x"]), np.nan) for j in range(len(got), n_lines)})
+            got += [""] * (n_lines - len(got))
+        view = ColumnDataSource(dict(per_layer[0]))
+        fig = _line_figure(texts[0], "confidence bin", title.lower(), "auto", x_range=list(per_layer[0]["x"]))
+        items = []
+        for j, color in enumerate(["#c6dbef", "#6baed6", "#08519c"][-n_lines:]):
+            r = fig.line("x", f"y{j}", source=view, line_width=2, color=color)
+            fig.scatter("x", f"y{j}", source=view, size=5, color=color)
+            items.append((labels[0][j], [r]))
+        fig.xaxis.major_label_orientation = 0.6
+        _add_legend(fig, items)
+        legend = fig.select_one({"type": Legend})
+        figs.append(fig)
+        args["views"].append(view)
+        args["layers"].append([ColumnDataSource(data) for data in per_layer])  # drawn by nothing: shipped as args
+        args["ranges"].append(fig.x_range)
+        args["titles"].append(fig.title)
+        args["title_texts"].append(texts)
+        args["items"].append(list(legend.items) if legend is not None else [])
+        args["labels"].append(labels)
+    select.js_on_change("value", CustomJS(args=dict(layer_sel=select, **args), code=BINS_LAYER_JS))
+    return [select, row(*figs)]
+
+
 def strength_distinctness(results: AnalysisResults) -> LayoutDOM | None:
-    """Strength and distinctness vs training time and vs confidence bin (name ``strength_distinctness``)."""
+    """Strength and distinctness vs training time and vs confidence bin (name ``strength_distinctness``).
+
+    The charts over time draw every layer. Up to :data:`MAX_STACKED_LAYERS` layers with per-bin data get their
+    own per-bin charts; with more, one pair of per-bin charts shows the layer chosen with a layer selector (see
+    :func:`_bins_one_layer`).
+    """
     steps = np.asarray(results.steps)
     layers = list(results.layers.values())
     if not layers or len(steps) == 0:
@@ -306,17 +450,25 @@ def strength_distinctness(results: AnalysisResults) -> LayoutDOM | None:
                                     renderers=[it[1][0] for it in items]))
             _add_legend(fig, items)
             figs.append(fig)
+    bins = _bin_layers(layers)
+    if not figs and not bins:
+        return None
+    parts = []
+    if figs:
+        parts.append(row(*figs))
+    if len(bins) > MAX_STACKED_LAYERS:
+        parts += _bins_one_layer(results, bins)
+        return column(*parts, name="strength_distinctness")
     bin_rows = []
-    for attr, title in (("strength_by_bin", "Strength"), ("distinctness_by_bin", "Distinctness")):
+    for attr, title in BIN_CHARTS:
         for layer in layers:
-            y = getattr(layer, attr, None)
             names = list(layer.bin_names or [])
-            if y is None or np.asarray(y).ndim != 2 or not names or np.asarray(y).shape[1] != len(names):
+            y = _bin_rows(getattr(layer, attr, None), names)
+            if y is None:
                 continue
-            y = np.asarray(y, float)
             fig = _line_figure(f"{title} by {results.primary_measure} bin, {layer.name}", "confidence bin",
                                title.lower(), "auto", x_range=names)
-            picks = sorted({0, y.shape[0] // 2, y.shape[0] - 1})
+            picks = _bin_picks(y.shape[0])
             shades = ["#c6dbef", "#6baed6", "#08519c"][-len(picks):]
             items = []
             for s, color in zip(picks, shades):
@@ -326,11 +478,6 @@ def strength_distinctness(results: AnalysisResults) -> LayoutDOM | None:
             fig.xaxis.major_label_orientation = 0.6
             _add_legend(fig, items)
             bin_rows.append(fig)
-    if not figs and not bin_rows:
-        return None
-    parts = []
-    if figs:
-        parts.append(row(*figs))
     for i in range(0, len(bin_rows), 2):
         parts.append(row(*bin_rows[i:i + 2]))
     return column(*parts, name="strength_distinctness")

@@ -1,6 +1,8 @@
 """The findings charts: each claim's statistic over training time with its interval as a band, runs as lines.
 
-One row per layer, one small chart per claim (the confidence claims for the primary measure). The band is the
+One row per layer, one small chart per claim (the confidence claims for the primary measure); with more than
+:data:`.charts.MAX_STACKED_LAYERS` layers, one row for the layer chosen with a selector (each chart's data swapped
+in the browser), so that the page's figure count does not grow with the layers. The band is the
 95 % interval of :class:`topotrace.analysis.findings.Finding` (across runs; a bootstrap over probe samples for
 one run); every run's own curve is a thin line, the mean a thick one. Charts over confidence carry a zero line:
 the claim holds where the band lies above it.
@@ -10,12 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, HoverTool, Span
+from bokeh.models import ColumnDataSource, CustomJS, HoverTool, Span
 from bokeh.models.layouts import LayoutDOM
 
 from topotrace.analysis.findings import Finding
 
-from .charts import _time_figure, step_axis_type, time_x
+from .charts import MAX_STACKED_LAYERS, _time_figure, layer_select, step_axis_type, time_x
 from .style import esc, html_div
 
 VERDICT_COLOR = {"supported": "#1a7f37", "mixed": "#9a6700", "not supported": "#57606a"}
@@ -63,8 +65,80 @@ def findings_charts(findings: list[Finding], measure: str) -> LayoutDOM | None:
             layers.setdefault(f.layer, []).append(f)
     if not layers:
         return None
+    if len(layers) > MAX_STACKED_LAYERS:
+        return _one_layer(layers)
     rows = []
     for layer, items in layers.items():
         rows.append(html_div(f"<h3>layer {esc(layer)}</h3>", styles={"margin": "6px 0 0 0"}))
         rows.append(row(*[_chart(f) for f in items]))
     return column(*rows, name="findings_charts")
+
+
+SWAP_JS = """
+const k = Math.max(0, sel.options.indexOf(sel.value));
+for (let c = 0; c < views.length; c++) {
+  const src = per_layer[k][c];
+  if (src === null) continue;
+  views[c].data = Object.assign({}, src.data);
+  runs[c].data = Object.assign({}, run_srcs[k][c].data);
+  titles[c].text = texts[k][c];
+  titles[c].text_color = colors[k][c];
+}
+"""
+
+
+def _sources(f: Finding) -> tuple[ColumnDataSource, ColumnDataSource]:
+    """The data of one claim's chart: (curve with its band, every run's own curve when there are several)."""
+    x = time_x(f.steps, step_axis_type(f.steps))
+    band = np.asarray(f.band, np.float64)
+    main = ColumnDataSource({"x": x, "step": np.asarray(f.steps), "y": np.asarray(f.curve, np.float64),
+                             "lo": band[:, 0], "hi": band[:, 1]})
+    curves = list(np.atleast_2d(f.run_curves)) if f.n_runs > 1 else []
+    return main, ColumnDataSource({"xs": [x] * len(curves), "ys": [np.asarray(c, np.float64) for c in curves]})
+
+
+def _one_layer(layers: dict[str, list[Finding]]) -> LayoutDOM:
+    """One row of claim charts for the layer picked in ``findings_layer_select``; every layer's data shipped once."""
+    names = list(layers)
+    first = layers[names[0]]
+    per_layer, run_srcs, texts, colors = [], [], [], []
+    for name in names:
+        by_claim = {f.claim: f for f in layers[name]}
+        row_srcs, row_runs, row_texts, row_colors = [], [], [], []
+        for f0 in first:
+            f = by_claim.get(f0.claim)
+            main, runs = _sources(f) if f is not None else (None, ColumnDataSource({"xs": [], "ys": []}))
+            row_srcs.append(main)
+            row_runs.append(runs)
+            row_texts.append(f"{CHART_TITLE[f0.claim]}: {f.verdict if f is not None else 'n/a'}")
+            row_colors.append(VERDICT_COLOR.get(f.verdict, "#24292f") if f is not None else "#24292f")
+        per_layer.append(row_srcs)
+        run_srcs.append(row_runs)
+        texts.append(row_texts)
+        colors.append(row_colors)
+    figs, views, runs, titles = [], [], [], []
+    for c, f in enumerate(first):
+        y_label = Y_LABEL[f.quantity] if f.versus == "time" else f"partial Spearman ρ ({f.measure})"
+        fig = _time_figure(texts[0][c], y_label, f.steps, step_axis_type(f.steps), width=250, height=220)
+        fig.title.text_color = colors[0][c]
+        fig.title.text_font_size = "11px"
+        fig.yaxis.axis_label_text_font_size = "11px"
+        fig.xaxis.axis_label_text_font_size = "11px"
+        view = ColumnDataSource(dict(per_layer[0][c].data))
+        run_view = ColumnDataSource(dict(run_srcs[0][c].data))
+        fig.varea(x="x", y1="lo", y2="hi", source=view, fill_color="#4c72b0", fill_alpha=0.22)
+        fig.multi_line("xs", "ys", source=run_view, line_color="#4c72b0", line_alpha=0.45, line_width=1)
+        main = fig.line("x", "y", source=view, line_color="#1f3b73", line_width=2.2)
+        fig.add_tools(HoverTool(renderers=[main], tooltips=[("step", "@step"), ("value", "@y{0.000}"),
+                                                            ("95 % interval", "@lo{0.000} to @hi{0.000}")]))
+        if f.versus == "confidence":
+            fig.add_layout(Span(location=0, dimension="width", line_color="#24292f", line_width=1))
+        figs.append(fig)
+        views.append(view)
+        runs.append(run_view)
+        titles.append(fig.title)
+    sel = layer_select(names, "findings_layer_select")
+    sel.js_on_change("value", CustomJS(args=dict(sel=sel, views=views, runs=runs, per_layer=per_layer,
+                                                 run_srcs=run_srcs, titles=titles, texts=texts, colors=colors),
+                                       code=SWAP_JS))
+    return column(sel, row(*figs), name="findings_charts")

@@ -1,10 +1,11 @@
 """The report generator: analysis results -> one self-contained HTML file.
 
-:func:`build_report` asks the figure modules (:mod:`.charts`, :mod:`.maps`, :mod:`.layout_view`) for the named
-figure roots, gathers the page text (findings, provenance, quality tables) and hands both to :func:`_embed`,
-the one function in the package that calls Bokeh's embedding API. Bokeh's JavaScript and CSS are inlined
-(``INLINE`` resources), so the file opens offline and requests nothing from any host. The jinja2 template
-``report.html`` extends Bokeh's file template with autoescape on; Bokeh escapes its embedded JSON itself.
+:func:`build_report` asks the figure modules (:mod:`.charts`, :mod:`.maps`, :mod:`.layout_view`,
+:mod:`.beyond_view`) for the named figure roots, gathers the page text (findings, provenance, quality tables) and
+hands both to :func:`_embed`, the one function in the package that calls Bokeh's embedding API. Bokeh's JavaScript
+and CSS are inlined (``INLINE`` resources), so the file opens offline and requests nothing from any host. The
+jinja2 template ``report.html`` extends Bokeh's file template with autoescape on; Bokeh escapes its embedded JSON
+itself.
 :func:`build_comparison` writes the page of two or more runs side by side the same way, with the roots and text of
 :mod:`.compare` in ``compare.html``.
 """
@@ -16,6 +17,7 @@ import datetime as _dt
 import json
 import math
 import os
+import urllib.parse
 import warnings
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -35,7 +37,7 @@ from bokeh.resources import INLINE
 from topotrace.analysis.findings import RULE, Finding, run_findings
 from topotrace.analysis.results import AnalysisResults
 
-from . import charts, compare, findings_view, layout_view, maps, pages
+from . import beyond_view, charts, compare, findings_view, layout_view, maps, pages
 from .words import CLAIM_SHORT, divergence_sentence, finding_sentence, interval, nonfinite_sentences, number
 
 _HERE = Path(__file__).resolve().parent
@@ -143,7 +145,28 @@ def _page_context(results: AnalysisResults, now: _dt.datetime, found: list[Findi
             "measures": charts.correlation_measures(results), "last_step": f"{steps[-1]:,}" if steps else "",
             "log_time": charts.step_axis_type(results.steps) == "log",
             "divergence": divergence_sentence(results.divergence) if results.divergence is not None else "",
-            "nonfinite": nonfinite_sentences(results)}
+            "nonfinite": nonfinite_sentences(results), "beyond": beyond_view.page_context(results)}
+
+
+TREND_SHORT = {"dormant_share_grows": "dormant share grows (last minus first)",
+               "nc1_falls": "NC1 falls (log first / last)",
+               "ece_rises_after_loss_minimum": "held-out ECE rises after the held-out loss minimum"}
+
+
+def _side_by_side(found: list[Finding], found_train: list[Finding] | None, measure: str) -> list[dict[str, str]]:
+    """Rows of the study's claims on the analysed probe set next to the same claims on the train probe set."""
+    if not found_train:
+        return []
+    train = {(f.layer, f.claim, f.measure): f for f in found_train}
+    rows = []
+    for f in found:
+        t = train.get((f.layer, f.claim, f.measure))
+        if t is None or f.measure not in ("", measure):
+            continue
+        rows.append({"layer": f.layer, "claim": CLAIM_SHORT[f.claim],
+                     "probe": f"{number(f.effect)} [{interval(f)}]", "probe_verdict": f.verdict,
+                     "train": f"{number(t.effect)} [{interval(t)}]", "train_verdict": t.verdict})
+    return rows
 
 
 def report_roots(results: AnalysisResults, found: list[Finding] | None = None, with_maps: bool = True,
@@ -159,7 +182,10 @@ def report_roots(results: AnalysisResults, found: list[Finding] | None = None, w
                         ("training_curves", charts.training_curves(results)),
                         ("corr_summary", charts.correlation_summary(results, measure)),
                         ("strength_distinctness", charts.strength_distinctness(results)),
-                        ("layout_comparison", layout_view.layout_comparison(results))):
+                        ("layout_comparison", layout_view.layout_comparison(results)),
+                        ("calibration", beyond_view.calibration_view(results)),
+                        ("overfitting", beyond_view.overfitting_view(results)),
+                        ("collapse", beyond_view.collapse_view(results))):
         if model is not None:
             roots[name] = model
     sections = (maps.map_sections(results, measure, charts.time_markers(list(roots.values())), quantized=quantized)
@@ -167,17 +193,18 @@ def report_roots(results: AnalysisResults, found: list[Finding] | None = None, w
     roots.update(sections)
     if measure is not None and ("corr_maps" in sections or "corr_summary" in roots):
         roots["corr_view"] = row(measure, name="corr_view")  # the widget itself is also a callback argument
+    beyond_view.mark_loss_minimum(roots, results)  # on every chart over training time, the new ones and the old
     if not roots:  # Bokeh needs one root to write a page; this one shows nothing
         roots["placeholder"] = Div(text="", visible=False, name="placeholder")
     return roots
 
 
-def layer_roots(results: AnalysisResults, layer: str, snapshots: np.ndarray,
+def layer_roots(results: AnalysisResults, layers: list[str], snapshots: np.ndarray,
                 quantized: bool = True) -> dict[str, LayoutDOM]:
-    """The named roots of one layer's page: its map sections at ``snapshots`` and their controls."""
+    """The named roots of one layer page: the map sections of ``layers`` at ``snapshots`` and their controls."""
     measure = charts.measure_select(results)  # the run's measures, as on the summary page
-    one = dataclasses.replace(results, layers={layer: results.layers[layer]})
-    roots = maps.map_sections(one, measure, [], snapshots=snapshots, quantized=quantized, keep_step=True)
+    some = dataclasses.replace(results, layers={name: results.layers[name] for name in layers})
+    roots = maps.map_sections(some, measure, [], snapshots=snapshots, quantized=quantized, keep_step=True)
     if measure is not None and "corr_maps" in roots:
         roots["corr_view"] = row(measure, name="corr_view")
     if not roots:
@@ -235,60 +262,64 @@ def _map_data_bytes(roots: dict[str, LayoutDOM]) -> int:
     return sum(pages.embedded_bytes(col) for src in [*cb.args["vsrc"], *cb.args["csrc"]] for col in src.data.values())
 
 
-def _layer_page(results: AnalysisResults, position: int, names: list[str], context: dict[str, object],
-                budget: float, quantized: bool) -> tuple[str, np.ndarray]:
-    """One layer's page, with as many snapshots as fit ``budget`` (:func:`.pages.thin_snapshots`); (page, shown)."""
-    name = names[position]
-    layer = results.layers[name]
+def _layer_page(results: AnalysisResults, group: list[int], groups: list[list[int]], names: list[str],
+                context: dict[str, object], budget: float, quantized: bool) -> tuple[str, np.ndarray]:
+    """The page of the layers at positions ``group``, with as many snapshots as fit ``budget``.
+
+    Thinned by :func:`.pages.thin_snapshots` when needed; returns (page, shown snapshot indices).
+    """
+    mine = [names[i] for i in group]
     steps = np.asarray(results.steps)
     n = results.n_snapshots
     shown = np.arange(n)
     index = context["site_index"]
+    nav = [([names[i] for i in g], pages.layer_page_name(g[0], [names[i] for i in g]), g == group) for g in groups]
+    neurons = sorted({int(results.layers[name].n_neurons) for name in mine})
     page = ""
     for _ in range(6):  # build, measure, correct the number of snapshots; one correction usually lands
-        roots = layer_roots(results, name, shown, quantized)
+        roots = layer_roots(results, mine, shown, quantized)
         thinned = len(shown) < n
         ctx = dict(context, summary_href="../" + str(context["summary_file"]),
-                   site_index=None if index is None else "../" + str(index),
-                   nav=[(other, pages.layer_page_name(i, other), i == position) for i, other in enumerate(names)],
-                   layer={"name": name, "position": position + 1, "count": len(names),
-                          "neurons": int(layer.n_neurons), "layout": layer.default_layout, "thinned": thinned,
+                   site_index=None if index is None else "../" + str(index), nav=nav,
+                   layer={"names": mine, "first": group[0] + 1, "last": group[-1] + 1, "count": len(names),
+                          "neurons": " / ".join(map(str, neurons)), "thinned": thinned,
+                          "layout": results.layers[mine[0]].default_layout if len(mine) == 1 else None,
                           "shown": f"{len(shown)} of {n} snapshots" if thinned else f"all {n} snapshots",
                           "steps": pages.shown_text(steps, shown)})
-        page = _embed(roots, f"topotrace report: {context['run']['name']} · layer {name}", ctx, template="layer.html")
+        title = f"layer {mine[0]}" if len(mine) == 1 else f"layers {mine[0]} to {mine[-1]}"
+        page = _embed(roots, f"topotrace report: {context['run']['name']} · {title}", ctx, template="layer.html")
         size = _size(page)
         if size <= budget or len(shown) <= 2:
             break
         k = pages.fit_count(size, _map_data_bytes(roots), len(shown), budget)
         shown = pages.thin_snapshots(steps, min(k, len(shown) - 1))
     if _size(page) > budget:
-        warnings.warn(f"The page of layer {name!r} takes {_mb(_size(page))} with {len(shown)} snapshots, more than "
+        warnings.warn(f"The page of layers {mine} takes {_mb(_size(page))} with {len(shown)} snapshots, more than "
                       f"the page budget of {_mb(budget)}; it is written anyway.", stacklevel=3)
     return page, shown
 
 
-BASE_BYTES = 1_900_000  # BokehJS (about 1.7 MB), the page's text and the summary's charts without layers
+PAGE_BYTES = 1_800_000  # BokehJS (about 1.7 MB) and a page's text
+SUMMARY_BYTES = 100_000  # the summary's charts without layers
 LAYER_BYTES = 80_000  # a layer's share of the summary's charts (findings, correlation summary, strength)
 TILE_BYTES = 4_000  # the models of one map tile in the document, without its data
 
 
-def _single_page_estimate(results: AnalysisResults, names: list[str], quantized: bool) -> int:
-    """A quick estimate of the one-page report's size: BokehJS, the summary's charts and every layer's maps."""
-    est = BASE_BYTES
+def _maps_bytes(results: AnalysisResults, name: str, quantized: bool) -> int:
+    """A quick estimate of what one layer's maps with every snapshot take in a page (values, tiles, positions)."""
+    layer = results.layers[name]
     measures = charts.correlation_measures(results)
-    for name in names:
-        layer = results.layers[name]
-        arrays = maps.shipped_values(layer, measures, np.arange(results.n_snapshots), quantized)
-        tiles = sum(a.shape[1] for a in arrays[: len(arrays) - len(measures)]) + (2 if measures else 0)
-        est += LAYER_BYTES + tiles * TILE_BYTES + sum(pages.embedded_bytes(a) for a in arrays)
-        est += 12 * int(layer.n_neurons) * (1 + len(layer.layouts))  # positions: maps and layout comparison
-    return est
+    arrays = maps.shipped_values(layer, measures, np.arange(results.n_snapshots), quantized)
+    tiles = sum(a.shape[1] for a in arrays[: len(arrays) - len(measures)]) + (2 if measures else 0)
+    positions = 12 * int(layer.n_neurons) * (1 + len(layer.layouts))  # maps and layout comparison
+    return tiles * TILE_BYTES + sum(pages.embedded_bytes(a) for a in arrays) + positions
 
 
 def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: list[Finding] | None = None,
                  runs: list[tuple[str, str]] | None = None, title: str | None = None,
                  index: str | None = None, page_budget: float = pages.DEFAULT_BUDGET_MB,
-                 quantized: bool = True) -> Path:
+                 quantized: bool = True, found_train: list[Finding] | None = None,
+                 trends: list[Finding] | None = None) -> Path:
     """Write the self-contained HTML report of ``results`` and return its path.
 
     The report is one page while that fits ``page_budget``; otherwise ``out_path`` holds the summary sections
@@ -308,6 +339,10 @@ def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: l
             always writes one page.
         quantized: ship map values as 8-bit codes (:mod:`.quantize`); False ships float32, as reports did
             before (for comparisons and benchmarks).
+        found_train: the same claims on the train probe set (an analysis of it), shown next to ``found`` in
+            the overfitting section; ``None``: not shown.
+        trends: the trends across a study's seeds (:func:`topotrace.analysis.findings.trend_findings`), shown as
+            a table under the first seed's; ``None``: not shown.
 
     Returns:
         The path written (the summary page when the report is split; :func:`report_pages` lists every page).
@@ -322,26 +357,37 @@ def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: l
     if title is not None:
         context["run"] = dict(context["run"], name=title)
     context.update(site_index=index, layer_pages=[], thinned=False, budget_mb=f"{page_budget:g}",
-                   summary_file=out.name)
+                   summary_file=out.name,
+                   side_by_side=_side_by_side(found, found_train, results.primary_measure),
+                   trends_across=[{"layer": f.layer or "(run)", "trend": TREND_SHORT.get(f.claim, f.claim)
+                                   + (f" ({f.measure})" if f.measure else ""), "effect": number(f.effect),
+                                   "interval": interval(f), "verdict": f.verdict, "n_runs": f.n_runs}
+                                  for f in trends or [] if f.n_runs > 1])
     doc_title = f"topotrace report: {context['run']['name']}"
     names = maps.map_layers(results)
     folder = pages.layer_dir(out)
-    if not names or budget == math.inf or _single_page_estimate(results, names, quantized) <= 1.2 * budget:
+    sizes = [_maps_bytes(results, name, quantized) for name in names]
+    one_page = PAGE_BYTES + SUMMARY_BYTES + sum(sizes) + LAYER_BYTES * len(names)
+    if not names or budget == math.inf or one_page <= 1.2 * budget:
         page = _embed(report_roots(results, found, quantized=quantized), doc_title, context)
         if _size(page) <= budget or not names:
             pages.remove_stale_pages(folder)
             return _write_page(page, out)
+    groups = pages.pack(sizes, PAGE_BYTES, budget)
     entries, written = [], []
-    for i, name in enumerate(names):
-        page, shown = _layer_page(results, i, names, context, budget, quantized)
-        file = pages.layer_page_name(i, name)
+    for group in groups:
+        page, shown = _layer_page(results, group, groups, names, context, budget, quantized)
+        file = pages.layer_page_name(group[0], [names[i] for i in group])
         _write_page(page, folder / file)
         written.append(file)
-        layer = results.layers[name]
-        entries.append({"name": name, "href": f"{folder.name}/{file}", "neurons": int(layer.n_neurons),
-                        "layout": layer.default_layout, "size": _mb(_size(page)),
-                        "shown": f"{len(shown)} of {results.n_snapshots}", "thinned": len(shown) < results.n_snapshots,
-                        "steps": pages.shown_text(np.asarray(results.steps), shown)})
+        for i in group:
+            layer = results.layers[names[i]]
+            href = f"{folder.name}/{file}" + ("" if len(group) == 1 else f"#layer={urllib.parse.quote(names[i])}")
+            entries.append({"name": names[i], "href": href, "neurons": int(layer.n_neurons),
+                            "layout": layer.default_layout, "page": file, "size": _mb(_size(page)),
+                            "shown": f"{len(shown)} of {results.n_snapshots}",
+                            "thinned": len(shown) < results.n_snapshots,
+                            "steps": pages.shown_text(np.asarray(results.steps), shown)})
     context.update(layer_pages=entries, thinned=any(e["thinned"] for e in entries))
     page = _embed(report_roots(results, found, with_maps=False), doc_title, context)
     if _size(page) > budget:

@@ -109,6 +109,7 @@ class _MapRegistry:
     corr_head_texts: list = field(default_factory=list)
     vq: list = field(default_factory=list)
     tam_tips: list = field(default_factory=list)
+    dormant_by_layer: dict = field(default_factory=dict)  # layer position -> (marker source, mask source)
 
 
 def _index_dtype(limit: int) -> type:
@@ -142,13 +143,30 @@ def _points_source(reg: _MapRegistry, li: int, xy: np.ndarray) -> ColumnDataSour
     return reg.pts_by_layer[li]
 
 
+def _dormant_sources(reg: _MapRegistry, li: int, layer: LayerResult,
+                     shown: np.ndarray) -> ColumnDataSource | None:
+    """The layer's dormant-unit markers and its mask of the tau-dormant units at the shown snapshots.
+
+    The markers (columns ``x``, ``y``) are filled by ``render_maps.js`` at each snapshot from the mask (column
+    ``m``, uint8 of shape (K, N)). None when the analysis holds no mask (results before analysis version 8).
+    """
+    mask = np.asarray(layer.dormant_mask)
+    if mask.ndim != 2 or mask.shape[1] != int(layer.n_neurons) or len(mask) <= int(np.max(shown, initial=0)):
+        return None
+    if li not in reg.dormant_by_layer:
+        marks = ColumnDataSource({"x": np.zeros(0, np.float32), "y": np.zeros(0, np.float32)})
+        reg.dormant_by_layer[li] = (marks, ColumnDataSource({"m": np.ascontiguousarray(mask[shown], np.uint8)}))
+    return reg.dormant_by_layer[li][0]
+
+
 def _map_tile(title: str, op: InterpOperator, pts_src: ColumnDataSource, col: str, mapper: LinearColorMapper,
-              tooltips: list[tuple[str, str]],
-              ranges: tuple[Range1d, Range1d]) -> tuple[figure, ColumnDataSource, HoverTool]:
+              tooltips: list[tuple[str, str]], ranges: tuple[Range1d, Range1d],
+              dormant: ColumnDataSource | None = None) -> tuple[figure, ColumnDataSource, HoverTool]:
     """One map tile: an empty image on the layout (``render_maps.js`` fills it) plus hoverable neuron positions.
 
     The positions come from the layer's shared ``pts_src``; the tile adds its hover values as column ``col``. The
-    layer's tiles share their ``ranges`` (the operator's extent) too.
+    layer's tiles share their ``ranges`` (the operator's extent) too, and ``dormant``, the positions of the
+    tau-dormant units at the shown snapshot, drawn as hollow circles.
     """
     x0, x1, y0, y1 = (float(v) for v in op.extent)
     fig = figure(title=plain(title), width=TILE_PX, height=max(120, int(TILE_PX * (y1 - y0) / max(x1 - x0, 1e-9)) + 24),
@@ -166,7 +184,11 @@ def _map_tile(title: str, op: InterpOperator, pts_src: ColumnDataSource, col: st
     alpha = 0.3 if n <= 100 else (0.12 if n <= 400 else 0.0)
     r = fig.scatter("x", "y", source=pts_src, size=4, fill_alpha=0.0, line_color="#333333", line_alpha=alpha,
                     hover_line_color="black", hover_line_alpha=1.0, hover_fill_color="black", hover_fill_alpha=0.6)
-    for renderer in (img, r):  # nothing is selected or muted here: no glyph copies for those states to ship
+    renderers = [img, r]
+    if dormant is not None:
+        renderers.append(fig.scatter("x", "y", source=dormant, size=5, fill_color="white", fill_alpha=1.0,
+                                     line_color="#1f2328", line_width=1.2))
+    for renderer in renderers:  # nothing is selected or muted here: no glyph copies for those states to ship
         renderer.nonselection_glyph = None
         renderer.muted_glyph = None
     hover = HoverTool(renderers=[r], tooltips=tooltips, point_policy="snap_to_data")
@@ -247,12 +269,14 @@ def map_layers(results: AnalysisResults) -> list[str]:
 def _layer_grid(layer: LayerResult, li: int, reg: _MapRegistry, kind: int, values: list[np.ndarray],
                 spans: list[tuple[float, float]] | None, names: list[str], scale: tuple[list[str], float, float],
                 value_label: str, bar_title: str, ncols: int, counts: np.ndarray | None = None,
+                shown: np.ndarray | None = None,
                 ) -> tuple[list[LayoutDOM], ColorBar, LinearColorMapper, float | None]:
     """Tiles of one layer for value arrays of shape (S, G, N) (the shown snapshots); registers their sources.
 
     ``values`` holds one array, or for correlation tiles one per confidence measure (the callback picks the
     selected one); ``spans`` the range each is quantised on (None: shipped as float32). ``counts`` (S, G) puts
-    each group's sample count in its tile title when it changes over time.
+    each group's sample count in its tile title when it changes over time. ``shown`` (the shown snapshots'
+    indices) adds the layer's tau-dormant units as hollow circles (activation maps only).
     Returns the grid of tiles and its colour bar (placed one after the other in a flat column: BokehJS 3.9
     never finishes laying out a grid plot nested three columns deep), the bar, the colour mapper and the
     precision the values are shipped to (the largest over ``values``; None for float32).
@@ -279,7 +303,7 @@ def _layer_grid(layer: LayerResult, li: int, reg: _MapRegistry, kind: int, value
         col = f"value{len(pts_src.data) - 3}"
         tips = _tooltips(value_label, bound, col)
         fig, img_src, hover = _map_tile(_tile_title(str(name), gc, last), lay.interp, pts_src, col, mapper, tips,
-                                        ranges)
+                                        ranges, None if shown is None else _dormant_sources(reg, li, layer, shown))
         tiles.append(fig)
         reg.imgs.append(img_src)
         reg.pts.append(pts_src)
@@ -433,7 +457,7 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
             parts.append(html_div(text=f"<h4 class='tt-sub'>{esc(caption)}</h4>"))
             grid, bar, mapper, bound = _layer_grid(layer, li, reg, TAM, [np.asarray(gn.naps)[shown]], span,
                                                    gn.group_names, scale, "mean activation", "mean activation",
-                                                   ncols, counts_of(gn))
+                                                   ncols, counts_of(gn), shown)
             parts += grid
             reg.tam_mappers.append(mapper)
             reg.tam_scale.append([scale[1], scale[2], clim, scale[1] == 0])
@@ -509,6 +533,8 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
         corr_bar_texts=[plain(f"Pearson r of activation with {m}") for m in measures],
         corr_scale=corr_scale, corr_mappers=reg.corr_mappers, corr_fit=reg.corr_fit, corr_heads=reg.corr_heads,
         corr_head_texts=reg.corr_head_texts, markers=list(markers or []),
+        dormant=[list(reg.dormant_by_layer[li]) if li in reg.dormant_by_layer else None
+                 for li in range(len(layers))],
         marker_x=[float(all_x[i]) for i in shown]), code=code, name=RENDER_NAME)
     slider.js_on_change("value", cb)
     play.js_on_change("active", cb)

@@ -1,11 +1,13 @@
 """The page rule: one page, or a summary page plus one page per layer; which snapshots a layer page shows.
 
 A report is one page while that page fits the page budget (``topotrace report --page-budget``, default
-:data:`DEFAULT_BUDGET_MB` MB). Otherwise the summary sections stay in the report's file and each layer's maps go to
-a page of their own (:func:`layer_page_name`, in the folder :func:`layer_dir` next to the report). A layer page
-that does not fit the budget with every snapshot shows an evenly log-spaced subset of them, first and last always
-kept (:func:`thin_snapshots`), as many as fit. The charts over training time on the summary page keep every
-snapshot.
+:data:`DEFAULT_BUDGET_MB` MB). Otherwise the summary sections stay in the report's file and the layers' maps go to
+layer pages (in the folder :func:`layer_dir` next to the report): consecutive layers share a page while their maps
+with every snapshot fit the budget together (:func:`pack`), so a run of many small layers does not repeat BokehJS
+(about 1.7 MB) on a page per layer; a page of several layers has its own layer selector. A layer whose page does
+not fit the budget with every snapshot has a page of its own, showing an evenly log-spaced subset of the snapshots,
+first and last always kept (:func:`thin_snapshots`), as many as fit. The charts over training time on the summary
+page keep every snapshot.
 
 Sizes are what the page really takes: a page is built, measured and, when it is over the budget, built again with
 fewer snapshots (the map values take a share of the page that grows linearly with the snapshots shown, so one
@@ -92,10 +94,42 @@ def layer_dir(out: Path) -> Path:
     return out.with_name(out.stem + "_layers")
 
 
-def layer_page_name(position: int, layer: str) -> str:
-    """File name of the page of the layer at ``position`` (0-based): ``01-<layer>.html``, the name made safe."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer).strip("._") or "layer"
-    return f"{position + 1:02d}-{safe}.html"
+def _safe(layer: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", layer).strip("._") or "layer"
+
+
+def layer_page_name(position: int, layers: Sequence[str]) -> str:
+    """File name of the page of ``layers`` whose first is at ``position`` (0-based), names made safe.
+
+    ``01-<layer>.html`` for one layer, ``01-<first>--<last>.html`` for several.
+    """
+    if isinstance(layers, str):
+        layers = [layers]
+    last = f"--{_safe(layers[-1])}" if len(layers) > 1 else ""
+    return f"{position + 1:02d}-{_safe(layers[0])}{last}.html"
+
+
+def pack(sizes: Sequence[int], fixed: int, budget: float) -> list[list[int]]:
+    """Consecutive layers grouped into pages: each page takes the next layers while ``fixed`` plus their sizes fit.
+
+    Args:
+        sizes: each layer's share of a page (its maps with every snapshot), in bytes, shape (L,).
+        fixed: what every page takes whatever it holds (BokehJS, the page's text), in bytes.
+        budget: the page budget in bytes (a margin of 10 % is kept for the estimate's error).
+
+    Returns:
+        The layer positions of each page, in order; a layer that does not fit alone gets a page of its own.
+    """
+    groups: list[list[int]] = []
+    room = 0.9 * budget - fixed
+    used = math.inf
+    for i, size in enumerate(sizes):
+        if used + size > room:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += size
+    return groups
 
 
 def remove_stale_pages(folder: Path, keep: Sequence[str] = ()) -> None:

@@ -32,6 +32,8 @@
 //   corr_scale (RadioButtonGroup or null: 0 = scale +-1, 1 = fit to data), corr_mappers, corr_heads: per layer
 //   with correlation maps, its colour mapper and heading Div; corr_fit: per such layer, the fit limit per
 //   measure; corr_head_texts: per such layer, the heading for +-1 followed by the fit heading per measure;
+//   dormant: per layer position, [marker source (x, y), mask source (column "m", uint8 of shape (S, N))] or
+//   null: the tau-dormant units of the shown snapshot, drawn as hollow circles;
 //   markers, marker_x: the current-snapshot Spans of the charts over training time and each shown snapshot's x
 //   position on them (step, or step + 1 on a log axis).
 const w = window;
@@ -113,6 +115,15 @@ if (w.topotraceRender === undefined || w.topotraceRender.owner !== slider.id) {
       touched.push(imgs[m]);
     }
     for (const src of touched) src.change.emit();
+    if (dormant[layer] !== null) {                       // the layer's tau-dormant units: hollow circles
+      const [marks, masks] = dormant[layer];
+      const mk = masks.data.m, N = mk.shape[1], at = Math.min(s, mk.shape[0] - 1) * N;
+      const pos = pts[tile_layer.indexOf(layer)].data;   // the layer's neuron positions
+      const xs = pos.x, ys = pos.y;
+      const x = [], y = [];
+      for (let n = 0; n < N; n++) if (mk[at + n]) { x.push(xs[n]); y.push(ys[n]); }
+      marks.data = {x: new Float32Array(x), y: new Float32Array(y)};
+    }
     const i = Math.min(s, steps.length - 1);
     label.text = "<span class='tt-steplabel'>step " + steps[i].toLocaleString("en-US") + " \u00b7 epoch " +
                  epochs[i] + " \u00b7 snapshot " + snap_no[i] + " of " + n_total + "</span>";
@@ -191,14 +202,29 @@ if (cb_obj === play) {
   let s = slider.value;
   // Called by none of the widgets: the document is ready (the page has just opened).
   const ready = ![slider, play, mode, measure_select, layer_select, corr_scale].includes(cb_obj);
+  // The address picks the layer (#layer=NAME, a page of several layers) and the step (#step=N, the nearest shown
+  // snapshot): when the page opens from another page, and when only the address's # part changes later.
+  const from_address = function () {
+    const hash = window.location.hash;
+    const named = /[#&]layer=([^&]*)/.exec(hash);
+    const layer = named === null ? null : decodeURIComponent(named[1]);
+    if (layer_select !== null && layer !== null && layer !== layer_select.value && layer_select.options.includes(layer)) {
+      layer_select.value = layer;                        // its change shows that layer's panels
+    }
+    const want = /[#&]step=(-?\d+)/.exec(hash);
+    if (want === null) return null;
+    const step = Number(want[1]);
+    let best = 0;
+    for (let k = 1; k < steps.length; k++) if (Math.abs(steps[k] - step) < Math.abs(steps[best] - step)) best = k;
+    if (slider.value !== best) slider.value = best;      // its change runs this callback, which draws the maps
+    return best;
+  };
   if (keep_step && ready) {
-    const want = /[#&]step=(-?\d+)/.exec(window.location.hash);  // opened from another layer page
-    if (want !== null) {
-      const step = Number(want[1]);
-      let best = 0;
-      for (let k = 1; k < steps.length; k++) if (Math.abs(steps[k] - step) < Math.abs(steps[best] - step)) best = k;
-      s = best;
-      if (slider.value !== s) slider.value = s;          // its change runs this callback, which draws the maps
+    const best = from_address();
+    if (best !== null) s = best;
+    if (w.topotraceHashHook !== slider.id) {
+      w.topotraceHashHook = slider.id;
+      w.addEventListener("hashchange", from_address);
     }
   }
   w.topotraceRender(s);

@@ -137,6 +137,37 @@ def test_findings_json_holds_the_trends(run, tmp_path):
     found = json.loads((tmp_path / "r" / "findings.json").read_text("utf-8"))
     claims = {f["claim"] for f in found}
     assert {"dormant_share_grows", "nc1_falls", "stronger_with_time"} <= claims
+    page = out.read_text("utf-8")
+    assert "The study&#39;s claims on both probe sets" in page or "The study's claims on both probe sets" in page
+    assert (store.parent / "analysis_train.h5").exists()  # the train probe set's analysis, for that table
+    from topotrace.analysis.findings import run_findings
+    from topotrace.report_templates.words import interval, number
+
+    train = run_findings(load_results(store.parent / "analysis_train.h5"))
+    t = next(f for f in train if f.layer == "layer0" and f.claim == "stronger_with_time")
+    assert f"{number(t.effect)} [{interval(t)}]" in page.replace("&#8722;", "\u2212")
     nc1 = next(f for f in found if f["claim"] == "nc1_falls" and f["layer"] == "layer0")
     assert nc1["verdict"] in ("supported", "mixed", "not supported") and nc1["n_runs"] == 1
     assert N_BOOT_TRENDS >= 100
+
+
+def test_dormant_units_shipped_for_hollow_markers(run, tmp_path):
+    """The maps' callback carries each layer's dormant mask at the shown snapshots, and a marker source."""
+    from bokeh.models import ColumnDataSource, CustomJS, GlyphRenderer
+
+    from topotrace.report_templates.generate import report_roots
+    from topotrace.report_templates.maps import RENDER_NAME
+
+    _, res = run
+    planted = np.zeros_like(res.layers["layer0"].dormant_mask)
+    planted[:, [1, 4]] = True
+    planted[-1, 7] = True
+    layers = dict(res.layers, layer0=dataclasses.replace(res.layers["layer0"], dormant_mask=planted))
+    roots = report_roots(dataclasses.replace(res, layers=layers))
+    cb = next(m for r in roots.values() for m in r.select({"type": CustomJS}) if m.name == RENDER_NAME)
+    marks, masks = cb.args["dormant"][0]
+    assert isinstance(marks, ColumnDataSource) and len(marks.data["x"]) == 0  # filled in the browser
+    np.testing.assert_array_equal(masks.data["m"], planted.astype(np.uint8))
+    marker_renderers = [r for root in roots.values() for r in root.select({"type": GlyphRenderer})
+                        if r.data_source is marks]
+    assert marker_renderers and all(r.glyph.fill_color == "white" for r in marker_renderers)

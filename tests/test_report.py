@@ -50,6 +50,16 @@ def html_text(results, tmp_path_factory) -> str:
     return out.read_text(encoding="utf-8")
 
 
+LOG_STEPS = np.array([0, 1, 3, 10, 30, 100], dtype=np.int64)  # snapshots spanning decades
+
+
+@pytest.fixture(scope="module")
+def log_html_text(results, tmp_path_factory) -> str:
+    """The report of ``results`` with log-spaced steps (built once: a report build takes seconds)."""
+    res = dataclasses.replace(results, steps=LOG_STEPS)
+    return build_report(res, tmp_path_factory.mktemp("log") / "log.html").read_text("utf-8")
+
+
 def _docs_json(page: str) -> dict:
     """The Bokeh document JSON embedded in the page (Bokeh HTML-escapes it inside its script tag)."""
     m = re.search(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', page, re.S)
@@ -322,7 +332,7 @@ def test_significance_table_matches_summaries(results, html_text):
     assert "saturate near 1.00" in html_text
 
 
-def test_log_step_axis_for_log_spaced_snapshots(results, tmp_path):
+def test_log_step_axis_for_log_spaced_snapshots(html_text, log_html_text):
     """Snapshots spanning decades get a log step axis with points at step + 1; short spans stay linear."""
     from topotrace.report_templates.charts import step_axis_type, time_x
 
@@ -331,15 +341,14 @@ def test_log_step_axis_for_log_spaced_snapshots(results, tmp_path):
     assert step_axis_type(np.array([5])) == "linear"
     np.testing.assert_array_equal(time_x(np.array([0, 9, 99]), "log"), [1.0, 10.0, 100.0])
     np.testing.assert_array_equal(time_x(np.array([0, 9, 99]), "linear"), [0.0, 9.0, 99.0])
-    steps = np.array([0, 1, 3, 10, 30, 100], dtype=np.int64)
-    page = build_report(dataclasses.replace(results, steps=steps), tmp_path / "log.html").read_text("utf-8")
+    page = log_html_text
     doc = _docs_json(page)
     assert _models(doc, "LogAxis") and "log scale" in page and "step + 1" in page
     labels = [m["attributes"].get("axis_label") for m in _models(doc, "LogAxis")]
     assert labels and all(lab == "training step (log scale)" for lab in labels)
     tickers = [m["attributes"] for m in _models(doc, "FixedTicker")]
     assert tickers and all(t["ticks"][:3] == [1.0, 2.0, 11.0] for t in tickers)  # steps 0, 1, 10
-    lin = _docs_json(build_report(results, tmp_path / "lin.html").read_text("utf-8"))
+    lin = _docs_json(html_text)
     assert not _models(lin, "LogAxis")
 
 
@@ -393,17 +402,18 @@ def _custom_js_arg(doc: dict, arg: str):
 
 
 @pytest.mark.parametrize("log_steps", [False, True])
-def test_time_markers_on_every_time_chart(results, tmp_path, log_steps):
+def test_time_markers_on_every_time_chart(results, html_text, log_html_text, log_steps):
     """Each chart over training time has one marker at the last snapshot; the slider callback knows every step's x."""
-    steps = np.array([0, 1, 3, 10, 30, 100], dtype=np.int64) if log_steps else np.asarray(results.steps)
+    steps = LOG_STEPS if log_steps else np.asarray(results.steps)
     res = dataclasses.replace(results, steps=steps)
-    doc = _docs_json(build_report(res, tmp_path / "markers.html").read_text("utf-8"))
+    doc = _docs_json(log_html_text if log_steps else html_text)
     want_x = steps.astype(float) + (1.0 if log_steps else 0.0)  # log axes draw step s at s + 1
     spans = [m for m in _models(doc, "Span") if m["attributes"].get("name") == "time_marker"]
     n_corr_layers = sum(1 for la in res.layers.values() if la.corr)
     n_findings_charts = 4 * sum(1 for la in res.layers.values() if la.evidence is not None)
-    # training curves, correlation summaries, strength/distinctness, the findings' claims
-    assert len(spans) == 3 + 2 * n_corr_layers + 2 + n_findings_charts
+    n_beyond = sum(1 for m in _models(doc, "Figure") if "step_axis" in (m["attributes"].get("tags") or []))
+    # training curves, correlation summaries, strength/distinctness, the findings' claims, beyond the study
+    assert n_beyond >= 5 and len(spans) == 3 + 2 * n_corr_layers + 2 + n_findings_charts + n_beyond
     assert all(s["attributes"]["location"] == want_x[-1] and s["attributes"]["dimension"] == "height" for s in spans)
     assert sorted(s["id"] for s in spans) == sorted(m["id"] for m in _custom_js_arg(doc, "markers"))
     np.testing.assert_array_equal(_custom_js_arg(doc, "marker_x"), want_x)

@@ -199,13 +199,21 @@ def _links(page: str) -> list[str]:
 
 
 def test_split_into_summary_and_layer_pages_under_budget(split):
-    """A summary page and one page per layer, each under the budget; the big layer's page shows fewer snapshots."""
+    """A summary page and layer pages, each under the budget: small layers share pages in order, the big layer has
+    a page of its own that shows fewer snapshots."""
     out, res, files = split
-    assert files[0] == out and len(files) == 13
-    assert [f.name for f in files[1:]] == [f"{i + 1:02d}-layer{i}.html" for i in range(12)]
-    assert all(f.parent == out.parent / "report_layers" for f in files[1:])
+    assert files[0] == out and all(f.parent == out.parent / "report_layers" for f in files[1:])
     for f in files:
         assert f.stat().st_size <= BUDGET_MB * 1e6, f
+    groups = [re.fullmatch(r"(\d\d)-(layer\d+)(?:--(layer\d+))?\.html", f.name).groups() for f in files[1:]]
+    covered = []
+    for first, a, b in groups:
+        lo, hi = int(a[5:]), int((b or a)[5:])
+        assert int(first) == lo + 1 and hi >= lo
+        covered += list(range(lo, hi + 1))
+    assert covered == list(range(12))  # every layer once, in order
+    assert ("06", BIG, None) in groups  # the big layer alone
+    assert len(files) - 1 < 12 and any(b is not None for _, _, b in groups)  # small layers share pages
     summary = out.read_text("utf-8")
     assert 'data-root-id' in summary and "time_slider" not in summary  # no maps on the summary page
     assert "page budget of 3.3 MB" in summary and "training_curves" in summary
@@ -215,8 +223,19 @@ def test_split_into_summary_and_layer_pages_under_budget(split):
     steps = [f"{int(s):,}" for s in res.steps]
     assert f"steps {steps[0]}, " in big and f" and {steps[-1]}. " in big  # first and last kept, listed
     assert f"{BIG}</a></td>" in summary and f">{m.group(1)} of 80<" in summary
-    small = (out.parent / "report_layers" / "01-layer0.html").read_text("utf-8")
-    assert "all 80 snapshots" in small and "This page shows" not in small
+    shared = next(f for f in files[1:] if "--" in f.name).read_text("utf-8")
+    assert "all 80 snapshots" in shared and "This page shows" not in shared and "layer_select" in shared
+    assert f'href="report_layers/{files[1].name}#layer=layer1"' in summary or "--" not in files[1].name
+
+
+def test_pack_keeps_order_and_budget():
+    """Layers are packed in order while fixed + their sizes fit 90 % of the budget; an oversize layer is alone."""
+    assert pages.pack([1, 1, 1, 1], fixed=2, budget=10) == [[0, 1, 2, 3]]
+    assert pages.pack([3, 3, 3, 3], fixed=2, budget=10) == [[0, 1], [2, 3]]
+    assert pages.pack([1, 20, 1, 1], fixed=2, budget=10) == [[0], [1], [2, 3]]
+    assert pages.pack([], fixed=2, budget=10) == []
+    assert pages.layer_page_name(0, ["a"]) == "01-a.html"
+    assert pages.layer_page_name(4, ["blocks.4.mlp", "blocks/7"]) == "05-blocks.4.mlp--blocks_7.html"
 
 
 def test_relative_links_resolve(split):
@@ -302,6 +321,11 @@ def test_every_page_renders_offline(split):
                 page.goto((f.parent / href.split("#")[0]).as_uri() + f"#step={step}")
                 page.wait_for_function("window.topotraceSnapshot !== undefined", timeout=20_000)
                 assert int(page.evaluate("window.topotraceStep")) == step  # the small layers show every snapshot
+                # a page of several layers opens at the layer its address names
+                if "--" in href:
+                    page.goto((f.parent / href.split("#")[0]).as_uri() + "#layer=layer1")
+                    page.wait_for_function("window.topotraceSnapshot !== undefined", timeout=20_000)
+                    assert page.evaluate("Bokeh.documents[0].get_model_by_name('layer_select').value") == "layer1"
                 assert errors == []
             page.close()
         browser.close()

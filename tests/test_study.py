@@ -65,7 +65,11 @@ def test_findings_json_lists_every_claim_with_intervals_across_seeds(study):
     time_claims = [f for f in found if f["claim"].endswith("_with_time")]
     assert len(time_claims) == 4 and all(f["measure"] == "" for f in time_claims)
     conf = [f for f in found if f["claim"].endswith("_with_confidence")]
-    assert len(conf) == 2 * 2 * 5 and conf[0]["measure"] == "logit_margin"  # the default measure leads
+    with Store(path / "seed-0" / "store.h5") as st:
+        n_measures = len(st.measures)  # the five defaults, and temp_prob where a train probe set is recorded
+    assert len(conf) == 2 * 2 * n_measures and conf[0]["measure"] == "logit_margin"  # the default measure leads
+    trends = [f for f in found if f["claim"] in ("dormant_share_grows", "nc1_falls")]
+    assert len(trends) == 4 and all(f["n_runs"] == 2 for f in trends)
     for f in found:
         assert f["n_runs"] == 2 and [r["run"] for r in f["runs"]] == ["seed 0", "seed 1"]
         assert f["verdict"] in ("supported", "mixed", "not supported")
@@ -82,6 +86,7 @@ def test_study_report_opens_with_findings_and_links_seeds(study):
     assert page.index('id="findings"') < page.index('id="summary"') < page.index('id="maps"')
     assert 'href="seed-0/report.html"' in page and 'href="seed-1/report.html"' in page
     assert "t-interval across 2 runs" in page
+    assert "Across the study&#39;s 2 seeds" in page or "Across the study's 2 seeds" in page
     assert (path / "seed-1" / "report.html").exists()
 
 

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from topotrace.analysis.findings import RULE, run_findings
+from topotrace.analysis.findings import RULE, run_findings, trend_findings
 from topotrace.analysis.layouts import METHODS
 from topotrace.analysis.pipeline import analyze
 from topotrace.report_templates.words import CLAIM_SHORT, interval, interval_kind, number
@@ -143,6 +143,21 @@ def run(args: argparse.Namespace) -> int:
         console.print(Text(f"{interval_kind(found[0])}. {RULE} Effects: change of the mean from the first snapshot "
                            "to the last (time); partial Spearman correlation given the class at the last snapshot "
                            "(confidence). The report lists every confidence measure."))
+    trends = trend_findings([res], [str(res.meta.get("run_name", "run"))])
+    if trends:
+        beyond = Table(title="Beyond the study: trends over training (bootstrap over probe samples, same rule)")
+        for col in ("layer", "trend", "effect", "95 % interval", "verdict"):
+            beyond.add_column(col, no_wrap=col != "layer")
+        for f in trends:
+            what = {"dormant_share_grows": "dormant share grows", "nc1_falls": "NC1 falls (log first/last)",
+                    "ece_rises_after_loss_minimum": f"ECE rises after the held-out loss minimum ({f.measure})"}
+            beyond.add_row(Text(visible(f.layer or "(run)")), Text(visible(what.get(f.claim, f.claim))),
+                           Text(number(f.effect)), Text(interval(f)),
+                           Text(f.verdict, style=style.get(f.verdict, "")))
+        console.print(beyond)
+        if res.loss_min >= 0:
+            console.print(Text(f"held-out loss minimum at step {int(res.steps[res.loss_min])} (snapshot "
+                               f"{res.loss_min + 1} of {res.n_snapshots})"))
     lay = Table(title="Layouts (default marked *)")
     for col in ("layer", "layout", "trustworthiness", "Shepard", "smoothness", "seconds"):
         lay.add_column(col)

@@ -137,11 +137,19 @@ def run(args: argparse.Namespace) -> int:
               "--refresh to recompute", file=sys.stderr)
     else:
         results = analyze(path, cache, **analysis_kwargs(args), until_good=args.until_good)
+    found_train = None
+    if results.probe_set != "train" and "train" in results.curves:  # the claims on the train probe set, too
+        train_cache = path.parent / "analysis_train.h5"
+        train = cached_results(path, train_cache, until_good=args.until_good) if not args.refresh else None
+        if train is None or train.probe_set != "train":
+            train = analyze(path, train_cache, probe_set="train", layout_methods=["pca"], until_good=args.until_good,
+                            refresh=args.refresh)
+        found_train = run_findings(train)
     t1 = time.perf_counter()
     found = run_findings(results)
     with _removed_on_failure(out.with_name(out.name + ".tmp"), out.with_name("findings.json.tmp")):
         build_report(results, out, found, index=None if args.out else site_index_for(out),
-                     page_budget=args.page_budget)
+                     page_budget=args.page_budget, found_train=found_train)
         trends = trend_findings([results], [str(results.meta.get("run_name", "run"))])
         if found or trends:
             write_findings_json([*found, *trends], out.with_name("findings.json"))
@@ -216,9 +224,10 @@ def write_study_report(path: Path, out: Path | None = None, results: list | None
         seed_report = study.seed_dir(s) / "report.html"
         if not seed_report.exists():
             build_report(res, seed_report, index=site_index_for(seed_report))
+    trends = trend_findings(results, names)
     with _removed_on_failure(out.with_name(out.name + ".tmp"), out.with_name("findings.json.tmp")):
         build_report(results[0], out, found, runs=links, title=f"study {study.name} ({len(study.seeds)} seeds)",
-                     index=site_index_for(out) if out == study.path / "report.html" else None)
-        write_findings_json([*found, *trend_findings(results, names)], out.with_name("findings.json"))
+                     index=site_index_for(out) if out == study.path / "report.html" else None, trends=trends)
+        write_findings_json([*found, *trends], out.with_name("findings.json"))
     print(visible(out))
     return 0

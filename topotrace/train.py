@@ -384,7 +384,8 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
             model, store_path, layers=r["layers"], probes=probes, class_names=data.class_names,
             schedule=make_schedule(cfg, total_steps, steps_per_epoch), meta=meta, act_dtype=r["act_dtype"],
             compression=None if r["compression"] == "none" else r["compression"], batch_size=r["batch_size"],
-            mc_dropout=r["mc_dropout"], resume=resume, resume_step=step if resume and ckpt is not None else (-1 if resume else None),
+            mc_dropout=r["mc_dropout"], resume=resume,
+            resume_step=step if resume and ckpt is not None else (-1 if resume else None),
         )
         with recorder:
             last_scheduled = recorder.last_step
