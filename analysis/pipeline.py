@@ -761,8 +761,10 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
 
 
 def trend_interval(effect: float, reps: np.ndarray) -> np.ndarray:
-    """``[effect, low, high]``: the effect with the 95 % percentile interval of its bootstrap replicates ``reps``
-    (shape (R,); non-finite replicates left out; NaN bounds when fewer than half are finite)."""
+    """``[effect, low, high]``: the effect with the 95 % percentile interval of its bootstrap replicates.
+
+    ``reps`` has shape (R,); non-finite replicates are left out; the bounds are NaN when fewer than half are finite.
+    """
     reps = reps[np.isfinite(reps)]
     if not np.isfinite(effect) or len(reps) < N_BOOT_TRENDS // 2:
         return np.array([effect, np.nan, np.nan])
@@ -777,7 +779,11 @@ def _nap_gap(store: Store, name: str, probe: str, class_naps: np.ndarray, n_s: i
     neuron), shape (S,); empty when the store has no ``"train"`` probe set (``docs/analysis.md``).
 
     Args:
+        store: the open store.
+        name: the layer.
+        probe: the analysed probe set.
         class_naps: array of shape (S, C, N), the class NAPs on ``probe``.
+        n_s: the snapshots analysed.
     """
     if TRAIN_PROBE not in store.probes:
         return np.zeros(0)

@@ -18,8 +18,8 @@ What is checked before HDF5 sees the file, how long HDF5 may retry, how its fail
 from __future__ import annotations
 
 import ctypes
-import json
 import functools
+import json
 import os
 import time
 from collections.abc import Iterator
