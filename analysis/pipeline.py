@@ -315,6 +315,7 @@ def analyze(
     progress: Progress | None = None,
     until_good: bool = False,
     cluster: SnapshotCluster | None = None,
+    dormant_tau: float = collapse.DORMANT_TAU,
 ) -> AnalysisResults:
     """Analyse a store (or load the cached analysis if the store and parameters are unchanged).
 
@@ -340,6 +341,7 @@ def analyze(
         cluster: compute the snapshots on a Dask cluster
             (:func:`topotrace.analysis.distributed.dask_cluster`); its workers open the store by its path.
             Default: in this process, with a thread pool. The results are the same either way.
+        dormant_tau: tau of the tau-dormant units (``docs/analysis.md``), >= 0; default 0.025 (Sokar et al.).
 
     Returns:
         :class:`AnalysisResults`; for a run that diverged (:data:`DIVERGED_SHARE`), of the snapshots before
@@ -356,6 +358,10 @@ def analyze(
         raise TypeError(f"The 'n_bins' parameter must be an int. Got {type(n_bins).__name__} instead.")
     if n_bins < 1:
         raise ValueError(f"The 'n_bins' parameter must be >= 1. Got {n_bins} instead.")
+    if isinstance(dormant_tau, bool) or not isinstance(dormant_tau, (int, float, np.floating)) \
+            or not np.isfinite(dormant_tau) or dormant_tau < 0:
+        raise ValueError(f"The 'dormant_tau' parameter must be a number >= 0 (share of the layer's mean |activation| "
+                         f"at or below which a unit counts as dormant). Got {dormant_tau!r} instead.")
     if bins not in ("snapshot", "pooled"):
         raise ValueError(f"The 'bins' parameter must be 'snapshot' or 'pooled'. Got {bins!r} instead.")
     if layout_methods is not None:
@@ -368,7 +374,7 @@ def analyze(
         "alpha": ALPHA, "grid": GRID, "min_map_fill": MIN_MAP_FILL, "random_state": RANDOM_STATE,
         "cka_max_samples": CKA_MAX_SAMPLES,
         "layout_features": "class NAPs at the last snapshot", "metric": "cosine", "n_boot": evidence.N_BOOT,
-        "dormant_tau": collapse.DORMANT_TAU, "ece_bins": ECE_BINS, "n_boot_trends": N_BOOT_TRENDS,
+        "dormant_tau": float(dormant_tau), "ece_bins": ECE_BINS, "n_boot_trends": N_BOOT_TRENDS,
     }
     report = progress or (lambda stage, done, total: None)
     with Store(path, until_good=until_good) as store:
@@ -398,7 +404,8 @@ def analyze(
                              "snapshot; nothing finite to analyse.")
         sha_thread, sha = _sha256_async(store)
         task = {"path": str(path), "until_good": bool(until_good), "probe": probe_set, "measure": measure,
-                "bins_mode": bins, "n_bins": int(n_bins), "n_s": int(n_s), "fingerprint": fingerprint}
+                "bins_mode": bins, "n_bins": int(n_bins), "n_s": int(n_s), "fingerprint": fingerprint,
+                "tau": float(dormant_tau)}
         report("training curves", 0, 1)
         curves = _curves(store, n_s)
         report("training curves", 1, 1)
@@ -408,7 +415,8 @@ def analyze(
         with threadpool_limits(1, user_api="blas"):
             for name in store.layers:
                 layers[name] = _analyze_layer(store, name, probe_set, measure, bins, layout_methods,
-                                              default_layout, n_bins, report, n_s, outcome_ok[:n_s], cluster, task)
+                                              default_layout, n_bins, report, n_s, outcome_ok[:n_s], cluster, task,
+                                              float(dormant_tau))
         sha_thread.join()
         ref_probe = next((p for p in (HELDOUT_PROBE, probe_set) if p in store.probes and p != TRAIN_PROBE), None)
         loss_min = loss_minimum(curves, ref_probe) if ref_probe else -1
@@ -497,7 +505,7 @@ class LayerContext:
 
 
 def layer_context(store: Store, name: str, probe: str, measure: str, bins_mode: str, n_bins: int, n_s: int,
-                  outcome_ok: np.ndarray) -> LayerContext:
+                  outcome_ok: np.ndarray, tau: float = collapse.DORMANT_TAU) -> LayerContext:
     """The context of one layer over the first ``n_s`` snapshots (the last of them is the CKA reference).
 
     ``outcome_ok`` (n_s, n), bool: samples with finite outputs (the others are in no prediction or confidence
@@ -535,7 +543,7 @@ def layer_context(store: Store, name: str, probe: str, measure: str, bins_mode: 
     steps = store.steps
     return LayerContext(name, probe, n, store.layers[name].n_neurons, n_classes, n_bins, measures, labels, preds,
                         corrects, bins, names_b, conf_all, outcome_ok, sizes, off, g_total, cols, df, df_within, boot,
-                        cka, steps)
+                        cka, steps, float(tau))
 
 
 def _stream_layer(store: Store, ctx: LayerContext, lp: _LayerPass, done_cb: Callable[[int], None]) -> None:
@@ -681,7 +689,7 @@ def task_context(store: Store, task: dict) -> LayerContext:
                          f"{task['fingerprint']} when the analysis started).")
     n_s = task["n_s"]
     return layer_context(store, task["name"], task["probe"], task["measure"], task["bins_mode"], task["n_bins"],
-                         n_s, _outcome_ok(store, task["probe"])[:n_s])
+                         n_s, _outcome_ok(store, task["probe"])[:n_s], tau=task.get("tau", collapse.DORMANT_TAU))
 
 
 def snapshot_row(ctx: LayerContext, s: int, stored: np.ndarray, ws: stats.Workspace) -> dict:
@@ -694,7 +702,7 @@ def snapshot_row(ctx: LayerContext, s: int, stored: np.ndarray, ws: stats.Worksp
 def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode: str,
                    layout_methods: list[str] | None, default_layout: str | None, n_bins: int,
                    report: Progress, n_s: int, outcome_ok: np.ndarray, cluster: SnapshotCluster | None = None,
-                   task: dict | None = None) -> LayerResult:
+                   task: dict | None = None, tau: float = collapse.DORMANT_TAU) -> LayerResult:
     """One layer over the first ``n_s`` snapshots (the last of them is the CKA reference).
 
     ``outcome_ok`` (n_s, n), bool: samples with finite outputs (the others are in no prediction or confidence
@@ -703,7 +711,7 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
     """
     spec = store.layers[name]
     n_neurons = spec.n_neurons
-    ctx = layer_context(store, name, probe, measure, bins_mode, n_bins, n_s, outcome_ok)
+    ctx = layer_context(store, name, probe, measure, bins_mode, n_bins, n_s, outcome_ok, tau)
     measures, names_b, boot = ctx.measures, ctx.names_b, ctx.boot
     lp = _LayerPass(n_s, n_neurons, measures, n_bins, ctx.sizes, ctx.n)
     stage = f"{name}: snapshots"

@@ -171,3 +171,20 @@ def test_dormant_units_shipped_for_hollow_markers(run, tmp_path):
     marker_renderers = [r for root in roots.values() for r in root.select({"type": GlyphRenderer})
                         if r.data_source is marks]
     assert marker_renderers and all(r.glyph.fill_color == "white" for r in marker_renderers)
+
+
+def test_dormant_tau_is_a_parameter(run, tmp_path, capsys):
+    """analyze(dormant_tau=...) and `--dormant-tau` set the threshold; a negative one is refused in one line."""
+    from topotrace.cli import main
+
+    store, _ = run
+    res = analyze(store, tmp_path / "a.h5", layout_methods=["pca"], dormant_tau=0.9)
+    assert res.params["dormant_tau"] == 0.9
+    with Store(store) as st:
+        a = st.acts("heldout", "layer0", 2).astype(np.float64)
+    score = np.abs(a).mean(0) / np.abs(a).mean()
+    np.testing.assert_array_equal(res.layers["layer0"].dormant_mask[2], score <= 0.9)
+    with pytest.raises(ValueError, match="dormant_tau"):
+        analyze(store, tmp_path / "b.h5", dormant_tau=-1)
+    assert main(["analyze", str(store), "--dormant-tau", "-0.5", "--layouts", "pca"]) == 2
+    assert "dormant_tau" in capsys.readouterr().err

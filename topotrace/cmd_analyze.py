@@ -17,13 +17,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from topotrace.analysis.collapse import DORMANT_TAU
 from topotrace.analysis.findings import RULE, run_findings, trend_findings
 from topotrace.analysis.layouts import METHODS
 from topotrace.analysis.pipeline import analyze
 from topotrace.report_templates.words import CLAIM_SHORT, interval, interval_kind, number
 
 # None: the pipeline's own default (for the measure: logit_margin when the store has it)
-ANALYSIS_DEFAULTS = {"probe_set": "heldout", "measure": None, "layouts": None, "n_bins": 5}
+ANALYSIS_DEFAULTS = {"probe_set": "heldout", "measure": None, "layouts": None, "n_bins": 5,
+                     "dormant_tau": DORMANT_TAU}
 
 
 def add_analysis_options(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +39,9 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
                         "(default: the fast ones for each layer's size)")
     parser.add_argument("--bins", type=int, default=None, dest="n_bins", metavar="N",
                         help="number of confidence bins (default: 5)")
+    parser.add_argument("--dormant-tau", type=float, default=None, dest="dormant_tau", metavar="TAU",
+                        help="a unit is dormant when its mean |activation| is at most TAU times the layer's mean "
+                             f"(default: {DORMANT_TAU:g}, Sokar et al. 2023)")
     parser.add_argument("--refresh", action="store_true", help="recompute even if the cache is up to date")
 
 
