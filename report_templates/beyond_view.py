@@ -57,7 +57,8 @@ HELDOUT, TRAIN = "heldout", "train"
 STEP_AXIS_TAG = "step_axis"  # tags the charts of this module over training time
 LOSS_MIN_NAME = "loss_min_marker"
 LOSS_MIN_LEGEND = "loss_min_legend"  # the (empty) line that gives the marker its legend entry
-LOSS_MIN_COLOR = "#8c959f"
+LOSS_MIN_COLOR = "#bc4c00"  # amber: apart from the grey current-snapshot marker
+DIAGONAL_COLOR = "#8c959f"
 RELIABILITY_SLIDER = "reliability_slider"
 RELIABILITY_VIEW = "reliability_view"  # the source the diagram draws: columns conf<k>, acc<k>, n<k> per measure k
 RELIABILITY_MARKER = "reliability_marker"  # on the ECE chart: the snapshot the reliability diagram shows
@@ -187,7 +188,7 @@ def _reliability(results: AnalysisResults, steps: np.ndarray, marker: Span | Non
     titles = [plain(f"Reliability, {probe} probe set, step {int(s):,}") for s in steps[:n_s]]
     fig = _line_figure(titles[last], "mean confidence in bin", "accuracy in bin", x_range=Range1d(0, 1),
                        y_range=Range1d(0, 1.02), width=340, height=300)
-    diag = fig.line([0, 1], [0, 1], line_color=LOSS_MIN_COLOR, line_dash="dashed", line_width=1)
+    diag = fig.line([0, 1], [0, 1], line_color=DIAGONAL_COLOR, line_dash="dashed", line_width=1)
     items = [("perfect calibration", [diag])]
     for k, m in enumerate(cal.measures[: len(keys) // 3]):
         color = MEASURE_COLORS[_measures(results.calibration).index(m) % 10]
@@ -364,7 +365,7 @@ def _legend_entry(fig: Plot, label: str, x: float) -> None:
     The entry's line is one point at (``x``, NaN): it draws nothing and leaves the ranges alone, but the legend
     draws its sample (a legend skips the sample of a renderer without data).
     """
-    r = fig.line(x=[x], y=[math.nan], line_color=LOSS_MIN_COLOR, line_width=2, line_dash="dashed",
+    r = fig.line(x=[x], y=[math.nan], line_color=LOSS_MIN_COLOR, line_width=2, line_dash="dotdash",
                  name=LOSS_MIN_LEGEND)
     item = LegendItem(label=label, renderers=[r])
     legends = [m for m in (*fig.below, *fig.center, *fig.above, *fig.left, *fig.right) if isinstance(m, Legend)]
@@ -400,7 +401,7 @@ def mark_loss_minimum(roots: Mapping[str, LayoutDOM] | Iterable[LayoutDOM], resu
                 continue
             axis = "log" if isinstance(fig.x_scale, LogScale) else "linear"
             span = Span(location=float(time_x(np.array([step]), axis)[0]), dimension="height",
-                        line_color=LOSS_MIN_COLOR, line_width=2, line_alpha=0.9, line_dash="dashed",
+                        line_color=LOSS_MIN_COLOR, line_width=2, line_alpha=0.9, line_dash="dotdash",
                         name=LOSS_MIN_NAME)
             fig.add_layout(span)
             _legend_entry(fig, label, span.location)

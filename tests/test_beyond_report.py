@@ -220,7 +220,7 @@ def test_loss_min_marker_on_every_time_chart(results, log_steps):
     step = int(res.steps[LOSS_MIN])
     for fig in charts:
         spans = [m for m in fig.center if isinstance(m, Span) and m.name == LOSS_MIN_NAME]
-        assert len(spans) == 1 and spans[0].line_dash == [6] and spans[0].dimension == "height"
+        assert len(spans) == 1 and spans[0].line_dash == [2, 4, 6, 4] and spans[0].dimension == "height"
         assert isinstance(fig.x_scale, LogScale) == log_steps
         assert spans[0].location == (step + 1.0 if log_steps else float(step))
         labels = [_label(it.label) for lg in fig.select({"type": Legend}) for it in lg.items]
