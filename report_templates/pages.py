@@ -30,6 +30,7 @@ from bokeh.settings import settings
 MB = 1_000_000  # page sizes and budgets are in decimal megabytes, as printed
 DEFAULT_BUDGET_MB = 10.0
 MIN_BUDGET_MB = 2.0  # BokehJS alone takes about 1.7 MB of every page
+MAX_LAYERS_PER_PAGE = 2  # a page of more layers opens too slowly (12 x 768 neurons: 4 layers took 11.7 s, bench)
 PAGE_FILE = re.compile(r"^\d{2,}-.+\.html$")  # names of layer pages (layer_page_name)
 
 
@@ -109,13 +110,15 @@ def layer_page_name(position: int, layers: Sequence[str]) -> str:
     return f"{position + 1:02d}-{_safe(layers[0])}{last}.html"
 
 
-def pack(sizes: Sequence[int], fixed: int, budget: float) -> list[list[int]]:
+def pack(sizes: Sequence[int], fixed: int, budget: float, max_layers: int = MAX_LAYERS_PER_PAGE) -> list[list[int]]:
     """Consecutive layers grouped into pages: each page takes the next layers while ``fixed`` plus their sizes fit.
 
     Args:
         sizes: each layer's share of a page (its maps with every snapshot), in bytes, shape (L,).
         fixed: what every page takes whatever it holds (BokehJS, the page's text), in bytes.
         budget: the page budget in bytes (a margin of 10 % is kept for the estimate's error).
+        max_layers: at most this many layers per page: the browser builds every layer's map tiles when a page
+            opens (the hidden ones too), so the time to first paint grows with the layers on a page.
 
     Returns:
         The layer positions of each page, in order; a layer that does not fit alone gets a page of its own.
@@ -124,7 +127,7 @@ def pack(sizes: Sequence[int], fixed: int, budget: float) -> list[list[int]]:
     room = 0.9 * budget - fixed
     used = math.inf
     for i, size in enumerate(sizes):
-        if used + size > room:
+        if used + size > room or len(groups[-1]) >= max_layers:
             groups.append([])
             used = 0
         groups[-1].append(i)

@@ -229,9 +229,12 @@ def test_split_into_summary_and_layer_pages_under_budget(split):
 
 
 def test_pack_keeps_order_and_budget():
-    """Layers are packed in order while fixed + their sizes fit 90 % of the budget; an oversize layer is alone."""
-    assert pages.pack([1, 1, 1, 1], fixed=2, budget=10) == [[0, 1, 2, 3]]
-    assert pages.pack([3, 3, 3, 3], fixed=2, budget=10) == [[0, 1], [2, 3]]
+    """Layers are packed in order while fixed + their sizes fit 90 % of the budget, at most max_layers per page;
+    an oversize layer is alone."""
+    assert pages.pack([1, 1, 1, 1], fixed=2, budget=10, max_layers=4) == [[0, 1, 2, 3]]
+    assert pages.pack([1, 1, 1, 1, 1], fixed=2, budget=10) == [[0, 1], [2, 3], [4]]  # at most 2 per page
+    assert pages.pack([3, 3, 3, 3], fixed=2, budget=10, max_layers=4) == [[0, 1], [2, 3]]
+    assert pages.pack([3, 3, 3], fixed=1, budget=10, max_layers=4) == [[0, 1], [2]]
     assert pages.pack([1, 20, 1, 1], fixed=2, budget=10) == [[0], [1], [2, 3]]
     assert pages.pack([], fixed=2, budget=10) == []
     assert pages.layer_page_name(0, ["a"]) == "01-a.html"
