@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 from bokeh.layouts import column, row
+from bokeh.model.util import collect_models
 from bokeh.models import (
     ColumnDataSource,
     CustomJS,
@@ -83,7 +84,7 @@ def _add_time_marker(fig: figure, steps: np.ndarray, axis_type: str) -> Span:
 
 def time_markers(roots: list[LayoutDOM]) -> list[Span]:
     """The current-snapshot markers inside ``roots`` (for the map callback to move)."""
-    return [m for root in roots for m in root.select({"name": MARKER_NAME}) if isinstance(m, Span)]
+    return [m for m in collect_models(*roots) if isinstance(m, Span) and m.name == MARKER_NAME]  # in page order
 
 
 def _line_figure(title: str, x_label: str, y_label: str, x_axis_type: str = "linear", **kw) -> figure:

@@ -12,24 +12,31 @@ itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
+import itertools
 import json
 import math
 import os
+import types
 import urllib.parse
+import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
+import bokeh.util.serialization as bokeh_serialization
 import jinja2
 import markupsafe
 import numpy as np
+from bokeh.core.types import ID
 from bokeh.document import Document
 from bokeh.embed import file_html
 from bokeh.events import DocumentReady
 from bokeh.layouts import row
+from bokeh.model.util import collect_models
 from bokeh.models import CustomJS, Div
 from bokeh.models.layouts import LayoutDOM
 from bokeh.resources import INLINE
@@ -67,6 +74,33 @@ def _flatten(prefix: str, value: object, out: list[tuple[str, str]]) -> None:
         out.append((prefix, _text(value)))
 
 
+# The distributions whose versions shape an analysis and its report (umap-learn only where installed).
+RESULT_LIBRARIES = ("numpy", "scipy", "scikit-learn", "h5py", "bokeh", "topotrace", "umap-learn")
+
+
+def analysis_versions() -> dict[str, str]:
+    """The installed versions of :data:`RESULT_LIBRARIES` (importlib.metadata); those not installed are left out."""
+    out = {}
+    for name in RESULT_LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def report_now() -> _dt.datetime:
+    """The report's date: ``SOURCE_DATE_EPOCH`` (seconds, UTC) when set, for reproducible bytes; else now."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not epoch:
+        return _dt.datetime.now(_dt.timezone.utc)
+    try:
+        return _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"The SOURCE_DATE_EPOCH environment variable must be a whole number of seconds since "
+                         f"1970-01-01 UTC. Got {epoch!r}.") from None
+
+
 def _run_context(results: AnalysisResults, now: _dt.datetime) -> dict[str, object]:
     """Provenance shown in the summary section (plain strings; the template escapes them)."""
     meta = dict(results.meta or {})
@@ -95,15 +129,14 @@ def _run_context(results: AnalysisResults, now: _dt.datetime) -> dict[str, objec
     params: list[tuple[str, str]] = []
     _flatten("", dict(results.params or {}), params)
     versions = meta.get("versions")
-    try:
-        own = metadata.version("topotrace")
-    except metadata.PackageNotFoundError:
-        own = "unknown"
+    recorded = [(f"{k} (recording)", _text(v)) for k, v in versions.items()] if isinstance(versions, Mapping) else []
+    analysis = analysis_versions()
+    own = analysis.get("topotrace", "unknown")
     return {
         "name": _text(name, 120),
         "facts": facts,
         "sha256": results.store_sha256 or "not recorded",
-        "versions": [(str(k), _text(v)) for k, v in versions.items()] if isinstance(versions, Mapping) else [],
+        "versions": recorded + [(f"{k} (analysis)", v) for k, v in analysis.items()],
         "model_summary": _text(meta["model_summary"], 20000) if meta.get("model_summary") else "",
         "config": config,
         "params": params,
@@ -222,13 +255,38 @@ def _embed(roots: dict[str, LayoutDOM], title: str, context: dict[str, object],
            template: str = "report.html") -> str:
     """The one call of Bokeh's embedding API: roots placed by name into ``template``, resources inline."""
     variables = dict(context, available=sorted(roots), css=markupsafe.Markup((_HERE / "report.css").read_text()))
-    doc = Document()
-    with doc.models.freeze():  # one recomputation of the model graph instead of one per root
-        for root in roots.values():
-            doc.add_root(root)
-    for cb in doc.select({"type": CustomJS, "name": maps.RENDER_NAME}):
-        doc.js_on_event(DocumentReady, cb)  # the maps are drawn in the browser, first when the page is ready
-    return file_html(doc, INLINE, title, template=_template(template), template_variables=variables)
+    with _fixed_ids(roots) if os.environ.get("SOURCE_DATE_EPOCH", "").strip() else contextlib.nullcontext():
+        doc = Document()
+        with doc.models.freeze():  # one recomputation of the model graph instead of one per root
+            for root in roots.values():
+                doc.add_root(root)
+        renders = [m for m in collect_models(*roots.values()) if isinstance(m, CustomJS) and m.name == maps.RENDER_NAME]
+        for cb in renders:
+            doc.js_on_event(DocumentReady, cb)  # the maps are drawn in the browser, first when the page is ready
+        return file_html(doc, INLINE, title, template=_template(template), template_variables=variables)
+
+
+@contextlib.contextmanager
+def _fixed_ids(roots: dict[str, LayoutDOM]) -> Iterator[None]:
+    """Reproducible ids while a page is written (with ``SOURCE_DATE_EPOCH``): the same page gets the same bytes.
+
+    Bokeh numbers models with a counter that runs for the whole process and gives documents and elements random
+    uuids. Here the page's models are renumbered ``p1``, ``p2``, ... in the order of a walk from the roots (before
+    they join a document), the models made while writing continue from there, and the uuids come from a counter.
+    The process-wide counter goes on from where it was afterwards.
+    """
+    order = collect_models(*roots.values())  # breadth first from the roots in order: the same for the same page
+    for k, model in enumerate(order, 1):
+        model._id = ID(f"p{k}")
+    count = itertools.count(1)
+    saved_uuid, saved_count = bokeh_serialization.uuid, bokeh_serialization._simple_id
+    bokeh_serialization.uuid = types.SimpleNamespace(uuid4=lambda: uuid.UUID(int=(0xA << 124) | next(count)))
+    bokeh_serialization._simple_id = len(order)
+    try:
+        yield
+    finally:
+        bokeh_serialization.uuid = saved_uuid
+        bokeh_serialization._simple_id = max(saved_count, bokeh_serialization._simple_id)
 
 
 def _write_page(page: str, out_path: str | os.PathLike) -> Path:
@@ -352,7 +410,7 @@ def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: l
     budget = pages.check_budget(page_budget)
     out = Path(out_path)
     found = run_findings(results) if found is None else found
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = report_now()
     context = _page_context(results, now, found, list(runs or []))
     if title is not None:
         context["run"] = dict(context["run"], name=title)

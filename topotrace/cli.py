@@ -41,9 +41,12 @@ COMMANDS = {
     "info": "print a readable summary of a store",
     "analyze": "compute NAPs, layouts, maps and statistics (cached next to the store)",
     "report": "write the self-contained HTML report (and findings.json) of a run or a study",
+    "figure": "write a figure for a paper (PDF, SVG or PNG): a grid of maps or the findings' curves",
     "study": "train, record and analyse replicate runs (seeds) and report the findings across them",
     "compare": "write one self-contained HTML page with two or more runs side by side",
     "site": "write runs/index.html: one offline, sortable table over every run and study",
+    "archive": "write one self-describing zip bundle of a run or study (store, analysis, report, citation, checksums)",
+    "verify": "check an archive bundle: its checksums, stores, and report against one rebuilt from its analysis",
 }
 
 

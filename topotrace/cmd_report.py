@@ -6,9 +6,10 @@ seeds, then the maps of its first seed).
 Without analysis options the cached analysis of the store is used whatever parameters made it (they are
 printed); with any of them (the same as for topotrace analyze) the analysis is made with those.
 
-Also exports chosen maps as PNG files for papers with --png LAYER:GROUPING:GROUP:SNAPSHOT (repeatable),
-e.g. --png hidden1:class:3:-1 for class 3's map of layer hidden1 at the last snapshot; --contrast draws them
-as contrast to the other groups of the grouping.
+Also exports chosen maps as PNG files with --png LAYER:GROUPING:GROUP:SNAPSHOT (repeatable), e.g.
+--png hidden1:class:3:-1 for class 3's map of layer hidden1 at the last snapshot; --contrast draws them as
+contrast to the other groups of the grouping. This is a shortcut to ``topotrace figure`` (one map, PNG; needs
+matplotlib), which draws grids of maps as PDF, SVG or PNG from the cached analysis without the HTML.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="HTML file to write (default: report.html next to the store)")
     parser.add_argument("--png", action="append", default=[], metavar="LAYER:GROUPING:GROUP:SNAPSHOT",
                         help="also export this map as PNG (repeatable), e.g. hidden1:class:3:-1; written to "
-                             "maps/ next to the report")
-    parser.add_argument("--scale", type=int, default=4, help="PNG pixels per map grid cell (default: 4)")
+                             "maps/ next to the report. A shortcut to `topotrace figure ... --format png` (needs "
+                             "matplotlib: pip install 'topotrace[figures]'), which makes grids, PDF and SVG without "
+                             "rebuilding the HTML")
+    parser.add_argument("--scale", type=int, default=4,
+                        help="PNG resolution: about this many pixels per map grid cell (default: 4)")
     parser.add_argument("--contrast", action="store_true",
                         help="draw the PNG maps as contrast to the other groups (group mean subtracted per neuron)")
     parser.add_argument("--page-budget", type=float, default=10.0, metavar="MB",
@@ -102,7 +106,6 @@ def check_output_file(out: Path, option: str = "--out", example: str = "report.h
 def run(args: argparse.Namespace) -> int:
     from topotrace.analysis.findings import run_findings, trend_findings, write_findings_json
     from topotrace.analysis.pipeline import analyze, cached_results
-    from topotrace.report_templates.export import export_map_png
     from topotrace.report_templates.generate import build_report
 
     from .cli import visible
@@ -122,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"The layer of '--png' must be one of the store's layers {layers}. Got {layer!r}.")
     if args.scale < 1:
         raise ValueError(f"The '--scale' option must be an int >= 1 (PNG pixels per map grid cell). Got {args.scale}.")
+    if pngs:
+        from topotrace.report_templates.figures import require_matplotlib
+
+        require_matplotlib()
     _check_page_budget(args.page_budget)
     out = Path(args.out) if args.out else path.parent / "report.html"
     check_output_file(out, siblings=("findings.json",) + (("maps",) if pngs else ()))
@@ -146,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
                             refresh=args.refresh)
         found_train = run_findings(train)
     t1 = time.perf_counter()
+    maps = [_png_map(results, spec, args.contrast) for spec in pngs]  # checked before anything is written
     found = run_findings(results)
     with _removed_on_failure(out.with_name(out.name + ".tmp"), out.with_name("findings.json.tmp")):
         build_report(results, out, found, index=None if args.out else site_index_for(out),
@@ -154,17 +162,33 @@ def run(args: argparse.Namespace) -> int:
         if found or trends:
             write_findings_json([*found, *trends], out.with_name("findings.json"))
     t2 = time.perf_counter()
-    for layer, grouping, group, snapshot in pngs:
+    for (layer, grouping, group, snapshot), grid in zip(pngs, maps):
         target = out.parent / "maps" / f"{_safe(layer)}_{_safe(grouping)}_{_safe(group)}_{snapshot}.png"
-        try:
-            export_map_png(results, layer, grouping, group, snapshot, target, scale=args.scale,
-                           contrast=args.contrast)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"PNG {layer}:{grouping}:{group}:{snapshot} not written: {err}") from err
+        write_png_map(grid, target, args.scale)
         print(f"map: {visible(target)}", file=sys.stderr)
     print(f"analysis {t1 - t0:.1f} s, report {t2 - t1:.1f} s, {pages_summary(out)}", file=sys.stderr)
     print(visible(out))
     return 0
+
+
+def _png_map(results, spec: tuple[str, str, str, int], contrast: bool):
+    """The checked one-cell map grid of a ``--png`` spec (``topotrace figure``'s plan); errors name the spec."""
+    from topotrace.report_templates.figures import plan_map_grid
+
+    layer, grouping, group, snapshot = spec
+    try:
+        return plan_map_grid(results, layer, [snapshot], grouping, [group], contrast=contrast)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"PNG {layer}:{grouping}:{group}:{snapshot} not written: {err}") from err
+
+
+def write_png_map(grid, target: Path, scale: int) -> Path:
+    """Draw a one-cell map grid (``topotrace figure``'s builder) as a PNG with about ``scale`` px per grid cell."""
+    from topotrace.report_templates.figures import CELL_IN, draw_map_grid, save_figure
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    dpi = max(20.0, scale * grid.images.shape[-1] / CELL_IN)
+    return save_figure(draw_map_grid(grid), target, "png", dpi=dpi)
 
 
 def _check_page_budget(budget: float) -> None:
