@@ -1,4 +1,4 @@
-"""The topotrace command line: train, info, analyze, report, study, compare, site.
+"""The topotrace command line: train, info, analyze, report, figure, study, compare, site, archive, verify.
 
 Each subcommand lives in its own module ``topotrace.cmd_<name>`` with ``configure(parser)`` and
 ``run(args) -> int``; modules are imported only when their command runs, so ``topotrace info`` never
@@ -32,7 +32,10 @@ EXAMPLES = """examples (the default run):
   topotrace study --seeds 0,1,2            three seeds of the default run, runs/digits-study/
   topotrace compare runs/lr-0.1 runs/lr-0.01
                                            two runs side by side in runs/compare.html
+  topotrace figure runs/digits --layer hidden1 --snapshots 0,10,-1 --out fig.pdf
+                                           a grid of maps for a paper (vector PDF)
   topotrace site                           runs/index.html over every run and study in runs/
+  topotrace archive runs/digits            runs/digits.zip, a self-describing bundle; topotrace verify checks it
   topotrace COMMAND --help                 the options of one command
 """
 
