@@ -141,27 +141,35 @@ def _loss_min(results: AnalysisResults) -> int | None:
 
 
 # --------------------------------------------------------------------------------------------- calibration
-def _ece_figure(results: AnalysisResults, steps: np.ndarray, xtype: str) -> figure | None:
-    """ECE over training: one colour per measure, held-out solid, train dashed."""
-    cal = results.calibration
-    colors = {m: MEASURE_COLORS[i % 10] for i, m in enumerate(_measures(cal))}
-    fig = _step_figure("Expected calibration error (ECE)", "ECE", steps, xtype)
+def _probe_lines(fig: figure, lines: list[tuple[str, str, str, np.ndarray]], steps: np.ndarray,
+                 xtype: str) -> figure | None:
+    """Draw ``(label, probe, colour, y)`` curves on ``fig`` (held-out solid, train dashed), hover and legend.
+
+    Returns ``fig``, or None when every curve is empty.
+    """
     items = []
-    for probe in cal:
-        for m in cal[probe].measures:
-            y = _ece(results, probe, m)
-            if y.size == 0:
-                continue
-            label = plain(f"{probe}, {m}")
-            r = fig.line("x", "y", source=_series(steps, y, xtype, label), line_width=2, color=colors[m],
-                         line_dash=_dash(probe))
-            items.append((label, [r]))
+    for label, probe, color, y in lines:
+        if y.size == 0:
+            continue
+        r = fig.line("x", "y", source=_series(steps, y, xtype, label), line_width=2, color=color,
+                     line_dash=_dash(probe))
+        items.append((label, [r]))
     if not items:
         return None
     _hover(fig, [r for _, (r,) in items], "@y{0.0000}")
     _add_legend(fig, items)
     _fit_legends(fig)
     return fig
+
+
+def _ece_figure(results: AnalysisResults, steps: np.ndarray, xtype: str) -> figure | None:
+    """ECE over training: one colour per measure, held-out solid, train dashed."""
+    cal = results.calibration
+    colors = {m: MEASURE_COLORS[i % 10] for i, m in enumerate(_measures(cal))}
+    fig = _step_figure("Expected calibration error (ECE)", "ECE", steps, xtype)
+    lines = [(plain(f"{probe}, {m}"), probe, colors[m], _ece(results, probe, m))
+             for probe in cal for m in cal[probe].measures]
+    return _probe_lines(fig, lines, steps, xtype)
 
 
 def _reliability(results: AnalysisResults, steps: np.ndarray, marker: Span | None,
@@ -244,19 +252,7 @@ def _gap_figure(title: str, y_label: str, lines: list[tuple[str, np.ndarray]], s
                 xtype: str, colors: Mapping[str, str]) -> figure | None:
     """One generalisation-gap chart: each probe set's curve (held-out solid, train dashed)."""
     fig = _step_figure(title, y_label, steps, xtype, width=265, height=270)
-    items = []
-    for probe, y in lines:
-        if y.size == 0:
-            continue
-        r = fig.line("x", "y", source=_series(steps, y, xtype, plain(probe)), line_width=2, color=colors[probe],
-                     line_dash=_dash(probe))
-        items.append((plain(probe), [r]))
-    if not items:
-        return None
-    _hover(fig, [r for _, (r,) in items], "@y{0.0000}")
-    _add_legend(fig, items)
-    _fit_legends(fig)
-    return fig
+    return _probe_lines(fig, [(plain(probe), probe, colors[probe], y) for probe, y in lines], steps, xtype)
 
 
 def overfitting_view(results: AnalysisResults) -> LayoutDOM | None:
