@@ -36,11 +36,23 @@ MAX_LOCAL_WORKERS = 4  # default worker processes of a local cluster (capped by 
 _local = threading.local()  # per worker thread: its scratch arrays (stats.Workspace)
 
 
+def _open(task: dict) -> Store:
+    """The store of a task, opened on a worker.
+
+    The calling process has checked the whole store before sending tasks, and :func:`task_context` checks that
+    it is still that store (its fingerprint), so a worker opens it with a quick open: no walk over every
+    dataset's chunk index for each task; every chunk read still verifies its checksum. With ``until_good`` the
+    full open is needed, to see the same snapshots as the calling process.
+    """
+    until_good = bool(task["until_good"])
+    return Store(task["path"], until_good=until_good, quick=not until_good)
+
+
 @lru_cache(maxsize=2)
 def _context(task_json: str) -> LayerContext:
     """The layer context of a task, built once per worker process (the layer in progress and the one before)."""
     task = json.loads(task_json)
-    with Store(task["path"], until_good=task["until_good"]) as store:
+    with _open(task) as store:
         return task_context(store, task)
 
 
@@ -50,7 +62,7 @@ def compute_snapshot(task: dict, s: int) -> dict:
     ws = getattr(_local, "ws", None)
     if ws is None:
         ws = _local.ws = stats.Workspace()
-    with Store(task["path"], until_good=task["until_good"]) as store:
+    with _open(task) as store:
         stored = store.acts(task["probe"], task["name"], s, dtype=None)  # [n, N], stored dtype
     with threadpool_limits(1, user_api="blas"):
         return snapshot_row(ctx, s, stored, ws)
