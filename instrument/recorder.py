@@ -95,7 +95,9 @@ from .layers import (
     select_logits,
     unwrap,
 )
+from .shard import DDPShard as _DDPShard
 from .store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, open_writer, recorded_measures
+from .store.shards import shard_spec
 
 log = logging.getLogger(__name__)
 
@@ -305,9 +307,14 @@ class Recorder:
         queue_size: int = 4,
         autocast: torch.dtype | None = None,
         mc_dropout: int = 0,
+        shard: str | None = None,
     ):
         self._model = unwrap(model)
         self.path = Path(path)
+        if shard not in (None, "ddp"):
+            raise ValueError(f"The 'shard' parameter must be None (record every probe sample in this process) or "
+                             f"'ddp' (every DDP rank records its share). Got {shard!r} instead.")
+        self._ddp = _DDPShard.join() if shard == "ddp" else None
         if not callable(schedule):
             raise TypeError(f"The 'schedule' parameter must be a callable step -> bool. Got {schedule!r} instead.")
         self.schedule = schedule
@@ -346,6 +353,12 @@ class Recorder:
             if value < 1:
                 raise ValueError(f"The {name!r} parameter must be an int >= 1. Got {value} instead.")
         self.batch_size = batch_size
+        self._full_labels = {p.name: p.y.detach().cpu().numpy().astype(np.int64) for p in self.probes}
+        full_probes = self.probes
+        if self._ddp is not None:  # from here on self.probes are this rank's shares
+            self._shares = self._ddp.shares(self.probes, batch_size)
+            self.probes = tuple(ProbeSet(p.name, p.x[lo:hi], p.y[lo:hi], p.index[lo:hi])
+                                for p, (lo, hi) in ((p, self._shares[p.name]) for p in self.probes))
         if logits is not None and not (isinstance(logits, (int, str)) and not isinstance(logits, bool)
                                        or callable(logits)):
             raise TypeError(f"The 'logits' parameter must be None, an int index, a key/attribute name or a callable "
@@ -399,14 +412,15 @@ class Recorder:
             old = recorded_measures(self.path)  # a store recorded before temp_prob was automatic goes on without it
             if old is not None and confidence.TEMP_PROB not in old:
                 self.measures = tuple(m for m in self.measures if m != confidence.TEMP_PROB)
-        self.spec = StoreSpec(
+        full_spec = StoreSpec(
             layers=tuple(layer_specs),
-            probes=tuple(ProbeSpec(p.name, p.index, self._labels[p.name]) for p in self.probes),
+            probes=tuple(ProbeSpec(p.name, p.index, self._full_labels[p.name]) for p in full_probes),
             class_names=self.class_names,
             measures=self.measures,
             act_dtype=act_dtype,
             compression=compression,
         )
+        self.spec = full_spec if self._ddp is None else shard_spec(full_spec, self._shares)
         full_meta = _default_meta(self._model, schedule)
         if self.mc_dropout:
             full_meta["mc_dropout"] = {"passes": self.mc_dropout, "seed": f"{MC_SEED_BASE} + step"}
@@ -416,7 +430,10 @@ class Recorder:
         full_meta.update(user)
         if resume_step is not None:
             resume_step = operator.index(resume_step)
-        writer = open_writer(self.path, self.spec, full_meta, resume, resume_step)
+        if self._ddp is None:
+            writer = open_writer(self.path, self.spec, full_meta, resume, resume_step)
+        else:
+            writer = self._ddp.open(self.path, full_spec, self.spec, self._shares, full_meta, resume, resume_step)
 
         self._writer = writer
         self._n = writer.n_snapshots
@@ -475,7 +492,7 @@ class Recorder:
         """
         if self._closed:
             raise RuntimeError(f"The recorder for {self.path} is closed.")
-        if not self._active:
+        if not self._active and self._ddp is None:
             self._report()
             return False
         step = operator.index(step)
@@ -484,12 +501,24 @@ class Recorder:
             raise ValueError(f"Steps must increase strictly: step {step} after step {self._last_submitted} "
                              f"(store {self.path}). On resume, continue after rec.last_step.")
         t = time.time()
-        payload, copies = self._probe_pass(step)
+        train_logits = None
+        if self._ddp is None:
+            payload, copies = self._probe_pass(step)
+        else:  # collectives: a rank whose writer failed still takes part in them, for the other ranks
+            with self._ddp.rank0_buffers(self._model):  # every shard describes one model: rank 0's
+                payload, copies = self._probe_pass(step)
+            if confidence.TEMP_PROB in self.measures:  # the temperature is fitted on every rank's share of "train"
+                copies.wait()
+                train_logits = self._ddp.gather(payload[confidence.TEMPERATURE_PROBE][""])
+        if not self._active:
+            self._free.put(payload)
+            self._report()
+            return False
         self._last_submitted = step
         self._pending.append((step, copies))
         self._check_overflow()  # this pass's counts on the CPU; on CUDA those of earlier passes that arrived
         self._slots.acquire()  # blocks while the writer holds queue_size snapshots
-        self._queue.put((step, epoch, t, payload, copies))
+        self._queue.put((step, epoch, t, payload, copies, train_logits))
         return True
 
     def close(self) -> None:
@@ -729,11 +758,12 @@ class Recorder:
             pass
 
     def _build(self, item: tuple) -> Snapshot:
-        step, epoch, t, payload, _ = item
+        step, epoch, t, payload, _, train_logits = item
         snap = Snapshot(step=step, epoch=epoch, time=t)
         if confidence.TEMP_PROB in self.measures:  # fitted on the train probe set alone, applied to every set
             tr = confidence.TEMPERATURE_PROBE
-            snap.temperature = confidence.fit_temperature(payload[tr][""], self._labels[tr])
+            logits = payload[tr][""] if train_logits is None else train_logits  # sharded: every rank's share
+            snap.temperature = confidence.fit_temperature(logits, self._full_labels[tr])
         for p in self.probes:
             arrays = payload[p.name]
             logits = arrays[""]

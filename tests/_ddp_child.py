@@ -1,12 +1,16 @@
 """Two-process DDP training (gloo, CPU) for tests/test_ddp.py; started by torchrun.
 
-Usage: torchrun --nproc_per_node=2 tests/_ddp_child.py OUT_DIR RECORD(0|1)
-Rank 0 records through the recorder (which unwraps DDP to the inner module); every rank saves its final
-parameters to OUT_DIR/params_rank<r>.npz.
+Usage: torchrun --nproc_per_node=2 tests/_ddp_child.py OUT_DIR MODE
+MODE: ``plain`` (no recorder), ``rank0`` (rank 0 records the whole probe sets through the recorder, which unwraps
+DDP to the inner module), ``shard`` (every rank records its share, ``Recorder(shard="ddp")``), ``kill`` (as
+``shard``, and rank 1 kills itself with SIGKILL once its shard holds 3 committed snapshots). Every rank saves its
+final parameters to OUT_DIR/params_rank<r>.npz.
 """
 
 import os
+import signal
 import sys
+import time
 
 import numpy as np
 import torch
@@ -16,7 +20,7 @@ from torch import nn
 from topotrace.instrument.recorder import ProbeSet, Recorder
 from topotrace.instrument.schedules import every
 
-out_dir, record = sys.argv[1], sys.argv[2] == "1"
+out_dir, mode = sys.argv[1], sys.argv[2]
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.manual_seed(0)
@@ -26,10 +30,14 @@ opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
 g = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
 x, y = torch.randn(64, 6, generator=g), torch.randint(0, 3, (64,), generator=g)
 rec = None
-if record and rank == 0:
-    probe = ProbeSet("heldout", torch.randn(30, 6, generator=torch.Generator().manual_seed(7)), torch.arange(30) % 3)
-    rec = Recorder(ddp, os.path.join(out_dir, "store.h5"), layers=["1", "2"], probes=[probe],
-                   class_names=["a", "b", "c"], schedule=every(2))
+if mode == "rank0" and rank == 0 or mode in ("shard", "kill"):
+    pg = torch.Generator().manual_seed(7)
+    # a probe set named "train" makes the recorder fit a temperature on all of it: under sharding, a gather
+    probes = [ProbeSet("heldout", torch.randn(30, 6, generator=pg), torch.arange(30) % 3),
+              ProbeSet("train", torch.randn(21, 6, generator=pg), torch.arange(21) % 3)]
+    rec = Recorder(ddp, os.path.join(out_dir, "store.h5"), layers=["1", "2"], probes=probes,
+                   class_names=["a", "b", "c"], schedule=every(2), batch_size=5,
+                   shard=None if mode == "rank0" else "ddp")
     rec.step(0)
 for step in range(1, 13):
     ddp.train()
@@ -39,6 +47,11 @@ for step in range(1, 13):
     opt.step()
     if rec is not None:
         rec.step(step)
+        if mode == "kill" and rank == 1 and step == 6:
+            deadline = time.monotonic() + 60
+            while rec.n_snapshots < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGKILL)
 if rec is not None:
     rec.close()
 state = {k.replace(".", "_"): v.detach().numpy() for k, v in model.state_dict().items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -31,19 +32,72 @@ from .format import (
     has_temperature,
 )
 from .integrity import ADVICE, HDF5_ERRORS, check_file, first_bad_chunk, hdf5_errors, open_swmr, reason_of
+from .shards import SHARDS, read_shards, shard_spec
 
 _BLOCK_BYTES = 1 << 26  # until_good reads a dataset in blocks of about this size
+
+
+class _Handle:
+    """One HDF5 file handle per store file and process, and one id per dataset, shared by the Stores of a file.
+
+    Why: HDF5 (2.0.0, as bundled with h5py 3.16) corrupts a dataset that is open through two ids once one of them is
+    refreshed (``H5Drefresh``): both then read zeros and report every chunk at offset 0. Two ``Store`` objects on the
+    same file in one process (a study and its run, a test comparing stores, threads of one Dask worker) each
+    refreshing their own ids would read wrong values. With one id per dataset there is nothing to corrupt; h5py's
+    global lock serialises the calls of several threads on it.
+    """
+
+    _open: dict[tuple[int, int, int], _Handle] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, key: tuple[int, int, int], f: h5py.File):
+        self.key, self.file, self.users = key, f, 1
+        self._datasets: dict[str, h5py.Dataset] = {}
+
+    @classmethod
+    def acquire(cls, path: Path) -> _Handle:
+        st = os.stat(path)
+        key = (os.getpid(), st.st_dev, st.st_ino)
+        with cls._lock:
+            h = cls._open.get(key)
+            if h is not None and h.file.id.valid:
+                h.users += 1
+                return h
+            h = cls._open[key] = cls(key, open_swmr(path))
+            return h
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """The one id of dataset ``name`` in this process (KeyError and HDF5's errors as ``File[name]``)."""
+        with self._lock:
+            d = self._datasets.get(name)
+            if d is None:
+                obj = self.file[name]
+                if not isinstance(obj, h5py.Dataset):
+                    return obj
+                d = self._datasets[name] = obj
+            return d
+
+    def release(self) -> None:
+        with self._lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+            if self._open.get(self.key) is self:
+                del self._open[self.key]
+            self._datasets.clear()
+            if self.file.id.valid:
+                self.file.close()
 
 
 class _Lookup(dict):
     """Datasets by path, looked up in the file when first asked for (a quick open checks only the first ones)."""
 
-    def __init__(self, f: h5py.File, first: tuple[str, ...]):
-        super().__init__((k, f[k]) for k in first)
-        self._f = f
+    def __init__(self, h: _Handle, first: tuple[str, ...]):
+        super().__init__((k, h.dataset(k)) for k in first)
+        self._h = h
 
     def __missing__(self, key: str) -> h5py.Dataset:
-        d = self[key] = self._f[key]
+        d = self[key] = self._h.dataset(key)
         return d
 
 
@@ -86,20 +140,52 @@ class Store:
         self.damaged_at: int | None = None
         check_file(self.path)
         with hdf5_errors(self.path):
-            self._f = open_swmr(self.path)
+            self._h = _Handle.acquire(self.path)
+            self._f = self._h.file
         try:
             with hdf5_errors(self.path):
                 _check_format(self._f, self.path)
                 self.spec = _read_spec(self._f, self.path)
-                self._series = self._check() if not quick else _Lookup(self._f, ("step", "time"))
+                table = read_shards(self._f, self.path)
             self._n = self._steps_checked = 0
-            if quick:
-                self.refresh()
+            self._shards: list[Store] = []
+            if table is not None:
+                self._series = {}
+                self._open_shards(table, quick)
             else:
-                self._open_checks()
+                with hdf5_errors(self.path):
+                    self._series = self._check() if not quick else _Lookup(self._h, ("step", "time"))
+                if quick:
+                    self.refresh()
+                else:
+                    self._open_checks()
         except BaseException:
-            self._f.close()
+            self.close()
             raise
+
+    def _open_shards(self, table: list[dict[str, object]], quick: bool) -> None:
+        """Open every shard of a combined store as a store (all its checks), check it against the combined spec."""
+        for r, entry in enumerate(table):
+            path = self.path.with_name(str(entry["file"]))
+            if not path.is_file():
+                raise StoreError(f"{self.path} is a store sharded across {len(table)} ranks, but its shard {path.name} "
+                                 "is missing. Keep the shard files next to the store (copy the whole run folder).")
+            self._shards.append(Store(path, until_good=self._until_good, quick=quick))
+            try:
+                expected = shard_spec(self.spec, {k: (int(v[0]), int(v[1])) for k, v in entry["samples"].items()})
+            except (KeyError, TypeError, ValueError, IndexError):
+                expected = None
+            if expected is None or self._shards[-1].spec != expected:
+                raise self._damaged(f"its shard {path.name} does not hold the layers, classes, measures and probe "
+                                    f"samples the attribute {SHARDS!r} gives it (shard {r})")
+        bad = [s.damaged_at for s in self._shards if s.damaged_at is not None]
+        self.damaged_at = min(bad) if bad else None
+        self.refresh()
+
+    @property
+    def shards(self) -> tuple[Path, ...]:
+        """The shard files of a store recorded with ``Recorder(shard="ddp")``, in rank order; () for a plain store."""
+        return tuple(s.path for s in self._shards)
 
     # checks
     def _damaged(self, reason: str) -> StoreError:
@@ -138,14 +224,14 @@ class Store:
                 if columns != [la.name for la in spec.layers] + ["logits"]:
                     raise self._damaged(f"dataset {g}/{NONFINITE} has columns {columns}, expected the layers and "
                                         "'logits'")
-        c = f.get("committed")
+        c = self._h.dataset("committed") if "committed" in f else None
         if not isinstance(c, h5py.Dataset) or c.shape != (1,) or not np.issubdtype(c.dtype, np.integer):
             raise self._damaged("dataset committed is missing or not one integer")
         series = {}
         for name, row in expected.items():
             if name not in f:
                 raise self._damaged(f"dataset {name} is missing")
-            d = f[name]
+            d = self._h.dataset(name)
             if not isinstance(d, h5py.Dataset) or d.ndim != len(row) + 1 or d.shape[1:] != row:
                 shape = d.shape if isinstance(d, h5py.Dataset) else "a group"
                 raise self._damaged(f"dataset {name} has shape {shape}, expected "
@@ -155,7 +241,7 @@ class Store:
 
     def _committed(self) -> int:
         """The committed count, checked against the length of every per-snapshot dataset."""
-        c = self._f["committed"]
+        c = self._h.dataset("committed")
         c.refresh()
         n = int(c[0])
         for name, d in self._series.items():
@@ -255,6 +341,9 @@ class Store:
         Checks the count against every per-snapshot dataset and the steps of new snapshots; the chunks of
         snapshots committed after opening are not checked for their extent (they are read with their checksum).
         """
+        if self._shards:
+            self._n = self._refresh_shards()
+            return self._n
         with hdf5_errors(self.path):
             n = self._committed()
             if self.damaged_at is not None:
@@ -262,6 +351,20 @@ class Store:
             self._check_steps(n)
         self._n = n
         return self._n
+
+    def _refresh_shards(self) -> int:
+        """The snapshots every shard has committed (the smallest count), after checking their steps agree."""
+        n = min(s.refresh() for s in self._shards)
+        if n > self._steps_checked:
+            first = self._shards[0].steps[:n]
+            for s in self._shards[1:]:
+                other = s.steps[:n]
+                if not np.array_equal(other, first):
+                    j = int(np.flatnonzero(other != first)[0])
+                    raise self._damaged(f"its shards hold different steps (snapshot {j}: step {first[j]} in "
+                                        f"{self._shards[0].path.name}, step {other[j]} in {s.path.name})")
+            self._steps_checked = n
+        return n
 
     # metadata
     @property
@@ -303,6 +406,9 @@ class Store:
 
     # per-snapshot data
     def _rows(self, path: str) -> np.ndarray:
+        if self._shards:  # per-sample rows side by side; the scalars (step, epoch, ...) are every shard's
+            parts = [s._rows(path)[: self._n] for s in self._shards]
+            return np.concatenate(parts, axis=1) if path.startswith("probes/") else parts[0]
         d = self._series[path]
         with hdf5_errors(self.path):
             d.refresh()
@@ -378,6 +484,11 @@ class Store:
             counts existed.
         """
         name = f"{self._probe(probe)}/{NONFINITE}"
+        if self._shards:  # each shard counted its own samples
+            parts = [s.nonfinite(probe) for s in self._shards]
+            if any(p is None for p in parts):
+                return None
+            return {k: sum(p[k][: self._n] for p in parts) for k in parts[0]}
         if name not in self._series:
             return None
         rows = self._rows(name)  # (n_snapshots, n_layers + 1)
@@ -401,6 +512,8 @@ class Store:
         i = snapshot + self._n if snapshot < 0 else snapshot
         if not 0 <= i < self._n:
             raise IndexError(f"Snapshot {snapshot} out of range: the store has {self._n} committed snapshots.")
+        if self._shards:
+            return np.concatenate([s.acts(probe, layer, i, dtype) for s in self._shards], axis=0)
         name, d = self._acts_dataset(probe, layer)
         try:
             a = d[i]
@@ -410,6 +523,11 @@ class Store:
 
     def iter_acts(self, probe: str, layer: str, dtype: npt.DTypeLike = np.float32) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(snapshot, acts)`` for every committed snapshot, one chunk in memory at a time (see :meth:`acts`)."""
+        if self._shards:
+            self._probe(probe)
+            for i in range(self._n):
+                yield i, self.acts(probe, layer, i, dtype)
+            return
         name, d = self._acts_dataset(probe, layer)
         for i in range(self._n):
             try:
@@ -420,24 +538,25 @@ class Store:
 
     def nbytes(self, probes: Sequence[str] | None = None) -> int:
         """Bytes of committed activation data (what one plain read of the store moves)."""
-        total = 0
-        for p in probes or self.probes:
-            for la in self.spec.layers:
-                d = self._f[f"probes/{p}/acts/{la.name}"]
-                total += self._n * int(np.prod(d.shape[1:])) * d.dtype.itemsize
-        return total
+        itemsize = np.dtype(self.spec.act_dtype).itemsize
+        return sum(self._n * len(self.probes[p].index) * la.n_neurons * itemsize
+                   for p in probes or self.probes for la in self.spec.layers)
 
     def sha256(self) -> str:
-        """SHA-256 of the file's bytes (for provenance)."""
+        """SHA-256 of the file's bytes (for provenance); of a sharded store, of its file and then every shard's."""
         h = hashlib.sha256()
-        with open(self.path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        for path in (self.path, *self.shards):
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
         return h.hexdigest()
 
     def close(self) -> None:
-        if self._f.id.valid:
-            self._f.close()
+        for s in getattr(self, "_shards", ()):
+            s.close()
+        h, self._h = getattr(self, "_h", None), None
+        if h is not None:
+            h.release()
 
     def __enter__(self) -> Store:
         return self
