@@ -216,7 +216,7 @@ class Recorder:
 
     Args:
         model: the model being trained; (Distributed)DataParallel wrappers are unwrapped to ``.module``
-            (under DDP, call the recorder on rank 0 only).
+            (under DDP, create the recorder on rank 0 only, or on every rank with ``shard="ddp"``).
         path: the store file (``.h5``); it must not exist unless ``resume=True``.
         layers: which layers to record: an exact ``named_modules()`` name, a glob (``"fc*"``), a list of
             names/globs, or a predicate ``(name, module) -> bool``. Resolved once here.
@@ -269,6 +269,12 @@ class Recorder:
         batch_size: probe samples per forward pass.
         queue_size: snapshots that may be queued or being written at once; beyond that :meth:`step` blocks
             until the writer has finished one (back-pressure).
+        shard: ``None`` (default): this process records the whole probe sets. ``"ddp"``: create the recorder on
+            every rank of an initialised ``torch.distributed`` job, with the same arguments; each rank runs a
+            contiguous share of every probe set (whole probe batches where there are enough) with rank 0's
+            buffers, writes it to its own shard file next to ``path`` (``store.shard-RR-of-NN.h5``), and rank 0
+            writes ``path`` as the store that combines them (:mod:`topotrace.instrument.shard`, docs/store.md
+            "Sharded stores"). With ``resume=True``, ``resume_step`` is required.
 
     Raises:
         ValueError, TypeError: an invalid argument, e.g. an unknown layer (the message lists the available

@@ -45,6 +45,7 @@ README_FILE = "README.txt"
 REPORT_FILE = "report.html"
 ANALYSIS_FILE = "analysis.h5"
 TRAIN_ANALYSIS_FILE = "analysis_train.h5"
+SHARD_GLOB = "store.shard-*-of-*.h5"  # the shard files of a store recorded with Recorder(shard="ddp")
 RUN_FILES = (STORE_FILE, ANALYSIS_FILE, TRAIN_ANALYSIS_FILE, "config.toml", "findings.json")  # copied when present
 ZIP_EPOCH_MIN = 315532800  # 1980-01-01: the earliest time a zip entry can hold
 
@@ -82,6 +83,8 @@ def describe_file(name: str) -> str:
     where = f" of seed {path.parts[0].removeprefix('seed-')}" if path.parts[0].startswith("seed-") else ""
     if len(path.parts) > 1 and path.parts[-2].endswith("_layers"):
         return f"a page of the report{where} with the maps of one or more layers"
+    if PurePosixPath(path.name).match(SHARD_GLOB):
+        return "one DDP rank's shard of the store (its share of the probe samples), read through store.h5" + where
     return _DESCRIBE.get(path.name, "a file of the run") + where
 
 
@@ -178,7 +181,8 @@ def check_archive_input(run: Path, out: Path) -> str:
 
 def _copy_run_files(src: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
+    shards = sorted(p.name for p in src.glob(SHARD_GLOB) if p.is_file())  # a store recorded with shard="ddp"
+    for name in (*RUN_FILES, *shards):
         if (src / name).is_file():
             shutil.copy2(src / name, dest / name)  # with its date: the analysis cache is keyed on it
 

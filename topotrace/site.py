@@ -119,8 +119,10 @@ def read_run(run_dir: Path, root: Path, kind: str = "run") -> SiteRow:
         return row
     row.store_bytes = store.stat().st_size
     try:
-        row.status = {"closed": "done", "live": "recording", "killed": "stopped"}[writer_state(store)]
+        status = {"closed": "done", "live": "recording", "killed": "stopped"}
+        row.status = status[writer_state(store)]
         with Store(store, quick=True) as st:
+            shards = st.shards
             meta = st.meta
             row.model, row.data, row.seed = _model_words(meta), str(meta.get("data", "")), meta.get("seed")
             row.snapshots = st.n_snapshots
@@ -132,6 +134,10 @@ def read_run(run_dir: Path, root: Path, kind: str = "run") -> SiteRow:
                     if probe in st.probes:
                         correct, loss = st.correct(probe)[-1], st.loss(probe)[-1]
                         row.metrics[probe] = {"accuracy": float(np.mean(correct)), "loss": float(np.mean(loss))}
+        if shards:  # recorded with shard="ddp": the ranks write the shards (asked once no Store holds them open)
+            states = {status[writer_state(p)] for p in shards}
+            row.status = next(s for s in ("recording", "stopped", "done") if s in states)
+            row.store_bytes += sum(p.stat().st_size for p in shards)
     except (StoreError, OSError, KeyError, ValueError) as err:
         row.status, row.reason = "damaged", " ".join(str(err).split())
     return row

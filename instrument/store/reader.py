@@ -543,12 +543,11 @@ class Store:
                    for p in probes or self.probes for la in self.spec.layers)
 
     def sha256(self) -> str:
-        """SHA-256 of the file's bytes (for provenance); of a sharded store, of its file and then every shard's."""
+        """SHA-256 of the file's bytes (for provenance; of a sharded store, of ``store.h5``, which names its shards)."""
         h = hashlib.sha256()
-        for path in (self.path, *self.shards):
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
+        with open(self.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
         return h.hexdigest()
 
     def close(self) -> None:

@@ -29,7 +29,9 @@ Events used (Lightning 2.x):
   ``global_step`` first reaches it.
 * ``on_fit_end`` and ``on_exception``: close the Recorder (queued snapshots are written, the store closed).
 
-Only global rank 0 records (``trainer.is_global_zero``); other ranks create no recorder and no file. The model is
+Only global rank 0 records (``trainer.is_global_zero``); other ranks create no recorder and no file. With
+``shard="ddp"`` every rank records its share of the probe sets into its own shard file and rank 0 writes the store
+that combines them (see :class:`topotrace.Recorder`), so the probe pass takes 1/N of the time on N ranks. The model is
 the LightningModule itself: its ``forward`` must return the logits, shape (batch, n_classes), or pass ``logits=``
 (an index, key, attribute name or callable, see :class:`topotrace.Recorder`); an output holding several tensors
 without ``logits=`` is refused when training starts. A fit that does no training (resumed at ``max_steps``)
@@ -71,7 +73,8 @@ class TopotraceCallback(Callback):
         schedule: ``schedule(step) -> bool`` over optimiser steps (``trainer.global_step``).
         **recorder_kwargs: further :class:`topotrace.Recorder` arguments: ``meta``, ``act_dtype``,
             ``compression``, ``measures``, ``reductions``, ``outputs``, ``logits`` (needed when ``forward``
-            returns several tensors, e.g. ``logits=1`` for ``(aux, logits)``), ``batch_size``, ``queue_size``.
+            returns several tensors, e.g. ``logits=1`` for ``(aux, logits)``), ``batch_size``, ``queue_size``,
+            ``shard="ddp"`` (every rank records its share of the probe sets).
 
     Raises:
         TypeError: ``recorder_kwargs`` holds a name the Recorder does not take, or one the callback sets itself
@@ -95,11 +98,11 @@ class TopotraceCallback(Callback):
 
     @property
     def recorder(self) -> Recorder | None:
-        """The Recorder of the running fit on global rank 0; ``None`` before ``on_train_start`` and after the fit."""
+        """The Recorder of the running fit on rank 0 (every rank with ``shard="ddp"``); None outside a fit."""
         return self._rec
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero and self._args.get("shard") is None:
             return
         self._close()  # left over from a fit that ended without on_fit_end or on_exception (the Tuner's exit)
         step = trainer.global_step  # restored from the checkpoint by now
