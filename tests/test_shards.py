@@ -163,3 +163,13 @@ def test_archive_and_site_take_the_shards_along(tmp_path):
     row = read_run(run, tmp_path / "runs")
     assert row.status == "done" and row.snapshots == 3
     assert row.store_bytes == sum(p.stat().st_size for p in run.glob("store*.h5"))
+
+
+def test_info_names_the_shards_and_counts_their_bytes(tmp_path, capsys):
+    from topotrace.cli import main
+
+    write_sharded(tmp_path / "store.h5", counts=(3, 2))
+    assert main(["info", str(tmp_path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 shards: store.shard-00-of-02.h5 .. store.shard-01-of-02.h5" in out
+    assert "snapshots: 2 steps 0 .. 5" in out

@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     with open_store(path, args) as st:
         meta = st.meta
         steps = st.steps
-        console.print(Text.assemble(_t(path, "bold"), f"  ({path.stat().st_size / 1e6:.1f} MB, schema "
-                                                      f"{SCHEMA_VERSION})"))
+        size = sum(p.stat().st_size for p in (path, *st.shards)) / 1e6
+        shards = f", {len(st.shards)} shards: {st.shards[0].name} .. {st.shards[-1].name}" if st.shards else ""
+        console.print(Text.assemble(_t(path, "bold"), f"  ({size:.1f} MB, schema {SCHEMA_VERSION}", _t(shards), ")"))
         console.print(Text.assemble("run: ", _t(meta.get("run_name", "?")), "   seed: ", _t(meta.get("seed", "?")),
                                     "   data: ", _t(meta.get("data", "?"))))
         if st.n_snapshots:
