@@ -1,10 +1,11 @@
 """Two-process DDP training (gloo, CPU) for tests/test_ddp.py; started by torchrun.
 
 Usage: torchrun --nproc_per_node=2 tests/_ddp_child.py OUT_DIR MODE
-MODE: ``plain`` (no recorder), ``rank0`` (rank 0 records the whole probe sets through the recorder, which unwraps
-DDP to the inner module), ``shard`` (every rank records its share, ``Recorder(shard="ddp")``), ``kill`` (as
-``shard``, and rank 1 kills itself with SIGKILL once its shard holds 3 committed snapshots). Every rank saves its
-final parameters to OUT_DIR/params_rank<r>.npz.
+MODE: ``plain`` (no recorder), ``shard`` (every rank records its share into OUT_DIR/store.h5,
+``Recorder(shard="ddp")``, and rank 0 also records the whole probe sets into OUT_DIR/whole.h5 with a second
+recorder, which unwraps DDP to the inner module: the single-process recording of the same steps), ``kill`` (as
+``shard`` without whole.h5, and rank 1 kills itself with SIGKILL once its shard holds 3 committed snapshots).
+Every rank saves its final parameters to OUT_DIR/params_rank<r>.npz.
 """
 
 import os
@@ -29,15 +30,17 @@ ddp = nn.parallel.DistributedDataParallel(model)
 opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
 g = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
 x, y = torch.randn(64, 6, generator=g), torch.randint(0, 3, (64,), generator=g)
-rec = None
-if mode == "rank0" and rank == 0 or mode in ("shard", "kill"):
+rec = whole = None
+if mode in ("shard", "kill"):
     pg = torch.Generator().manual_seed(7)
     # a probe set named "train" makes the recorder fit a temperature on all of it: under sharding, a gather
     probes = [ProbeSet("heldout", torch.randn(30, 6, generator=pg), torch.arange(30) % 3),
               ProbeSet("train", torch.randn(21, 6, generator=pg), torch.arange(21) % 3)]
-    rec = Recorder(ddp, os.path.join(out_dir, "store.h5"), layers=["1", "2"], probes=probes,
-                   class_names=["a", "b", "c"], schedule=every(2), batch_size=5,
-                   shard=None if mode == "rank0" else "ddp")
+    args = dict(layers=["1", "2"], probes=probes, class_names=["a", "b", "c"], schedule=every(2), batch_size=5)
+    if mode == "shard" and rank == 0:
+        whole = Recorder(ddp, os.path.join(out_dir, "whole.h5"), **args)
+        whole.step(0)
+    rec = Recorder(ddp, os.path.join(out_dir, "store.h5"), shard="ddp", **args)
     rec.step(0)
 for step in range(1, 13):
     ddp.train()
@@ -45,6 +48,8 @@ for step in range(1, 13):
     opt.zero_grad()
     nn.functional.cross_entropy(ddp(x[idx]), y[idx]).backward()
     opt.step()
+    if whole is not None:
+        whole.step(step)
     if rec is not None:
         rec.step(step)
         if mode == "kill" and rank == 1 and step == 6:
@@ -52,8 +57,9 @@ for step in range(1, 13):
             while rec.n_snapshots < 3 and time.monotonic() < deadline:
                 time.sleep(0.01)
             os.kill(os.getpid(), signal.SIGKILL)
-if rec is not None:
-    rec.close()
+for r in (whole, rec):
+    if r is not None:
+        r.close()
 state = {k.replace(".", "_"): v.detach().numpy() for k, v in model.state_dict().items()}
 np.savez(os.path.join(out_dir, f"params_rank{rank}.npz"), **state)
 dist.barrier()

@@ -36,22 +36,20 @@ def run_ddp(out, mode, check=True):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One torchrun each: unrecorded, rank 0 recording the whole probe sets, and every rank its share."""
+    """One torchrun each: unrecorded, and recorded (every rank its share, rank 0 also the whole probe sets)."""
     root = tmp_path_factory.mktemp("ddp")
-    return {mode: (root / mode, run_ddp(root / mode, mode)) for mode in ("plain", "rank0", "shard")}
+    return {mode: (root / mode, run_ddp(root / mode, mode)) for mode in ("plain", "shard")}
 
 
 def test_ddp_rank0_records_and_training_is_unchanged(runs):
     """Two gloo ranks: no deadlock, the store holds every scheduled snapshot, weights match an unrecorded run."""
-    plain = runs["plain"][1]
-    for mode in ("rank0", "shard"):
-        recorded = runs[mode][1]
-        for name in plain[0]:
-            if name.endswith(("weight", "bias")):  # parameters are synchronised; BatchNorm statistics are per rank
-                np.testing.assert_array_equal(plain[0][name], plain[1][name])
-            np.testing.assert_array_equal(recorded[0][name], plain[0][name])  # recording changed nothing
-            np.testing.assert_array_equal(recorded[1][name], plain[1][name])
-    with Store(runs["rank0"][0] / "store.h5") as st:
+    plain, recorded = runs["plain"][1], runs["shard"][1]
+    for name in plain[0]:
+        if name.endswith(("weight", "bias")):  # parameters are synchronised; BatchNorm statistics are per rank
+            np.testing.assert_array_equal(plain[0][name], plain[1][name])
+        np.testing.assert_array_equal(recorded[0][name], plain[0][name])  # recording changed nothing
+        np.testing.assert_array_equal(recorded[1][name], plain[1][name])  # (rank 1's buffers were swapped back)
+    with Store(runs["shard"][0] / "whole.h5") as st:
         np.testing.assert_array_equal(st.steps, np.arange(0, 13, 2))
         assert list(st.layers) == ["1", "2"]
         assert np.isfinite(st.acts("heldout", "2", -1)).all()
@@ -59,10 +57,10 @@ def test_ddp_rank0_records_and_training_is_unchanged(runs):
 
 def test_sharded_store_equals_the_single_process_recording(runs):
     """shard="ddp": each rank wrote its share; the store readers open is rank 0's whole-set recording, bit for bit."""
-    one, sharded = runs["rank0"][0], runs["shard"][0]
+    sharded = runs["shard"][0]
     assert sorted(p.name for p in sharded.glob("*.h5")) == [
-        "store.h5", "store.shard-00-of-02.h5", "store.shard-01-of-02.h5"]
-    with Store(one / "store.h5") as a, Store(sharded / "store.h5") as b:
+        "store.h5", "store.shard-00-of-02.h5", "store.shard-01-of-02.h5", "whole.h5"]
+    with Store(sharded / "whole.h5") as a, Store(sharded / "store.h5") as b:
         assert [p.name for p in b.shards] == ["store.shard-00-of-02.h5", "store.shard-01-of-02.h5"]
         with Store(b.shards[0]) as s0, Store(b.shards[1]) as s1:  # each shard is a store of its share
             assert (len(s0.labels("heldout")), len(s1.labels("heldout"))) == (15, 15)  # whole probe batches of 5
@@ -73,7 +71,8 @@ def test_sharded_store_equals_the_single_process_recording(runs):
             np.testing.assert_array_equal(b.labels(probe), a.labels(probe))
             for layer in ("1", "2"):
                 for i in range(a.n_snapshots):
-                    np.testing.assert_array_equal(b.acts(probe, layer, i, dtype=None), a.acts(probe, layer, i, dtype=None))
+                    np.testing.assert_array_equal(b.acts(probe, layer, i, dtype=None),
+                                                  a.acts(probe, layer, i, dtype=None))
             for get in (Store.logits, Store.pred, Store.correct, Store.loss):
                 np.testing.assert_array_equal(get(b, probe), get(a, probe))
             for m in a.measures:  # temp_prob too: the temperature is fitted on every rank's share of "train"
@@ -87,7 +86,7 @@ def test_sharded_store_reads_with_h5py_and_h5dump(runs):
     import h5py
 
     path = runs["shard"][0] / "store.h5"
-    with Store(runs["rank0"][0] / "store.h5") as a:
+    with Store(runs["shard"][0] / "whole.h5") as a:
         want = a.acts("heldout", "1", 3, dtype=None)
     cwd = os.getcwd()
     os.chdir("/")  # the shard files are found next to the store, not in the working directory
@@ -104,7 +103,7 @@ def test_sharded_store_reads_with_h5py_and_h5dump(runs):
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "( 7, 30 ) / ( H5S_UNLIMITED, 30 )" in done.stdout
-    with Store(runs["rank0"][0] / "store.h5") as a:
+    with Store(runs["shard"][0] / "whole.h5") as a:
         first = ", ".join(str(v) for v in a.pred("heldout")[0, :15])
     assert f"(0,0): {first}," in " ".join(done.stdout.split())
 
@@ -121,4 +120,5 @@ def test_killed_rank_leaves_the_snapshots_every_shard_committed(tmp_path, runs):
         assert counts[1] >= 3 and st.n_snapshots == min(counts) < 7
         np.testing.assert_array_equal(st.steps, full.steps[: st.n_snapshots])
         for i in range(st.n_snapshots):
-            np.testing.assert_array_equal(st.acts("heldout", "2", i, dtype=None), full.acts("heldout", "2", i, dtype=None))
+            np.testing.assert_array_equal(st.acts("heldout", "2", i, dtype=None),
+                                          full.acts("heldout", "2", i, dtype=None))
