@@ -56,12 +56,13 @@ from .results import (
     save_results,
 )
 
-ANALYSIS_VERSION = 8  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
+ANALYSIS_VERSION = 9  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
 # 5: layers say whether they are non-negative; 6: per-sample evidence, per-snapshot bins, no trend p-values;
 # 7: non-finite values left out per statistic (with counts), layouts without non-finite neurons, divergence;
-# 8: calibration (ECE, reliability, temperature), dormant units, NC1, train-vs-probe NAP gap, trends
+# 8: calibration (ECE, reliability, temperature), dormant units, NC1, train-vs-probe NAP gap, trends;
+# 9: maps on a 128 x 128 grid with the region's outline
 ALPHA = 0.05
-GRID = 64
+GRID = 128  # map image side in pixels (issue 10): a map tile is ~170 CSS px wide, so a pixel is ~1.3 CSS px
 RANDOM_STATE = 0
 CKA_MAX_SAMPLES = 512  # CKA uses a fixed, seeded subset of at most this many probe samples
 MAX_TSNE_NEURONS = 2048

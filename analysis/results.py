@@ -42,11 +42,16 @@ class InterpOperator:
     """Sparse linear map from neuron values to map pixels: ``img.flat[pixel] = (values[neurons] * weights).sum(1)``.
 
     Attributes:
-        grid_shape: (H, W) of the image; pixels not in ``pixel`` lie outside the layout's region (drawn blank).
+        grid_shape: (H, W) of the image; pixels not in ``pixel`` lie outside the layout's region (NaN, drawn as
+            the off-map background).
         extent: (x0, x1, y0, y1) of the grid in layout coordinates.
         pixel: array of shape (P,), int32 flat (row-major, row 0 at the bottom) indices into the H x W grid.
         neurons: array of shape (P, K), int32 neuron indices.
         weights: array of shape (P, K), float32, rows summing to 1.
+        outline: array of shape (M, 2), float32: the region's boundary in layout coordinates, as closed rings
+            (first vertex repeated at the end) separated by NaN rows; outer rings run counter-clockwise, holes
+            clockwise (so even-odd and non-zero filling agree). Empty (shape (0, 2)) when not known (analyses
+            before version 9): maps are then drawn without it.
     """
 
     grid_shape: tuple[int, int]
@@ -54,6 +59,7 @@ class InterpOperator:
     pixel: np.ndarray
     neurons: np.ndarray
     weights: np.ndarray
+    outline: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
 
     def apply(self, values: np.ndarray) -> np.ndarray:
         """Render one map: ``values`` of shape (N,) -> image of shape (H, W), NaN outside the region."""
@@ -355,7 +361,7 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
     ``measures``, ``class_names``, ``layer_order``, ``divergence`` (``null`` when the run did not diverge);
     datasets ``steps``, ``epochs``, ``nonfinite_outputs``, ``curves/<probe>/<name>``;
     one group ``layers/<name>`` per layer with ``naps/<grouping>/{naps,counts}``,
-    ``layouts/<method>/{xy,pixel,neurons,weights}``, ``corr/<measure>/{pearson,...,summary/<name>}`` and the
+    ``layouts/<method>/{xy,pixel,neurons,weights,outline}``, ``corr/<measure>/{pearson,...,summary/<name>}`` and the
     per-snapshot arrays (with ``excluded_values``, ``excluded_samples``); the per-sample evidence is a group
     ``evidence`` of arrays. No pickle anywhere.
 
@@ -447,7 +453,7 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
                 h.attrs["grid_shape"] = np.asarray(lay.interp.grid_shape, np.int64)
                 h.attrs["extent"] = np.asarray(lay.interp.extent, np.float64)
                 _put(h, "xy", lay.xy)
-                for k in ("pixel", "neurons", "weights"):
+                for k in ("pixel", "neurons", "weights", "outline"):
                     _put(h, k, getattr(lay.interp, k))
             for meas, cr in lr.corr.items():
                 h = g.create_group(f"corr/{meas}")
@@ -510,7 +516,8 @@ def load_results(path: str | os.PathLike) -> AnalysisResults:
                 h = g[f"layouts/{mname}"]
                 ha = h.attrs
                 op = InterpOperator(tuple(int(v) for v in ha["grid_shape"]), tuple(float(v) for v in ha["extent"]),
-                                    h["pixel"][()], h["neurons"][()], h["weights"][()])
+                                    h["pixel"][()], h["neurons"][()], h["weights"][()],
+                                    h["outline"][()] if "outline" in h else np.zeros((0, 2), np.float32))
                 layouts[mname] = LayoutResult(_text(ha["method"]), h["xy"][()], float(ha["trustworthiness"]),
                                               float(ha["shepard"]), float(ha["smoothness"]), float(ha["seconds"]),
                                               op)

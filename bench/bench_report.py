@@ -15,6 +15,10 @@ the maps drawn (the render callback's first frame, two animation frames later), 
 "document idle"; **frame** the median time from a slider move to the second animation frame after it (``fill``: the
 render callback alone), over up to 30 moves; **heap** the JS heap after load. Targets (issue 15): largest page
 <= 10 MB, all pages <= 40 MB, first paint <= 5 s on the largest page, slider frame <= 100 ms.
+
+Issue 10 (maps on a 128 x 128 grid with the region's outline): each case prints its grid and the map pixels P per
+layer, which a frame's fill grows with; the before / after of that change (64 x 64 vs 128 x 128) is in the issue's
+closing note, measured with this bench's functions on the default run.
 """
 
 from __future__ import annotations
@@ -95,6 +99,11 @@ def bench_case(label: str, res: AnalysisResults, tmp: Path, browser) -> None:
     """Before / after for one analysis: sizes, build time, browser times, and the targets."""
     n_neurons = [int(la.n_neurons) for la in res.layers.values()]
     print(f"\n[{label}] {len(n_neurons)} layer(s) of {sorted(set(n_neurons))} neurons, {res.n_snapshots} snapshots")
+    ops = [la.layouts[la.default_layout].interp for la in res.layers.values() if la.layouts]
+    if ops:  # a frame's cost grows with the map pixels P (issue 10: maps on a finer grid)
+        grids = sorted({"x".join(map(str, op.grid_shape)) for op in ops})
+        print(f"  maps: {', '.join(grids)} grid, P = {min(len(op.pixel) for op in ops):,} to "
+              f"{max(len(op.pixel) for op in ops):,} pixels on the map per layer")
     before = build(res, tmp / label / "before" / "report.html", page_budget=math.inf, quantized=False)
     after = build(res, tmp / label / "after" / "report.html")
     layer_pages = after["files"][1:]

@@ -11,11 +11,15 @@ A map grid has one row per snapshot (labelled with its step) and one column per 
 The maps are the report's maps exactly: the layout's interpolation operator renders each group's NAPs (shape (N,))
 into an H x W image, binned into the report's palettes as its colour mapper bins them
 (:func:`.style.activation_scale`, :func:`.style.color_index`) and drawn as vector shapes, one compound path per
-colour (:func:`level_paths`; the colour bar is vector quads too, so a PDF or SVG embeds no raster). Grid cells
-outside the layout's region are not drawn, so the light grey background shows there, unlike zero (white). A
-group without samples at a snapshot is a labelled blank ("no samples"). Text is DejaVu Sans (shipped with
-matplotlib, so every character renders) and stays text: SVG with ``svg.fonttype = 'none'``, PDF with embedded
-TrueType fonts.
+colour (:func:`level_paths`; the colour bar is vector quads too, so a PDF or SVG embeds no raster). The grid is
+the analysis's (128 x 128, :data:`topotrace.analysis.pipeline.GRID`). The map is clipped to the layout's region
+and the region's outline is drawn (:attr:`InterpOperator.outline`), so the edge is smooth, not the cells'
+staircase: the cells just off the map take a neighbour's value first (:func:`topotrace.analysis.maps.halo`, as the
+report does) and the clip cuts them at the outline. Off the map the light grey background shows (:data:`OFF_MAP`),
+unlike zero (white). Analyses without an outline (before version 9) draw the cells on the map only. A group without
+samples at a snapshot is a labelled blank ("no samples"). Neuron dots are optional (``dots``). Text is DejaVu Sans
+(shipped with matplotlib, so every character renders) and stays text: SVG with ``svg.fonttype = 'none'``, PDF with
+embedded TrueType fonts.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from topotrace.analysis.maps import halo
 from topotrace.analysis.naps import contrast_normalise
 from topotrace.analysis.results import AnalysisResults, LayerResult
 
@@ -36,7 +41,8 @@ from .style import activation_scale, color_index, contrast_limit, diverging_pale
 FORMATS = ("pdf", "svg", "png")
 KINDS = ("naps", "corr", "findings")
 CELL_IN = 1.6  # inches per map cell
-OFF_MAP = "#d4d4d4"  # background of the off-map area: light grey, unlike the white of zero
+OFF_MAP = "#d4d4d4"  # background of the off-map area: light grey, unlike the white of zero (report and figures)
+OUTLINE = "#4d4d4d"  # the map region's outline
 FONT = "DejaVu Sans"
 RC = {"font.family": FONT, "font.size": 8.0, "svg.fonttype": "none", "pdf.fonttype": 42, "ps.fonttype": 42,
       "axes.titlesize": 8.0, "axes.labelsize": 8.0}
@@ -73,6 +79,10 @@ class MapGrid:
         snapshots: R snapshot indices (non-negative).
         steps: R steps.
         cell_notes: (R, C) per-cell notes (e.g. ``"n = 12"`` when the count changes between rows).
+        outline: array of shape (M, 2): the map region's outline (rings separated by NaN rows, see
+            :class:`topotrace.analysis.results.InterpOperator`); shape (0, 2) when the analysis has none.
+        halo: array of shape (2, Q), int: the cells just off the map and the cell on the map that lends each its
+            value (:func:`topotrace.analysis.maps.halo`), filled before the map is clipped to the outline.
     """
 
     title: str
@@ -91,6 +101,8 @@ class MapGrid:
     snapshots: list[int]
     steps: list[int]
     cell_notes: list[list[str]] = field(default_factory=list)
+    outline: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    halo: np.ndarray = field(default_factory=lambda: np.zeros((2, 0), np.int64))
 
     def empty_cells(self) -> list[tuple[str, str]]:
         """(row label, column label) of every blank cell, for a note to the user."""
@@ -271,7 +283,8 @@ def plan_map_grid(results: AnalysisResults, layer: str, snapshots: Sequence[int]
                    values=values, images=images, counts=counts, empty=empty,
                    extent=tuple(float(v) for v in op.extent), xy=np.asarray(lay.xy, np.float64), palette=palette,
                    low=float(low), high=float(high), bar_label=bar_label, snapshots=rows, steps=steps,
-                   cell_notes=notes)
+                   cell_notes=notes, outline=np.asarray(op.outline, np.float64).reshape(-1, 2),
+                   halo=halo(op) if np.isfinite(op.outline).any() else np.zeros((2, 0), np.int64))
 
 
 # --- drawing ----------------------------------------------------------------------------------------------------
@@ -327,11 +340,33 @@ def level_paths(image: np.ndarray, extent: tuple[float, float, float, float], cm
     return coll
 
 
+def region_path(outline: np.ndarray):
+    """The map region as one compound matplotlib Path (a closed ring per run of rows between NaN rows), or None.
+
+    Outer rings run counter-clockwise and holes clockwise, so the non-zero and even-odd rules fill alike.
+    """
+    from matplotlib.path import Path as MplPath
+
+    pts = np.asarray(outline, np.float64).reshape(-1, 2)
+    ok = np.isfinite(pts).all(axis=1)
+    if not ok.any():
+        return None
+    verts, codes = [], []
+    for part in np.split(pts, np.flatnonzero(~ok)):
+        part = part[np.isfinite(part).all(axis=1)]
+        if len(part) < 3:
+            continue
+        verts.append(part)
+        codes.append(np.r_[MplPath.MOVETO, np.full(len(part) - 2, MplPath.LINETO), MplPath.CLOSEPOLY])
+    return MplPath(np.concatenate(verts), np.concatenate(codes).astype(np.uint8)) if verts else None
+
+
 def draw_map_grid(grid: MapGrid, dots: bool = False, title: bool = True):
     """Draw a :class:`MapGrid` as a matplotlib Figure (pure: no file is written, pyplot is not used).
 
-    Each map is a :func:`level_paths` collection labelled ``"map r,c"`` (vector shapes, no raster); a blank cell
-    says ``"no samples"``. One colour bar for all maps.
+    Each map is a :func:`level_paths` collection labelled ``"map r,c"`` (vector shapes, no raster), clipped to
+    the region with its outline drawn (a line labelled ``"outline r,c"``) when the grid has an outline; the light
+    grey background shows off the map. A blank cell says ``"no samples"``. One colour bar for all maps.
 
     Args:
         grid: from :func:`plan_map_grid`.
@@ -349,7 +384,10 @@ def draw_map_grid(grid: MapGrid, dots: bool = False, title: bool = True):
     n_rows, n_cols = grid.empty.shape
     x0, x1, y0, y1 = grid.extent
     aspect = (y1 - y0) / (x1 - x0) if x1 > x0 else 1.0
+    from matplotlib.patches import PathPatch
+
     cmap, norm = _colormap(grid.palette), Normalize(vmin=grid.low, vmax=grid.high)
+    region = region_path(grid.outline)
     with mpl.rc_context(RC):
         fig = Figure(figsize=(0.9 + CELL_IN * n_cols + 0.9, 0.5 + CELL_IN * aspect * n_rows + (0.3 if title else 0)),
                      layout="constrained")
@@ -379,9 +417,18 @@ def draw_map_grid(grid: MapGrid, dots: bool = False, title: bool = True):
                     ax.set_facecolor(OFF_MAP)
                     for spine in ax.spines.values():
                         spine.set_edgecolor("#bbbbbb")
-                    coll = level_paths(grid.images[r, c], grid.extent, cmap, norm)
+                    image = grid.images[r, c]
+                    if region is not None:  # the cells just off the map, cut at the outline by the clip
+                        image = image.copy()
+                        image.flat[grid.halo[0]] = image.flat[grid.halo[1]]
+                    coll = level_paths(image, grid.extent, cmap, norm)
                     coll.set_label(f"map {r},{c}")
                     ax.add_collection(coll, autolim=False)
+                    if region is not None:
+                        coll.set_clip_path(PathPatch(region, transform=ax.transData))
+                        (edge,) = ax.plot(grid.outline[:, 0], grid.outline[:, 1], color=OUTLINE, linewidth=0.6,
+                                          solid_joinstyle="round")
+                        edge.set_label(f"outline {r},{c}")
                     if dots and len(xy):
                         ax.scatter(xy[:, 0], xy[:, 1], s=1.5, c="#222222", linewidths=0)
                 note = grid.cell_notes[r][c] if grid.cell_notes else ""

@@ -4,7 +4,8 @@ Maps are rendered in the browser: the page ships each layer's neuron values per 
 operator, and ``render_maps.js`` (the body of one Bokeh ``CustomJS`` callback, beside this module) fills the map
 images when the page is ready and whenever the time slider, the play button, the layer selector, the measure
 selector or a view switch changes (see :func:`map_sections`, the module's one public builder). Python computes
-no map frame.
+no map frame. A second callback, ``map_size.js``, switches the tiles between small and large and shows or hides
+the neuron dots (:func:`_map_view`).
 
 The data the script expects (its header comment lists every callback argument):
 
@@ -19,7 +20,13 @@ The data the script expects (its header comment lists every callback argument):
   int32, ``weights`` (P, K) float32), named ``op_<layer position>``. A frame is
   ``img[pixel[p]] = sum_k u[neurons[p, k]] * weights[p, k]`` with ``u[n] = v[s, g, n] - c[n]``, where ``c = 0``,
   or in the contrast view of the activation maps the mean of ``v[s, :, n]`` over the groups that are not empty;
-  every other pixel is NaN.
+  every other pixel is NaN, except, where the layer has an outline (``op_outlined``), the halo of
+  :func:`topotrace.analysis.maps.halo` (same rule), which takes its neighbour's value.
+* Per layer with an outline (analysis version 9 on), the region sources the tiles draw over the image: the
+  off-map mask (``off_map``, a light grey patch: a frame around the tile, clockwise, then the outline's rings)
+  and the outline (``outline``, a line with NaN between rings). Maps are 128 x 128
+  (:data:`topotrace.analysis.pipeline.GRID`); the grey (:data:`.figures.OFF_MAP`) is never a palette colour, so
+  off the map never reads as zero (white).
 * Count sources (column ``c``, int32 of shape (S, G)), only for grids whose group sizes change over time; the
   script writes the count of the shown snapshot into the tile title.
 * The parallel ``tile_*`` lists of :class:`_MapRegistry`, indexed by tile: value source, group, operator, layer
@@ -59,6 +66,7 @@ from bokeh.plotting import figure
 from topotrace.analysis.results import AnalysisResults, InterpOperator, LayerResult
 
 from .charts import correlation_measures, default_measure, step_axis_type, time_x
+from .figures import OFF_MAP
 from .quantize import delta_encode, precision_text, quantize, value_format
 from .style import (
     activation_scale,
@@ -72,7 +80,13 @@ from .style import (
 )
 
 _HERE = Path(__file__).resolve().parent
-TILE_PX = 190  # width of one map tile in CSS pixels
+TILE_PX = 190  # width of one map tile in CSS pixels (the "small" map size, the default)
+TILE_PX_LARGE = 320  # the "large" map size
+MAPS_WIDTH = 1070  # CSS pixels a grid of tiles may take (the page's column): large tiles wrap into fewer columns
+SIZE_LABELS = ["small", "large"]
+OUTLINE_COLOR = "#4d4d4d"  # the map region's outline
+SIZE_NAME = "map_view_switch"  # the name of the callback of the map size and dots switches
+DOTS_MAX_NEURONS = 400  # the neuron dots start shown on the layers of at most this many neurons
 MAP_GROUPINGS = (("class", "by true class"), ("correct", "correct vs wrong"))
 
 TAM, PLAIN, CORR = 0, 1, 2  # tile kinds: activation maps that can show contrast, other activation maps, correlations
@@ -110,11 +124,45 @@ class _MapRegistry:
     vq: list = field(default_factory=list)
     tam_tips: list = field(default_factory=list)
     dormant_by_layer: dict = field(default_factory=dict)  # layer position -> (marker source, mask source)
+    region_by_layer: dict = field(default_factory=dict)  # layer position -> (off-map mask source, outline source)
+    op_outlined: list = field(default_factory=list)  # per operator source: 1 when its layer has an outline
+    grids: list = field(default_factory=list)  # per grid of tiles: its GridPlot
+    grid_tiles: list = field(default_factory=list)  # per grid: its tile figures, in order
+    grid_shape: list = field(default_factory=list)  # per grid: [ncols at the small size, height / width of a map]
+    grid_bars: list = field(default_factory=list)  # per grid: [colour-bar figure, colour bar]
+    dot_glyphs: list = field(default_factory=list)  # per tile: the glyph of its neuron dots
+    dot_alpha: list = field(default_factory=list)  # per tile: the dots' line alpha when they are shown
 
 
 def _index_dtype(limit: int) -> type:
     """The smallest unsigned integer type that holds indices below ``limit`` (uint16 or int32)."""
     return np.uint16 if limit <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+def _region_sources(op: InterpOperator) -> tuple[ColumnDataSource, ColumnDataSource] | None:
+    """The layer's off-map mask and region outline (columns ``x``, ``y``, float32, NaN between rings).
+
+    The mask is one patch: a rectangle a little larger than the map's extent, clockwise, then the outline's rings
+    (outer rings counter-clockwise, holes clockwise, see :class:`InterpOperator`), so that with either fill rule
+    it covers exactly what is not on the map. None when the operator has no outline (analyses before version 9).
+    """
+    ring = np.asarray(op.outline, np.float64).reshape(-1, 2)
+    if not np.isfinite(ring).any():
+        return None
+    x0, x1, y0, y1 = (float(v) for v in op.extent)
+    mx, my = 0.02 * (x1 - x0), 0.02 * (y1 - y0)
+    frame = np.array([[x0 - mx, y0 - my], [x0 - mx, y1 + my], [x1 + mx, y1 + my], [x1 + mx, y0 - my],
+                      [x0 - mx, y0 - my], [np.nan, np.nan]])  # clockwise
+    mask = np.concatenate([frame, ring]).astype(np.float32)
+    ring = ring.astype(np.float32)
+    return (ColumnDataSource({"x": mask[:, 0], "y": mask[:, 1]}, name="off_map"),
+            ColumnDataSource({"x": ring[:, 0], "y": ring[:, 1]}, name="outline"))
+
+
+def _tile_height(width: int, op: InterpOperator) -> int:
+    """A tile's height in CSS pixels for a tile ``width`` wide: the map's aspect plus the title."""
+    x0, x1, y0, y1 = (float(v) for v in op.extent)
+    return max(120, int(width * (y1 - y0) / max(x1 - x0, 1e-9)) + 24)
 
 
 def _op_source(op: InterpOperator, name: str, n_neurons: int) -> ColumnDataSource:
@@ -159,41 +207,59 @@ def _dormant_sources(reg: _MapRegistry, li: int, layer: LayerResult,
     return reg.dormant_by_layer[li][0]
 
 
+def dots_alpha(n_neurons: int) -> float:
+    """The line alpha of a layer's neuron dots when they are shown: fainter the more neurons there are."""
+    return 0.3 if n_neurons <= 100 else (0.12 if n_neurons <= 400 else 0.06)
+
+
 def _map_tile(title: str, op: InterpOperator, pts_src: ColumnDataSource, col: str, mapper: LinearColorMapper,
               tooltips: list[tuple[str, str]], ranges: tuple[Range1d, Range1d],
-              dormant: ColumnDataSource | None = None) -> tuple[figure, ColumnDataSource, HoverTool]:
+              dormant: ColumnDataSource | None = None,
+              region: tuple[ColumnDataSource, ColumnDataSource] | None = None,
+              dots: bool = True) -> tuple[figure, ColumnDataSource, HoverTool, object]:
     """One map tile: an empty image on the layout (``render_maps.js`` fills it) plus hoverable neuron positions.
 
     The positions come from the layer's shared ``pts_src``; the tile adds its hover values as column ``col``. The
-    layer's tiles share their ``ranges`` (the operator's extent) too, and ``dormant``, the positions of the
-    tau-dormant units at the shown snapshot, drawn as hollow circles.
+    layer's tiles share their ``ranges`` (the operator's extent) too, ``region`` (the off-map mask, light grey
+    over everything not on the map, and the region's outline, from :func:`_region_sources`) and ``dormant``, the
+    positions of the tau-dormant units at the shown snapshot, drawn as hollow circles. ``dots`` shows the neuron
+    dots (else they are transparent, still hoverable). Returns the figure, its image source, its hover tool and
+    the dots' glyph.
     """
     x0, x1, y0, y1 = (float(v) for v in op.extent)
-    fig = figure(title=plain(title), width=TILE_PX, height=max(120, int(TILE_PX * (y1 - y0) / max(x1 - x0, 1e-9)) + 24),
+    fig = figure(title=plain(title), width=TILE_PX, height=_tile_height(TILE_PX, op),
                  x_range=ranges[0], y_range=ranges[1], toolbar_location=None, tools="", match_aspect=True,
                  min_border=2, x_axis_type=None, y_axis_type=None)  # no axes or grids: fewer models to ship
     fig.outline_line_color = None
+    if region is None:  # no outline to draw: the off-map pixels (NaN, transparent) show this background
+        fig.background_fill_color = OFF_MAP
     fig.title.text_font_size = "12px"
     fig.title.align = "center"
     # No frame is computed here: the page opens blank (NaN) and the browser draws the shown snapshot at load.
     img_src = ColumnDataSource({"image": [np.full(tuple(op.grid_shape), np.nan, dtype=np.float32)]})
-    img = fig.image("image", source=img_src, x=x0, y=y0, dw=x1 - x0, dh=y1 - y0, color_mapper=mapper)
+    img = fig.image("image", source=img_src, x=x0, y=y0, dw=x1 - x0, dh=y1 - y0, color_mapper=mapper, level="image")
     n = len(pts_src.data["x"])
     pts_src.data[col] = np.zeros(n, np.float32)  # filled by render_maps.js
     # Dots mark neurons for hovering; with many neurons they would hide the map, so they fade (still hoverable).
-    alpha = 0.3 if n <= 100 else (0.12 if n <= 400 else 0.0)
-    r = fig.scatter("x", "y", source=pts_src, size=4, fill_alpha=0.0, line_color="#333333", line_alpha=alpha,
+    r = fig.scatter("x", "y", source=pts_src, size=4, fill_alpha=0.0, line_color="#333333",
+                    line_alpha=dots_alpha(n) if dots else 0.0,
                     hover_line_color="black", hover_line_alpha=1.0, hover_fill_color="black", hover_fill_alpha=0.6)
-    renderers = [img, r]
+    renderers = [img, r]  # renderers[0] the image, [1] the dots (the browser tests rely on it)
     if dormant is not None:
         renderers.append(fig.scatter("x", "y", source=dormant, size=5, fill_color="white", fill_alpha=1.0,
                                      line_color="#1f2328", line_width=1.2))
+    if region is not None:  # a smooth edge over the pixels' staircase: grey off the map, then the outline
+        # drawn after the image and before the dots (level "underlay" lies between the levels "image" and "glyph")
+        renderers.append(fig.patch("x", "y", source=region[0], fill_color=OFF_MAP, line_color=None,
+                                   level="underlay"))
+        renderers.append(fig.line("x", "y", source=region[1], line_color=OUTLINE_COLOR, line_width=1.2,
+                                  level="underlay"))
     for renderer in renderers:  # nothing is selected or muted here: no glyph copies for those states to ship
         renderer.nonselection_glyph = None
         renderer.muted_glyph = None
     hover = HoverTool(renderers=[r], tooltips=tooltips, point_policy="snap_to_data")
     fig.add_tools(hover)
-    return fig, img_src, hover
+    return fig, img_src, hover, r.glyph
 
 
 def _color_bar(mapper: LinearColorMapper, title: str, width: int) -> tuple[figure, ColorBar]:
@@ -282,8 +348,12 @@ def _layer_grid(layer: LayerResult, li: int, reg: _MapRegistry, kind: int, value
     precision the values are shipped to (the largest over ``values``; None for float32).
     """
     lay = layer.layouts[layer.default_layout]
+    if li not in reg.region_by_layer:
+        reg.region_by_layer[li] = _region_sources(lay.interp)
+    region = reg.region_by_layer[li]
     if len(reg.osrc) == 0 or reg.osrc[-1].name != f"op_{li}":
         reg.osrc.append(_op_source(lay.interp, f"op_{li}", int(layer.n_neurons)))
+        reg.op_outlined.append(0 if region is None else 1)
     first = len(reg.vsrc)
     bounds = [_ship(reg, v, spans[i] if spans is not None else None) for i, v in enumerate(values)]
     bound = None if spans is None else max(bounds)
@@ -302,9 +372,13 @@ def _layer_grid(layer: LayerResult, li: int, reg: _MapRegistry, kind: int, value
         gc = np.asarray(counts)[:, g] if count_idx >= 0 else None
         col = f"value{len(pts_src.data) - 3}"
         tips = _tooltips(value_label, bound, col)
-        fig, img_src, hover = _map_tile(_tile_title(str(name), gc, last), lay.interp, pts_src, col, mapper, tips,
-                                        ranges, None if shown is None else _dormant_sources(reg, li, layer, shown))
+        fig, img_src, hover, glyph = _map_tile(
+            _tile_title(str(name), gc, last), lay.interp, pts_src, col, mapper, tips, ranges,
+            None if shown is None else _dormant_sources(reg, li, layer, shown), region,
+            dots=int(layer.n_neurons) <= DOTS_MAX_NEURONS)
         tiles.append(fig)
+        reg.dot_glyphs.append(glyph)
+        reg.dot_alpha.append(dots_alpha(int(layer.n_neurons)))
         reg.imgs.append(img_src)
         reg.pts.append(pts_src)
         reg.tile_col.append(col)
@@ -323,6 +397,11 @@ def _layer_grid(layer: LayerResult, li: int, reg: _MapRegistry, kind: int, value
     ncols = min(ncols, len(tiles))
     grid = gridplot(tiles, ncols=ncols, toolbar_location=None)
     bar_fig, bar = _color_bar(mapper, bar_title, ncols * TILE_PX)
+    x0, x1, y0, y1 = (float(v) for v in lay.interp.extent)
+    reg.grids.append(grid)
+    reg.grid_tiles.append(tiles)
+    reg.grid_shape.append([ncols, (y1 - y0) / max(x1 - x0, 1e-9)])
+    reg.grid_bars.append([bar_fig, bar])
     return [grid, bar_fig], bar, mapper, bound
 
 
@@ -414,7 +493,8 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
 
     Returns:
         A dict of named models (only the available ones): ``map_controls`` (slider, play, layer selector and
-        step label), ``tam_view`` (the ``tam_mode`` switch: mean activation vs contrast to the other groups),
+        step label), ``map_view`` (the ``map_size`` switch, small or large tiles, and the ``map_dots`` toggle),
+        ``tam_view`` (the ``tam_mode`` switch: mean activation vs contrast to the other groups),
         ``corr_scale_view`` (the ``corr_scale`` switch of the correlation maps: \u00b11 or fit to the data, see
         :func:`corr_fit_limit`),
         ``tam_maps`` (one map per class and per correct/wrong group), ``confbin_maps`` (one map per confidence
@@ -534,7 +614,7 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
         corr_scale=corr_scale, corr_mappers=reg.corr_mappers, corr_fit=reg.corr_fit, corr_heads=reg.corr_heads,
         corr_head_texts=reg.corr_head_texts, markers=list(markers or []),
         dormant=[list(reg.dormant_by_layer[li]) if li in reg.dormant_by_layer else None
-                 for li in range(len(layers))],
+                 for li in range(len(layers))], op_outlined=reg.op_outlined,
         marker_x=[float(all_x[i]) for i in shown]), code=code, name=RENDER_NAME)
     slider.js_on_change("value", cb)
     play.js_on_change("active", cb)
@@ -553,7 +633,26 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
     if corr_scale is not None:
         corr_scale.js_on_change("active", cb)
         out["corr_scale_view"] = row(corr_scale, name="corr_scale_view")
+    out["map_view"] = _map_view(reg, any(int(la.n_neurons) <= DOTS_MAX_NEURONS for la in layers))
     for key, blocks in sections.items():
         if blocks:
             out[key] = column(*blocks, name=key)
     return out
+
+
+def _map_view(reg: _MapRegistry, dots: bool) -> LayoutDOM:
+    """The map size switch (small or large tiles) and the neuron-dots switch, with their callback.
+
+    The callback (named :data:`SIZE_NAME`; ``map_size.js``) resizes every tile, its colour bar and the columns of
+    its grid (large tiles wrap into as many columns as fit :data:`MAPS_WIDTH`), or shows and hides the dots (a
+    hidden dot stays hoverable). ``dots``: whether the dots start shown (the tiles were built to match).
+    """
+    size = RadioButtonGroup(labels=SIZE_LABELS, active=0, name="map_size")
+    toggle = Toggle(label="neuron dots", active=dots, width=110, name="map_dots")
+    cb = CustomJS(args=dict(
+        size=size, dots=toggle, px=[TILE_PX, TILE_PX_LARGE], max_width=MAPS_WIDTH, grids=reg.grids,
+        grid_tiles=reg.grid_tiles, grid_shape=reg.grid_shape, grid_bars=reg.grid_bars, dot_glyphs=reg.dot_glyphs,
+        dot_alpha=reg.dot_alpha), code=(_HERE / "map_size.js").read_text(), name=SIZE_NAME)
+    size.js_on_change("active", cb)
+    toggle.js_on_change("active", cb)
+    return row(html_div(text="<span class='tt-ctl'>Map size</span>"), size, toggle, name="map_view")

@@ -10,7 +10,10 @@
 //     img[pixel[p]] = sum_k u[neurons[p, k]] * weights[p, k],   u[n] = v[s, g, n] - c[n]
 // where c = 0, or, in the contrast view of the activation maps, c[n] = the mean of v[s, :, n] over the groups
 // that are not empty (the reference study's contrast normalisation). Every other pixel is NaN (outside the
-// layout's region, drawn transparent).
+// layout's region, drawn transparent), except, for a layer with an outline (op_outlined), the halo: the pixels
+// next to the region (8-neighbourhood) take the value of a neighbour inside it, so that the region's partly
+// covered edge pixels are painted; the off-map mask (light grey, a patch that leaves out exactly the region) and
+// the outline are drawn over them, which makes the edge smooth instead of a staircase.
 //
 // Args (all tile_* lists are indexed by map tile):
 //   slider, layer_select (or null), label (Div), play (Toggle), mode (RadioButtonGroup or null: 0 = mean
@@ -21,7 +24,8 @@
 //   imgs, pts, tile_col: the tiles' image sources, points sources and value columns in them; vsrc, vq, tile_vals, tile_group: value sources, how each is decoded, and
 //   each tile's (source, group); a correlation tile (tile_kind 2) reads source tile_vals + the selected
 //   measure's position;
-//   osrc, tile_op: operator sources and each tile's operator; tile_layer: each tile's layer position;
+//   osrc, tile_op: operator sources and each tile's operator; op_outlined: per operator, 1 when its layer's
+//   tiles draw the off-map mask and outline (then the halo is filled); tile_layer: each tile's layer position;
 //   tile_kind: 0 activation map that can show contrast, 1 other activation map, 2 correlation map;
 //   tile_title, tile_name, tile_counts, csrc: title models, group names and (index into csrc, column "c" of
 //   shape (S, G), or -1) sample counts written into the title;
@@ -38,6 +42,7 @@
 //   position on them (step, or step + 1 on a log axis).
 const w = window;
 if (w.topotraceCodes === undefined) w.topotraceCodes = new Map();  // value source id -> decoded codes and table
+if (w.topotraceHalo === undefined) w.topotraceHalo = new Map();    // operator source id -> [halo pixels, sources]
 if (w.topotraceRender === undefined || w.topotraceRender.owner !== slider.id) {
   // The values of source vi: [array of shape (S, G, N), table code -> value (null for float32 values)].
   const source = function (vi) {
@@ -59,6 +64,31 @@ if (w.topotraceRender === undefined || w.topotraceRender.owner !== slider.id) {
       w.topotraceCodes.set(vsrc[vi].id, got);
     }
     return [got[0], got[1]];
+  };
+  // The halo of operator oi on an H x W image: [pixels outside the region next to it, a neighbour inside each].
+  const halo = function (oi, H, W) {
+    let got = w.topotraceHalo.get(osrc[oi].id);
+    if (got === undefined) {
+      const pixel = osrc[oi].data.pixel;
+      const inside = new Uint8Array(H * W);
+      for (let p = 0; p < pixel.length; p++) inside[pixel[p]] = 1;
+      const near = [[0, -1], [0, 1], [-1, 0], [1, 0], [-1, -1], [-1, 1], [1, -1], [1, 1]];  // [dy, dx]
+      const dst = [], src = [];
+      for (let y = 0; y < H; y++) {
+        for (let x = 0; x < W; x++) {
+          if (inside[y * W + x]) continue;
+          for (const [dy, dx] of near) {
+            const yy = y + dy, xx = x + dx;
+            if (yy >= 0 && yy < H && xx >= 0 && xx < W && inside[yy * W + xx]) {
+              dst.push(y * W + x); src.push(yy * W + xx); break;
+            }
+          }
+        }
+      }
+      got = [Int32Array.from(dst), Int32Array.from(src)];
+      w.topotraceHalo.set(osrc[oi].id, got);
+    }
+    return got;
   };
   const render = function (s) {
     const t0 = performance.now();
@@ -103,6 +133,10 @@ if (w.topotraceRender === undefined || w.topotraceRender.owner !== slider.id) {
         let acc = 0.0;
         for (let k = 0; k < K; k++, q++) acc += u[nb[q]] * wt[q];
         img[pixel[p]] = acc;
+      }
+      if (op_outlined[tile_op[m]]) {                     // the halo under the off-map mask
+        const [dst, src] = halo(tile_op[m], img.shape[0], img.shape[1]);
+        for (let i = 0; i < dst.length; i++) img[dst[i]] = img[src[i]];
       }
       // Hover values change in place without a change event: the tooltip reads them when it shows, and the
       // dots (which never move) are not redrawn or re-indexed.

@@ -108,7 +108,8 @@ def test_confbin_and_correct_labels():
 
 
 def test_drawn_values_equal_the_analysis(run):
-    """Each map cell takes the palette colour of the operator's rendering of the NAPs at that snapshot and group."""
+    """Each map cell takes the palette colour of the operator's rendering of the NAPs at that snapshot and group;
+    the cells just off the map take their halo neighbour's colour (the clip cuts them at the outline)."""
     _, results = run
     la = results.layers["layer0"]
     op = la.layouts[la.default_layout].interp
@@ -120,9 +121,61 @@ def test_drawn_values_equal_the_analysis(run):
     axes = {ax.get_label(): ax for ax in fig.axes}
     for (r, s), (c, g) in [((r, s), (c, g)) for r, s in enumerate([0, 2]) for c, g in enumerate([2, 0])]:
         (coll,) = axes[f"map {r},{c}"].collections
-        expected = color_index(op.apply(gn.naps[s, g]), grid.low, grid.high, len(grid.palette))
+        img = op.apply(gn.naps[s, g])
+        img.flat[grid.halo[0]] = img.flat[grid.halo[1]]
+        expected = color_index(img, grid.low, grid.high, len(grid.palette))
         np.testing.assert_array_equal(_covered_levels(coll, grid.extent, op.grid_shape), expected)
     assert (grid.low, grid.high) == (-la.color_limit, la.color_limit) or la.nonnegative
+
+
+def test_outline_clip_and_grey_off_the_map(run):
+    """Each map is clipped to the region and its outline drawn; off the map the grey background shows, unlike the
+    palette's colour of zero (checked on the rendered pixels)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_rgb
+
+    from topotrace.analysis.maps import halo
+
+    _, results = run
+    la = results.layers["layer0"]
+    op = la.layouts[la.default_layout].interp
+    grid = figures.plan_map_grid(results, "layer0", [-1], "class", [0])
+    np.testing.assert_array_equal(grid.outline, op.outline)
+    np.testing.assert_array_equal(grid.halo, halo(op))
+    zero = np.where(np.isfinite(grid.images), 0.0, np.nan).astype(np.float32)  # every map value 0
+    fig = figures.draw_map_grid(dataclasses.replace(grid, images=zero), title=False)
+    ax = next(a for a in fig.axes if a.get_label() == "map 0,0")
+    (coll,) = ax.collections
+    assert coll.get_clip_path() is not None
+    (line,) = [ln for ln in ax.lines if ln.get_label() == "outline 0,0"]
+    np.testing.assert_array_equal(np.column_stack(line.get_data()), op.outline.astype(np.float64))
+    assert ax.get_facecolor()[:3] == pytest.approx(to_rgb(figures.OFF_MAP))
+    zero_rgb = to_rgb(grid.palette[color_index(np.zeros(1), grid.low, grid.high, len(grid.palette))[0]])
+    assert np.abs(np.subtract(zero_rgb, to_rgb(figures.OFF_MAP))).max() > 0.1
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())[..., :3] / 255.0
+    h, w = op.grid_shape
+    on = np.zeros((h, w), bool)
+    on.flat[op.pixel] = True
+    pad = np.pad(on, 3)
+    deep_on = np.ones_like(on)  # cells whose 7 x 7 neighbourhood is all on the map, or all off it
+    deep_off = np.ones_like(on)
+    for dy in range(7):
+        for dx in range(7):
+            deep_on &= pad[dy:dy + h, dx:dx + w]
+            deep_off &= ~pad[dy:dy + h, dx:dx + w]
+    x0, x1, y0, y1 = op.extent
+
+    def colour_at(cells):
+        r, c = np.argwhere(cells)[len(np.argwhere(cells)) // 2]
+        x, y = x0 + (c + 0.5) * (x1 - x0) / w, y0 + (r + 0.5) * (y1 - y0) / h
+        px, py = ax.transData.transform((x, y))
+        return rgba[int(round(rgba.shape[0] - py)), int(round(px))]
+
+    assert deep_on.any() and deep_off.any()
+    np.testing.assert_allclose(colour_at(deep_on), zero_rgb, atol=0.02)
+    np.testing.assert_allclose(colour_at(deep_off), to_rgb(figures.OFF_MAP), atol=0.02)
 
 
 def test_corr_maps_use_pearson_on_unit_scale(run):

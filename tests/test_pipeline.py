@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as sps
 
 from topotrace.analysis.findings import run_findings
-from topotrace.analysis.pipeline import analyze
+from topotrace.analysis.pipeline import GRID, analyze
 from topotrace.analysis.results import AnalysisResults, load_results, save_results
 from topotrace.instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, Store, StoreSpec, StoreWriter
 from topotrace.instrument.synthetic import write_synthetic_store
@@ -254,7 +254,7 @@ def test_save_load_round_trip(synthetic, tmp_path):
     back = load_results(path)
     _assert_same(res, back)
     img = back.layers["layer0"].layouts["pca+declutter"].interp.apply(back.layers["layer0"].naps["class"].naps[-1, 0])
-    assert img.shape == (64, 64) and np.isfinite(img).mean() > 0.3
+    assert img.shape == (GRID, GRID) and np.isfinite(img).mean() > 0.3
 
 
 def test_load_refuses_other_files(tmp_path, synthetic):

@@ -446,3 +446,60 @@ def test_corr_fit_limit_matches_numpy(results, html_text):
     dead = dataclasses.replace(layer.corr[measures[0]], pearson=np.zeros_like(layer.corr[measures[0]].pearson),
                                pearson_within=np.full_like(layer.corr[measures[0]].pearson_within, np.nan))
     assert corr_fit_limit(dataclasses.replace(layer, corr={measures[0]: dead}), measures[0]) == 1.0
+
+
+def test_maps_draw_outline_grey_off_map_and_size_switch(results, html_text):
+    """Each map tile draws the off-map mask (light grey, one patch: a frame then the outline's rings) and the
+    outline over its image; off-map pixels are NaN and transparent; the grey differs from the palettes' zero; the
+    map size and dots switches share a callback over every tile and grid; the page places them."""
+    from bokeh.models import CustomJS, GlyphRenderer, GridPlot, Image, Line, Patch, RadioButtonGroup, Toggle
+
+    from topotrace.report_templates import maps
+    from topotrace.report_templates.figures import OFF_MAP
+    from topotrace.report_templates.style import color_index, diverging_palette, sequential_palette
+
+    roots = maps.map_sections(results)
+    grids = [m for key in ("tam_maps", "confbin_maps", "corr_maps") for m in roots[key].select({"type": GridPlot})]
+    tiles = [fig for grid in grids for fig, _, _ in grid.children]
+    assert len(tiles) > 10
+    for li, layer in enumerate(results.layers.values()):
+        op = layer.layouts[layer.default_layout].interp
+        assert op.grid_shape == (128, 128)
+        xs = np.asarray(layer.layouts[layer.default_layout].xy[:, 0], np.float32)
+        mine = [t for t in tiles if np.array_equal(t.renderers[1].data_source.data["x"], xs)]  # the layer's tiles
+        assert len(mine) >= 5
+        for fig in mine:
+            kinds = {type(r.glyph): r for r in fig.renderers if isinstance(r, GlyphRenderer)}
+            image, mask, line = kinds[Image], kinds[Patch], kinds[Line]
+            assert fig.renderers[0] is image and image.level == "image"
+            assert mask.level == line.level == "underlay"  # over the image, under the dots
+            assert mask.glyph.fill_color == OFF_MAP and mask.glyph.line_color is None
+            assert image.glyph.color_mapper.nan_color == "rgba(0, 0, 0, 0)"  # NaN (off the map): transparent
+            assert np.isnan(image.data_source.data["image"][0]).all()  # the page opens blank, drawn in the browser
+            ox, oy = line.data_source.data["x"], line.data_source.data["y"]
+            np.testing.assert_array_equal(np.column_stack([ox, oy]), op.outline)
+            mx, my = mask.data_source.data["x"], mask.data_source.data["y"]
+            np.testing.assert_array_equal(np.column_stack([mx, my])[6:], op.outline)  # after the frame and a NaN
+            frame = np.column_stack([mx, my])[:5]
+            assert np.isnan(mx[5]) and (frame[0] == frame[4]).all()
+            assert frame[:, 0].min() < op.extent[0] and frame[:, 0].max() > op.extent[1]  # covers the whole tile
+            x, y = frame[:4, 0], frame[:4, 1]
+            assert np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) < 0  # clockwise, against the outer rings
+    for palette in (diverging_palette(), sequential_palette()):
+        zero = palette[color_index(np.zeros(1), -1.0 if palette[0] != "#ffffff" else 0.0, 1.0, len(palette))[0]]
+        assert zero.lower() != OFF_MAP.lower()
+    # the switches
+    view = roots["map_view"]
+    size = view.select_one({"type": RadioButtonGroup, "name": "map_size"})
+    dots = view.select_one({"type": Toggle, "name": "map_dots"})
+    assert size.labels == ["small", "large"] and size.active == 0 and dots.active
+    (cb,) = size.js_property_callbacks["change:active"]
+    assert isinstance(cb, CustomJS) and cb.name == maps.SIZE_NAME
+    assert dots.js_property_callbacks["change:active"] == [cb]
+    assert cb.args["px"] == [maps.TILE_PX, maps.TILE_PX_LARGE] and maps.TILE_PX_LARGE > maps.TILE_PX
+    assert set(map(id, cb.args["grids"])) == set(map(id, grids))
+    assert sum(len(t) for t in cb.args["grid_tiles"]) == len(tiles)
+    assert {id(g) for g in cb.args["dot_glyphs"]} == {id(fig.renderers[1].glyph) for fig in tiles}
+    assert "fig.width = w" in cb.code and "line_alpha" in cb.code
+    assert 'id="' in html_text and '"map_size"' in html_text and '"map_dots"' in html_text
+    assert "Light grey is off the map" in html_text

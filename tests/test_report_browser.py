@@ -322,3 +322,78 @@ def test_corr_scale_switch_fits_colours(page_and_log, built):
     _, low, high, _ = page.evaluate(TILE_JS, ["corr_maps", 0])
     assert (low, high) == (-1.0, 1.0)
     assert errors == []
+
+
+FINER_JS = """async () => {
+  // The first class map: its image's shape, how many of its pixels are drawn (finite), its canvas width, and the
+  // grid's columns; then the same after the size switch goes to large and a slider move.
+  const d = Bokeh.documents[0];
+  const grid = d.get_model_by_name('tam_maps').children[0].children.find(c => c.type === 'GridPlot');
+  const fig = grid.children[0][0];
+  const img = fig.renderers[0].data_source.data.image[0];
+  let finite = 0;
+  for (let i = 0; i < img.length; i++) if (img[i] === img[i]) finite++;
+  const cols = Math.max(...grid.children.map(c => c[2])) + 1;
+  return [img.shape, finite, fig.width, cols, fig.renderers[1].glyph.line_alpha];
+}"""
+
+
+def _first_map_box(page):
+    canvas = page.locator("section#maps canvas").first
+    canvas.evaluate("e => e.scrollIntoView({block: 'center'})")
+    return canvas.bounding_box()
+
+
+def test_finer_maps_paint_a_frame_and_switch_size_and_dots(page_and_log, built):
+    """The maps are 128 x 128 with a one-pixel halo under the grey off-map mask; a slider move paints a new frame
+    (pixels change, grey stays off the map); the size switch makes the tiles large (fewer columns) and back; the
+    dots switch hides the dots (still hoverable: alpha 0) and shows them again. No console errors."""
+    import time
+
+    from topotrace.analysis.maps import halo
+    from topotrace.report_templates.figures import OFF_MAP
+    from topotrace.report_templates.maps import TILE_PX, TILE_PX_LARGE, dots_alpha
+
+    page, _, errors = page_and_log
+    layer = next(iter(built[1].layers.values()))
+    op = layer.layouts[layer.default_layout].interp
+    page.evaluate(SHOW_JS, [2, 0])
+    shape, finite, width, cols, alpha = page.evaluate(FINER_JS)
+    assert shape == [128, 128] and width == TILE_PX and cols == 5
+    assert finite == len(op.pixel) + halo(op).shape[1]  # the map, its halo, NaN elsewhere
+    assert alpha["value"] == pytest.approx(dots_alpha(int(layer.n_neurons)))
+    before = _map_png(page)
+    grey = np.array([int(OFF_MAP[i:i + 2], 16) for i in (1, 3, 5)])
+    assert (np.abs(before - grey).sum(axis=2) < 6).mean() > 0.05  # off the map is grey
+    t0 = time.perf_counter()
+    page.evaluate(SHOW_JS, [6, 0])
+    page.wait_for_function("window.topotraceSnapshot === 6", timeout=20_000)
+    page.wait_for_timeout(300)
+    assert time.perf_counter() - t0 < 5  # a sanity bound only: frame times belong to `make bench`
+    after = _map_png(page)
+    assert before.shape == after.shape
+    assert (np.abs(before - after).sum(axis=2) > 30).mean() > 0.02  # the finer map painted a new frame
+    assert (np.abs(after - grey).sum(axis=2) < 6).mean() > 0.05
+    small = _first_map_box(page)["width"]
+    set_size = """async (a) => { Bokeh.documents[0].get_model_by_name('map_size').active = a;
+                                 await new Promise(r => setTimeout(r, 300)); }"""
+    page.evaluate(set_size, 1)
+    _, _, width, cols, _ = page.evaluate(FINER_JS)
+    assert width == TILE_PX_LARGE and cols == 3
+    page.wait_for_timeout(300)
+    large = _first_map_box(page)["width"]
+    assert large > small * 1.4, (small, large)
+    page.evaluate(SHOW_JS, [3, 0])  # a frame at the large size
+    page.wait_for_function("window.topotraceSnapshot === 3", timeout=20_000)
+    page.evaluate(set_size, 0)
+    _, _, width, cols, _ = page.evaluate(FINER_JS)
+    assert width == TILE_PX and cols == 5
+    page.wait_for_timeout(300)
+    assert _first_map_box(page)["width"] == pytest.approx(small, abs=2)
+    set_dots = """async (a) => { Bokeh.documents[0].get_model_by_name('map_dots').active = a;
+                                 await new Promise(r => setTimeout(r, 200)); }"""
+    page.evaluate(set_dots, False)
+    assert page.evaluate(FINER_JS)[4]["value"] == 0
+    page.evaluate(set_dots, True)
+    assert page.evaluate(FINER_JS)[4]["value"] == pytest.approx(dots_alpha(int(layer.n_neurons)))
+    assert errors == []
