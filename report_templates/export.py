@@ -4,8 +4,8 @@ The picture uses the report's colour mapping exactly (:func:`.style.activation_s
 activations are never negative the sequential white-to-dark-red palette over [0, limit], otherwise the diverging
 palette over [-limit, +limit]; the contrast view (each neuron's mean over the groups subtracted) uses the diverging
 palette over the layer's contrast limit. Values are binned like Bokeh's ``LinearColorMapper``
-(:func:`.style.color_index`). Pixels outside the layout's region are white. Geometry (in output pixels; ``H, W`` =
-the operator's grid, ``scale`` = pixels per grid cell)::
+(:func:`.style.color_index`). Pixels outside the layout's region are light grey (:data:`.style.OFF_MAP`), unlike
+zero's white. Geometry (in output pixels; ``H, W`` = the operator's grid, ``scale`` = pixels per grid cell)::
 
     title band of TITLE_H px
     map:        x in [MARGIN, MARGIN + W*scale),  y in [TITLE_H, TITLE_H + H*scale)   (grid row 0 at the bottom)
@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from topotrace.analysis.naps import contrast_normalise
 from topotrace.analysis.results import AnalysisResults
 
-from .style import activation_scale, color_index, contrast_limit, diverging_palette, palette_rgb
+from .style import OFF_MAP, activation_scale, color_index, contrast_limit, diverging_palette, palette_rgb
 
 MARGIN = 10
 TITLE_H = 30
@@ -101,7 +101,8 @@ def export_map_png(results: AnalysisResults, layer: str, grouping: str, group: i
     pal = palette_rgb(palette)
 
     h, w = op.grid_shape
-    rgb = np.full((h, w, 3), 255, np.uint8)
+    rgb = np.empty((h, w, 3), np.uint8)
+    rgb[:] = [int(OFF_MAP[i : i + 2], 16) for i in (1, 3, 5)]
     idx = color_index(img, low, high, len(pal))
     rgb[idx >= 0] = pal[idx[idx >= 0]]
     rgb = np.repeat(np.repeat(rgb[::-1], scale, axis=0), scale, axis=1)  # top row of the PNG = highest y

@@ -36,12 +36,11 @@ from topotrace.analysis.maps import halo
 from topotrace.analysis.naps import contrast_normalise
 from topotrace.analysis.results import AnalysisResults, LayerResult
 
-from .style import activation_scale, color_index, contrast_limit, diverging_palette
+from .style import OFF_MAP, activation_scale, color_index, contrast_limit, diverging_palette
 
 FORMATS = ("pdf", "svg", "png")
 KINDS = ("naps", "corr", "findings")
 CELL_IN = 1.6  # inches per map cell
-OFF_MAP = "#d4d4d4"  # background of the off-map area: light grey, unlike the white of zero (report and figures)
 OUTLINE = "#4d4d4d"  # the map region's outline
 FONT = "DejaVu Sans"
 RC = {"font.family": FONT, "font.size": 8.0, "svg.fonttype": "none", "pdf.fonttype": 42, "ps.fonttype": 42,

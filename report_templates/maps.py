@@ -25,7 +25,7 @@ The data the script expects (its header comment lists every callback argument):
 * Per layer with an outline (analysis version 9 on), the region sources the tiles draw over the image: the
   off-map mask (``off_map``, a light grey patch: a frame around the tile, clockwise, then the outline's rings)
   and the outline (``outline``, a line with NaN between rings). Maps are 128 x 128
-  (:data:`topotrace.analysis.pipeline.GRID`); the grey (:data:`.figures.OFF_MAP`) is never a palette colour, so
+  (:data:`topotrace.analysis.pipeline.GRID`); the grey (:data:`.style.OFF_MAP`) is never a palette colour, so
   off the map never reads as zero (white).
 * Count sources (column ``c``, int32 of shape (S, G)), only for grids whose group sizes change over time; the
   script writes the count of the shown snapshot into the tile title.
@@ -66,9 +66,9 @@ from bokeh.plotting import figure
 from topotrace.analysis.results import AnalysisResults, InterpOperator, LayerResult
 
 from .charts import correlation_measures, default_measure, step_axis_type, time_x
-from .figures import OFF_MAP
 from .quantize import delta_encode, precision_text, quantize, value_format
 from .style import (
+    OFF_MAP,
     activation_scale,
     contrast_limit,
     corr_fit_limit,

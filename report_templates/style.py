@@ -54,6 +54,7 @@ def _white_to_dark_red(colors: Sequence[str]) -> tuple[str, ...]:
 
 DIVERGING_ANCHORS = _blue_to_red(RdBu11)  # RdBu11 from blue through white to red
 SEQUENTIAL_ANCHORS = _white_to_dark_red(Reds9)  # pure white, then Reds9 from light to dark
+OFF_MAP = "#d4d4d4"  # background of the off-map area: light grey, unlike the white of zero (report, figures, PNG)
 
 
 def diverging_palette(n: int = 256) -> list[str]:

@@ -54,7 +54,8 @@ def test_size_and_pixels_match_colour_mapping(results, tmp_path):
     outside = np.setdiff1d(np.arange(h * w), op.pixel)
     if len(outside):
         r, c = divmod(int(outside[0]), w)
-        assert tuple(im[export.TITLE_H + (h - 1 - r) * scale, export.MARGIN + c * scale]) == (255, 255, 255)
+        grey = (0xD4, 0xD4, 0xD4)  # off the map: light grey, not the white of zero
+        assert tuple(im[export.TITLE_H + (h - 1 - r) * scale, export.MARGIN + c * scale]) == grey
 
 
 def test_colour_bar_runs_from_plus_to_minus_limit(results, tmp_path):

@@ -17,7 +17,7 @@ from topotrace.analysis.pipeline import analyze  # noqa: E402
 from topotrace.cli import main  # noqa: E402
 from topotrace.instrument.synthetic import write_synthetic_store  # noqa: E402
 from topotrace.report_templates import figures  # noqa: E402
-from topotrace.report_templates.style import color_index  # noqa: E402
+from topotrace.report_templates.style import OFF_MAP, color_index  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -149,9 +149,9 @@ def test_outline_clip_and_grey_off_the_map(run):
     assert coll.get_clip_path() is not None
     (line,) = [ln for ln in ax.lines if ln.get_label() == "outline 0,0"]
     np.testing.assert_array_equal(np.column_stack(line.get_data()), op.outline.astype(np.float64))
-    assert ax.get_facecolor()[:3] == pytest.approx(to_rgb(figures.OFF_MAP))
+    assert ax.get_facecolor()[:3] == pytest.approx(to_rgb(OFF_MAP))
     zero_rgb = to_rgb(grid.palette[color_index(np.zeros(1), grid.low, grid.high, len(grid.palette))[0]])
-    assert np.abs(np.subtract(zero_rgb, to_rgb(figures.OFF_MAP))).max() > 0.1
+    assert np.abs(np.subtract(zero_rgb, to_rgb(OFF_MAP))).max() > 0.1
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())[..., :3] / 255.0
@@ -175,7 +175,7 @@ def test_outline_clip_and_grey_off_the_map(run):
 
     assert deep_on.any() and deep_off.any()
     np.testing.assert_allclose(colour_at(deep_on), zero_rgb, atol=0.02)
-    np.testing.assert_allclose(colour_at(deep_off), to_rgb(figures.OFF_MAP), atol=0.02)
+    np.testing.assert_allclose(colour_at(deep_off), to_rgb(OFF_MAP), atol=0.02)
 
 
 def test_corr_maps_use_pearson_on_unit_scale(run):

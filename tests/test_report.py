@@ -455,8 +455,7 @@ def test_maps_draw_outline_grey_off_map_and_size_switch(results, html_text):
     from bokeh.models import CustomJS, GlyphRenderer, GridPlot, Image, Line, Patch, RadioButtonGroup, Toggle
 
     from topotrace.report_templates import maps
-    from topotrace.report_templates.figures import OFF_MAP
-    from topotrace.report_templates.style import color_index, diverging_palette, sequential_palette
+    from topotrace.report_templates.style import OFF_MAP, color_index, diverging_palette, sequential_palette
 
     roots = maps.map_sections(results)
     grids = [m for key in ("tam_maps", "confbin_maps", "corr_maps") for m in roots[key].select({"type": GridPlot})]

@@ -351,8 +351,8 @@ def test_finer_maps_paint_a_frame_and_switch_size_and_dots(page_and_log, built):
     import time
 
     from topotrace.analysis.maps import halo
-    from topotrace.report_templates.figures import OFF_MAP
     from topotrace.report_templates.maps import TILE_PX, TILE_PX_LARGE, dots_alpha
+    from topotrace.report_templates.style import OFF_MAP
 
     page, _, errors = page_and_log
     layer = next(iter(built[1].layers.values()))
