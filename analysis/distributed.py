@@ -32,6 +32,12 @@ from .pipeline import LayerContext, snapshot_row, task_context
 CONNECT_TIMEOUT = 5.0  # seconds to reach a scheduler at an address
 CLOSE_TIMEOUT = 10.0  # seconds to stop the client and a local cluster
 MAX_LOCAL_WORKERS = 4  # default worker processes of a local cluster (capped by the CPU count)
+# Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which also fixes glibc's mmap threshold at
+# 128 kB: every large temporary array is then a fresh mmap, page-faulted and zeroed again, and the first and last
+# snapshots' trend bootstraps (200 resamples of the layer's activations) took twice the CPU time (half of it in
+# the kernel; bench/bench_dask.py). A local cluster's workers keep glibc's defaults (None unsets the variable);
+# for workers started with `dask worker`, see docs/analysis.md.
+LOCAL_NANNY_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 _local = threading.local()  # per worker thread: its scratch arrays (stats.Workspace)
 
@@ -123,10 +129,16 @@ def dask_cluster(address: str | None = None, workers: int | None = None) -> Iter
     try:
         if address is None:
             n = int(workers) if workers is not None else max(1, min(MAX_LOCAL_WORKERS, os.cpu_count() or 1))
-            # No dashboard; the scheduler's HTTP routes on a free port of 127.0.0.1 (its default is 8787).
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None, silence_logs=logging.ERROR,
-                                   scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+            # No dashboard; the scheduler's HTTP routes on a free port of 127.0.0.1 (its default is 8787). Worker
+            # processes run under nannies, which restart a worker that dies; its tasks are rerun elsewhere (a task
+            # only reads the store, so a rerun gives the same result). The nannies keep glibc's own malloc
+            # thresholds (see LOCAL_NANNY_ENV), also for a worker they restart.
+            import dask
+
+            with dask.config.set(LOCAL_NANNY_ENV):
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, silence_logs=logging.ERROR,
+                                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
             client = Client(cluster)
         else:
             try:

@@ -1,6 +1,7 @@
 """The analysis on a Dask LocalCluster (2 worker processes on 127.0.0.1) equals the in-process analysis."""
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -15,6 +16,8 @@ pytest.importorskip("distributed")
 FAST = ["pca", "force"]
 VOLATILE = {"params"}  # params holds the wall-clock seconds (compared below without them)
 SECONDS = "seconds"  # layout timing attribute
+TRIM = "MALLOC_TRIM_THRESHOLD_"
+OWN_TRIM = os.environ.get(TRIM)  # this process's value before any cluster was made (None unless set by the user)
 
 
 def _walk(path):
@@ -82,6 +85,13 @@ def test_local_cluster_equals_in_process(store, cluster, tmp_path):
     assert_same_analysis(tmp_path / "threads.h5", tmp_path / "dask.h5")
 
 
+def test_local_workers_keep_glibc_malloc_defaults(cluster):
+    """The local cluster's workers run without Dask's MALLOC_TRIM_THRESHOLD_ (it doubled the trend bootstrap's CPU
+    time: every large temporary became a fresh mmap), and the calling process's environment does not get it."""
+    assert set(cluster.client.run(os.environ.get, TRIM).values()) == {OWN_TRIM}
+    assert os.environ.get(TRIM) == OWN_TRIM
+
+
 def test_study_seeds_analysed_on_one_cluster(cluster, tmp_path):
     """A study's seeds are analysed together on the cluster, each equal to its in-process analysis, in seed order."""
     from topotrace.study import Study, study_results
@@ -125,3 +135,119 @@ def test_missing_dask_is_one_clear_error(monkeypatch):
     with pytest.raises(ValueError, match=r"pip install 'topotrace\[dask\]'"):
         with dask_cluster(workers=1):
             pass
+
+
+PREFIX = "compute_snapshot"  # the scheduler's task prefix of the snapshot tasks
+
+
+def _hold_tasks(gate: str) -> int:
+    """On a worker: make every snapshot task but snapshot 0 mark that it started (a file ``PID-S`` in ``gate``) and
+    wait (at most 30 s) for a file ``release`` there before computing; returns the worker's pid.
+
+    Installed with ``client.run``: a task names its function by reference (module and name), so the worker resolves
+    it to this wrapper. A restarted worker process starts without it and computes at once.
+    """
+    import os
+    import time
+    from pathlib import Path
+
+    from topotrace.analysis import distributed
+
+    real = distributed.compute_snapshot
+
+    def held(task, s):
+        if s > 0:
+            (Path(gate) / f"{os.getpid()}-{s}").touch()
+            deadline = time.monotonic() + 30.0
+            while not (Path(gate) / "release").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return real(task, s)
+
+    distributed.compute_snapshot = held
+    return os.getpid()
+
+
+def _wait_for(cond, timeout, what):
+    """Poll ``cond()`` every 10 ms until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_worker_killed_mid_analysis_is_retried(store, tmp_path):
+    """A worker killed (SIGKILL) while it runs a snapshot task is restarted by its nanny, the task is rerun
+    elsewhere and analysis.h5 still equals the in-process analysis."""
+    import os
+    import signal
+    import threading
+
+    import psutil
+
+    ref = tmp_path / "threads.h5"
+    analyze(store, ref, layout_methods=FAST)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    killed = {}
+
+    with dask_cluster(workers=2) as cluster:
+        client = cluster.client
+        before = set(client.run(_hold_tasks, str(gate)).values())
+        assert len(before) == 2
+
+        class KillAfterFirst:
+            """Yields the cluster's results; after snapshot 0 of the first layer, SIGKILLs a worker that is inside
+            a held task, waits until it is dead, then releases the held tasks."""
+
+            def map_snapshots(self, task, n_s):
+                for s, row in enumerate(cluster.map_snapshots(task, n_s)):
+                    if not killed:
+                        assert s == 0
+                        # both workers inside a held task: 1 result in, n_s - 1 to go, 2 of them in flight
+                        _wait_for(lambda: len({f.name.split("-")[0] for f in gate.iterdir()}) == 2, 30,
+                                  "both workers to start a held task")
+                        victim = min(gate.iterdir(), key=lambda f: int(f.name.split("-")[1]))
+                        pid, held = map(int, victim.name.split("-"))
+                        assert pid in before
+                        killed.update(pid=pid, snapshot=held, done=s + 1, of=n_s)
+                        os.kill(pid, signal.SIGKILL)
+
+                        def dead():
+                            try:
+                                return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+                            except psutil.NoSuchProcess:
+                                return True
+
+                        _wait_for(dead, 10, f"worker {pid} to die")
+                        (gate / "release").touch()
+                    yield row
+
+        out = {}
+
+        def run():
+            try:
+                out["result"] = analyze(store, tmp_path / "dask.h5", layout_methods=FAST, cluster=KillAfterFirst())
+            except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread
+                out["error"] = err
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(timeout=90)
+        if worker.is_alive():
+            client.close()  # makes the pending result() raise, so the thread ends with the cluster
+            pytest.fail("the analysis did not finish within 90 s after a worker was killed")
+        if "error" in out:
+            raise out["error"]
+        client.wait_for_workers(2, timeout=30)  # the nanny restarted the killed worker
+        after = set(client.run(os.getpid).values())
+        # the scheduler saw a snapshot task lose its worker (and rescheduled it: the results below are complete)
+        lost = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.task_prefixes[PREFIX].suspicious)
+
+    assert killed["done"] == 1 and killed["of"] == 6, killed  # the kill landed mid-analysis
+    assert killed["pid"] not in after and len(after) == 2 and len(after & before) == 1, (before, after, killed)
+    assert lost >= 1
+    assert out["result"].n_snapshots == 6
+    assert_same_analysis(ref, tmp_path / "dask.h5")
