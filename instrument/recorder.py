@@ -515,7 +515,9 @@ class Recorder:
                 payload, copies = self._probe_pass(step)
             if confidence.TEMP_PROB in self.measures:  # the temperature is fitted on every rank's share of "train"
                 copies.wait()
-                train_logits = self._ddp.gather(payload[confidence.TEMPERATURE_PROBE][""])
+                tr = confidence.TEMPERATURE_PROBE
+                train_logits = self._ddp.gather_start(payload[tr][""], self._ddp.sizes(len(self._full_labels[tr]),
+                                                                                       self.batch_size))
         if not self._active:
             self._free.put(payload)
             self._report()
@@ -768,7 +770,7 @@ class Recorder:
         snap = Snapshot(step=step, epoch=epoch, time=t)
         if confidence.TEMP_PROB in self.measures:  # fitted on the train probe set alone, applied to every set
             tr = confidence.TEMPERATURE_PROBE
-            logits = payload[tr][""] if train_logits is None else train_logits  # sharded: every rank's share
+            logits = payload[tr][""] if train_logits is None else train_logits()  # sharded: every rank's share
             snap.temperature = confidence.fit_temperature(logits, self._full_labels[tr])
         for p in self.probes:
             arrays = payload[p.name]

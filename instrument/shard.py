@@ -4,8 +4,9 @@ Every rank builds its Recorder with the same arguments (the whole probe sets) at
 script, after ``torch.distributed.init_process_group``. Each rank then runs a contiguous share of every probe
 set (:func:`shard_bounds`) and writes it to its own shard file; rank 0 writes the combined store that readers
 open (:mod:`topotrace.instrument.store.shards`). Collectives run on a gloo group of their own, on the training
-thread, at points every rank reaches in the same order (the constructor; a snapshot, when the temperature is
-recorded), so they never interleave with the training's own collectives.
+thread, at points every rank reaches in the same order (the constructor; each snapshot: rank 0's buffers, and the
+train logits when the temperature is recorded, gathered asynchronously and awaited by the writer thread), so they
+never interleave with the training's own collectives.
 
 Setting up is all-or-nothing: every rank checks and opens its shard, then the ranks agree (an all-gather of one
 flag) that all of them succeeded before rank 0 writes the combined store; a rank that failed raises its own error
@@ -15,7 +16,7 @@ and the others raise one that names it, instead of waiting forever at a barrier.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -168,14 +169,25 @@ class DDPShard:
                 for b, o in zip(buffers, own):
                     b.copy_(o)
 
-    def gather(self, part: np.ndarray) -> np.ndarray:
-        """Every rank's rows of ``part`` (shape (n_r, ...)), concatenated in rank order."""
+    def sizes(self, n: int, batch_size: int) -> list[int]:
+        """Every rank's share size of a probe set of ``n`` samples, in rank order."""
+        return [hi - lo for lo, hi in shard_bounds(n, self.world, batch_size)]
+
+    def gather_start(self, part: np.ndarray, sizes: Sequence[int]) -> Callable[[], np.ndarray]:
+        """Start gathering every rank's rows of ``part`` (rank r holds ``sizes[r]`` rows, shape (sizes[r], ...)).
+
+        Returns a function that waits for the rows and returns them concatenated in rank order, shape
+        (sum(sizes), ...); the writer thread calls it, so the training thread never waits for the other ranks'
+        probe passes. ``part`` is copied at once (its buffer may be reused).
+        """
         t = torch.from_numpy(np.ascontiguousarray(part))
-        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
-        dist.all_gather(sizes, torch.tensor([t.shape[0]]), group=self._group)
-        top = max(int(s.item()) for s in sizes)
-        padded = torch.zeros((top, *t.shape[1:]), dtype=t.dtype)
+        padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype)
         padded[: t.shape[0]] = t
         out = [torch.empty_like(padded) for _ in range(self.world)]
-        dist.all_gather(out, padded, group=self._group)
-        return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)]).numpy()
+        work = dist.all_gather(out, padded, group=self._group, async_op=True)
+
+        def result() -> np.ndarray:
+            work.wait()
+            return torch.cat([o[:n] for o, n in zip(out, sizes)]).numpy()
+
+        return result
