@@ -10,19 +10,25 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 
 def slider_frames(page, values: list[int]) -> list[list[float | None]]:
-    """Move the report's time slider to each of ``values``; per move [fill ms, ms to the second animation frame].
+    """Move the report's time slider to each of ``values``; per move [fill ms, ms to the second animation frame,
+    ms until the page is idle again].
 
     The fill time is what the report's render callback measured itself (``window.topotraceFrameMs``); the
-    second figure includes the browser painting the new maps.
+    second figure includes the browser painting the new maps; the third also the work deferred after the frame
+    (the charts' time markers follow in an idle callback): up to the next idle period, then two more frames.
     """
     return page.evaluate("""async (values) => {
         const s = Bokeh.documents[0].get_model_by_name('time_slider');
+        const two = () => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
         const out = [];
         for (const i of values) {
             const t0 = performance.now();
             s.value = i;
-            await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
-            out.push([window.topotraceFrameMs, performance.now() - t0]);
+            await two();
+            const t1 = performance.now();
+            await new Promise(r => requestIdleCallback(r));
+            await two();
+            out.push([window.topotraceFrameMs, t1 - t0, performance.now() - t0]);
         }
         return out;
     }""", values)

@@ -233,7 +233,7 @@ def calibration_view(results: AnalysisResults) -> LayoutDOM | None:
     marker, marker_x = None, time_x(steps, xtype)
     if ece_fig is not None:
         marker = Span(location=float(marker_x[-1]), dimension="height", line_color="#24292f", line_width=1,
-                      line_dash="dotted", name=RELIABILITY_MARKER)
+                      line_dash="dotted", name=RELIABILITY_MARKER, level="overlay")  # moves: overlay canvas only
         ece_fig.add_layout(marker)
     parts = [p for p in (ece_fig, _reliability(results, steps, marker, marker_x)) if p is not None]
     temperature = np.asarray(getattr(results, "temperature", np.zeros(0)), np.float64).ravel()

@@ -76,8 +76,9 @@ def _add_time_marker(fig: figure, steps: np.ndarray, axis_type: str) -> Span:
     The map callback moves it to the snapshot the slider is on (drawn at :func:`time_x` of that step).
     """
     x = float(time_x(np.asarray(steps)[-1:], axis_type)[0]) if len(steps) else 0.0
+    # level "overlay": moving the marker repaints only the chart's overlay canvas, not its lines, axes and labels
     span = Span(location=x, dimension="height", line_color="#57606a", line_width=1, line_alpha=0.8,
-                line_dash="dashed", name=MARKER_NAME)
+                line_dash="dashed", name=MARKER_NAME, level="overlay")
     fig.add_layout(span)
     return span
 

@@ -415,6 +415,8 @@ def test_time_markers_on_every_time_chart(results, html_text, log_html_text, log
     # training curves, correlation summaries, strength/distinctness, the findings' claims, beyond the study
     assert n_beyond >= 5 and len(spans) == 3 + 2 * n_corr_layers + 2 + n_findings_charts + n_beyond
     assert all(s["attributes"]["location"] == want_x[-1] and s["attributes"]["dimension"] == "height" for s in spans)
+    # on the overlay level: moving a marker repaints the chart's overlay canvas only, not its lines and axes
+    assert all(s["attributes"].get("level") == "overlay" for s in spans)
     assert sorted(s["id"] for s in spans) == sorted(m["id"] for m in _custom_js_arg(doc, "markers"))
     np.testing.assert_array_equal(_custom_js_arg(doc, "marker_x"), want_x)
 
