@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,6 +186,17 @@ def _spec_to_attrs(spec: StoreSpec) -> dict[str, str]:
 
 
 ATTRS_DIGEST = "attrs_sha256"  # root attribute: SHA-256 of the other root attributes (their text is unchecked)
+
+
+def _write_root_attrs(f: h5py.File, spec: StoreSpec, meta: Mapping[str, object]) -> None:
+    """The root attributes of a new store: format, schema version, the spec, the probe-set names and ``meta_*``."""
+    f.attrs["format"] = FORMAT
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    for k, v in _spec_to_attrs(spec).items():
+        f.attrs[k] = v
+    f.attrs["probe_sets"] = _json([p.name for p in spec.probes])
+    for k, v in meta.items():
+        f.attrs[f"meta_{k}"] = v if isinstance(v, str) else _json(v)
 
 
 def _plain(value: object) -> object:

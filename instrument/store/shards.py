@@ -26,16 +26,14 @@ import numpy as np
 
 from .format import (
     ATTRS_DIGEST,
-    FORMAT,
     LIBVER,
-    SCHEMA_VERSION,
     TEMPERATURE,
     ProbeSpec,
     StoreError,
     StoreSpec,
     _attrs_digest,
     _json,
-    _spec_to_attrs,
+    _write_root_attrs,
     has_temperature,
 )
 
@@ -130,13 +128,7 @@ def write_combined(path: str | os.PathLike, spec: StoreSpec, meta: Mapping[str, 
                              f"Got {bounds}.")
     tmp = path.with_name(path.name + ".creating")
     with h5py.File(tmp, "w", libver=LIBVER) as f:
-        f.attrs["format"] = FORMAT
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        for k, v in _spec_to_attrs(spec).items():
-            f.attrs[k] = v
-        f.attrs["probe_sets"] = _json([p.name for p in spec.probes])
-        for k, v in meta.items():
-            f.attrs[f"meta_{k}"] = v if isinstance(v, str) else _json(v)
+        _write_root_attrs(f, spec, meta)
         f.attrs[SHARDS] = _json([{"file": file, "samples": {k: list(v) for k, v in s.items()}}
                                  for file, s in zip(files, shards)])
         f.attrs[ATTRS_DIGEST] = _attrs_digest(f.attrs)

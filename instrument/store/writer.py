@@ -16,10 +16,8 @@ import numpy.typing as npt
 
 from .format import (
     ATTRS_DIGEST,
-    FORMAT,
     LIBVER,
     NONFINITE,
-    SCHEMA_VERSION,
     TEMPERATURE,
     Snapshot,
     StoreError,
@@ -29,7 +27,7 @@ from .format import (
     _describe_mismatch,
     _json,
     _read_spec,
-    _spec_to_attrs,
+    _write_root_attrs,
     has_temperature,
 )
 from .reader import Store
@@ -188,13 +186,7 @@ class StoreWriter:
         image = io.BytesIO()
         f = h5py.File(image, "w", libver=LIBVER)
         try:
-            f.attrs["format"] = FORMAT
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            for k, v in _spec_to_attrs(spec).items():
-                f.attrs[k] = v
-            f.attrs["probe_sets"] = _json([p.name for p in spec.probes])
-            for k, v in meta.items():
-                f.attrs[f"meta_{k}"] = v if isinstance(v, str) else _json(v)
+            _write_root_attrs(f, spec, meta)
             comp = {"compression": "gzip", "compression_opts": 1} if spec.compression == "gzip" else {}
 
             def per_snapshot(g: h5py.Group, name: str, row: tuple[int, ...], dtype: str, **kw) -> None:
