@@ -233,6 +233,9 @@ def test_recorder_kwargs_set_by_the_callback_are_refused(tmp_path, probes):
         with pytest.raises(TypeError, match=rf"'recorder_kwargs'.*Got \['{name}'\] instead"):
             TopotraceCallback(tmp_path / "s.h5", layers=LAYERS, probes=probes, class_names=CLASSES,
                               schedule=SCHEDULE, **{name: 1})
+    with pytest.raises(ValueError, match="records on the main process only; shard='ddp' is for plain loops"):
+        TopotraceCallback(tmp_path / "s.h5", layers=LAYERS, probes=probes, class_names=CLASSES, schedule=SCHEDULE,
+                          shard="ddp")
     assert not (tmp_path / "s.h5").exists()
 
 

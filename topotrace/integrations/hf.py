@@ -68,6 +68,7 @@ class TopotraceCallback(TrainerCallback):
     Raises:
         TypeError: ``recorder_kwargs`` holds a name the Recorder does not take, or one the callback sets itself
             (``model``, ``path``, ``resume``, ``resume_step``).
+        ValueError: ``shard="ddp"`` (this callback records on the main process only).
     """
 
     def __init__(
@@ -80,6 +81,9 @@ class TopotraceCallback(TrainerCallback):
         **recorder_kwargs: Any,
     ):
         check_recorder_kwargs(recorder_kwargs)
+        if recorder_kwargs.get("shard") is not None:  # the callback records on the main process alone
+            raise ValueError("The Hugging Face TopotraceCallback records on the main process only; shard='ddp' is "
+                             "for plain loops and the Lightning callback. Leave shard unset.")
         self.store_path = Path(store_path)
         self._kwargs = {"layers": layers, "probes": probes, "class_names": class_names, "schedule": schedule,
                         "logits": "logits", **recorder_kwargs}
