@@ -11,28 +11,18 @@ train logits gathered for the temperature). Ratio: median shard / median rank0, 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from .launch import torchrun
 
 CHILD = Path(__file__).with_name("_ddp_probe_child.py")
 
 
 def run(out: Path, mode: str) -> list[list[float]]:
     out.mkdir()
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
-           "PYTHONPATH": str(CHILD.parent.parent)}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [str(torchrun), "--nnodes=1", "--nproc_per_node=2", "--master-addr=127.0.0.1", f"--master-port={port}",
-           str(CHILD), str(out), mode]
-    done = subprocess.run(cmd, env=env, timeout=600, capture_output=True, text=True)
+    done = torchrun(CHILD, str(out), mode, timeout=600)
     if done.returncode:
         raise RuntimeError(f"torchrun ({mode}) exited {done.returncode}: {done.stderr[-2000:]}")
     return [json.loads((out / f"times_rank{r}.json").read_text()) for r in (0, 1)]

@@ -363,6 +363,7 @@ class Recorder:
         full_probes = self.probes
         if self._ddp is not None:  # from here on self.probes are this rank's shares
             self._shares = self._ddp.shares(self.probes, batch_size)
+            self._rank_sizes = {p.name: self._ddp.sizes(len(p), batch_size) for p in self.probes}  # all ranks'
             self.probes = tuple(ProbeSet(p.name, p.x[lo:hi], p.y[lo:hi], p.index[lo:hi])
                                 for p, (lo, hi) in ((p, self._shares[p.name]) for p in self.probes))
         if logits is not None and not (isinstance(logits, (int, str)) and not isinstance(logits, bool)
@@ -516,8 +517,7 @@ class Recorder:
             if confidence.TEMP_PROB in self.measures:  # the temperature is fitted on every rank's share of "train"
                 copies.wait()
                 tr = confidence.TEMPERATURE_PROBE
-                train_logits = self._ddp.gather_start(payload[tr][""], self._ddp.sizes(len(self._full_labels[tr]),
-                                                                                       self.batch_size))
+                train_logits = self._ddp.gather_start(payload[tr][""], self._rank_sizes[tr])
         if not self._active:
             self._free.put(payload)
             self._report()

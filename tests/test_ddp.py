@@ -2,14 +2,13 @@
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.launch import TORCHRUN, torchrun
 from topotrace.instrument.store import Store
 
 CHILD = Path(__file__).with_name("_ddp_child.py")
@@ -17,17 +16,9 @@ CHILD = Path(__file__).with_name("_ddp_child.py")
 
 def run_ddp(out, mode, check=True):
     out.mkdir()
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
+    if not TORCHRUN.exists():
         pytest.skip("torchrun not found next to the Python interpreter")
-    # Loopback only: no dependence on the machine's hostname resolving (torchrun --standalone needs it).
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CHILD.parent.parent), "GLOO_SOCKET_IFNAME": "lo"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [str(torchrun), "--nnodes=1", "--nproc_per_node=2", "--master-addr=127.0.0.1", f"--master-port={port}",
-           str(CHILD), str(out), mode]
-    done = subprocess.run(cmd, env=env, timeout=120, capture_output=True, text=True)
+    done = torchrun(CHILD, str(out), mode, timeout=120)
     if not check:
         return done
     assert done.returncode == 0, f"torchrun exited {done.returncode}:\n{done.stderr[-4000:]}"

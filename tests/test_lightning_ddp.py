@@ -1,15 +1,12 @@
 """The Lightning callback under torchrun DDP (2 gloo ranks on the CPU) with shard="ddp": every rank its share."""
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.launch import TORCHRUN, torchrun
 from topotrace.instrument.store import Store
 
 # Only the child imports Lightning (and torch): importing them here too would cost this process as long again.
@@ -27,18 +24,11 @@ def _probe_x():
 
 def test_lightning_ddp_sharded_recording(tmp_path):
     """A Lightning fit on 2 ranks: both shards and the combined store, whose last snapshot is the final model's."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
+    if not TORCHRUN.exists():
         pytest.skip("torchrun not found next to the Python interpreter")
     out = tmp_path / "run"
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CHILD.parent.parent), "GLOO_SOCKET_IFNAME": "lo"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [str(torchrun), "--nnodes=1", "--nproc_per_node=2", "--master-addr=127.0.0.1", f"--master-port={port}",
-           str(CHILD), str(out)]
-    done = subprocess.run(cmd, env=env, timeout=180, capture_output=True, text=True)
+    done = torchrun(CHILD, str(out), timeout=180)
     assert done.returncode == 0, f"torchrun exited {done.returncode}:\n{done.stderr[-4000:]}"
 
     assert sorted(p.name for p in out.glob("*.h5")) == ["store.h5", *SHARDS]
