@@ -94,7 +94,7 @@ def test_local_workers_keep_glibc_malloc_defaults(cluster):
 
 def test_study_seeds_analysed_on_one_cluster(cluster, tmp_path):
     """A study's seeds are analysed together on the cluster, each equal to its in-process analysis, in seed order."""
-    from topotrace.study import Study, study_results
+    from topotrace.studies import Study, study_results
 
     n_s = 3
     study = Study(tmp_path / "st", "st", [0, 1], {})

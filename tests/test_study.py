@@ -11,7 +11,7 @@ from topotrace.instrument.store import Store
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A two-seed study of the default run, one epoch each; interrupted after the first seed, then continued."""
-    import topotrace.study as study_mod
+    import topotrace.studies as study_mod
     from topotrace import train as train_mod
 
     out = tmp_path_factory.mktemp("runs")

@@ -32,10 +32,11 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from topotrace.instrument.store import STORE_FILE, Store, StoreError
+from topotrace.report_templates.outputs import ARCHIVE_FORMAT, atomic_output, written_by_topotrace
 
-from .study import STUDY_FILE, is_study, load_study
+from .studies import STUDY_FILE, is_study, load_study
 
-FORMAT = "topotrace-archive"
+FORMAT = ARCHIVE_FORMAT  # "topotrace-archive"
 FORMAT_VERSION = 1
 ENVIRONMENT_FILE = "environment.json"
 CITATION_FILE = "CITATION.cff"
@@ -129,12 +130,7 @@ def _iso(epoch: int) -> str:
 
 def is_archive(path: Path) -> bool:
     """True when ``path`` is a zip that topotrace wrote (its ``environment.json`` names the archive format)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            env = json.loads(zf.read(ENVIRONMENT_FILE))
-        return isinstance(env, dict) and env.get("format") == FORMAT
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return False
+    return written_by_topotrace(path, "archive")  # a regular file (never a link or FIFO) holding FORMAT
 
 
 def default_out(run: Path) -> Path:
@@ -167,9 +163,9 @@ def check_archive_input(run: Path, out: Path) -> str:
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--out {out}: the folder {out.parent} does not exist. Create it first, or give a zip "
                                 "file in an existing folder.")
-    if out.exists() and not is_archive(out):
-        raise FileExistsError(f"--out {out} exists and is not a topotrace archive; it is left alone. Give another "
-                              "file name, or move it away.")
+    if os.path.lexists(out) and not is_archive(out):
+        raise FileExistsError(f"--out {out} exists and was not written by topotrace (it is not a topotrace archive); "
+                              "choose another path or remove it yourself.")
     try:
         if out.resolve().is_relative_to(run.resolve()):
             raise ValueError(f"--out {out} lies inside the folder being archived; write the zip next to it (the "
@@ -381,20 +377,14 @@ def write_manifest(root: Path) -> None:
 def _zip_folder(root: Path, out: Path, epoch: int) -> None:
     """Zip ``root`` into ``out`` via a temporary file renamed into place: sorted, timestamps at epoch, mode 0644."""
     stamp = time.gmtime(max(epoch, ZIP_EPOCH_MIN))[:6]
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for rel in _bundle_files(root):
-                info = zipfile.ZipInfo(rel, date_time=stamp)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = (stat.S_IFREG | 0o644) << 16
-                info.create_system = 3  # unix, whatever the platform
-                with open(root / rel, "rb") as src, zf.open(info, "w") as dest:
-                    shutil.copyfileobj(src, dest, 1 << 20)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(out, "archive") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for rel in _bundle_files(root):
+            info = zipfile.ZipInfo(rel, date_time=stamp)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            info.create_system = 3  # unix, whatever the platform
+            with open(root / rel, "rb") as src, zf.open(info, "w") as dest:
+                shutil.copyfileobj(src, dest, 1 << 20)
 
 
 def write_archive(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:

@@ -1,13 +1,20 @@
-"""topotrace study: replicate runs of one configuration (one per seed), their analyses, findings and report.
+"""topotrace study: replicate runs (seeds) and the findings across them.
 
-Writes runs/NAME/seed-K/ (each a normal run), runs/NAME/findings.json and runs/NAME/report.html. Run the same
-command again to continue an interrupted study: finished seeds are not redone.
+Two ways to make one:
+
+* ``topotrace study RUN RUN [...] --name NAME``: a study of runs you already have (recorded with the Recorder,
+  a callback or ``topotrace train``); nothing is trained, the runs stay where they are.
+* ``topotrace study --config FILE --seeds 0,1,2 --name NAME``: trains one run per seed into runs/NAME/seed-K/
+  (each a normal run). Run the same command again to continue an interrupted study: finished seeds are not redone.
+
+Both write runs/NAME/study.json, findings.json and report.html.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -16,24 +23,84 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from .config import check_run_name, load_config
+from .config import check_out_dir, check_run_name, load_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="*", metavar="RUN", help="run folders to make a study of (at least 2; "
+                        "nothing is trained); leave out to train seeds of --config")
     parser.add_argument("--config", default=None, help="TOML config (default: built-in digits run)")
     parser.add_argument("--seeds", default=None, help="seeds, e.g. 0,1,2 or 0-4 (default: 0,1,2)")
-    parser.add_argument("--name", default=None, help="study name: runs/NAME/ (default: the config's run.name "
-                        "followed by -study)")
+    parser.add_argument("--name", default=None, help="study name: runs/NAME/ (default: the config's run.name, or "
+                        "the runs' common name, followed by -study)")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    parser.add_argument("--out-dir", default=None, help="override run.out_dir (default runs)")
+    parser.add_argument("--out-dir", default=None, help="the folder the study folder goes in (default runs)")
     from .cmd_analyze import add_scheduler_options
 
     add_scheduler_options(parser)
 
 
+def default_name(runs: list[str]) -> str:
+    """The default study name of a study of runs: their folder names' common beginning, then ``-study``."""
+    names = [Path(os.path.normpath(r)).name for r in runs]
+    common = os.path.commonprefix(names).rstrip("-_.")
+    return f"{common or names[0]}-study"
+
+
+class Reporter:
+    """Progress of a study: a live bar on a terminal, plain lines (one per event) anywhere else."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bar = None
+        if console.is_terminal:
+            self.bar = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=console, transient=True)
+
+    def __enter__(self) -> Reporter:
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def line(self, text: str) -> None:
+        self.console.print(Text(text))
+
+
 def run(args: argparse.Namespace) -> int:
-    from .cli import CommandFailed, visible
-    from .study import create_or_resume, is_study, load_study, parse_seeds
+    if args.runs:
+        return _run_of_runs(args)
+    return _run_config(args)
+
+
+def _run_of_runs(args: argparse.Namespace) -> int:
+    from .cli import visible
+    from .studies import study
+
+    for option, value in (("--config", args.config), ("--seeds", args.seeds), ("--epochs", args.epochs)):
+        if value is not None:
+            raise ValueError(f"The '{option}' option trains seeds of a config; a study of existing runs (RUN "
+                             f"arguments) trains nothing. Leave out {option}, or the runs.")
+    out_dir = check_out_dir(args.out_dir if args.out_dir is not None else "runs", "'--out-dir' option")
+    name = check_run_name(args.name if args.name is not None else default_name(args.runs), "study name (--name)")
+    path = Path(out_dir) / name
+    console = Console()
+    console.print(Text.assemble("study ", (visible(name), "bold"), f" of {len(args.runs)} runs in ", visible(path)))
+    from .cmd_analyze import scheduler_cluster
+
+    with scheduler_cluster(args) as cluster:
+        found = study(args.runs, path, cluster)
+    print_study_findings(console, found)
+    print(visible(path / "report.html"))
+    return 0
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from .cli import visible
+    from .studies import create_or_resume, is_study, load_study, locked, parse_seeds
 
     console = Console()
     overrides: dict = {"run": {}, "train": {}}
@@ -48,52 +115,108 @@ def run(args: argparse.Namespace) -> int:
     path = Path(cfg["run"]["out_dir"]) / name
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise FileExistsError(f"{path} exists and is not a topotrace study folder; choose another --name.")
+    if path.exists() and is_study(path) and load_study(path).of_runs:
+        raise FileExistsError(f"{path} holds a study of existing runs; give its runs to make it again "
+                              "(topotrace study RUN RUN ...), or choose another --name for a config study.")
 
-    from .cmd_analyze import scheduler_cluster
-    from .study import run_study, trained
-    from .train import check_creatable, check_run_config, topmost_missing, train_run  # imports torch
+    from .train import check_creatable, check_run_config  # imports torch
 
     check_run_config(cfg)  # layers and data, before the study folder is made
     if not path.exists():
         check_creatable(path)
-    made = topmost_missing(path)
+    if is_study(path) and args.config is None and args.seeds is None and args.epochs is None:
+        study, made = load_study(path), False  # continue with the settings it was started with
+    else:
+        study, made = create_or_resume(path, name, seeds, cfg)
     try:
-        if is_study(path) and args.config is None and args.seeds is None and args.epochs is None:
-            study = load_study(path)  # continue with the settings it was started with
-        else:
-            study = create_or_resume(path, name, seeds, cfg)
-        console.print(Text.assemble("study ", (visible(study.name), "bold"), f": seeds {study.seeds} in ",
-                                    visible(study.path)))
-        with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=console, transient=True) as bar:
+        with locked(study.path):
+            found = _train_and_report(study, console, args)
+    except BaseException:
+        from .studies import trained
+
+        if made and not any(trained(d) for d in path.glob("seed-*")):
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)  # this command made the study and finished no seed: undo it
+        raise
+    print_study_findings(console, found)
+    print(visible(study.path / "report.html"))
+    return 0
+
+
+def _train_and_report(study, console: Console, args: argparse.Namespace) -> list:
+    """Train the seeds not trained yet, analyse them, write the study's findings and report; the findings."""
+    from .cli import CommandFailed, visible
+    from .cmd_analyze import scheduler_cluster
+    from .studies import run_study, write_study_report
+    from .train import train_run
+
+    console.print(Text.assemble("study ", (visible(study.name), "bold"), f": seeds {study.seeds} in ",
+                                visible(study.path)))
+    with Reporter(console) as rep:
+        bar = rep.bar
+        if bar is not None:
             seeds_task = bar.add_task("seeds", total=len(study.seeds))
             steps_task = bar.add_task("training", total=None, visible=False)
+        shown = {"last": -1}
 
-            def train(cfg: dict) -> None:
+        def progress(step: int, total: int) -> None:
+            if bar is not None:
+                bar.update(steps_task, completed=step, total=total)
+            elif total and step * 10 // total > shown["last"]:  # plain lines: every 10 % of the steps
+                shown["last"] = step * 10 // total
+                rep.line(f"  step {step} of {total}")
+
+        def train(cfg: dict) -> None:
+            shown["last"] = -1
+            if bar is not None:
                 bar.update(steps_task, description=f"training {escape(visible(cfg['run']['name']))}", completed=0,
                            visible=True)
-                with warnings.catch_warnings():  # a stopped recording is logged at once, then ends the study
-                    warnings.filterwarnings("ignore", message="Recording to ", category=RuntimeWarning)
-                    summary = train_run(cfg, progress=lambda step, total: bar.update(steps_task, completed=step,
-                                                                                     total=total))
+            else:
+                rep.line(f"seed {cfg['run']['seed']}: training")
+            with warnings.catch_warnings():  # a stopped recording is logged at once, then ends the study
+                warnings.filterwarnings("ignore", message="Recording to ", category=RuntimeWarning)
+                summary = train_run(cfg, progress=progress)
+            if bar is not None:
                 bar.update(steps_task, visible=False)
-                if summary.error is not None:
-                    raise CommandFailed(f"recording of {cfg['run']['name']} stopped: {summary.error!r}. Run the "
-                                        "same command again to continue the study.")
+            if summary.error is not None:
+                raise CommandFailed(f"recording of {cfg['run']['name']} stopped: {summary.error!r}. Run the "
+                                    "same command again to continue the study.")
 
-            def on_seed(seed: int, state: str) -> None:
-                if state == "trained":
-                    console.print(f"seed {seed}: already trained")
-                if state == "done":
+        def on_seed(seed: int, state: str) -> None:
+            if state == "trained":
+                rep.line(f"seed {seed}: already trained")
+            elif state == "analysing" and bar is None:
+                rep.line(f"seed {seed}: analysing")
+            elif state == "done":
+                if bar is not None:
                     bar.advance(seeds_task)
+                else:
+                    rep.line(f"seed {seed}: done")
 
-            with scheduler_cluster(args) as cluster:
-                results = run_study(study, train, on_seed, cluster)
-    except BaseException:
-        if made is not None and not any(trained(d) for d in path.glob("seed-*")):
-            shutil.rmtree(made, ignore_errors=True)  # this command made the study and finished no seed: undo it
-        raise
-    from .cmd_report import write_study_report
+        with scheduler_cluster(args) as cluster:
+            results = run_study(study, train, on_seed, cluster)
+    if not console.is_terminal:
+        rep.line("findings across the seeds")
+    return write_study_report(study, results)
 
-    return write_study_report(study.path, results=results)
 
+def print_study_findings(console: Console, found: list) -> None:
+    """The findings across the runs as a table, as ``topotrace analyze`` prints one run's."""
+    from rich.table import Table
+
+    from topotrace.report_templates.words import CLAIM_SHORT, interval, interval_kind, number
+
+    from .cli import visible
+
+    if not found:
+        return
+    table = Table(title=f"Findings across {found[0].n_runs} runs")
+    for col in ("layer", "claim", "measure", "effect", "95 % interval", "verdict"):
+        table.add_column(col, overflow="fold")
+    for f in found:
+        table.add_row(Text(visible(f.layer)), Text(CLAIM_SHORT[f.claim]), Text(visible(f.measure or "-")),
+                      Text(number(f.effect)), Text(interval(f)), Text(f.verdict))
+    console.print(table)
+    console.print(Text(f"{interval_kind(found[0])}. Rule and every run's value: findings.json and the report."))
+    sys.stdout.flush()

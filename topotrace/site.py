@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from topotrace.instrument.store import STORE_FILE, Store, StoreError, writer_state
+from topotrace.report_templates.outputs import atomic_output, check_output, written_by_topotrace
 
-from .study import STUDY_FILE, load_study
+from .studies import STUDY_FILE, load_study
 
 INDEX_FILE = "index.html"
 REPORT_FILE = "report.html"
@@ -200,14 +201,15 @@ def write_site(root: str | os.PathLike, out: str | os.PathLike | None = None) ->
 
     root = Path(root)
     out_dir = Path(out) if out is not None else root
+    if out_dir.is_dir():
+        check_output(out_dir / INDEX_FILE, "site", option="", example=INDEX_FILE)
     rows = collect(root)
     prefix = Path(os.path.relpath(root, out_dir)).as_posix()
     page = render_index(rows, root_label=str(root), link_prefix="" if prefix == "." else prefix + "/")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / INDEX_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, "utf-8")
-    os.replace(tmp, path)
+    with atomic_output(path, "site") as tmp:  # an index.html that topotrace did not write is never replaced
+        tmp.write_text(page, "utf-8")
     return path
 
 
@@ -223,12 +225,5 @@ def site_index_for(report: str | os.PathLike) -> str | None:
     return None
 
 
-SITE_MARK = '<meta name="generator" content="topotrace site">'
-
-
 def _is_site_index(path: Path) -> bool:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return SITE_MARK in fh.read(4096)
-    except OSError:
-        return False
+    return written_by_topotrace(path, "site")
