@@ -3,7 +3,9 @@
 Settings, the run name, the runs folder and the data are checked before anything is written. A checkpoint
 (runs/NAME/checkpoint.npz, weights only) is kept after each epoch; ``--resume`` continues a killed or
 interrupted run from it with the same config. ``--overwrite`` replaces only a topotrace run that no process is
-recording. A start that fails before the first checkpoint removes the folders it made.
+recording. A start that fails before the first checkpoint with nothing committed removes the folders it made; a
+store with committed snapshots is never removed. A recording that stops (disk full, ...) stops training, keeps the
+run and ends the command with exit code 1 and one line saying what was lost and how ``--resume`` continues.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)  # bad settings fail here, before anything is trained
     console = Console()
 
-    from .train import final_metrics, train_run  # imports torch
+    from .train import RunFailed, final_metrics, how_to_continue, train_run  # imports torch
 
     name = visible(cfg["run"]["name"])
     with Progress(TextColumn("[bold]training[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -62,7 +64,18 @@ def run(args: argparse.Namespace) -> int:
 
         with warnings.catch_warnings():  # a stopped recording is logged at once and ends the command with an error
             warnings.filterwarnings("ignore", message="Recording to ", category=RuntimeWarning)
-            summary = train_run(cfg, overwrite=args.overwrite, progress=progress, resume=args.resume)
+            try:
+                summary = train_run(cfg, overwrite=args.overwrite, progress=progress, resume=args.resume)
+            except RunFailed as err:  # the run is kept: exit 1 with what was lost and how to continue
+                raise CommandFailed(str(err)) from err
+    if summary.error is not None or summary.n_snapshots != summary.expected_snapshots:
+        # No table: the last committed snapshot is an early one, not the result of the run.
+        cause = ("" if summary.error is None else
+                 f" ({type(summary.error).__name__}: {' '.join(str(summary.error).split()).rstrip('.')})")
+        raise CommandFailed(f"Recording stopped early{cause}: the store {visible(summary.store_path)} keeps "
+                            f"{summary.n_snapshots} committed snapshots of the {summary.expected_snapshots} due; "
+                            f"training stopped at step {summary.steps} of {summary.total_steps}. Fix the cause (e.g. "
+                            f"free disk space), then {how_to_continue(summary.checkpoint_step)}.")
     resumed = "" if summary.resumed_from is None else f", resumed from step {summary.resumed_from}"
     table = Table(title=Text(f"run {name}: {summary.steps} steps in {summary.seconds:.1f} s{resumed}, "
                              f"{summary.n_snapshots} snapshots"))
@@ -74,7 +87,4 @@ def run(args: argparse.Namespace) -> int:
                           f"{m['confidence']:.3f}")
     console.print(table)
     console.print(Text.assemble("store: ", (visible(summary.store_path), "bold")))
-    if summary.error is not None:
-        raise CommandFailed(f"Recording stopped early: {summary.error!r}. The store {summary.store_path} keeps "
-                            f"{summary.n_snapshots} committed snapshots; training finished unrecorded.")
     return 0

@@ -59,15 +59,44 @@ class MLP(nn.Module):
 CHECKPOINT_FILE = "checkpoint.npz"  # next to the store: the state a killed run resumes from (weights only)
 
 
+class RunFailed(OSError):
+    """Training stopped on an I/O failure (disk full, ...); the run folder is kept and ``--resume`` continues it."""
+
+
 @dataclass
 class RunSummary:
+    """What :func:`train_run` did.
+
+    Attributes:
+        run_dir: the run folder.
+        store_path: its store.
+        n_snapshots: snapshots the store holds (committed).
+        steps: the training step reached (less than ``total_steps`` when the recording stopped early).
+        seconds: wall time of training and recording.
+        error: the exception that stopped the recording, if any (training then stops too).
+        resumed_from: the checkpoint's step when the run was resumed.
+        expected_snapshots: the snapshots the schedule asks for over the whole run.
+        total_steps: the run's last training step.
+        checkpoint_step: the step of the last checkpoint on disk (``None``: none yet).
+    """
+
     run_dir: Path
     store_path: Path
     n_snapshots: int
     steps: int
     seconds: float
     error: BaseException | None
-    resumed_from: int | None = None  # the checkpoint's step when the run was resumed
+    resumed_from: int | None = None
+    expected_snapshots: int = 0
+    total_steps: int = 0
+    checkpoint_step: int | None = None
+
+
+def how_to_continue(checkpoint_step: int | None) -> str:
+    """The words that say how a stopped run goes on (``--resume``) from where."""
+    where = (f"from its checkpoint at step {checkpoint_step}" if checkpoint_step is not None
+             else "from step 0 (no checkpoint was written yet)")
+    return f"run the same command with --resume: it continues {where} and records the missing snapshots"
 
 
 def make_schedule(cfg: dict, total_steps: int, steps_per_epoch: int) -> Callable[[int], bool]:
@@ -265,6 +294,35 @@ def _check_resumable(run_dir: Path, cfg: dict) -> None:
                          "with the same --config and options, or start a new run (another run.name).")
 
 
+def _scheduled(cfg: dict, n_train: int) -> tuple[Callable[[int], bool], list[int], int, int]:
+    """The run's schedule, the steps it records (0 .. total_steps), the total steps and the steps per epoch."""
+    steps_per_epoch = -(-n_train // cfg["train"]["batch_size"])
+    total_steps = steps_per_epoch * cfg["train"]["epochs"]
+    schedule = make_schedule(cfg, total_steps, steps_per_epoch)
+    return schedule, [s for s in range(total_steps + 1) if schedule(s)], total_steps, steps_per_epoch
+
+
+def _check_store_reaches(due: list[int], store_path: Path, ckpt_path: Path, ckpt_step: int) -> None:
+    """Refuse to resume from a checkpoint that is ahead of the store (snapshots before it were never committed).
+
+    A checkpoint is written only once every snapshot up to it is committed; a checkpoint from a run whose
+    recording stopped earlier (an older topotrace kept checkpointing) would resume past the missing snapshots.
+
+    Raises:
+        ValueError: the store lacks a scheduled snapshot at or before the checkpoint's step.
+    """
+    due = [s for s in due if s <= ckpt_step]
+    with Store(store_path) as st:
+        have = [int(s) for s in st.steps if s <= ckpt_step]
+    if have != due:
+        missing = sorted(set(due) - set(have))
+        first = f" (the first missing at step {missing[0]})" if missing else ""
+        raise ValueError(f"Cannot resume {store_path.parent}: its store holds {len(have)} of the {len(due)} snapshots "
+                         f"due up to the checkpoint at step {ckpt_step}{first}, so the recording stopped before the "
+                         f"checkpoint. Remove {ckpt_path} to record the run again from step 0 with --resume, or start "
+                         "a new run (another run.name or --overwrite).")
+
+
 def _settings(cfg: dict) -> str:
     """The config a checkpoint belongs to, as text: every setting but the runs folder (it may be named anew)."""
     return to_toml({**cfg, "run": {k: v for k, v in cfg["run"].items() if k != "out_dir"}})
@@ -275,22 +333,28 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
     """Train the configured MLP and record it into ``<out_dir>/<name>/store.h5``.
 
     Everything is checked before anything is written (config, layers, data, the run folder). A checkpoint
-    (:data:`CHECKPOINT_FILE`) is written after each epoch, once every snapshot up to it is committed. If the
-    command fails before the first checkpoint, the folders it created are removed again; after it, the run
-    is kept and ``resume=True`` continues it.
+    (:data:`CHECKPOINT_FILE`) is written after each epoch, once every snapshot up to it is committed, and never
+    after the recording stopped. If the recording stops (disk full, ...), training stops too and the run is
+    kept (``summary.error``); ``resume=True`` continues it from its last checkpoint (or from step 0 without
+    one) and records the missing snapshots. If the command fails before the first checkpoint with no snapshot
+    committed (or is stopped with Ctrl-C while its recording is healthy), the folders it created are removed
+    again; a store with committed snapshots is never removed.
 
     Args:
         cfg: a config from :func:`topotrace.config.load_config`.
         overwrite: replace an existing run folder of the same name (only a topotrace run no process records).
         progress: called as ``progress(step, total_steps)`` after each step.
         resume: continue the run of the same name from its last checkpoint (it must have the same config);
-            snapshots committed after the checkpoint are cut and recorded again.
+            snapshots committed after the checkpoint are cut and recorded again. A checkpoint ahead of the
+            store (snapshots missing before it) is refused.
 
     Raises:
         FileExistsError: the run exists (without ``overwrite`` or ``resume``), or is not a run.
         FileNotFoundError: ``resume`` and there is no such run; or the data folder is missing.
         BlockingIOError: the run is being recorded by another process.
         ValueError, TypeError: a setting the model or the data refuse; ``resume`` with another config.
+        RunFailed: an I/O failure (disk full) stopped training after the run folder had committed snapshots or a
+            checkpoint; the run is kept and the message says how to continue.
     """
     if overwrite and resume:
         raise ValueError("--overwrite and --resume exclude each other: replace the run, or continue it.")
@@ -337,8 +401,9 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
         probes.append(ProbeSet("train", torch.from_numpy(data.x_train[tr]), torch.from_numpy(data.y_train[tr]), tr))
 
     t = cfg["train"]
-    steps_per_epoch = -(-len(x_train) // t["batch_size"])
-    total_steps = steps_per_epoch * t["epochs"]
+    schedule, due, total_steps, steps_per_epoch = _scheduled(cfg, len(x_train))
+    if ckpt is not None:
+        _check_store_reaches(due, store_path, ckpt_path, int(ckpt.get("step", 0)))
     r = cfg["record"]
     meta = {
         "run_name": cfg["run"]["name"],
@@ -365,6 +430,7 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
                              "run from step 0 with --resume.") from None
         torch.set_rng_state(rng)
     resumed_from = step if resume else None
+    ckpt_step = step if ckpt is not None else None
 
     # Everything is checked; from here on the disk changes. Undo what this command made if it fails before the
     # first checkpoint (a failed start leaves nothing behind, and the corrected command is not refused).
@@ -372,7 +438,7 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
         check_replaceable(run_dir)  # again: it may have changed while the data loaded
         shutil.rmtree(run_dir)
     made = None if resume else topmost_missing(run_dir)
-    checkpointed = False
+    recorder = None
     t0 = time.perf_counter()
     try:
         if not resume:
@@ -382,7 +448,7 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
             store_path.with_name(store_path.name + ".creating").unlink(missing_ok=True)  # left by a kill
         recorder = Recorder(
             model, store_path, layers=r["layers"], probes=probes, class_names=data.class_names,
-            schedule=make_schedule(cfg, total_steps, steps_per_epoch), meta=meta, act_dtype=r["act_dtype"],
+            schedule=schedule, meta=meta, act_dtype=r["act_dtype"],
             compression=None if r["compression"] == "none" else r["compression"], batch_size=r["batch_size"],
             mc_dropout=r["mc_dropout"], resume=resume,
             resume_step=step if resume and ckpt is not None else (-1 if resume else None),
@@ -405,25 +471,41 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
                         last_scheduled = step
                     if progress is not None:
                         progress(step, total_steps)
+                    if recorder.error is not None:
+                        break  # training on unrecorded would be lost work: stop, --resume continues from the checkpoint
                 # Every snapshot up to here must be committed before the checkpoint says training got here.
                 while recorder.recording and last_scheduled is not None and (
                         recorder.last_step is None or recorder.last_step < last_scheduled):
                     time.sleep(0.001)
+                if recorder.error is not None:  # never a checkpoint past a snapshot that was not committed
+                    break
                 save_checkpoint(ckpt_path, {
                     "format": "topotrace-checkpoint", "config": _settings(cfg), "step": step, "epochs_done": epoch + 1,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(), "rng": torch.get_rng_state(),
                 })
-                checkpointed = True
+                ckpt_step = step
     except BaseException as err:
-        if made is not None and not checkpointed:
+        # The store's committed snapshots are never deleted: the folder goes only when this command made it and
+        # nothing is worth keeping (no snapshot committed, or the user stopped a healthy start with Ctrl-C).
+        committed = recorder is not None and recorder.n_snapshots > 0
+        failed = recorder is not None and recorder.error is not None
+        user_stop = isinstance(err, KeyboardInterrupt) and not failed
+        if made is not None and ckpt_step is None and (not committed or user_stop):
             shutil.rmtree(made, ignore_errors=True)
-        elif isinstance(err, KeyboardInterrupt):
-            raise KeyboardInterrupt(f"training of {run_dir} stopped at step {step}; continue it from its last "
-                                    "checkpoint with the same command and --resume") from err
+            raise
+        kept = f"the store keeps its {recorder.n_snapshots} committed snapshots" if recorder is not None else ""
+        if isinstance(err, KeyboardInterrupt):
+            raise KeyboardInterrupt(f"training of {run_dir} stopped at step {step}; {kept + '; ' if kept else ''}"
+                                    f"{how_to_continue(ckpt_step)}") from err
+        if isinstance(err, OSError):
+            reason = " ".join(str(err).split()).rstrip(".")
+            raise RunFailed(f"Training of {run_dir} stopped at step {step}: {type(err).__name__}: {reason}. "
+                            f"{kept[:1].upper() + kept[1:] + '. ' if kept else ''}Fix the cause (e.g. free disk "
+                            f"space), then {how_to_continue(ckpt_step)}.") from err
         raise
     return RunSummary(run_dir, store_path, recorder.n_snapshots, step, time.perf_counter() - t0, recorder.error,
-                      resumed_from)
+                      resumed_from, len(due), total_steps, ckpt_step)
 
 
 def final_metrics(store_path: Path) -> dict[str, dict[str, float]]:
