@@ -19,11 +19,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from topotrace.analysis.naps import contrast_normalise
 from topotrace.analysis.results import AnalysisResults
 
+from .outputs import atomic_output
 from .style import OFF_MAP, activation_scale, color_index, contrast_limit, diverging_palette, palette_rgb
 
 MARGIN = 10
@@ -130,5 +131,8 @@ def export_map_png(results: AnalysisResults, layer: str, grouping: str, group: i
     draw.text((MARGIN, TITLE_H // 2), title, fill=(20, 20, 20), font=ImageFont.load_default(size=13), anchor="lm")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out, format="PNG")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "topotrace")  # how topotrace.report_templates.outputs recognises its own PNGs
+    with atomic_output(out, "figure") as tmp:
+        canvas.save(tmp, format="PNG", pnginfo=info)
     return out

@@ -36,6 +36,7 @@ from topotrace.analysis.maps import halo
 from topotrace.analysis.naps import contrast_normalise
 from topotrace.analysis.results import AnalysisResults, LayerResult
 
+from .outputs import atomic_output
 from .style import OFF_MAP, activation_scale, color_index, contrast_limit, diverging_palette
 
 FORMATS = ("pdf", "svg", "png")
@@ -496,8 +497,12 @@ def findings_figure(found: Sequence, layer: str | None = None):
 def save_figure(fig, path: str | os.PathLike, fmt: str, dpi: float = 300) -> Path:
     """Write a figure as PDF, SVG (text kept as text) or PNG; without a creation date, so reruns give equal bytes.
 
+    The file is written through a temporary file renamed into place, and its metadata names topotrace as its
+    creator: an existing file at ``path`` is replaced only when topotrace wrote it (:mod:`.outputs`).
+
     Raises:
         ValueError: an unknown format or a dpi that is not positive.
+        FileExistsError: ``path`` exists and is not a figure topotrace wrote.
     """
     import matplotlib as mpl
 
@@ -508,6 +513,6 @@ def save_figure(fig, path: str | os.PathLike, fmt: str, dpi: float = 300) -> Pat
     metadata = {"pdf": {"CreationDate": None, "Creator": "topotrace"}, "svg": {"Date": None, "Creator": "topotrace"},
                 "png": {"Software": "topotrace"}}[fmt]
     out = Path(path)
-    with mpl.rc_context({**RC, "svg.hashsalt": "topotrace"}):
-        fig.savefig(out, format=fmt, dpi=dpi, metadata=metadata)
+    with mpl.rc_context({**RC, "svg.hashsalt": "topotrace"}), atomic_output(out, "figure") as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
     return out

@@ -45,6 +45,7 @@ from topotrace.analysis.findings import RULE, Finding, run_findings
 from topotrace.analysis.results import AnalysisResults
 
 from . import beyond_view, charts, compare, findings_view, layout_view, maps, pages
+from .outputs import atomic_output
 from .words import CLAIM_SHORT, divergence_sentence, finding_sentence, interval, nonfinite_sentences, number
 
 _HERE = Path(__file__).resolve().parent
@@ -290,16 +291,15 @@ def _fixed_ids(roots: dict[str, LayoutDOM]) -> Iterator[None]:
 
 
 def _write_page(page: str, out_path: str | os.PathLike) -> Path:
-    """Write ``page`` to ``out_path`` (parent folders created) through a temporary file renamed into place."""
+    """Write ``page`` to ``out_path`` (parent folders created) through a temporary file renamed into place.
+
+    Raises:
+        FileExistsError: ``out_path`` exists and is not a page topotrace wrote (:mod:`.outputs`).
+    """
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
+    with atomic_output(out, "page") as tmp:  # an existing file that is no topotrace page is never replaced
         tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return out
 
 

@@ -138,12 +138,15 @@ def pack(sizes: Sequence[int], fixed: int, budget: float, max_layers: int = MAX_
 def remove_stale_pages(folder: Path, keep: Sequence[str] = ()) -> None:
     """Remove the layer pages in ``folder`` that a new build did not write (then the folder, if left empty).
 
-    Only files named like :func:`layer_page_name` are touched, so nothing else a user keeps there is lost.
+    Only pages that topotrace wrote (:func:`.outputs.written_by_topotrace`) named like
+    :func:`layer_page_name` are touched, so nothing else a user keeps there is lost.
     """
-    if not folder.is_dir():
+    from .outputs import written_by_topotrace
+
+    if folder.is_symlink() or not folder.is_dir():
         return
     for f in folder.iterdir():
-        if f.is_file() and PAGE_FILE.match(f.name) and f.name not in keep:
+        if PAGE_FILE.match(f.name) and f.name not in keep and written_by_topotrace(f, "page"):
             f.unlink()
     if not any(folder.iterdir()):
         folder.rmdir()

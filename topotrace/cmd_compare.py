@@ -58,7 +58,7 @@ def check_runs(paths: list[str]) -> tuple[list[Path], str]:
     """The runs' store paths, or an empty list and the one-line reason they are not usable."""
     from topotrace.instrument.store import resolve_store_path
 
-    from .study import is_study
+    from .studies import is_study
 
     if len(paths) < 2:
         got = f"got {len(paths)}" + (f": {paths[0]}" if paths else "")
@@ -81,14 +81,15 @@ def check_runs(paths: list[str]) -> tuple[list[Path], str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from topotrace.report_templates.outputs import check_output
+
     from .cli import describe, visible
     from .cmd_info import open_store
-    from .cmd_report import check_output_file
 
     stores, problem = check_runs(list(args.runs))
     if problem:
         raise ValueError(problem)
-    out = check_output_file(Path(args.out) if args.out else default_out(stores), example="compare.html")
+    out = check_output(Path(args.out) if args.out else default_out(stores), "page", example="compare.html")
     for store in stores:
         open_store(store, args).close()  # a file that is no readable store: one clear line before any work
     from topotrace.analysis.findings import run_findings

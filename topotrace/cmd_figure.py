@@ -106,9 +106,11 @@ def load_or_analyze(path: Path, until_good: bool = False):
 
 
 def run(args: argparse.Namespace) -> int:
+    from topotrace.report_templates.outputs import check_output
+
     from .cli import visible
     from .cmd_info import find_store, open_store
-    from .cmd_report import _safe, check_output_file
+    from .cmd_report import _safe
 
     if args.kind not in KINDS:
         raise ValueError(f"Unknown kind {args.kind!r} for '--kind'. Available: {list(KINDS)}.")
@@ -127,17 +129,15 @@ def run(args: argparse.Namespace) -> int:
         layers = list(st.layers)
     if args.layer is not None and args.layer not in layers:
         raise ValueError(f"Unknown layer {args.layer!r}. Available: {layers}.")
-    if args.out:
-        out = check_output_file(Path(args.out), example=f"figure.{fmt}")
+    if args.out:  # an existing file is replaced only when it is a figure topotrace wrote
+        out = check_output(Path(args.out), "figure", example=f"figure.{fmt}")
     else:
         what = args.kind if args.kind != "naps" else args.grouping
         out = path.parent / "figures" / f"{_safe(args.layer or 'all')}_{_safe(what)}.{fmt}"
-        if out.parent.exists():
-            check_output_file(out, example=f"figure.{fmt}")
-        elif os.access(out.parent.parent, os.W_OK):
-            pass  # made below, once the figure is drawn
-        else:
-            check_output_file(out.parent, example="figures")
+        if os.path.lexists(out.parent):
+            check_output(out, "figure", option="", example=f"figure.{fmt}")
+        elif not os.access(out.parent.parent, os.W_OK):
+            check_output(out.parent, "figure", option="", example="figures")
 
     results, note = load_or_analyze(path, until_good=args.until_good)
     from topotrace.report_templates import figures
@@ -155,12 +155,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {visible(col)} at {visible(row)} has no samples; drawn as a labelled blank", file=sys.stderr)
         fig = figures.draw_map_grid(grid, dots=args.dots, title=not args.no_title)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        figures.save_figure(fig, tmp, fmt, dpi=args.dpi)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    figures.save_figure(fig, out, fmt, dpi=args.dpi)  # atomic; checked again at the rename
     print(f"{fmt.upper()} {out.stat().st_size / 1e3:.0f} kB", file=sys.stderr)
     print(visible(out))
     return 0

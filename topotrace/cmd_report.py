@@ -67,40 +67,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def check_output_file(out: Path, option: str = "--out", example: str = "report.html",
                       siblings: tuple[str, ...] = ()) -> Path:
-    """Refuse an output file that cannot be written, before any work: a folder, a missing or read-only folder.
+    """Refuse an output page before any work (:func:`topotrace.report_templates.outputs.check_output`).
 
-    Args:
-        out: the file to write.
-        option: how the user gave it, for the message.
-        example: a file name for the message.
-        siblings: other names written next to it (``findings.json``, ``maps``), which must not be in the way.
-
-    Raises:
-        IsADirectoryError, FileNotFoundError, PermissionError: naming the path and what to give instead.
+    A folder, a link, a missing or read-only folder, or an existing file (or ``findings.json`` among ``siblings``)
+    that topotrace did not write is refused in one line; nothing is replaced that topotrace did not write.
     """
-    if out.is_dir():
-        raise IsADirectoryError(f"{option} {out} is a folder; give the file to write, e.g. {out / example}.")
-    if out.exists() and not out.is_file():
-        raise FileExistsError(f"{option} {out} exists and is not a regular file; give another file name.")
-    folder = out.parent
-    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise NotADirectoryError(f"{option} {out}: {blocking} is a file, not a folder. Give a file in a folder.")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{option} {out}: the folder {folder} does not exist. Create it first, or give a "
-                                "file in an existing folder.")
-    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise PermissionError(f"{option} {out}: the folder {folder} is not writable. Give a file in a folder you "
-                              "may write to.")
-    for name in siblings:
-        other = folder / name
-        if name.endswith(".json") and other.is_dir():
-            raise IsADirectoryError(f"{option} {out}: {other}, written next to it, is a folder; move it away or "
-                                    "write the report into another folder.")
-        if not name.endswith(".json") and other.exists() and not other.is_dir():
-            raise FileExistsError(f"{option} {out}: {other}, written next to it, must be a folder but is a file; "
-                                  "move it away or write the report into another folder.")
-    return out
+    from topotrace.report_templates.outputs import check_output
+
+    return check_output(out, "page", option=option, example=example, siblings=siblings)
 
 
 def run(args: argparse.Namespace) -> int:
