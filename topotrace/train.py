@@ -1,4 +1,4 @@
-"""The embedded default run: an MLP trained on a small image data set while a :class:`Recorder` records it.
+"""``topotrace train``: a built-in model (topotrace.models) trained on a data set while a :class:`Recorder` records it.
 
 This is also a worked example of instrumenting a plain PyTorch loop: build the model, pick probe sets, create
 the recorder, call ``rec.step(step, epoch)`` after each optimiser step, close the recorder.
@@ -26,34 +26,10 @@ from topotrace.instrument.schedules import every, log_spaced, per_epoch
 from topotrace.instrument.store import FORMAT, LIBVER, STORE_FILE, Store, writer_state
 
 from .config import check_data_path, to_toml
-from .data import load_dataset, stratified_indices, train_subset
+from .data import INPUT_SHAPES, load_dataset, stratified_indices, train_subset
+from .models import MLP, build_model, describe_model, layer_reductions
 
-
-class MLP(nn.Module):
-    """A plain multi-layer perceptron; hidden layer ``i`` is the module ``hidden{i+1}`` (Linear, [BN], ReLU, [Dropout]).
-
-    Recording ``hidden*`` gives each hidden layer's activity after the non-linearity.
-    """
-
-    def __init__(self, n_in: int, hidden: list[int], n_out: int, dropout: float = 0.0, batchnorm: bool = False):
-        super().__init__()
-        width = n_in
-        for i, h in enumerate(hidden):
-            parts: list[nn.Module] = [nn.Linear(width, h)]
-            if batchnorm:
-                parts.append(nn.BatchNorm1d(h))
-            parts.append(nn.ReLU())
-            if dropout > 0:
-                parts.append(nn.Dropout(dropout))
-            self.add_module(f"hidden{i + 1}", nn.Sequential(*parts))
-            width = h
-        self.out = nn.Linear(width, n_out)
-        self.n_hidden = len(hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [batch, n_in] -> [batch, n_out]
-        for i in range(self.n_hidden):
-            x = getattr(self, f"hidden{i + 1}")(x)
-        return self.out(x)
+__all__ = ["MLP", "RunFailed", "RunSummary", "check_run_config", "final_metrics", "train_run"]  # MLP: models.py
 
 
 CHECKPOINT_FILE = "checkpoint.npz"  # next to the store: the state a killed run resumes from (weights only)
@@ -112,22 +88,24 @@ def make_schedule(cfg: dict, total_steps: int, steps_per_epoch: int) -> Callable
 def check_run_config(cfg: dict) -> None:
     """What a config asks of the model and the data, checked before anything is written.
 
-    ``record.layers`` must name layers of the configured MLP (checked on a model without storage, leaving the
-    RNG as it was) and an idx data folder must exist.
+    ``record.layers`` must name layers of the configured model of any kind (checked on a model without storage,
+    built for the data source's input shape, leaving the RNG as it was); an idx data folder must exist and
+    MNIST-1D needs its package.
 
     Raises:
         ValueError: an unknown layer (the message lists the available ones).
         FileNotFoundError: the data folder does not exist.
+        MissingPackage: the mnist1d package is missing (a ValueError).
     """
     check_data_path(cfg)
-    m = cfg["model"]
+    m, shape = cfg["model"], INPUT_SHAPES[cfg["data"]["source"]]
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        model = MLP(1, list(m["hidden"]), 2, m["dropout"], m["batchnorm"])
+        model = build_model(m, shape, 10)
     try:
         resolve_layers(model, cfg["record"]["layers"])
     except (ValueError, TypeError) as err:
-        raise ValueError(f"The 'record.layers' setting does not fit the model (model.hidden = {m['hidden']}): {err}. "
-                        "Fix record.layers in the config.") from err
+        raise ValueError(f"The 'record.layers' setting does not fit the model ({describe_model(m, shape)}): "
+                         f"{err}. Fix record.layers in the config.") from err
 
 
 def is_run(run_dir: Path) -> bool:
@@ -391,7 +369,7 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
         x_train, y_train = x_train[trained], y_train[trained]  # [n_trained, n_features], [n_trained]
         description += f"; trained on {d['train_per_class']} per class ({len(trained)} images)"
     m = cfg["model"]
-    model = MLP(data.x_train.shape[1], list(m["hidden"]), len(data.class_names), m["dropout"], m["batchnorm"])
+    model = build_model(m, data.input_shape, len(data.class_names))  # the MLP draws its weights first, as ever
 
     probes = []
     held = stratified_indices(data.y_test, d["heldout_per_class"], seed)
@@ -410,6 +388,8 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
         "seed": seed,
         "config": cfg,
         "data": description,
+        "model_kind": m["kind"],  # the architecture, for reports and atlases: mlp, cnn, resnet or transformer
+        "model_description": describe_model(m, data.input_shape),
         "host": platform.node(),
         "total_steps": total_steps,
     }
@@ -432,6 +412,8 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
     resumed_from = step if resume else None
     ckpt_step = step if ckpt is not None else None
 
+    reductions = layer_reductions(m, data.input_shape, len(data.class_names), list(resolve_layers(model, r["layers"])))
+
     # Everything is checked; from here on the disk changes. Undo what this command made if it fails before the
     # first checkpoint (a failed start leaves nothing behind, and the corrected command is not refused).
     if overwrite and (run_dir.exists() or run_dir.is_symlink()):
@@ -448,7 +430,7 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
             store_path.with_name(store_path.name + ".creating").unlink(missing_ok=True)  # left by a kill
         recorder = Recorder(
             model, store_path, layers=r["layers"], probes=probes, class_names=data.class_names,
-            schedule=schedule, meta=meta, act_dtype=r["act_dtype"],
+            schedule=schedule, meta=meta, act_dtype=r["act_dtype"], reductions=reductions,
             compression=None if r["compression"] == "none" else r["compression"], batch_size=r["batch_size"],
             mc_dropout=r["mc_dropout"], resume=resume,
             resume_step=step if resume and ckpt is not None else (-1 if resume else None),
