@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0   # the CPU build; pyproject keeps a range for your own torch
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,mnist1d]'  # mnist1d: also when dev is slimmed down (make atlas needs it)
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install topotrace into it
