@@ -281,3 +281,19 @@ def test_import_without_lightning_names_the_extra(monkeypatch):
     assert str(info.value) == ("topotrace.integrations.lightning needs PyTorch Lightning: "
                                "pip install topotrace[lightning]")
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_runs_recorded_by_the_callback_make_a_study(tmp_path, capsys):
+    """Two seeds recorded by the Lightning callback become a study of existing runs (`topotrace study RUN RUN`)."""
+    import json
+
+    from topotrace.cli import main
+
+    for seed in (0, 1):
+        cb = TopotraceCallback(tmp_path / f"lit-{seed}" / "store.h5", **_rec_args(every(5)))
+        _fit(_net(seed), 10, [cb])
+    assert main(["study", str(tmp_path / "lit-0"), str(tmp_path / "lit-1"), "--out-dir", str(tmp_path)]) == 0
+    assert "lit-study" in capsys.readouterr().out
+    found = json.loads((tmp_path / "lit-study" / "findings.json").read_text("utf-8"))
+    assert found and all(f["n_runs"] == 2 and [r["run"] for r in f["runs"]] == ["lit-0", "lit-1"] for f in found
+                         if "runs" in f and f["claim"].endswith(("time", "confidence")))

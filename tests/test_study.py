@@ -72,7 +72,7 @@ def test_findings_json_lists_every_claim_with_intervals_across_seeds(study):
     assert len(trends) == 4 and all(f["n_runs"] == 2 for f in trends)
     for f in found:
         assert f["n_runs"] == 2 and [r["run"] for r in f["runs"]] == ["seed 0", "seed 1"]
-        assert f["verdict"] in ("supported", "mixed", "not supported")
+        assert f["verdict"] in ("supported", "mixed", "negligible", "not supported")
         mean = sum(r["effect"] for r in f["runs"]) / 2  # (for correlations: on Fisher's z scale)
         if f["claim"].endswith("_with_time"):
             assert f["effect"] == pytest.approx(mean)
@@ -98,3 +98,20 @@ def test_study_refuses_a_folder_that_is_not_a_study(tmp_path, capsys):
     assert "not a topotrace study" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert main(["study", "--seeds", "1,1", "--out-dir", str(tmp_path)]) == 2
+
+
+def test_study_of_the_same_runs_equals_the_config_study(study, capsys):
+    """`topotrace study RUN RUN` over a config study's seed folders gives its findings, number for number."""
+    path, _, _ = study
+    runs = [str(path / "seed-0"), str(path / "seed-1")]
+    assert main(["study", *runs, "--name", "again", "--out-dir", str(path.parent)]) == 0
+    capsys.readouterr()
+
+    def numbers(p):
+        return [(f["layer"], f["claim"], f["measure"], f["effect"], f["ci_low"], f["ci_high"], f["verdict"],
+                 [(r["effect"], r["ci_low"], r["ci_high"]) for r in f["runs"]])
+                for f in json.loads((p / "findings.json").read_text("utf-8"))]
+
+    assert numbers(path.parent / "again") == numbers(path)
+    assert json.loads((path.parent / "again" / "study.json").read_text("utf-8"))["runs"] == ["../s/seed-0",
+                                                                                          "../s/seed-1"]

@@ -41,10 +41,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def default_name(runs: list[str]) -> str:
-    """The default study name of a study of runs: their folder names' common beginning, then ``-study``."""
+    """The default study name of a study of runs: their names' common first words, then ``-study``.
+
+    ``mine-s0, mine-s1`` -> ``mine-study``; with nothing in common, the first run's name.
+    """
     names = [Path(os.path.normpath(r)).name for r in runs]
-    common = os.path.commonprefix(names).rstrip("-_.")
-    return f"{common or names[0]}-study"
+    common = os.path.commonprefix(names)
+    if any(len(n) > len(common) and n[len(common)] not in "-_." for n in names):  # cut inside a word: to its start
+        common = common[:max(common.rfind(c) for c in "-_.") + 1]
+    return f"{common.rstrip('-_.') or names[0]}-study"
 
 
 class Reporter:
