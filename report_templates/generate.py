@@ -45,6 +45,7 @@ from topotrace.analysis.findings import RULE, Finding, run_findings
 from topotrace.analysis.results import AnalysisResults
 
 from . import beyond_view, charts, compare, findings_view, layout_view, maps, pages
+from .links import escape_bidi_page, relative_href
 from .outputs import atomic_output
 from .words import CLAIM_SHORT, divergence_sentence, finding_sentence, interval, nonfinite_sentences, number
 
@@ -249,6 +250,7 @@ def layer_roots(results: AnalysisResults, layers: list[str], snapshots: np.ndarr
 def _template(name: str = "report.html") -> jinja2.Template:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(_HERE)), autoescape=True,
                              undefined=jinja2.StrictUndefined)
+    env.filters["href"] = relative_href  # every link of a page: a checked, percent-encoded relative path
     return env.get_template(name)
 
 
@@ -264,7 +266,8 @@ def _embed(roots: dict[str, LayoutDOM], title: str, context: dict[str, object],
         renders = [m for m in collect_models(*roots.values()) if isinstance(m, CustomJS) and m.name == maps.RENDER_NAME]
         for cb in renders:
             doc.js_on_event(DocumentReady, cb)  # the maps are drawn in the browser, first when the page is ready
-        return file_html(doc, INLINE, title, template=_template(template), template_variables=variables)
+        page = file_html(doc, INLINE, title, template=_template(template), template_variables=variables)
+    return escape_bidi_page(page)  # bidi controls in run text shown as visible escapes (links.py)
 
 
 @contextlib.contextmanager
@@ -440,7 +443,7 @@ def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: l
         written.append(file)
         for i in group:
             layer = results.layers[names[i]]
-            href = f"{folder.name}/{file}" + ("" if len(group) == 1 else f"#layer={urllib.parse.quote(names[i])}")
+            href = (f"{folder.name}/{file}", "" if len(group) == 1 else f"layer={urllib.parse.quote(names[i])}")
             entries.append({"name": names[i], "href": href, "neurons": int(layer.n_neurons),
                             "layout": layer.default_layout, "page": file, "size": _mb(_size(page)),
                             "shown": f"{len(shown)} of {results.n_snapshots}",

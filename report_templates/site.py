@@ -13,6 +13,8 @@ from pathlib import Path
 
 import jinja2
 
+from .links import escape_bidi_page, relative_href
+
 _HERE = Path(__file__).parent
 
 CLAIM_COLUMNS = (  # findings.json claim -> column heading
@@ -60,7 +62,7 @@ def _row(r: object, prefix: str) -> dict[str, object]:
         "seed": "" if seed is None else str(seed), "snapshots": r.snapshots,
         "last_step": "" if r.last_step is None else r.last_step,
         "cells": cells, "verdicts": verdicts, "size": _mb(r.store_bytes), "bytes": r.store_bytes,
-        "links": {k: prefix + v for k, v in r.links.items()},
+        "links": {k: prefix + v for k, v in r.links.items()},  # raw paths: the template's href filter encodes them
     }
 
 
@@ -75,14 +77,16 @@ def render_index(rows: Sequence[object], root_label: str, link_prefix: str = "")
     """
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(_HERE)), autoescape=True,
                              undefined=jinja2.StrictUndefined)
+    env.filters["href"] = relative_href  # every link: a checked, percent-encoded relative path (links.py)
     groups = [[_row(r, link_prefix)] + [_row(s, link_prefix) for s in r.seeds] for r in rows]
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     now = _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch else _dt.datetime.now(_dt.timezone.utc)
     n_runs = sum(1 for g in groups for r in g if r["kind"] != "study")
-    return env.get_template("site.html").render(
+    page = env.get_template("site.html").render(
         groups=groups, claims=[c for _, c in CLAIM_COLUMNS], root=root_label.rstrip("/") or ".",
         n_runs=n_runs, n_studies=sum(1 for g in groups if g[0]["kind"] == "study"),
         n_seeds=sum(1 for g in groups for r in g if r["kind"] == "seed"),
         date=now.strftime("%Y-%m-%d %H:%M UTC"), css=(_HERE / "site.css").read_text(),
         js=(_HERE / "site.js").read_text(),
     )
+    return escape_bidi_page(page)  # bidi controls in run names shown as visible escapes (links.py)

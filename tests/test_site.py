@@ -119,7 +119,7 @@ def test_links_are_relative_and_resolve(runs, tmp_path):
     assert table.hrefs and all(not h.startswith(("/", "file:", "http")) for h in table.hrefs)
     for h in table.hrefs:
         assert (moved / h).is_file(), h
-    assert "alpha/report.html" in table.hrefs and "beta/report.html" not in table.hrefs
+    assert "./alpha/report.html" in table.hrefs and "./beta/report.html" not in table.hrefs
 
 
 def test_strings_from_runs_are_escaped(runs):
@@ -183,3 +183,121 @@ def test_index_in_a_browser(runs):
             assert not blocked and not errors
         finally:
             browser.close()
+
+
+# --------------------------------------------------------------------------------- hostile names (issue 23)
+HOSTILE = ("javascript:alert(document.domain)", "evil\u202egnp.html", "iso\u2066x\u2069 #1 ?q=%41")
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A runs folder whose run folders have a javascript: name, a right-to-left override and '#', '?', '%'."""
+    root = tmp_path_factory.mktemp("hostile")
+    for k, name in enumerate(HOSTILE):
+        write_synthetic_store(root / name / "store.h5", n_snapshots=2, layer_sizes=(4,), per_class=2, seed=k,
+                              meta={"run_name": name, "data": f"data \u202e{name}"})
+        (root / name / "report.html").write_text('<html><head><meta name="generator" content="topotrace">')
+    return root
+
+
+def test_hostile_names_give_checked_relative_links(hostile):
+    """No javascript: (or any scheme) in any href, every href ./ or ../ and resolving, no raw bidi character."""
+    from urllib.parse import unquote, urlsplit
+
+    index = write_site(hostile)
+    text = index.read_text("utf-8")
+    assert not any(c in text for c in BIDI)
+    assert "\\u202e" in text  # shown as a visible escape
+    hrefs = parse(index).hrefs
+    assert len(hrefs) == 3 * len(HOSTILE)  # the name link and the "report" and "store" file links per run
+    for h in hrefs:
+        assert h.startswith("./") and urlsplit(h).scheme == "" and "javascript:" not in h.lower(), h
+        assert not urlsplit(h).fragment and not urlsplit(h).query, h  # '#' and '?' of a name are encoded
+        assert (index.parent / unquote(h)).is_file(), h
+    assert sorted({unquote(h).split("/")[1] for h in hrefs}) == sorted(HOSTILE)
+
+
+def test_relative_href_refuses_absolute_and_encodes_schemes():
+    """The one link builder: schemes encoded, absolute paths and URLs refused, checked output only."""
+    from topotrace.report_templates.links import check_href, escape_bidi_page, relative_href
+
+    assert relative_href("javascript:alert(1)/report.html") == "./javascript%3Aalert%281%29/report.html"
+    assert relative_href("../../index.html") == "../../index.html"
+    assert relative_href(("r_layers/01-a.html", "layer=a%20b")) == "./r_layers/01-a.html#layer=a%20b"
+    for bad in ("/etc/passwd", "//evil.example/x", "", "\\\\host\\share"):
+        with pytest.raises(ValueError, match="relative path"):
+            relative_href(bad)
+    json_doc = '<script type="application/json" id="p1">{"a": "x\\u202ey", "b": "\\\\u202e"}</script>'
+    assert escape_bidi_page("<b>x\u202ey</b>" + json_doc) == (
+        '<b>x\\u202ey</b><script type="application/json" id="p1">{"a": "x\\\\u202ey", "b": "\\\\u202e"}</script>')
+    for bad in ("javascript:alert(1)", "https://x", "data:text/html,x", " ./x", "./a b"):
+        with pytest.raises(ValueError, match="Refusing the link"):
+            check_href(bad)
+
+
+def test_every_href_of_the_templates_goes_through_the_filter():
+    """Each href="{{ ... }}" in report_templates/*.html ends in | href; no literal scheme anywhere."""
+    import re
+
+    folder = Path(__file__).parent.parent / "report_templates"
+    for page in folder.glob("*.html"):
+        text = page.read_text("utf-8")
+        for m in re.finditer(r'href="([^"]*)"', text):
+            assert re.fullmatch(r"\{\{ .+ \| href \}\}", m.group(1)), (page.name, m.group(1))
+
+
+def test_hostile_names_in_the_terminal(hostile, capsys):
+    """topotrace info on the run with a right-to-left override prints the escape, never the raw character."""
+    assert main(["info", str(hostile / HOSTILE[1])]) == 0
+    out = capsys.readouterr()
+    assert not any(c in out.out + out.err for c in BIDI)
+    assert "\\u202e" in out.out
+
+
+def test_hostile_links_in_a_browser(hostile):
+    """In Chromium: clicking every link of the index fires no dialog (javascript: would alert)."""
+    from playwright import sync_api as playwright
+
+    from bench.browser import ARGS, CHROMIUM, open_offline
+
+    index = write_site(hostile)
+    dialogs = []
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page, blocked, errors = open_offline(browser, index, wait_idle=False)
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            n = page.evaluate("document.querySelectorAll('a').length")
+            assert n == 3 * len(HOSTILE)
+            for k in range(n):
+                page.goto(index.as_uri())
+                page.locator("a").nth(k).click()
+                page.wait_for_timeout(100)
+                assert page.url.startswith("file://") and "javascript" not in page.url.split("/")[-1].lower()
+            assert dialogs == [] and not blocked
+        finally:
+            browser.close()
+
+
+def test_report_of_a_bidi_named_run_shows_escapes(tmp_path):
+    """A report of a run named with U+202E: no raw bidi character in the page and none that Bokeh would decode."""
+    import re
+
+    from topotrace.analysis.pipeline import analyze
+    from topotrace.report_templates.generate import build_report
+
+    name = "evil\u202egnp.html"
+    store = write_synthetic_store(tmp_path / "r" / "store.h5", n_snapshots=2, layer_sizes=(6,), n_classes=3,
+                                  per_class=3, with_train_probe=False, meta={"run_name": name})
+    results = analyze(store, tmp_path / "r" / "analysis.h5", layout_methods=["pca"])
+    out = build_report(results, tmp_path / "r" / "report.html", runs=[(name, f"../{name}/report.html")],
+                       index="../index.html")
+    page = out.read_text("utf-8")
+    assert not any(c in page for c in BIDI)
+    # a JSON escape \u202e not itself escaped would decode to the raw character in the browser
+    docs = re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', page, re.S)
+    assert docs
+    assert not any(re.search(r"(?<!\\)(?:\\\\)*\\u(202[a-e]|206[6-9]|200[ef]|061c)", d, re.I) for d in docs)
+    assert "<title>topotrace report: evil\\u202egnp.html</title>" in page
+    assert 'href="../evil%E2%80%AEgnp.html/report.html"' in page and 'href="../index.html"' in page

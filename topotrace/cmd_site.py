@@ -26,8 +26,9 @@ def run(args: argparse.Namespace) -> int:
                                 "`topotrace train` makes one.")
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise FileExistsError(f"--out {args.out} is a file; give a folder to write index.html into.")
+    from .cli import visible
     from .site import write_site
 
     path = write_site(root, args.out)
-    print(path)
+    print(visible(path))
     return 0
