@@ -433,7 +433,12 @@ def analyze(
             loss_min=loss_min, ece_trend=_ece_trend(store, ref_probe, n_s, loss_min) if ref_probe else {},
         )
     report("saving", 0, 1)
-    save_results(res, cache, extra_attrs=key)
+    writing = Path(cache).with_name(Path(cache).name + ".writing")  # save_results' own temporary file
+    try:
+        save_results(res, cache, extra_attrs=key)
+    except BaseException:  # a full disk, Ctrl-C: no half-written cache is left behind
+        writing.unlink(missing_ok=True)
+        raise
     report("saving", 1, 1)
     return res
 

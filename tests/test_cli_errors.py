@@ -458,3 +458,29 @@ def test_a_stopped_recording_is_a_warning_and_one_error_line_exit_1(tmp_path, mo
     assert len(lines) == 2 and "Traceback" not in "".join(lines)
     assert lines[0].startswith("topotrace: warning: Recording to runs/digits/store.h5 failed at step")
     assert lines[1].startswith("topotrace: error: Recording stopped early") and "keeps 1 committed" in lines[1]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_warnings_are_one_topotrace_line(monkeypatch, capsys, debug):
+    """A library's warning (numpy's All-NaN slice) and topotrace's own: one 'topotrace: warning:' line each."""
+    import warnings
+
+    import topotrace.cmd_info
+
+    def run(args):
+        np.nanmax(np.array([np.nan, np.nan]))  # RuntimeWarning: All-NaN slice encountered
+        warnings.warn("The page is larger than\nthe budget \x1b[31m.", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(topotrace.cmd_info, "run", run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        shown_before = warnings.showwarning
+        assert main(["info", "x"] + (["--debug"] if debug else [])) == 0
+        assert warnings.showwarning is shown_before  # restored after the command
+    err = capsys.readouterr().err
+    if debug:  # Python's own form (here recorded by pytest), not the one line
+        assert "topotrace: warning:" not in err
+        return
+    assert err.splitlines() == ["topotrace: warning: All-NaN slice encountered",
+                                "topotrace: warning: The page is larger than the budget \\x1b[31m."]

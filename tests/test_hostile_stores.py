@@ -265,3 +265,27 @@ def test_damage_is_named_in_a_study_site_and_copy_is_untouched(tmp_path, clean, 
     page = (runs / "index.html").read_text("utf-8")
     assert "damaged or truncated" in page and 'data-path="good"' in page
     assert sorted(p.name for p in runs.iterdir()) == ["cut", "good", "index.html"]
+
+
+def test_a_full_disk_during_analyze_leaves_no_half_written_cache(tmp_path, clean, capsys, monkeypatch):
+    """ENOSPC while analysis.h5 is written: one error line, no analysis.h5 and no analysis.h5.writing left."""
+    import errno
+
+    import topotrace.analysis.results as results_module
+
+    data, *_ = clean
+    monkeypatch.chdir(tmp_path)
+    _damaged(tmp_path, data, lambda p: None)  # an intact copy in run/
+    real_put, calls = results_module._put, []
+
+    def put(*args, **kwargs):  # the disk fills after a few datasets are written
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device", "run/analysis.h5.writing")
+        return real_put(*args, **kwargs)
+
+    monkeypatch.setattr(results_module, "_put", put)
+    with deadline(60):
+        assert main(["analyze", "run", "--layouts", "pca"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "No space left on device")
+    assert len(calls) > 3 and sorted(p.name for p in (tmp_path / "run").iterdir()) == ["store.h5"]

@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from typing import NoReturn
 
 EXAMPLES = """examples (the default run):
@@ -123,6 +124,17 @@ class _LogLine(logging.Handler):
         print("topotrace: warning: " + visible(" ".join(p for p in parts if p)), file=sys.stderr)
 
 
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None,
+                 line: str | None = None) -> None:
+    """``warnings.showwarning`` while a command runs: one escaped line ``topotrace: warning: <message>`` on stderr.
+
+    The category, file and source line of the warning are left out (``--debug`` keeps Python's own form); newlines
+    are folded and control characters shown as escapes.
+    """
+    parts = [p.strip() for p in re.split(r"\r\n|\r|\n", str(message))]
+    print("topotrace: warning: " + visible(" ".join(p for p in parts if p)), file=file or sys.stderr)
+
+
 def _debug_wanted(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("TOPOTRACE_DEBUG", "") not in ("", "0")
 
@@ -139,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     first = next((a for a in argv if not a.startswith("-")), None)  # the command: top-level flags take no value
     log_line = _LogLine(debug)
     logging.getLogger("topotrace").addHandler(log_line)  # instead of logging's last resort (which adds tracebacks)
+    saved_showwarning = warnings.showwarning
+    if not debug:
+        warnings.showwarning = show_warning  # every warning of the command as one topotrace: warning: line
     try:
         parser = _Parser(prog="topotrace", description=__doc__.splitlines()[0], epilog=EXAMPLES,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -182,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         logging.getLogger("topotrace").removeHandler(log_line)
+        warnings.showwarning = saved_showwarning
 
 
 if __name__ == "__main__":
