@@ -446,6 +446,7 @@ class Recorder:
         self._n = writer.n_snapshots
         self._last_step = writer.last_step
         self._last_submitted = writer.last_step
+        self.probe_seconds = 0.0  # time the training thread spent in probe passes (snapshot), for benchmarks
         self._error: BaseException | None = None
         self._warned = False
         self._active = True
@@ -493,10 +494,19 @@ class Recorder:
     def snapshot(self, step: int, epoch: int = 0) -> bool:
         """Run a probe pass now, whatever the schedule says; returns False if recording has stopped.
 
+        The time it takes on the calling thread adds up in ``probe_seconds``.
+
         Raises:
             ValueError: ``step`` is not larger than the last recorded step.
             RuntimeError: the recorder is closed, or a selected layer did not run during the pass.
         """
+        t0 = time.perf_counter()
+        try:
+            return self._snapshot(step, epoch)
+        finally:
+            self.probe_seconds += time.perf_counter() - t0
+
+    def _snapshot(self, step: int, epoch: int) -> bool:
         if self._closed:
             raise RuntimeError(f"The recorder for {self.path} is closed.")
         if not self._active and self._ddp is None:

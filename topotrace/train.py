@@ -54,6 +54,7 @@ class RunSummary:
         expected_snapshots: the snapshots the schedule asks for over the whole run.
         total_steps: the run's last training step.
         checkpoint_step: the step of the last checkpoint on disk (``None``: none yet).
+        probe_seconds: of ``seconds``, the time the training loop spent in probe passes (the recording).
     """
 
     run_dir: Path
@@ -66,6 +67,7 @@ class RunSummary:
     expected_snapshots: int = 0
     total_steps: int = 0
     checkpoint_step: int | None = None
+    probe_seconds: float = 0.0
 
 
 def how_to_continue(checkpoint_step: int | None) -> str:
@@ -487,7 +489,7 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
                             f"space), then {how_to_continue(ckpt_step)}.") from err
         raise
     return RunSummary(run_dir, store_path, recorder.n_snapshots, step, time.perf_counter() - t0, recorder.error,
-                      resumed_from, len(due), total_steps, ckpt_step)
+                      resumed_from, len(due), total_steps, ckpt_step, recorder.probe_seconds)
 
 
 def final_metrics(store_path: Path) -> dict[str, dict[str, float]]:
