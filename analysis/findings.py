@@ -1,4 +1,4 @@
-"""Findings: the study's four claims per layer, each with an effect, an interval, a verdict and its rule.
+"""Findings: the study's four claims per layer, each with an effect, an interval, a verdict, its rule and its course.
 
 Claims (per layer; definitions of the per-sample quantities in :mod:`.evidence` and ``docs/analysis.md``):
 
@@ -10,10 +10,15 @@ Claims (per layer; definitions of the per-sample quantities in :mod:`.evidence` 
 
 Each run (seed) gives an effect with a bootstrap interval over its probe samples. Across runs the effect is
 the mean of the runs' effects with a 95 % t-interval (n - 1 degrees of freedom; for correlations on Fisher's
-z scale, transformed back); with one run, the run's bootstrap interval. The verdict follows :data:`RULE`.
+z scale, transformed back); with one run, the run's bootstrap interval. The verdict follows :func:`rule_text`
+(default :data:`RULE`): an equivalence-style rule around a smallest effect of interest (:data:`MIN_CHANGE` of
+the first snapshot's mean for the time claims, a correlation of :data:`MIN_R` for the confidence claims), with
+the time course (:func:`course`) named and taken into account. One run's verdicts are worded as one run's
+(:data:`RUN_VERDICTS`); a study's as a study's (:data:`STUDY_VERDICTS`).
+
 No p-value over snapshots is computed anywhere: the snapshots of a run are a time series, not samples. Only
-numbers and verdicts live here; the report layer (``topotrace.report_templates.words``) turns them into
-sentences.
+numbers, verdicts and the rule live here; the report layer (``topotrace.report_templates.words``) turns them into
+sentences and colours. Verdicts are made at read time from the cached numbers, so no threshold is cached.
 """
 
 from __future__ import annotations
@@ -38,11 +43,59 @@ CLAIMS = {
     "stronger_with_confidence": ("strength", "confidence"),
     "more_distinct_with_confidence": ("distinctness", "confidence"),
 }
-VERDICTS = ("supported", "mixed", "not supported")
-RULE = ("A claim is supported when the 95 % interval of its effect across runs lies above 0 and so does every "
-        "run's own bootstrap interval over probe samples; mixed when the interval across runs lies above 0 but "
-        "at least one run's own interval does not; not supported when the interval across runs includes 0 or "
-        "lies below it. With one run, its bootstrap interval is the interval.")
+MIN_CHANGE = 0.1  # time claims: a change below 10 % of the first snapshot's mean is negligible
+MIN_R = 0.1  # confidence claims: a partial correlation below 0.1 in size is negligible
+STUDY_VERDICTS = ("supported", "mixed", "negligible", "not supported")  # two or more runs
+RUN_VERDICTS = ("holds in this run", "negligible in this run", "does not hold in this run")  # one run
+VERDICTS = STUDY_VERDICTS + RUN_VERDICTS
+IN_THIS_RUN = {"supported": RUN_VERDICTS[0], "negligible": RUN_VERDICTS[1], "not supported": RUN_VERDICTS[2]}
+COURSES = ("rises", "falls", "flat", "rises then falls back", "dips then recovers")
+STUDY_COMMAND = "topotrace study runs/a runs/b runs/c --name NAME"
+
+
+def check_thresholds(min_change: float, min_r: float, names: tuple[str, str] = ("min_change", "min_r")) -> None:
+    """Refuse smallest effects of interest that are not numbers in range, in one line each.
+
+    Args:
+        min_change: relative change (a fraction of the first snapshot's mean), finite and >= 0.
+        min_r: correlation, 0 <= min_r < 1.
+        names: how the caller calls the two (``("--min-change", "--min-r")`` on the command line).
+
+    Raises:
+        ValueError: naming the value, what is allowed and an example.
+    """
+    for name, value, top in ((names[0], min_change, None), (names[1], min_r, 1.0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"The {name!r} smallest effect of interest must be a number. Got {value!r}.")
+        if not (np.isfinite(value) and value >= 0 and (top is None or value < top)):
+            allowed = "a number >= 0" if top is None else "a number >= 0 and < 1"
+            raise ValueError(f"The {name!r} smallest effect of interest must be {allowed} (0 turns it off; e.g. "
+                             f"0.1). Got {value!r}.")
+
+
+def rule_text(min_change: float = MIN_CHANGE, min_r: float = MIN_R) -> str:
+    """The verdict rule in words, with its smallest effects of interest (written to ``findings.json`` as "rule")."""
+    return (
+        f"Smallest effect of interest d: with training time, {min_change:g} times the first snapshot's mean (a "
+        f"change of {100 * min_change:g} %); with confidence, a partial correlation of {min_r:g}. Supported: the "
+        "95 % interval of the effect across runs lies above +d, and so does every run's own bootstrap interval "
+        "over probe samples; mixed: the interval across runs lies above +d but a run's own interval does not; "
+        "negligible: the interval lies inside -d to +d (a consistent effect too small to matter); not supported: "
+        "otherwise (the interval reaches below +d without lying inside -d to +d, or lies below). With training "
+        "time, not supported either when the course dips then recovers and the dip below the first snapshot is "
+        "at least as deep as the gain above it at the end (a recovery, not growth). Course: rises then falls back "
+        "when the curve's highest point between the first and the last snapshot lies above both ends by more than "
+        "d and both ends lie below that point's interval; dips then recovers likewise for the lowest point; "
+        "otherwise rises, falls or flat by the change against d. One run's interval speaks for that run only, so "
+        "its verdicts read holds in this run, negligible in this run or does not hold in this run; a verdict "
+        f"across seeds needs a study, made from existing runs with: {STUDY_COMMAND}.")
+
+
+RULE = rule_text()
+TREND_RULE = ("The trends beyond the study follow the same rule with no smallest effect of interest (d = 0): "
+              "supported when the 95 % interval across runs lies above 0 and so does every run's own interval, "
+              "mixed when only the former, not supported otherwise; one run's verdicts read holds in this run or "
+              f"does not hold in this run. A verdict across seeds needs a study: {STUDY_COMMAND}.")
 STATISTIC = {
     "time": "change of the mean per-sample {quantity} from the first snapshot to the last",
     "confidence": "Spearman correlation of per-sample {quantity} with confidence ({measure}{sign}) across probe "
@@ -72,7 +125,8 @@ class Finding:
         ci_low: lower end of the 95 % interval (across runs; the bootstrap interval for one run).
         ci_high: upper end.
         n_runs: runs behind the finding.
-        verdict: one of :data:`VERDICTS`, by :data:`RULE`.
+        verdict: one of :data:`STUDY_VERDICTS` (two or more runs) or :data:`RUN_VERDICTS` (one run), by
+            ``rule``.
         statistic: what the effect is, in words.
         runs: every run's own effect and interval.
         steps: array of shape (S,): the snapshots' steps (of the first run).
@@ -80,10 +134,20 @@ class Finding:
             claims, the partial Spearman correlation for confidence claims.
         band: array of shape (S, 2): its interval (across runs; bootstrap for one run).
         run_curves: array of shape (n_runs, S): every run's own curve.
-        peak_step: time claims whose curve ends below the interval of its highest point: the step of that
-            peak (-1 otherwise: the quantity rises to the end or plateaus).
+        peak_step: time claims whose course is "rises then falls back": the step of the peak (``extreme_step``;
+            -1 otherwise).
         onset_step: first step from which the band's lower end stays above 0 to the end (confidence claims;
             -1 if it never does).
+        course: time claims: the shape of ``curve``, one of :data:`COURSES` (:func:`course`); ``""`` for the
+            confidence claims and the trends.
+        extreme_step: the step of the peak ("rises then falls back") or the trough ("dips then recovers"); -1
+            for the other courses.
+        extreme_value: ``curve`` at ``extreme_step`` (NaN when there is none).
+        min_effect: the smallest effect of interest d in the effect's units: for time claims ``min_change``
+            times ``|curve[0]|`` (the first snapshot's mean), for confidence claims ``min_r``; 0 for trends.
+        relative: time claims: ``effect / |curve[0]|``, the change as a fraction of the first snapshot's mean
+            (NaN otherwise).
+        rule: the verdict rule in words, with the thresholds used (:func:`rule_text`).
     """
 
     layer: str
@@ -102,6 +166,12 @@ class Finding:
     run_curves: np.ndarray = field(repr=False)
     peak_step: int = -1
     onset_step: int = -1
+    course: str = ""
+    extreme_step: int = -1
+    extreme_value: float = float("nan")
+    min_effect: float = 0.0
+    relative: float = float("nan")
+    rule: str = field(default=RULE, repr=False)
 
     @property
     def quantity(self) -> str:
@@ -114,7 +184,6 @@ class Finding:
     def to_json(self) -> dict[str, object]:
         """The machine-readable form written to ``findings.json`` (``docs/analysis.md``)."""
         out = {k: v for k, v in asdict(self).items() if k not in ("steps", "curve", "band", "run_curves")}
-        out["rule"] = RULE
         return _finite(out)
 
 
@@ -156,11 +225,74 @@ def interval_across_runs(values: np.ndarray, correlation: bool = False) -> tuple
     return float(back(mean)), float(back(mean - half)), float(back(mean + half))
 
 
-def verdict(ci_low: float, runs: Sequence[RunEffect]) -> str:
-    """The verdict of :data:`RULE` from the interval across runs (lower end) and the runs' own intervals."""
-    if not np.isfinite(ci_low) or ci_low <= 0:
-        return "not supported"
-    return "supported" if all(np.isfinite(r.ci_low) and r.ci_low > 0 for r in runs) else "mixed"
+def verdict(ci_low: float, runs: Sequence[RunEffect], ci_high: float = float("inf"), min_effect: float = 0.0,
+            recovery: bool = False) -> str:
+    """The verdict of :func:`rule_text` from the interval across runs and the runs' own intervals.
+
+    Args:
+        ci_low: lower end of the interval across runs (the run's bootstrap interval for one run).
+        runs: every run's own effect and interval; one run gives the one-run words (:data:`RUN_VERDICTS`).
+        ci_high: upper end of that interval (default: unbounded, so never negligible).
+        min_effect: the smallest effect of interest d (>= 0) in the effect's units.
+        recovery: the course dips then recovers and the dip is at least as deep as the final gain: never
+            supported.
+
+    Returns:
+        One of :data:`STUDY_VERDICTS` for two or more runs, of :data:`RUN_VERDICTS` for one.
+    """
+    d = float(min_effect)
+    if not np.isfinite(d):
+        found = "not supported"
+    elif np.isfinite(ci_low) and np.isfinite(ci_high) and -d < ci_low and ci_high < d:
+        found = "negligible"  # the whole interval inside the smallest effect of interest
+    elif not np.isfinite(ci_low) or ci_low <= d or recovery:
+        found = "not supported"
+    else:
+        found = "supported" if all(np.isfinite(r.ci_low) and r.ci_low > d for r in runs) else "mixed"
+    return IN_THIS_RUN.get(found, found) if len(runs) == 1 else found
+
+
+def course(steps: np.ndarray, curve: np.ndarray, band: np.ndarray, min_effect: float) -> tuple[str, int, float]:
+    """The shape of a curve over training time, with its peak or trough (the rule in :func:`rule_text`).
+
+    A peak counts when the highest point strictly inside the curve (not the first or last snapshot) lies above
+    both ends by more than ``min_effect`` and both ends lie below that point's interval (``band``); a trough
+    likewise below both ends and above its interval. If both count, the larger excursion names the course.
+    Without either, the change last minus first against ``min_effect`` gives "rises", "falls" or "flat".
+
+    Args:
+        steps: array of shape (S,).
+        curve: array of shape (S,): the per-snapshot statistic.
+        band: array of shape (S, 2): its 95 % interval (an extreme with a non-finite interval does not count).
+        min_effect: the smallest effect of interest d in the curve's units (>= 0).
+
+    Returns:
+        ``(course, step, value)``: one of :data:`COURSES` (``""`` when the ends are not finite), and the step
+        and curve value of the peak or trough (-1 and NaN for the monotone courses).
+    """
+    c = np.asarray(curve, np.float64)
+    b = np.asarray(band, np.float64)
+    d = float(min_effect) if np.isfinite(min_effect) else 0.0
+    if c.size < 2 or not np.isfinite(c[[0, -1]]).all():
+        return "", -1, float("nan")
+    top, bottom = max(c[0], c[-1]), min(c[0], c[-1])
+    inner = np.zeros(c.size, bool)
+    inner[1:-1] = np.isfinite(c[1:-1])
+    best: tuple[str, int, float] | None = None
+    if inner.any():
+        idx = np.flatnonzero(inner)
+        i = int(idx[np.argmax(c[idx])])
+        rise = c[i] - top
+        if rise > d and b[i, 0] > top:  # NaN bands compare False
+            best = ("rises then falls back", i, rise)
+        j = int(idx[np.argmin(c[idx])])
+        dip = bottom - c[j]
+        if dip > d and b[j, 1] < bottom and (best is None or dip > best[2]):
+            best = ("dips then recovers", j, dip)
+    if best is not None:
+        return best[0], int(np.asarray(steps)[best[1]]), float(c[best[1]])
+    change = c[-1] - c[0]
+    return ("rises" if change > d else "falls" if change < -d else "flat"), -1, float("nan")
 
 
 def _run_values(ev: SampleEvidence, claim: str, measure: str) -> tuple[float, float, float, np.ndarray, np.ndarray]:
@@ -184,12 +316,16 @@ def _onset(steps: np.ndarray, low: np.ndarray) -> int:
     return int(steps[first])
 
 
-def findings(runs: Sequence[AnalysisResults], names: Sequence[str] | None = None) -> list[Finding]:
+def findings(runs: Sequence[AnalysisResults], names: Sequence[str] | None = None, min_change: float = MIN_CHANGE,
+             min_r: float = MIN_R) -> list[Finding]:
     """The findings of one run or of replicate runs (seeds) of one setup.
 
     Args:
         runs: the analyses of the runs; they must share layers, measures and snapshot count (a study's seeds).
         names: a display name per run (default ``run 0``, ``run 1``, ...).
+        min_change: smallest effect of interest of the time claims, as a fraction of the first snapshot's mean
+            (default 0.1: 10 %).
+        min_r: smallest effect of interest of the confidence claims, a partial correlation (default 0.1).
 
     Returns:
         For each layer: the two time claims, then the two confidence claims for every measure (the primary
@@ -197,8 +333,9 @@ def findings(runs: Sequence[AnalysisResults], names: Sequence[str] | None = None
 
     Raises:
         ValueError: no runs, or runs that do not share layers, measures and snapshots, or a run analysed
-            without per-sample evidence.
+            without per-sample evidence, or a smallest effect of interest out of range.
     """
+    check_thresholds(min_change, min_r)
     if not runs:
         raise ValueError("The 'runs' parameter must hold at least one analysis. Got none.")
     names = list(names) if names is not None else [f"run {i}" for i in range(len(runs))]
@@ -218,15 +355,16 @@ def findings(runs: Sequence[AnalysisResults], names: Sequence[str] | None = None
         evs = [r.layers[layer].evidence for r in runs]
         for claim, (_, versus) in CLAIMS.items():
             for measure in ([""] if versus == "time" else ordered):
-                out.append(combine(layer, claim, measure, evs, names, steps))
+                out.append(combine(layer, claim, measure, evs, names, steps, min_change, min_r))
     return out
 
 
-def run_findings(results: AnalysisResults) -> list[Finding]:
-    """The findings of one run (empty when its analysis holds no per-sample evidence)."""
+def run_findings(results: AnalysisResults, min_change: float = MIN_CHANGE, min_r: float = MIN_R) -> list[Finding]:
+    """The findings of one run (empty when its analysis holds no per-sample evidence); thresholds: :func:`findings`."""
+    check_thresholds(min_change, min_r)
     if not results.layers or any(la.evidence is None for la in results.layers.values()):
         return []
-    return findings([results], [str(results.meta.get("run_name", "run"))])
+    return findings([results], [str(results.meta.get("run_name", "run"))], min_change, min_r)
 
 
 def write_findings_json(found: Sequence[Finding], path: str | Path) -> Path:
@@ -240,7 +378,7 @@ def write_findings_json(found: Sequence[Finding], path: str | Path) -> Path:
 
 
 def combine(layer: str, claim: str, measure: str, evidences: Sequence[SampleEvidence], names: Sequence[str],
-            steps: np.ndarray) -> Finding:
+            steps: np.ndarray, min_change: float = MIN_CHANGE, min_r: float = MIN_R) -> Finding:
     """One finding from the per-sample evidence of one or more runs (the same layer in each).
 
     Args:
@@ -250,7 +388,13 @@ def combine(layer: str, claim: str, measure: str, evidences: Sequence[SampleEvid
         evidences: one :class:`SampleEvidence` per run.
         names: one display name per run.
         steps: array of shape (S,): the snapshots' steps.
+        min_change: smallest effect of interest of the time claims, a fraction of the first snapshot's mean.
+        min_r: smallest effect of interest of the confidence claims, a correlation.
+
+    Raises:
+        ValueError: a smallest effect of interest out of range (:func:`check_thresholds`).
     """
+    check_thresholds(min_change, min_r)
     quantity, versus = CLAIMS[claim]
     vals = [_run_values(ev, claim, measure) for ev in evidences]
     run_effects = [RunEffect(n, v[0], v[1], v[2]) for n, v in zip(names, vals)]
@@ -267,14 +411,22 @@ def combine(layer: str, claim: str, measure: str, evidences: Sequence[SampleEvid
     sign = ", sign reversed: higher means less confident" if measure in UNCERTAINTY_MEASURES else ""
     text = STATISTIC[versus].format(quantity=quantity, measure=measure, sign=sign)
     steps = np.asarray(steps)
-    peak = -1
-    if versus == "time" and np.isfinite(curve).any():
-        at = int(np.nanargmax(curve))
-        if curve[-1] < band[at, 0]:  # the end lies below the peak's interval: it peaked earlier, then fell
-            peak = int(steps[at])
+    shape, at, value, relative = "", -1, float("nan"), float("nan")
+    recovery = False
+    if versus == "time":
+        first = float(curve[0]) if np.isfinite(curve[0]) else float("nan")
+        d = min_change * abs(first)
+        relative = effect / abs(first) if np.isfinite(first) and first != 0 else float("nan")
+        shape, at, value = course(steps, curve, band, d)
+        if shape == "dips then recovers":  # growth since the first snapshot that is no more than a recovery
+            recovery = first - value >= float(curve[-1]) - first
+    else:
+        d = float(min_r)
     onset = _onset(steps, band[:, 0]) if versus == "confidence" else -1
-    return Finding(layer, claim, measure, effect, lo, hi, len(evidences), verdict(lo, run_effects), text,
-                   run_effects, steps, curve, band, curves, peak, onset)
+    peak = at if shape == "rises then falls back" else -1
+    return Finding(layer, claim, measure, effect, lo, hi, len(evidences), verdict(lo, run_effects, hi, d, recovery),
+                   text, run_effects, steps, curve, band, curves, peak, onset, shape, at, value, d, relative,
+                   rule_text(min_change, min_r))
 
 
 # ------------------------------------------------------------------------------ beyond the study: trends
@@ -289,7 +441,7 @@ TRENDS = {
 
 
 def trend_findings(runs: Sequence[AnalysisResults], names: Sequence[str] | None = None) -> list[Finding]:
-    """The trends beyond the study's claims (:data:`TRENDS`) of one run or of replicate runs, by :data:`RULE`.
+    """The trends beyond the study's claims (:data:`TRENDS`) of one run or of replicate runs, by :data:`TREND_RULE`.
 
     Each run's effect and interval are its bootstrap over probe samples (``LayerResult.trends``,
     ``AnalysisResults.ece_trend``); across runs, the mean with a t-interval (:func:`interval_across_runs`).
@@ -320,8 +472,8 @@ def trend_findings(runs: Sequence[AnalysisResults], names: Sequence[str] | None 
         with np.errstate(invalid="ignore"):
             curve = np.nanmean(stacked, axis=0) if np.isfinite(stacked).any() else stacked[0]
         text = TRENDS[claim].format(tau=tau, measure=measure)
-        out.append(Finding(layer, claim, measure, effect, lo, hi, len(vals), verdict(lo, run_effects), text,
-                           run_effects, steps, curve, np.full((len(steps), 2), np.nan), stacked))
+        out.append(Finding(layer, claim, measure, effect, lo, hi, len(vals), verdict(lo, run_effects, hi), text,
+                           run_effects, steps, curve, np.full((len(steps), 2), np.nan), stacked, rule=TREND_RULE))
 
     for layer in first.layers:
         lrs = [r.layers.get(layer) for r in runs]

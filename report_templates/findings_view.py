@@ -5,7 +5,9 @@ One row per layer, one small chart per claim (the confidence claims for the prim
 in the browser), so that the page's figure count does not grow with the layers. The band is the
 95 % interval of :class:`topotrace.analysis.findings.Finding` (across runs; a bootstrap over probe samples for
 one run); every run's own curve is a thin line, the mean a thick one. Charts over confidence carry a zero line:
-the claim holds where the band lies above it.
+the claim holds where the band lies above it. A time claim whose course rises then falls back or dips then
+recovers marks its peak or trough with a ring. Titles carry the verdict in its colour (``words.VERDICT_COLOR``:
+one run's verdicts never in the study's green).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from topotrace.analysis.findings import Finding
 
 from .charts import MAX_STACKED_LAYERS, _time_figure, layer_select, step_axis_type, time_x
 from .style import esc, html_div
+from .words import VERDICT_COLOR
 
-VERDICT_COLOR = {"supported": "#1a7f37", "mixed": "#9a6700", "not supported": "#57606a"}
 CHART_TITLE = {"stronger_with_time": "strength vs time", "more_distinct_with_time": "distinctness vs time",
                "stronger_with_confidence": "strength vs confidence",
                "more_distinct_with_confidence": "distinctness vs confidence"}
@@ -49,6 +51,10 @@ def _chart(f: Finding) -> LayoutDOM:
                                                         ("95 % interval", "@lo{0.000} to @hi{0.000}")]))
     if f.versus == "confidence":
         fig.add_layout(Span(location=0, dimension="width", line_color="#24292f", line_width=1))
+    if f.extreme_step >= 0 and np.isfinite(f.extreme_value):  # the peak or trough that names the course
+        at = int(np.flatnonzero(np.asarray(f.steps) == f.extreme_step)[0])
+        fig.scatter([x[at]], [f.extreme_value], size=8, marker="circle", fill_color="white", line_color="#1f3b73",
+                    line_width=2)
     return fig
 
 

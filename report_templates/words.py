@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from topotrace.analysis.findings import Finding
+from topotrace.analysis.findings import IN_THIS_RUN, STUDY_COMMAND, Finding
 from topotrace.analysis.results import AnalysisResults, Divergence
 
 CLAIM_TEXT = {
@@ -26,6 +26,23 @@ CLAIM_SHORT = {
     "stronger_with_confidence": "stronger with confidence",
     "more_distinct_with_confidence": "more distinct with confidence",
 }
+
+# The verdicts' colours: a study's (green when supported) and one run's (blue when it holds: never the study's
+# green, so one run's narrow bootstrap interval does not read as a finding across seeds). HTML and terminal.
+VERDICT_COLOR = {"supported": "#1a7f37", "mixed": "#9a6700", "negligible": "#8250df", "not supported": "#57606a",
+                 IN_THIS_RUN["supported"]: "#0969da", IN_THIS_RUN["negligible"]: "#8250df",
+                 IN_THIS_RUN["not supported"]: "#57606a"}
+VERDICT_STYLE = {"supported": "bold green", "mixed": "yellow", "negligible": "magenta", "not supported": "",
+                 IN_THIS_RUN["supported"]: "cyan", IN_THIS_RUN["negligible"]: "magenta",
+                 IN_THIS_RUN["not supported"]: ""}
+ONE_RUN_NOTE = ("These verdicts speak for this one run only (its 95 % bootstrap interval over probe samples): "
+                "\"holds in this run\", never \"supported\". A verdict across seeds needs a study of replicate "
+                f"runs; make one from runs you already have with: {STUDY_COMMAND}")
+
+
+def scope_note(found: list[Finding]) -> str:
+    """For one run's findings, what its verdicts speak for and how to get a verdict across seeds; else ``""``."""
+    return ONE_RUN_NOTE if found and found[0].n_runs == 1 else ""
 
 
 def number(value: float, digits: int = 3) -> str:
@@ -50,20 +67,57 @@ def interval_kind(f: Finding) -> str:
     return f"95 % t-interval across {f.n_runs} runs"
 
 
-def finding_sentence(f: Finding) -> str:
-    """One sentence per finding, with its effect, interval, verdict and, where they apply, peak and onset.
+def percent(value: float) -> str:
+    """A fraction as a signed percentage: ``"+1 %"``, ``"−48.6 %"``; "n/a" for NaN."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return ("+" if value > 0 else "") + number(100 * value) + " %"
 
-    E.g. "Activity becomes stronger with training time (hidden1): change 0.83, 95 % t-interval across 3 runs
-    0.77 to 0.89 — supported."
+
+def course_sentence(f: Finding) -> str:
+    """The time course of a time claim in one sentence; ``""`` for the other findings.
+
+    E.g. "Course: dips then recovers, trough 0.131 at step 98, 0.262 at the last snapshot (0.259 at the first)."
+    """
+    if f.versus != "time" or not f.course:
+        return ""
+    curve = np.asarray(f.curve, np.float64)
+    ends = f"{number(curve[-1])} at the last snapshot ({number(curve[0])} at the first)"
+    if f.course in ("rises then falls back", "dips then recovers"):
+        what = "peak" if f.course == "rises then falls back" else "trough"
+        text = f"Course: {f.course}, {what} {number(f.extreme_value)} at step {f.extreme_step:,}, {ends}."
+        depth, gain = curve[0] - f.extreme_value, curve[-1] - curve[0]
+        if f.course == "dips then recovers" and depth >= gain and f.ci_low > f.min_effect:
+            text += (" The dip below the first snapshot is at least as deep as the gain above it: a recovery, "
+                     "not growth.")
+        return text
+    return f"Course: {f.course}, {ends}."
+
+
+def finding_sentence(f: Finding) -> str:
+    """One sentence per finding: effect, interval, smallest effect of interest, verdict, course or onset.
+
+    E.g. "Activity becomes stronger with training time (conv1): change 0.0026 (+1 % of the first snapshot),
+    95 % bootstrap interval over probe samples, 1 run 0.001 to 0.004; smallest effect of interest ±0.0259 (10 %
+    of the first snapshot) — negligible in this run. Course: dips then recovers, trough 0.131 at step 98, 0.262
+    at the last snapshot (0.259 at the first)."
     """
     measure = f", confidence = {f.measure}" if f.measure else ""
     effect = "change" if f.versus == "time" else "partial Spearman ρ at the last snapshot"
-    text = (f"{CLAIM_TEXT[f.claim]} ({f.layer}{measure}): {effect} {number(f.effect)}, {interval_kind(f)} "
-            f"{interval(f)} — {f.verdict}.")
-    if f.versus == "time" and f.peak_step >= 0:
-        text += f" Not monotone: it peaks at step {f.peak_step} and ends below that peak's interval."
-    elif f.versus == "time" and f.verdict != "not supported":
-        text += " It ends within the interval of its highest point (no fall back)."
+    relative = f" ({percent(f.relative)} of the first snapshot)" if f.versus == "time" and math.isfinite(
+        f.relative) else ""
+    sesoi = ""
+    if f.min_effect > 0:
+        of = ""
+        first = float(np.asarray(f.curve, np.float64)[0]) if len(f.curve) else float("nan")
+        if f.versus == "time" and math.isfinite(first) and first != 0:
+            of = f" ({number(100 * f.min_effect / abs(first))} % of the first snapshot)"
+        sesoi = f"; smallest effect of interest ±{number(f.min_effect)}{of}"
+    text = (f"{CLAIM_TEXT[f.claim]} ({f.layer}{measure}): {effect} {number(f.effect)}{relative}, {interval_kind(f)} "
+            f"{interval(f)}{sesoi} — {f.verdict}.")
+    course = course_sentence(f)
+    if course:
+        text += " " + course
     if f.versus == "confidence" and f.onset_step >= 0:
         text += f" The interval stays above 0 from step {f.onset_step} on."
     return text

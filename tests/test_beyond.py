@@ -112,10 +112,10 @@ def test_trend_verdicts_follow_the_rule(run):
     one = trend_findings([_planted(res, [0.1, 0.05, 0.2], [-2.0, -2.5, -1.5], [0.02, -0.01, 0.05])])
     by = {(f.layer, f.claim): f for f in one}
     assert set(f.claim for f in one) == set(TRENDS)
-    assert by[("layer0", "dormant_share_grows")].verdict == "supported"
+    assert by[("layer0", "dormant_share_grows")].verdict == "holds in this run"  # one run: one run's words
     nc1 = by[("layer0", "nc1_falls")]
-    assert nc1.verdict == "supported" and (nc1.effect, nc1.ci_low, nc1.ci_high) == (2.0, 1.5, 2.5)
-    assert by[("", "ece_rises_after_loss_minimum")].verdict == "not supported"  # interval straddles 0
+    assert nc1.verdict == "holds in this run" and (nc1.effect, nc1.ci_low, nc1.ci_high) == (2.0, 1.5, 2.5)
+    assert by[("", "ece_rises_after_loss_minimum")].verdict == "does not hold in this run"  # straddles 0
     runs = [_planted(res, [d, d - 0.01, d + 0.01], [-1, -1.2, -0.8], [0.01, 0.005, 0.02]) for d in (0.1, 0.12, 0.02)]
     across = {(f.layer, f.claim): f for f in trend_findings(runs, ["a", "b", "c"])}
     d = across[("layer0", "dormant_share_grows")]
@@ -147,7 +147,7 @@ def test_findings_json_holds_the_trends(run, tmp_path):
     t = next(f for f in train if f.layer == "layer0" and f.claim == "stronger_with_time")
     assert f"{number(t.effect)} [{interval(t)}]" in page.replace("&#8722;", "\u2212")
     nc1 = next(f for f in found if f["claim"] == "nc1_falls" and f["layer"] == "layer0")
-    assert nc1["verdict"] in ("supported", "mixed", "not supported") and nc1["n_runs"] == 1
+    assert nc1["verdict"] in ("holds in this run", "does not hold in this run") and nc1["n_runs"] == 1
     assert N_BOOT_TRENDS >= 100
 
 

@@ -153,8 +153,8 @@ def test_planted_signals_on_synthetic_store(synthetic):
     assert np.abs(cr.pearson_within[:, 1]).max() < 1e-6 and np.abs(cr.spearman_within[:, 1]).max() < 1e-6
     assert (cr.q_pearson[:, 0] < 0.05).all()
     found = {(f.claim, f.measure): f for f in run_findings(res)}
-    assert found["stronger_with_time", ""].verdict == "supported"  # planted: neurons grow over training
-    assert found["more_distinct_with_time", ""].verdict == "supported"
+    assert found["stronger_with_time", ""].verdict == "holds in this run"  # planted: neurons grow over training
+    assert found["more_distinct_with_time", ""].verdict == "holds in this run"
     assert all(f.n_runs == 1 and f.ci_low <= f.effect <= f.ci_high for f in found.values())
     gn = lr.naps["class"]
     for s in range(res.n_snapshots):
@@ -306,7 +306,7 @@ def test_cli_prints_findings_and_cache_path(small_store, capsys):
     assert main(["analyze", str(small_store.parent), "--layouts", "pca", "--measure", "margin"]) == 0
     out = capsys.readouterr().out
     assert "stronger with time" in out and "more distinct with confidence" in out and "95 %" in out
-    assert "supported" in out and "bootstrap interval over probe samples" in out
+    assert "in this run" in out and "bootstrap interval over probe samples" in out
     assert str(small_store.parent / "analysis.h5") in out.replace("\n", "")
     assert main(["analyze", str(small_store.parent / "nothing.h5")]) == 2
 

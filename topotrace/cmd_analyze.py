@@ -1,13 +1,16 @@
 """topotrace analyze: run (or load from cache) the offline analysis of a store and answer the study's question.
 
 For each layer it prints the study's four claims (stronger / more class-distinct, with training time / with
-confidence) with effect, 95 % interval and verdict, and where the cached results are.
+confidence) with effect, 95 % interval, verdict and time course, and where the cached results are. The verdicts
+are made from the cached numbers with the smallest effects of interest given here (--min-change, --min-r), so
+changing them never needs a new analysis.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 
@@ -18,10 +21,18 @@ from rich.table import Table
 from rich.text import Text
 
 from topotrace.analysis.collapse import DORMANT_TAU
-from topotrace.analysis.findings import RULE, run_findings, trend_findings
+from topotrace.analysis.findings import MIN_CHANGE, MIN_R, check_thresholds, run_findings, trend_findings
 from topotrace.analysis.layouts import METHODS
 from topotrace.analysis.pipeline import analyze
-from topotrace.report_templates.words import CLAIM_SHORT, interval, interval_kind, number
+from topotrace.report_templates.words import (
+    CLAIM_SHORT,
+    VERDICT_STYLE,
+    interval,
+    interval_kind,
+    number,
+    percent,
+    scope_note,
+)
 
 # None: the pipeline's own default (for the measure: logit_margin when the store has it)
 ANALYSIS_DEFAULTS = {"probe_set": "heldout", "measure": None, "layouts": None, "n_bins": 5,
@@ -43,6 +54,39 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
                         help="a unit is dormant when its mean |activation| is at most TAU times the layer's mean "
                              f"(default: {DORMANT_TAU:g}, Sokar et al. 2023)")
     parser.add_argument("--refresh", action="store_true", help="recompute even if the cache is up to date")
+
+
+def add_verdict_options(parser: argparse.ArgumentParser) -> None:
+    """The smallest effects of interest of the verdicts (shared by ``analyze``, ``report`` and ``study``).
+
+    They never change the analysis (no recomputation, no cache key): the verdicts are made from its numbers.
+    """
+    parser.add_argument("--min-change", type=float, default=None, dest="min_change", metavar="FRACTION",
+                        help="smallest change of interest of the claims with training time, as a fraction of the "
+                             f"first snapshot's mean: a change whose 95 %% interval lies inside ±FRACTION is "
+                             f"negligible (default: {MIN_CHANGE:g}, i.e. {100 * MIN_CHANGE:g} %%; 0 turns it off)")
+    parser.add_argument("--min-r", type=float, default=None, dest="min_r", metavar="R",
+                        help="smallest correlation of interest of the claims with confidence: a partial Spearman "
+                             f"correlation whose 95 %% interval lies inside ±R is negligible (default: {MIN_R:g}; "
+                             "0 turns it off)")
+
+
+def verdict_kwargs(args: argparse.Namespace) -> dict[str, float]:
+    """``{"min_change", "min_r"}`` from the options of :func:`add_verdict_options` (defaults where not given).
+
+    Raises:
+        ValueError: a value that is not a number >= 0 (for --min-r also < 1), in one line.
+    """
+    min_change = MIN_CHANGE if getattr(args, "min_change", None) is None else args.min_change
+    min_r = MIN_R if getattr(args, "min_r", None) is None else args.min_r
+    if not (math.isfinite(min_change) and min_change >= 0):  # also NaN
+        raise ValueError("The '--min-change' option must be a fraction >= 0 of the first snapshot's mean, e.g. 0.1 "
+                         f"for 10 % (0 turns the smallest change of interest off). Got {min_change:g}.")
+    if not (math.isfinite(min_r) and 0 <= min_r < 1):
+        raise ValueError("The '--min-r' option must be a correlation >= 0 and < 1, e.g. 0.1 (0 turns the smallest "
+                         f"correlation of interest off). Got {min_r:g}.")
+    check_thresholds(min_change, min_r)
+    return {"min_change": min_change, "min_r": min_r}
 
 
 def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +147,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("run", help="run folder (runs/NAME, meaning runs/NAME/store.h5) or store file")
     add_analysis_options(parser)
+    add_verdict_options(parser)
     add_scheduler_options(parser)
     add_until_good_option(parser)
 
@@ -112,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     from .cmd_info import find_store, open_store
 
     console = Console()
+    thresholds = verdict_kwargs(args)  # bad values: one line before any work
     path = find_store(args.run)
     open_store(path, args).close()  # a file that is no readable store: one clear line before any work
     kwargs = analysis_kwargs(args) | {"until_good": args.until_good}
@@ -133,24 +179,33 @@ def run(args: argparse.Namespace) -> int:
     console.print(Text.assemble((visible(path), "bold"), f": {res.n_snapshots} snapshots (steps {res.steps[0]} .. "
                                 f"{res.steps[-1]}), probe set ", visible(repr(res.probe_set)), ", confidence ",
                                 visible(repr(res.primary_measure)), f" — {state} in {seconds:.1f} s"))
-    found = run_findings(res)
+    found = run_findings(res, **thresholds)
     table = Table(title=Text("Does a sample's activity become stronger and more class-distinct with training time "
                              f"and with confidence ({visible(res.primary_measure)})?"))
-    for col in ("layer", "claim", "effect", "95 % interval", "verdict"):
-        table.add_column(col, no_wrap=col != "layer")
-    style = {"supported": "green", "mixed": "yellow"}
+    for col in ("layer", "claim", "effect", "95 % interval", "verdict", "course"):
+        table.add_column(col, no_wrap=col == "claim", min_width=min(12, max(len(f.layer) for f in found))
+                         if col == "layer" and found else None)
     for f in found:
         if f.measure in ("", res.primary_measure):
+            shape = ""
+            if f.versus == "time":  # the shape, its peak or trough, and the change as a share of the first value
+                at = f" at step {f.extreme_step:,}: {number(f.extreme_value)}" if f.extreme_step >= 0 else ""
+                shape = f"{f.course}{at} ({percent(f.relative)})"
             table.add_row(Text(visible(f.layer)), Text(CLAIM_SHORT[f.claim]), Text(number(f.effect)),
-                          Text(interval(f)), Text(f.verdict, style=style.get(f.verdict, "")))
+                          Text(interval(f)), Text(f.verdict, style=VERDICT_STYLE.get(f.verdict, "")), Text(shape))
     console.print(table)
     if found:
-        console.print(Text(f"{interval_kind(found[0])}. {RULE} Effects: change of the mean from the first snapshot "
-                           "to the last (time); partial Spearman correlation given the class at the last snapshot "
-                           "(confidence). The report lists every confidence measure."))
+        console.print(Text(f"{interval_kind(found[0])}. Effects: change of the mean from the first snapshot to the "
+                           "last (time; in the course, as a share of the first snapshot's mean); partial Spearman "
+                           "correlation given the class at the last snapshot (confidence). The report lists every "
+                           f"confidence measure. Rule: {found[0].rule}"))
+        note = scope_note(found)
+        if note:
+            console.print(Text(note, style="bold"))
     trends = trend_findings([res], [str(res.meta.get("run_name", "run"))])
     if trends:
-        beyond = Table(title="Beyond the study: trends over training (bootstrap over probe samples, same rule)")
+        beyond = Table(title="Beyond the study: trends over training (bootstrap over probe samples, same rule "
+                             "with no smallest effect of interest)")
         for col in ("layer", "trend", "effect", "95 % interval", "verdict"):
             beyond.add_column(col, no_wrap=col != "layer")
         for f in trends:
@@ -158,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
                     "ece_rises_after_loss_minimum": f"ECE rises after the held-out loss minimum ({f.measure})"}
             beyond.add_row(Text(visible(f.layer or "(run)")), Text(visible(what.get(f.claim, f.claim))),
                            Text(number(f.effect)), Text(interval(f)),
-                           Text(f.verdict, style=style.get(f.verdict, "")))
+                           Text(f.verdict, style=VERDICT_STYLE.get(f.verdict, "")))
         console.print(beyond)
         if res.loss_min >= 0:
             console.print(Text(f"held-out loss minimum at step {int(res.steps[res.loss_min])} (snapshot "

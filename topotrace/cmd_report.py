@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import sys
 import time
@@ -43,7 +42,7 @@ def _safe(name: str) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from .cmd_analyze import add_analysis_options
+    from .cmd_analyze import add_analysis_options, add_verdict_options
     from .cmd_info import add_until_good_option
 
     parser.add_argument("run", help="run folder (runs/NAME, meaning runs/NAME/store.h5) or store file")
@@ -62,6 +61,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "page becomes a summary page plus one page per layer, and a layer page that does not "
                              "fit shows a log-spaced subset of the snapshots; 'inf' always writes one page")
     add_analysis_options(parser)
+    add_verdict_options(parser)
     add_until_good_option(parser)
 
 
@@ -83,13 +83,16 @@ def run(args: argparse.Namespace) -> int:
     from topotrace.report_templates.generate import build_report
 
     from .cli import visible
+    from .cmd_analyze import verdict_kwargs
     from .cmd_info import find_store, open_store
     from .site import site_index_for
-    from .study import is_study
+    from .studies import is_study
 
+    thresholds = verdict_kwargs(args)  # bad values: one line before any work
     if is_study(args.run):
         out = check_output_file(Path(args.out), siblings=("findings.json",)) if args.out else None
-        return write_study_report(Path(args.run), out=out)
+        given = {k: v for k, v in thresholds.items() if getattr(args, k) is not None}
+        return write_study_report(Path(args.run), out=out, **given)
     path = find_store(args.run)
     with open_store(path, args) as st:  # a file that is no readable store: one clear line before any work
         layers = sorted(st.layers)
@@ -125,10 +128,10 @@ def run(args: argparse.Namespace) -> int:
         if train is None or train.probe_set != "train":
             train = analyze(path, train_cache, probe_set="train", layout_methods=["pca"], until_good=args.until_good,
                             refresh=args.refresh)
-        found_train = run_findings(train)
+        found_train = run_findings(train, **thresholds)
     t1 = time.perf_counter()
     maps = [_png_map(results, spec, args.contrast) for spec in pngs]  # checked before anything is written
-    found = run_findings(results)
+    found = run_findings(results, **thresholds)
     with _removed_on_failure(out.with_name(out.name + ".tmp"), out.with_name("findings.json.tmp")):
         build_report(results, out, found, index=None if args.out else site_index_for(out),
                      page_budget=args.page_budget, found_train=found_train)
@@ -199,33 +202,17 @@ def _removed_on_failure(*paths: Path) -> Iterator[None]:
         raise
 
 
-def write_study_report(path: Path, out: Path | None = None, results: list | None = None) -> int:
-    """Findings across a study's seeds -> ``findings.json`` and ``report.html`` in the study folder; exit code.
+def write_study_report(path: Path, out: Path | None = None, **thresholds: float) -> int:
+    """Findings across a study's runs -> ``findings.json`` and ``report.html`` (in the study folder); exit code.
 
-    ``results``: the seeds' analyses when the caller has them (``topotrace study``); else they are loaded.
+    ``thresholds``: ``min_change`` and/or ``min_r`` when given (:func:`topotrace.analysis.findings.findings`).
     """
-    from topotrace.analysis.findings import findings, trend_findings, write_findings_json
-    from topotrace.report_templates.generate import build_report
-
     from .cli import visible
-    from .site import site_index_for
-    from .study import load_study, study_results
+    from .studies import load_study, locked, study_results
+    from .studies import write_study_report as write
 
     study = load_study(path)
-    results = results if results is not None else study_results(study)
-    names = [f"seed {s}" for s in study.seeds]
-    found = findings(results, names)
-    out = out or study.path / "report.html"
-    links = [(name, os.path.relpath(study.seed_dir(s) / "report.html", out.parent))
-             for name, s in zip(names, study.seeds)]
-    for s, res in zip(study.seeds, results):  # each seed's own report, linked from the study's
-        seed_report = study.seed_dir(s) / "report.html"
-        if not seed_report.exists():
-            build_report(res, seed_report, index=site_index_for(seed_report))
-    trends = trend_findings(results, names)
-    with _removed_on_failure(out.with_name(out.name + ".tmp"), out.with_name("findings.json.tmp")):
-        build_report(results[0], out, found, runs=links, title=f"study {study.name} ({len(study.seeds)} seeds)",
-                     index=site_index_for(out) if out == study.path / "report.html" else None, trends=trends)
-        write_findings_json([*found, *trends], out.with_name("findings.json"))
-    print(visible(out))
+    with locked(study.path):
+        write(study, study_results(study), out, **thresholds)
+    print(visible(out or study.path / "report.html"))
     return 0
