@@ -225,4 +225,21 @@ def test_cli_thresholds_change_verdicts_from_the_cached_analysis(tmp_path, capsy
     found = json.loads((page.parent / "findings.json").read_text("utf-8"))
     grows = next(f for f in found if f["claim"] == "stronger_with_time")
     assert grows["verdict"] == "negligible in this run" and grows["rule"] == rule_text(1000, 0.1)
+    text = page.read_text("utf-8")  # the single run's report: one run's words, and how to make a study
+    assert "— negligible in this run." in text and STUDY_COMMAND in text and "— supported." not in text
     assert (store.parent / "analysis.h5").stat().st_mtime_ns == cache  # verdicts from the cached numbers
+
+
+def test_chart_rings_the_trough_in_the_verdict_colour():
+    """The findings chart marks the trough that names the course and colours its title by the verdict."""
+    from bokeh.models import GlyphRenderer, Scatter
+
+    from topotrace.report_templates.findings_view import _chart
+
+    f = _time([_run([0.259, 0.2, 0.131, 0.2, 0.262])], STEPS)
+    fig = _chart(f)
+    rings = [r for r in fig.renderers if isinstance(r, GlyphRenderer) and isinstance(r.glyph, Scatter)]
+    assert len(rings) == 1 and list(rings[0].data_source.data["y"]) == [pytest.approx(0.131)]
+    assert fig.title.text.endswith("negligible in this run") and fig.title.text_color == VERDICT_COLOR[f.verdict]
+    assert not [r for r in _chart(_time([_run([0.2, 0.3, 0.4, 0.5, 0.6])], STEPS)).renderers
+                if isinstance(r, GlyphRenderer) and isinstance(r.glyph, Scatter)]
