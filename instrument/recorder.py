@@ -65,6 +65,7 @@ import atexit
 import contextlib
 import logging
 import operator
+import os
 import platform
 import queue
 import sys
@@ -96,7 +97,16 @@ from .layers import (
     unwrap,
 )
 from .shard import DDPShard as _DDPShard
-from .store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, open_writer, recorded_measures
+from .store import (
+    LayerSpec,
+    ProbeRecord,
+    ProbeSpec,
+    Snapshot,
+    StoreSpec,
+    check_replaceable,
+    open_writer,
+    recorded_measures,
+)
 from .store.shards import shard_spec
 
 log = logging.getLogger(__name__)
@@ -158,6 +168,18 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _step_int(value: object, name: str) -> int:
+    """``value`` as an int (numpy integers too); a float, bool or anything else is refused in one line."""
+    if isinstance(value, bool):
+        raise TypeError(f"Recorder.step: {name!r} must be an int, the number of optimiser updates so far. Got the "
+                        f"bool {value!r}.")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"Recorder.step: {name!r} must be an int (the number of optimiser updates so far; epochs "
+                        f"count whole epochs). Got {type(value).__name__} {value!r}; nothing was recorded.") from None
+
+
 def mc_seed(step: int) -> int:
     """The seed of the MC-dropout passes of the snapshot at ``step``: ``MC_SEED_BASE + step`` (mod 2**63)."""
     return (MC_SEED_BASE + step) % (1 << 63)
@@ -217,7 +239,7 @@ class Recorder:
     Args:
         model: the model being trained; (Distributed)DataParallel wrappers are unwrapped to ``.module``
             (under DDP, create the recorder on rank 0 only, or on every rank with ``shard="ddp"``).
-        path: the store file (``.h5``); it must not exist unless ``resume=True``.
+        path: the store file (``.h5``); it must not exist unless ``resume=True`` or ``overwrite=True``.
         layers: which layers to record: an exact ``named_modules()`` name, a glob (``"fc*"``), a list of
             names/globs, or a predicate ``(name, module) -> bool``. Resolved once here.
         probes: the probe sets (distinct names).
@@ -228,6 +250,10 @@ class Recorder:
         resume: append to ``path`` if it exists (the model, layers, probe sets, classes and measures must
             match; a mismatch raises :class:`topotrace.instrument.store.StoreError`). :attr:`last_step` then tells the
             loop where to continue.
+        overwrite: replace an existing store at ``path``, only when it is a topotrace store that no process
+            records into (the rule of ``topotrace train --overwrite``); anything else there (a file topotrace did
+            not write, a link, a folder) is refused in one line. The old store stays until the new one is
+            complete (one rename). Not with ``resume`` or ``shard``.
         resume_step: with ``resume``, the step of the checkpoint that training resumes from: snapshots the
             store holds after it are cut, so the store describes the resumed weights (``None`` keeps them all;
             then :attr:`last_step` tells the loop where to continue).
@@ -288,7 +314,15 @@ class Recorder:
         RuntimeError: a selected layer does not run in the model's forward pass (checked by a dry pass on two
             probe samples, which leaves the model, its modes and the RNG states as they were).
         StoreError: ``resume=True`` and the existing store was recorded with a different setup.
-        FileExistsError: ``path`` exists and ``resume`` is False.
+        FileExistsError: ``path`` exists and neither ``resume`` nor ``overwrite`` is set (the message names both),
+            or ``overwrite`` is set and ``path`` is not a topotrace store.
+        BlockingIOError: ``overwrite`` is set and a running process records into ``path``.
+
+    Warns:
+        RuntimeWarning: at :meth:`close` (and on leaving a ``with`` block without an exception), when the store
+            has no snapshot at step 0 (the untrained model; only when the schedule includes step 0), or when the
+            schedule has a last step (``schedule.last_step``, e.g. :class:`~topotrace.instrument.schedules.log_spaced`)
+            and it was never recorded. Not after a recording failure (that has its own warning).
     """
 
     def __init__(
@@ -302,6 +336,7 @@ class Recorder:
         schedule: Callable[[int], bool],
         meta: Mapping[str, object] | None = None,
         resume: bool = False,
+        overwrite: bool = False,
         resume_step: int | None = None,
         act_dtype: str = "float16",
         compression: str | None = None,
@@ -320,6 +355,19 @@ class Recorder:
         if shard not in (None, "ddp"):
             raise ValueError(f"The 'shard' parameter must be None (record every probe sample in this process) or "
                              f"'ddp' (every DDP rank records its share). Got {shard!r} instead.")
+        if resume and overwrite:
+            raise ValueError("Recorder(resume=True, overwrite=True): choose one: resume=True continues recording into "
+                             "the existing store, overwrite=True replaces it.")
+        if overwrite and shard is not None:
+            raise ValueError("Recorder(overwrite=True) cannot replace a sharded store (shard='ddp'); remove its store "
+                             "and shard files first, or choose another path.")
+        if not resume and os.path.lexists(self.path):  # before the dry pass: one line, nothing run or written
+            if not overwrite:
+                raise FileExistsError(f"{self.path} exists already. Pass resume=True to continue recording into it "
+                                      "(same model, layers and probe sets), overwrite=True to replace it (only a "
+                                      "topotrace store that no process records), or choose another path.")
+            check_replaceable(self.path)
+        self._overwrite = bool(overwrite)
         self._ddp = _DDPShard.join() if shard == "ddp" else None
         if not callable(schedule):
             raise TypeError(f"The 'schedule' parameter must be a callable step -> bool. Got {schedule!r} instead.")
@@ -438,7 +486,7 @@ class Recorder:
         if resume_step is not None:
             resume_step = operator.index(resume_step)
         if self._ddp is None:
-            writer = open_writer(self.path, self.spec, full_meta, resume, resume_step)
+            writer = open_writer(self.path, self.spec, full_meta, resume, resume_step, replace=self._overwrite)
         else:
             writer = self._ddp.open(self.path, full_spec, self.spec, self._shares, full_meta, resume, resume_step)
 
@@ -446,6 +494,7 @@ class Recorder:
         self._n = writer.n_snapshots
         self._last_step = writer.last_step
         self._last_submitted = writer.last_step
+        self._first_step = writer.first_step  # of the store (a resumed one has it already)
         self.probe_seconds = 0.0  # time the training thread spent in probe passes (snapshot), for benchmarks
         self._error: BaseException | None = None
         self._warned = False
@@ -486,7 +535,11 @@ class Recorder:
 
         Call it after each optimiser update with the number of updates done so far (and at step 0 before
         training). Blocks while the writer queue is full.
+
+        Raises:
+            TypeError: ``step`` or ``epoch`` is not an int (e.g. ``1.5``; numpy integers are ints).
         """
+        step, epoch = _step_int(step, "step"), _step_int(epoch, "epoch")
         if self._active and not self.schedule(step):
             return False
         return self.snapshot(step, epoch)  # also refuses a closed recorder and reports a stopped one
@@ -497,9 +550,11 @@ class Recorder:
         The time it takes on the calling thread adds up in ``probe_seconds``.
 
         Raises:
+            TypeError: ``step`` or ``epoch`` is not an int.
             ValueError: ``step`` is not larger than the last recorded step.
             RuntimeError: the recorder is closed, or a selected layer did not run during the pass.
         """
+        step, epoch = _step_int(step, "step"), _step_int(epoch, "epoch")
         t0 = time.perf_counter()
         try:
             return self._snapshot(step, epoch)
@@ -512,8 +567,6 @@ class Recorder:
         if not self._active and self._ddp is None:
             self._report()
             return False
-        step = operator.index(step)
-        epoch = operator.index(epoch)
         if self._last_submitted is not None and step <= self._last_submitted:
             raise ValueError(f"Steps must increase strictly: step {step} after step {self._last_submitted} "
                              f"(store {self.path}). On resume, continue after rec.last_step.")
@@ -533,6 +586,8 @@ class Recorder:
             self._report()
             return False
         self._last_submitted = step
+        if self._first_step is None:
+            self._first_step = step
         self._pending.append((step, copies))
         self._check_overflow()  # this pass's counts on the CPU; on CUDA those of earlier passes that arrived
         self._slots.acquire()  # blocks while the writer holds queue_size snapshots
@@ -540,7 +595,14 @@ class Recorder:
         return True
 
     def close(self) -> None:
-        """Write every queued snapshot, stop the writer thread and close the store. Safe to call twice."""
+        """Write every queued snapshot, stop the writer thread and close the store. Safe to call twice.
+
+        Warns (RuntimeWarning) when the run has no snapshot at step 0 or its schedule's last step was never
+        recorded (see the class's "Warns").
+        """
+        self._close(check=True)
+
+    def _close(self, check: bool) -> None:
         if self._closed:
             return
         self._closed = True
@@ -549,14 +611,40 @@ class Recorder:
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join()
-        self._check_overflow(wait=True, stacklevel=3)
+        self._check_overflow(wait=True, stacklevel=4)
         self._report()
+        if check and self._error is None and (self._ddp is None or self._ddp.rank == 0):
+            self._check_complete()
+
+    def _check_complete(self) -> None:
+        """Warn about a run without step 0, or whose schedule's last step was never recorded (one line each)."""
+        where = f"The recording to {self.path} ended"
+        try:
+            wants_zero = bool(self.schedule(0))
+        except Exception:  # noqa: BLE001 - a schedule that cannot say: no warning
+            wants_zero = False
+        if self._first_step is None:
+            warnings.warn(f"{where} without any snapshot: call rec.step(0) before training (the untrained model) "
+                          "and rec.step(step) after every optimiser update.", RuntimeWarning, stacklevel=4)
+            return
+        if self._first_step != 0 and wants_zero:
+            warnings.warn(f"{where} without a snapshot at step 0 (the untrained model; its first is at step "
+                          f"{self._first_step}): call rec.step(0) before the first optimiser update, the report "
+                          "measures every change from it.", RuntimeWarning, stacklevel=4)
+        last = getattr(self.schedule, "last_step", None)
+        if isinstance(last, (int, np.integer)) and not isinstance(last, bool):
+            done = self._last_step
+            if done is None or done < last:
+                warnings.warn(f"{where} at step {done}, before the last step {int(last)} of its schedule "
+                              f"{self.schedule!r}: training stopped early, or the schedule was made for more steps "
+                              "than the loop ran (make it for epochs x steps per epoch).", RuntimeWarning,
+                              stacklevel=4)
 
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._close(check=exc_type is None)  # with an exception on its way, that exception says what happened
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("failed" if self._error else "recording")

@@ -8,6 +8,11 @@ returning a bool works as a schedule; these cover the common cases and are cheap
     log_spaced(2000, 50)  # about 50 steps from 0 to 2000, dense early where training changes fastest
     per_epoch(47)         # 0, 47, 94, ... (the first step of every epoch; step 0 is the untrained model)
     at_steps([0, 5, 100])
+
+A schedule may say its last step as the attribute ``last_step`` (an int, or ``None`` when it has no last
+step): :class:`at_steps` and :class:`log_spaced` do, :class:`every` and :class:`per_epoch` have none. The
+recorder warns at close when a schedule's last step was never recorded (the run stopped early, or the schedule
+was made for more steps than the loop ran); a plain callable has no last step.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class every:  # noqa: N801 - reads like the function it stands for
         start: the first recorded step, >= 0.
     """
 
+    last_step = None  # no last step: true forever after start
+
     def __init__(self, n: int, start: int = 0):
         self.n = _int(n, "n", 1)
         self.start = _int(start, "start", 0)
@@ -58,6 +65,11 @@ class at_steps:  # noqa: N801
         if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
             raise TypeError(f"The 'steps' parameter must be an iterable of ints. Got {steps!r} instead.")
         self.steps = frozenset(_int(s, "steps", 0) for s in steps)
+
+    @property
+    def last_step(self) -> int | None:
+        """The largest step of the schedule (``None`` for an empty one)."""
+        return max(self.steps, default=None)
 
     def __call__(self, step: int) -> bool:
         return step in self.steps

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
@@ -23,7 +22,7 @@ from torch import nn
 from topotrace.instrument.layers import resolve_layers
 from topotrace.instrument.recorder import ProbeSet, Recorder
 from topotrace.instrument.schedules import every, log_spaced, per_epoch
-from topotrace.instrument.store import FORMAT, LIBVER, STORE_FILE, Store, writer_state
+from topotrace.instrument.store import STORE_FILE, Store, is_store, writer_state
 
 from .config import check_data_path, to_toml
 from .data import INPUT_SHAPES, load_dataset, stratified_indices, train_subset
@@ -111,24 +110,11 @@ def check_run_config(cfg: dict) -> None:
 
 
 def is_run(run_dir: Path) -> bool:
-    """True when ``run_dir`` is a topotrace run: a folder (not a link) holding a topotrace store.
+    """True when ``run_dir`` is a folder (not a link) holding a topotrace store (the rule of Recorder's overwrite).
 
-    The store opens with :class:`Store`, or, when it is damaged (a crashed run), HDF5 still reads its ``format``
-    attribute as a topotrace store's.
+    See :func:`topotrace.instrument.store.is_store`: a store that opens, or a damaged one whose format HDF5 reads.
     """
-    store = run_dir / STORE_FILE
-    if run_dir.is_symlink() or not run_dir.is_dir() or store.is_symlink() or not store.is_file():
-        return False
-    try:
-        with Store(store):
-            return True
-    except (OSError, ValueError, KeyError):
-        pass
-    try:
-        with h5py.File(store, "r", swmr=True, libver=LIBVER) as f:
-            return f.attrs.get("format") == FORMAT
-    except (OSError, ValueError, KeyError):
-        return False
+    return not run_dir.is_symlink() and run_dir.is_dir() and is_store(run_dir / STORE_FILE)
 
 
 def check_creatable(path: Path, what: str = "--out-dir") -> None:

@@ -15,7 +15,8 @@ No pickle: metadata is stored as HDF5 attributes holding strings, numbers or JSO
 
 Modules (import from this package, not from them; it needs only numpy and h5py, never torch):
     format: the format constants, the spec dataclasses and their HDF5 attributes.
-    writer: :class:`StoreWriter`, the commit protocol.
+    writer: :class:`StoreWriter`, the commit protocol; :func:`is_store` and :func:`check_replaceable` (what
+        ``overwrite`` may replace: a topotrace store that no process records).
     reader: :class:`Store`.
     repair: :func:`clear_writer_flag`, the crash repair a resumed store needs after its writer was killed, and
         :func:`writer_state` (is a writer recording into a store, or was it killed?).
@@ -45,7 +46,7 @@ from .format import (
 from .integrity import recorded_measures
 from .reader import Store
 from .repair import clear_writer_flag, writer_state
-from .writer import StoreWriter, open_writer
+from .writer import StoreWriter, check_replaceable, is_store, open_writer
 
 __all__ = [
     "ACT_DTYPES",
@@ -63,7 +64,9 @@ __all__ = [
     "StoreError",
     "StoreSpec",
     "StoreWriter",
+    "check_replaceable",
     "clear_writer_flag",
+    "is_store",
     "open_writer",
     "recorded_measures",
     "resolve_store_path",

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from .format import (
     ATTRS_DIGEST,
+    FORMAT,
     LIBVER,
     NONFINITE,
     TEMPERATURE,
@@ -31,7 +32,7 @@ from .format import (
     has_temperature,
 )
 from .reader import Store
-from .repair import clear_writer_flag, flock
+from .repair import clear_writer_flag, flock, writer_state
 
 # Bits of the exponent field by item size: a float is NaN or infinite exactly when all of them are set.
 _EXPONENT = {2: (np.uint16, 0x7C00), 4: (np.uint32, 0x7F800000), 8: (np.uint64, 0x7FF0000000000000)}
@@ -122,6 +123,51 @@ class _RowWriter:
         return arr
 
 
+def is_store(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a topotrace store, never opening anything but a regular file.
+
+    A store is a regular file (not a link, FIFO or folder) that :class:`Store` opens, or, when it is damaged (a
+    crashed run), whose ``format`` attribute HDF5 still reads as a store's. A FIFO is never opened, so it never
+    blocks.
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with Store(path):
+            return True
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError):  # StoreError is a ValueError
+        pass
+    try:
+        with h5py.File(path, "r", swmr=True, libver=LIBVER) as f:
+            return f.attrs.get("format") == FORMAT
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError):
+        return False
+
+
+def check_replaceable(path: str | os.PathLike, option: str = "overwrite=True") -> None:
+    """What ``option`` may replace: only a topotrace store (:func:`is_store`) that no process records into.
+
+    The rule of ``Recorder(..., overwrite=True)``; ``topotrace train --overwrite`` applies it to a run folder's
+    ``store.h5``.
+
+    Raises:
+        FileExistsError: ``path`` is a link, a folder, a FIFO or any file that is not a topotrace store.
+        BlockingIOError: a live writer records into it (it holds the store's lock).
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        what = "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+        raise FileExistsError(f"{path} exists and is {what}; {option} only replaces a topotrace store. Choose "
+                              "another path.")
+    if writer_state(path) == "live":
+        raise BlockingIOError(f"{path} is being recorded by a running process (the store is locked); {option} never "
+                              "replaces it. Wait for it to finish or stop it, then try again.")
+    if not is_store(path):
+        raise FileExistsError(f"{path} exists and is not a topotrace store; {option} only replaces a store that "
+                              "topotrace wrote. Choose another path, or remove the file yourself if you mean to.")
+
+
 class StoreWriter:
     """Appends snapshots to a store. Not thread-safe: one writer thread owns it.
 
@@ -135,6 +181,7 @@ class StoreWriter:
         self._committed = f["committed"]
         self._n = int(self._committed[0])
         self._last_step = int(f["step"][self._n - 1]) if self._n else None
+        self._first_step = int(f["step"][0]) if self._n else None
         # Dataset handles, looked up once: "step", "epoch", "time", TEMPERATURE (if the store records temp_prob)
         # and (probe, key) for key "logits", "pred", "correct", "loss", "acts/<layer>", "conf/<measure>", NONFINITE.
         self._has_temperature = has_temperature(spec)
@@ -167,18 +214,30 @@ class StoreWriter:
             raise StoreError(f"{path} is locked by another process; wait for it to finish or stop it.")
 
     @classmethod
-    def create(cls, path: str | os.PathLike, spec: StoreSpec, meta: Mapping[str, object]) -> StoreWriter:
-        """Create a new store at ``path`` (which must not exist).
+    def create(cls, path: str | os.PathLike, spec: StoreSpec, meta: Mapping[str, object],
+               replace: bool = False) -> StoreWriter:
+        """Create a new store at ``path`` (which must not exist unless ``replace``).
 
         Args:
             path: the file to create; its folder is created if needed.
             spec: what the store holds.
             meta: run metadata stored once: ``run_name``, ``seed``, ``config`` (dict), ``versions`` (dict),
                 ``model_summary`` (text), ``data`` (text) and anything else JSON can hold.
+            replace: an existing ``path`` is replaced when the new store is complete (one rename), and only
+                when it is a topotrace store that no process records (:func:`check_replaceable`, checked before
+                and again right before the rename).
+
+        Raises:
+            FileExistsError: ``path`` exists and ``replace`` is False, or it is not a topotrace store.
+            BlockingIOError: with ``replace``, a running process records into ``path``.
         """
         path = Path(path)
-        if path.exists():
-            raise FileExistsError(f"{path} exists already; resume it or choose another run name.")
+        if os.path.lexists(path):
+            if not replace:
+                raise FileExistsError(f"{path} exists already. Pass resume=True to continue recording into it, "
+                                      "overwrite=True to replace it (only a topotrace store that no process records), "
+                                      "or choose another path.")
+            check_replaceable(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".creating")
         # The structure is built in memory and written out in one plain write: HDF5 cannot recover from a
@@ -238,6 +297,8 @@ class StoreWriter:
             tmp.unlink(missing_ok=True)
             raise
         try:
+            if replace and os.path.lexists(path):
+                check_replaceable(path)  # again: a writer may have started on it while this one was built
             os.replace(tmp, path)  # the store appears complete or not at all
         except BaseException:
             writer.close()
@@ -289,6 +350,11 @@ class StoreWriter:
     @property
     def last_step(self) -> int | None:
         return self._last_step
+
+    @property
+    def first_step(self) -> int | None:
+        """The step of the first committed snapshot (``None`` while there is none)."""
+        return self._first_step
 
     def _check(self, snap: Snapshot) -> None:
         if self._last_step is not None and snap.step <= self._last_step:
@@ -363,6 +429,8 @@ class StoreWriter:
             raise _write_error(self.path, i, snap.step, err) from err
         self._n = i + 1
         self._last_step = snap.step
+        if i == 0:
+            self._first_step = snap.step
         return self._n
 
     def close(self) -> None:
@@ -387,11 +455,12 @@ class StoreWriter:
 
 
 def open_writer(path: str | os.PathLike, spec: StoreSpec, meta: Mapping[str, object], resume: bool,
-                from_step: int | None = None) -> StoreWriter:
+                from_step: int | None = None, replace: bool = False) -> StoreWriter:
     """Create the store, or with ``resume=True`` append to it if it exists (created if it does not).
 
     ``from_step`` (with ``resume``) cuts committed snapshots after that step, see :meth:`StoreWriter.resume`.
+    ``replace`` (not with ``resume``): a topotrace store at ``path`` that no process records is replaced.
     """
     if resume and Path(path).exists():
         return StoreWriter.resume(path, spec, from_step)
-    return StoreWriter.create(path, spec, meta)
+    return StoreWriter.create(path, spec, meta, replace=replace)
