@@ -56,11 +56,12 @@ from .results import (
     save_results,
 )
 
-ANALYSIS_VERSION = 9  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
+ANALYSIS_VERSION = 10  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
 # 5: layers say whether they are non-negative; 6: per-sample evidence, per-snapshot bins, no trend p-values;
 # 7: non-finite values left out per statistic (with counts), layouts without non-finite neurons, divergence;
 # 8: calibration (ECE, reliability, temperature), dormant units, NC1, train-vs-probe NAP gap, trends;
-# 9: maps on a 128 x 128 grid with the region's outline
+# 9: maps on a 128 x 128 grid with the region's outline; 10: distinctness from centred float64 values, trend
+# resamples paired over the two ends
 ALPHA = 0.05
 GRID = 128  # map image side in pixels (issue 10): a map tile is ~170 CSS px wide, so a pixel is ~1.3 CSS px
 RANDOM_STATE = 0
@@ -606,7 +607,6 @@ def process_snapshot(ctx: LayerContext, s: int, stored: np.ndarray, ws: stats.Wo
         a = stats.as_float(stored, np.float32, out=ws.get("acts", stored.shape, np.float32))  # [n, N]
         scratch = ws.get("scratch", a.shape, np.float32)
         abs_rows = np.abs(a, out=scratch).sum(axis=1).astype(np.float64)  # [n] (pairwise sums per row)
-        sq_rows = np.einsum("ij,ij->i", a, a, dtype=np.float64)  # [n]
         # A row holding NaN or inf sums to NaN or inf: the sums find non-finite values without a pass of their
         # own, and an all-finite snapshot with finite outputs takes the fast path (keep is None).
         keep = None  # [n], bool: the samples behind the per-sample statistics (None: every sample)
@@ -650,31 +650,26 @@ def process_snapshot(ctx: LayerContext, s: int, stored: np.ndarray, ws: stats.Wo
                         None if keep is None else finite & out_ok[:, None])
         kept = slice(None) if keep is None else np.flatnonzero(keep)
         n_kept = n if keep is None else len(kept)
-        abs_sums = np.bincount(bins[s][kept], abs_rows[kept], minlength=n_bins)  # [B]
-        sq_sums = np.bincount(bins[s][kept], sq_rows[kept], minlength=n_bins)  # [B]
+        bins_kept = bins[s][kept]
+        abs_sums = np.bincount(bins_kept, abs_rows[kept], minlength=n_bins)  # [B]
         n_bin = used[off["confbin"]: off["confbin"] + n_bins]
-        cls = slice(off["class"], off["class"] + n_classes)
         if n_kept:
             lp.strength[t] = abs_sums.sum() / (n_kept * n_neurons)
             lp.per_sample[0, t, kept] = abs_rows[kept] / n_neurons
-            lp.per_sample[1, t, kept] = evidence.sample_distinctness(a[kept], labels[kept], n_classes, sums[cls],
-                                                                  sq_rows[kept])
+            # Distinctness from centred float64 values (no cancellation; evidence.class_distinctness).
+            lp.per_sample[1, t, kept], lp.distinctness[t], by_bin = evidence.class_distinctness(
+                a[kept], labels[kept], n_classes, bins_kept, n_bins)
+            lp.distinctness_by_bin[t] = np.where(n_bin > 0, by_bin, np.nan)
         lp.sample_corr[t] = boot.correlations(lp.per_sample[:, t], conf_all[s])
-        lp.distinctness[t] = stats.distinctness_from_sums(sums[cls], used[cls], sq_sums.sum())
-        ccb = off["class_confbin"] + np.arange(n_classes) * n_bins
         for b in range(n_bins):
             if n_bin[b]:
                 lp.strength_by_bin[t, b] = abs_sums[b] / (n_bin[b] * n_neurons)
-                lp.distinctness_by_bin[t, b] = stats.distinctness_from_sums(sums[ccb + b], used[ccb + b],
-                                                                            sq_sums[b])
         lp.cka[t] = cka.score(a, keep)
         ak, lk = (a, labels) if keep is None else (a[kept], labels[kept])
         lp.dormant[t], lp.dormant_mask[t] = collapse.dormant_share(ak, ctx.tau)
         lp.nc1[t] = collapse.nc1(ak, lk, n_classes)
         if s in (0, len(ctx.conf_all) - 1) and len(lk):  # the ends of the trends: replicates over probe samples
-            rng = np.random.default_rng(RANDOM_STATE + s)
-            for b in range(N_BOOT_TRENDS):
-                i = rng.integers(0, len(lk), len(lk))
+            for b, i in enumerate(trend_resamples(n, keep)):  # the same resamples at both ends: paired
                 lp.boot_ends[t, 0, b] = collapse.dormant_share(ak[i], ctx.tau)[0]
                 lp.boot_ends[t, 1, b] = collapse.nc1(ak[i], lk[i], n_classes)
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
@@ -696,6 +691,24 @@ def task_context(store: Store, task: dict) -> LayerContext:
     n_s = task["n_s"]
     return layer_context(store, task["name"], task["probe"], task["measure"], task["bins_mode"], task["n_bins"],
                          n_s, _outcome_ok(store, task["probe"])[:n_s], tau=task.get("tau", collapse.DORMANT_TAU))
+
+
+def trend_resamples(n: int, keep: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """The :data:`N_BOOT_TRENDS` bootstrap resamples of the probe samples behind the trends, paired over snapshots.
+
+    Drawn from one seed (:data:`RANDOM_STATE`) over all n probe samples, so the first and the last snapshot see
+    the same resamples and a change between them is a paired difference (with every snapshot identical, every
+    replicate of the change is exactly 0). Where some samples are left out at a snapshot (``keep``, shape (n,),
+    bool: the samples with finite activations and outputs), each resample keeps its draws of the remaining ones.
+
+    Yields:
+        Arrays of int indices into the kept samples (``np.flatnonzero(keep)``; into 0 .. n - 1 without ``keep``).
+    """
+    rng = np.random.default_rng(RANDOM_STATE)
+    pos = None if keep is None else np.cumsum(keep) - 1  # sample -> its index among the kept samples
+    for _ in range(N_BOOT_TRENDS):
+        i = rng.integers(0, n, n)
+        yield i if keep is None else pos[i[keep[i]]]
 
 
 def snapshot_row(ctx: LayerContext, s: int, stored: np.ndarray, ws: stats.Workspace) -> dict:

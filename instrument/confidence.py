@@ -220,26 +220,56 @@ def _nll_slope(z: np.ndarray, zy: np.ndarray, beta: float) -> tuple[float, float
     """First and second derivative in beta of the mean NLL of ``softmax(beta * z)``.
 
     ``z`` (n, C) float64 logits, ``zy`` (n,) the true class's logit. With p = softmax(beta z), the NLL's slope is
-    mean(E_p[z] - z_y) and its curvature mean(Var_p[z]) >= 0: the NLL is convex in beta = 1/T.
+    mean(E_p[z] - z_y) = mean(sum_c p_c (z_c - z_y)) and its curvature mean(Var_p[z]) >= 0: the NLL is convex
+    in beta = 1/T. The slope is summed from the differences ``z_c - z_y`` (not as ``E_p[z] - z_y``, which cancels
+    to rounding noise once ``p_y`` is 1 to float64 precision); where every ``p_c`` of another class has
+    underflowed and the sum is exactly 0, its sign comes from the log-domain sum (:func:`_slope_sign`).
     """
-    s = z * beta
+    d = z - zy[:, None]  # [n, C]
+    s = d * beta
     e = np.exp(s - s.max(axis=1, keepdims=True))
     p = e / e.sum(axis=1, keepdims=True)  # [n, C]
-    ez = (p * z).sum(axis=1)  # [n]
-    dz = z - ez[:, None]
-    return float(np.mean(ez - zy)), float(np.mean((p * dz * dz).sum(axis=1)))
+    ed = (p * d).sum(axis=1)  # [n]: E_p[z] - z_y
+    dz = d - ed[:, None]
+    slope = float(np.mean(ed))
+    if slope == 0.0:
+        slope = _slope_sign(d, beta) * np.finfo(np.float64).tiny
+    return slope, float(np.mean((p * dz * dz).sum(axis=1)))
+
+
+def _slope_sign(d: np.ndarray, beta: float) -> float:
+    """Sign of ``sum_i sum_c p_ic d_ic`` (``d = z - z_y``, ``p = softmax(beta z)``), summed in the log domain.
+
+    The positive terms (classes above the true one) and the negative terms are summed apart as
+    ``log sum exp(log p + log |d|)``, which underflows nowhere; 0 when no logit differs from the true one.
+    """
+    s = d * beta
+    smax = s.max(axis=1, keepdims=True)
+    logp = s - smax - np.log(np.exp(s - smax).sum(axis=1, keepdims=True))  # [n, C]
+    with np.errstate(divide="ignore"):
+        logd = np.log(np.abs(d))
+    sides = []
+    for part in (d > 0, d < 0):
+        v = (logp + logd)[part]
+        sides.append(-np.inf if v.size == 0 else float(v.max() + np.log(np.exp(v - v.max()).sum())))
+    if sides[0] == sides[1]:
+        return 0.0
+    return 1.0 if sides[0] > sides[1] else -1.0
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T that minimises the mean negative log-likelihood of ``softmax(logits / T)`` (Guo et al. 2017).
 
-    The NLL is convex in beta = 1/T, so its minimum is where its slope in beta is zero: found by Newton's method
-    in beta, started at T = 1 and kept inside a bracket that shrinks with the slope's sign; a step that leaves
-    the bracket first tries the bound it points at, then bisects. T is searched in [0.05, 20]
+    The NLL is convex in beta = 1/T, so its minimum is where its slope in beta is zero. The slope at T = 1 points
+    at one bound; the slope at that bound tells whether the minimum lies beyond it (then the bound is returned).
+    Otherwise Newton's method in beta runs inside the bracket between T = 1 and that bound, which shrinks with
+    the slope's sign; a step that leaves the bracket or did not halve it is followed by a bisection in log beta.
+    T is searched in [0.05, 20]
     (:data:`TEMPERATURE_BOUNDS`) and the search stops when a step changes 1/T by less than a relative 1e-6
     (:data:`TEMPERATURE_RTOL`; after a Newton step the error left is far smaller). Where the minimum lies beyond
     a bound (every sample right, with growing margins: T -> 0; logits no better than chance: T -> inf), that
-    bound is returned, or the T at which the NLL has become flat to float64 precision on the way there. Each
+    bound is returned: the slope keeps its sign where the NLL has become flat to float64 precision (a training
+    loss that rounds to 0 gives T = 0.05, the lower bound; see :func:`_nll_slope`). Each
     step is one pass over the logits; 5 to 10 steps are typical. Rows with a non-finite logit are left out.
 
     Args:
@@ -261,31 +291,37 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         return float("nan")
     zy = z[np.arange(len(y)), y]
     a, b = 1.0 / TEMPERATURE_BOUNDS[1], 1.0 / TEMPERATURE_BOUNDS[0]  # the bounds of beta = 1/T
-    lo, hi = a, b  # the minimum lies in [lo, hi]
-    tried_a = tried_b = False
     beta = 1.0
+    slope, curv = _nll_slope(z, zy, beta)
+    if slope == 0.0:
+        return 1.0
+    # The bound the slope points at first: beyond it, the minimum is at the bound (convexity).
+    end_slope = _nll_slope(z, zy, b if slope < 0 else a)[0]
+    if slope < 0 and end_slope <= 0:
+        return TEMPERATURE_BOUNDS[0]
+    if slope > 0 and end_slope >= 0:
+        return TEMPERATURE_BOUNDS[1]
+    lo, hi = (beta, b) if slope < 0 else (a, beta)  # the minimum lies in (lo, hi)
+    bisect = False
     for _ in range(200):
-        slope, curv = _nll_slope(z, zy, beta)
-        if slope > 0:  # the minimum is at a smaller beta
-            if beta <= a:
-                return TEMPERATURE_BOUNDS[1]
-            hi = beta
-        elif slope < 0:
-            if beta >= b:
-                return TEMPERATURE_BOUNDS[0]
-            lo = beta
-        else:
-            break
-        new = beta - slope / curv if curv > 0 else math.nan
-        if not lo < new < hi:  # outside the bracket (or no curvature): try the bound it points at once, else bisect
-            if slope > 0 and lo == a and not tried_a:
-                new, tried_a = a, True
-            elif slope < 0 and hi == b and not tried_b:
-                new, tried_b = b, True
-            else:
-                new = 0.5 * (lo + hi)
+        width = hi - lo
+        new = beta - slope / curv if curv > 0 and not bisect else math.nan
+        if not lo < new < hi:  # outside the bracket, no curvature, or Newton too slow: bisect (in log beta)
+            new = math.sqrt(lo * hi)
         done = abs(new - beta) <= TEMPERATURE_RTOL * beta
         beta = new
         if done:
             break
+        slope, curv = _nll_slope(z, zy, beta)
+        if slope > 0:
+            hi = beta
+        elif slope < 0:
+            lo = beta
+        else:
+            break
+        if hi - lo <= TEMPERATURE_RTOL * lo:
+            break
+        # Newton's steps are short where the slope decays exponentially (margins far above 1/beta): a step
+        # that did not halve the bracket is followed by a bisection, so the search never crawls.
+        bisect = not bisect and hi - lo > 0.5 * width
     return float(1.0 / beta)
