@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from topotrace.config import DEFAULTS, load_config, to_toml
+from topotrace.config import DEFAULTS, MODEL_KINDS, default_layers, load_config, to_toml
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
 
@@ -52,3 +52,17 @@ def test_mc_dropout_setting_checked():
         load_config(path, {"model": {"dropout": 0.0}})
     with pytest.raises(ValueError, match="'record.mc_dropout' setting must be an int >= 0"):
         load_config(path, {"record": {"mc_dropout": -1}})
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if load_config(p)["model"]["kind"] != "mlp"], ids=lambda p: p.name)
+def test_model_kinds_roundtrip_and_resume_check(tmp_path, path):
+    """A config of another model kind, written into a run folder, reads back to the same settings (what --resume
+    compares), with the kind's parameters and recorded layers; a config without [model] kind is the MLP."""
+    cfg = load_config(path)
+    (tmp_path / "c.toml").write_text(to_toml(cfg))
+    assert load_config(tmp_path / "c.toml") == cfg
+    assert set(cfg["model"]) == {"kind", *MODEL_KINDS[cfg["model"]["kind"]]}
+    assert cfg["record"]["layers"] == default_layers(cfg["model"])
+    old = tmp_path / "old.toml"  # a run folder's config.toml from before model.kind existed
+    old.write_text('[model]\nhidden = [16]\ndropout = 0.0\nbatchnorm = false\n[record]\nlayers = ["hidden1"]\n')
+    assert load_config(old)["model"] == {"kind": "mlp", "hidden": [16], "dropout": 0.0, "batchnorm": False}

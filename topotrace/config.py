@@ -13,7 +13,7 @@ MODEL_KINDS: dict[str, dict[str, object]] = {
     "mlp": {"hidden": [128, 64], "dropout": 0.0, "batchnorm": False},
     "cnn": {"channels": [16, 32], "kernel_size": 3, "dropout": 0.0, "batchnorm": False},
     "resnet": {"channels": [16, 32], "blocks": 1, "dropout": 0.0},
-    "transformer": {"d_model": 32, "heads": 4, "blocks": 2, "ff": 64, "dropout": 0.0},
+    "transformer": {"d_model": 32, "heads": 4, "blocks": 2, "ff": 64, "kernel_size": 1, "dropout": 0.0},
 }
 # Every [model] setting of any kind, for the type check (a setting has one type whatever the kind).
 MODEL_SETTINGS: dict[str, object] = {"kind": "mlp"} | {k: v for ps in MODEL_KINDS.values() for k, v in ps.items()}

