@@ -47,7 +47,15 @@ from topotrace.analysis.results import AnalysisResults
 from . import beyond_view, charts, compare, findings_view, layout_view, maps, pages
 from .links import escape_bidi_page, relative_href
 from .outputs import atomic_output
-from .words import CLAIM_SHORT, divergence_sentence, finding_sentence, interval, nonfinite_sentences, number
+from .words import (
+    CLAIM_SHORT,
+    divergence_sentence,
+    finding_sentence,
+    interval,
+    nonfinite_sentences,
+    number,
+    scope_note,
+)
 
 _HERE = Path(__file__).resolve().parent
 CITATIONS = (
@@ -165,7 +173,8 @@ def _findings_context(found: list[Finding], measure: str) -> dict[str, object]:
              "per_run": ", ".join(f"{r.run}: {number(r.effect)}" for r in f.runs),
              "primary": f.measure in ("", measure)} for f in found]
     sentences = [finding_sentence(f) for f in found if f.measure in ("", measure)]
-    return {"rows": rows, "sentences": sentences, "rule": RULE, "n_runs": found[0].n_runs if found else 0}
+    return {"rows": rows, "sentences": sentences, "rule": found[0].rule if found else RULE,
+            "scope": scope_note(found), "n_runs": found[0].n_runs if found else 0}
 
 
 def _page_context(results: AnalysisResults, now: _dt.datetime, found: list[Finding],

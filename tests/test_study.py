@@ -84,7 +84,7 @@ def test_study_report_opens_with_findings_and_links_seeds(study):
     path, _, _ = study
     page = (path / "report.html").read_text("utf-8")
     assert page.index('id="findings"') < page.index('id="summary"') < page.index('id="maps"')
-    assert 'href="seed-0/report.html"' in page and 'href="seed-1/report.html"' in page
+    assert 'href="./seed-0/report.html"' in page and 'href="./seed-1/report.html"' in page
     assert "t-interval across 2 runs" in page
     assert "Across the study&#39;s 2 seeds" in page or "Across the study's 2 seeds" in page
     assert (path / "seed-1" / "report.html").exists()

@@ -89,7 +89,7 @@ def test_study_of_python_api_runs(runs, monkeypatch, capsys):
     ({"layers": (("a", 4), ("c", 4))}, "layers differ"),
     ({"layers": (("a", 4), ("b", 5))}, "neurons of layer 'b' differ"),
     ({"probes": ("heldout", "train")}, "probe sets differ"),
-    ({"labels": [0, 1, 2, 0, 1, 2, 0, 1, 2, 1]}, "labels of probe set 'heldout' differ"),
+    ({"labels": [0, 1, 2, 0, 1, 2, 0, 1, 2, 1]}, "samples per class (labels) of probe set 'heldout' differ"),
     ({"classes": ("cat", "dog", "eel")}, "class names differ"),
     ({"steps": (0, 10, 25)}, "snapshot steps differ"),
 ])

@@ -31,6 +31,9 @@ EXAMPLES = """examples (the default run):
   topotrace report runs/digits --png hidden1:class:3:-1
                                            also class 3's map of layer hidden1 at the last snapshot as PNG
   topotrace study --seeds 0,1,2            three seeds of the default run, runs/digits-study/
+  topotrace study runs/a runs/b runs/c      a study of runs you already have (recorded in your own loop)
+  topotrace atlas configs/digits.toml configs/digits_cnn.toml --seeds 0,1,2
+                                           the claims across architectures, runs/atlas/index.html
   topotrace compare runs/lr-0.1 runs/lr-0.01
                                            two runs side by side in runs/compare.html
   topotrace figure runs/digits --layer hidden1 --snapshots 0,10,-1 --out fig.pdf
@@ -47,6 +50,7 @@ COMMANDS = {
     "report": "write the self-contained HTML report (and findings.json) of a run or a study",
     "figure": "write a figure for a paper (PDF, SVG or PNG): a grid of maps or the findings' curves",
     "study": "train, record and analyse replicate runs (seeds) and report the findings across them",
+    "atlas": "one study per configuration (architecture, data) and one page of their verdicts by layer depth",
     "compare": "write one self-contained HTML page with two or more runs side by side",
     "site": "write runs/index.html: one offline, sortable table over every run and study",
     "archive": "write one self-describing zip bundle of a run or study (store, analysis, report, citation, checksums)",

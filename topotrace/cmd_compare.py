@@ -120,10 +120,12 @@ def run(args: argparse.Namespace) -> int:
         table.add_column("claim")
         for label in labels:
             table.add_column(Text(visible(label)))
-        style = {"supported": "green", "mixed": "yellow"}
+        from topotrace.report_templates.words import VERDICT_STYLE
+
         for r in rows:
             cells = [Text(c["missing"]) if c["missing"] else
-                     Text(f"{c['effect']} ({c['interval']}) ") + Text(c["verdict"], style=style.get(c["verdict"], ""))
+                     Text(f"{c['effect']} ({c['interval']}) ")
+                     + Text(c["verdict"], style=VERDICT_STYLE.get(c["verdict"], ""))
                      for c in r["cells"]]
             table.add_row(Text(visible(r["layer"])), Text(r["claim_text"]), *cells)
         console.print(table)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -35,9 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "the runs' common name, followed by -study)")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--out-dir", default=None, help="the folder the study folder goes in (default runs)")
-    from .cmd_analyze import add_scheduler_options
+    from .cmd_analyze import add_scheduler_options, add_verdict_options
 
     add_scheduler_options(parser)
+    add_verdict_options(parser)
 
 
 def default_name(runs: list[str]) -> str:
@@ -76,6 +78,9 @@ class Reporter:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .cmd_analyze import verdict_kwargs
+
+    args.thresholds = verdict_kwargs(args)  # bad values: one line before any work
     if args.runs:
         return _run_of_runs(args)
     return _run_config(args)
@@ -97,7 +102,7 @@ def _run_of_runs(args: argparse.Namespace) -> int:
     from .cmd_analyze import scheduler_cluster
 
     with scheduler_cluster(args) as cluster:
-        found = study(args.runs, path, cluster)
+        found = study(args.runs, path, cluster, **args.thresholds)
     print_study_findings(console, found)
     print(visible(path / "report.html"))
     return 0
@@ -105,7 +110,7 @@ def _run_of_runs(args: argparse.Namespace) -> int:
 
 def _run_config(args: argparse.Namespace) -> int:
     from .cli import visible
-    from .studies import create_or_resume, is_study, load_study, locked, parse_seeds
+    from .studies import create_or_resume, is_study, load_study, parse_seeds
 
     console = Console()
     overrides: dict = {"run": {}, "train": {}}
@@ -130,26 +135,41 @@ def _run_config(args: argparse.Namespace) -> int:
     if not path.exists():
         check_creatable(path)
     if is_study(path) and args.config is None and args.seeds is None and args.epochs is None:
-        study, made = load_study(path), False  # continue with the settings it was started with
+        st, made = load_study(path), False  # continue with the settings it was started with
     else:
-        study, made = create_or_resume(path, name, seeds, cfg)
-    try:
-        with locked(study.path):
-            found = _train_and_report(study, console, args)
-    except BaseException:
-        from .studies import trained
-
-        if made and not any(trained(d) for d in path.glob("seed-*")):
-            import shutil
-
-            shutil.rmtree(path, ignore_errors=True)  # this command made the study and finished no seed: undo it
-        raise
+        st, made = create_or_resume(path, name, seeds, cfg)
+    found = config_study(st, made, console, args)
     print_study_findings(console, found)
-    print(visible(study.path / "report.html"))
+    print(visible(st.path / "report.html"))
     return 0
 
 
-def _train_and_report(study, console: Console, args: argparse.Namespace) -> list:
+def config_study(study, made: bool, console: Console, args: argparse.Namespace,
+                 timings: dict[str, float] | None = None) -> list:
+    """Train, analyse and report a config study under its lock; its findings across the seeds.
+
+    Args:
+        study: the study (:func:`topotrace.studies.create_or_resume`).
+        made: whether the caller made its folder (it is removed again if this fails before a seed is trained).
+        console: where progress goes.
+        args: the command's options (the analysis scheduler).
+        timings: if given, seconds spent are added under ``"training"`` (recording included), ``"recording"``
+            (the probe passes on the training thread), ``"analysis"`` and ``"reports"``.
+    """
+    from .studies import locked, trained
+
+    try:
+        with locked(study.path):
+            return _train_and_report(study, console, args, timings if timings is not None else {})
+    except BaseException:
+        if made and not any(trained(d) for d in study.path.glob("seed-*")):
+            import shutil
+
+            shutil.rmtree(study.path, ignore_errors=True)  # this command made the study, finished no seed: undo
+        raise
+
+
+def _train_and_report(study, console: Console, args: argparse.Namespace, timings: dict[str, float]) -> list:
     """Train the seeds not trained yet, analyse them, write the study's findings and report; the findings."""
     from .cli import CommandFailed, visible
     from .cmd_analyze import scheduler_cluster
@@ -179,9 +199,12 @@ def _train_and_report(study, console: Console, args: argparse.Namespace) -> list
                            visible=True)
             else:
                 rep.line(f"seed {cfg['run']['seed']}: training")
+            t0 = time.perf_counter()
             with warnings.catch_warnings():  # a stopped recording is logged at once, then ends the study
                 warnings.filterwarnings("ignore", message="Recording to ", category=RuntimeWarning)
                 summary = train_run(cfg, progress=progress)
+            timings["training"] = timings.get("training", 0.0) + time.perf_counter() - t0
+            timings["recording"] = timings.get("recording", 0.0) + summary.probe_seconds
             if bar is not None:
                 bar.update(steps_task, visible=False)
             if summary.error is not None:
@@ -189,6 +212,10 @@ def _train_and_report(study, console: Console, args: argparse.Namespace) -> list
                                     "same command again to continue the study.")
 
         def on_seed(seed: int, state: str) -> None:
+            if state == "analysing":
+                shown["analysing"] = time.perf_counter()
+            elif state == "done" and "analysing" in shown:
+                timings["analysis"] = timings.get("analysis", 0.0) + time.perf_counter() - shown.pop("analysing")
             if state == "trained":
                 rep.line(f"seed {seed}: already trained")
             elif state == "analysing" and bar is None:
@@ -203,25 +230,32 @@ def _train_and_report(study, console: Console, args: argparse.Namespace) -> list
             results = run_study(study, train, on_seed, cluster)
     if not console.is_terminal:
         rep.line("findings across the seeds")
-    return write_study_report(study, results)
+    t0 = time.perf_counter()
+    found = write_study_report(study, results, **args.thresholds)
+    timings["reports"] = timings.get("reports", 0.0) + time.perf_counter() - t0
+    return found
 
 
 def print_study_findings(console: Console, found: list) -> None:
     """The findings across the runs as a table, as ``topotrace analyze`` prints one run's."""
     from rich.table import Table
 
-    from topotrace.report_templates.words import CLAIM_SHORT, interval, interval_kind, number
+    from topotrace.report_templates.words import CLAIM_SHORT, VERDICT_STYLE, interval, interval_kind, number
 
     from .cli import visible
 
     if not found:
         return
-    table = Table(title=f"Findings across {found[0].n_runs} runs")
-    for col in ("layer", "claim", "measure", "effect", "95 % interval", "verdict"):
+    measure = next((f.measure for f in found if f.measure), "")
+    table = Table(title=f"Findings across {found[0].n_runs} runs (confidence: {visible(measure)})")
+    for col in ("layer", "claim", "effect", "95 % interval", "verdict", "course"):
         table.add_column(col, overflow="fold")
     for f in found:
-        table.add_row(Text(visible(f.layer)), Text(CLAIM_SHORT[f.claim]), Text(visible(f.measure or "-")),
-                      Text(number(f.effect)), Text(interval(f)), Text(f.verdict))
+        if f.measure in ("", measure):
+            course = f.course + (f" (step {f.extreme_step})" if f.extreme_step >= 0 else "")
+            table.add_row(Text(visible(f.layer)), Text(CLAIM_SHORT[f.claim]), Text(number(f.effect)),
+                          Text(interval(f)), Text(f.verdict, style=VERDICT_STYLE.get(f.verdict, "")), Text(course))
     console.print(table)
-    console.print(Text(f"{interval_kind(found[0])}. Rule and every run's value: findings.json and the report."))
+    console.print(Text(f"{interval_kind(found[0])}. {found[0].rule} Every run's value and every confidence "
+                       "measure: findings.json and the report."))
     sys.stdout.flush()

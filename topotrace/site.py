@@ -82,7 +82,7 @@ def _model_words(meta: dict[str, object]) -> str:
 
 
 def _verdicts(path: Path) -> dict[str, tuple[int, int]]:
-    """Per claim, how many layers' findings are supported, for the first confidence measure listed."""
+    """Per claim, how many layers' findings are supported (a study) or hold (one run), for the first measure listed."""
     try:
         found = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError):
@@ -95,7 +95,7 @@ def _verdicts(path: Path) -> dict[str, tuple[int, int]]:
         if not isinstance(f, dict) or f.get("measure", "") not in ("", primary):
             continue
         tally = out.setdefault(str(f.get("claim", "")), [0, 0])
-        tally[0] += f.get("verdict") == "supported"
+        tally[0] += f.get("verdict") in ("supported", "holds in this run")
         tally[1] += 1
     return {k: (v[0], v[1]) for k, v in out.items()}
 

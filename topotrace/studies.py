@@ -302,10 +302,10 @@ def _describe(st: Store) -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = [("layers", list(st.layers))]
     out += [(f"neurons of layer {name!r}", spec.n_neurons) for name, spec in st.layers.items()]
     out.append(("probe sets", list(st.probes)))
-    for name, spec in st.probes.items():
+    for name, spec in st.probes.items():  # each seed may draw its own samples, of the same classes and counts
         out.append((f"samples of probe set {name!r}", len(spec.label)))
-        out.append((f"labels of probe set {name!r}", spec.label))
-        out.append((f"sample indices of probe set {name!r}", spec.index))
+        counts = np.bincount(np.asarray(spec.label, dtype=np.int64), minlength=len(st.class_names))
+        out.append((f"samples per class (labels) of probe set {name!r}", counts))
     out.append(("class names", list(st.class_names)))
     out.append(("confidence measures", list(st.measures)))
     out.append(("snapshot count", st.n_snapshots))
@@ -331,8 +331,9 @@ def _first_difference(a: np.ndarray | object, b: np.ndarray | object) -> str:
 def check_comparable(runs: Sequence[str | os.PathLike]) -> None:
     """Refuse runs that are not replicates of one setup, naming the first difference.
 
-    Runs are comparable when they share layers and their neuron counts, probe sets (samples, labels and sample
-    indices), class names, confidence measures and snapshot steps. Each run must be a run folder holding a
+    Runs are comparable when they share layers and their neuron counts, probe sets (names, sizes and samples per
+    class: each seed may draw its own samples, as a config study's seeds do), class names, confidence measures
+    and snapshot steps. Each run must be a run folder holding a
     readable store that no process is recording into.
 
     Raises:
@@ -401,8 +402,8 @@ def create_of_runs(path: Path, name: str, runs: Sequence[str | os.PathLike]) -> 
     return old, False
 
 
-def study(runs: Sequence[str | os.PathLike], path: str | os.PathLike,
-                  cluster: SnapshotCluster | None = None) -> list:
+def study(runs: Sequence[str | os.PathLike], path: str | os.PathLike, cluster: SnapshotCluster | None = None,
+          min_change: float | None = None, min_r: float | None = None) -> list:
     """Make a study of existing runs: ``path/study.json``, ``findings.json`` and ``report.html``; its findings.
 
     This is ``topotrace study RUN RUN ... --name NAME`` (and ``tt.study``). Nothing is trained; a run whose
@@ -414,6 +415,9 @@ def study(runs: Sequence[str | os.PathLike], path: str | os.PathLike,
         runs: two or more run folders (each holding a ``store.h5``), replicate runs of one setup.
         path: the study folder (made when missing; the same study again is made anew).
         cluster: analyse the runs without a cached analysis on this Dask cluster.
+        min_change: the time claims' smallest change of interest, a fraction of the first snapshot's mean
+            (default :data:`topotrace.analysis.findings.MIN_CHANGE`).
+        min_r: the confidence claims' smallest correlation of interest (default ``MIN_R``).
 
     Returns:
         The findings across the runs (:class:`topotrace.analysis.findings.Finding`), as in ``findings.json``.
@@ -435,30 +439,34 @@ def study(runs: Sequence[str | os.PathLike], path: str | os.PathLike,
     made_study, made = create_of_runs(path, path.name, runs)
     try:
         with locked(path):
-            return write_study_report(made_study, study_results(made_study, cluster))
+            return write_study_report(made_study, study_results(made_study, cluster), min_change=min_change,
+                                      min_r=min_r)
     except BaseException:
         if made:
             shutil.rmtree(path, ignore_errors=True)  # this call made the study and it failed: undo it
         raise
 
 
-def write_study_report(study: Study, results: Sequence[AnalysisResults], out: Path | None = None) -> list:
+def write_study_report(study: Study, results: Sequence[AnalysisResults], out: Path | None = None,
+                       min_change: float | None = None, min_r: float | None = None) -> list:
     """Findings across a study's runs -> ``findings.json`` and ``report.html`` (default: in the study folder).
 
     A config study's seeds get their own report where they have none; a study of existing runs writes nothing
-    into its runs and links the reports they have.
+    into its runs and links the reports they have. ``min_change`` and ``min_r``: the verdicts' smallest effects
+    of interest (:func:`topotrace.analysis.findings.findings`; defaults there).
 
     Returns:
         The findings across the runs (the time trends of :func:`~topotrace.analysis.findings.trend_findings`
         are in ``findings.json`` too).
     """
-    from topotrace.analysis.findings import findings, trend_findings, write_findings_json
+    from topotrace.analysis.findings import MIN_CHANGE, MIN_R, findings, trend_findings, write_findings_json
     from topotrace.report_templates.generate import build_report
 
     from .site import site_index_for
 
     names = study.labels
-    found = findings(results, names)
+    found = findings(results, names, min_change=MIN_CHANGE if min_change is None else min_change,
+                     min_r=MIN_R if min_r is None else min_r)
     out = out or study.path / "report.html"
     links = []
     for name, run_dir, res in zip(names, study.runs, results):  # each run's own report, linked from the study's

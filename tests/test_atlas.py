@@ -1,0 +1,76 @@
+"""`topotrace atlas`: a study per config, atlas.json and index.html; relative depth; resumable."""
+
+import json
+
+import pytest
+
+from topotrace.cli import main
+
+TINY = "[data]\nheldout_per_class = 6\ntrain_probe_per_class = 0\n[record]\nsnapshots = 4\n"
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    root = tmp_path_factory.mktemp("atlas")
+    (root / "mlp_tiny.toml").write_text(TINY + "[model]\nhidden = [8, 6]\n")
+    (root / "cnn_tiny.toml").write_text(TINY + "[model]\nkind = \"cnn\"\nchannels = [4, 4]\n")
+    args = ["atlas", str(root / "mlp_tiny.toml"), str(root / "cnn_tiny.toml"), "--seeds", "0,1", "--epochs", "1",
+            "--name", "a", "--out-dir", str(root)]
+    assert main(args) == 0
+    return root, args
+
+
+def test_atlas_json_holds_each_study_by_relative_depth(atlas):
+    """One entry per config in order; layers by relative depth (weight layers up to the layer / all of them)."""
+    root, _ = atlas
+    data = json.loads((root / "a" / "atlas.json").read_text("utf-8"))
+    assert data["format"] == "topotrace-atlas" and data["seeds"] == [0, 1]
+    assert [e["study"] for e in data["entries"]] == ["mlp_tiny", "cnn_tiny"]
+    assert [e["architecture"] for e in data["entries"]] == ["mlp", "cnn"]
+    # MLP: Linear(64,8), Linear(8,6), Linear(6,10): hidden1 = 1/3, hidden2 = 2/3; the CNN's conv1, conv2, out too
+    for entry, names in zip(data["entries"], (["hidden1", "hidden2"], ["conv1", "conv2"])):
+        assert [row["layer"] for row in entry["layers"]] == names
+        assert [row["relative_depth"] for row in entry["layers"]] == pytest.approx([1 / 3, 2 / 3])
+        assert 0 <= entry["heldout_accuracy"]["mean"] <= 1 and len(entry["heldout_accuracy"]["seeds"]) == 2
+        assert entry["seconds"]["training"] > 0 and entry["seconds"]["analysis"] > 0
+
+
+def test_atlas_cells_equal_each_study_findings(atlas):
+    """Every cell is the study's own finding (primary measure for the confidence claims), number for number."""
+    root, _ = atlas
+    data = json.loads((root / "a" / "atlas.json").read_text("utf-8"))
+    for entry in data["entries"]:
+        found = json.loads((root / "a" / entry["study"] / "findings.json").read_text("utf-8"))
+        for row in entry["layers"]:
+            assert list(row["claims"]) == data["claims"]
+            for claim, cell in row["claims"].items():
+                ref = next(f for f in found if f["layer"] == row["layer"] and f["claim"] == claim)
+                assert (cell["effect"], cell["ci_low"], cell["ci_high"], cell["verdict"], cell["n_runs"]) == (
+                    ref["effect"], ref["ci_low"], ref["ci_high"], ref["verdict"], 2)
+
+
+def test_atlas_page_links_each_study_and_shows_every_verdict(atlas):
+    root, _ = atlas
+    page = (root / "a" / "index.html").read_text("utf-8")
+    data = json.loads((root / "a" / "atlas.json").read_text("utf-8"))
+    assert 'href="./mlp_tiny/report.html"' in page and 'href="./cnn_tiny/report.html"' in page
+    assert (root / "a" / "mlp_tiny" / "report.html").is_file()
+    for entry in data["entries"]:
+        for row in entry["layers"]:
+            for cell in row["claims"].values():
+                assert cell["verdict"] in page
+    assert "relative depth" in page and "<link " not in page  # styles inline
+
+
+def test_atlas_continues_without_retraining(atlas, monkeypatch, capsys):
+    """Run again: every seed is trained already, nothing is trained; another seed list is refused in one line."""
+    from topotrace import train as train_mod
+
+    root, args = atlas
+    monkeypatch.setattr(train_mod, "train_run", lambda *a, **k: pytest.fail("a finished seed was trained again"))
+    assert main(args) == 0
+    capsys.readouterr()
+    other = [a if a != "0,1" else "0,1,2" for a in args]
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds an atlas of other configs or seeds" in err
