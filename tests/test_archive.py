@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import shutil
 import zipfile
 from importlib import metadata
@@ -255,3 +256,202 @@ def test_verify_refuses_unsafe_zip_entries(tmp_path, capsys):
             zf.writestr(name, "boo")
         assert "unsafe entry" in _refused(["verify", str(z)], capsys)
     assert not (tmp_path.parent / "evil.txt").exists()
+
+
+# --- a damaged zip is a verification failure naming the member ----------------------------------------------------
+
+def _member_data_offset(zip_path: Path, name: str) -> tuple[int, int]:
+    """(offset of the member's compressed bytes, their length), read from its local header by hand."""
+    with zipfile.ZipFile(zip_path) as zf:
+        info = zf.getinfo(name)
+    raw = zip_path.read_bytes()
+    head = raw[info.header_offset : info.header_offset + 30]
+    assert head[:4] == b"PK\x03\x04"
+    nlen, elen = int.from_bytes(head[26:28], "little"), int.from_bytes(head[28:30], "little")
+    return info.header_offset + 30 + nlen + elen, info.compress_size
+
+
+def _verify_lines(path, capsys) -> tuple[int, list[str], str]:
+    capsys.readouterr()
+    code = main(["verify", str(path)])
+    captured = capsys.readouterr()
+    return code, captured.out.splitlines(), captured.err
+
+
+@pytest.mark.parametrize("member", ["store.h5", "report.html", "MANIFEST.sha256"])
+def test_flipped_byte_in_a_zip_member_fails_verify_naming_it(bundle, tmp_path, capsys, member):
+    """One byte of a member's compressed data flipped in the zip itself (its CRC-32 or deflate stream fails):
+    exit 1, a line naming the member, never 'a bug in topotrace'."""
+    start, length = _member_data_offset(bundle, member)
+    raw = bytearray(bundle.read_bytes())
+    raw[start + length // 2] ^= 0x01
+    bad = tmp_path / "flipped.zip"
+    bad.write_bytes(bytes(raw))
+    code, out, err = _verify_lines(bad, capsys)
+    assert code == 1 and err == ""
+    assert any(line.startswith(f"{member}: damaged in the zip") for line in out), out
+    assert not any("bug in topotrace" in line or "/tmp" in line for line in out), out
+    assert not any(line.startswith(f"{member}: listed in") for line in out)  # said once
+
+
+def test_truncated_zip_fails_verify_naming_the_member_it_ends_in(bundle, tmp_path, capsys):
+    """A zip cut inside store.h5: exit 1, a line naming store.h5 as cut off."""
+    start, length = _member_data_offset(bundle, "store.h5")
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(bundle.read_bytes()[: start + length // 3])
+    code, out, err = _verify_lines(cut, capsys)
+    assert code == 1 and err == ""
+    assert len(out) == 1 and out[0].startswith("store.h5: cut off: the zip ends inside it"), out
+    # cut in the member list at the end: every member is whole, the list is gone
+    with zipfile.ZipFile(bundle) as zf:
+        last = max(zf.infolist(), key=lambda i: i.header_offset).filename
+    cut.write_bytes(bundle.read_bytes()[:-30])
+    code, out, _ = _verify_lines(cut, capsys)
+    assert code == 1 and out == [f"cut.zip: truncated: the zip ends after {last} ({cut.stat().st_size} bytes); its "
+                                 "member list (central directory) and every later member are missing"]
+
+
+def test_zip_missing_a_member_fails_verify_naming_it(bundle, tmp_path, capsys):
+    """A zip without analysis.h5 (rewritten whole, so the zip itself is sound): the manifest names it."""
+    bad = tmp_path / "missing.zip"
+    with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(bad, "w") as dest:
+        for info in src.infolist():
+            if info.filename != "analysis.h5":
+                dest.writestr(info, src.read(info))
+    code, out, _ = _verify_lines(bad, capsys)
+    assert code == 1
+    assert "analysis.h5: listed in MANIFEST.sha256 but missing" in out
+    assert any(line.startswith("report.html: not checked") and "analysis.h5" in line for line in out), out
+
+
+def test_zip_with_a_damaged_member_list_fails_verify(bundle, tmp_path, capsys):
+    """The central directory's first entry signature destroyed: one line saying the member list is damaged."""
+    raw = bytearray(bundle.read_bytes())
+    with zipfile.ZipFile(bundle) as zf:
+        first = min(i.header_offset for i in zf.infolist())
+    assert first == 0
+    cd = raw.rfind(b"PK\x01\x02", 0, len(raw))  # the last central directory entry
+    raw[cd : cd + 4] = b"XXXX"
+    bad = tmp_path / "list.zip"
+    bad.write_bytes(bytes(raw))
+    code, out, err = _verify_lines(bad, capsys)
+    assert code == 1 and err == "" and len(out) == 1
+    assert out[0].startswith("list.zip: its member list (central directory) is damaged, so no member can be read")
+
+
+def test_verify_of_a_fifo_is_refused_without_opening_it(tmp_path, capsys):
+    """A FIFO named like a zip: one line (exit 2), never a read that waits for a writer."""
+    fifo = tmp_path / "x.zip"
+    os.mkfifo(fifo)
+    assert "not a regular file" in _refused(["verify", str(fifo)], capsys)
+
+
+# --- authors ----------------------------------------------------------------------------------------------------------
+
+def test_orcid_check_character_by_hand():
+    """ISO 7064 MOD 11-2 on the ORCID documentation's examples, and one digit changed."""
+    from topotrace.archive import orcid_checksum_ok
+
+    assert orcid_checksum_ok("0000-0002-1825-0097") and orcid_checksum_ok("0000-0001-5109-3700")
+    assert orcid_checksum_ok("0000-0002-1694-233X")
+    assert not orcid_checksum_ok("0000-0002-1825-0098") and not orcid_checksum_ok("0000-0002-1694-2339")
+
+
+def test_authors_go_into_citation_and_crate(run_dir, tmp_path, capsys, monkeypatch):
+    """--author twice: CITATION.cff (valid CFF, cffconvert) and the RO-Crate name both, in order, with the ORCID."""
+    import cffconvert
+    from rocrate.rocrate import ROCrate
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH))
+    out = tmp_path / "named.zip"
+    assert main(["archive", str(run_dir), "--out", str(out), "--author", "Josiah Carberry <0000-0002-1825-0097>",
+                 "--author", "van Beethoven, Ludwig"]) == 0
+    with zipfile.ZipFile(out) as zf:
+        zf.extractall(tmp_path / "named")
+    text = (tmp_path / "named" / "CITATION.cff").read_text("utf-8")
+    cffconvert.Citation(cffstr=text).validate()
+    head = text.split("references:")[0]
+    assert head.index('family-names: "Carberry"') < head.index('family-names: "van Beethoven"')
+    assert 'given-names: "Josiah"' in head and 'orcid: "https://orcid.org/0000-0002-1825-0097"' in head
+    assert 'given-names: "Ludwig"' in head and "The topotrace authors" not in head
+    crate = ROCrate(tmp_path / "named")
+    authors = crate.root_dataset["author"]
+    assert [a.id for a in authors] == ["https://orcid.org/0000-0002-1825-0097", "#author-2"]
+    assert [a["name"] for a in authors] == ["Josiah Carberry", "Ludwig van Beethoven"]
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 0
+
+
+def test_authors_from_the_store_meta(tmp_path, capsys, monkeypatch):
+    """Recorder meta {'authors': [...]} names the bundle's authors when no --author is given."""
+    run = tmp_path / "runs" / "m"
+    run.mkdir(parents=True)
+    write_synthetic_store(run / "store.h5", n_snapshots=3, layer_sizes=(8,), n_classes=2, per_class=4,
+                          meta={"authors": ["Ada Lovelace <0000-0001-5109-3700>"]})
+    assert main(["analyze", str(run), "--layouts", "pca"]) == 0
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH))
+    assert main(["archive", str(run)]) == 0
+    with zipfile.ZipFile(run.with_name("m.zip")) as zf:
+        text = zf.read("CITATION.cff").decode()
+    assert 'family-names: "Lovelace"' in text and "https://orcid.org/0000-0001-5109-3700" in text
+
+
+@pytest.mark.parametrize(("author", "words"), [
+    ("Josiah Carberry <0000-0002-1825-0098>", "check character does not match"),
+    ("Josiah Carberry <1234>", "16 digits in four groups"),
+    ("<0000-0002-1825-0097>", "is not an author"),
+])
+def test_bad_author_is_refused_in_one_line(run_dir, tmp_path, capsys, author, words):
+    out = tmp_path / "x.zip"
+    line = _refused(["archive", str(run_dir), "--out", str(out), "--author", author], capsys)
+    assert "--author" in line and words in line and "0000-0002-1825-0097" in line
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+# --- staging next to the output, never in the temp folder ------------------------------------------------------------
+
+def test_archive_stages_next_to_its_zip_and_leaves_nothing(run_dir, tmp_path, capsys, monkeypatch):
+    """Nothing in the temp folder during an archive; nothing but the zip next to it afterwards."""
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    seen = []
+    import topotrace.archive as archive
+
+    real = archive.build_reports
+
+    def spy(root, kind):
+        seen.append(root)
+        return real(root, kind)
+
+    monkeypatch.setattr(archive, "build_reports", spy)
+    assert main(["archive", str(run_dir), "--out", str(out_dir / "a.zip")]) == 0
+    assert seen and seen[0].parent == out_dir / ".a.zip.topotrace-staging"
+    assert [p.name for p in out_dir.iterdir()] == ["a.zip"]
+    assert list(temp.iterdir()) == []
+
+
+def test_stale_staging_from_a_kill_is_removed_only_when_topotrace_made_it(run_dir, tmp_path, capsys):
+    """A staging folder a killed archive left (marked, unlocked) goes; a user's folder of that name stays."""
+    from topotrace.archive import STAGING_MARK, STAGING_TEXT
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    stale = out_dir / ".old.zip.topotrace-staging"
+    (stale / "old").mkdir(parents=True)
+    (stale / "old" / "store.h5").write_bytes(b"x" * 100)
+    (stale / STAGING_MARK).write_text(STAGING_TEXT, "utf-8")
+    users = out_dir / ".b.zip.topotrace-staging"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine", "utf-8")
+    assert main(["archive", str(run_dir), "--out", str(out_dir / "a.zip")]) == 0
+    assert not stale.exists()
+    assert (users / "notes.txt").read_text("utf-8") == "mine"
+    # the user's folder holds the name the archive of b.zip would stage in: refused in one line, left alone
+    assert "was not made by topotrace" in _refused(["archive", str(run_dir), "--out", str(out_dir / "b.zip")],
+                                                   capsys)
+    assert (users / "notes.txt").read_text("utf-8") == "mine" and not (out_dir / "b.zip").exists()

@@ -16,22 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import io
 import json
 import os
 import platform
+import re
 import shutil
 import stat
+import struct
 import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from topotrace.instrument.store import STORE_FILE, Store, StoreError
+from topotrace.instrument.store.repair import flock
 from topotrace.report_templates.outputs import ARCHIVE_FORMAT, atomic_output, written_by_topotrace
 
 from .studies import STUDY_FILE, is_study, load_study
@@ -276,15 +282,120 @@ def _yaml(value: object) -> str:
     return str(value) if isinstance(value, int) else json.dumps(str(value))
 
 
-def citation_cff(name: str, epoch: int) -> str:
-    """The ``CITATION.cff`` of a bundle (CFF 1.2.0): the bundle, the methods it applies and topotrace."""
+ORCID_URL = "https://orcid.org/"
+AUTHOR_FORM = ("'Given Family <ORCID>' (e.g. 'Josiah Carberry <0000-0002-1825-0097>'; 'Family, Given' when the "
+               "family name has several words; the ORCID is optional)")
+_AUTHOR = re.compile(r"^(?P<name>[^<>]*?)\s*(?:<(?P<orcid>[^<>]*)>)?$")
+_ORCID = re.compile(r"^(?:https?://orcid\.org/)?(\d{4}-\d{4}-\d{4}-\d{3}[\dX])$")
+UNNAMED = "The topotrace authors"  # the bundle's author when none is named
+
+
+@dataclass(frozen=True)
+class Author:
+    """One author of a bundle: a person with a given and a family name and an optional ORCID (as its URL)."""
+
+    given: str
+    family: str
+    orcid: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.given} {self.family}".strip()
+
+
+def orcid_checksum_ok(orcid: str) -> bool:
+    """The ISO 7064 MOD 11-2 check character of an ORCID ``0000-0002-1825-0097`` matches its 15 digits."""
+    digits = orcid.replace("-", "")
+    total = 0
+    for d in digits[:-1]:
+        total = (total + int(d)) * 2
+    check = (12 - total % 11) % 11
+    return digits[-1] == ("X" if check == 10 else str(check))
+
+
+def parse_author(text: object, where: str = "--author") -> Author:
+    """An author from ``'Given Family <ORCID>'`` (or ``'Family, Given <ORCID>'``); the ORCID is optional.
+
+    Args:
+        text: the author as written.
+        where: what gave it, for the error (``--author``, or a store's meta).
+
+    Raises:
+        ValueError: one line naming ``where``, the value and the form allowed (an ORCID must be 16 digits in four
+            groups whose check character matches, e.g. 0000-0002-1825-0097).
+    """
+    m = _AUTHOR.match(text) if isinstance(text, str) else None
+    name = " ".join(m.group("name").split()) if m else ""
+    if m is None or not name or any(ord(c) < 32 for c in name):
+        raise ValueError(f"{where} {text!r} is not an author: write {AUTHOR_FORM}.")
+    orcid = None
+    if m.group("orcid") is not None:
+        o = _ORCID.match(m.group("orcid").strip().upper().replace("HTTPS://ORCID.ORG/", ""))
+        if o is None or not orcid_checksum_ok(o.group(1)):
+            why = "its check character does not match its digits" if o else "an ORCID is 16 digits in four groups"
+            raise ValueError(f"{where} {text!r}: {m.group('orcid')!r} is not a valid ORCID ({why}, e.g. "
+                             f"0000-0002-1825-0097); write {AUTHOR_FORM}.")
+        orcid = ORCID_URL + o.group(1)
+    if "," in name:
+        family, _, given = (" ".join(part.split()) for part in name.partition(","))
+    else:
+        given, _, family = name.rpartition(" ")
+    if not family:
+        raise ValueError(f"{where} {text!r} has no family name after the comma: write {AUTHOR_FORM}.")
+    return Author(given, family, orcid)
+
+
+def meta_authors(stores: list[Path]) -> list[Author]:
+    """The authors the runs name, in order, each once.
+
+    Per store: ``meta["authors"]`` (``Recorder(meta={"authors": [...]})``), else the ``[run] authors`` setting of
+    the config it was trained with (``meta["config"]``), each a list of :data:`AUTHOR_FORM` strings.
+
+    Raises:
+        ValueError: an entry that is not an author (:func:`parse_author`), naming the store.
+    """
+    out: list[Author] = []
+    for path in stores:
+        with Store(path) as st:
+            meta = st.meta
+        names = meta.get("authors")
+        config = meta.get("config")
+        if names is None and isinstance(config, dict) and isinstance(config.get("run"), dict):
+            names = config["run"].get("authors")
+        if names is None:
+            continue
+        if isinstance(names, str) or not isinstance(names, list):
+            raise ValueError(f"The authors of {path} (meta 'authors') must be a list of {AUTHOR_FORM}. Got "
+                             f"{names!r}.")
+        for text in names:
+            author = parse_author(text, f"The author in {path} (meta 'authors')")
+            if author not in out:
+                out.append(author)
+    return out
+
+
+def _cff_author(author: Author, indent: str) -> list[str]:
+    lines = [f"{indent}- family-names: " + _yaml(author.family)]
+    if author.given:
+        lines.append(f"{indent}  given-names: " + _yaml(author.given))
+    if author.orcid:
+        lines.append(f"{indent}  orcid: " + _yaml(author.orcid))
+    return lines
+
+
+def citation_cff(name: str, epoch: int, authors: Sequence[Author] = ()) -> str:
+    """The ``CITATION.cff`` of a bundle (CFF 1.2.0): the bundle, the methods it applies and topotrace.
+
+    ``authors``: the bundle's authors (with their ORCIDs); none: "The topotrace authors".
+    """
     version = _own_version()
+    people = [line for a in authors for line in _cff_author(a, "  ")] or ["  - name: " + _yaml(UNNAMED)]
     lines = ["cff-version: 1.2.0",
              "message: " + _yaml("If you use this bundle, please cite it, the methods it applies and topotrace as "
                                  "below."),
              "type: dataset",
              "title: " + _yaml(f"topotrace archive of {name}"),
-             "authors:", "  - name: " + _yaml("The topotrace authors"),
+             "authors:", *people,
              "date-released: " + _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%d"),
              "references:"]
     for ref in CITATION_REFERENCES:
@@ -340,12 +451,14 @@ def readme_text(name: str, kind: str, epoch: int, files: list[str], options: str
     return "\n".join(out)
 
 
-def write_crate(root: Path, files: list[str], name: str, epoch: int) -> None:
+def write_crate(root: Path, files: list[str], name: str, epoch: int, authors: Sequence[Author] = ()) -> None:
     """Write ``ro-crate-metadata.json`` into ``root``: every file of ``files`` with its checksum, format and words.
 
     Made with the ``rocrate`` library (ro-crate-py). ``MANIFEST.sha256`` is listed without a checksum: it holds the
-    checksum of this file, so this file cannot hold its checksum.
+    checksum of this file, so this file cannot hold its checksum. ``authors`` become Person entities (their ORCID
+    URL as their id, else ``#author-K``), the root dataset's ``author``.
     """
+    from rocrate.model.person import Person
     from rocrate.rocrate import ROCrate
 
     crate = ROCrate(version="1.1")
@@ -354,6 +467,10 @@ def write_crate(root: Path, files: list[str], name: str, epoch: int) -> None:
                          f"topotrace {_own_version()}.")
     crate.datePublished = _iso(epoch)
     crate.root_dataset["license"] = {"@id": "https://spdx.org/licenses/CC-BY-4.0"}
+    if authors:
+        people = [crate.add(Person(crate, a.orcid or f"#author-{k}", properties={
+            "name": a.name, "givenName": a.given, "familyName": a.family})) for k, a in enumerate(authors, 1)]
+        crate.root_dataset["author"] = people
     for rel in files:
         path = root / rel
         props = {"name": rel, "description": describe_file(rel),
@@ -387,13 +504,85 @@ def _zip_folder(root: Path, out: Path, epoch: int) -> None:
                 shutil.copyfileobj(src, dest, 1 << 20)
 
 
-def write_archive(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+STAGING_SUFFIX = ".topotrace-staging"  # .<zip name>.topotrace-staging: an archive being staged next to its zip
+STAGING_MARK = ".topotrace-staging"  # the file in a staging folder that says topotrace made it (and holds its lock)
+STAGING_TEXT = "made by topotrace archive; removed when it ends (or by the next archive after a kill)\n"
+
+
+def staging_folder(out: Path) -> Path:
+    """The hidden folder next to ``out`` where its bundle is staged: ``.<out name>.topotrace-staging``."""
+    return out.with_name(f".{out.name}{STAGING_SUFFIX}")
+
+
+def _made_by_archive(folder: Path) -> bool:
+    """A staging folder topotrace made: a real folder whose mark file holds :data:`STAGING_TEXT`."""
+    mark = folder / STAGING_MARK
+    if folder.is_symlink() or not folder.is_dir() or mark.is_symlink() or not mark.is_file():
+        return False
+    try:
+        return mark.read_text("utf-8") == STAGING_TEXT
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Remove the staging folders a killed ``archive`` left in ``folder``; returns them.
+
+    Only hidden folders named ``.*.topotrace-staging`` that hold topotrace's mark, and only when no running archive
+    holds the mark's lock; anything else of that name is left alone.
+    """
+    removed = []
+    for stage in sorted(folder.glob(f".*{STAGING_SUFFIX}")):
+        if not _made_by_archive(stage):
+            continue
+        with open(stage / STAGING_MARK, "rb") as fh:
+            if not flock(fh.fileno(), fcntl.LOCK_EX):
+                continue  # a running archive stages there
+            shutil.rmtree(stage, ignore_errors=True)
+        removed.append(stage)
+    return removed
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A fresh staging folder next to ``out``, marked as topotrace's and locked while in use; removed at the end.
+
+    Raises:
+        FileExistsError: something topotrace did not make holds its name, or another archive of ``out`` runs.
+    """
+    remove_stale_staging(out.parent)
+    stage = staging_folder(out)
+    if os.path.lexists(stage):
+        if _made_by_archive(stage):
+            raise FileExistsError(f"Another topotrace archive is writing {out} (its staging folder {stage} is in use); "
+                                  "wait for it to finish.")
+        raise FileExistsError(f"{stage} exists and was not made by topotrace; remove it yourself or choose another "
+                              "--out.")
+    stage.mkdir()
+    try:
+        with open(stage / STAGING_MARK, "w", encoding="utf-8") as mark:
+            fcntl.flock(mark.fileno(), fcntl.LOCK_SH)  # held while running: the next archive leaves this folder alone
+            mark.write(STAGING_TEXT)
+            mark.flush()
+            yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_archive(run: str | os.PathLike, out: str | os.PathLike | None = None,
+                  authors: Sequence[str] | None = None) -> Path:
     """Write the zip bundle of a run or study folder and return its path.
+
+    The bundle is staged in a hidden folder next to ``out`` (``.<name>.zip.topotrace-staging``), removed when
+    the call ends; one left by a killed archive is removed by the next archive in that folder.
 
     Args:
         run: the run folder (``runs/NAME``, holding ``store.h5`` and a current ``analysis.h5``) or study folder.
         out: the zip to write; default ``runs/NAME.zip`` next to the folder. An existing file is replaced only
             when it is a topotrace archive.
+        authors: the bundle's authors for ``CITATION.cff`` and the RO-Crate, each :data:`AUTHOR_FORM`; ``None``:
+            the authors the stores' meta (or their config's ``[run] authors``) name; none at all: "The
+            topotrace authors".
 
     Raises:
         FileNotFoundError, ValueError, FileExistsError: bad input, before anything is written.
@@ -401,11 +590,15 @@ def write_archive(run: str | os.PathLike, out: str | os.PathLike | None = None) 
     run = Path(run)
     out = Path(out) if out is not None else default_out(run)
     kind = check_archive_input(run, out)
+    named = [parse_author(a) for a in authors] if authors else None
     check_analysed(run, kind)
+    stores = ([load_study(run).seed_dir(s) / STORE_FILE for s in load_study(run).seeds] if kind == "study"
+              else [run / STORE_FILE])
+    people = named if named is not None else meta_authors(stores)
     epoch = archive_epoch()
     name = run.resolve().name
-    with tempfile.TemporaryDirectory(prefix="topotrace-archive-") as tmp:
-        root = Path(tmp) / name
+    with _staging(out) as stage:
+        root = stage / name
         root.mkdir()
         if kind == "study":
             study = load_study(run)
@@ -419,13 +612,13 @@ def write_archive(run: str | os.PathLike, out: str | os.PathLike | None = None) 
         with _source_date(epoch):
             build_reports(root, kind)
         (root / ENVIRONMENT_FILE).write_text(json.dumps(environment(epoch, kind, name), indent=1) + "\n", "utf-8")
-        (root / CITATION_FILE).write_text(citation_cff(name, epoch), "utf-8")
+        (root / CITATION_FILE).write_text(citation_cff(name, epoch, people), "utf-8")
         files = _bundle_files(root)
         listed = sorted([*files, README_FILE, CRATE_FILE, MANIFEST_FILE])
         first = root if kind == "run" else root / f"seed-{load_study(root).seeds[0]}"
         options = analysis_options(bundled_analysis(first).params)
         (root / README_FILE).write_text(readme_text(name, kind, epoch, listed, options), "utf-8")
-        write_crate(root, sorted([*files, README_FILE, MANIFEST_FILE]), name, epoch)
+        write_crate(root, sorted([*files, README_FILE, MANIFEST_FILE]), name, epoch, people)
         write_manifest(root)
         _zip_folder(root, out, epoch)
     return out
@@ -434,9 +627,39 @@ def write_archive(run: str | os.PathLike, out: str | os.PathLike | None = None) 
 # verify
 
 
-def _safe_extract(zip_path: Path, dest: Path) -> None:
-    """Extract a zip into ``dest``, refusing absolute names, ``..`` parts and links before writing anything."""
-    with zipfile.ZipFile(zip_path) as zf:
+ZIP_LOCAL = b"PK\x03\x04"  # the signature of a zip member's local header (and so of a zip's first bytes)
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # signature .. extra length: 30 bytes
+# What zipfile and zlib raise on a member whose bytes are damaged (CRC-32, deflate stream, cut data, header).
+_MEMBER_DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, struct.error, NotImplementedError)
+
+
+def _damage_reason(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    if "CRC" in text:
+        return "its CRC-32 does not match its bytes (a changed byte)"
+    if isinstance(err, zlib.error):
+        return f"its compressed data is damaged ({text})"
+    if isinstance(err, EOFError):
+        return "its data ends early (the zip is cut)"
+    return text or type(err).__name__
+
+
+def _safe_extract(zip_path: Path, dest: Path) -> list[str]:
+    """Extract a zip into ``dest``, refusing absolute names, ``..`` parts and links before writing anything.
+
+    Returns one line per member that cannot be extracted (a CRC-32 mismatch, damaged compressed data, a damaged
+    header), naming it; such a member is not left in ``dest``. A zip whose member list cannot be read is one line.
+
+    Raises:
+        ValueError: an unsafe entry (absolute path, ``..``, a link): not a topotrace archive.
+    """
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, *_MEMBER_DAMAGE) as err:
+        return [f"{zip_path.name}: its member list (central directory) is damaged, so no member can be read "
+                f"({' '.join(str(err).split())})"]
+    problems = []
+    with zf:
         infos = zf.infolist()
         for info in infos:
             name = info.filename
@@ -447,13 +670,55 @@ def _safe_extract(zip_path: Path, dest: Path) -> None:
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise ValueError(f"{zip_path} holds the link {name!r}; a topotrace archive holds plain files only.")
         for info in infos:
-            if not info.is_dir():
+            if info.is_dir():
+                continue
+            try:
                 zf.extract(info, dest)
+            except _MEMBER_DAMAGE as err:
+                (dest / info.filename).unlink(missing_ok=True)
+                problems.append(f"{info.filename}: damaged in the zip: {_damage_reason(err)}")
+    return problems
 
 
-def _check_manifest(root: Path) -> list[str]:
+def _truncated_zip(zip_path: Path) -> list[str]:
+    """The lines for a zip cut short (it starts as a zip but its member list at the end is gone).
+
+    Walks the members' local headers from the start to name the member the zip ends in (or the last whole one).
+    """
+    size = zip_path.stat().st_size
+    last, pos = None, 0
+    with open(zip_path, "rb") as fh:
+        while True:
+            fh.seek(pos)
+            head = fh.read(_LOCAL_HEADER.size)
+            if len(head) < _LOCAL_HEADER.size or head[:4] != ZIP_LOCAL:
+                break
+            _, _, flags, _, _, _, _, csize, _, nlen, elen = _LOCAL_HEADER.unpack(head)
+            name = fh.read(nlen).decode("utf-8", errors="replace")
+            extra = fh.read(elen)
+            if csize == 0xFFFFFFFF:  # zip64: the sizes are in the extra field 0x0001 (uncompressed, compressed)
+                k = 0
+                while k + 4 <= len(extra):
+                    tag, n = struct.unpack_from("<HH", extra, k)
+                    if tag == 1 and n >= 16:
+                        csize = struct.unpack_from("<Q", extra, k + 12)[0]
+                    k += 4 + n
+            end = pos + _LOCAL_HEADER.size + nlen + elen + csize
+            if flags & 0x08 or len(name.encode()) < nlen or end > size:  # sizes unknown here, or cut inside
+                return [f"{name}: cut off: the zip ends inside it ({size} bytes); it is truncated, and its member "
+                        "list (central directory) and every later member are missing"]
+            last, pos = name, end
+    after = f"after {last}" if last else "before its first member"
+    return [f"{zip_path.name}: truncated: the zip ends {after} ({size} bytes); its member list (central directory) "
+            "and every later member are missing"]
+
+
+def _check_manifest(root: Path, damaged: frozenset[str] = frozenset()) -> list[str]:
+    """The manifest's checksums against the files; members in ``damaged`` (said already) are not said again."""
     manifest = root / MANIFEST_FILE
     if not manifest.is_file():
+        if MANIFEST_FILE in damaged:
+            return []
         return [f"{MANIFEST_FILE} is missing: the checksums cannot be checked"]
     problems, listed = [], set()
     for k, line in enumerate(manifest.read_text("utf-8", errors="replace").splitlines(), 1):
@@ -463,6 +728,8 @@ def _check_manifest(root: Path) -> list[str]:
             continue
         listed.add(rel)
         path = root / rel
+        if rel in damaged:
+            continue
         if not path.is_file():
             problems.append(f"{rel}: listed in {MANIFEST_FILE} but missing")
         elif sha256_file(path) != digest.lower():
@@ -490,8 +757,17 @@ def _check_stores(root: Path, runs: list[str]) -> list[str]:
     return problems
 
 
-def _check_report(root: Path, kind: str, epoch: int) -> list[str]:
-    """Rebuild the report(s) from the bundled analysis in a temporary folder and compare them with the bundled."""
+def _check_report(root: Path, kind: str, epoch: int, runs: list[str],
+                  damaged: frozenset[str] = frozenset()) -> list[str]:
+    """Rebuild the report(s) from the bundled analysis in a temporary folder and compare them with the bundled.
+
+    Not rebuilt (one line) when a store or analysis it is built from is damaged in the zip or missing.
+    """
+    sources = [f"{rel}/{name}" if rel else name for rel in runs for name in (STORE_FILE, ANALYSIS_FILE)]
+    lost = [rel for rel in sources if rel in damaged or not (root / rel).is_file()]
+    if lost:
+        return [f"{REPORT_FILE}: not checked against a rebuilt one: it is rebuilt from {', '.join(lost)}, which "
+                f"{'is' if len(lost) == 1 else 'are'} damaged or missing (said above)"]
     with tempfile.TemporaryDirectory(prefix="topotrace-verify-") as tmp:
         build = Path(tmp) / root.name
         build.mkdir()
@@ -506,10 +782,11 @@ def _check_report(root: Path, kind: str, epoch: int) -> list[str]:
             with _source_date(epoch):
                 build_reports(build, kind)
         except Exception as err:  # noqa: BLE001 - any failure to rebuild is a finding of verify, not a crash
-            return [f"{REPORT_FILE}: could not be rebuilt from the bundled analysis: {' '.join(str(err).split())}"]
+            reason = " ".join(str(err).replace(f"{build}/", "").split())  # names inside the bundle, not the temp
+            return [f"{REPORT_FILE}: could not be rebuilt from the bundled analysis: {reason}"]
         problems = []
         for rel in _bundle_files(build):
-            if rel in inputs:
+            if rel in inputs or rel in damaged:
                 continue
             mine = root / rel
             if not mine.is_file():
@@ -522,9 +799,13 @@ def _check_report(root: Path, kind: str, epoch: int) -> list[str]:
 def verify_archive(path: str | os.PathLike) -> list[str]:
     """Check a bundle (zip or unpacked folder); returns one line per problem (empty when all holds).
 
+    A damaged zip is a problem, not an error: a member whose CRC-32 or compressed data fails, a zip cut short (the
+    member it ends in is named), a damaged member list, a member missing from the manifest's list.
+
     Raises:
         FileNotFoundError: nothing at ``path``.
-        ValueError: ``path`` is neither a zip nor a folder, or the zip holds unsafe entries.
+        ValueError: ``path`` is neither a zip nor a folder (a FIFO or device is never opened), or the zip holds
+            unsafe entries.
     """
     path = Path(path)
     if not path.exists():
@@ -532,23 +813,35 @@ def verify_archive(path: str | os.PathLike) -> list[str]:
                                 "folder.")
     if path.is_dir():
         return _verify_folder(path)
+    if not path.is_file():
+        raise ValueError(f"{path} is neither a zip nor a folder (it is not a regular file). Give a zip written by "
+                         "`topotrace archive` or its unpacked folder.")
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if head == ZIP_LOCAL:  # it starts as a zip: a cut one
+            return _truncated_zip(path)
         raise ValueError(f"{path} is neither a zip nor a folder. Give a zip written by `topotrace archive` or its "
                          "unpacked folder.")
     with tempfile.TemporaryDirectory(prefix="topotrace-verify-") as tmp:
         root = Path(tmp) / path.stem
-        _safe_extract(path, root)
-        return _verify_folder(root)
+        damaged = _safe_extract(path, root)
+        if damaged and not root.is_dir():
+            return damaged  # the member list is unreadable: nothing was extracted
+        names = frozenset(line.partition(": ")[0] for line in damaged)
+        return damaged + _verify_folder(root, names)
 
 
-def _verify_folder(root: Path) -> list[str]:
-    problems = _check_manifest(root)
+def _verify_folder(root: Path, damaged: frozenset[str] = frozenset()) -> list[str]:
+    problems = _check_manifest(root, damaged)
     try:
         env = json.loads((root / ENVIRONMENT_FILE).read_text("utf-8"))
         epoch, kind = int(env["source_date_epoch"]), str(env["kind"])
         if env.get("format") != FORMAT or kind not in ("run", "study"):
             raise ValueError(f"format {env.get('format')!r}, kind {kind!r}")
     except (OSError, ValueError, KeyError, TypeError) as err:
+        if ENVIRONMENT_FILE in damaged:
+            return problems
         return [*problems, f"{ENVIRONMENT_FILE}: unreadable, so the report cannot be rebuilt ({err})"]
     if kind == "study":
         try:
@@ -558,7 +851,7 @@ def _verify_folder(root: Path) -> list[str]:
     else:
         runs = [""]
     problems += _check_stores(root, runs)
-    problems += _check_report(root, kind, epoch)
+    problems += _check_report(root, kind, epoch, runs, damaged)
     return problems
 
 
