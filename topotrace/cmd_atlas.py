@@ -19,9 +19,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="atlas", help="atlas name: runs/NAME/ (default atlas)")
     parser.add_argument("--out-dir", default="runs", help="the folder the atlas folder goes in (default runs)")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
-    from .cmd_analyze import add_scheduler_options
+    from .cmd_analyze import add_scheduler_options, add_verdict_options
 
     add_scheduler_options(parser)
+    add_verdict_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from .config import check_out_dir, check_run_name
     from .studies import parse_seeds
 
+    from .cmd_analyze import verdict_kwargs
+
+    args.thresholds = verdict_kwargs(args)  # the verdicts' smallest effects of interest, as for a study
     seeds = parse_seeds(args.seeds)
     name = check_run_name(args.name, "atlas name (--name)")
     out_dir = check_out_dir(args.out_dir, "'--out-dir' option")
