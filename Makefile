@@ -6,24 +6,34 @@ CONFIG  ?= configs/digits.toml
 # the run's name, runs/$(RUN)/ in every target (default: the config file's name)
 RUN     ?= $(basename $(notdir $(CONFIG)))
 STAMP   := $(VENV)/.installed
+DEV     := $(VENV)/.installed-dev
 
 SEEDS   ?= 0,1,2
 STUDY   ?= $(RUN)-study
 
-.PHONY: help setup train analyze report study site info test bench lint clean
+.PHONY: help setup train analyze report study atlas site info test bench lint clean
+
+ATLAS_CONFIGS ?= configs/digits.toml configs/digits_cnn.toml configs/mnist1d_mlp.toml configs/mnist1d_cnn.toml \
+                 configs/mnist1d_resnet.toml configs/mnist1d_transformer.toml
 
 help:  ## list the targets (RUN=NAME names the run in every target, CONFIG=FILE the training config)
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/\$$(RUN)/$(RUN)/g' -e 's/\$$(STUDY)/$(STUDY)/g' \
 		| awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
+# What train, report, study and atlas need: topotrace and MNIST-1D. The tests, benchmarks and integrations (Lightning,
+# transformers, Dask, matplotlib, playwright, ruff) come with the first `make test`, `make bench` or `make lint`.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0   # the CPU build; pyproject keeps a range for your own torch
-	$(BIN)/pip install --quiet -e '.[dev,mnist1d]'  # mnist1d: also when dev is slimmed down (make atlas needs it)
+	$(BIN)/pip install --quiet -e '.[mnist1d]'
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install topotrace into it
+$(DEV): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(DEV)
+
+setup: $(STAMP)  ## create .venv and install topotrace into it (make test adds what the tests need)
 
 train: $(STAMP)  ## train CONFIG (default: the MLP on digits) and record runs/$(RUN)/store.h5 (OVERWRITE=1 to redo)
 	$(BIN)/topotrace train --config $(CONFIG) --name $(RUN) $(if $(SEED),--seed $(SEED)) $(if $(OVERWRITE),--overwrite)
@@ -42,19 +52,24 @@ study: $(STAMP)  ## train, record and analyse SEEDS (0,1,2) of CONFIG into runs/
 	$(BIN)/topotrace study --config $(CONFIG) --seeds $(SEEDS) --name $(STUDY)
 	$(BIN)/topotrace site runs
 
+atlas: $(STAMP)  ## a study (SEEDS) per architecture and data set (ATLAS_CONFIGS): runs/atlas/index.html, atlas.json
+	@mkdir -p runs && $(BIN)/topotrace site runs >/dev/null
+	$(BIN)/topotrace atlas $(ATLAS_CONFIGS) --seeds $(SEEDS) --name atlas
+	$(BIN)/topotrace site runs
+
 site: $(STAMP)  ## write runs/index.html: every run and study in runs/ in one sortable table
 	$(BIN)/topotrace site runs
 
 info: $(STAMP)  ## summarise runs/$(RUN)/store.h5
 	$(BIN)/topotrace info runs/$(RUN)
 
-test: $(STAMP)  ## run the test suite
+test: $(DEV)  ## run the test suite
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)  ## run the benchmarks (ratios against baselines measured in the same run)
+bench: $(DEV)  ## run the benchmarks (ratios against baselines measured in the same run)
 	$(BIN)/python -m bench
 
-lint: $(STAMP)  ## ruff
+lint: $(DEV)  ## ruff
 	$(BIN)/ruff check instrument analysis report_templates topotrace tests bench
 
 clean:  ## remove the virtual environment, runs and caches
