@@ -86,7 +86,7 @@ def run_labels(runs: Sequence[Path]) -> list[str]:
     names = [Path(r).name for r in runs]
     if len(set(names)) == len(names):
         return names
-    return [os.path.relpath(r) if not os.path.isabs(os.path.relpath(r)) else str(r) for r in runs]
+    return [os.path.relpath(r) for r in runs]
 
 
 def is_study(path: str | Path) -> bool:
