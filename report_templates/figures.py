@@ -11,7 +11,10 @@ A map grid has one row per snapshot (labelled with its step) and one column per 
 The maps are the report's maps exactly: the layout's interpolation operator renders each group's NAPs (shape (N,))
 into an H x W image, binned into the report's palettes as its colour mapper bins them
 (:func:`.style.activation_scale`, :func:`.style.color_index`) and drawn as vector shapes, one compound path per
-colour (:func:`level_paths`; the colour bar is vector quads too, so a PDF or SVG embeds no raster). The grid is
+colour (:func:`level_paths`; the colour bar is vector quads too, so a PDF or SVG embeds no raster), unless the
+shapes would make a large file: then each map is one embedded raster at the figure's dpi, clipped to the vector
+outline, with the text and outlines still vector (:func:`rasterize_maps`: the README example's SVG is 19 MB as
+vector). The grid is
 the analysis's (128 x 128, :data:`topotrace.analysis.pipeline.GRID`). The map is clipped to the layout's region
 and the region's outline is drawn (:attr:`InterpOperator.outline`), so the edge is smooth, not the cells'
 staircase: the cells just off the map take a neighbour's value first (:func:`topotrace.analysis.maps.halo`, as the
@@ -40,6 +43,12 @@ from .outputs import atomic_output
 from .style import OFF_MAP, activation_scale, color_index, contrast_limit, diverging_palette
 
 FORMATS = ("pdf", "svg", "png")
+MAP_RENDERS = ("auto", "vector", "raster")
+# Bytes one map rectangle (a run of grid cells of one colour) costs in a file, measured on the README example
+# (181,522 rectangles in 30 maps: SVG 19.0 MB, PDF 2.6 MB), and the most the maps may take as vector shapes
+# (SVG: the figure stays under 3 MB; PDF compresses its shapes, so it stays vector for twice the README example).
+RECT_BYTES = {"svg": 105, "pdf": 15}
+VECTOR_BUDGET = {"svg": 2_500_000, "pdf": 5_500_000}
 KINDS = ("naps", "corr", "findings")
 CELL_IN = 1.6  # inches per map cell
 OUTLINE = "#4d4d4d"  # the map region's outline
@@ -494,25 +503,82 @@ def findings_figure(found: Sequence, layer: str | None = None):
     return fig
 
 
-def save_figure(fig, path: str | os.PathLike, fmt: str, dpi: float = 300) -> Path:
+def map_collections(fig) -> list:
+    """The map collections of a figure from :func:`draw_map_grid` (labelled ``"map r,c"``), in drawing order."""
+    from matplotlib.collections import PathCollection
+
+    return [a for ax in fig.axes for a in ax.collections
+            if isinstance(a, PathCollection) and a.get_label().startswith("map ")]
+
+
+def rasterize_maps(fig, fmt: str, render: str = "auto") -> bool:
+    """Whether the maps of ``fig`` are written as one embedded raster each in format ``fmt``; sets it on them.
+
+    ``"vector"``: every map stays vector shapes. ``"raster"``: each map is one raster image at the figure's dpi,
+    clipped to the map's outline (the clip is applied to the pixels); the outline, the text, the colour bar and the
+    neuron dots stay vector. ``"auto"``: raster only where the vector maps would take more than
+    :data:`VECTOR_BUDGET` bytes (:data:`RECT_BYTES` per rectangle): an SVG of more than ~24,000 map rectangles
+    (the README example's 30 maps hold 181,522: 19.0 MB as vector, 1.8 MB with rasters), a PDF of more than
+    ~370,000. PNG is raster anyway.
+
+    Raises:
+        ValueError: an unknown ``render``.
+    """
+    if render not in MAP_RENDERS:
+        raise ValueError(f"Unknown map rendering {render!r}. Available: {list(MAP_RENDERS)}.")
+    maps = map_collections(fig)
+    if fmt not in RECT_BYTES or render == "vector":
+        raster = False
+    elif render == "raster":
+        raster = True
+    else:
+        rects = sum(len(p.vertices) for coll in maps for p in coll.get_paths()) // 5
+        raster = rects * RECT_BYTES[fmt] > VECTOR_BUDGET[fmt]
+    for coll in maps:
+        coll.set_rasterized(raster)
+    return raster and bool(maps)
+
+
+def save_figure(fig, path: str | os.PathLike, fmt: str, dpi: float = 300, maps: str = "auto") -> Path:
     """Write a figure as PDF, SVG (text kept as text) or PNG; without a creation date, so reruns give equal bytes.
 
     The file is written through a temporary file renamed into place, and its metadata names topotrace as its
-    creator: an existing file at ``path`` is replaced only when topotrace wrote it (:mod:`.outputs`).
+    creator: an existing file at ``path`` is replaced only when topotrace wrote it (:mod:`.outputs`). The maps of a
+    map grid are vector shapes or, where those would be large, one embedded raster each at ``dpi``
+    (:func:`rasterize_maps`; ``maps`` = ``"auto"``, ``"vector"`` or ``"raster"``).
 
     Raises:
-        ValueError: an unknown format or a dpi that is not positive.
+        ValueError: an unknown format or map rendering, or a dpi outside 1 .. :data:`MAX_DPI`.
         FileExistsError: ``path`` exists and is not a figure topotrace wrote.
     """
     import matplotlib as mpl
 
     if fmt not in FORMATS:
         raise ValueError(f"Unknown format {fmt!r}. Available: {list(FORMATS)}.")
-    if not dpi > 0:
-        raise ValueError(f"The 'dpi' parameter must be a number > 0. Got {dpi!r}.")
+    check_dpi(dpi)
     metadata = {"pdf": {"CreationDate": None, "Creator": "topotrace"}, "svg": {"Date": None, "Creator": "topotrace"},
                 "png": {"Software": "topotrace"}}[fmt]
     out = Path(path)
+    rasterize_maps(fig, fmt, maps)
     with mpl.rc_context({**RC, "svg.hashsalt": "topotrace"}), atomic_output(out, "figure") as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
     return out
+
+
+MAX_DPI = 1200  # a figure of a 10 x 10 grid at 1200 dpi is ~19,000 px wide (about 1.4 GB of RGBA while drawn)
+
+
+def check_dpi(dpi: object, option: str = "dpi") -> float:
+    """``dpi`` as a float in 1 .. :data:`MAX_DPI`.
+
+    Raises:
+        ValueError: one line naming ``option`` and the range allowed.
+    """
+    try:
+        value = float(dpi)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 1 <= value <= MAX_DPI:
+        raise ValueError(f"The {option!r} {'option' if option.startswith('--') else 'parameter'} must be a number "
+                         f"from 1 to {MAX_DPI} (dots per inch; 300 is print quality). Got {dpi!r}.")
+    return value

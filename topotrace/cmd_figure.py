@@ -6,7 +6,8 @@ of a grouping (labelled in full, e.g. "class 3, n = 60"), on one shared colour s
 ±1). ``--kind findings``: each claim's statistic over training with its 95 % band.
 
 Reads the cached analysis (analysing the store first when there is none, as ``topotrace report`` does); never
-builds the HTML report. PDF and SVG are vector (no embedded raster). Needs matplotlib:
+builds the HTML report. PDF and SVG are vector, except the maps of a grid whose vector shapes would make a large
+file: each is then one embedded raster at ``--dpi``, clipped to its vector outline (``--maps``). Needs matplotlib:
 ``pip install 'topotrace[figures]'``. Builders: :mod:`topotrace.report_templates.figures`.
 """
 
@@ -18,6 +19,8 @@ import sys
 from pathlib import Path
 
 FORMATS = ("pdf", "svg", "png")  # as topotrace.report_templates.figures.FORMATS (not imported: it pulls in bokeh)
+MAP_RENDERS = ("auto", "vector", "raster")  # as figures.MAP_RENDERS
+MAX_DPI = 1200  # as figures.MAX_DPI
 KINDS = ("naps", "corr", "findings")
 
 
@@ -43,7 +46,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "view)")
     parser.add_argument("--format", default=None, dest="fmt",
                         help="pdf, svg or png (default: the suffix of --out, else pdf)")
-    parser.add_argument("--dpi", type=float, default=300.0, help="resolution of PNG output (default: 300)")
+    parser.add_argument("--dpi", type=float, default=300.0,
+                        help=f"resolution of PNG output and of maps drawn as rasters, 1 to {MAX_DPI} (default: 300)")
+    parser.add_argument("--maps", default="auto", metavar="auto|vector|raster",
+                        help="maps of a grid as vector shapes or one embedded raster each (clipped to the vector "
+                             "outline; text stays text); auto (default): raster only where vector shapes would make "
+                             "a large file (an SVG over ~3 MB)")
     parser.add_argument("--dots", action="store_true", help="mark each neuron's position with a dot")
     parser.add_argument("--no-title", action="store_true", help="leave out the figure's title")
     parser.add_argument("--out", default=None, help="file to write (default: figures/LAYER_GROUPING.FORMAT next to "
@@ -115,8 +123,11 @@ def run(args: argparse.Namespace) -> int:
     if args.kind not in KINDS:
         raise ValueError(f"Unknown kind {args.kind!r} for '--kind'. Available: {list(KINDS)}.")
     fmt = output_format(args.fmt, args.out)
-    if not args.dpi > 0:
-        raise ValueError(f"The '--dpi' option must be a number > 0. Got {args.dpi:g}.")
+    if not 1 <= args.dpi <= MAX_DPI:
+        raise ValueError(f"The '--dpi' option must be a number from 1 to {MAX_DPI} (dots per inch; 300 is print "
+                         f"quality). Got {args.dpi:g}.")
+    if args.maps not in MAP_RENDERS:
+        raise ValueError(f"Unknown map rendering {args.maps!r} for '--maps'. Available: {list(MAP_RENDERS)}.")
     snapshots = parse_int_list(args.snapshots, "--snapshots")
     groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups is not None else None
     if args.kind != "findings" and args.layer is None:
@@ -155,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {visible(col)} at {visible(row)} has no samples; drawn as a labelled blank", file=sys.stderr)
         fig = figures.draw_map_grid(grid, dots=args.dots, title=not args.no_title)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figures.save_figure(fig, out, fmt, dpi=args.dpi)  # atomic; checked again at the rename
+    figures.save_figure(fig, out, fmt, dpi=args.dpi, maps=args.maps)  # atomic; checked again at the rename
     print(f"{fmt.upper()} {out.stat().st_size / 1e3:.0f} kB", file=sys.stderr)
     print(visible(out))
     return 0
