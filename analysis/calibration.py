@@ -14,11 +14,17 @@ Naeini, Cooper & Hauskrecht 2015, "Obtaining Well Calibrated Probabilities Using
   accuracy and mean confidence, and n the number of samples binned.
 
 Non-finite confidences (NaN, inf) are in no bin: they count neither in n_b nor in n.
+
+It also owns temperature scaling fitted where it can calibrate (:func:`cross_fitted_temperature`, the measure
+``temp_prob_cv``): T fitted on one half of a probe set and applied to the other, so that the ECE is measured on
+samples the fit has not seen (the recorded ``temp_prob`` fits T on the train probe set; see ``docs/analysis.md``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from topotrace.instrument.confidence import fit_temperature, temperature_softmax
 
 ECE_BINS = 15  # equal-width bins, as in Guo et al. 2017
 _CONF_TOL = 1e-9  # confidences this far outside [0, 1] are float error and are clipped; farther is an error
@@ -148,3 +154,78 @@ def ece(conf: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> float 
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(n > 0, gap / np.maximum(n, 1), np.nan)
     return out if stacked else float(out[0])
+
+
+# ------------------------------------------------------------------------------ cross-fitted temperature scaling
+TEMP_PROB_CV = "temp_prob_cv"  # the analysis's calibrated measure (temperature cross-fitted on the probe set)
+CV_SEED = 0  # the seed of the split into halves
+
+
+def cross_fit_halves(labels: np.ndarray, seed: int = CV_SEED) -> np.ndarray:
+    """A seeded split of the probe samples into two halves, balanced within every class.
+
+    The samples of each class are put in a seeded random order and dealt alternately to half 0 and half 1
+    (starting with half 0 for even classes, half 1 for odd ones), so every class is split as evenly as its count
+    allows (sizes differ by at most one per class).
+
+    Args:
+        labels: array of shape (n,), int classes.
+        seed: the split's seed.
+
+    Returns:
+        Array of shape (n,), int8: 0 or 1, the half of every sample.
+    """
+    labels = np.asarray(labels, np.int64)
+    keys = np.random.default_rng(seed).random(len(labels))
+    order = np.lexsort((keys, labels))  # by class, then in seeded random order
+    rank = np.empty(len(labels), np.int64)
+    rank[order] = np.arange(len(labels))
+    first = np.zeros(len(labels), np.int64)  # index of each sample's class's first member in `order`
+    if len(labels):
+        starts = np.flatnonzero(np.r_[True, np.diff(labels[order]) != 0])
+        first[order] = np.repeat(starts, np.diff(np.r_[starts, len(labels)]))
+    return ((rank - first + labels) % 2).astype(np.int8)  # odd classes start with half 1: halves within one
+
+
+def cross_fitted_temperature(logits: np.ndarray, labels: np.ndarray,
+                             halves: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Temperature scaling fitted where it can calibrate: on one half of the probe set, applied to the other.
+
+    At each snapshot, T_0 is fitted (:func:`topotrace.instrument.confidence.fit_temperature`, minimum NLL) on
+    the samples of half 0 and applied to half 1, T_1 on half 1 and applied to half 0. Every sample's scaled
+    confidence ``max softmax(z / T)`` therefore comes from a temperature fitted without it, and an ECE over all
+    samples measures calibration on data the fit has not seen. (The recorder's ``temp_prob`` fits T on the
+    ``train`` probe set, which a network fits perfectly late in training: its T then runs to the lower bound and
+    makes held-out confidences *more* extreme.) Scaling keeps the argmax, so the predicted class and the
+    correctness are those of the logits.
+
+    Args:
+        logits: array of shape (S, n, C) (or (n, C) for one snapshot).
+        labels: array of shape (n,), int true classes.
+        halves: array of shape (n,), 0 or 1 (default :func:`cross_fit_halves` of ``labels``).
+
+    Returns:
+        ``(conf, temperatures)``: conf of shape (S, n) (or (n,)), float64, NaN for rows with a non-finite logit
+        or whose other half has no finite row; temperatures of shape (S, 2) (or (2,)): T fitted on half 0 and
+        on half 1 (NaN where a half has no finite row).
+    """
+    z_all = np.asarray(logits)
+    single = z_all.ndim == 2
+    z_all = z_all[None] if single else z_all
+    labels = np.asarray(labels, np.int64)
+    halves = cross_fit_halves(labels) if halves is None else np.asarray(halves)
+    n_s, n = z_all.shape[:2]
+    conf = np.full((n_s, n), np.nan)
+    temps = np.full((n_s, 2), np.nan)
+    for s in range(n_s):
+        z = np.asarray(z_all[s], np.float64)
+        for h in (0, 1):
+            fit, apply = halves == h, halves != h
+            if not fit.any():
+                continue
+            t = fit_temperature(z[fit], labels[fit])
+            temps[s, h] = t
+            if apply.any() and np.isfinite(t):
+                with np.errstate(invalid="ignore"):
+                    conf[s, apply] = temperature_softmax(z[apply], t).max(axis=1)
+    return (conf[0], temps[0]) if single else (conf, temps)

@@ -56,12 +56,12 @@ from .results import (
     save_results,
 )
 
-ANALYSIS_VERSION = 10  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
+ANALYSIS_VERSION = 11  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
 # 5: layers say whether they are non-negative; 6: per-sample evidence, per-snapshot bins, no trend p-values;
 # 7: non-finite values left out per statistic (with counts), layouts without non-finite neurons, divergence;
 # 8: calibration (ECE, reliability, temperature), dormant units, NC1, train-vs-probe NAP gap, trends;
 # 9: maps on a 128 x 128 grid with the region's outline; 10: distinctness from centred float64 values, trend
-# resamples paired over the two ends
+# resamples paired over the two ends; 11: temp_prob_cv (temperature cross-fitted on halves of each probe set)
 ALPHA = 0.05
 GRID = 128  # map image side in pixels (issue 10): a map tile is ~170 CSS px wide, so a pixel is ~1.3 CSS px
 RANDOM_STATE = 0
@@ -78,7 +78,8 @@ DIVERGED_SHARE = 0.5
 N_BOOT_TRENDS = 200  # bootstrap resamples of the probe samples behind the trends (dormant share, NC1, ECE)
 TRAIN_PROBE = "train"  # the probe set drawn from the training data (overfitting view)
 HELDOUT_PROBE = "heldout"
-CALIBRATED_MEASURES = ("max_prob", "temp_prob")  # probabilities of the predicted class (argmax of the logits)
+# Recorded probabilities of the predicted class (argmax of the logits); the analysis adds temp_prob_cv.
+CALIBRATED_MEASURES = ("max_prob", "temp_prob")
 ECE_BINS = calibration.ECE_BINS
 
 Progress = Callable[[str, int, int], None]
@@ -834,22 +835,36 @@ def _nap_gap(store: Store, name: str, probe: str, class_naps: np.ndarray, n_s: i
     return out
 
 
+def _calibrated_conf(store: Store, probe: str, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The calibrated measures of ``probe`` at the snapshots ``rows`` (int array of shape (R,)).
+
+    Returns:
+        ``(conf, temperature_cv)``: measure -> array of shape (R, n), float64, NaN where the outputs are
+        non-finite: the recorded ``max_prob`` and ``temp_prob`` (where the store has them) and ``temp_prob_cv``,
+        computed here from the stored logits (:func:`.calibration.cross_fitted_temperature`); and the
+        cross-fitted temperatures, shape (R, 2).
+    """
+    ok = _outcome_ok(store, probe)[rows]  # [R, n]
+    out = {m: np.where(ok, store.conf(probe, m)[rows].astype(np.float64), np.nan)
+           for m in CALIBRATED_MEASURES if m in store.measures}
+    cv, temps = calibration.cross_fitted_temperature(store.logits(probe)[rows], store.labels(probe))
+    out[calibration.TEMP_PROB_CV] = np.where(ok, cv, np.nan)
+    return out, temps
+
+
 def _calibration(store: Store, n_s: int) -> dict[str, Calibration]:
     """Calibration of every probe set over the first ``n_s`` snapshots (:class:`.results.Calibration`)."""
-    measures = [m for m in CALIBRATED_MEASURES if m in store.measures]
     out = {}
-    if not measures:
-        return out
     for p in store.probes:
         correct = store.correct(p)[:n_s].astype(bool)  # [S, n]
-        ok = _outcome_ok(store, p)[:n_s]
+        confs, temps = _calibrated_conf(store, p, np.arange(n_s))
         ece, counts, conf, acc = [], [], [], []
-        for m in measures:
-            c = np.where(ok, store.conf(p, m)[:n_s].astype(np.float64), np.nan)  # [S, n]
+        for c in confs.values():
             k, mc, a = calibration.reliability(c, correct, ECE_BINS)
             counts.append(k), conf.append(mc), acc.append(a)
             ece.append(calibration.ece(c, correct, ECE_BINS))
-        out[p] = Calibration(measures, np.array(ece), np.array(counts), np.array(conf), np.array(acc), ECE_BINS)
+        out[p] = Calibration(list(confs), np.array(ece), np.array(counts), np.array(conf), np.array(acc), ECE_BINS,
+                             temps)
     return out
 
 
@@ -870,15 +885,11 @@ def _ece_trend(store: Store, probe: str, n_s: int, s_min: int) -> dict[str, np.n
     out = {}
     if s_min < 0 or s_min >= n_s - 1:
         return out
-    ends = [s_min, n_s - 1]
+    ends = np.array([s_min, n_s - 1])
     correct = store.correct(probe)[ends].astype(bool)  # [2, n]
-    ok = _outcome_ok(store, probe)[ends]
     rng = np.random.default_rng(RANDOM_STATE)
     idx = rng.integers(0, correct.shape[1], (N_BOOT_TRENDS, correct.shape[1]))  # [R, n]
-    for m in CALIBRATED_MEASURES:
-        if m not in store.measures:
-            continue
-        c = np.where(ok, store.conf(probe, m)[ends].astype(np.float64), np.nan)  # [2, n]
+    for m, c in _calibrated_conf(store, probe, ends)[0].items():  # c: [2, n]
         point = calibration.ece(c, correct, ECE_BINS)
         reps = np.array([np.diff(calibration.ece(c[:, i], correct[:, i], ECE_BINS))[0] for i in idx])
         out[m] = trend_interval(float(point[1] - point[0]), reps)

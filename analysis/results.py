@@ -236,12 +236,16 @@ class Calibration:
     """Calibration of one probe set over training (``docs/analysis.md``, "Calibration").
 
     Attributes:
-        measures: M measures of the predicted class's probability (``max_prob``, ``temp_prob``), in order.
+        measures: M measures of the predicted class's probability, in order: ``max_prob`` and the recorded
+            ``temp_prob`` where the store has them, and ``temp_prob_cv`` (temperature cross-fitted on the two
+            halves of this probe set by the analysis, :func:`.calibration.cross_fitted_temperature`).
         ece: array of shape (M, S): expected calibration error, equal-width bins.
         counts: array of shape (M, S, B), int64: samples per confidence bin.
         conf: array of shape (M, S, B): mean confidence per bin (NaN where empty).
         accuracy: array of shape (M, S, B): accuracy per bin (NaN where empty).
         n_bins: B.
+        temperature_cv: array of shape (S, 2): the temperatures of ``temp_prob_cv``, fitted on half 0 and on
+            half 1 of the probe set at each snapshot (empty for results of an older analysis).
     """
 
     measures: list[str]
@@ -250,6 +254,7 @@ class Calibration:
     conf: np.ndarray
     accuracy: np.ndarray
     n_bins: int
+    temperature_cv: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
 
 @dataclass
@@ -299,7 +304,7 @@ class AnalysisResults:
             confidence measure is non-finite at each snapshot (left out of the correlations, the groupings by
             prediction and confidence, the per-sample statistics and the curves).
         divergence: where the run diverged (the analysis then stops before it), or ``None``.
-        calibration: probe set -> :class:`Calibration`; empty for a store without ``max_prob`` / ``temp_prob``.
+        calibration: probe set -> :class:`Calibration`; empty for a store without ``max_prob``.
         temperature: array of shape (S,): the temperature fitted on the train probe set at each snapshot
             (empty when the store has none).
         loss_min: snapshot index of the lowest mean held-out loss (``-1`` without a held-out probe set).
@@ -408,6 +413,7 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
             h.attrs["n_bins"] = int(cal.n_bins)
             for k in ("ece", "counts", "conf", "accuracy"):
                 _put(h, k, np.asarray(getattr(cal, k)))
+            _put(h, "temperature_cv", np.asarray(cal.temperature_cv, np.float64))
         _put(f, "epochs", np.asarray(results.epochs, np.int64))
         for probe, curves in results.curves.items():
             for name, arr in curves.items():
@@ -548,7 +554,8 @@ def load_results(path: str | os.PathLike) -> AnalysisResults:
             nonfinite_outputs=f["nonfinite_outputs"][()] if "nonfinite_outputs" in f else np.zeros(0, np.int64),
             divergence=Divergence(**div) if div else None,
             calibration={p: Calibration(json.loads(_text(h.attrs["measures"])), h["ece"][()], h["counts"][()],
-                                        h["conf"][()], h["accuracy"][()], int(h.attrs["n_bins"]))
+                                        h["conf"][()], h["accuracy"][()], int(h.attrs["n_bins"]),
+                                        h["temperature_cv"][()] if "temperature_cv" in h else np.zeros((0, 2)))
                          for p, h in (f["calibration"].items() if "calibration" in f else [])},
             temperature=f["temperature"][()] if "temperature" in f else np.zeros(0),
             loss_min=int(a.get("loss_min", -1)),

@@ -15,7 +15,10 @@ Measures that need more than one softmax per sample are recorded by the recorder
 - ``temp_prob`` (:func:`fit_temperature`, :func:`temperature_softmax`): the largest probability after
   temperature scaling (Guo et al. 2017) with a temperature fitted at every snapshot on the probe set named
   ``"train"`` (:data:`TEMPERATURE_PROBE`) and applied to every probe set. Recorded whenever the recorder has a
-  probe set of that name; without one it is not recorded (no error).
+  probe set of that name; without one it is not recorded (no error). The train probe set is fitted ever more
+  closely during training, so late in training this T sharpens held-out confidences: ``temp_prob`` shows how
+  sharp the training fit is, not a calibration. The analysis adds ``temp_prob_cv``, T cross-fitted on halves of
+  each probe set (:func:`topotrace.analysis.calibration.cross_fitted_temperature`), which calibrates.
 - ``mc_prob`` and ``mc_mutual_info`` (:func:`mc_dropout_measures`): Monte-Carlo dropout (Gal & Ghahramani
   2016) over ``Recorder(mc_dropout=K)`` stochastic passes: the largest probability of the mean softmax, and the
   mutual information between the prediction and the dropout masks (BALD, Houlsby et al. 2011), an epistemic

@@ -37,6 +37,7 @@ from bokeh.models.layouts import LayoutDOM
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
+from topotrace.analysis.calibration import TEMP_PROB_CV
 from topotrace.analysis.results import AnalysisResults, Calibration
 
 from .charts import (
@@ -217,13 +218,80 @@ def _reliability(results: AnalysisResults, steps: np.ndarray, marker: Span | Non
     return column(fig, slider)
 
 
+TEMPERATURE_TITLE = "Fitted temperature T"
+TRAIN_T_LABEL = "train probe set (temp_prob)"
+
+
+def _temperature_figure(results: AnalysisResults, steps: np.ndarray, xtype: str) -> figure | None:
+    """T over training, or None when the analysis holds none.
+
+    Lines: the recorded T (train probe set, grey) and the two cross-fitted ones of the reliability probe set
+    (``temp_prob_cv``, fitted on each half, in that measure's colour, solid and dashed).
+    """
+    lines: list[tuple[str, str, np.ndarray, str]] = []  # label, colour, T per snapshot, dash
+    temperature = np.asarray(getattr(results, "temperature", np.zeros(0)), np.float64).ravel()
+    if temperature.size:
+        lines.append((TRAIN_T_LABEL, "#444444", temperature, "solid"))
+    probe = _reliability_probe(results)
+    cal = results.calibration.get(probe) if probe else None
+    t_cv = np.asarray(getattr(cal, "temperature_cv", np.zeros((0, 2))), np.float64)
+    if cal is not None and t_cv.ndim == 2 and t_cv.shape[0] and TEMP_PROB_CV in _measures(results.calibration):
+        color = MEASURE_COLORS[_measures(results.calibration).index(TEMP_PROB_CV) % 10]
+        lines += [(plain(f"{probe}, fitted on half {h + 1} (temp_prob_cv)"), color, t_cv[:, h], dash)
+                  for h, dash in ((0, "solid"), (1, "dashed"))]
+    if not lines:
+        return None
+    fig = _step_figure(TEMPERATURE_TITLE, "T", steps, xtype)
+    items = []
+    for label, color, y, dash in lines:
+        items.append((label, [fig.line("x", "y", source=_series(steps, y, xtype, label), line_width=2, color=color,
+                                       line_dash=dash)]))
+    _hover(fig, [r for _, (r,) in items])
+    _add_legend(fig, items)
+    _fit_legends(fig)
+    return fig
+
+
+def calibration_note(results: AnalysisResults) -> str:
+    """The calibration chart's caption: which temperature calibrates, and the held-out ECE at the last snapshot.
+
+    Plain text (the template escapes it); empty without calibration data. States that ``temp_prob_cv`` is the
+    temperature scaling that calibrates (cross-fitted on halves of the probe set) and what the recorded
+    ``temp_prob`` (T fitted on the train probe set) is, so neither the ECE lines nor T read the wrong way.
+    """
+    cal = results.calibration or {}
+    if not cal:
+        return ""
+    measures = _measures(cal)
+    text = []
+    if TEMP_PROB_CV in measures:
+        text.append("temp_prob_cv is temperature scaling fitted where it can calibrate: each probe set is split into "
+                    "two halves (balanced per class, seeded), T is fitted on one half (lowest NLL) and applied to the "
+                    "other, so every sample's scaled confidence comes from a T fitted without it and its ECE is "
+                    "measured on samples the fit has not seen.")
+    if "temp_prob" in measures:
+        text.append("temp_prob, recorded during training, uses a T fitted on the train probe set, which the network "
+                    "fits ever more closely: late in training that T falls towards its lower bound and makes "
+                    "held-out confidences more extreme, so temp_prob shows how sharp the training fit is, not a "
+                    "calibration.")
+    probe = _reliability_probe(results)
+    if probe is not None:
+        last = [(m, _ece(results, probe, m)) for m in measures]
+        last = [f"{m} {number(float(e[-1]))}" for m, e in last if e.size and np.isfinite(e[-1])]
+        if last:
+            step = int(np.asarray(results.steps)[-1])
+            text.append(f"ECE of the {probe} probe set at the last snapshot (step {step:,}): {', '.join(last)}.")
+    return " ".join(text)
+
+
 def calibration_view(results: AnalysisResults) -> LayoutDOM | None:
     """ECE over training, the reliability diagram with its slider, and the temperature (name ``calibration``).
 
     ECE: one line per probe set and calibrated measure (held-out solid, train dashed, one colour per measure).
     Reliability: accuracy against mean confidence per bin of the held-out probe set, each measure, with the
     diagonal; the slider (name :data:`RELIABILITY_SLIDER`) picks the snapshot and moves a marker on the ECE chart.
-    Temperature: T over training, when the analysis holds one. None without calibration data.
+    Temperature: T over training, the recorded one (train probe set) and the two cross-fitted ones of
+    ``temp_prob_cv``, when the analysis holds them. None without calibration data. Caption: :func:`calibration_note`.
     """
     steps = np.asarray(results.steps)
     if not (results.calibration or {}) or len(steps) == 0:
@@ -235,13 +303,9 @@ def calibration_view(results: AnalysisResults) -> LayoutDOM | None:
         marker = Span(location=float(marker_x[-1]), dimension="height", line_color="#24292f", line_width=1,
                       line_dash="dotted", name=RELIABILITY_MARKER, level="overlay")  # moves: overlay canvas only
         ece_fig.add_layout(marker)
-    parts = [p for p in (ece_fig, _reliability(results, steps, marker, marker_x)) if p is not None]
-    temperature = np.asarray(getattr(results, "temperature", np.zeros(0)), np.float64).ravel()
-    if temperature.size:
-        t_fig = _step_figure("Fitted temperature T (train probe set)", "T", steps, xtype)
-        r = t_fig.line("x", "y", source=_series(steps, temperature, xtype, "T"), line_width=2, color="#444444")
-        _hover(t_fig, [r])
-        parts.append(t_fig)
+    parts = [p for p in (ece_fig, _reliability(results, steps, marker, marker_x), _temperature_figure(results, steps,
+                                                                                                    xtype))
+             if p is not None]
     if not parts:
         return None
     return row(*parts, name="calibration")
@@ -525,7 +589,8 @@ def _ece_text(results: AnalysisResults) -> str:
 def page_context(results: AnalysisResults) -> dict[str, object]:
     """The text of the calibration, overfitting and collapse sections (plain strings; the template escapes them).
 
-    Keys: ``measures`` (calibrated measures, joined), ``n_bins``, ``reliability_probe``, ``temperature`` (bool),
+    Keys: ``measures`` (calibrated measures, joined), ``n_bins``, ``reliability_probe``, ``temperature`` (bool:
+    a T chart is drawn), ``calibration_note`` (the calibration chart's caption, :func:`calibration_note`),
     ``loss_sentence``, ``nap_gap`` (bool: some layer has one), ``tau``, ``n_boot``, ``trend_rows``,
     ``ece_rows``, ``ece_text``.
     """
@@ -537,7 +602,9 @@ def page_context(results: AnalysisResults) -> dict[str, object]:
         "measures": ", ".join(_measures(cal)),
         "n_bins": str(next(iter(cal.values())).n_bins) if cal else "",
         "reliability_probe": _reliability_probe(results) or "",
-        "temperature": bool(np.asarray(getattr(results, "temperature", np.zeros(0))).size),
+        "temperature": bool(np.asarray(getattr(results, "temperature", np.zeros(0))).size) or any(
+            np.asarray(getattr(c, "temperature_cv", np.zeros((0, 2)))).size for c in cal.values()),
+        "calibration_note": calibration_note(results),
         "loss_sentence": _loss_sentence(results),
         "nap_gap": any(np.asarray(getattr(la, "nap_gap", np.zeros(0))).size for la in results.layers.values()),
         "tau": number(float(tau)) if _finite(tau) else "",

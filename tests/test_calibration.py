@@ -136,3 +136,111 @@ def test_bad_inputs_raise_naming_the_parameter(func, kwargs, error, match):
     """Wrong shapes, values or types raise an error that names the parameter and what was given."""
     with pytest.raises(error, match=match):
         func(**kwargs)
+
+
+# ------------------------------------------------------------------------- cross-fitted temperature (issue 23)
+def _softmax(z):
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def _nll(z, y, t):
+    z = z / t
+    z = z - z.max(1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
+
+
+def _calibrated_sample(n, n_classes, scale, seed):
+    """True logits z and labels drawn from softmax(z): max softmax(z) is calibrated by construction."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, scale, (n, n_classes))
+    p = _softmax(z)
+    labels = np.minimum((rng.random((n, 1)) > p.cumsum(1)).sum(1), n_classes - 1)  # inverse-CDF sampling
+    return z, labels
+
+
+def test_halves_are_balanced_within_every_class_and_seeded():
+    """Each class splits into halves differing by at most one sample; the split is fixed by the seed."""
+    labels = np.random.default_rng(0).integers(0, 7, 301)
+    halves = calibration.cross_fit_halves(labels)
+    assert set(np.unique(halves)) == {0, 1}
+    for c in range(7):
+        assert abs(int((halves[labels == c] == 0).sum()) - int((halves[labels == c] == 1).sum())) <= 1
+    assert abs(int((halves == 0).sum()) - int((halves == 1).sum())) <= 7
+    np.testing.assert_array_equal(halves, calibration.cross_fit_halves(labels))
+    assert not np.array_equal(halves, calibration.cross_fit_halves(labels, seed=1))
+
+
+def test_cross_fitted_confidence_uses_the_other_halfs_temperature():
+    """T of each half is its NLL's grid minimum; every sample's confidence is max softmax(z / T of the other half)."""
+    z, labels = _calibrated_sample(400, 4, 2.0, seed=3)
+    z = 2.5 * z
+    halves = calibration.cross_fit_halves(labels)
+    conf, temps = calibration.cross_fitted_temperature(z, labels, halves)
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))
+    for h in (0, 1):
+        fit = halves == h
+        best = grid[np.argmin([_nll(z[fit], labels[fit], t) for t in grid])]
+        assert abs(np.log(temps[h] / best)) <= np.log(grid[1] / grid[0])
+        np.testing.assert_allclose(conf[~fit], _softmax(z[~fit] / temps[h]).max(1), rtol=1e-12)
+    stacked, stacked_t = calibration.cross_fitted_temperature(np.stack([z, z / 2.5]), labels, halves)
+    np.testing.assert_array_equal(stacked[0], conf)
+    np.testing.assert_array_equal(stacked_t[0], temps)
+
+
+def test_planted_overconfident_model_is_calibrated_by_cross_fitting():
+    """Logits 5x the calibrated ones: raw ECE is large; each half's T is about 5 and the scaled ECE falls."""
+    z, labels = _calibrated_sample(6000, 5, 1.5, seed=4)
+    logits = 5.0 * z
+    correct = logits.argmax(1) == labels
+    raw = _loop_ece(_softmax(logits).max(1), correct, 15)
+    truth = _loop_ece(_softmax(z).max(1), correct, 15)  # the calibrated model itself, for scale
+    conf, temps = calibration.cross_fitted_temperature(logits, labels)
+    scaled = _loop_ece(conf, correct, 15)
+    assert raw > 0.15
+    np.testing.assert_allclose(temps, 5.0, rtol=0.1)
+    assert scaled < 0.25 * raw and scaled < truth + 0.02
+    assert calibration.ece(conf, correct) == pytest.approx(scaled, abs=1e-12)
+
+
+def test_synthetic_run_scaled_ece_does_not_exceed_raw(tmp_path):
+    """On a synthetic run, at every snapshot: held-out ECE of temp_prob_cv <= ECE of max_prob, both recomputed."""
+    from topotrace.analysis.pipeline import analyze
+    from topotrace.instrument.store import Store
+    from topotrace.instrument.synthetic import write_synthetic_store
+
+    path = write_synthetic_store(tmp_path / "store.h5", n_snapshots=6, layer_sizes=(8,), per_class=20)
+    res = analyze(path, layout_methods=["pca"])
+    cal = res.calibration["heldout"]
+    assert cal.measures == ["max_prob", "temp_prob_cv"] and cal.temperature_cv.shape == (6, 2)
+    with Store(path) as st:
+        logits, labels = st.logits("heldout").astype(np.float64), st.labels("heldout")
+        correct = st.correct("heldout").astype(bool)
+    halves = calibration.cross_fit_halves(labels)
+    for s in range(6):
+        conf = np.empty(len(labels))
+        for h in (0, 1):
+            conf[halves != h] = _softmax(logits[s, halves != h] / cal.temperature_cv[s, h]).max(1)
+        raw = _loop_ece(_softmax(logits[s]).max(1), correct[s], 15)
+        assert cal.ece[0, s] == pytest.approx(raw, abs=1e-6)
+        assert cal.ece[1, s] == pytest.approx(_loop_ece(conf, correct[s], 15), abs=1e-9)
+        assert cal.ece[1, s] <= cal.ece[0, s]
+
+
+def test_trained_run_cross_fitting_calibrates_where_the_train_temperature_does_not(tmp_path):
+    """A small MLP trained on digits: over the run, temp_prob_cv lowers the held-out ECE of max_prob, and at
+    the last snapshot the recorded T (train probe set) lies below both cross-fitted ones (it sharpens)."""
+    from topotrace.analysis.pipeline import analyze
+    from topotrace.config import load_config
+    from topotrace.train import train_run
+
+    cfg = load_config(None, {"run": {"out_dir": str(tmp_path)}, "train": {"epochs": 12},
+                             "record": {"snapshots": 8, "layers": ["hidden2"]}, "model": {"hidden": [64, 32]}})
+    summary = train_run(cfg)
+    assert summary.error is None
+    res = analyze(summary.store_path, layout_methods=["pca"])
+    cal = res.calibration["heldout"]
+    ece = dict(zip(cal.measures, cal.ece))
+    assert ece["temp_prob_cv"].mean() < 0.75 * ece["max_prob"].mean()
+    assert res.temperature[-1] < cal.temperature_cv[-1].min()
