@@ -16,14 +16,19 @@
    eager mode (target: <= 1.15 and equal to the eager ratio within noise); the frames Dynamo compiled from the
    recorder's creation to the end of training (target 0: the probe pass runs eagerly, so the training forward
    is never recompiled). GPU figures: ``python -m bench.gpu_check`` on a CUDA machine.
+6. Durability: wall time of the default-like training run (as 3) with ``Recorder.sync()`` (flush + ``fsync`` of the
+   store) at every per-epoch checkpoint, as ``topotrace train`` does, and at close / the same run with ``fsync`` a
+   no-op; both write to ``bench/out/`` (the disk the runs are on, not a tmpfs), alternated within one run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -364,6 +369,65 @@ def bench_writer(tmp: Path) -> dict[str, float]:
             "gzip_time": comp["gzip"][0] / comp[None][0], "gzip_size": comp["gzip"][1] / comp[None][1]}
 
 
+@contextmanager
+def _fsync_off():
+    """``os.fsync`` a no-op inside the block (the baseline of :func:`bench_fsync`), restored after it."""
+    real = os.fsync
+    calls = []
+    os.fsync = lambda fd: calls.append(fd)  # noqa: E731 - counted, not synced
+    try:
+        yield calls
+    finally:
+        os.fsync = real
+
+
+def bench_fsync(folder: Path, epochs: int = 30, repeats: int = 3, n_train: int = 1347) -> dict[str, float]:
+    """(6): wall seconds of the default-like run with ``Recorder.sync()`` at every epoch, with and without fsync."""
+    g = torch.Generator().manual_seed(0)
+    x_train, y_train = torch.randn(n_train, 64, generator=g), torch.randint(0, 10, (n_train,), generator=g)
+    x_test, y_test = torch.randn(800, 64, generator=g), torch.randint(0, 10, (800,), generator=g)
+    batch = 32
+    total = -(-n_train // batch) * epochs
+
+    def run(path: Path) -> float:
+        torch.manual_seed(0)
+        model = MLP()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        gen = torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        probes = [ProbeSet("heldout", x_test[:400], y_test[:400]), ProbeSet("train", x_train[:400], y_train[:400])]
+        rec = Recorder(model, path, layers=["relu1", "relu2"], probes=probes, class_names=CLASSES,
+                       schedule=log_spaced(total, 60))
+        rec.step(0)
+        step = 0
+        for _ in range(epochs):
+            order = torch.randperm(n_train, generator=gen)
+            for start in range(0, n_train, batch):
+                idx = order[start : start + batch]
+                model.train()
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
+                opt.step()
+                step += 1
+                rec.step(step)
+            assert rec.sync()  # the per-epoch checkpoint's sync
+        rec.close()
+        assert rec.error is None
+        elapsed = time.perf_counter() - t0
+        path.unlink()
+        return elapsed
+
+    synced, unsynced, n_fsync = [], [], 0
+    for r in range(repeats):  # alternated, so drifts of the machine touch both alike
+        synced.append(run(folder / f"sync{r}.h5"))
+        with _fsync_off() as calls:
+            unsynced.append(run(folder / f"nosync{r}.h5"))
+        n_fsync = len(calls)
+    ours, base = statistics.median(synced), statistics.median(unsynced)
+    return {"ours": ours, "plain": base, "ratio": ours / base, "n_fsync": n_fsync,
+            "per_fsync": (ours - base) / max(n_fsync, 1), "epochs": epochs}
+
+
 def main() -> None:
     torch.set_num_threads(1)  # steadier timings on a shared machine; both sides of each ratio run alike
     with tempfile.TemporaryDirectory() as d:
@@ -375,6 +439,10 @@ def main() -> None:
         w = bench_writer(tmp)
         compiled = bench_compiled_training(tmp, compiled=True)
         eager = bench_compiled_training(tmp, compiled=False)
+    out = Path("bench/out")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix="fsync-") as d:
+        f = bench_fsync(Path(d))
     n_snap = len(log_spaced(t["steps"], 60).steps)
     rows = [
         (f"snapshot, training thread / bare no_grad forward (1000 samples): {name}",
@@ -396,6 +464,9 @@ def main() -> None:
         ("the same in eager mode: recorder / training + eval passes",
          f"{eager['ours']:.2f} s / {eager['plain']:.2f} s", eager["ratio"], ""),
         ("compiled MLP: frames Dynamo compiled after the recorder's creation", "", compiled["frames"], "0"),
+        (f"durability: training as above with fsync at each of {f['epochs']} per-epoch syncs and at close / "
+         "fsync off", f"{f['ours']:.2f} s / {f['plain']:.2f} s", f["ratio"],
+         f"+{f['per_fsync'] * 1e3:.1f} ms per fsync ({f['n_fsync']} per run)"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'times':>26}  {'ratio':>6}  target")

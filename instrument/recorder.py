@@ -112,6 +112,17 @@ from .store.shards import shard_spec
 log = logging.getLogger(__name__)
 
 _STOP = object()
+
+
+class _Sync:
+    """A request to the writer thread: sync the store once every snapshot before it is written."""
+
+    __slots__ = ("event", "ok")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.ok = False
+
 _set = object.__setattr__
 
 MC_SEED_BASE = 2016  # the MC-dropout passes of the snapshot at step s are seeded with MC_SEED_BASE + s
@@ -594,6 +605,29 @@ class Recorder:
         self._queue.put((step, epoch, t, payload, copies, train_logits))
         return True
 
+    def sync(self, timeout: float | None = None) -> bool:
+        """Wait until every snapshot queued so far is written, then flush and ``fsync`` the store.
+
+        Call it before writing a checkpoint (``topotrace train`` does, at every epoch): the snapshots the checkpoint
+        counts on are then on the disk, not only in the operating system's cache, and survive a power cut.
+        :meth:`close` syncs too. The writer thread does the work (the file is its own); this call blocks until it
+        is done.
+
+        Args:
+            timeout: seconds to wait at most (``None``: as long as it takes).
+
+        Returns:
+            True when the store is synced; False when recording has stopped (a writer failure, see :attr:`error`),
+            the recorder is closed, or the timeout passed.
+        """
+        if self._closed or not self._active or not self._thread.is_alive():
+            return False
+        done = _Sync()
+        self._queue.put(done)  # after every snapshot queued so far: the queue is FIFO
+        if not done.event.wait(timeout):
+            return False
+        return done.ok
+
     def close(self) -> None:
         """Write every queued snapshot, stop the writer thread and close the store. Safe to call twice.
 
@@ -830,6 +864,16 @@ class Recorder:
                 item = self._queue.get()
                 if item is _STOP:
                     return
+                if isinstance(item, _Sync):  # takes no slot: nothing to release
+                    try:
+                        if self._error is None:
+                            writer.sync()
+                            item.ok = True
+                    except BaseException as err:  # noqa: BLE001 - a failed sync stops recording, never training
+                        self._fail(err, None)
+                    finally:
+                        item.event.set()
+                    continue
                 try:
                     if self._error is None:  # after a failure: drain, so the training thread never blocks
                         item[4].wait()  # the pass's copies to the host have arrived (at once on the CPU)
@@ -852,7 +896,7 @@ class Recorder:
     def _fail(self, err: BaseException, step: int | None) -> None:
         self._error = err
         self._active = False
-        where = f" at step {step}" if step is not None else " while closing"
+        where = f" at step {step}" if step is not None else " while syncing or closing"
         # An I/O failure (disk full, file size limit) is said in one line; a traceback is kept for the failures
         # that are bugs. The writer closes its file once, without writing more to it (StoreWriter.close).
         log.error("Recording to %s failed%s: %s: %s. Recording stopped; training goes on; the store keeps its %d "

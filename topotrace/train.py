@@ -447,6 +447,7 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
                 while recorder.recording and last_scheduled is not None and (
                         recorder.last_step is None or recorder.last_step < last_scheduled):
                     time.sleep(0.001)
+                recorder.sync()  # the snapshots the checkpoint counts on are on the disk (fsync), not only in its cache
                 if recorder.error is not None:  # never a checkpoint past a snapshot that was not committed
                     break
                 save_checkpoint(ckpt_path, {

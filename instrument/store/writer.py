@@ -66,6 +66,20 @@ def _write_error(path: Path, i: int, step: int, err: BaseException) -> OSError:
     return out
 
 
+def _fsync_folder(folder: Path) -> None:
+    """``fsync`` a folder, so a file just created or renamed in it keeps its name after a power cut (best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the file's own fsync still holds its data
+    finally:
+        os.close(fd)
+
+
 def _close_file(f: h5py.File) -> None:
     """Close ``f`` once, whatever state a failed write left it in; nothing more reaches the disk if a flush fails.
 
@@ -305,6 +319,7 @@ class StoreWriter:
             tmp.unlink(missing_ok=True)
             raise
         writer.path = path
+        _fsync_folder(path.parent)  # the new name survives a power cut too
         return writer
 
     @classmethod
@@ -433,14 +448,39 @@ class StoreWriter:
             self._first_step = snap.step
         return self._n
 
-    def close(self) -> None:
-        """Close the file; committed snapshots stay. Safe to call twice, and after a failed write.
+    def sync(self) -> None:
+        """Flush HDF5's buffers and ``fsync`` the file: every committed snapshot survives a power cut from here on.
 
-        A file whose last flush failed (disk full) is closed without writing anything more to it
-        (see :func:`_close_file`).
+        A flush puts the data in the operating system's cache, which a kill of the process cannot lose but a power
+        cut or a crash of the machine can; ``fsync`` waits until the disk has it. Called by the recorder at every
+        per-epoch checkpoint (``Recorder.sync``) and at :meth:`close`.
+
+        Raises:
+            OSError: the flush or the fsync failed (e.g. an I/O error); the writer is stopped then, as after a
+                failed write.
+        """
+        if self._failed is not None or self._closed:
+            return
+        try:
+            self._f.flush()
+            os.fsync(self._f.id.get_vfd_handle())  # the default (sec2) driver's handle is the file descriptor
+        except (OSError, RuntimeError) as err:
+            self._failed = err
+            raise OSError(f"Syncing {self.path} to disk failed: {' '.join(str(err).split())}; the store keeps its "
+                          "committed snapshots up to the last successful sync.") from err
+
+    def close(self) -> None:
+        """Sync (flush and ``fsync``) and close the file; committed snapshots stay.
+
+        Safe to call twice, and after a failed write. A file whose last flush failed (disk full) is closed without
+        writing anything more to it (see :func:`_close_file`), and without a sync.
         """
         if self._closed:
             return
+        try:
+            self.sync()
+        except OSError:
+            pass  # closed below without writing more (the failure is kept in self._failed)
         self._closed = True
         try:
             _close_file(self._f)
