@@ -29,6 +29,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,12 +57,13 @@ from .results import (
     save_results,
 )
 
-ANALYSIS_VERSION = 11  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
+ANALYSIS_VERSION = 12  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
 # 5: layers say whether they are non-negative; 6: per-sample evidence, per-snapshot bins, no trend p-values;
 # 7: non-finite values left out per statistic (with counts), layouts without non-finite neurons, divergence;
 # 8: calibration (ECE, reliability, temperature), dormant units, NC1, train-vs-probe NAP gap, trends;
 # 9: maps on a 128 x 128 grid with the region's outline; 10: distinctness from centred float64 values, trend
-# resamples paired over the two ends; 11: temp_prob_cv (temperature cross-fitted on halves of each probe set)
+# resamples paired over the two ends; 11: temp_prob_cv (temperature cross-fitted on halves of each probe set);
+# 12: r NaN below 3 samples (within class: below 1 degree of freedom), no layouts with fewer than 2 classes
 ALPHA = 0.05
 GRID = 128  # map image side in pixels (issue 10): a map tile is ~170 CSS px wide, so a pixel is ~1.3 CSS px
 RANDOM_STATE = 0
@@ -754,6 +756,14 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
                 summary[k + suffix] = np.array([r[k] for r in rows])
         corr[m] = CorrResult(m, *(lp.r[k][j] for k in ("pearson", "spearman", "pearson_within", "spearman_within")),
                              lp.q["pearson"][j], lp.q["pearson_within"][j], summary, ALPHA)
+    present = np.flatnonzero(np.isfinite(lp.naps["class"][-1]).any(axis=1))  # classes with a finite class NAP
+    if len(present) < 2:
+        held = f"one class ({store.class_names[present[0]]!r})" if len(present) else "no class with finite values"
+        warnings.warn(f"layer {name!r}: the probe set {probe!r} holds {held} at the last analysed snapshot; layouts "
+                      "and maps (neurons placed by their responses to the classes) and distinctness (per sample "
+                      "and per layer) need at least 2 classes: this layer has no layouts or maps and its "
+                      "distinctness is NaN. Analyse a probe set with at least 2 classes for them.", UserWarning,
+                      stacklevel=2)
     layouts = _layouts(grouped["class"].naps[-1], layout_methods, name, report)
     if not layouts:
         default_layout = ""  # fewer than 3 neurons: no map
@@ -912,7 +922,7 @@ def _layouts(
     n_all, x = len(x), x[placed]  # [N_placed, C]
     methods = default_layout_methods(len(x)) if methods is None else methods
     out: dict[str, LayoutResult] = {}
-    if len(x) < 3:  # a 2-D map needs at least a triangle of neurons
+    if len(x) < 3 or x.shape[1] < 2:  # a 2-D map needs a triangle of neurons, and profiles over 2+ classes
         return out
     stage = f"{layer}: layouts"
     report(stage, 0, len(methods))
@@ -924,8 +934,10 @@ def _layouts(
             raise ValueError(f"Layout {method!r} failed for layer {layer!r} ({x.shape[0]} neurons)") from err
         xy = est.embedding_  # [N_placed, 2]
         op = maps.interp_operator(xy, grid=GRID)
-        scores = {"trustworthiness": trustworthiness_score(x, xy), "shepard": shepard_score(x, xy),
-                  "smoothness": maps.smoothness(op, x.T)}
+        with warnings.catch_warnings():  # a region without adjacent pixels: smoothness NaN, not a numpy warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            scores = {"trustworthiness": trustworthiness_score(x, xy), "shepard": shepard_score(x, xy),
+                      "smoothness": maps.smoothness(op, x.T)}
         if len(x) < n_all:  # back to all N neurons: NaN rows for those placed nowhere
             xy = np.full((n_all, 2), np.nan, np.float32)
             xy[placed] = est.embedding_

@@ -222,7 +222,9 @@ def snapshot_correlations(
         workspace: scratch arrays reused across calls (one per thread); default a fresh one.
 
     Returns:
-        ``{"pearson", "pearson_within", "spearman", "spearman_within"}`` -> array of shape (N, M), float64.
+        ``{"pearson", "pearson_within", "spearman", "spearman_within"}`` -> array of shape (N, M), float64; all
+        NaN with fewer than :data:`MIN_SAMPLES` samples, the within-class forms NaN when ``n - C - 1 < 1``
+        (no degree of freedom once the C class means are removed).
     """
     ws = workspace if workspace is not None else Workspace()
     lab = np.unique(labels, return_inverse=True)[1]
@@ -262,6 +264,13 @@ def snapshot_correlations(
         ssw_r = raw_r - (q[:, :n_classes] ** 2 / counts[None, :]).sum(axis=1)
         out["spearman"][cols] = _moments_corr(q[:, n_classes : n_classes + m], ss_r, raw_r, ss_yr, raw_yr)
         out["spearman_within"][cols] = _moments_corr(q[:, n_classes + m :], ssw_r, raw_r, ssw_yr, raw_yr)
+    # Too few samples to correlate: one or two samples give r = 0 or +-1 by construction, not by association.
+    if n < MIN_SAMPLES:
+        for v in out.values():
+            v[:] = np.nan
+    elif n - n_classes - 1 < 1:  # within class: no degree of freedom left once the class means are removed
+        out["pearson_within"][:] = np.nan
+        out["spearman_within"][:] = np.nan
     return out
 
 
