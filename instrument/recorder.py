@@ -514,12 +514,21 @@ class Recorder:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # FIFO of snapshots; bounded by self._slots
         self._slots = threading.BoundedSemaphore(queue_size)  # released by the writer when a snapshot is done
         self._free: queue.SimpleQueue = queue.SimpleQueue()  # host arrays of written snapshots, for reuse
+        self._commit_hooks: list[Callable[[Snapshot], None]] = []  # see add_commit_hook
         self._thread = threading.Thread(target=self._write_loop, name=f"topotrace-writer:{self.path.name}",
                                         daemon=True)
         self._thread.start()
         atexit.register(self.close)  # a loop that never closes still ends with a drained queue and closed file
 
     # --- public surface ---------------------------------------------------------------------------------
+
+    def add_commit_hook(self, hook: Callable[[Snapshot], None]) -> None:
+        """Call ``hook(snapshot)`` on the writer thread after each later snapshot is committed to the store.
+
+        The snapshot's arrays are valid only during the call (they are reused for the next probe pass). A hook
+        that raises is logged and removed; recording goes on.
+        """
+        self._commit_hooks.append(hook)
 
     @property
     def last_step(self) -> int | None:
@@ -877,9 +886,15 @@ class Recorder:
                 try:
                     if self._error is None:  # after a failure: drain, so the training thread never blocks
                         item[4].wait()  # the pass's copies to the host have arrived (at once on the CPU)
-                        n = writer.append(self._build(item))
+                        n = writer.append(snap := self._build(item))
                         self._last_step = item[0]
                         self._n = n
+                        for hook in list(self._commit_hooks):
+                            try:
+                                hook(snap)
+                            except Exception:  # noqa: BLE001 - a hook never stops recording
+                                log.exception("Commit hook %r failed at step %d; it is removed.", hook, item[0])
+                                self._commit_hooks.remove(hook)
                 except BaseException as err:  # noqa: BLE001 - any failure stops recording, never training
                     self._fail(err, item[0])
                 finally:
