@@ -297,3 +297,118 @@ def test_runs_recorded_by_the_callback_make_a_study(tmp_path, capsys):
     found = json.loads((tmp_path / "lit-study" / "findings.json").read_text("utf-8"))
     assert found and all(f["n_runs"] == 2 and [r["run"] for r in f["runs"]] == ["lit-0", "lit-1"] for f in found
                          if "runs" in f and f["claim"].endswith(("time", "confidence")))
+
+
+# --- numbers handed to the trainer's loggers (#21 item 3) -------------------------------------------------------
+
+
+def _analysis_values(store_path, cache):
+    """The analysis' values per snapshot step: name -> {step: value}, named as the callbacks log them."""
+    from topotrace.analysis.pipeline import analyze
+
+    res = analyze(store_path, cache)
+    m = res.measures.index(res.primary_measure)
+    out = {}
+    for layer, lr in res.layers.items():
+        ev = lr.evidence
+        for k, q in enumerate(ev.quantities):
+            out[f"topotrace/{layer}/{q}"] = dict(zip(res.steps.tolist(), ev.mean[k]))
+            out[f"topotrace/{layer}/{q}_partial_rho"] = dict(zip(res.steps.tolist(), ev.rho_partial[k, :, m]))
+    for probe, curve in res.curves.items():
+        out[f"topotrace/{probe}/accuracy"] = dict(zip(res.steps.tolist(), curve["accuracy"]))
+    return out
+
+
+class _ThreadLogger(L.loggers.Logger):
+    """A logger that notes the thread of every log_metrics call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    name = "threads"
+    version = 0
+
+    def log_metrics(self, metrics, step=None):
+        import threading
+
+        self.calls.append((threading.current_thread().name, step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+class _LoggedNet(Net):
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss)  # so the CSV file exists with or without topotrace's numbers
+        return loss
+
+
+def _fit_logged(tmp_path, loggers, **cb_kw):
+    torch.manual_seed(0)
+    cb = TopotraceCallback(tmp_path / "store.h5", **_rec_args(every(5)), **cb_kw)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=STEPS, logger=loggers, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb], log_every_n_steps=1)
+    trainer.fit(_LoggedNet(), _loader())
+
+
+def test_numbers_reach_csv_and_tensorboard_loggers_equal_to_the_analysis(tmp_path, monkeypatch):
+    """CSVLogger's metrics.csv and TensorBoard's event file hold the analysis' per-layer numbers at every snapshot
+    step; they are computed on the writer thread and handed to the loggers on the training thread."""
+    import csv
+    import threading
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from topotrace.integrations import _metrics
+
+    computed_on = []
+    numbers = _metrics.SnapshotMetrics.numbers
+
+    def spy(self, snap):
+        computed_on.append(threading.current_thread().name)
+        return numbers(self, snap)
+
+    monkeypatch.setattr(_metrics.SnapshotMetrics, "numbers", spy)
+    csv_logger = L.loggers.CSVLogger(tmp_path / "csv", name="run")
+    tb_logger = L.loggers.TensorBoardLogger(tmp_path / "tb", name="run")
+    spy_logger = _ThreadLogger()
+    _fit_logged(tmp_path, [csv_logger, tb_logger, spy_logger])
+    want = _analysis_values(tmp_path / "store.h5", tmp_path / "analysis.h5")
+    steps = [0, 5, 10, 15, 20]
+    assert len(want) == 4 * len(LAYERS) + 1 and all(sorted(v) == steps for v in want.values())
+
+    assert computed_on == ["topotrace-writer:store.h5"] * len(steps)
+    ours = [(thread, step) for thread, step, values in spy_logger.calls if "topotrace/fc1/strength" in values]
+    assert ours == [(threading.main_thread().name, s) for s in steps]
+
+    with open(csv_logger.log_dir + "/metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("topotrace/fc1/strength")]
+    assert [int(r["step"]) for r in rows] == steps
+    for name, by_step in want.items():
+        got = np.array([float(r[name]) for r in rows])
+        np.testing.assert_allclose(got, [by_step[s] for s in steps], rtol=1e-9, atol=1e-12, err_msg=name)
+
+    acc = EventAccumulator(tb_logger.log_dir)
+    acc.Reload()
+    for name, by_step in want.items():
+        events = acc.Scalars(name)
+        assert [e.step for e in events] == steps, name
+        np.testing.assert_allclose([e.value for e in events], [by_step[s] for s in steps], rtol=1e-6, atol=1e-7,
+                                   err_msg=name)  # TensorBoard keeps float32
+    strength = np.array([want["topotrace/fc2/strength"][s] for s in steps])
+    assert np.isfinite(strength).all() and strength[-1] != strength[0]  # real numbers that change with training
+
+
+def test_log_metrics_false_logs_nothing(tmp_path):
+    """With log_metrics=False the logger gets the module's own values and no topotrace number."""
+    csv_logger = L.loggers.CSVLogger(tmp_path / "csv", name="run")
+    spy_logger = _ThreadLogger()
+    _fit_logged(tmp_path, [csv_logger, spy_logger], log_metrics=False)
+    with open(csv_logger.log_dir + "/metrics.csv", newline="") as f:
+        header = next(iter(f))
+    assert "train_loss" in header and "topotrace" not in header
+    assert spy_logger.calls and not [v for _, _, v in spy_logger.calls if any(k.startswith("topotrace") for k in v)]
+    with Store(tmp_path / "store.h5") as st:
+        assert st.n_snapshots == 5  # recording itself goes on

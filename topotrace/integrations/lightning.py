@@ -29,6 +29,13 @@ Events used (Lightning 2.x):
   ``global_step`` first reaches it.
 * ``on_fit_end`` and ``on_exception``: close the Recorder (queued snapshots are written, the store closed).
 
+With ``log_metrics=True`` (default) and a logger configured, each committed snapshot's per-layer numbers
+(:mod:`topotrace.integrations._metrics`: ``topotrace/<layer>/strength``, ``.../distinctness``,
+``.../strength_partial_rho``, ``.../distinctness_partial_rho``, ``topotrace/<probe>/accuracy``) are computed on
+the Recorder's writer thread and handed to every ``trainer.loggers`` entry with ``log_metrics(values, step)``
+at the next ``on_train_batch_end`` (and at the end of the fit, before Lightning finalises its loggers), on the
+training thread: the loggers (``CSVLogger``'s list of rows, above all) are not made for other threads.
+
 Only global rank 0 records (``trainer.is_global_zero``); other ranks create no recorder and no file. With
 ``shard="ddp"`` every rank records its share of the probe sets into its own shard file and rank 0 writes the store
 that combines them (see :class:`topotrace.Recorder`), so the probe pass takes 1/N of the time on N ranks. The model is
@@ -59,6 +66,7 @@ except ModuleNotFoundError as err:
 from topotrace.instrument.layers import LayerSelector
 from topotrace.instrument.recorder import ProbeSet, Recorder
 
+from ._metrics import SnapshotMetrics
 from ._recorder_args import check_recorder_kwargs
 
 
@@ -71,6 +79,11 @@ class TopotraceCallback(Callback):
         probes: the probe sets.
         class_names: one name per logit.
         schedule: ``schedule(step) -> bool`` over optimiser steps (``trainer.global_step``).
+        log_metrics: at each snapshot, hand a few per-layer numbers (strength, distinctness, their partial
+            correlation with the default confidence measure, each probe set's accuracy; named
+            ``topotrace/<layer>/<quantity>``) to the trainer's loggers (``trainer.loggers``) with the snapshot's
+            step. Computed on the Recorder's writer thread, handed over on the training thread at the next batch
+            end (and when the fit ends). ``False``: log nothing. Not with ``shard="ddp"`` (rank 0 holds a share).
         **recorder_kwargs: further :class:`topotrace.Recorder` arguments: ``meta``, ``act_dtype``,
             ``compression``, ``measures``, ``reductions``, ``outputs``, ``logits`` (needed when ``forward``
             returns several tensors, e.g. ``logits=1`` for ``(aux, logits)``), ``batch_size``, ``queue_size``,
@@ -88,12 +101,18 @@ class TopotraceCallback(Callback):
         probes: Sequence[ProbeSet],
         class_names: Sequence[str],
         schedule: Callable[[int], bool],
+        log_metrics: bool = True,
         **recorder_kwargs: Any,
     ):
         check_recorder_kwargs(recorder_kwargs)
+        if not isinstance(log_metrics, bool):
+            raise TypeError(f"The 'log_metrics' parameter of TopotraceCallback must be a bool. Got "
+                            f"{type(log_metrics).__name__} instead.")
         self.store_path = Path(store_path)
+        self.log_metrics = log_metrics
         self._args = dict(layers=layers, probes=probes, class_names=class_names, schedule=schedule, **recorder_kwargs)
         self._rec: Recorder | None = None
+        self._metrics: SnapshotMetrics | None = None  # the writer thread's hook while numbers are logged
         self._step: int | None = None  # the global_step last seen: at train start, or last handed to the Recorder
 
     @property
@@ -104,11 +123,15 @@ class TopotraceCallback(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero and self._args.get("shard") is None:
             return
-        self._close()  # left over from a fit that ended without on_fit_end or on_exception (the Tuner's exit)
+        self._close(trainer)  # left over from a fit that ended without on_fit_end or on_exception (the Tuner's exit)
         step = trainer.global_step  # restored from the checkpoint by now
         resume = trainer.ckpt_path is not None or step > 0
         self._rec = Recorder(pl_module, self.store_path, resume=resume, resume_step=step if resume else None,
                              **self._args)
+        self._metrics = None
+        if self.log_metrics and trainer.loggers and trainer.is_global_zero and self._args.get("shard") is None:
+            self._metrics = SnapshotMetrics(self._rec.spec)
+            self._rec.add_commit_hook(self._metrics)
         self._step = step
         last = self._rec.last_step
         if last is None or step > last:
@@ -120,18 +143,30 @@ class TopotraceCallback(Callback):
         if self._rec is None or step == self._step:  # other ranks; micro-batches that did not step
             return
         self._step = step
+        self._flush(trainer)  # numbers of snapshots the writer has finished since the last call
         self._rec.step(step, trainer.current_epoch)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._close()
+        self._close(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._close()
+        self._close(trainer)
 
-    def _close(self) -> None:
+    def _flush(self, trainer: Trainer) -> None:
+        """Hand the queued numbers to every logger, on the training thread, each with its snapshot's step."""
+        if self._metrics is None:
+            return
+        for step, values in self._metrics.drain():
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step)
+
+    def _close(self, trainer: Trainer | None = None) -> None:
         rec, self._rec, self._step = self._rec, None, None
         if rec is not None:
-            rec.close()
+            rec.close()  # every queued snapshot written, and its numbers computed
+        if trainer is not None:
+            self._flush(trainer)
+        self._metrics = None
 
     def __repr__(self) -> str:
         return f"TopotraceCallback({str(self.store_path)!r}, schedule={self._args['schedule']!r})"
