@@ -27,6 +27,7 @@ from topotrace.analysis.pipeline import analyze
 from topotrace.report_templates.words import (
     CLAIM_SHORT,
     VERDICT_STYLE,
+    effect_text,
     interval,
     interval_kind,
     number,
@@ -37,6 +38,14 @@ from topotrace.report_templates.words import (
 # None: the pipeline's own default (for the measure: logit_margin when the store has it)
 ANALYSIS_DEFAULTS = {"probe_set": "heldout", "measure": None, "layouts": None, "n_bins": 5,
                      "dormant_tau": DORMANT_TAU}
+
+# The terminal tables below stay readable at 80 columns: every column may wrap at spaces and folds a word longer
+# than its width (never "…"), and the layer column is as wide as the longest layer name (up to LAYER_WIDTH), so
+# a layer name is printed whole on one line.
+LAYER_WIDTH = 28
+COURSE_EXTREMES = ("rises then falls back", "dips then recovers")
+TREND_TEXT = {"dormant_share_grows": "dormant share grows", "nc1_falls": "NC1 falls (log first/last)",
+              "ece_rises_after_loss_minimum": "ECE rises after the held-out loss minimum"}
 
 
 def add_analysis_options(parser: argparse.ArgumentParser) -> None:
@@ -180,20 +189,10 @@ def run(args: argparse.Namespace) -> int:
                                 f"{res.steps[-1]}), probe set ", visible(repr(res.probe_set)), ", confidence ",
                                 visible(repr(res.primary_measure)), f" — {state} in {seconds:.1f} s"))
     found = run_findings(res, **thresholds)
-    table = Table(title=Text("Does a sample's activity become stronger and more class-distinct with training time "
-                             f"and with confidence ({visible(res.primary_measure)})?"))
-    for col in ("layer", "claim", "effect", "95 % interval", "verdict", "course"):
-        table.add_column(col, no_wrap=col == "claim", min_width=min(12, max(len(f.layer) for f in found))
-                         if col == "layer" and found else None)
-    for f in found:
-        if f.measure in ("", res.primary_measure):
-            shape = ""
-            if f.versus == "time":  # the shape, its peak or trough, and the change as a share of the first value
-                at = f" at step {f.extreme_step:,}: {number(f.extreme_value)}" if f.extreme_step >= 0 else ""
-                shape = f"{f.course}{at} ({percent(f.relative)})"
-            table.add_row(Text(visible(f.layer)), Text(CLAIM_SHORT[f.claim]), Text(number(f.effect)),
-                          Text(interval(f)), Text(f.verdict, style=VERDICT_STYLE.get(f.verdict, "")), Text(shape))
-    console.print(table)
+    console.print(Text("Does a sample's activity become stronger and more class-distinct with training time and "
+                       f"with confidence ({visible(res.primary_measure)})?", style="bold"))
+    for part in findings_tables(found, res.primary_measure):
+        console.print(part)
     if found:
         console.print(Text(f"{interval_kind(found[0])}. Effects: change of the mean from the first snapshot to the "
                            "last (time; in the course, as a share of the first snapshot's mean); partial Spearman "
@@ -204,28 +203,104 @@ def run(args: argparse.Namespace) -> int:
             console.print(Text(note, style="bold"))
     trends = trend_findings([res], [str(res.meta.get("run_name", "run"))])
     if trends:
-        beyond = Table(title="Beyond the study: trends over training (bootstrap over probe samples, same rule "
-                             "with no smallest effect of interest)")
-        for col in ("layer", "trend", "effect", "95 % interval", "verdict"):
-            beyond.add_column(col, no_wrap=col != "layer")
-        for f in trends:
-            what = {"dormant_share_grows": "dormant share grows", "nc1_falls": "NC1 falls (log first/last)",
-                    "ece_rises_after_loss_minimum": f"ECE rises after the held-out loss minimum ({f.measure})"}
-            beyond.add_row(Text(visible(f.layer or "(run)")), Text(visible(what.get(f.claim, f.claim))),
-                           Text(number(f.effect)), Text(interval(f)),
-                           Text(f.verdict, style=VERDICT_STYLE.get(f.verdict, "")))
-        console.print(beyond)
+        console.print(beyond_table(trends))
         if res.loss_min >= 0:
             console.print(Text(f"held-out loss minimum at step {int(res.steps[res.loss_min])} (snapshot "
                                f"{res.loss_min + 1} of {res.n_snapshots})"))
-    lay = Table(title="Layouts (default marked *)")
-    for col in ("layer", "layout", "trustworthiness", "Shepard", "smoothness", "seconds"):
-        lay.add_column(col)
+    console.print(layouts_table(res))
+    console.print(Text(f"cache: {visible(cache)}"))
+    return 0
+
+
+
+
+def layer_column(table: Table, names: list[str], header: str = "layer") -> None:
+    """Add the layer column: as wide as the longest name (at most :data:`LAYER_WIDTH`), longer names folded."""
+    longest = max((len(n) for n in names), default=len(header))
+    table.add_column(header, overflow="fold", width=min(LAYER_WIDTH, max(longest, len(header))))
+
+
+def findings_tables(found: list, measure: str) -> list[Table | Text]:
+    """The study's claims, one small table per claim (confidence claims for ``measure``), readable at 80 columns.
+
+    Each table is titled with the claim and what its effect is and lists every layer's effect, 95 % interval
+    and verdict; under a time claim's table, one line per layer gives its course (:func:`course_lines`).
+
+    Args:
+        found: :class:`topotrace.analysis.findings.Finding` list (one run's or a study's).
+        measure: the confidence measure whose claims are listed (the primary measure).
+
+    Returns:
+        Tables and lines to print in order.
+    """
+    from .cli import visible
+
+    out: list[Table | Text] = []
+    for claim in dict.fromkeys(f.claim for f in found):
+        rows = [f for f in found if f.claim == claim and f.measure in ("", measure)]
+        if not rows:
+            continue
+        table = Table(title=Text(visible(f"{CLAIM_SHORT[claim]} ({effect_text(rows[0])})")), title_justify="left")
+        layer_column(table, [visible(f.layer) for f in rows])
+        for col in ("effect", "95 % interval", "verdict"):
+            table.add_column(col, overflow="fold")
+        for f in rows:
+            table.add_row(Text(visible(f.layer)), Text(number(f.effect)), Text(interval(f)),
+                          Text(f.verdict, style=VERDICT_STYLE.get(f.verdict, "")))
+        out.append(table)
+        out.extend(course_lines(rows))
+    return out
+
+
+def course_lines(found: list) -> list[Text]:
+    """One line per time claim: its course, the peak or trough that names it, and the change as a share.
+
+    E.g. "hidden1: dips then recovers (trough 0.131 at step 98), change +1.2 %" (of the first snapshot's mean).
+    """
+    from .cli import visible
+
+    lines = []
+    for f in found:
+        if f.versus == "time" and f.course:
+            at = (f" ({'peak' if f.course == 'rises then falls back' else 'trough'} {number(f.extreme_value)} at "
+                  f"step {f.extreme_step:,})") if f.extreme_step >= 0 and f.course in COURSE_EXTREMES else ""
+            lines.append(Text.assemble("  ", (visible(f.layer), "bold"), f": {f.course}{at}, change "
+                                       f"{percent(f.relative)}"))
+    if lines:
+        lines.insert(0, Text(f"Course of the mean per-sample {found[0].quantity} over training (change as a share "
+                             "of the first snapshot's):"))
+    return lines
+
+
+def beyond_table(trends: list) -> Table:
+    """The trends beyond the study (dormant share, NC1, ECE after the loss minimum) as a table."""
+    from .cli import visible
+
+    table = Table(title="Beyond the study: trends over training (bootstrap over probe samples, same rule with no "
+                        "smallest effect of interest)")
+    layer_column(table, [visible(f.layer or "(run)") for f in trends])
+    for col in ("trend", "effect", "95 % interval", "verdict"):
+        table.add_column(col, overflow="fold")
+    for f in trends:
+        what = TREND_TEXT.get(f.claim, f.claim) + (f" ({f.measure})" if f.claim == "ece_rises_after_loss_minimum"
+                                                   else "")
+        table.add_row(Text(visible(f.layer or "(run)")), Text(visible(what)), Text(number(f.effect)),
+                      Text(interval(f)), Text(f.verdict, style=VERDICT_STYLE.get(f.verdict, "")))
+    return table
+
+
+def layouts_table(res) -> Table:
+    """Each layer's layouts with their quality scores (the default marked *)."""
+    from .cli import visible
+
+    table = Table(title="Layouts (default marked *)")
+    layer_column(table, [visible(name) for name in res.layers])
+    table.add_column("layout", overflow="fold")
+    for col in ("trust", "Shepard", "smooth", "s"):
+        table.add_column(col, overflow="fold", justify="right")
     for name, lr in res.layers.items():
         for key, lo in lr.layouts.items():
             mark = " *" if key == lr.default_layout else ""
-            lay.add_row(Text(visible(name)), Text(visible(key) + mark), f"{lo.trustworthiness:.3f}",
-                        f"{lo.shepard:.3f}", f"{lo.smoothness:.3f}", f"{lo.seconds:.2f}")
-    console.print(lay)
-    console.print(Text(f"cache: {visible(cache)}"))
-    return 0
+            table.add_row(Text(visible(name)), Text(visible(key) + mark), f"{lo.trustworthiness:.3f}",
+                          f"{lo.shepard:.3f}", f"{lo.smoothness:.3f}", f"{lo.seconds:.2f}")
+    return table

@@ -50,22 +50,30 @@ def run(args: argparse.Namespace) -> int:
 
 
 def atlas_table(atlas: dict) -> Table:
-    """The matrix of verdicts for the terminal: one row per architecture and layer, one column per claim."""
+    """The matrix of verdicts for the terminal: one row per architecture and layer, one column per claim.
+
+    Each study has a row of its own (its name in bold) above its layers, so that the layer column is as wide as
+    the longest layer name and a name is printed whole at 80 columns; cells wrap at spaces, never "…".
+    """
     from topotrace.report_templates.words import CLAIM_SHORT, number
 
     from .cli import visible
+    from .cmd_analyze import layer_column
 
     table = Table(title=f"Atlas {visible(atlas['name'])}: verdicts across seeds {atlas['seeds']}")
-    table.add_column("study · layer", overflow="fold")
-    table.add_column("depth", justify="right")
+    layer_column(table, ["  " + visible(row["layer"]) for e in atlas["entries"] for row in e["layers"]],
+                 "study, layer")
+    table.add_column("depth", justify="right", overflow="fold")
     for claim in atlas["claims"]:
         table.add_column(CLAIM_SHORT[claim], overflow="fold")
-    for entry in atlas["entries"]:
+    for k, entry in enumerate(atlas["entries"]):
+        if k:
+            table.add_section()
+        table.add_row(Text(visible(entry["study"]), style="bold"), *[""] * (1 + len(atlas["claims"])))
         for row in entry["layers"]:
             cells = []
             for claim in atlas["claims"]:
                 c = row["claims"].get(claim)
                 cells.append(Text(f"{number(c['effect'])} {c['verdict']}" if c else "-"))
-            table.add_row(Text(visible(f"{entry['study']} · {row['layer']}")), f"{row['relative_depth']:.2f}",
-                          *cells)
+            table.add_row(Text("  " + visible(row["layer"])), f"{row['relative_depth']:.2f}", *cells)
     return table

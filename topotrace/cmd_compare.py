@@ -115,19 +115,31 @@ def run(args: argparse.Namespace) -> int:
     out = build_comparison(runs, out, found)
     rows = findings_rows(runs, found)
     if rows:
-        table = Table(title="Findings side by side (each run's own 95 % bootstrap interval)")
-        table.add_column("layer")
-        table.add_column("claim")
-        for label in labels:
-            table.add_column(Text(visible(label)))
-        from topotrace.report_templates.words import VERDICT_STYLE
-
-        for r in rows:
-            cells = [Text(c["missing"]) if c["missing"] else
-                     Text(f"{c['effect']} ({c['interval']}) ")
-                     + Text(c["verdict"], style=VERDICT_STYLE.get(c["verdict"], ""))
-                     for c in r["cells"]]
-            table.add_row(Text(visible(r["layer"])), Text(r["claim_text"]), *cells)
-        console.print(table)
+        console.print(side_by_side_table(rows, labels))
     print(visible(out))
     return 0
+
+
+def side_by_side_table(rows: list[dict], labels: list[str]) -> Table:
+    """The runs' findings side by side: one row per layer and claim, one column per run (readable at 80 columns).
+
+    Args:
+        rows: :func:`topotrace.report_templates.compare.findings_rows`.
+        labels: the runs' labels, in the order of each row's cells.
+    """
+    from topotrace.report_templates.words import VERDICT_STYLE
+
+    from .cli import visible
+    from .cmd_analyze import layer_column
+
+    table = Table(title="Findings side by side (each run's own 95 % bootstrap interval)")
+    layer_column(table, [visible(r["layer"]) for r in rows])
+    table.add_column("claim", overflow="fold")
+    for label in labels:
+        table.add_column(Text(visible(label)), overflow="fold")
+    for r in rows:
+        cells = [Text(c["missing"]) if c["missing"] else
+                 Text(f"{c['effect']} ({c['interval']}) ")
+                 + Text(c["verdict"], style=VERDICT_STYLE.get(c["verdict"], "")) for c in r["cells"]]
+        table.add_row(Text(visible(r["layer"])), Text(r["claim_text"]), *cells)
+    return table

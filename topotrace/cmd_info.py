@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from topotrace.instrument.store import SCHEMA_VERSION, Store, resolve_store_path
+from topotrace.instrument.store import SCHEMA_VERSION, Store, StoreError, resolve_store_path
 
 from .cli import visible
 
@@ -34,24 +37,69 @@ def find_store(run: str) -> Path:
     """
     path = resolve_store_path(run)
     if not path.is_file():
+        what = not_a_file(path)
+        if what is not None:
+            raise ValueError(f"{path} is {what}, not a store file. A store is the regular file store.h5 that "
+                             "`topotrace train` writes into a run folder (runs/NAME/store.h5).")
         where = f"{run} is a folder without {path.name}" if Path(run).is_dir() else f"No store at {path}"
         raise FileNotFoundError(f"{where}. Give a run folder (runs/NAME, holding store.h5) or a store file; "
                                 "`topotrace train` makes one.")
     return path
 
 
-def open_store(path: Path, args: argparse.Namespace) -> Store:
-    """Open a store for reading; a file that is not a readable store gets one clear error.
+def not_a_file(path: Path) -> str | None:
+    """What ``path`` is when it exists but is no regular file (never opened: a FIFO would block), else None."""
+    import stat
+
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return None  # nothing there
+    if stat.S_ISLNK(mode):
+        try:
+            path.resolve(strict=True)
+        except (RuntimeError, OSError) as err:  # Python < 3.13 raises RuntimeError for a loop, later ELOOP
+            if isinstance(err, RuntimeError) or err.errno == errno.ELOOP:
+                return "a symbolic link that loops back on itself"
+            return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            return "a symbolic link that cannot be followed"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return None
+
+
+def open_store(path: Path, args: argparse.Namespace, check: bool = True) -> Store:
+    """Open a store for reading; a file that is not a readable store, or a damaged one, gets one clear error.
+
+    With ``check`` (``report``, ``analyze``, ``figure``) every committed chunk is read once and its checksum
+    verified before any work (one plain read of the store), so a damaged chunk is refused, naming the first damaged
+    snapshot, even when the command would not read that chunk itself (a cached analysis). With ``--until-good`` the
+    snapshots before it are used instead; a store damaged at snapshot 0 leaves none and is refused.
 
     Raises:
         StoreError: not a topotrace store, another schema version, or damaged.
         ValueError: HDF5 cannot read the file at all.
     """
+    until_good = bool(getattr(args, "until_good", False))
     try:
-        return Store(path, until_good=bool(getattr(args, "until_good", False)))
+        st = Store(path, until_good=until_good or check)
     except OSError as err:  # h5py: not an HDF5 file, truncated, unreadable
         raise ValueError(f"Cannot read {path} as a topotrace store ({err}). Give a store.h5 written by topotrace "
                          "(or its run folder).") from None
+    if st.damaged_at is not None and (not until_good or st.damaged_at == 0):
+        error = st.damage_error or StoreError(f"{path}: snapshot {st.damaged_at} is damaged: {st.damage}.")
+        st.close()
+        raise error
+    return st
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +114,7 @@ def _t(value: object, style: str = "") -> Text:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     path = find_store(args.run)
-    with open_store(path, args) as st:
+    with open_store(path, args, check=False) as st:  # a glance: the chunks it reads are checked as read
         meta = st.meta
         steps = st.steps
         size = sum(p.stat().st_size for p in (path, *st.shards)) / 1e6
@@ -85,16 +133,11 @@ def run(args: argparse.Namespace) -> int:
         console.print(Text.assemble(f"classes ({len(st.class_names)}): ", _t(", ".join(st.class_names))))
         console.print(Text.assemble("confidence measures: ", _t(", ".join(st.measures)), "   activations: ",
                                     _t(st.spec.act_dtype)))
-        layers = Table(title="layers")
-        for col in ("name", "neurons", "reduction", "output shape"):
-            layers.add_column(col)
-        for la in st.spec.layers:
-            layers.add_row(_t(la.name), str(la.n_neurons), _t(la.reduction), str(tuple(la.output_shape)))
-        console.print(layers)
+        console.print(layers_table(st.spec.layers))
         probes = Table(title="probe sets (last snapshot)")
         for col in ("name", "samples", "accuracy", "mean loss"):
-            probes.add_column(col)
-        probes.add_column(_t(f"mean {st.measures[0]}"))
+            probes.add_column(col, overflow="fold")
+        probes.add_column(_t(f"mean {st.measures[0]}"), overflow="fold")
         for name, p in st.probes.items():
             if st.n_snapshots:
                 probes.add_row(_t(name), str(len(p.index)), f"{np.mean(st.correct(name)[-1]):.3f}",
@@ -103,3 +146,16 @@ def run(args: argparse.Namespace) -> int:
                 probes.add_row(_t(name), str(len(p.index)), "-", "-", "-")
         console.print(probes)
     return 0
+
+
+def layers_table(layers: Sequence) -> Table:
+    """The recorded layers (name, neurons, reduction, output shape), readable at 80 columns: names whole."""
+    from .cmd_analyze import layer_column
+
+    table = Table(title="layers")
+    layer_column(table, [visible(la.name) for la in layers], "name")
+    for col in ("neurons", "reduction", "output shape"):
+        table.add_column(col, overflow="fold")
+    for la in layers:
+        table.add_row(_t(la.name), str(la.n_neurons), _t(la.reduction), str(tuple(la.output_shape)))
+    return table

@@ -237,25 +237,18 @@ def _train_and_report(study, console: Console, args: argparse.Namespace, timings
 
 
 def print_study_findings(console: Console, found: list) -> None:
-    """The findings across the runs as a table, as ``topotrace analyze`` prints one run's."""
-    from rich.table import Table
-
-    from topotrace.report_templates.words import CLAIM_SHORT, VERDICT_STYLE, interval, interval_kind, number
+    """The findings across the runs as a table, as ``topotrace analyze`` prints one run's (readable at 80 columns)."""
+    from topotrace.report_templates.words import interval_kind
 
     from .cli import visible
+    from .cmd_analyze import findings_tables
 
     if not found:
         return
     measure = next((f.measure for f in found if f.measure), "")
-    table = Table(title=f"Findings across {found[0].n_runs} runs (confidence: {visible(measure)})")
-    for col in ("layer", "claim", "effect", "95 % interval", "verdict", "course"):
-        table.add_column(col, overflow="fold")
-    for f in found:
-        if f.measure in ("", measure):
-            course = f.course + (f" (step {f.extreme_step})" if f.extreme_step >= 0 else "")
-            table.add_row(Text(visible(f.layer)), Text(CLAIM_SHORT[f.claim]), Text(number(f.effect)),
-                          Text(interval(f)), Text(f.verdict, style=VERDICT_STYLE.get(f.verdict, "")), Text(course))
-    console.print(table)
+    console.print(Text(f"Findings across {found[0].n_runs} runs (confidence: {visible(measure)})", style="bold"))
+    for part in findings_tables(found, measure):
+        console.print(part)
     console.print(Text(f"{interval_kind(found[0])}. {found[0].rule} Every run's value and every confidence "
                        "measure: findings.json and the report."))
     sys.stdout.flush()
