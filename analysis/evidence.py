@@ -46,8 +46,8 @@ def sample_strength(acts: np.ndarray) -> np.ndarray:
     return np.abs(np.asarray(acts, np.float32)).mean(axis=1, dtype=np.float64)
 
 
-def _group_sums(x: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row sums of ``x`` per group, in float64, by one sort and ``add.reduceat`` (O(n N), no product).
+def _group_sums(x: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row sums of ``x`` per group in float64: one product ``[group one-hots] @ x``.
 
     Args:
         x: array of shape (n, N), float64.
@@ -55,17 +55,11 @@ def _group_sums(x: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[np.nd
         n_groups: G.
 
     Returns:
-        ``(sums, counts, order)``: sums of shape (G, N) (0 for an empty group), counts of shape (G,) and the
-        stable order of the samples by group, shape (n,).
+        ``(sums, counts)``: sums of shape (G, N) (0 for an empty group) and counts of shape (G,).
     """
-    order = np.argsort(groups, kind="stable")
-    counts = np.bincount(groups, minlength=n_groups)
-    sums = np.zeros((n_groups, x.shape[1]))
-    if len(order):
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        filled = counts > 0
-        sums[filled] = np.add.reduceat(x[order], starts[filled], axis=0)
-    return sums, counts, order
+    onehot = np.zeros((n_groups, len(groups)))
+    onehot[groups, np.arange(len(groups))] = 1.0
+    return onehot @ x, np.bincount(groups, minlength=n_groups)
 
 
 def class_distinctness(acts: np.ndarray, labels: np.ndarray, n_classes: int, bins: np.ndarray | None = None,
@@ -78,6 +72,7 @@ def class_distinctness(acts: np.ndarray, labels: np.ndarray, n_classes: int, bin
     on a trained model and most of them with a common offset of 30.) Distances to the class means are
     computed from each sample's residual to its own class mean, ``r = a - m_y``:
     ``|a - m_c|^2 = |r|^2 + 2 r.(m_y - m_c) + |m_y - m_c|^2``, so the own-class distance is ``|r|^2`` itself.
+    Class (and class x bin) sums are float64 products with group one-hots.
 
     Args:
         acts: array of shape (n, N), finite.
@@ -99,12 +94,13 @@ def class_distinctness(acts: np.ndarray, labels: np.ndarray, n_classes: int, bin
         return np.zeros(0), float("nan"), by_bin
     x -= x.mean(axis=0)
     sq = np.einsum("ij,ij->i", x, x)  # [n]
-    sums, counts, order = _group_sums(x, labels, n_classes)  # [C, N], [C]
+    sums, counts = _group_sums(x, labels, n_classes)  # [C, N], [C]
     fisher = distinctness_from_sums(sums, counts, float(sq.sum()))
     if bins is not None and n_bins:
         bins = np.asarray(bins, np.int64)
         inbin = bins >= 0
-        gsums, gcounts, _ = _group_sums(x[inbin], labels[inbin] * n_bins + bins[inbin], n_classes * n_bins)
+        xb = x if inbin.all() else x[inbin]
+        gsums, gcounts = _group_sums(xb, labels[inbin] * n_bins + bins[inbin], n_classes * n_bins)
         gsums, gcounts = gsums.reshape(n_classes, n_bins, -1), gcounts.reshape(n_classes, n_bins)
         sq_bin = np.bincount(bins[inbin], sq[inbin], minlength=n_bins)
         by_bin = np.array([distinctness_from_sums(gsums[:, b], gcounts[:, b], float(sq_bin[b]))
@@ -112,20 +108,19 @@ def class_distinctness(acts: np.ndarray, labels: np.ndarray, n_classes: int, bin
     present = counts > 0
     means = np.zeros_like(sums)
     means[present] = sums[present] / counts[present, None]  # [C, N]
-    d2 = np.full((n, n_classes), np.inf)  # squared distance of every sample to every present class mean
-    xs = x[order]  # samples grouped by class
-    start = 0
-    for c in np.flatnonzero(present):
-        rows = order[start:start + counts[c]]
-        r = xs[start:start + counts[c]] - means[c]  # [n_c, N] residuals to the own class mean
-        start += counts[c]
-        diff = means[c] - means[present]  # [C_present, N]
-        d2[rows[:, None], np.flatnonzero(present)[None, :]] = (
-            np.einsum("ij,ij->i", r, r)[:, None] + 2.0 * (r @ diff.T) + np.einsum("ij,ij->i", diff, diff)[None, :])
-        d2[rows, c] = np.einsum("ij,ij->i", r, r)  # exact: no expansion for the own class
+    idx = np.arange(n)
+    r = x - means[labels]  # [n, N]: residuals to the own class mean
+    sq_r = np.einsum("ij,ij->i", r, r)  # [n]: the own class's squared distance, exactly
+    proj = r @ means.T  # [n, C]
+    gram = means @ means.T  # [C, C]
+    sq_m = np.diag(gram)
+    apart = sq_m[:, None] + sq_m[None, :] - 2.0 * gram  # [C, C]: |m_y - m_c|^2 (centred means: no cancellation)
+    # |a - m_c|^2 = |r|^2 + 2 r.(m_y - m_c) + |m_y - m_c|^2
+    d2 = sq_r[:, None] + 2.0 * (proj[idx, labels][:, None] - proj) + apart[labels]  # [n, C]
+    d2[:, ~present] = np.inf
+    d2[idx, labels] = sq_r
     d2 = np.maximum(d2, 0.0)
     own_count = counts[labels].astype(np.float64)
-    idx = np.arange(n)
     with np.errstate(invalid="ignore", divide="ignore"):
         # a_i - mean without i = n_c / (n_c - 1) * (a_i - mean of the class)
         d_own = own_count / (own_count - 1.0) * np.sqrt(d2[idx, labels])
