@@ -191,3 +191,21 @@ def _store(run_dir: Path, layers=(("a", 4), ("b", 4)), probes=("heldout",), labe
     finally:
         writer.close()
     return run_dir
+
+
+def test_site_lists_a_study_of_runs_once_with_its_runs_numbers(runs):
+    """The site index: the study's row averages its runs' final accuracy; each run keeps its own row, once."""
+    from topotrace.instrument.store import Store
+    from topotrace.site import collect
+
+    root, dirs = runs
+    tt.study(dirs[:2], root / "two-study")
+    rows = {r.path: r for r in collect(root)}
+    study = rows["two-study"]
+    assert study.kind == "study" and study.seed == "mine-s0, mine-s1" and not study.seeds
+    accuracy = []
+    for d in dirs[:2]:
+        with Store(d / "store.h5") as st:
+            accuracy.append(np.mean(st.correct("heldout")[-1]))
+    assert study.metrics["heldout"]["accuracy"] == pytest.approx(np.mean(accuracy))
+    assert [p for p in rows if p.startswith("mine-s")] == ["mine-s0", "mine-s1", "mine-s2"]

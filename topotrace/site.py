@@ -153,13 +153,21 @@ def read_study(study_dir: Path, root: Path) -> SiteRow:
     except ValueError as err:
         row.status, row.reason = "damaged", " ".join(str(err).split())
         return row
-    row.seed = study.seeds
-    for seed in study.seeds:
-        if study.seed_dir(seed).is_dir():
-            row.seeds.append(read_run(study.seed_dir(seed), root, "seed"))
-    done = [r for r in row.seeds if r.snapshots]
-    row.snapshots = sum(r.snapshots for r in row.seeds)
-    row.store_bytes = sum(r.store_bytes for r in row.seeds)
+    members = []
+    if study.of_runs:  # its runs are rows of their own where they lie in the runs folder: not listed twice
+        row.seed = ", ".join(study.labels)
+        for run_dir in study.runs:
+            if run_dir.is_dir() and run_dir.resolve().is_relative_to(root.resolve()):
+                members.append(read_run(run_dir.resolve(), root.resolve()))
+    else:
+        row.seed = study.seeds
+        for seed in study.seeds:
+            if study.seed_dir(seed).is_dir():
+                row.seeds.append(read_run(study.seed_dir(seed), root, "seed"))
+        members = row.seeds
+    done = [r for r in members if r.snapshots]
+    row.snapshots = sum(r.snapshots for r in members)
+    row.store_bytes = sum(r.store_bytes for r in row.seeds)  # a study of runs holds no store of its own
     if done:
         first = done[0]
         row.model, row.data, row.date = first.model, first.data, min(r.date for r in done if r.date)
