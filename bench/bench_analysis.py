@@ -106,9 +106,10 @@ def _analysis_time(path: Path, cache: Path, with_evidence: bool = True) -> float
     from topotrace.analysis import evidence
     from topotrace.analysis.pipeline import analyze
 
-    real = evidence.sample_distinctness, evidence.Bootstrap.correlations, evidence.Bootstrap.evidence
+    real = evidence.class_distinctness, evidence.Bootstrap.correlations, evidence.Bootstrap.evidence
     if not with_evidence:
-        evidence.sample_distinctness = lambda acts, *args: np.zeros(len(acts))
+        evidence.class_distinctness = lambda acts, labels, n_classes, bins=None, n_bins=0: (
+            np.zeros(len(acts)), float("nan"), np.full(n_bins, np.nan))
         evidence.Bootstrap.correlations = lambda self, x, conf: {}
         evidence.Bootstrap.evidence = lambda self, *args: None
     try:
@@ -116,7 +117,7 @@ def _analysis_time(path: Path, cache: Path, with_evidence: bool = True) -> float
         analyze(path, cache, layout_methods=["force"], refresh=True)
         return time.perf_counter() - t0
     finally:
-        evidence.sample_distinctness, evidence.Bootstrap.correlations, evidence.Bootstrap.evidence = real
+        evidence.class_distinctness, evidence.Bootstrap.correlations, evidence.Bootstrap.evidence = real
 
 
 def bench_whole_store() -> None:
@@ -178,7 +179,8 @@ from topotrace.analysis.pipeline import analyze
 from topotrace.instrument.store import Store
 path = Path(sys.argv[1])
 if sys.argv[4:] == ["no-evidence"]:  # the baseline for the evidence's cost
-    evidence.sample_distinctness = lambda acts, *args: np.zeros(len(acts))
+    evidence.class_distinctness = lambda acts, labels, n_classes, bins=None, n_bins=0: (
+        np.zeros(len(acts)), float("nan"), np.full(n_bins, np.nan))
     evidence.Bootstrap.correlations = lambda self, x, conf: {}
     evidence.Bootstrap.evidence = lambda self, *args: None
 

@@ -44,7 +44,7 @@ def test_ece_and_loss_minimum_match_numpy(run):
     store, res = run
     with Store(store) as st:
         for p, cal in res.calibration.items():
-            assert cal.measures == ["max_prob"] and cal.ece.shape == (1, res.n_snapshots)
+            assert cal.measures == ["max_prob", "temp_prob_cv"] and cal.ece.shape == (2, res.n_snapshots)
             for s in range(res.n_snapshots):
                 conf, correct = st.conf(p, "max_prob")[s].astype(np.float64), st.correct(p)[s].astype(bool)
                 assert cal.ece[0, s] == pytest.approx(_ece_loop(conf, correct), abs=1e-12)

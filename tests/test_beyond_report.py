@@ -119,7 +119,7 @@ def _time_charts(roots) -> list[Plot]:
 def test_synthetic_store_has_train_and_max_prob(synthetic):
     """The synthetic store gives both probe sets and max_prob calibration (the planted fields extend it)."""
     assert {"heldout", "train"} <= set(synthetic.curves)
-    assert synthetic.calibration["heldout"].measures == ["max_prob"]
+    assert synthetic.calibration["heldout"].measures == ["max_prob", "temp_prob_cv"]
 
 
 def test_ece_lines_equal_results(results):
@@ -159,9 +159,9 @@ def test_reliability_ships_every_snapshot(results):
 
 def test_temperature_chart(results, synthetic):
     """T over training is drawn when the analysis holds it, and left out when it is empty."""
-    data = _lines(calibration_view(results))[("Fitted temperature T (train probe set)", "T")]
+    data = _lines(calibration_view(results))[("Fitted temperature T", "train probe set (temp_prob)")]
     np.testing.assert_array_equal(data["y"], results.temperature)
-    assert not any(t.startswith("Fitted temperature") for t, _ in _lines(calibration_view(synthetic)))
+    assert ("Fitted temperature T", "train probe set (temp_prob)") not in _lines(calibration_view(synthetic))
 
 
 def test_overfitting_curves_equal_results(results):
