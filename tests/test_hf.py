@@ -250,3 +250,68 @@ def test_import_without_transformers_names_the_extra():
             "    print(repr(str(err)), err.__cause__, err.__suppress_context__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ("'topotrace.integrations.hf needs transformers: pip install topotrace[hf]' None True")
+
+
+# --- numbers handed to the Trainer's log (#21 item 3) -----------------------------------------------------------
+
+
+class LogSpy(TrainerCallback):
+    """Notes every on_log the Trainer's callbacks get (where report_to reporters see logs)."""
+
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
+def _train_logged(digits, out, callbacks):
+    ids, y = digits
+    args = TrainingArguments(output_dir=str(out), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH,
+                             learning_rate=1e-3, report_to=[], save_strategy="no", logging_strategy="no",
+                             use_cpu=True, seed=1, disable_tqdm=True, dataloader_num_workers=0)
+    trainer = Trainer(_model(), args, train_dataset=Digits(ids[:N_TRAIN], y[:N_TRAIN]), callbacks=callbacks)
+    trainer.train()
+    return trainer
+
+
+def test_numbers_in_log_history_equal_the_analysis(digits, probes, tmp_path):
+    """state.log_history holds the analysis' per-layer numbers and each probe set's accuracy at every snapshot
+    step, and the Trainer's callbacks (the reporters' way in) get the same values through on_log."""
+    from topotrace.analysis.pipeline import analyze
+
+    spy = LogSpy()
+    trainer = _train_logged(digits, tmp_path / "out", [spy, _callback(tmp_path / "store.h5", probes)])
+    records = [r for r in trainer.state.log_history if any(k.startswith("topotrace/") for k in r)]
+    steps = [0, 3, 6, 9, 12]
+    assert [r["step"] for r in records] == steps
+    assert [{k: v for k, v in r.items() if k != "step"} for r in records] == [
+        lg for lg in spy.logs if any(k.startswith("topotrace/") for k in lg)]
+
+    res = analyze(tmp_path / "store.h5", tmp_path / "analysis.h5")
+    assert res.steps.tolist() == steps
+    m = res.measures.index(res.primary_measure)
+    n_names = 0
+    for layer, lr in res.layers.items():
+        for k, q in enumerate(lr.evidence.quantities):
+            for name, want in ((f"topotrace/{layer}/{q}", lr.evidence.mean[k]),
+                               (f"topotrace/{layer}/{q}_partial_rho", lr.evidence.rho_partial[k, :, m])):
+                np.testing.assert_allclose([r[name] for r in records], want, rtol=1e-9, atol=1e-12, err_msg=name)
+                n_names += 1
+    for probe in ("heldout", "train"):
+        np.testing.assert_allclose([r[f"topotrace/{probe}/accuracy"] for r in records], res.curves[probe]["accuracy"],
+                                   rtol=1e-12, err_msg=probe)
+    assert n_names == 4 * len(res.layers) == 12  # two encoder blocks and the pooler
+    assert all(len(r) == n_names + 3 for r in records)  # + two accuracies + step
+
+
+def test_log_metrics_false_keeps_the_log_history_clean(digits, probes, tmp_path):
+    """log_metrics=False: no topotrace value in the log history or on_log; the store is recorded as before."""
+    spy = LogSpy()
+    cb = TopotraceCallback(tmp_path / "store.h5", layers=LAYERS, probes=probes, class_names=CLASSES,
+                           schedule=SCHEDULE, reductions=REDUCTIONS, batch_size=32, log_metrics=False)
+    trainer = _train_logged(digits, tmp_path / "out", [spy, cb])
+    assert trainer.state.log_history  # the Trainer's own summary at the end of training
+    assert not [k for r in trainer.state.log_history + spy.logs for k in r if k.startswith("topotrace")]
+    with Store(tmp_path / "store.h5") as st:
+        assert st.steps.tolist() == [0, 3, 6, 9, 12]
