@@ -389,7 +389,7 @@ def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: l
                  runs: list[tuple[str, str]] | None = None, title: str | None = None,
                  index: str | None = None, page_budget: float = pages.DEFAULT_BUDGET_MB,
                  quantized: bool = True, found_train: list[Finding] | None = None,
-                 trends: list[Finding] | None = None) -> Path:
+                 trends: list[Finding] | None = None, live: dict[str, object] | None = None) -> Path:
     """Write the self-contained HTML report of ``results`` and return its path.
 
     The report is one page while that fits ``page_budget``; otherwise ``out_path`` holds the summary sections
@@ -413,6 +413,9 @@ def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: l
             the overfitting section; ``None``: not shown.
         trends: the trends across a study's seeds (:func:`topotrace.analysis.findings.trend_findings`), shown as
             a table under the first seed's; ``None``: not shown.
+        live: the state of a run that still records (``topotrace watch``, :func:`topotrace.live.live_context`):
+            ``state``, ``title`` and ``text`` of the banner, and ``reload_s``, the seconds after which the page
+            reloads itself keeping the reader's place (0: no reload). ``None`` (default): a finished report.
 
     Returns:
         The path written (the summary page when the report is split; :func:`report_pages` lists every page).
@@ -427,7 +430,7 @@ def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: l
     if title is not None:
         context["run"] = dict(context["run"], name=title)
     context.update(site_index=index, layer_pages=[], thinned=False, budget_mb=f"{page_budget:g}",
-                   summary_file=out.name,
+                   summary_file=out.name, live=live,
                    side_by_side=_side_by_side(found, found_train, results.primary_measure),
                    trends_across=[{"layer": f.layer or "(run)", "trend": TREND_SHORT.get(f.claim, f.claim)
                                    + (f" ({f.measure})" if f.measure else ""), "effect": number(f.effect),
