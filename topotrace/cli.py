@@ -48,6 +48,7 @@ COMMANDS = {
     "info": "print a readable summary of a store",
     "analyze": "compute NAPs, layouts, maps and statistics (cached next to the store)",
     "report": "write the self-contained HTML report (and findings.json) of a run or a study",
+    "watch": "follow a run while it records: its report and the site index are rebuilt as snapshots arrive",
     "figure": "write a figure for a paper (PDF, SVG or PNG): a grid of maps or the findings' curves",
     "study": "train, record and analyse replicate runs (seeds) and report the findings across them",
     "atlas": "one study per configuration (architecture, data) and one page of their verdicts by layer depth",

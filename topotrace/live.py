@@ -1,0 +1,337 @@
+"""Following runs while they record (``topotrace watch``): a report and site index that follow the store.
+
+:func:`watch` polls each followed store (its committed snapshot count and whether its writer is live, closed
+or killed; :func:`topotrace.instrument.store.writer_state`) and, whenever snapshots were committed since the last
+report, rebuilds the run's analysis and report and the site index. Rules:
+
+* **One rebuild at a time, the newest state wins**: the loop rebuilds one run at a time; a rebuild describes the
+  store as it is when the rebuild starts, and snapshots committed meanwhile are shown by the next one (the
+  snapshots in between are never shown one by one).
+* **Never a half-written file**: every file is written to a temporary file and renamed over the old one
+  (:func:`topotrace.report_templates.outputs.atomic_output` for the pages, the analysis cache's ``.writing``
+  file), so a reader sees the previous file or the next, never a part.
+* **The live page** (``build_report(..., live=...)``, :func:`live_context`) says that it is live: snapshot k of
+  the schedule's count (when the store's metadata tells it, :func:`expected_snapshots`) and the time of the last
+  snapshot; it reloads itself every ``reload_s`` seconds over ``file://`` (no server), keeping the reader's
+  place (scroll position, open details, the layer, the snapshot slider unless it was at the newest snapshot).
+* **The end**: when the writer closes the store, the final report is written by the code of ``topotrace report``
+  (:func:`final_report`), so it equals what ``topotrace report`` gives on the finished run (no live banner, no
+  reload). A writer that was killed, or a store without a new snapshot for ``stall_s`` seconds, gets a last
+  report that says so (no reload) and ends the watch of that run with one line.
+
+Each live rebuild runs the full analysis (:func:`topotrace.analysis.pipeline.analyze`) in :func:`analyse_live`;
+an incremental analysis (issue 21 item 2) replaces that one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from topotrace.instrument.store import STORE_FILE, Store, StoreError, writer_state
+
+STALL_S = 120.0  # seconds without a new snapshot after which a live run counts as stalled
+POLL_S = 1.0  # seconds between two looks at the stores
+RELOAD_S = 10  # seconds after which a live page reloads itself
+# While live, the layouts are the fast ones (t-SNE alone took 7 of the 8 s of a 2-layer store's analysis); the
+# final report computes every default layout. Live analyses are cached apart, so analysis.h5 is always a final one.
+LIVE_LAYOUTS = ("force", "pca")
+LIVE_CACHE = "analysis_live.h5"
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What a store says now.
+
+    Attributes:
+        writer: ``"live"``, ``"closed"`` or ``"killed"`` (:func:`topotrace.instrument.store.writer_state`).
+        n_snapshots: committed snapshots k.
+        last_step: the step of the last committed snapshot (``None`` without one).
+        last_time: when it was recorded, seconds since the Unix epoch (``None`` without one).
+        expected: the snapshots the schedule asks for over the whole run, when the metadata tells it.
+    """
+
+    writer: str
+    n_snapshots: int
+    last_step: int | None
+    last_time: float | None
+    expected: int | None
+
+
+def expected_snapshots(meta: dict[str, object]) -> int | None:
+    """The snapshot count a run's schedule asks for, from the store's metadata; ``None`` when it does not say.
+
+    Read from the schedule's ``repr`` (``meta["schedule"]``): ``log_spaced(T, n)`` by itself; ``every(n)``,
+    ``every(n, start=s)`` and ``per_epoch(E)``, ``per_epoch(E, every=k)`` with ``meta["total_steps"]`` (written by
+    ``topotrace train``); ``at_steps([...])`` when every step is listed.
+    """
+    text = str(meta.get("schedule", ""))
+    total = meta.get("total_steps")
+    total = int(total) if isinstance(total, (int, float)) and not isinstance(total, bool) and total >= 0 else None
+    if m := re.fullmatch(r"log_spaced\((\d+), (\d+)\)", text):
+        from topotrace.instrument.schedules import log_spaced
+
+        return len(log_spaced(int(m[1]), int(m[2])).steps)
+    if m := re.fullmatch(r"every\((\d+)(?:, start=(\d+))?\)", text):
+        n, start = int(m[1]), int(m[2] or 0)
+        return len(range(start, total + 1, n)) if total is not None and n > 0 else None
+    if m := re.fullmatch(r"per_epoch\((\d+)(?:, every=(\d+))?\)", text):
+        n = int(m[1]) * int(m[2] or 1)
+        return len(range(0, total + 1, n)) if total is not None and n > 0 else None
+    if (m := re.fullmatch(r"at_steps\(\[([\d, ]*)\]\)", text)) and "..." not in text:
+        return len([s for s in m[1].split(",") if s.strip()])
+    return None
+
+
+def read_state(store: Path) -> StoreState | None:
+    """The store's state now; ``None`` while it is not (yet) a readable store (being created, or missing)."""
+    try:
+        writer = writer_state(store)
+        with Store(store) as st:
+            n = st.n_snapshots
+            return StoreState(writer, n, int(st.steps[-1]) if n else None, float(st.times[-1]) if n else None,
+                              expected_snapshots(st.meta))
+    except (OSError, StoreError):
+        return None
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def live_context(state: StoreState, status: str = "live", reload_s: int = RELOAD_S,
+                 stall_s: float = STALL_S) -> dict[str, object]:
+    """The ``live`` context of :func:`topotrace.report_templates.generate.build_report` for a run not yet done.
+
+    Args:
+        state: the store's state the report shows.
+        status: ``"live"`` (the page reloads itself every ``reload_s`` s), ``"stalled"`` (no snapshot for
+            ``stall_s`` s) or ``"stopped"`` (the writer was killed); the last two do not reload.
+        reload_s: seconds between reloads of a live page.
+        stall_s: the stall time, for the words.
+    """
+    of = f" of {state.expected}" if state.expected else ""
+    where = (f"snapshot {state.n_snapshots}{of} (step {state.last_step:,}), recorded {_utc(state.last_time)}"
+             if state.n_snapshots else "no snapshot yet")
+    if status == "live":
+        return {"state": "live", "title": "Live.", "reload_s": int(reload_s),
+                "text": f"The run is recording: {where}. This page reloads itself every {int(reload_s)} s while "
+                        "`topotrace watch` follows the run; the final report replaces it when recording ends. "
+                        f"Layouts while live: {' and '.join(LIVE_LAYOUTS)} only (provisional; the final report "
+                        "computes every layout method)."}
+    if status == "stalled":
+        return {"state": "stalled", "title": "Stalled.", "reload_s": 0,
+                "text": f"No snapshot for {stall_s:g} s: the last is {where}. `topotrace watch` stopped following "
+                        "the run; `topotrace report` (or `topotrace watch` again) shows later snapshots."}
+    if status == "stopped":
+        return {"state": "stopped", "title": "Stopped.", "reload_s": 0,
+                "text": f"The recording ended without closing its store (the training process was killed): the "
+                        f"last is {where}. This report shows those snapshots; resuming the run records the rest."}
+    raise ValueError(f"The 'status' parameter must be 'live', 'stalled' or 'stopped'. Got {status!r} instead.")
+
+
+def analyse_live(store: Path):
+    """The analysis a live report shows: the store as it is, with the fast layouts (:data:`LIVE_LAYOUTS`).
+
+    Cached in :data:`LIVE_CACHE` next to the store (``analysis.h5`` stays the final analysis's). For now every
+    snapshot is analysed each time; an incremental analysis that extends the cached one by the new snapshots
+    only replaces this call.
+    """
+    from topotrace.analysis.pipeline import analyze
+
+    return analyze(store, store.parent / LIVE_CACHE, layout_methods=list(LIVE_LAYOUTS))
+
+
+def live_report(store: Path, context: dict[str, object]) -> Path:
+    """Analyse ``store`` and write its report with the ``live`` banner (atomically); returns the report's path."""
+    from topotrace.analysis.findings import run_findings
+    from topotrace.report_templates.generate import build_report
+
+    from .site import site_index_for
+
+    results = analyse_live(store)
+    out = store.parent / "report.html"
+    return build_report(results, out, run_findings(results), index=site_index_for(out), live=context)
+
+
+def final_report(store: Path) -> Path:
+    """Write the finished run's report as ``topotrace report STORE`` does (the same code, its defaults)."""
+    from . import cmd_report
+
+    parser = argparse.ArgumentParser()
+    cmd_report.configure(parser)
+    with contextlib.redirect_stdout(sys.stderr):  # its own lines; watch prints the report's path at the end
+        cmd_report.run(parser.parse_args([str(store)]))
+    return store.parent / "report.html"
+
+
+def site_root(store: Path, folder: Path | None) -> Path | None:
+    """The runs folder whose site index follows the run: the watched folder, or an index above the run folder."""
+    if folder is not None:
+        return folder
+    from .site import site_index_for
+
+    link = site_index_for(store.parent / "report.html")
+    return None if link is None else (store.parent / link).parent.resolve()
+
+
+@dataclass
+class _Run:
+    store: Path
+    since: float = field(default_factory=time.monotonic)  # when the current committed count was first seen
+    count: int = -1  # the committed count seen last
+    shown: int = 0  # the committed count the last live report shows
+    end: str | None = None  # "done", "stopped" or "stalled"
+    line: str = ""
+
+
+def _stores_below(folder: Path) -> list[Path]:
+    return sorted({*folder.glob(f"*/{STORE_FILE}"), *folder.glob(f"*/*/{STORE_FILE}")})
+
+
+def is_runs_folder(target: Path) -> bool:
+    """A folder of runs (watch every live run in it) rather than one run's folder."""
+    if not target.is_dir() or (target / STORE_FILE).exists():
+        return False
+    return (target / "index.html").is_file() or bool(_stores_below(target))
+
+
+class Watcher:
+    """Follows one run (a run folder or store file) or every live run in a runs folder (see the module docstring).
+
+    Args:
+        target: the run folder, the store file, or the runs folder.
+        stall_s: seconds without a new snapshot (or, before the store exists, without a store) after which a
+            run counts as stalled.
+        poll_s: seconds between two looks at the stores.
+        reload_s: seconds after which a live page reloads itself.
+        say: where progress lines go (one line each).
+    """
+
+    def __init__(self, target: str | os.PathLike, stall_s: float = STALL_S, poll_s: float = POLL_S,
+                 reload_s: int = RELOAD_S, say: Say | None = None):
+        self.target = Path(target)
+        self.folder = self.target if is_runs_folder(self.target) else None
+        self.stall_s, self.poll_s, self.reload_s = float(stall_s), float(poll_s), int(reload_s)
+        self.say = say or (lambda line: print(line, file=sys.stderr))
+        self.runs: dict[Path, _Run] = {}
+        if self.folder is None:
+            store = self.target if self.target.suffix == ".h5" or self.target.is_file() else self.target / STORE_FILE
+            self.runs[store] = _Run(store)
+        self._started = time.monotonic()
+
+    def _discover(self) -> None:
+        for store in _stores_below(self.folder):
+            if store not in self.runs:
+                with contextlib.suppress(OSError):
+                    if writer_state(store) == "live":
+                        self.runs[store] = _Run(store)
+                        self.say(f"watch: following {store.parent}")
+
+    def _site(self, store: Path) -> None:
+        root = site_root(store, self.folder)
+        if root is not None:
+            from .site import write_site
+
+            try:
+                write_site(root)
+            except (OSError, ValueError) as err:
+                self.say(f"watch: the site index of {root} was not written: {err}")
+
+    def _end(self, run: _Run, status: str, state: StoreState | None) -> None:
+
+        try:
+            self._last_report(run, status, state)
+        finally:  # watch's own cache: the run folder is left as topotrace report leaves it
+            (run.store.parent / LIVE_CACHE).unlink(missing_ok=True)
+
+    def _last_report(self, run: _Run, status: str, state: StoreState | None) -> None:
+        from .cli import visible
+
+        run.end = status
+        name = visible(run.store.parent)
+        if status == "done":
+            out = final_report(run.store)
+            self._site(run.store)
+            run.line = f"{name}: recording closed after {state.n_snapshots} snapshots; final report {visible(out)}"
+            return
+        if state is not None and state.n_snapshots:
+            with contextlib.suppress(Exception):  # the last report stays what it was if this one cannot be made
+                live_report(run.store, live_context(state, status, self.reload_s, self.stall_s))
+                self._site(run.store)
+        where = (f"after {state.n_snapshots} snapshots (last step {state.last_step})" if state and state.n_snapshots
+                 else "before its first snapshot")
+        if status == "stopped":
+            run.line = (f"{name}: the recording stopped without closing its store (killed) {where}; the report "
+                        "shows them, and resuming the run records the rest.")
+        elif state is None:
+            run.line = (f"{name}: no store appeared at {visible(run.store)} for {self.stall_s:g} s; start the training "
+                        "first, or give the run folder it records into.")
+        else:
+            run.line = f"{name}: stalled: no snapshot for {self.stall_s:g} s {where}; stopped following it."
+
+    def _look(self, run: _Run) -> bool:
+        """One look at ``run``'s store: rebuild or end it as its state says. Returns whether anything was written."""
+        from .cli import visible
+
+        state = read_state(run.store)
+        now = time.monotonic()
+        if state is None or state.n_snapshots != run.count:
+            if state is not None:
+                run.count = state.n_snapshots
+            run.since = now if state is not None else run.since
+        if state is None:
+            if now - run.since > self.stall_s:
+                self._end(run, "stalled", None)
+            return False
+        if state.writer == "closed":
+            self._end(run, "done", state)
+            return True
+        if state.writer == "killed":
+            self._end(run, "stopped", state)
+            return True
+        if now - run.since > self.stall_s:
+            self._end(run, "stalled", state)
+            return True
+        if state.n_snapshots > run.shown:
+            t0 = time.perf_counter()
+            try:
+                if run.shown == 0:
+                    self._site(run.store)  # first, so that the report links back to the index
+                out = live_report(run.store, live_context(state, "live", self.reload_s, self.stall_s))
+            except (ValueError, OSError, StoreError) as err:
+                self.say(f"watch: {visible(run.store.parent)}: snapshot {state.n_snapshots} not shown: "
+                         f"{visible(' '.join(str(err).split()))}")
+                run.shown = state.n_snapshots  # tried: wait for the next snapshot
+                return False
+            run.shown = state.n_snapshots
+            self._site(run.store)
+            of = f" of {state.expected}" if state.expected else ""
+            self.say(f"watch: {visible(run.store.parent)}: snapshot {state.n_snapshots}{of} (step {state.last_step}) "
+                     f"-> {visible(out)} ({time.perf_counter() - t0:.1f} s)")
+            return True
+        return False
+
+    def run(self) -> list[_Run]:
+        """Follow until every followed run has ended; returns the runs with their ``end`` and ``line``."""
+        while True:
+            if self.folder is not None:
+                self._discover()
+                if not self.runs and time.monotonic() - self._started > self.stall_s:
+                    return []
+            wrote = False
+            for run in [r for r in self.runs.values() if r.end is None]:
+                wrote |= self._look(run)
+            if self.runs and all(r.end is not None for r in self.runs.values()):
+                return list(self.runs.values())
+            if not wrote:
+                time.sleep(self.poll_s)
