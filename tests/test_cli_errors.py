@@ -115,6 +115,44 @@ def _name_case(id_: str, name: str):
     return pytest.param(["train", "--name", name, "--epochs", "1", "--overwrite"], None, "plain folder name", id=id_)
 
 
+def _store_as(kind: str):
+    """``run/store.h5`` as something that is no store file: a folder, a FIFO, a link loop, a dangling link."""
+    def setup(tmp: Path):
+        store = tmp / "run" / "store.h5"
+        store.parent.mkdir()
+        if kind == "folder":
+            store.mkdir()
+        elif kind == "fifo":
+            os.mkfifo(store)  # reading it would wait for a writer forever
+        elif kind == "loop":
+            store.symlink_to("store.h5")
+        else:
+            store.symlink_to("nowhere.h5")
+    return setup
+
+
+def _store_bytes(data: bytes):
+    def setup(tmp: Path):
+        (tmp / "run").mkdir()
+        (tmp / "run" / "store.h5").write_bytes(data)
+    return setup
+
+
+def _edited_store(edit):
+    """A store whose HDF5 content was edited (a probe set deleted, an attribute changed) by ``edit(h5py.File)``."""
+    def setup(tmp: Path):
+        import h5py
+
+        _store("run/store.h5")(tmp)
+        with h5py.File(tmp / "run" / "store.h5", "r+") as f:
+            edit(f)
+    return setup
+
+
+def _set_attr(name, value):
+    return lambda f: f.attrs.__setitem__(name, value)
+
+
 def NOT_A_STORE(name: str) -> tuple[str, ...]:  # noqa: N802 - the store's own message, or the command's
     return f"Cannot read {name} as a topotrace store", f"{name} is not", f"{name} is damaged"
 
@@ -236,6 +274,36 @@ CASES = [
     pytest.param(["info", "no\x1bpe[/]"], None, "No store at no\\x1bpe[/]", id="info-hostile-path"),
     pytest.param(["info", "t.txt", "--until-good"], _files({"t.txt": "hello"}),
                  NOT_A_STORE("t.txt"), id="info-until-good-text-file"),
+    # store.h5 that is no store file (#23): named with what it is, a FIFO never opened (no hang)
+    pytest.param(["info", "run"], _store_as("folder"), "run/store.h5 is a folder, not a store file",
+                 id="store-is-a-folder"),
+    pytest.param(["report", "run"], _store_as("fifo"), "run/store.h5 is a FIFO (named pipe), not a store file",
+                 id="store-is-a-fifo"),
+    pytest.param(["analyze", "run/store.h5"], _store_as("fifo"), "run/store.h5 is a FIFO (named pipe)",
+                 id="store-path-is-a-fifo"),
+    pytest.param(["analyze", "run"], _store_as("loop"), "run/store.h5 is a symbolic link that loops back on itself",
+                 id="store-is-a-link-loop"),
+    pytest.param(["figure", "run", "--layer", "layer0"], _store_as("dangling"),
+                 "run/store.h5 is a symbolic link to 'nowhere.h5', which does not exist",
+                 id="store-is-a-dangling-link"),
+    pytest.param(["info", "run"], _store_bytes(b"\x89HDF\r\n\x1a\n"), "the file holds only 8 bytes",
+                 id="store-of-8-bytes"),
+    pytest.param(["info", "run"], _edited_store(lambda f: f.__delitem__("probes/heldout")),
+                 "probe set 'heldout' (listed in attribute 'probe_sets') has no group probes/heldout",
+                 id="store-probe-set-deleted"),
+    pytest.param(["info", "run"], _edited_store(_set_attr("schema_version", "one")),
+                 "schema version that is not a whole number (attribute 'schema_version' is 'one')",
+                 id="store-schema-version-text"),
+    pytest.param(["info", "run"], _edited_store(_set_attr("schema_version", 1.5)),
+                 "schema version that is not a whole number (attribute 'schema_version' is 1.5)",
+                 id="store-schema-version-float"),
+    pytest.param(["info", "run"], _edited_store(lambda f: f.attrs.__delitem__("schema_version")),
+                 "has no schema version (attribute 'schema_version' is missing)", id="store-schema-version-missing"),
+    # huge numbers: bounded, the range named
+    pytest.param(["report", "run", "--scale", "100000"], _run_and_dir,
+                 "The '--scale' option must be an int from 1 to 15", id="report-scale-huge"),
+    pytest.param(["figure", "run", "--layer", "layer0", "--dpi", "1e9"], _run_and_dir,
+                 "The '--dpi' option must be a number from 1 to 1200", id="figure-dpi-huge"),
 ]
 
 
@@ -484,3 +552,26 @@ def test_warnings_are_one_topotrace_line(monkeypatch, capsys, debug):
         return
     assert err.splitlines() == ["topotrace: warning: All-NaN slice encountered",
                                 "topotrace: warning: The page is larger than the budget \\x1b[31m."]
+
+
+@pytest.mark.parametrize("kind", ["text", "random-bytes", "folder"])
+def test_a_checkpoint_that_is_no_npz_is_one_line(tmp_path, monkeypatch, capsys, kind):
+    """runs/digits/checkpoint.npz that is text, noise or a folder: --resume refuses it in one line naming the file
+    and what to do (numpy's words about pickles never reach the user), nothing touched."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text(TINY)
+    assert main(["train", "--config", "c.toml", "--epochs", "1"]) == 0
+    ckpt = tmp_path / "runs" / "digits" / "checkpoint.npz"
+    ckpt.unlink()
+    if kind == "text":
+        ckpt.write_text("my notes\n")
+    elif kind == "random-bytes":
+        ckpt.write_bytes(np.random.default_rng(0).bytes(200))
+    else:
+        ckpt.mkdir()
+    capsys.readouterr()
+    before = tree(tmp_path)
+    assert main(["train", "--config", "c.toml", "--epochs", "1", "--resume"]) == 2
+    line = assert_one_error_line(capsys.readouterr().err, "runs/digits/checkpoint.npz is not a topotrace checkpoint")
+    assert "pickle" not in line and "Remove it to restart the run from step 0 with --resume" in line
+    assert tree(tmp_path) == before

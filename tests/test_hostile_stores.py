@@ -289,3 +289,54 @@ def test_a_full_disk_during_analyze_leaves_no_half_written_cache(tmp_path, clean
         assert main(["analyze", "run", "--layouts", "pca"]) == 2
     assert_one_error_line(capsys.readouterr().err, "No space left on device")
     assert len(calls) > 3 and sorted(p.name for p in (tmp_path / "run").iterdir()) == ["store.h5"]
+
+
+def test_report_archive_and_figure_check_the_checksums_before_using_a_cached_analysis(tmp_path, clean, capsys,
+                                                                                       monkeypatch):
+    """A chunk damaged after the run was analysed (its file date kept, so the cache still matches): report,
+    archive and figure refuse it in one line naming the first damaged snapshot, where they used to exit 0 from
+    the cache and leave `verify` to reject the bundle; nothing is written."""
+    data, spans, _ = clean
+    monkeypatch.chdir(tmp_path)
+    path = _damaged(tmp_path, data, lambda p: None)
+    with deadline(60):
+        assert main(["analyze", "run", "--layouts", "pca"]) == 0
+    stamp = path.stat()
+    start, end = _chunk_of(spans, "probes/heldout/acts/layer0", 2)
+    raw = bytearray(path.read_bytes())
+    raw[(start + end) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # as a bit flip on the disk leaves it
+    capsys.readouterr()
+    before = tree(tmp_path)
+    for argv in (["report", "run"], ["archive", "run"], ["figure", "run", "--layer", "layer0"],
+                 ["analyze", "run", "--layouts", "pca"]):
+        with deadline(60):
+            assert main(argv) == 2, argv
+        line = assert_one_error_line(capsys.readouterr().err, "snapshot 2")
+        assert "acts/layer0" in line and "checksum mismatch" in line, line
+        assert tree(tmp_path) == before, argv
+    with deadline(60):  # --until-good still uses the two snapshots before it
+        assert main(["report", "run", "--until-good", "--layouts", "pca", "--out", "r.html"]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "r.html").is_file()
+
+
+def test_until_good_on_damage_at_snapshot_0_says_so(tmp_path, clean, capsys, monkeypatch):
+    """Snapshot 0 damaged: --until-good says that snapshot 0 is damaged and nothing before it is usable (not "no
+    committed snapshots yet"), for info, analyze and report."""
+    data, spans, _ = clean
+    start, end = _chunk_of(spans, "probes/heldout/loss", 0)
+    bad = bytearray(data)
+    bad[(start + end) // 2] ^= 0x01
+    monkeypatch.chdir(tmp_path)
+    _damaged(tmp_path, bytes(bad), lambda p: None)
+    before = tree(tmp_path)
+    for argv in (["info", "run", "--until-good"], ["analyze", "run", "--until-good"],
+                 ["report", "run", "--until-good"]):
+        with deadline(60):
+            assert main(argv) == 2, argv
+        line = assert_one_error_line(capsys.readouterr().err, "snapshot 0 (step")
+        assert "nothing before it is usable" in line and "no committed snapshots" not in line, line
+        assert "probe set 'heldout', dataset loss" in line
+    assert tree(tmp_path) == before

@@ -26,7 +26,8 @@ def _model():
 def _recorder(path, schedule, model=None, **kw):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(12, 6, generator=g), torch.arange(12) % 3
-    return Recorder(model or _model(), path, layers="0", probes=[ProbeSet("heldout", x, y)], class_names=CLASSES,
+    kw.setdefault("layers", "0")
+    return Recorder(model or _model(), path, probes=[ProbeSet("heldout", x, y)], class_names=CLASSES,
                     schedule=schedule, **kw)
 
 
@@ -200,3 +201,12 @@ def test_fifo_is_refused_without_opening_it(tmp_path):
 def test_resume_and_overwrite_together_are_refused(tmp_path):
     with pytest.raises(ValueError, match="choose one"):
         _recorder(tmp_path / "s.h5", every(1), resume=True, overwrite=True)
+
+
+@pytest.mark.parametrize("layers", [[1], 1, [None], ["0", 2.5]])
+def test_non_string_layer_names_are_refused_in_one_line(tmp_path, layers):
+    with pytest.raises(TypeError) as err:
+        _recorder(tmp_path / "s.h5", every(1), layers=layers)
+    text = str(err.value)
+    assert "'layers' parameter must be a module name, a glob, a list of them" in text and repr(layers) in text
+    assert "\n" not in text and not (tmp_path / "s.h5").exists()

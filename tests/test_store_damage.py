@@ -229,7 +229,38 @@ def test_damaged_chunk_names_snapshot_and_until_good_keeps_the_rest(tmp_path, cl
     got = _read_all(path, until_good=True)
     assert got["n"] == snapshot and got["damaged_at"] == snapshot
     _assert_same(got, want, snapshot)
+    with Store(path, until_good=True) as st:  # what the commands name before any work (#23): the same damage
+        assert str(st.damage_error) == msg
+        assert st.damage in msg and f"snapshot {snapshot} (step {step})" in st.damage
     assert path.read_bytes() == bytes(bad)
+
+
+def test_damage_at_snapshot_0_says_nothing_before_it_is_usable(tmp_path, clean):
+    """A damaged first snapshot: no "first 0 snapshots are intact"; until_good shows none and says why."""
+    data, want = clean
+    start, end, _, _ = next(s for s in _chunk_spans(data, tmp_path)
+                            if s[2] == "probes/heldout/loss" and s[3] == 0)
+    bad = bytearray(data)
+    bad[(start + end) // 2] ^= 0x01
+    path = _write(tmp_path / "s.h5", bytes(bad))
+    msg = _refused(path)
+    assert f"snapshot 0 (step {want['steps'][0]}) is damaged (checksum mismatch)" in msg
+    assert "nothing before it is usable" in msg and "first 0" not in msg
+    with Store(path, until_good=True) as st:
+        assert st.n_snapshots == 0 and st.damaged_at == 0 and str(st.damage_error) == msg
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    (lambda f: f.__delitem__("probes/heldout"), "probe set 'heldout' (listed in attribute 'probe_sets') has no "
+                                                "group probes/heldout"),
+    (lambda f: f.__delitem__("probes/heldout/label"), "has no dataset probes/heldout/label"),
+    (lambda f: f.attrs.__setitem__("schema_version", "1"), "schema version that is not a whole number"),
+    (lambda f: f.attrs.__setitem__("schema_version", True), "schema version that is not a whole number"),
+    (lambda f: f.attrs.__delitem__("schema_version"), "has no schema version (attribute 'schema_version' is missing)"),
+    (lambda f: f.attrs.__setitem__("schema_version", 7), "has store schema version 7; this topotrace reads version 1"),
+])
+def test_a_deleted_probe_set_or_a_bad_schema_version_is_named(tmp_path, clean, edit, words):
+    assert words in _refused(_edited(tmp_path, clean, edit))
 
 
 def test_until_good_on_an_intact_store_changes_nothing(tmp_path, clean):

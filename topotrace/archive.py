@@ -245,6 +245,20 @@ def bundled_analysis(run: Path, name: str = ANALYSIS_FILE):  # -> AnalysisResult
     return results
 
 
+def check_intact(store: Path) -> None:
+    """Refuse a store with a damaged chunk before it is bundled, as ``topotrace verify`` would.
+
+    Every committed chunk is read and its checksum verified (one plain read of the store).
+
+    Raises:
+        StoreError: naming the first damaged snapshot (its dataset, step and what is wrong).
+    """
+    with Store(store, until_good=True) as st:
+        if st.damaged_at is not None:
+            raise StoreError(f"{store}: {st.damage}; an archive bundles whole stores only (verify would reject it). "
+                             "Restore the store from a copy or record the run again.")
+
+
 def check_analysed(run: Path, kind: str) -> None:
     """Refuse a run (or a study's seed) without a current analysis next to its store, before anything is written.
 
@@ -258,6 +272,7 @@ def check_analysed(run: Path, kind: str) -> None:
         if not (folder / STORE_FILE).is_file():
             raise ValueError(f"{folder} holds no {STORE_FILE}: the study is not finished. Continue it with "
                              "`topotrace study`, then archive it.")
+        check_intact(folder / STORE_FILE)
         if cached_results(folder / STORE_FILE, folder / ANALYSIS_FILE) is None:
             raise ValueError(f"{folder / STORE_FILE} has no current analysis in {folder / ANALYSIS_FILE}. Run "
                              f"`topotrace analyze {folder}` (or `topotrace report {run}`) first, then archive it.")

@@ -100,8 +100,9 @@ def run(args: argparse.Namespace) -> int:
     for layer, *_ in pngs:
         if layer not in layers:
             raise ValueError(f"The layer of '--png' must be one of the store's layers {layers}. Got {layer!r}.")
-    if args.scale < 1:
-        raise ValueError(f"The '--scale' option must be an int >= 1 (PNG pixels per map grid cell). Got {args.scale}.")
+    if not 1 <= args.scale <= 15:  # 15 px per cell of the 128-cell grid: 1200 dpi, figures.MAX_DPI
+        raise ValueError(f"The '--scale' option must be an int from 1 to 15 (PNG pixels per map grid cell). Got "
+                         f"{args.scale}.")
     if pngs:
         from topotrace.report_templates.figures import require_matplotlib
 

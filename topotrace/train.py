@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,10 @@ def load_checkpoint(path: Path) -> dict:
     Raises:
         ValueError: it is unreadable or not a topotrace checkpoint.
     """
+    if Path(path).is_symlink() or not Path(path).is_file() or not zipfile.is_zipfile(path):  # never a FIFO opened
+        raise ValueError(f"The checkpoint {path} is not a topotrace checkpoint (a NumPy .npz archive, which "
+                         "`topotrace train` writes). Remove it to restart the run from step 0 with --resume, or start "
+                         "a new run.")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -331,7 +336,7 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
     ckpt = None
     if resume:
         _check_resumable(run_dir, cfg)
-        if ckpt_path.is_file():
+        if os.path.lexists(ckpt_path):  # a folder or link there is refused, not skipped
             ckpt = load_checkpoint(ckpt_path)
             if ckpt.get("config") != _settings(cfg):
                 raise ValueError(f"The checkpoint {ckpt_path} belongs to another config than {run_dir}/config.toml; "

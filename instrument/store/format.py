@@ -255,6 +255,12 @@ def _read_spec(f: h5py.File, path: object = None) -> StoreSpec:
         raise StoreError(f"{path} is damaged: the attribute {attr!r} does not describe a store "
                          f"({' '.join(str(err).split())}). Restore it from a copy or record the run again.") from err
     # HDF5 failures reading the probe sets propagate (the reader turns them into a StoreError)
+    for name in names:
+        for part in (f"probes/{name}", f"probes/{name}/index", f"probes/{name}/label"):
+            if part not in f:
+                raise StoreError(f"{path} is damaged: probe set {name!r} (listed in attribute 'probe_sets') has no "
+                                 f"{'group' if part.count('/') == 1 else 'dataset'} {part}. Restore the store from a "
+                                 "copy or record the run again.")
     probes = tuple(ProbeSpec(name, f[f"probes/{name}/index"][()], f[f"probes/{name}/label"][()]) for name in names)
     try:
         return StoreSpec(layers=layers, probes=probes, class_names=class_names, measures=measures,
@@ -269,10 +275,18 @@ def _check_format(f: h5py.File, path: Path) -> None:
     fmt = _plain(a["format"]) if "format" in a else None
     if fmt != FORMAT:
         raise StoreError(f"{path} is not a topotrace store (attribute 'format' is {fmt!r}).")
-    version = int(a["schema_version"]) if "schema_version" in a else -1
-    if version != SCHEMA_VERSION:
+    if "schema_version" not in a:
+        raise StoreError(f"{path} has no schema version (attribute 'schema_version' is missing): it is damaged or was "
+                         f"not written by topotrace; this topotrace reads stores of schema version {SCHEMA_VERSION}. "
+                         "Restore it from a copy or record the run again.")
+    raw = _plain(a["schema_version"])
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise StoreError(f"{path} has a schema version that is not a whole number (attribute 'schema_version' is "
+                         f"{raw!r}): it is damaged; this topotrace reads stores of schema version {SCHEMA_VERSION}. "
+                         "Restore it from a copy or record the run again.")
+    if raw != SCHEMA_VERSION:
         raise StoreError(
-            f"{path} has store schema version {version}; this topotrace reads version {SCHEMA_VERSION}."
+            f"{path} has store schema version {raw}; this topotrace reads version {SCHEMA_VERSION}."
         )
 
 

@@ -121,6 +121,10 @@ class Store:
     Attributes:
         damaged_at: with ``until_good``, the first damaged snapshot (the visible ones are those before it);
             None when every committed snapshot is intact.
+        damage: with ``until_good`` and a damaged snapshot: one line naming its dataset, snapshot, step and what
+            is wrong (``probe set 'heldout', dataset acts/fc1: snapshot 4 (step 40) is damaged (checksum
+            mismatch)``); None otherwise.
+        damage_error: the :class:`StoreError` a read of that snapshot raises without ``until_good``.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -138,6 +142,8 @@ class Store:
             raise FileNotFoundError(f"No store at {self.path}.")
         self._until_good = bool(until_good)
         self.damaged_at: int | None = None
+        self.damage: str | None = None  # with until_good: which chunk of the first damaged snapshot, and how
+        self.damage_error: StoreError | None = None  # the error reading that snapshot would raise
         check_file(self.path)
         with hdf5_errors(self.path):
             self._h = _Handle.acquire(self.path)
@@ -178,8 +184,12 @@ class Store:
             if expected is None or self._shards[-1].spec != expected:
                 raise self._damaged(f"its shard {path.name} does not hold the layers, classes, measures and probe "
                                     f"samples the attribute {SHARDS!r} gives it (shard {r})")
-        bad = [s.damaged_at for s in self._shards if s.damaged_at is not None]
-        self.damaged_at = min(bad) if bad else None
+        bad = [s for s in self._shards if s.damaged_at is not None]
+        if bad:
+            worst = min(bad, key=lambda s: s.damaged_at)
+            self.damaged_at = worst.damaged_at
+            self.damage = f"shard {worst.path.name}: {worst.damage}"
+            self.damage_error = worst.damage_error
         self.refresh()
 
     @property
@@ -270,8 +280,11 @@ class Store:
                 bad_read = self._first_unreadable(d, 0, limit)
                 if bad_read is not None:
                     limit = bad_read[0]
-            if limit < n:
+                    first = (bad_read[0], name, bad_read[1])
+            if limit < n and first is not None:
                 self.damaged_at = limit
+                self.damage = self._damage_text(*first)
+                self.damage_error = self._bad_snapshot(*first)
         self.refresh()
 
     def _first_unreadable(self, d: h5py.Dataset, start: int, stop: int) -> tuple[int, str] | None:
@@ -293,6 +306,14 @@ class Store:
         return None
 
     def _bad_snapshot(self, i: int, name: str, what: str) -> StoreError:
+        text = self._damage_text(i, name, what)
+        intact = (f"the first {i} snapshots are intact: open with until_good=True (topotrace --until-good) to use "
+                  "them" if i else "nothing before it is usable (--until-good has no snapshot to read); restore the "
+                  "store from a copy or record the run again")
+        return StoreError(f"{self.path}: {text}; {intact}.")
+
+    def _damage_text(self, i: int, name: str, what: str) -> str:
+        """``<where>: snapshot i (step s) is damaged (<reason>)``: which chunk of which snapshot, and how."""
         try:
             step = f"step {int(self._series['step'][i])}"
         except (*HDF5_ERRORS, IndexError):
@@ -307,10 +328,7 @@ class Store:
             what = f"is truncated or damaged: its data {what}"
         else:
             what = f"is damaged ({what})"
-        intact = (f"the first {i} snapshots are intact: open with until_good=True (topotrace --until-good) to use "
-                  "them" if i else "no snapshot before it is left; restore the store from a copy or record the run "
-                  "again")
-        return StoreError(f"{self.path}: {where}: snapshot {i} ({step}) {what}; {intact}.")
+        return f"{where}: snapshot {i} ({step}) {what}"
 
     def _read_failure(self, name: str, start: int, stop: int, err: BaseException) -> StoreError:
         d = self._series[name]
