@@ -304,6 +304,11 @@ CASES = [
                  "The '--scale' option must be an int from 1 to 15", id="report-scale-huge"),
     pytest.param(["figure", "run", "--layer", "layer0", "--dpi", "1e9"], _run_and_dir,
                  "The '--dpi' option must be a number from 1 to 1200", id="figure-dpi-huge"),
+    # layout methods: unknown or none, before any work
+    pytest.param(["analyze", "run", "--layouts", "foo"], _run_and_dir, "Unknown layout method 'foo' for '--layouts'. "
+                 "Available: ['pca', 'tsne', 'mds', 'som', 'force', 'umap']", id="analyze-layouts-unknown"),
+    pytest.param(["report", "run", "--layouts", ","], _run_and_dir,
+                 "The '--layouts' option must name at least one layout method", id="report-layouts-empty"),
 ]
 
 
@@ -574,4 +579,19 @@ def test_a_checkpoint_that_is_no_npz_is_one_line(tmp_path, monkeypatch, capsys, 
     assert main(["train", "--config", "c.toml", "--epochs", "1", "--resume"]) == 2
     line = assert_one_error_line(capsys.readouterr().err, "runs/digits/checkpoint.npz is not a topotrace checkpoint")
     assert "pickle" not in line and "Remove it to restart the run from step 0 with --resume" in line
+    assert tree(tmp_path) == before
+
+
+def test_an_uninstalled_layout_method_names_its_package(tmp_path, monkeypatch, capsys):
+    """--layouts umap without umap-learn: one line naming the package and the pip command, before any work."""
+    import topotrace.analysis.layouts as layouts
+
+    monkeypatch.setattr(layouts, "HAS_UMAP", False)
+    monkeypatch.chdir(tmp_path)
+    _run_and_dir(tmp_path)
+    before = tree(tmp_path)
+    for command in ("analyze", "report"):
+        assert main([command, "run", "--layouts", "pca,umap"]) == 2
+        line = assert_one_error_line(capsys.readouterr().err, "needs the package umap-learn, which is not installed")
+        assert "pip install umap-learn" in line and "pca, tsne, mds, som, force" in line
     assert tree(tmp_path) == before

@@ -138,8 +138,30 @@ def analysis_kwargs(args: argparse.Namespace) -> dict[str, object]:
     """Keyword arguments of :func:`topotrace.analysis.pipeline.analyze` from the parsed options."""
     value = {k: getattr(args, k) if getattr(args, k) is not None else d for k, d in ANALYSIS_DEFAULTS.items()}
     layouts = value.pop("layouts")
-    value["layout_methods"] = [m.strip() for m in layouts.split(",") if m.strip()] if layouts else None
+    value["layout_methods"] = check_layouts(layouts) if layouts is not None else None
     return value | {"refresh": args.refresh}
+
+
+def check_layouts(text: str) -> list[str]:
+    """The methods of ``--layouts`` (comma-separated), each known and installed, checked before any work.
+
+    Raises:
+        ValueError: one line: no method named, an unknown one (listing the methods), or umap without its package.
+    """
+    from topotrace.analysis.layouts import HAS_UMAP
+
+    names = [m.strip() for m in str(text).split(",") if m.strip()]
+    if not names:
+        raise ValueError(f"The '--layouts' option must name at least one layout method (comma-separated) among "
+                         f"{', '.join(METHODS)}. Got {text!r}.")
+    for m in names:
+        if m not in METHODS:
+            raise ValueError(f"Unknown layout method {m!r} for '--layouts'. Available: {list(METHODS)}.")
+    if "umap" in names and not HAS_UMAP:
+        raise ValueError("The layout method 'umap' of '--layouts' needs the package umap-learn, which is not "
+                         "installed: pip install umap-learn, or choose among "
+                         f"{', '.join(m for m in METHODS if m != 'umap')}.")
+    return names
 
 
 def describe_params(params: dict[str, object]) -> str:
