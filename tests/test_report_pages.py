@@ -225,7 +225,7 @@ def test_split_into_summary_and_layer_pages_under_budget(split):
     assert f"{BIG}</a></td>" in summary and f">{m.group(1)} of 80<" in summary
     shared = next(f for f in files[1:] if "--" in f.name).read_text("utf-8")
     assert "all 80 snapshots" in shared and "This page shows" not in shared and "layer_select" in shared
-    assert f'href="report_layers/{files[1].name}#layer=layer1"' in summary or "--" not in files[1].name
+    assert f'href="./report_layers/{files[1].name}#layer=layer1"' in summary or "--" not in files[1].name
 
 
 def test_pack_keeps_order_and_budget():
@@ -262,7 +262,8 @@ def test_small_run_stays_one_page_and_old_layer_pages_go(split, tmp_path):
     small = dataclasses.replace(res, layers={"layer0": res.layers["layer0"]})
     target = tmp_path / "report.html"
     (tmp_path / "report_layers").mkdir()
-    (tmp_path / "report_layers" / "01-old.html").write_text("stale")
+    (tmp_path / "report_layers" / "01-old.html").write_text(  # a stale page topotrace wrote
+        '<html><head><meta name="generator" content="topotrace"></head></html>')
     (tmp_path / "report_layers" / "notes.txt").write_text("the user's")
     build_report(small, target)
     assert report_pages(target) == [target]
