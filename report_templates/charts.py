@@ -437,7 +437,7 @@ def strength_distinctness(results: AnalysisResults) -> LayoutDOM | None:
     xtype = step_axis_type(steps)
     figs = []
     for attr, title in (("strength", "Activity strength (mean |a|)"),
-                        ("distinctness", "Class distinctness (between / within variance)")):
+                        ("distinctness", "Distinctness (between / within variance)")):
         fig = _time_figure(title, attr, steps, xtype)
         items = []
         for i, layer in enumerate(layers):

@@ -6,16 +6,19 @@ in the browser), so that the page's figure count does not grow with the layers. 
 95 % interval of :class:`topotrace.analysis.findings.Finding` (across runs; a bootstrap over probe samples for
 one run); every run's own curve is a thin line, the mean a thick one. Charts over confidence carry a zero line:
 the claim holds where the band lies above it. A time claim whose course rises then falls back or dips then
-recovers marks its peak or trough with a ring. Titles carry the verdict in its colour (``words.VERDICT_COLOR``:
-one run's verdicts never in the study's green).
+recovers marks its peak or trough with a ring. Each chart's title names what is drawn against what ("strength vs
+time", "distinctness vs logit_margin"); the verdict is a second title line of its own in its colour
+(``words.VERDICT_COLOR``: one run's verdicts never in the study's green), so that neither is cut in the chart's
+width (:data:`CHART_PX` at :data:`FONT_PX`: at most :data:`MAX_TITLE_CHARS` characters a line).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, CustomJS, HoverTool, Span
+from bokeh.models import ColumnDataSource, CustomJS, HoverTool, Span, Title
 from bokeh.models.layouts import LayoutDOM
+from bokeh.plotting import figure
 
 from topotrace.analysis.findings import Finding
 
@@ -23,22 +26,46 @@ from .charts import MAX_STACKED_LAYERS, _time_figure, layer_select, step_axis_ty
 from .style import esc, html_div
 from .words import VERDICT_COLOR
 
-CHART_TITLE = {"stronger_with_time": "strength vs time", "more_distinct_with_time": "distinctness vs time",
-               "stronger_with_confidence": "strength vs confidence",
-               "more_distinct_with_confidence": "distinctness vs confidence"}
-Y_LABEL = {"strength": "mean per-sample strength", "distinctness": "mean per-sample distinctness"}
+CHART_PX = (250, 220)  # width, height of one claim's chart
+FONT_PX = 11  # its titles' and axis labels' font size
+# A conservative width of one character of the sans-serif font: 0.6 of the font size (digits and most lower-case
+# letters are narrower). A title line holds at most this many characters in the chart's width less its borders.
+CHAR_PX = 0.6 * FONT_PX
+MAX_TITLE_CHARS = int((CHART_PX[0] - 20) / CHAR_PX)
+Y_LABEL = {"strength": "mean strength", "distinctness": "mean distinctness"}
+CONFIDENCE_Y_LABEL = "partial Spearman ρ"
+
+
+def chart_title(f: Finding) -> str:
+    """What a claim's chart draws against what: "strength vs time", "distinctness vs logit_margin".
+
+    A measure name too long for the title line gives "... vs confidence".
+    """
+    title = f"{f.quantity} vs {f.measure if f.versus == 'confidence' else 'time'}"
+    return title if len(title) <= MAX_TITLE_CHARS else f"{f.quantity} vs confidence"
+
+
+def _y_label(f: Finding) -> str:
+    return Y_LABEL[f.quantity] if f.versus == "time" else CONFIDENCE_Y_LABEL
+
+
+def _claim_figure(f: Finding, verdict: str) -> tuple[figure, Title]:
+    """An empty claim chart: its title, the verdict as a second title line in its colour, small axis labels."""
+    fig = _time_figure(chart_title(f), _y_label(f), f.steps, step_axis_type(f.steps), width=CHART_PX[0],
+                       height=CHART_PX[1])
+    fig.title.text_font_size = f"{FONT_PX}px"
+    # Titles added "above" stack away from the plot: the verdict right above it, the chart's title on top.
+    sub = Title(text=verdict, text_font_size=f"{FONT_PX}px", text_font_style="bold",
+                text_color=VERDICT_COLOR.get(verdict, "#24292f"))
+    fig.add_layout(sub, "above")
+    fig.yaxis.axis_label_text_font_size = f"{FONT_PX}px"
+    fig.xaxis.axis_label_text_font_size = f"{FONT_PX}px"
+    return fig, sub
 
 
 def _chart(f: Finding) -> LayoutDOM:
-    axis = step_axis_type(f.steps)
-    x = time_x(f.steps, axis)
-    title = f"{CHART_TITLE[f.claim]}: {f.verdict}"
-    y_label = Y_LABEL[f.quantity] if f.versus == "time" else f"partial Spearman ρ ({f.measure})"
-    fig = _time_figure(title, y_label, f.steps, axis, width=250, height=220)
-    fig.title.text_color = VERDICT_COLOR.get(f.verdict, "#24292f")
-    fig.title.text_font_size = "11px"
-    fig.yaxis.axis_label_text_font_size = "11px"
-    fig.xaxis.axis_label_text_font_size = "11px"
+    x = time_x(f.steps, step_axis_type(f.steps))
+    fig, _ = _claim_figure(f, f.verdict)
     band = np.asarray(f.band, np.float64)
     ok = np.isfinite(band).all(axis=1)
     if ok.any():
@@ -116,7 +143,7 @@ def _one_layer(layers: dict[str, list[Finding]]) -> LayoutDOM:
             main, runs = _sources(f) if f is not None else (None, ColumnDataSource({"xs": [], "ys": []}))
             row_srcs.append(main)
             row_runs.append(runs)
-            row_texts.append(f"{CHART_TITLE[f0.claim]}: {f.verdict if f is not None else 'n/a'}")
+            row_texts.append(f.verdict if f is not None else "n/a")
             row_colors.append(VERDICT_COLOR.get(f.verdict, "#24292f") if f is not None else "#24292f")
         per_layer.append(row_srcs)
         run_srcs.append(row_runs)
@@ -124,12 +151,7 @@ def _one_layer(layers: dict[str, list[Finding]]) -> LayoutDOM:
         colors.append(row_colors)
     figs, views, runs, titles = [], [], [], []
     for c, f in enumerate(first):
-        y_label = Y_LABEL[f.quantity] if f.versus == "time" else f"partial Spearman ρ ({f.measure})"
-        fig = _time_figure(texts[0][c], y_label, f.steps, step_axis_type(f.steps), width=250, height=220)
-        fig.title.text_color = colors[0][c]
-        fig.title.text_font_size = "11px"
-        fig.yaxis.axis_label_text_font_size = "11px"
-        fig.xaxis.axis_label_text_font_size = "11px"
+        fig, sub = _claim_figure(f, texts[0][c])
         view = ColumnDataSource(dict(per_layer[0][c].data))
         run_view = ColumnDataSource(dict(run_srcs[0][c].data))
         fig.varea(x="x", y1="lo", y2="hi", source=view, fill_color="#4c72b0", fill_alpha=0.22)
@@ -142,7 +164,7 @@ def _one_layer(layers: dict[str, list[Finding]]) -> LayoutDOM:
         figs.append(fig)
         views.append(view)
         runs.append(run_view)
-        titles.append(fig.title)
+        titles.append(sub)
     sel = layer_select(names, "findings_layer_select")
     sel.js_on_change("value", CustomJS(args=dict(sel=sel, views=views, runs=runs, per_layer=per_layer,
                                                  run_srcs=run_srcs, titles=titles, texts=texts, colors=colors),

@@ -7,6 +7,8 @@ import io
 
 import numpy as np
 import pytest
+from bokeh.model import collect_models
+from bokeh.models import CustomJS, Plot, Title
 from rich.console import Console
 
 from topotrace.analysis.findings import Finding, RunEffect
@@ -18,6 +20,7 @@ from topotrace.cmd_info import layers_table
 from topotrace.cmd_study import print_study_findings
 from topotrace.instrument.store import LayerSpec
 from topotrace.instrument.synthetic import write_synthetic_store
+from topotrace.report_templates.findings_view import chart_title, findings_charts
 
 # Layer names as real models have them: short, dotted, and long (25 characters).
 LAYERS = ("hidden1", "conv2", "encoder.layers.11.mlp.fc2")
@@ -140,3 +143,82 @@ def test_analyze_and_info_print_readable_at_80_columns(tmp_path, monkeypatch, ca
     assert main(["analyze", str(store.parent), "--layouts", "pca"]) == 0
     assert main(["info", str(store.parent)]) == 0
     _check(capsys.readouterr().out, ("layer0", "layer1"))
+
+
+# ---------------------------------------------------------------------------------------------- chart titles
+def _px(size: str) -> float:
+    return float(str(size).removesuffix("px"))
+
+
+def _titles(fig) -> list:
+    """Every title line of a figure: its own title and the ones added above it."""
+    return [t for t in [fig.title, *fig.above] if isinstance(t, Title) and t.text]
+
+
+def _cut(fig) -> list[str]:
+    """The titles and axis labels of ``fig`` that would not fit its size: a conservative 0.6 font size per
+    character (wider than digits and most letters of a sans-serif font), less 20 px of border for a title, the
+    y axis's width for the x label and the titles' and x axis's height for the y label."""
+    cut = []
+    titles = _titles(fig)
+    for t in titles:
+        if len(t.text) * 0.6 * _px(t.text_font_size) > fig.width - 20:
+            cut.append(t.text)
+    for axis, room in ((fig.below, fig.width - 60), (fig.left, fig.height - 25 * len(titles) - 50)):
+        for a in axis:
+            label = getattr(a, "axis_label", None)
+            if label and len(label) * 0.6 * _px(a.axis_label_text_font_size) > room:
+                cut.append(label)
+    return cut
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    from topotrace.analysis.pipeline import analyze
+
+    root = tmp_path_factory.mktemp("readable")
+    store = write_synthetic_store(root / "store.h5", n_snapshots=5, layer_sizes=(16, 12), n_classes=3, per_class=10)
+    return analyze(store, root / "analysis.h5", layout_methods=["pca"])
+
+
+def test_report_chart_titles_and_labels_fit_their_width(analysed):
+    """Every chart of the report (findings, training curves, correlations, strength and distinctness, the
+    calibration, overfitting and collapse sections, the maps) has titles and axis labels that fit its size; the
+    findings charts show each claim's verdict as a title line of its own, in the verdict's colour."""
+    from topotrace.analysis.findings import run_findings
+    from topotrace.report_templates.generate import report_roots
+    from topotrace.report_templates.words import VERDICT_COLOR
+
+    found = run_findings(analysed)
+    roots = report_roots(analysed, found)
+    assert {"findings_charts", "training_curves", "strength_distinctness"} <= set(roots)
+    plots = {name: [m for m in collect_models(root) if isinstance(m, Plot)] for name, root in roots.items()
+             if name != "layout_comparison"}  # the layout tiles' titles: see the report of #23 item 4
+    assert sum(len(p) for p in plots.values()) > 20
+    cut = {name: c for name, figs in plots.items() for c in [sum((_cut(f) for f in figs), [])] if c}
+    assert not cut
+    shown = [[t.text for t in _titles(f)] for f in plots["findings_charts"]]
+    primary = [f for f in found if f.measure in ("", analysed.primary_measure)]
+    assert sorted(map(tuple, shown)) == sorted((chart_title(f), f.verdict) for f in primary)
+    for fig in plots["findings_charts"]:
+        title, verdict = _titles(fig)
+        assert verdict.text_color == VERDICT_COLOR[verdict.text] and verdict.text_font_style == "bold"
+
+
+def test_findings_chart_titles_with_many_layers_and_long_measure_names():
+    """With more layers than are stacked, one row whose verdict lines the layer selector swaps: every layer's
+    verdict is shipped and fits; a measure name too long for the title line gives "... vs confidence"."""
+    layers = [f"encoder.layers.{i}.mlp.fc2" for i in range(6)]
+    found = [_finding(layer, claim, k) for k, (layer, claim) in enumerate((la, c) for la in layers for c in CLAIMS)]
+    for f in found:
+        if f.measure:
+            f.measure = "a_custom_confidence_measure_with_a_long_name"
+    root = findings_charts(found, found[2].measure)
+    figs = [m for m in collect_models(root) if isinstance(m, Plot)]
+    assert len(figs) == len(CLAIMS) and not sum((_cut(f) for f in figs), [])
+    assert [t.text for t in _titles(figs[2])] == ["strength vs confidence", VERDICTS[2]]
+    swap = next(m for m in collect_models(root) if isinstance(m, CustomJS))
+    texts = swap.args["texts"]
+    assert [row[c] for row in texts for c in range(len(CLAIMS))] == [f.verdict for f in found]
+    assert max(len(t) for row in texts for t in row) * 0.6 * 11 <= 250 - 20
+    assert swap.args["titles"] == [_titles(f)[1] for f in figs]
