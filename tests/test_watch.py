@@ -1,0 +1,196 @@
+"""topotrace watch: a report that follows a run recorded in another process, and its end (closed, killed, stalled).
+
+The training is tests/_watch_child.py (a tiny MLP, one snapshot per step, a pause after each), started as a
+subprocess; `topotrace watch` runs as another. The test polls the report as a reader would and parses every
+version it reads.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from topotrace.live import LIVE_CACHE, StoreState, expected_snapshots, live_context
+
+ROOT = Path(__file__).parent.parent
+CHILD = ROOT / "tests" / "_watch_child.py"
+EPOCH = "1700000000"  # SOURCE_DATE_EPOCH: the final report's bytes do not depend on when it was written
+LIVE = re.compile(r'id="tt-live" class="tt-note tt-live-(\w+)"')
+SNAPSHOT = re.compile(r"snapshot (\d+) of (\d+)")
+
+
+def _env():
+    return dict(os.environ, SOURCE_DATE_EPOCH=EPOCH, OMP_NUM_THREADS="1", TOPOTRACE_DEBUG="")
+
+
+def _child(store: Path, steps: int, pause: float) -> subprocess.Popen:
+    store.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([sys.executable, str(CHILD), str(store), str(steps), str(pause)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _watch(run: Path, *options: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "topotrace", "watch", str(run), "--poll", "0.2", *options],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class _Strict(html.parser.HTMLParser):
+    """Counts the elements that must open and close once in a whole page."""
+
+    def __init__(self):
+        super().__init__()
+        self.opened, self.closed = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.opened.append(tag)
+
+    def handle_endtag(self, tag):
+        self.closed.append(tag)
+
+
+def _read_whole(path: Path) -> str:
+    """The page's text, asserting it is a whole topotrace page (a half-written file fails here)."""
+    text = path.read_text("utf-8")
+    assert '<meta name="generator" content="topotrace">' in text[:8192]
+    assert text.rstrip().endswith("</html>"), text[-200:]
+    parser = _Strict()
+    parser.feed(text)
+    parser.close()
+    for tag in ("html", "head", "body", "footer"):
+        assert parser.opened.count(tag) == 1 and parser.closed.count(tag) == 1, tag
+    assert parser.opened.count("script") == parser.closed.count("script")
+    return text
+
+
+def _poll(report: Path, watcher: subprocess.Popen, child: subprocess.Popen, until, timeout: float = 240.0):
+    """Read the report every 50 ms until ``until(seen)``; ``seen``: (child running, banner state, k) per new version."""
+    seen, last_mtime = [], None
+    t0 = time.monotonic()
+    while not until(seen) and time.monotonic() - t0 < timeout and watcher.poll() is None:
+        try:
+            stat = report.stat()
+        except FileNotFoundError:
+            time.sleep(0.05)
+            continue
+        if stat.st_mtime_ns != last_mtime:
+            last_mtime = stat.st_mtime_ns
+            running = child.poll() is None
+            text = _read_whole(report)
+            live = LIVE.search(text)
+            k = SNAPSHOT.search(text[live.end():live.end() + 2000]) if live else None
+            seen.append((running, live[1] if live else None, int(k[1]) if k else None))
+        time.sleep(0.05)
+    return seen
+
+
+def test_watch_follows_the_run_and_ends_with_the_report_of_topotrace_report(tmp_path):
+    """The live report appears while training runs, is rebuilt as snapshots arrive and never read half-written;
+    when the store closes, watch writes the final report, equal byte for byte to topotrace report's, and exits."""
+    run = tmp_path / "runs" / "w"
+    child = _child(run / "store.h5", steps=6, pause=3.0)
+    watcher = _watch(run, "--reload", "5")
+    try:
+        seen = _poll(run / "report.html", watcher, child, until=lambda s: False)
+        out, err = watcher.communicate(timeout=240)
+    finally:
+        child.kill()
+        watcher.kill()
+    assert watcher.returncode == 0, err
+    assert out.splitlines() == [str(run / "report.html")]
+    live = [(running, k) for running, state, k in seen if state == "live"]
+    assert live and live[0][0], seen  # a live report while the training still ran
+    ks = [k for _, k in live]
+    assert len(set(ks)) >= 2 and ks == sorted(ks), seen  # rebuilt as snapshots arrived, never going back
+    assert all(1 <= k <= 7 for k in ks) and SNAPSHOT.pattern  # of the schedule's 7 snapshots
+    assert seen[-1][1] is None  # the final report has no live banner
+    final = (run / "report.html").read_bytes()
+    assert b'id="tt-live"' not in final and b"location.reload" not in final
+    assert not (run / LIVE_CACHE).exists()
+    subprocess.run([sys.executable, "-m", "topotrace", "report", str(run)], env=_env(), check=True,
+                   capture_output=True)
+    assert (run / "report.html").read_bytes() == final
+
+
+def test_killed_training_ends_watch_with_one_line_and_a_valid_report(tmp_path):
+    """SIGKILL of the training: watch exits 1 with one error line; the last report says stopped and stays whole."""
+    run = tmp_path / "w"
+    child = _child(run / "store.h5", steps=1000, pause=1.0)
+    watcher = _watch(run, "--stall", "60")
+    try:
+        seen = _poll(run / "report.html", watcher, child, until=lambda s: any(st == "live" for _, st, _ in s))
+        assert seen and seen[-1][1] == "live", seen
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        out, err = watcher.communicate(timeout=120)
+    finally:
+        child.kill()
+        watcher.kill()
+    assert watcher.returncode == 1
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert [line for line in lines if line.startswith("topotrace:")] == [lines[-1]]
+    assert lines[-1].startswith(f"topotrace: error: {run}: the recording stopped without closing its store (killed)")
+    text = _read_whole(run / "report.html")
+    assert LIVE.search(text)[1] == "stopped" and "location.reload" not in text
+
+
+def test_stalled_run_is_shown_and_ends_watch(tmp_path):
+    """A training that stops committing snapshots (SIGSTOP) counts as stalled after --stall seconds."""
+    run = tmp_path / "s"
+    child = _child(run / "store.h5", steps=1000, pause=0.5)
+    t0 = time.monotonic()
+    while not (run / "store.h5").exists() and time.monotonic() - t0 < 60:  # the stall clock starts at the store
+        time.sleep(0.05)
+    watcher = _watch(run, "--stall", "4")
+    try:
+        seen = _poll(run / "report.html", watcher, child, until=lambda s: any(st == "live" for _, st, _ in s))
+        assert seen and seen[-1][1] == "live", seen
+        child.send_signal(signal.SIGSTOP)
+        out, err = watcher.communicate(timeout=120)
+    finally:
+        child.kill()
+        watcher.kill()
+    assert watcher.returncode == 1 and out == ""
+    assert re.fullmatch(rf"topotrace: error: {re.escape(str(run))}: stalled: no snapshot for 4 s after \d+ snapshots "
+                        r"\(last step \d+\); stopped following it\.", err.strip().splitlines()[-1])
+    text = _read_whole(run / "report.html")
+    assert LIVE.search(text)[1] == "stalled" and "location.reload" not in text
+
+
+def test_expected_snapshots_from_the_schedule():
+    """The schedule's snapshot count, from its repr and total_steps, or None when the metadata cannot tell."""
+    from topotrace.instrument.schedules import at_steps, every, log_spaced, per_epoch
+
+    for schedule, total in ((every(5), 23), (every(4, start=2), 20), (per_epoch(7), 35), (per_epoch(3, every=2), 30),
+                            (log_spaced(1000, 60), None), (at_steps([0, 3, 9]), None)):
+        want = sum(bool(schedule(s)) for s in range(int(total or 1000) + 1))
+        assert expected_snapshots({"schedule": repr(schedule), "total_steps": total}) == want, schedule
+    assert expected_snapshots({"schedule": repr(every(5))}) is None  # no total_steps
+    assert expected_snapshots({"schedule": repr(at_steps(range(0, 100, 5)))}) is None  # the repr elides steps
+    assert expected_snapshots({"schedule": "my_schedule"}) is None
+
+
+def test_live_context_words():
+    state = StoreState("live", 3, 20, 1700000000.0, 7)
+    live = live_context(state, "live", reload_s=7)
+    assert live["reload_s"] == 7 and "snapshot 3 of 7 (step 20), recorded 2023-11-14 22:13:20 UTC" in live["text"]
+    assert live_context(state, "stopped")["reload_s"] == 0 and live_context(state, "stalled")["reload_s"] == 0
+    with pytest.raises(ValueError, match="'status' parameter"):
+        live_context(state, "paused")
+
+
+@pytest.mark.parametrize(("option", "value"), [("--stall", "0"), ("--poll", "nan"), ("--reload", "0")])
+def test_bad_options_one_line(tmp_path, option, value, capsys):
+    from topotrace.cli import main
+
+    assert main(["watch", str(tmp_path / "r"), option, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"topotrace: error: The '{option}' option must be")
