@@ -194,3 +194,68 @@ def test_bad_options_one_line(tmp_path, option, value, capsys):
     assert main(["watch", str(tmp_path / "r"), option, value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"topotrace: error: The '{option}' option must be")
+
+
+def _recorded_store(path: Path) -> Path:
+    """A tiny store of 6 snapshots recorded in this process (the same model as the child's, no pauses)."""
+    import torch
+    from torch import nn
+
+    from topotrace.instrument.recorder import ProbeSet, Recorder
+    from topotrace.instrument.schedules import every
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 3))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(120, 8, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Recorder(model, path, layers=["0", "2"], probes=[ProbeSet("heldout", x[:60], y[:60])],
+                  class_names=["a", "b", "c"], schedule=every(1), meta={"total_steps": 9}) as rec:
+        for step in range(6):
+            if step:
+                loss = nn.functional.cross_entropy(model(x[60:]), y[60:])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            rec.step(step)
+    return path
+
+
+@pytest.mark.browser
+def test_live_page_reloads_and_keeps_the_readers_place(tmp_path):
+    """In Chromium, offline: a live page renders without console errors, reloads itself, and after the reload
+    shows the same snapshot (slider and step label) at the same scroll position."""
+    from bench.browser import ARGS, CHROMIUM, open_offline
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"Debian chromium is needed at {CHROMIUM}")
+    from playwright import sync_api
+
+    from topotrace.live import live_report, read_state
+
+    store = _recorded_store(tmp_path / "run" / "store.h5")
+    state = read_state(store)
+    assert (state.n_snapshots, state.expected) == (6, 10)
+    report = live_report(store, live_context(state, "live", reload_s=4))
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page, blocked, errors = open_offline(browser, report)
+        page.wait_for_function("window.topotraceLiveRestored === true")
+        assert "snapshot 6 of 10 (step 5)" in page.locator("#tt-live").inner_text()
+        slider = "Bokeh.documents[0].get_model_by_name('time_slider')"
+        label = "Bokeh.documents[0].get_model_by_name('step_label').text"
+        assert page.evaluate(f"{slider}.value") == 5  # opens at the newest snapshot
+        page.evaluate(f"{slider}.value = 2")  # the reader goes back to step 2 ...
+        page.locator("section#maps").scroll_into_view_if_needed()
+        page.evaluate("window.scrollBy(0, 137)")  # ... and somewhere into the maps
+        before = (page.evaluate(label), page.evaluate("window.scrollY"))
+        assert "step 2 " in before[0] and before[1] > 500
+        with page.expect_event("load", timeout=20_000):  # the page's own reload, after 4 s
+            pass
+        page.wait_for_function("window.topotraceLiveRestored === true")
+        page.wait_for_function(f"Math.abs(window.scrollY - {before[1]}) <= 1", timeout=5_000)
+        assert page.evaluate(f"{slider}.value") == 2
+        assert page.evaluate(label) == before[0]
+        assert blocked == [] and errors == []
+        browser.close()
