@@ -2,7 +2,9 @@
 
 Checks every checksum of ``MANIFEST.sha256`` (no listed file missing, no unlisted file present), that each store
 opens and its committed snapshots read, and that the bundled report equals the one rebuilt from the bundled
-analysis. Exit 0 when all holds; exit 1 with one line per problem otherwise.
+analysis. Exit 0 when all holds; exit 1 with one line per problem otherwise. A damaged zip is such a problem, named
+by member: a CRC-32 or deflate failure, a zip cut short (the member it ends in), a damaged member list, a member
+missing from the manifest. A path that is neither a zip nor a folder (a FIFO is never opened) is an error (exit 2).
 """
 
 from __future__ import annotations
