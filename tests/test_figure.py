@@ -84,11 +84,11 @@ def test_pdf_is_vector(run, capsys):
 
 
 def test_svg_is_vector_with_text_labels(run, capsys):
-    """An SVG grid has no <image>; its labels (group, step, colour bar) are text elements."""
+    """An SVG grid with --maps vector has no <image>; its labels (group, step, colour bar) are text elements."""
     folder, results = run
     out = folder / "grid.svg"
     assert main(["figure", str(folder), "--layer", "layer0", "--grouping", "class", "--snapshots", "0,1,-1",
-                 "--out", str(out)]) == 0
+                 "--maps", "vector", "--out", str(out)]) == 0
     assert "<image" not in out.read_text("utf-8")
     texts = _svg_texts(out)
     for label in ("class 1, n = 6", f"step {int(results.steps[-1]):,}", f"step {int(results.steps[0]):,}",

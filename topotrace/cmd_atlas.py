@@ -28,11 +28,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .atlas import INDEX_FILE, run_atlas
     from .cli import visible
+    from .cmd_analyze import verdict_kwargs
     from .cmd_study import config_study
     from .config import check_out_dir, check_run_name
     from .studies import parse_seeds
-
-    from .cmd_analyze import verdict_kwargs
 
     args.thresholds = verdict_kwargs(args)  # the verdicts' smallest effects of interest, as for a study
     seeds = parse_seeds(args.seeds)

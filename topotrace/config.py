@@ -19,7 +19,7 @@ MODEL_KINDS: dict[str, dict[str, object]] = {
 MODEL_SETTINGS: dict[str, object] = {"kind": "mlp"} | {k: v for ps in MODEL_KINDS.values() for k, v in ps.items()}
 
 DEFAULTS: dict[str, dict[str, object]] = {
-    "run": {"name": "digits", "seed": 0, "out_dir": "runs"},
+    "run": {"name": "digits", "seed": 0, "out_dir": "runs", "authors": []},
     "data": {"source": "digits", "path": "", "test_fraction": 0.25, "heldout_per_class": 40,
              "train_probe_per_class": 40, "train_per_class": 0},
     "model": {"kind": "mlp", **MODEL_KINDS["mlp"]},
@@ -122,6 +122,12 @@ def _check_values(cfg: dict) -> None:
     check_run_name(cfg["run"]["name"], "run.name")
     check_out_dir(cfg["run"]["out_dir"])
     _check_range(cfg, "run", "seed", 0, 2**32)
+    authors = cfg["run"]["authors"]
+    if authors:
+        from .archive import parse_author  # 'Given Family <ORCID>': the archive's CITATION.cff and RO-Crate
+
+        for text in authors:
+            parse_author(text, "The 'run.authors' setting's entry")
     for section, key in (("train", "epochs"), ("train", "batch_size"), ("record", "snapshots"), ("record", "every"),
                          ("record", "batch_size"), ("data", "heldout_per_class")):
         if cfg[section][key] < 1:

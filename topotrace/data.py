@@ -119,6 +119,13 @@ def load_digits_split(test_fraction: float, seed: int) -> Dataset:
     d = load_digits()
     x = (d.data / 16.0).astype(np.float32)
     y = d.target.astype(np.int64)
+    n, n_classes = len(y), len(np.unique(y))
+    n_test = int(np.ceil(test_fraction * n))  # as scikit-learn rounds a fractional test size
+    if min(n_test, n - n_test) < n_classes:
+        low, high = n_classes / n, 1 - (n_classes + 1) / n
+        raise ValueError(f"The 'data.test_fraction' setting ({test_fraction!r}) leaves {n - n_test} training and "
+                         f"{n_test} test images of the {n} digits; each split needs at least one image per class "
+                         f"({n_classes}). Use a fraction between {low:.4f} and {high:.4f}, e.g. 0.25.")
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, stratify=y, random_state=seed)
     return Dataset(x_tr, y_tr, x_te, y_te, tuple(str(c) for c in range(10)),
                    f"scikit-learn digits, 8x8 images ({len(x_tr)} train, {len(x_te)} test)", INPUT_SHAPES["digits"])

@@ -186,11 +186,23 @@ def create_or_resume(path: Path, name: str, seeds: Sequence[int], cfg: dict) -> 
     if not is_study(path):
         raise FileExistsError(f"{path} exists and is not a topotrace study; choose another --name.")
     old = load_study(path)
-    if old.of_runs or old.config != json.loads(json.dumps(cfg)) or old.seeds != list(seeds):
+    if old.of_runs or _filled(old.config) != json.loads(json.dumps(cfg)) or old.seeds != list(seeds):
         what = "of existing runs" if old.of_runs else f"with other settings (seeds {old.seeds})"
         raise FileExistsError(f"{path} holds a study {what}; choose another --name, or run it with the same config "
                               "and seeds to continue it.")
     return old, False
+
+
+def _filled(cfg: dict) -> dict | None:
+    """A stored study config with the settings added since it was written at their defaults (None: unreadable)."""
+    from .config import load_config
+
+    try:
+        full = load_config(None, {s: v for s, v in cfg.items() if isinstance(v, dict)})
+    except (ValueError, TypeError):
+        return None
+    full["run"].pop("seed", None)
+    return json.loads(json.dumps(full))
 
 
 def seed_config(study: Study, seed: int) -> dict:
