@@ -245,6 +245,10 @@ def smoothness(op: InterpOperator, values: np.ndarray, n_shuffles: int = 5, rand
         values: array of shape (M, N), M maps (e.g. the class NAPs used to fit the layout).
         n_shuffles: random placements in the baseline.
         random_state: seed of the shuffles.
+
+    Returns:
+        The score; NaN when no value vector is finite or the region holds no two adjacent pixels (explicitly,
+        without a numpy warning).
     """
     values = np.atleast_2d(np.asarray(values, np.float64))
     values = values[np.isfinite(values).all(axis=1)]
@@ -252,11 +256,18 @@ def smoothness(op: InterpOperator, values: np.ndarray, n_shuffles: int = 5, rand
         return float("nan")
     values = values - values.mean(axis=1, keepdims=True)
 
+    def mean_square(d: np.ndarray) -> np.ndarray:
+        # Mean of the finite squared differences per map; NaN for a map with none (no adjacent pixel pair in the
+        # region, e.g. a layout of a few neurons whose thin triangles are all dropped).
+        d = d.reshape(len(d), -1).astype(np.float64)
+        ok = np.isfinite(d)
+        n = ok.sum(axis=1)
+        total = np.where(ok, d, 0.0) ** 2
+        return np.where(n > 0, total.sum(axis=1) / np.maximum(n, 1), np.nan)
+
     def rough(v: np.ndarray) -> np.ndarray:
         img = render(op, v)
-        dx = np.diff(img, axis=2)
-        dy = np.diff(img, axis=1)
-        return np.nanmean(dx.reshape(len(v), -1) ** 2, axis=1) + np.nanmean(dy.reshape(len(v), -1) ** 2, axis=1)
+        return mean_square(np.diff(img, axis=2)) + mean_square(np.diff(img, axis=1))
 
     rng = np.random.default_rng(random_state)
     base = np.mean([rough(values[:, rng.permutation(values.shape[1])]) for _ in range(n_shuffles)], axis=0)

@@ -4,6 +4,7 @@ definitions on the page where a measure or glyph appears, no library warning on 
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -222,3 +223,36 @@ def test_findings_chart_titles_with_many_layers_and_long_measure_names():
     assert [row[c] for row in texts for c in range(len(CLAIMS))] == [f.verdict for f in found]
     assert max(len(t) for row in texts for t in row) * 0.6 * 11 <= 250 - 20
     assert swap.args["titles"] == [_titles(f)[1] for f in figs]
+
+
+# ---------------------------------------------------------------------------------------------- no library warning
+def test_smoothness_of_a_region_without_adjacent_pixels_is_nan_without_a_warning():
+    """Four neurons whose triangles are all too thin to keep: no pixel in the region, smoothness NaN (documented),
+    not numpy's 'Mean of empty slice'; a region of three pixels and a full one still get a finite score."""
+    from topotrace.analysis import maps
+
+    values = np.random.default_rng(0).normal(size=(3, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = maps.interp_operator(np.array([[0, 0], [1, 0], [0.5, 0.02], [2, 0.01]], np.float32))
+        assert empty.pixel.size == 0 and np.isnan(maps.smoothness(empty, values))
+        for xy in ([[0, 0], [0.01, 0], [0, 0.01], [1, 1]], [[0, 0], [1, 0], [0.5, 0.01], [0.5, -0.01]]):
+            op = maps.interp_operator(np.array(xy, np.float32))
+            assert op.pixel.size > 0 and np.isfinite(maps.smoothness(op, values))
+
+
+def test_analysis_and_report_of_a_four_neuron_layer_raise_no_warning(tmp_path):
+    """A store with a 4-neuron layer, analysed with every layout and reported, under warnings as errors."""
+    from topotrace.analysis.findings import run_findings, trend_findings
+    from topotrace.analysis.layouts import METHODS
+    from topotrace.analysis.pipeline import analyze
+    from topotrace.report_templates.generate import build_report
+
+    store = write_synthetic_store(tmp_path / "store.h5", n_snapshots=3, layer_sizes=(4, 12), n_classes=3,
+                                  per_class=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = analyze(store, tmp_path / "analysis.h5", layout_methods=[m for m in METHODS if m != "umap"])
+        assert res.layers["layer0"].n_neurons == 4
+        assert run_findings(res) and trend_findings([res])
+        build_report(res, tmp_path / "report.html")
