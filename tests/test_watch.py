@@ -237,7 +237,7 @@ def test_live_page_reloads_and_keeps_the_readers_place(tmp_path):
     store = _recorded_store(tmp_path / "run" / "store.h5")
     state = read_state(store)
     assert (state.n_snapshots, state.expected) == (6, 10)
-    report = live_report(store, live_context(state, "live", reload_s=4))
+    report = live_report(store, live_context(state, "live", reload_s=8))
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page, blocked, errors = open_offline(browser, report)
@@ -251,7 +251,7 @@ def test_live_page_reloads_and_keeps_the_readers_place(tmp_path):
         page.evaluate("window.scrollBy(0, 137)")  # ... and somewhere into the maps
         before = (page.evaluate(label), page.evaluate("window.scrollY"))
         assert "step 2 " in before[0] and before[1] > 500
-        with page.expect_event("load", timeout=20_000):  # the page's own reload, after 4 s
+        with page.expect_event("load", timeout=30_000):  # the page's own reload, 8 s after it was ready
             pass
         page.wait_for_function("window.topotraceLiveRestored === true")
         page.wait_for_function(f"Math.abs(window.scrollY - {before[1]}) <= 1", timeout=5_000)
