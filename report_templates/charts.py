@@ -32,7 +32,8 @@ from bokeh.plotting import figure
 
 from topotrace.analysis.results import AnalysisResults, LayerResult
 
-from .style import plain
+from .style import esc, html_div, plain
+from .words import measure_definitions, uncertainty_note
 
 CURVE_NAMES = (("accuracy", "Accuracy"), ("loss", "Loss (cross-entropy)"))
 PROBE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b")
@@ -301,7 +302,7 @@ def correlation_summary(results: AnalysisResults, measure: Select | None = None)
         select.js_on_change("value", callback)
         if measure is not None:
             measure.js_on_change("value", callback)
-        return column(select, row(f_r, f_s), name="corr_summary")
+        return column(measure_notes(results, measures), select, row(f_r, f_s), name="corr_summary")
     rows, views, alls, titles = [], [], [], []
     for i, (name, all_data, alpha) in enumerate(zip(layers, columns, alphas)):
         view = ColumnDataSource({"x": time_x(steps, xtype), "step": steps,
@@ -315,7 +316,23 @@ def correlation_summary(results: AnalysisResults, measure: Select | None = None)
     if measure is not None:
         measure.js_on_change("value", CustomJS(args=dict(sel=measure, views=views, alls=alls, keys=list(SUMMARY_KEYS),
                                                          titles=titles, title_texts=r_texts), code=SUMMARY_JS))
-    return column(*rows, name="corr_summary")
+    return column(measure_notes(results, measures), *rows, name="corr_summary")
+
+
+def measure_notes(results: AnalysisResults, measures: list[str]) -> LayoutDOM:
+    """What each confidence measure of the page is, and what the sign of r means for the uncertainty measures.
+
+    Args:
+        results: the analysis (its meta gives the Monte-Carlo dropout passes).
+        measures: the measures with correlations on the page (the selector's options).
+    """
+    items = "".join(f"<li><b>{esc(m)}</b>: {esc(text)}</li>" for m, text in measure_definitions(measures,
+                                                                                               results.meta))
+    note = uncertainty_note(measures)
+    sign = f"<p style='margin:4px 0'>{esc(note)}</p>" if note else ""
+    return html_div(text=f"<div style='font-size:13px;color:#444c56;max-width:900px'><p style='margin:4px 0'>"
+                         f"Confidence measures:</p><ul style='margin:2px 0 6px;padding-left:20px'>{items}</ul>"
+                         f"{sign}</div>", name="measure_notes")
 
 
 def significance_table(results: AnalysisResults) -> list[tuple[str, list[tuple[str, str, str]]]]:

@@ -78,6 +78,7 @@ from .style import (
     plain,
     sequential_palette,
 )
+from .words import bin_note, dormant_glyph_note, uncertainty_note
 
 _HERE = Path(__file__).resolve().parent
 TILE_PX = 190  # width of one map tile in CSS pixels (the "small" map size, the default)
@@ -634,10 +635,21 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
         corr_scale.js_on_change("active", cb)
         out["corr_scale_view"] = row(corr_scale, name="corr_scale_view")
     out["map_view"] = _map_view(reg, any(int(la.n_neurons) <= DOTS_MAX_NEURONS for la in layers))
+    tau = (results.params or {}).get("dormant_tau")
+    notes = {"tam_maps": dormant_glyph_note(float(tau) if tau is not None else None, bool(reg.dormant_by_layer)),
+             "confbin_maps": bin_note(primary, str((results.params or {}).get("bins", "snapshot")),
+                                      list(layers[0].bin_names or [])),
+             "corr_maps": uncertainty_note(measures)}
     for key, blocks in sections.items():
         if blocks:
-            out[key] = column(*blocks, name=key)
+            out[key] = column(*([_note(notes[key])] if notes.get(key) else []), *blocks, name=key)
     return out
+
+
+def _note(text: str) -> LayoutDOM:
+    """A section's explanation of its maps (a sentence of :mod:`.words`, escaped) above them."""
+    return html_div(text=f"<p style='margin:2px 0 6px;color:#444c56;font-size:13px;max-width:900px'>{esc(text)}</p>",
+                    name="map_note")
 
 
 def _map_view(reg: _MapRegistry, dots: bool) -> LayoutDOM:

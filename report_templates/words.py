@@ -213,3 +213,124 @@ def unplaced_sentence(neurons: np.ndarray, shown: int = 20) -> str:
         return ""
     listed = ", ".join(str(i) for i in ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
     return f"{_plural(len(ids), 'neuron')} placed nowhere (no finite profile at the last snapshot): {listed}."
+
+
+# ------------------------------------------------------------------------------------ definitions on the page
+# What each confidence measure is, in one phrase (higher = more confident unless it is an uncertainty measure).
+MEASURE_TEXT = {
+    "max_prob": "the softmax probability of the predicted class",
+    "margin": "the largest minus the second-largest softmax probability",
+    "entropy": "the Shannon entropy of the softmax probabilities divided by log C, from 0 (all on one class) to 1 "
+               "(uniform); an uncertainty: higher means less confident",
+    "true_prob": "the softmax probability of the true class",
+    "logit_margin": "the largest minus the second-largest logit",
+    "temp_prob": "max_prob after dividing the logits by a temperature T fitted at each snapshot on the train probe "
+                 "set (shows how sharp the fit of the training images is; not a calibration)",
+    "temp_prob_cv": "max_prob after temperature scaling with T cross-fitted on halves of the probe set (fitted on "
+                    "one half, applied to the other)",
+    "mc_prob": "Monte-Carlo dropout (Gal & Ghahramani 2016): the largest probability of the softmax averaged over "
+               "{passes} stochastic passes with dropout on",
+    "mc_mutual_info": "Monte-Carlo dropout: the mutual information between the prediction and the dropout masks "
+                      "(BALD, Houlsby et al. 2011), the entropy of the mean softmax minus the mean entropy of the "
+                      "{passes} passes, in nats; an epistemic uncertainty: higher means less confident",
+}
+
+
+def measure_definitions(measures: list[str], meta: dict | None = None) -> list[tuple[str, str]]:
+    """``(measure, definition)`` for each measure; one registered for the run reads as such.
+
+    Args:
+        measures: measure names, in the order to list them.
+        meta: the run's metadata; its ``mc_dropout.passes`` gives the number of Monte-Carlo passes (K).
+    """
+    mc = (meta or {}).get("mc_dropout")
+    passes = str(mc.get("passes")) if isinstance(mc, dict) and mc.get("passes") else "K"
+    return [(m, MEASURE_TEXT[m].format(passes=passes) if m in MEASURE_TEXT else
+             "a confidence measure registered for this run (higher: more confident)") for m in measures]
+
+
+def uncertainty_note(measures: list[str], what: str = "r") -> str:
+    """For the uncertainty measures among ``measures``: a positive ``what`` means activity rises with uncertainty.
+
+    ``""`` when there are none. E.g. "entropy and mc_mutual_info measure uncertainty (higher: less confident): for
+    them a positive r means activity rises as the network grows *less* confident, the opposite of the other
+    measures. The findings turn their sign around so that "with confidence" reads the same for every measure."
+    """
+    from topotrace.instrument.confidence import UNCERTAINTY_MEASURES
+
+    names = [m for m in measures if m in UNCERTAINTY_MEASURES]
+    if not names:
+        return ""
+    verb = "measures" if len(names) == 1 else "measure"
+    them = "it" if len(names) == 1 else "them"
+    return (f"{_names(names)} {verb} uncertainty (higher: less confident): for {them} a positive {what} means "
+            "activity rises as the network grows less confident, the opposite of the other measures. The findings "
+            "turn the sign around so that \"with confidence\" reads the same for every measure.")
+
+
+def dormant_glyph_note(tau: float | None, dormant: bool = True) -> str:
+    """What the map glyphs are: the neuron dots and (``dormant``) the white circles of the tau-dormant units."""
+    text = "Small open dots mark each neuron's place (hover one for its id and value; \"neuron dots\" hides them)."
+    if dormant:
+        at = f" (τ = {number(tau)})" if tau is not None and math.isfinite(tau) else ""
+        text += (f" White circles with a dark ring mark the τ-dormant units{at} at the snapshot shown: units whose "
+                 "mean |activation| over the probe samples is at most τ times the layer's average (Sokar et al. "
+                 "2023; their share over training is in the dormant-units section).")
+    return text
+
+
+def bin_note(measure: str, bins: str, names: list[str]) -> str:
+    """How the confidence bins are made: quantiles of each snapshot (the default) or edges pooled over snapshots."""
+    example = f"\"{names[0]}\"" if names else "the first bin"
+    if bins == "pooled":
+        return (f"The bins are quantile bins of {measure} over all snapshots pooled: each bin is the same range of "
+                f"{measure} at every snapshot, so early snapshots fill the low bins, late ones the high bins, and a "
+                "bin can be empty (a blank map).")
+    return (f"The bins are quantile bins of {measure} taken at each snapshot separately: {example} holds the "
+            f"{_share(names)} of the probe samples the network is least confident about at that snapshot, "
+            f"whatever their {measure} values. Every bin holds the same number of samples at every snapshot; the "
+            "same bin covers higher confidence values as training goes on.")
+
+
+def _share(names: list[str]) -> str:
+    n = max(len(names), 1)
+    return f"{number(100 / n)} %"
+
+
+# ------------------------------------------------------------------------------ one unit per quantity (trends)
+# The trends beyond the study, each in the unit the report's collapse section uses: the dormant share's change in
+# percentage points, NC1's change as the ratio last / first (the analysis keeps its log), the ECE's change as is.
+TREND_TEXT = {"dormant_share_grows": "dormant share grows (change, pp)",
+              "nc1_falls": "NC1 falls (ratio last / first)",
+              "ece_rises_after_loss_minimum": "held-out ECE rises after the loss minimum (change)"}
+
+
+def percentage_points(value: float) -> str:
+    """A change of a share (a fraction) in signed percentage points: ``"+1.5 pp"``, ``"−0.3 pp"``; "n/a" for NaN."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{100 * value:+.1f} pp".replace("-", "−")
+
+
+def ratio(log_value: float) -> str:
+    """A ratio from its natural log: ``"0.0567×"``; "n/a" when undefined."""
+    if log_value is None or not math.isfinite(log_value):
+        return "n/a"
+    return number(math.exp(log_value)) + "×"
+
+
+def trend_effect(f: Finding) -> tuple[str, str]:
+    """``(effect, 95 % interval)`` of a trend finding in its one unit (:data:`TREND_TEXT`).
+
+    ``nc1_falls`` holds log(first / last) (positive: falls); it is shown as the ratio last / first, so its
+    interval's ends swap.
+    """
+    if f.claim == "dormant_share_grows":
+        if not (math.isfinite(f.ci_low) and math.isfinite(f.ci_high)):
+            return percentage_points(f.effect), "n/a"
+        return percentage_points(f.effect), f"{percentage_points(f.ci_low)} to {percentage_points(f.ci_high)}"
+    if f.claim == "nc1_falls":
+        if not (math.isfinite(f.ci_low) and math.isfinite(f.ci_high)):
+            return ratio(-f.effect), "n/a"
+        return ratio(-f.effect), f"{ratio(-f.ci_high)} to {ratio(-f.ci_low)}"
+    return number(f.effect), interval(f)

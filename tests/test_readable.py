@@ -100,17 +100,22 @@ def test_study_findings_fit_80_columns():
 
 
 def test_beyond_table_keeps_its_layer_column():
-    """The "Beyond the study" table lost its layer column even at 100 columns: now whole at 80."""
-    trends = [Finding(layer, claim, m, 2.87, 2.41, 3.17, 1, "does not hold in this run", "", [], np.zeros(3),
-                      np.zeros(3), np.full((3, 2), np.nan), np.zeros((1, 3)))
-              for layer in LAYERS for claim, m in (("dormant_share_grows", ""), ("nc1_falls", ""))]
-    trends.append(Finding("", "ece_rises_after_loss_minimum", "temp_prob_cv", 0.01, -0.02, 0.04, 1,
-                          "does not hold in this run", "", [], np.zeros(3), np.zeros(3), np.full((3, 2), np.nan),
-                          np.zeros((1, 3))))
+    """The "Beyond the study" table lost its layer column even at 100 columns: now whole at 80, each trend in the
+    unit of the report's collapse section (dormant share in pp, NC1 as the ratio last / first)."""
+    def trend(layer, claim, measure, effect, lo, hi):
+        return Finding(layer, claim, measure, effect, lo, hi, 1, "does not hold in this run", "", [], np.zeros(3),
+                       np.zeros(3), np.full((3, 2), np.nan), np.zeros((1, 3)))
+
+    trends = [t for layer in LAYERS for t in (trend(layer, "dormant_share_grows", "", 0.015, 0.005, 0.025),
+                                              trend(layer, "nc1_falls", "", 2.87, 2.41, 3.17))]
+    trends.append(trend("", "ece_rises_after_loss_minimum", "temp_prob_cv", 0.01, -0.02, 0.04))
     for width in (80, 100):
         text = _render(beyond_table(trends), width)
         _check(text, (*LAYERS, "(run)"), width)
-        assert text.count("2.41") == text.count("3.17") == 2 * len(LAYERS)
+        assert text.count("+1.5 pp") == text.count("+0.5 pp") == text.count("+2.5 pp") == len(LAYERS)
+        ratio, low, high = (f"{np.exp(-v):.3g}×" for v in (2.87, 3.17, 2.41))  # last / first = exp(-log(first/last))
+        assert ratio == "0.0567×" and text.count(ratio) == text.count(low) == text.count(high) == len(LAYERS)
+        assert "2.87" not in text and "0.015" not in text
 
 
 def test_atlas_compare_info_tables_fit_80_columns():
@@ -256,3 +261,103 @@ def test_analysis_and_report_of_a_four_neuron_layer_raise_no_warning(tmp_path):
         assert res.layers["layer0"].n_neurons == 4
         assert run_findings(res) and trend_findings([res])
         build_report(res, tmp_path / "report.html")
+
+
+# ---------------------------------------------------------------------------------- definitions on the page
+@pytest.fixture(scope="module")
+def mc_page(tmp_path_factory):
+    """The report of a tiny recorded run with Monte-Carlo dropout (4 passes): its page text, unescaped."""
+    import html
+
+    import torch
+    from torch import nn
+
+    from topotrace.analysis.pipeline import analyze
+    from topotrace.instrument.recorder import ProbeSet, Recorder
+    from topotrace.instrument.schedules import every
+    from topotrace.report_templates.generate import build_report
+
+    from .test_report import _docs_json, _outside_scripts
+
+    root = tmp_path_factory.mktemp("mc")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 12), nn.ReLU(),
+                          nn.Dropout(0.3), nn.Linear(12, 3))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 10, generator=g), torch.arange(60) % 3
+    x[:, :3] += 2.0 * nn.functional.one_hot(y, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Recorder(model, root / "store.h5", layers=["1", "4"], probes=[ProbeSet("heldout", x[:30], y[:30])],
+                  class_names=["a", "b", "c"], schedule=every(2), mc_dropout=4) as rec:
+        for step in range(9):
+            rec.step(step)
+            model.train()
+            loss = nn.functional.cross_entropy(model(x[30:]), y[30:])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    res = analyze(root / "store.h5", root / "analysis.h5", layout_methods=["pca"])
+    assert {"mc_prob", "mc_mutual_info", "entropy"} <= set(res.measures)
+    page = build_report(res, root / "report.html").read_text("utf-8")
+    texts = []  # the page outside its scripts, and every string of the Bokeh document (its Divs' HTML)
+
+    def strings(node):
+        if isinstance(node, str):
+            texts.append(html.unescape(node))
+        elif isinstance(node, dict):
+            for v in node.values():
+                strings(v)
+        elif isinstance(node, list):
+            for v in node:
+                strings(v)
+
+    strings(_docs_json(page))
+    return html.unescape(_outside_scripts(page)) + "\n".join(texts), res
+
+
+def test_report_defines_every_confidence_measure(mc_page):
+    """Every measure with correlations is defined on the page, the MC-dropout ones with the run's 4 passes."""
+    from topotrace.report_templates.words import MEASURE_TEXT
+
+    page, res = mc_page
+    for m in ("max_prob", "margin", "entropy", "true_prob", "logit_margin", "mc_prob", "mc_mutual_info"):
+        assert f"<b>{m}</b>: " in page, m
+    assert MEASURE_TEXT["mc_prob"].format(passes=4) in page
+    assert "the mutual information between the prediction and the dropout masks" in page
+    assert "averaged over 4 stochastic passes with dropout on" in page and "{passes}" not in page
+
+
+def test_uncertainty_measures_say_what_a_positive_r_means(mc_page):
+    """entropy and mc_mutual_info: a positive r means activity rises with uncertainty, said with the correlation
+    maps and with the curves; a run without an uncertainty measure gets no such note."""
+    from topotrace.report_templates.words import uncertainty_note
+
+    page, _ = mc_page
+    note = uncertainty_note(["max_prob", "entropy", "mc_mutual_info"])
+    assert note.startswith("entropy and mc_mutual_info measure uncertainty (higher: less confident): for them a "
+                           "positive r means activity rises as the network grows less confident")
+    assert page.count(note) == 2  # above the correlation maps and above the curves of mean r
+    assert uncertainty_note(["max_prob", "logit_margin"]) == ""
+    assert uncertainty_note(["entropy"]).startswith("entropy measures uncertainty (higher: less confident): for it")
+
+
+def test_maps_explain_the_dormant_circles_and_the_quantile_bins(mc_page, analysed):
+    """The maps section says what the white circles (tau-dormant units) and dots are; the confidence-bin maps say
+    that the bins are quantiles of each snapshot (or pooled edges, for an analysis with pooled bins)."""
+    from topotrace.report_templates.charts import measure_select
+    from topotrace.report_templates.maps import map_sections
+    from topotrace.report_templates.words import bin_note, dormant_glyph_note
+
+    page, res = mc_page
+    assert dormant_glyph_note(0.025) in page and "White circles with a dark ring mark the τ-dormant units (τ = " \
+        "0.025) at the snapshot shown" in page
+    bins = bin_note(res.primary_measure, "snapshot", list(res.layers["1"].bin_names))
+    assert bins in page
+    assert bins.startswith(f"The bins are quantile bins of {res.primary_measure} taken at each snapshot "
+                           "separately: \"0–20 %\" holds the 20 % of the probe samples")
+    sections = map_sections(analysed, measure_select(analysed))
+    first = {key: sections[key].children[0].text for key in ("tam_maps", "confbin_maps", "corr_maps")}
+    assert "τ-dormant" in first["tam_maps"] and "quantile bins" in first["confbin_maps"]
+    assert "entropy measures uncertainty" in first["corr_maps"]
+    pooled = bin_note("margin", "pooled", ["0.00–0.20"])
+    assert "over all snapshots pooled" in pooled and "same range of margin at every snapshot" in pooled

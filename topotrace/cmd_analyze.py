@@ -26,6 +26,7 @@ from topotrace.analysis.layouts import METHODS
 from topotrace.analysis.pipeline import analyze
 from topotrace.report_templates.words import (
     CLAIM_SHORT,
+    TREND_TEXT,
     VERDICT_STYLE,
     effect_text,
     interval,
@@ -33,6 +34,7 @@ from topotrace.report_templates.words import (
     number,
     percent,
     scope_note,
+    trend_effect,
 )
 
 # None: the pipeline's own default (for the measure: logit_margin when the store has it)
@@ -44,8 +46,6 @@ ANALYSIS_DEFAULTS = {"probe_set": "heldout", "measure": None, "layouts": None, "
 # a layer name is printed whole on one line.
 LAYER_WIDTH = 28
 COURSE_EXTREMES = ("rises then falls back", "dips then recovers")
-TREND_TEXT = {"dormant_share_grows": "dormant share grows", "nc1_falls": "NC1 falls (log first/last)",
-              "ece_rises_after_loss_minimum": "ECE rises after the held-out loss minimum"}
 
 
 def add_analysis_options(parser: argparse.ArgumentParser) -> None:
@@ -295,7 +295,11 @@ def course_lines(found: list) -> list[Text]:
 
 
 def beyond_table(trends: list) -> Table:
-    """The trends beyond the study (dormant share, NC1, ECE after the loss minimum) as a table."""
+    """The trends beyond the study (dormant share, NC1, ECE after the loss minimum) as a table.
+
+    Each in the unit of the report's collapse section (:func:`topotrace.report_templates.words.trend_effect`):
+    the dormant share's change in percentage points, NC1 as the ratio last / first.
+    """
     from .cli import visible
 
     table = Table(title="Beyond the study: trends over training (bootstrap over probe samples, same rule with no "
@@ -306,8 +310,9 @@ def beyond_table(trends: list) -> Table:
     for f in trends:
         what = TREND_TEXT.get(f.claim, f.claim) + (f" ({f.measure})" if f.claim == "ece_rises_after_loss_minimum"
                                                    else "")
-        table.add_row(Text(visible(f.layer or "(run)")), Text(visible(what)), Text(number(f.effect)),
-                      Text(interval(f)), Text(f.verdict, style=VERDICT_STYLE.get(f.verdict, "")))
+        effect, span = trend_effect(f)
+        table.add_row(Text(visible(f.layer or "(run)")), Text(visible(what)), Text(effect), Text(span),
+                      Text(f.verdict, style=VERDICT_STYLE.get(f.verdict, "")))
     return table
 
 
