@@ -21,6 +21,20 @@ activation in the layer or non-finite outputs; the counts are kept per layer and
 of |a| that the pass computes anyway are non-finite exactly where a row holds NaN or inf, so an all-finite
 snapshot costs no extra pass and takes the unchanged fast path. A run that diverged (:data:`DIVERGED_SHARE`)
 is analysed up to the snapshot before its diverged tail, which is found by walking back from the last snapshot.
+
+Incremental analysis (``docs/analysis.md``, "Incremental analysis"). A store that gained k snapshots since its
+cached analysis (same parameters and analysis version, the cached snapshots unchanged: :func:`_incremental_base`)
+is analysed by computing the per-snapshot quantities of the k new snapshots only (:func:`process_snapshot`,
+the rows of :func:`_nap_gap` and :func:`_calibration`), re-scoring every snapshot's CKA against the new last
+snapshot (its reference; one read of each snapshot's activations, no other work), and redoing everything that
+spans snapshots from the full per-snapshot arrays by the code of a fresh analysis (correlation summaries, colour
+limits, evidence, trends, curves, calibration trend, loss minimum). The per-snapshot quantities depend on no
+other snapshot, so the result equals a fresh analysis number for number, with one exception: while a writer
+records into the store (or with ``provisional_layouts=True``), the layouts of the cache are kept until the
+snapshot count reaches :data:`LAYOUT_REFIT_GROWTH` times the count they were fitted at, and the results say at
+which snapshot they were fitted (``layout_snapshot``, provisional); an analysis of a store whose writer has
+closed (or was killed) fits them at the last snapshot as a fresh analysis does, so the final analysis equals a
+fresh one everywhere. The per-sample arrays that the cache lacks are kept next to it (:mod:`.incremental`).
 """
 
 from __future__ import annotations
@@ -40,9 +54,9 @@ from typing import Protocol
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from topotrace.instrument.store import Store, resolve_store_path
+from topotrace.instrument.store import Store, resolve_store_path, writer_state
 
-from . import calibration, collapse, evidence, maps, naps, stats
+from . import calibration, collapse, evidence, incremental, maps, naps, stats
 from .layouts import NeuronLayout, shepard_score, trustworthiness_score
 from .results import (
     AnalysisResults,
@@ -77,6 +91,9 @@ MIN_MAP_FILL = 0.4  # see pick_default_layout; a round body fills about 0.6-0.8 
 # (a share of values, so one NaN neuron is not a divergence: it is left out and placed nowhere); the run diverged
 # at the first snapshot of its tail of diverged snapshots, and the analysis stops before it.
 DIVERGED_SHARE = 0.5
+# While the store is recorded, an incremental analysis keeps the layouts it has (provisional) until the analysed
+# snapshot count reaches this multiple of the count they were fitted at: O(log S) layout fits over a live run.
+LAYOUT_REFIT_GROWTH = 1.5
 N_BOOT_TRENDS = 200  # bootstrap resamples of the probe samples behind the trends (dormant share, NC1, ECE)
 TRAIN_PROBE = "train"  # the probe set drawn from the training data (overfitting view)
 HELDOUT_PROBE = "heldout"
@@ -321,8 +338,13 @@ def analyze(
     until_good: bool = False,
     cluster: SnapshotCluster | None = None,
     dormant_tau: float = collapse.DORMANT_TAU,
+    provisional_layouts: bool | None = None,
 ) -> AnalysisResults:
     """Analyse a store (or load the cached analysis if the store and parameters are unchanged).
+
+    A store that gained snapshots since its cached analysis is analysed incrementally (the module docstring,
+    ``docs/analysis.md``): only the new snapshots' per-snapshot quantities are computed, and the result equals a
+    fresh analysis except for provisional layouts (``results.layout_snapshot >= 0``) while the store is recorded.
 
     Args:
         store_path: the store file, or a run folder holding ``store.h5``.
@@ -347,6 +369,10 @@ def analyze(
             (:func:`topotrace.analysis.distributed.dask_cluster`); its workers open the store by its path.
             Default: in this process, with a thread pool. The results are the same either way.
         dormant_tau: tau of the tau-dormant units (``docs/analysis.md``), >= 0; default 0.025 (Sokar et al.).
+        provisional_layouts: whether an incremental analysis may keep the cached layouts (fitted at an earlier
+            snapshot, :data:`LAYOUT_REFIT_GROWTH`); default: while a writer records into the store
+            (:func:`topotrace.instrument.store.writer_state` is ``"live"``). ``False``: layouts are always fitted
+            at the last snapshot, as in a fresh analysis. Not part of the cache key.
 
     Returns:
         :class:`AnalysisResults`; for a run that diverged (:data:`DIVERGED_SHARE`), of the snapshots before
@@ -369,6 +395,9 @@ def analyze(
                          f"at or below which a unit counts as dormant). Got {dormant_tau!r} instead.")
     if bins not in ("snapshot", "pooled"):
         raise ValueError(f"The 'bins' parameter must be 'snapshot' or 'pooled'. Got {bins!r} instead.")
+    if provisional_layouts is not None and not isinstance(provisional_layouts, bool):
+        raise TypeError(f"The 'provisional_layouts' parameter must be None, True or False. Got "
+                        f"{provisional_layouts!r} instead.")
     if layout_methods is not None:
         if isinstance(layout_methods, str):
             raise TypeError("The 'layout_methods' parameter must be a list of method names, not a str.")
@@ -382,6 +411,7 @@ def analyze(
         "dormant_tau": float(dormant_tau), "ece_bins": ECE_BINS, "n_boot_trends": N_BOOT_TRENDS,
     }
     report = progress or (lambda stage, done, total: None)
+    keep_provisional = _provisional_allowed(path, provisional_layouts)  # before this process opens the store
     with Store(path, until_good=until_good) as store:
         if store.n_snapshots == 0:
             raise ValueError(f"{path} has no committed snapshots yet; nothing to analyse.")
@@ -397,8 +427,8 @@ def analyze(
         key = {"fingerprint": fingerprint, "params_key": json.dumps(params, sort_keys=True)}
         if not refresh:
             cached = _load_cache(cache, fingerprint, key["params_key"])
-            if cached is not None:
-                return cached
+            if cached is not None and (cached.layout_snapshot < 0 or keep_provisional):
+                return cached  # (provisional layouts no longer allowed: extended by 0 snapshots below, refitted)
         outcome_ok = _outcome_ok(store, probe_set)  # [S, n]
         divergence = _find_divergence(store, probe_set, outcome_ok)
         n_s = store.n_snapshots if divergence is None else divergence.snapshot
@@ -407,6 +437,14 @@ def analyze(
             raise ValueError(f"{path} diverged from its first snapshot (step {divergence.step}) on: {what} hold more "
                              f"than {DIVERGED_SHARE:.0%} non-finite values for the {probe_set!r} probe set at every "
                              "snapshot; nothing finite to analyse.")
+        base = None if refresh or bins != "snapshot" else _incremental_base(cache, store, key["params_key"], n_s,
+                                                                             probe_set)
+        n_old = base.state.n_snapshots if base is not None else 0
+        layout_at = -1  # the snapshot the layouts were fitted at when they are provisional
+        if base is not None and keep_provisional:
+            fitted = base.results.layout_snapshot if base.results.layout_snapshot >= 0 else n_old - 1
+            if n_s < LAYOUT_REFIT_GROWTH * (fitted + 1):
+                layout_at = fitted
         sha_thread, sha = _sha256_async(store)
         task = {"path": str(path), "until_good": bool(until_good), "probe": probe_set, "measure": measure,
                 "bins_mode": bins, "n_bins": int(n_bins), "n_s": int(n_s), "fingerprint": fingerprint,
@@ -414,14 +452,16 @@ def analyze(
         report("training curves", 0, 1)
         curves = _curves(store, n_s)
         report("training curves", 1, 1)
-        layers = {}
+        layers, states = {}, {}
         # One BLAS thread throughout: every product here is small or already runs on a worker per core, and
         # OpenBLAS's threads spin while they wait, which on a busy machine made small layouts up to 40x slower.
         with threadpool_limits(1, user_api="blas"):
             for name in store.layers:
-                layers[name] = _analyze_layer(store, name, probe_set, measure, bins, layout_methods,
-                                              default_layout, n_bins, report, n_s, outcome_ok[:n_s], cluster, task,
-                                              float(dormant_tau))
+                layers[name], states[name] = _analyze_layer(
+                    store, name, probe_set, measure, bins, layout_methods, default_layout, n_bins, report, n_s,
+                    outcome_ok[:n_s], cluster, task, float(dormant_tau),
+                    base=None if base is None else (base.results.layers[name], base.state.layers[name], n_old),
+                    keep_layouts=layout_at >= 0)
         sha_thread.join()
         ref_probe = next((p for p in (HELDOUT_PROBE, probe_set) if p in store.probes and p != TRAIN_PROBE), None)
         loss_min = loss_minimum(curves, ref_probe) if ref_probe else -1
@@ -431,11 +471,13 @@ def analyze(
             measures=list(store.measures), class_names=list(store.class_names), curves=curves, layers=layers,
             params=params | {"seconds": round(time.perf_counter() - t_start, 3)}, meta=store.meta,
             nonfinite_outputs=(~outcome_ok[:n_s]).sum(axis=1).astype(np.int64), divergence=divergence,
-            calibration=_calibration(store, n_s),
+            calibration=_calibration(store, n_s, n_old, None if base is None else base.results.calibration),
             temperature=(np.asarray(store.temperature[:n_s], np.float64) if store.temperature is not None
                          else np.zeros(0)),
             loss_min=loss_min, ece_trend=_ece_trend(store, ref_probe, n_s, loss_min) if ref_probe else {},
+            layout_snapshot=layout_at,
         )
+        prefix = incremental.prefix_digest(store, n_s)
     report("saving", 0, 1)
     writing = Path(cache).with_name(Path(cache).name + ".writing")  # save_results' own temporary file
     try:
@@ -443,8 +485,75 @@ def analyze(
     except BaseException:  # a full disk, Ctrl-C: no half-written cache is left behind
         writing.unlink(missing_ok=True)
         raise
+    # The per-sample arrays the cache lacks, for the next incremental analysis; tied to this cache by its SHA-256.
+    incremental.save_state(incremental.state_path(cache), incremental.State(
+        fingerprint, key["params_key"], n_s, prefix, incremental.file_sha256(cache), states))
     report("saving", 1, 1)
     return res
+
+
+def _provisional_allowed(path: Path, provisional_layouts: bool | None) -> bool:
+    """Whether an incremental analysis may keep provisional layouts (``analyze``'s ``provisional_layouts``)."""
+    if provisional_layouts is not None:
+        return provisional_layouts
+    try:  # (a reader holds HDF5's shared lock too: this is asked before the analysis opens the store)
+        return writer_state(path) == "live"
+    except OSError:
+        return False
+
+
+@dataclass
+class _Base:
+    """A cached analysis that an incremental analysis extends: the cache's results and its sidecar."""
+
+    results: AnalysisResults
+    state: incremental.State
+
+
+def _incremental_base(cache: Path, store: Store, params_key: str, n_s: int, probe: str) -> _Base | None:
+    """The cached analysis to extend to the first ``n_s`` snapshots of ``store``, or ``None`` (start afresh).
+
+    It counts when the cache and its sidecar (:func:`.incremental.state_path`) belong together (the sidecar names
+    the cache's fingerprint, parameters and SHA-256), were made with ``params_key`` (which holds
+    :data:`ANALYSIS_VERSION`), hold S <= ``n_s`` snapshots of a run that had not diverged, and the store's first
+    S snapshots are still the ones analysed (:func:`.incremental.prefix_digest`: not cut and re-recorded). A
+    missing, unreadable, damaged or older cache or sidecar gives ``None``.
+    """
+    spath = incremental.state_path(cache)
+    if not (cache.is_file() and spath.is_file()):
+        return None
+    try:
+        st = incremental.load_state(spath)
+        attrs = read_cache_attrs(cache)
+        if not (st.params_key == params_key == attrs.get("params_key") and attrs.get("fingerprint") == st.fingerprint
+                and 1 <= st.n_snapshots <= n_s):
+            return None
+        if incremental.file_sha256(cache) != st.cache_sha256:
+            return None  # changed since it was written (damaged, or rewritten by other code)
+        res = load_results(cache)
+        n_old = st.n_snapshots
+        if res.n_snapshots != n_old or res.divergence is not None or res.probe_set != probe \
+                or list(res.layers) != list(store.layers) or list(st.layers) != list(store.layers) \
+                or sorted(res.calibration) != sorted(store.probes):
+            return None
+        n = len(store.labels(probe))
+        for name, lr in res.layers.items():
+            ls, n_neurons = st.layers[name], store.layers[name].n_neurons
+            if lr.n_neurons != n_neurons or ls.per_sample.shape != (2, n_old, n) \
+                    or ls.boot_ends.shape != (2, 2, N_BOOT_TRENDS) or lr.cka.shape != (n_old,) \
+                    or sorted(lr.corr) != sorted(store.measures) \
+                    or any(cr.pearson.shape != (n_old, n_neurons) for cr in lr.corr.values()) \
+                    or any(gn.naps.shape[::2] != (n_old, n_neurons) for gn in lr.naps.values()) \
+                    or sorted(lr.naps) != sorted(naps.GROUPINGS) or lr.dormant_mask.shape != (n_old, n_neurons) \
+                    or (TRAIN_PROBE in store.probes and probe != TRAIN_PROBE and lr.nap_gap.shape != (n_old,)):
+                return None
+        if any(c.ece.shape[1:] != (n_old,) or c.temperature_cv.shape != (n_old, 2) for c in res.calibration.values()):
+            return None
+        if incremental.prefix_digest(store, n_old) != st.prefix:
+            return None  # the store's earlier snapshots changed (e.g. cut by a resume and recorded again)
+        return _Base(res, st)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None  # unreadable: start afresh
 
 
 def _load_cache(cache: Path, fingerprint: str, params_key: str | None = None) -> AnalysisResults | None:
@@ -556,15 +665,23 @@ def layer_context(store: Store, name: str, probe: str, measure: str, bins_mode: 
                         cka, steps, float(tau))
 
 
-def _stream_layer(store: Store, ctx: LayerContext, lp: _LayerPass, done_cb: Callable[[int], None]) -> None:
-    """The in-process pass: snapshots read in order by this thread, computed by a small thread pool."""
+def _stream_layer(store: Store, ctx: LayerContext, lp: _LayerPass, done_cb: Callable[[int], None],
+                  start: int = 0) -> None:
+    """The in-process pass: snapshots read in order by this thread, computed by a small thread pool.
+
+    Snapshots from ``start`` on get every per-snapshot result; those before it (an incremental analysis, their
+    other rows taken from the cache) only their CKA to the reference (:func:`cka_row`).
+    """
     local = threading.local()  # one set of scratch arrays per worker thread
 
     def process(s: int, stored: np.ndarray) -> None:
         ws = getattr(local, "ws", None)
         if ws is None:
             ws = local.ws = stats.Workspace()
-        process_snapshot(ctx, s, stored, ws, lp, s)
+        if s < start:
+            lp.cka[s] = cka_row(ctx, s, stored, ws)
+        else:
+            process_snapshot(ctx, s, stored, ws, lp, s)
 
     n_s = len(ctx.conf_all)
     # Snapshots are read in order by this thread and computed by a small pool (numpy releases the GIL in
@@ -587,6 +704,17 @@ def _stream_layer(store: Store, ctx: LayerContext, lp: _LayerPass, done_cb: Call
             pending.popleft().result()
             done += 1
             done_cb(done)
+
+
+def cka_row(ctx: LayerContext, s: int, stored: np.ndarray, ws: stats.Workspace) -> float:
+    """The CKA of snapshot ``s`` (``stored``: array of shape (n, N)) to the reference, as :func:`process_snapshot`.
+
+    The same samples are left out (a non-finite activation in the layer, or non-finite outputs) and the same
+    float32 values scored, so the number is the one :func:`process_snapshot` writes.
+    """
+    a = stats.as_float(stored, np.float32, out=ws.get("acts", stored.shape, np.float32))  # [n, N]
+    keep = np.isfinite(a).all(axis=1) & ctx.outcome_ok[s]
+    return ctx.cka.score(a, None if keep.all() else keep)
 
 
 def process_snapshot(ctx: LayerContext, s: int, stored: np.ndarray, ws: stats.Workspace, lp: _LayerPass,
@@ -724,12 +852,21 @@ def snapshot_row(ctx: LayerContext, s: int, stored: np.ndarray, ws: stats.Worksp
 def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode: str,
                    layout_methods: list[str] | None, default_layout: str | None, n_bins: int,
                    report: Progress, n_s: int, outcome_ok: np.ndarray, cluster: SnapshotCluster | None = None,
-                   task: dict | None = None, tau: float = collapse.DORMANT_TAU) -> LayerResult:
+                   task: dict | None = None, tau: float = collapse.DORMANT_TAU,
+                   base: tuple[LayerResult, incremental.LayerState, int] | None = None,
+                   keep_layouts: bool = False) -> tuple[LayerResult, incremental.LayerState]:
     """One layer over the first ``n_s`` snapshots (the last of them is the CKA reference).
 
     ``outcome_ok`` (n_s, n), bool: samples with finite outputs (the others are in no prediction or confidence
     group and out of the correlations and per-sample statistics). With ``cluster``, the snapshots are computed
     by its workers from ``task`` (plain parameters: the store's path, the analysis parameters, the layer).
+
+    With ``base`` (the cached layer result, its sidecar arrays and their snapshot count S_old), the rows of
+    snapshots 0 .. S_old - 1 are taken from it, snapshots S_old .. n_s - 1 are computed (in this process) and
+    every snapshot's CKA is scored again against the last one; ``keep_layouts`` keeps the cached layouts.
+
+    Returns:
+        The layer's results and the per-sample arrays an incremental analysis needs next time.
     """
     spec = store.layers[name]
     n_neurons = spec.n_neurons
@@ -738,12 +875,22 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
     lp = _LayerPass(n_s, n_neurons, measures, n_bins, ctx.sizes, ctx.n)
     stage = f"{name}: snapshots"
     report(stage, 0, n_s)
-    if cluster is not None:  # one task per snapshot on a Dask cluster; small results merged in order
+    start = 0
+    if base is not None:  # the cached rows; the new snapshots and every CKA below
+        start = base[2]
+        _fill_from_cache(lp, base[0], base[1], start)
+        if start == n_s:  # no new snapshot (only the layouts are fitted again): the same last snapshot
+            lp.cka[:] = base[0].cka
+            lp.boot_ends[n_s - 1] = base[1].boot_ends[1]
+            report(stage, n_s, n_s)
+    if start == n_s:
+        pass
+    elif cluster is not None and base is None:  # one task per snapshot on a Dask cluster; results merged in order
         for s, row in enumerate(cluster.map_snapshots(dict(task or {}, name=name), n_s)):
             lp.set_row(s, row)
             report(stage, s + 1, n_s)
     else:
-        _stream_layer(store, ctx, lp, lambda done: report(stage, done, n_s))
+        _stream_layer(store, ctx, lp, lambda done: report(stage, done, n_s), start)
     per_sample, sample_corr = lp.per_sample, lp.sample_corr
     grouped = {g: GroupedNaps(g, naps.group_names(g, store.class_names, names_b), lp.naps[g], lp.counts[g])
                for g in naps.GROUPINGS}
@@ -764,7 +911,8 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
                       "and per layer) need at least 2 classes: this layer has no layouts or maps and its "
                       "distinctness is NaN. Analyse a probe set with at least 2 classes for them.", UserWarning,
                       stacklevel=2)
-    layouts = _layouts(grouped["class"].naps[-1], layout_methods, name, report)
+    layouts = base[0].layouts if keep_layouts and base is not None else \
+        _layouts(grouped["class"].naps[-1], layout_methods, name, report)
     if not layouts:
         default_layout = ""  # fewer than 3 neurons: no map
     elif default_layout is None:
@@ -783,7 +931,9 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
             else:  # NC1 changes by orders of magnitude: its trend is the log of last / first
                 effect, reps = np.log(point[1] / point[0]), np.log(last / first)
         trends[key] = trend_interval(effect, reps)
-    gap = _nap_gap(store, name, probe, lp.naps["class"], n_s) if probe != TRAIN_PROBE else np.zeros(0)
+    gap = _nap_gap(store, name, probe, lp.naps["class"], n_s, start, None if base is None else base[0].nap_gap) \
+        if probe != TRAIN_PROBE else np.zeros(0)
+    state = incremental.LayerState(lp.per_sample, lp.boot_ends[[0, n_s - 1]], lp.sample_corr)
     return LayerResult(
         name=name, n_neurons=n_neurons, reduction=spec.reduction, naps=grouped, layouts=layouts,
         default_layout=default_layout,
@@ -795,7 +945,27 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
         strength_by_bin=lp.strength_by_bin, distinctness_by_bin=lp.distinctness_by_bin, cka=lp.cka, evidence=ev,
         excluded_values=lp.excluded_values, excluded_samples=lp.excluded_samples,
         dormant=lp.dormant, dormant_mask=lp.dormant_mask, nc1=lp.nc1, nap_gap=gap, trends=trends,
-    )
+    ), state
+
+
+def _fill_from_cache(lp: _LayerPass, lr: LayerResult, ls: incremental.LayerState, n_old: int) -> None:
+    """Rows 0 .. n_old - 1 of ``lp`` from a cached layer result and its sidecar arrays (all but the CKA)."""
+    old = slice(0, n_old)
+    for j, m in enumerate(lp.measures):
+        cr = lr.corr[m]
+        for k in ("pearson", "spearman", "pearson_within", "spearman_within"):
+            lp.r[k][j, old] = getattr(cr, k)
+        lp.q["pearson"][j, old] = cr.q_pearson
+        lp.q["pearson_within"][j, old] = cr.q_pearson_within
+    for g in lp.naps:
+        lp.naps[g][old] = lr.naps[g].naps
+        lp.counts[g][old] = lr.naps[g].counts
+    for k in ("strength", "distinctness", "strength_by_bin", "distinctness_by_bin", "excluded_values",
+              "excluded_samples", "dormant", "dormant_mask", "nc1"):
+        getattr(lp, k)[old] = getattr(lr, k)
+    lp.boot_ends[0] = ls.boot_ends[0]
+    lp.per_sample[:, old] = ls.per_sample
+    lp.sample_corr[:n_old] = ls.sample_corr
 
 
 def trend_interval(effect: float, reps: np.ndarray) -> np.ndarray:
@@ -810,7 +980,8 @@ def trend_interval(effect: float, reps: np.ndarray) -> np.ndarray:
     return np.array([effect, lo, hi])
 
 
-def _nap_gap(store: Store, name: str, probe: str, class_naps: np.ndarray, n_s: int) -> np.ndarray:
+def _nap_gap(store: Store, name: str, probe: str, class_naps: np.ndarray, n_s: int, start: int = 0,
+             prev: np.ndarray | None = None) -> np.ndarray:
     """How far the class NAPs on the training probe set lie from those on ``probe``, at each snapshot.
 
     ``||NAP_train - NAP_probe||_F / ||NAP_probe||_F`` over the classes present in both (finite values of each
@@ -822,6 +993,8 @@ def _nap_gap(store: Store, name: str, probe: str, class_naps: np.ndarray, n_s: i
         probe: the analysed probe set.
         class_naps: array of shape (S, C, N), the class NAPs on ``probe``.
         n_s: the snapshots analysed.
+        start: snapshots 0 .. start - 1 are taken from ``prev``, the others computed.
+        prev: with ``start`` > 0, an array of shape (start,) at least: the cached values.
     """
     if TRAIN_PROBE not in store.probes:
         return np.zeros(0)
@@ -830,7 +1003,11 @@ def _nap_gap(store: Store, name: str, probe: str, class_naps: np.ndarray, n_s: i
     onehot = np.zeros((n_classes, len(labels)))
     onehot[labels, np.arange(len(labels))] = 1.0
     out = np.full(n_s, np.nan)
-    for s, a in store.iter_acts(TRAIN_PROBE, name, dtype=None):
+    snapshots = store.iter_acts(TRAIN_PROBE, name, dtype=None)
+    if start:
+        out[:start] = prev[:start]
+        snapshots = ((s, store.acts(TRAIN_PROBE, name, s, dtype=None)) for s in range(start, n_s))
+    for s, a in snapshots:
         if s >= n_s:
             break
         a = np.asarray(a, np.float64)
@@ -862,19 +1039,34 @@ def _calibrated_conf(store: Store, probe: str, rows: np.ndarray) -> tuple[dict[s
     return out, temps
 
 
-def _calibration(store: Store, n_s: int) -> dict[str, Calibration]:
-    """Calibration of every probe set over the first ``n_s`` snapshots (:class:`.results.Calibration`)."""
+def _calibration(store: Store, n_s: int, start: int = 0,
+                 prev: dict[str, Calibration] | None = None) -> dict[str, Calibration]:
+    """Calibration of every probe set over the first ``n_s`` snapshots (:class:`.results.Calibration`).
+
+    Every snapshot's calibration depends on that snapshot alone: with ``start`` > 0, snapshots 0 .. start - 1
+    are taken from ``prev`` (the cached calibration of at least ``start`` snapshots) and the others computed.
+    """
     out = {}
     for p in store.probes:
-        correct = store.correct(p)[:n_s].astype(bool)  # [S, n]
-        confs, temps = _calibrated_conf(store, p, np.arange(n_s))
+        if start and start == n_s:
+            out[p] = prev[p]
+            continue
+        correct = store.correct(p)[start:n_s].astype(bool)  # [S, n]
+        confs, temps = _calibrated_conf(store, p, np.arange(start, n_s))
         ece, counts, conf, acc = [], [], [], []
         for c in confs.values():
             k, mc, a = calibration.reliability(c, correct, ECE_BINS)
             counts.append(k), conf.append(mc), acc.append(a)
             ece.append(calibration.ece(c, correct, ECE_BINS))
-        out[p] = Calibration(list(confs), np.array(ece), np.array(counts), np.array(conf), np.array(acc), ECE_BINS,
-                             temps)
+        arrays = [np.array(ece), np.array(counts), np.array(conf), np.array(acc)]
+        if start:
+            old = prev[p]
+            if old.measures != list(confs):
+                raise ValueError(f"the cached calibration of {p!r} has measures {old.measures}, not {list(confs)}")
+            arrays = [np.concatenate([o[:, :start], x], axis=1)
+                      for o, x in zip((old.ece, old.counts, old.conf, old.accuracy), arrays)]
+            temps = np.concatenate([old.temperature_cv[:start], temps])
+        out[p] = Calibration(list(confs), *arrays, ECE_BINS, temps)
     return out
 
 

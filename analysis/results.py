@@ -310,6 +310,9 @@ class AnalysisResults:
         loss_min: snapshot index of the lowest mean held-out loss (``-1`` without a held-out probe set).
         ece_trend: measure -> ``[effect, low, high]``: ECE at the last snapshot minus ECE at ``loss_min`` on the
             held-out probe set, 95 % bootstrap interval over its samples (empty when ``loss_min`` is the last).
+        layout_snapshot: ``-1`` when the layouts were fitted at the last snapshot (as always in a fresh
+            analysis); else they are provisional: an incremental analysis of a store still being recorded kept
+            the layouts fitted at this snapshot index (``docs/analysis.md``, "Incremental analysis").
     """
 
     store_path: str
@@ -331,6 +334,7 @@ class AnalysisResults:
     temperature: np.ndarray = field(default_factory=lambda: np.zeros(0))
     loss_min: int = -1
     ece_trend: dict[str, np.ndarray] = field(default_factory=dict)
+    layout_snapshot: int = -1
 
 
 # --- the cache file ---------------------------------------------------------------------------------------
@@ -364,7 +368,8 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
 
     Layout: root attributes ``format``, ``version``, the scalar fields, and JSON text for ``params``, ``meta``,
     ``measures``, ``class_names``, ``layer_order``, ``divergence`` (``null`` when the run did not diverge);
-    datasets ``steps``, ``epochs``, ``nonfinite_outputs``, ``curves/<probe>/<name>``;
+    ``layout_snapshot`` only for provisional layouts; datasets ``steps``, ``epochs``, ``nonfinite_outputs``,
+    ``curves/<probe>/<name>``;
     one group ``layers/<name>`` per layer with ``naps/<grouping>/{naps,counts}``,
     ``layouts/<method>/{xy,pixel,neurons,weights,outline}``, ``corr/<measure>/{pearson,...,summary/<name>}`` and the
     per-snapshot arrays (with ``excluded_values``, ``excluded_samples``); the per-sample evidence is a group
@@ -405,6 +410,8 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
         _put(f, "steps", np.asarray(results.steps, np.int64))
         _put(f, "temperature", np.asarray(results.temperature, np.float64))
         a["loss_min"] = int(results.loss_min)
+        if results.layout_snapshot >= 0:  # only provisional layouts say so (a final analysis has no such attribute)
+            a["layout_snapshot"] = int(results.layout_snapshot)
         for m, v in results.ece_trend.items():
             _put(f, f"ece_trend/{m}", np.asarray(v, np.float64))
         for probe, cal in results.calibration.items():
@@ -560,4 +567,5 @@ def load_results(path: str | os.PathLike) -> AnalysisResults:
             temperature=f["temperature"][()] if "temperature" in f else np.zeros(0),
             loss_min=int(a.get("loss_min", -1)),
             ece_trend={m: v[()] for m, v in f["ece_trend"].items()} if "ece_trend" in f else {},
+            layout_snapshot=int(a.get("layout_snapshot", -1)),
         )
