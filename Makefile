@@ -35,8 +35,16 @@ $(DEV): $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install topotrace into it (make test adds what the tests need)
 
-train: $(STAMP)  ## train CONFIG (default: the MLP on digits) and record runs/$(RUN)/store.h5 (OVERWRITE=1 to redo)
-	$(BIN)/topotrace train --config $(CONFIG) --name $(RUN) $(if $(SEED),--seed $(SEED)) $(if $(OVERWRITE),--overwrite)
+TRAIN    = $(BIN)/topotrace train --config $(CONFIG) --name $(RUN) $(if $(SEED),--seed $(SEED)) $(if $(OVERWRITE),--overwrite)
+
+train: $(STAMP)  ## train CONFIG and record runs/$(RUN)/store.h5 (OVERWRITE=1 to redo; WATCH=1: a live report follows it)
+ifdef WATCH
+	@mkdir -p runs && $(BIN)/topotrace site runs >/dev/null  # first, so that the live report links to the index
+	@$(BIN)/topotrace watch runs/$(RUN) $(if $(OVERWRITE),--new) & watcher=$$!; \
+	if $(TRAIN); then wait $$watcher; else status=$$?; kill $$watcher 2>/dev/null; exit $$status; fi
+else
+	$(TRAIN)
+endif
 
 analyze: $(STAMP)  ## analyse runs/$(RUN) (cached in runs/$(RUN)/analysis.h5)
 	$(BIN)/topotrace analyze runs/$(RUN)

@@ -259,3 +259,29 @@ def test_live_page_reloads_and_keeps_the_readers_place(tmp_path):
         assert page.evaluate(label) == before[0]
         assert blocked == [] and errors == []
         browser.close()
+
+
+def test_new_only_waits_for_the_store_that_replaces_the_old_one(tmp_path):
+    """With new_only (make train WATCH=1 OVERWRITE=1), an old closed store is not reported; its replacement is."""
+    import threading
+
+    from topotrace.instrument.synthetic import write_synthetic_store
+    from topotrace.live import Watcher
+
+    run = tmp_path / "r"
+    write_synthetic_store(run / "store.h5", n_snapshots=2, layer_sizes=(5,), n_classes=3, per_class=4)
+    lines: list[str] = []
+    watcher = Watcher(run, stall_s=60, poll_s=0.05, say=lines.append, new_only=True)
+
+    def replace():
+        time.sleep(0.5)
+        (run / "store.h5").unlink()  # as train --overwrite removes the old run
+        write_synthetic_store(run / "store.h5", n_snapshots=3, layer_sizes=(5,), n_classes=3, per_class=4)
+
+    t = threading.Thread(target=replace)
+    t.start()
+    t0 = time.monotonic()
+    (result,) = watcher.run()
+    t.join()
+    assert time.monotonic() - t0 >= 0.5  # the old store did not end the watch at once
+    assert result.end == "done" and "after 3 snapshots" in result.line

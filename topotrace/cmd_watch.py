@@ -22,6 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="a run without a new snapshot for this long counts as stalled (default: 120)")
     parser.add_argument("--poll", type=float, default=1.0, metavar="SECONDS",
                         help="seconds between two looks at the store (default: 1)")
+    parser.add_argument("--new", action="store_true",
+                        help="the run's store there now is being replaced (train --overwrite): follow the new one")
     parser.add_argument("--reload", type=int, default=10, metavar="SECONDS",
                         help="a live page reloads itself after this many seconds (default: 10)")
 
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"The '{name}' option must be a number of seconds > 0. Got {value:g}.")
     if args.reload < 1:
         raise ValueError(f"The '--reload' option must be a whole number of seconds >= 1. Got {args.reload}.")
-    watcher = Watcher(args.run, stall_s=args.stall, poll_s=args.poll, reload_s=args.reload)
+    watcher = Watcher(args.run, stall_s=args.stall, poll_s=args.poll, reload_s=args.reload, new_only=args.new)
     runs = watcher.run()
     if not runs:
         raise CommandFailed(f"No run in {visible(args.run)} recorded for {args.stall:g} s; start the training first "

@@ -192,6 +192,16 @@ class _Run:
     shown: int = 0  # the committed count the last live report shows
     end: str | None = None  # "done", "stopped" or "stalled"
     line: str = ""
+    old: tuple[int, int] | None = None  # with new_only: the file that was there at the start, not followed
+
+
+def _identity(store: Path) -> tuple[int, int] | None:
+    """The store file's inode and modification time (None: no file): a replaced store has another."""
+    try:
+        st = store.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _stores_below(folder: Path) -> list[Path]:
@@ -215,10 +225,12 @@ class Watcher:
         poll_s: seconds between two looks at the stores.
         reload_s: seconds after which a live page reloads itself.
         say: where progress lines go (one line each).
+        new_only: a run's store that is there when watching starts and is not being recorded is an old one about
+            to be replaced (``train --overwrite``): wait for the new one instead of reporting the old one.
     """
 
     def __init__(self, target: str | os.PathLike, stall_s: float = STALL_S, poll_s: float = POLL_S,
-                 reload_s: int = RELOAD_S, say: Say | None = None):
+                 reload_s: int = RELOAD_S, say: Say | None = None, new_only: bool = False):
         self.target = Path(target)
         self.folder = self.target if is_runs_folder(self.target) else None
         self.stall_s, self.poll_s, self.reload_s = float(stall_s), float(poll_s), int(reload_s)
@@ -227,6 +239,10 @@ class Watcher:
         if self.folder is None:
             store = self.target if self.target.suffix == ".h5" or self.target.is_file() else self.target / STORE_FILE
             self.runs[store] = _Run(store)
+            if new_only:
+                with contextlib.suppress(OSError):
+                    if store.is_file() and writer_state(store) != "live":
+                        self.runs[store].old = _identity(store)
         self._started = time.monotonic()
 
     def _discover(self) -> None:
@@ -283,7 +299,9 @@ class Watcher:
         """One look at ``run``'s store: rebuild or end it as its state says. Returns whether anything was written."""
         from .cli import visible
 
-        state = read_state(run.store)
+        if run.old is not None and _identity(run.store) != run.old:
+            run.old = None  # the old store of a run being replaced is gone: follow the new one
+        state = read_state(run.store) if run.old is None else None
         now = time.monotonic()
         if state is None or state.n_snapshots != run.count:
             if state is not None:
