@@ -302,7 +302,7 @@ def correlation_summary(results: AnalysisResults, measure: Select | None = None)
         select.js_on_change("value", callback)
         if measure is not None:
             measure.js_on_change("value", callback)
-        return column(measure_notes(results, measures), select, row(f_r, f_s), name="corr_summary")
+        return column(select, row(f_r, f_s), name="corr_summary")
     rows, views, alls, titles = [], [], [], []
     for i, (name, all_data, alpha) in enumerate(zip(layers, columns, alphas)):
         view = ColumnDataSource({"x": time_x(steps, xtype), "step": steps,
@@ -316,11 +316,13 @@ def correlation_summary(results: AnalysisResults, measure: Select | None = None)
     if measure is not None:
         measure.js_on_change("value", CustomJS(args=dict(sel=measure, views=views, alls=alls, keys=list(SUMMARY_KEYS),
                                                          titles=titles, title_texts=r_texts), code=SUMMARY_JS))
-    return column(measure_notes(results, measures), *rows, name="corr_summary")
+    return column(*rows, name="corr_summary")
 
 
 def measure_notes(results: AnalysisResults, measures: list[str]) -> LayoutDOM:
     """What each confidence measure of the page is, and what the sign of r means for the uncertainty measures.
+
+    Placed under the correlation maps (:func:`.maps.map_sections`).
 
     Args:
         results: the analysis (its meta gives the Monte-Carlo dropout passes).
@@ -332,7 +334,7 @@ def measure_notes(results: AnalysisResults, measures: list[str]) -> LayoutDOM:
     sign = f"<p style='margin:4px 0'>{esc(note)}</p>" if note else ""
     return html_div(text=f"<div style='font-size:13px;color:#444c56;max-width:900px'><p style='margin:4px 0'>"
                          f"Confidence measures:</p><ul style='margin:2px 0 6px;padding-left:20px'>{items}</ul>"
-                         f"{sign}</div>", name="measure_notes")
+                         f"{sign}</div>", name="map_note")
 
 
 def significance_table(results: AnalysisResults) -> list[tuple[str, list[tuple[str, str, str]]]]:

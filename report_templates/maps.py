@@ -65,7 +65,7 @@ from bokeh.plotting import figure
 
 from topotrace.analysis.results import AnalysisResults, InterpOperator, LayerResult
 
-from .charts import correlation_measures, default_measure, step_axis_type, time_x
+from .charts import correlation_measures, default_measure, measure_notes, step_axis_type, time_x
 from .quantize import delta_encode, precision_text, quantize, value_format
 from .style import (
     OFF_MAP,
@@ -78,7 +78,7 @@ from .style import (
     plain,
     sequential_palette,
 )
-from .words import bin_note, dormant_glyph_note, uncertainty_note
+from .words import bin_note, dormant_glyph_note
 
 _HERE = Path(__file__).resolve().parent
 TILE_PX = 190  # width of one map tile in CSS pixels (the "small" map size, the default)
@@ -635,14 +635,17 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
         corr_scale.js_on_change("active", cb)
         out["corr_scale_view"] = row(corr_scale, name="corr_scale_view")
     out["map_view"] = _map_view(reg, any(int(la.n_neurons) <= DOTS_MAX_NEURONS for la in layers))
+    # Under each section's maps (its first children stay the layers' blocks), what its glyphs, bins and
+    # measures are: the sentences of .words.
     tau = (results.params or {}).get("dormant_tau")
-    notes = {"tam_maps": dormant_glyph_note(float(tau) if tau is not None else None, bool(reg.dormant_by_layer)),
-             "confbin_maps": bin_note(primary, str((results.params or {}).get("bins", "snapshot")),
-                                      list(layers[0].bin_names or [])),
-             "corr_maps": uncertainty_note(measures)}
+    notes = {"tam_maps": _note(dormant_glyph_note(float(tau) if tau is not None else None,
+                                                  bool(reg.dormant_by_layer))),
+             "confbin_maps": _note(bin_note(primary, str((results.params or {}).get("bins", "snapshot")),
+                                            list(layers[0].bin_names or []))),
+             "corr_maps": measure_notes(results, measures)}
     for key, blocks in sections.items():
         if blocks:
-            out[key] = column(*([_note(notes[key])] if notes.get(key) else []), *blocks, name=key)
+            out[key] = column(*blocks, notes[key], name=key)
     return out
 
 

@@ -316,7 +316,8 @@ def mc_page(tmp_path_factory):
 
 
 def test_report_defines_every_confidence_measure(mc_page):
-    """Every measure with correlations is defined on the page, the MC-dropout ones with the run's 4 passes."""
+    """Every measure with correlations is defined with the correlation maps, the MC-dropout ones with the run's 4
+    passes."""
     from topotrace.report_templates.words import MEASURE_TEXT
 
     page, res = mc_page
@@ -329,14 +330,14 @@ def test_report_defines_every_confidence_measure(mc_page):
 
 def test_uncertainty_measures_say_what_a_positive_r_means(mc_page):
     """entropy and mc_mutual_info: a positive r means activity rises with uncertainty, said with the correlation
-    maps and with the curves; a run without an uncertainty measure gets no such note."""
+    maps; a run without an uncertainty measure gets no such note."""
     from topotrace.report_templates.words import uncertainty_note
 
     page, _ = mc_page
     note = uncertainty_note(["max_prob", "entropy", "mc_mutual_info"])
     assert note.startswith("entropy and mc_mutual_info measure uncertainty (higher: less confident): for them a "
                            "positive r means activity rises as the network grows less confident")
-    assert page.count(note) == 2  # above the correlation maps and above the curves of mean r
+    assert page.count(note) == 1  # with the correlation maps, under them
     assert uncertainty_note(["max_prob", "logit_margin"]) == ""
     assert uncertainty_note(["entropy"]).startswith("entropy measures uncertainty (higher: less confident): for it")
 
@@ -356,7 +357,7 @@ def test_maps_explain_the_dormant_circles_and_the_quantile_bins(mc_page, analyse
     assert bins.startswith(f"The bins are quantile bins of {res.primary_measure} taken at each snapshot "
                            "separately: \"0–20 %\" holds the 20 % of the probe samples")
     sections = map_sections(analysed, measure_select(analysed))
-    first = {key: sections[key].children[0].text for key in ("tam_maps", "confbin_maps", "corr_maps")}
+    first = {key: sections[key].children[-1].text for key in ("tam_maps", "confbin_maps", "corr_maps")}
     assert "τ-dormant" in first["tam_maps"] and "quantile bins" in first["confbin_maps"]
     assert "entropy measures uncertainty" in first["corr_maps"]
     pooled = bin_note("margin", "pooled", ["0.00–0.20"])
