@@ -537,12 +537,15 @@ def _incremental_base(cache: Path, store: Store, params_key: str, n_s: int, prob
                 or sorted(res.calibration) != sorted(store.probes):
             return None
         n = len(store.labels(probe))
+        summary_keys = sorted(k + sfx for k in stats.corr_summary(np.zeros(1), np.ones(1), ALPHA)
+                              for sfx in ("", "_within"))
         for name, lr in res.layers.items():
             ls, n_neurons = st.layers[name], store.layers[name].n_neurons
             if lr.n_neurons != n_neurons or ls.per_sample.shape != (2, n_old, n) \
                     or ls.boot_ends.shape != (2, 2, N_BOOT_TRENDS) or lr.cka.shape != (n_old,) \
                     or sorted(lr.corr) != sorted(store.measures) \
-                    or any(cr.pearson.shape != (n_old, n_neurons) for cr in lr.corr.values()) \
+                    or any(cr.pearson.shape != (n_old, n_neurons) or sorted(cr.summary) != summary_keys
+                           or any(v.shape != (n_old,) for v in cr.summary.values()) for cr in lr.corr.values()) \
                     or any(gn.naps.shape[::2] != (n_old, n_neurons) for gn in lr.naps.values()) \
                     or sorted(lr.naps) != sorted(naps.GROUPINGS) or lr.dormant_mask.shape != (n_old, n_neurons) \
                     or (TRAIN_PROBE in store.probes and probe != TRAIN_PROBE and lr.nap_gap.shape != (n_old,)):
@@ -895,12 +898,16 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
     grouped = {g: GroupedNaps(g, naps.group_names(g, store.class_names, names_b), lp.naps[g], lp.counts[g])
                for g in naps.GROUPINGS}
     corr = {}
+    first = start if 0 < start < n_s else 0  # the summaries of each snapshot depend on that snapshot alone
     for j, m in enumerate(measures):
         summary: dict[str, np.ndarray] = {}
         for suffix, rk in (("", "pearson"), ("_within", "pearson_within")):
-            rows = [stats.corr_summary(lp.r[rk][j, s], lp.q[rk][j, s], ALPHA) for s in range(n_s)]
+            rows = [stats.corr_summary(lp.r[rk][j, s], lp.q[rk][j, s], ALPHA) for s in range(first, n_s)]
             for k in rows[0]:
                 summary[k + suffix] = np.array([r[k] for r in rows])
+                if first:  # the cached snapshots' rows (float64, as these)
+                    summary[k + suffix] = np.concatenate([base[0].corr[m].summary[k + suffix][:first],
+                                                          summary[k + suffix]])
         corr[m] = CorrResult(m, *(lp.r[k][j] for k in ("pearson", "spearman", "pearson_within", "spearman_within")),
                              lp.q["pearson"][j], lp.q["pearson_within"][j], summary, ALPHA)
     present = np.flatnonzero(np.isfinite(lp.naps["class"][-1]).any(axis=1))  # classes with a finite class NAP

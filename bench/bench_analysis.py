@@ -9,7 +9,12 @@
    the cost of the per-sample evidence (distinctness of every sample, the 1000-resample bootstrap) as the ratio
    of the analysis to the same analysis without it (target <= 1.3x).
 3. Peak memory (VmHWM of a fresh process) analysing a synthetic float16 store larger than 2 GB, written to a
-   temporary folder and deleted afterwards.
+   temporary folder and deleted afterwards; on the same store, the time of an incremental analysis of one new
+   snapshot against the full analysis.
+4. Incremental analysis (``docs/analysis.md``, "Incremental analysis"): one new snapshot of a 60-snapshot store
+   shaped like the default run, analysed with the default parameters, as a ratio to the full analysis of the same
+   store measured in the same run (target <= 1/10): with the layouts kept (provisional, as while the run records)
+   and with the layouts fitted again (the final analysis once the writer closed).
 """
 
 from __future__ import annotations
@@ -178,6 +183,7 @@ from topotrace.analysis import evidence
 from topotrace.analysis.pipeline import analyze
 from topotrace.instrument.store import Store
 path = Path(sys.argv[1])
+incremental = sys.argv[4:5] == ["incremental"]  # the cache holds all but the last snapshot: extend it
 if sys.argv[4:] == ["no-evidence"]:  # the baseline for the evidence's cost
     evidence.class_distinctness = lambda acts, labels, n_classes, bins=None, n_bins=0: (
         np.zeros(len(acts)), float("nan"), np.full(n_bins, np.nan))
@@ -206,8 +212,10 @@ def progress(stage, done, total):
 
 c0 = sum(os.times()[:2])
 t0 = time.perf_counter()
-analyze(path, Path(sys.argv[2]), layout_methods=["force"], refresh=True, progress=progress)
+res = analyze(path, Path(sys.argv[2]), layout_methods=["force"], refresh=not incremental, progress=progress,
+              **({"provisional_layouts": sys.argv[5] == "provisional"} if incremental else {}))
 t_an = time.perf_counter() - t0
+assert not incremental or (res.layout_snapshot >= 0) == (sys.argv[5] == "provisional")
 cpu_an = sum(os.times()[:2]) - c0
 t_stream = sum(b - a for k, (a, b) in stages.items() if k.endswith("snapshots"))
 t_lay = sum(b - a for k, (a, b) in stages.items() if k.endswith("layouts"))
@@ -243,6 +251,81 @@ with StoreWriter.create(sys.argv[1], spec, {"run_name": "bench-big", "seed": 0})
 """
 
 
+def append_copy(path: Path, s_from: int) -> None:
+    """Append one snapshot to the store at ``path``: the arrays of its snapshot ``s_from`` at the next step."""
+    from topotrace.instrument.store import ProbeRecord, Snapshot, Store, StoreWriter
+
+    with Store(path) as st:
+        spec = st.spec
+        recs = {p: ProbeRecord({la: st.acts(p, la, s_from, dtype=None) for la in st.layers}, st.logits(p)[s_from],
+                               st.pred(p)[s_from], st.correct(p)[s_from], st.loss(p)[s_from],
+                               {m: st.conf(p, m)[s_from] for m in st.measures}) for p in st.probes}
+        temperature = None if st.temperature is None else float(st.temperature[s_from])
+        step, epoch = int(st.steps[-1]) + 1, int(st.epochs[-1])
+    with StoreWriter.resume(path, spec) as w:
+        w.append(Snapshot(step, epoch, time.time(), recs, temperature))
+
+
+def bench_incremental(n_snapshots: int = 60, layer_sizes: tuple[int, ...] = (128, 64), per_class: int = 40) -> None:
+    """One new snapshot of an ``n_snapshots`` store (default: shaped like the default run) vs the full analysis."""
+    import shutil
+
+    from topotrace.analysis.incremental import state_path
+    from topotrace.analysis.pipeline import analyze
+    from topotrace.instrument.synthetic import write_synthetic_store
+
+    print(f"\nIncremental analysis: one new snapshot of a {n_snapshots}-snapshot store (layers {layer_sizes}, "
+          f"{10 * per_class} held-out + {10 * per_class} train samples, float16) vs the full analysis, default "
+          "parameters (every default layout), same run")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_synthetic_store(Path(tmp) / "run" / "store.h5", n_snapshots=n_snapshots, layer_sizes=layer_sizes,
+                                     per_class=per_class)
+        cache = path.parent / "analysis.h5"
+        t0 = time.perf_counter()
+        analyze(path, cache)  # the cached analysis of n_snapshots
+        t_first = time.perf_counter() - t0
+        saved = Path(tmp) / "saved"
+        saved.mkdir()
+        for f in (cache, state_path(cache)):
+            shutil.copy2(f, saved / f.name)
+        append_copy(path, n_snapshots - 1)  # snapshot n_snapshots + 1
+        modes = {"layouts kept (provisional, while recording)": True, "layouts fitted again (final)": False}
+        best: dict[str, tuple[float, float, float]] = {}
+
+        def incremental(label: str) -> None:
+            for f in (cache, state_path(cache)):  # the cache of n_snapshots again
+                shutil.copy2(saved / f.name, f)
+            stages: dict[str, list[float]] = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                now = time.perf_counter()
+                stages.setdefault(stage, [now, now])[1] = now
+
+            t0 = time.perf_counter()
+            res = analyze(path, cache, provisional_layouts=modes[label], progress=progress)
+            t = time.perf_counter() - t0
+            assert res.n_snapshots == n_snapshots + 1 and (res.layout_snapshot >= 0) == modes[label]
+            t_snap = sum(b - a for k, (a, b) in stages.items() if k.endswith("snapshots"))
+            t_lay = sum(b - a for k, (a, b) in stages.items() if k.endswith("layouts"))
+            if label not in best or t < best[label][0]:
+                best[label] = (t, t_snap, t_lay)
+
+        t_full = float("inf")
+        for _ in range(2):  # alternating, best of two each: the machine is shared
+            t0 = time.perf_counter()
+            analyze(path, Path(tmp) / "full.h5", refresh=True)
+            t_full = min(t_full, time.perf_counter() - t0)
+            for label in modes:
+                incremental(label)
+        print(f"  full analysis of {n_snapshots + 1} snapshots {t_full:.2f} s (best of 2; the first analysis, of "
+              f"{n_snapshots}, took {t_first:.2f} s)")
+        for label, (t, t_snap, t_lay) in best.items():
+            print(f"  one new snapshot, {label}: {t:.2f} s = 1/{t_full / t:.1f} of the full analysis "
+                  f"(new snapshot + CKA of every snapshot {t_snap:.2f} s, layouts {t_lay:.2f} s; target <= 1/10 "
+                  "while recording)")
+        sys.stdout.flush()
+
+
 def bench_big_store() -> None:
     root = str(Path(__file__).resolve().parent.parent)
     print("\nPeak memory on a synthetic store > 2 GB (1 layer x 2048 neurons x 2000 samples x 260 snapshots, float16)")
@@ -270,13 +353,38 @@ def bench_big_store() -> None:
         base = json.loads(out.strip().splitlines()[-1])
         print(f"  per-sample evidence and bootstrap: analysis {r['analysis_s']:.1f} s vs {base['analysis_s']:.1f} s "
               f"without them = {r['analysis_s'] / base['analysis_s']:.2f}x (target <= 1.30x)")
+        bench_big_incremental(path, Path(tmp) / "cache.h5", r["analysis_s"], root)
     print("  (temporary store deleted)")
+
+
+def bench_big_incremental(path: Path, cache: Path, t_full: float, root: str) -> None:
+    """On the large store analysed into ``cache`` (in ``t_full`` s): one more snapshot, analysed incrementally."""
+    import shutil
+
+    from topotrace.analysis.incremental import state_path
+
+    saved = cache.with_name("saved")
+    saved.mkdir()
+    for f in (cache, state_path(cache)):
+        shutil.copy2(f, saved / f.name)
+    append_copy(path, 0)  # snapshot 261 (the arrays of the first one)
+    for mode in ("provisional", "final"):
+        for f in (cache, state_path(cache)):
+            shutil.copy2(saved / f.name, f)
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(cache), root, "incremental", mode],
+                             check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(f"  incremental, one new snapshot ({'layouts kept' if mode == 'provisional' else 'layouts fitted again'})"
+              f": {r['analysis_s']:.1f} s = 1/{t_full / r['analysis_s']:.1f} of the full analysis ({t_full:.1f} s; "
+              f"new snapshot + CKA of every snapshot {r['stream_s']:.1f} s, layouts {r['layouts_s']:.1f} s; peak RSS "
+              f"{r['peak_rss_kb'] * 1024 / 1e6:.0f} MB)")
 
 
 def main() -> None:
     bench_layouts()
     bench_whole_store()
     bench_big_store()
+    bench_incremental()
 
 
 if __name__ == "__main__":
