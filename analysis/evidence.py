@@ -30,8 +30,6 @@ computes a p-value over snapshots. Across runs (seeds) see :mod:`.findings`.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from .results import SampleEvidence
@@ -165,9 +163,14 @@ def _interval(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not np.isnan(values).any():
         lo, hi = np.quantile(values, [alpha, 1.0 - alpha], axis=0)
         return lo, hi
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        lo, hi = np.nanquantile(values, [alpha, 1.0 - alpha], axis=0)
+    # All-NaN columns give NaN explicitly: no numpy warning to filter (catch_warnings is not thread-safe, and the
+    # analysis computes layers on threads).
+    some = ~np.isnan(values).all(axis=0)
+    if values.ndim == 1:
+        return tuple(np.nanquantile(values, [alpha, 1.0 - alpha])) if some else (np.nan, np.nan)
+    lo, hi = np.full(values.shape[1:], np.nan), np.full(values.shape[1:], np.nan)
+    if some.any():
+        lo[some], hi[some] = np.nanquantile(values[:, some], [alpha, 1.0 - alpha], axis=0)
     return lo, hi
 
 

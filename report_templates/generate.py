@@ -49,12 +49,14 @@ from .links import escape_bidi_page, relative_href
 from .outputs import atomic_output
 from .words import (
     CLAIM_SHORT,
+    TREND_TEXT,
     divergence_sentence,
     finding_sentence,
     interval,
     nonfinite_sentences,
     number,
     scope_note,
+    trend_effect,
 )
 
 _HERE = Path(__file__).resolve().parent
@@ -191,10 +193,6 @@ def _page_context(results: AnalysisResults, now: _dt.datetime, found: list[Findi
             "divergence": divergence_sentence(results.divergence) if results.divergence is not None else "",
             "nonfinite": nonfinite_sentences(results), "beyond": beyond_view.page_context(results)}
 
-
-TREND_SHORT = {"dormant_share_grows": "dormant share grows (last minus first)",
-               "nc1_falls": "NC1 falls (log first / last)",
-               "ece_rises_after_loss_minimum": "held-out ECE rises after the held-out loss minimum"}
 
 
 def _side_by_side(found: list[Finding], found_train: list[Finding] | None, measure: str) -> list[dict[str, str]]:
@@ -432,9 +430,9 @@ def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: l
     context.update(site_index=index, layer_pages=[], thinned=False, budget_mb=f"{page_budget:g}",
                    summary_file=out.name, live=live,
                    side_by_side=_side_by_side(found, found_train, results.primary_measure),
-                   trends_across=[{"layer": f.layer or "(run)", "trend": TREND_SHORT.get(f.claim, f.claim)
-                                   + (f" ({f.measure})" if f.measure else ""), "effect": number(f.effect),
-                                   "interval": interval(f), "verdict": f.verdict, "n_runs": f.n_runs}
+                   trends_across=[{"layer": f.layer or "(run)", "trend": TREND_TEXT.get(f.claim, f.claim)
+                                   + (f" ({f.measure})" if f.measure else ""), "effect": trend_effect(f)[0],
+                                   "interval": trend_effect(f)[1], "verdict": f.verdict, "n_runs": f.n_runs}
                                   for f in trends or [] if f.n_runs > 1])
     doc_title = f"topotrace report: {context['run']['name']}"
     names = maps.map_layers(results)

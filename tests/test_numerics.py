@@ -144,3 +144,26 @@ def test_temperature_reaches_the_upper_bound_and_matches_a_grid_inside():
     best = grid[np.argmin([nll(t) for t in grid])]
     t = fit_temperature(logits, labels)
     assert abs(np.log(t / best)) <= np.log(grid[1] / grid[0]) and nll(t) <= nll(best) + 1e-12
+
+
+def test_interval_of_all_nan_columns_warns_nothing_on_threads():
+    """An all-NaN column gives a NaN interval with no numpy warning, on 4 threads, leaving the filters as they were."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from topotrace.analysis.evidence import _interval
+
+    values = np.random.default_rng(0).normal(size=(200, 3))
+    values[:, 1] = np.nan
+    values[::7, 2] = np.nan
+    before = list(warnings.filters)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: _interval(values), range(200)))
+    lo, hi = results[0]
+    assert np.isnan(lo[1]) and np.isnan(hi[1])
+    ref = np.quantile(values[~np.isnan(values[:, 2]), 2], [0.025, 0.975])
+    assert (lo[2], hi[2]) == pytest.approx(tuple(ref))
+    assert all(np.array_equal(r[0], lo, equal_nan=True) for r in results)
+    assert warnings.filters == before

@@ -219,7 +219,7 @@ FINDINGS_JS = """() => {
     const root = Bokeh.documents[0].get_model_by_name("findings_charts");
     const plot = root.children[1].children[0];
     const line = plot.renderers.find(r => r.glyph.type === "Line");
-    return {title: plot.title.text, y: Array.from(line.data_source.data.y, v => isNaN(v) ? null : v)};
+    return {title: plot.above[0].text, y: Array.from(line.data_source.data.y, v => isNaN(v) ? null : v)};
 }"""
 
 

@@ -240,6 +240,7 @@ def test_chart_rings_the_trough_in_the_verdict_colour():
     fig = _chart(f)
     rings = [r for r in fig.renderers if isinstance(r, GlyphRenderer) and isinstance(r.glyph, Scatter)]
     assert len(rings) == 1 and list(rings[0].data_source.data["y"]) == [pytest.approx(0.131)]
-    assert fig.title.text.endswith("negligible in this run") and fig.title.text_color == VERDICT_COLOR[f.verdict]
+    assert fig.title.text == "strength vs time" and fig.above[-1].text == "negligible in this run"
+    assert fig.above[-1].text_color == VERDICT_COLOR[f.verdict]
     assert not [r for r in _chart(_time([_run([0.2, 0.3, 0.4, 0.5, 0.6])], STEPS)).renderers
                 if isinstance(r, GlyphRenderer) and isinstance(r.glyph, Scatter)]
