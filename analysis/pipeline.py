@@ -25,16 +25,17 @@ is analysed up to the snapshot before its diverged tail, which is found by walki
 Incremental analysis (``docs/analysis.md``, "Incremental analysis"). A store that gained k snapshots since its
 cached analysis (same parameters and analysis version, the cached snapshots unchanged: :func:`_incremental_base`)
 is analysed by computing the per-snapshot quantities of the k new snapshots only (:func:`process_snapshot`,
-the rows of :func:`_nap_gap` and :func:`_calibration`), re-scoring every snapshot's CKA against the new last
-snapshot (its reference; one read of each snapshot's activations, no other work), and redoing everything that
-spans snapshots from the full per-snapshot arrays by the code of a fresh analysis (correlation summaries, colour
-limits, evidence, trends, curves, calibration trend, loss minimum). The per-snapshot quantities depend on no
-other snapshot, so the result equals a fresh analysis number for number, with one exception: while a writer
-records into the store (or with ``provisional_layouts=True``), the layouts of the cache are kept until the
-snapshot count reaches :data:`LAYOUT_REFIT_GROWTH` times the count they were fitted at, and the results say at
-which snapshot they were fitted (``layout_snapshot``, provisional); an analysis of a store whose writer has
-closed (or was killed) fits them at the last snapshot as a fresh analysis does, so the final analysis equals a
-fresh one everywhere. The per-sample arrays that the cache lacks are kept next to it (:mod:`.incremental`).
+the rows of :func:`_nap_gap` and :func:`_calibration`), and redoing everything that spans snapshots from the
+full per-snapshot arrays by the code of a fresh analysis (correlation summaries, colour limits, evidence, trends,
+curves, calibration trend, loss minimum). Two results have a reference snapshot, the last one: the layouts
+(fitted on its class NAPs) and CKA (of every snapshot to it). An analysis moves the reference to the last
+snapshot (layouts fitted again, every snapshot's CKA scored again: one more read of each snapshot's activations,
+:func:`cka_row`), so the result equals a fresh analysis number for number; except while a writer records into
+the store (or with ``provisional_layouts=True``): then the cached reference is kept until the snapshot count
+reaches :data:`LAYOUT_REFIT_GROWTH` times the count at the reference (the layouts kept, the new snapshots' CKA
+scored against that reference), and the results name it (``reference_snapshot``, provisional). An analysis of a
+store whose writer has closed (or was killed) moves it to the last snapshot, so the final analysis equals a fresh
+one everywhere. The per-sample arrays that the cache lacks are kept next to it (:mod:`.incremental`).
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ MIN_MAP_FILL = 0.4  # see pick_default_layout; a round body fills about 0.6-0.8 
 # (a share of values, so one NaN neuron is not a divergence: it is left out and placed nowhere); the run diverged
 # at the first snapshot of its tail of diverged snapshots, and the analysis stops before it.
 DIVERGED_SHARE = 0.5
-# While the store is recorded, an incremental analysis keeps the layouts it has (provisional) until the analysed
-# snapshot count reaches this multiple of the count they were fitted at: O(log S) layout fits over a live run.
+# While the store is recorded, an incremental analysis keeps the cache's reference snapshot (its layouts, CKA to it)
+# until the analysed snapshot count reaches this multiple of the count at it: O(log S) moves over a live run.
 LAYOUT_REFIT_GROWTH = 1.5
 N_BOOT_TRENDS = 200  # bootstrap resamples of the probe samples behind the trends (dormant share, NC1, ECE)
 TRAIN_PROBE = "train"  # the probe set drawn from the training data (overfitting view)
@@ -344,7 +345,8 @@ def analyze(
 
     A store that gained snapshots since its cached analysis is analysed incrementally (the module docstring,
     ``docs/analysis.md``): only the new snapshots' per-snapshot quantities are computed, and the result equals a
-    fresh analysis except for provisional layouts (``results.layout_snapshot >= 0``) while the store is recorded.
+    fresh analysis except for a provisional reference snapshot (``results.reference_snapshot >= 0``: layouts
+    and CKA) while the store is recorded.
 
     Args:
         store_path: the store file, or a run folder holding ``store.h5``.
@@ -369,10 +371,10 @@ def analyze(
             (:func:`topotrace.analysis.distributed.dask_cluster`); its workers open the store by its path.
             Default: in this process, with a thread pool. The results are the same either way.
         dormant_tau: tau of the tau-dormant units (``docs/analysis.md``), >= 0; default 0.025 (Sokar et al.).
-        provisional_layouts: whether an incremental analysis may keep the cached layouts (fitted at an earlier
-            snapshot, :data:`LAYOUT_REFIT_GROWTH`); default: while a writer records into the store
-            (:func:`topotrace.instrument.store.writer_state` is ``"live"``). ``False``: layouts are always fitted
-            at the last snapshot, as in a fresh analysis. Not part of the cache key.
+        provisional_layouts: whether an incremental analysis may keep the cached reference snapshot (the
+            layouts fitted on it and the CKA to it, :data:`LAYOUT_REFIT_GROWTH`); default: while a writer records
+            into the store (:func:`topotrace.instrument.store.writer_state` is ``"live"``). ``False``: the
+            reference is always the last snapshot, as in a fresh analysis. Not part of the cache key.
 
     Returns:
         :class:`AnalysisResults`; for a run that diverged (:data:`DIVERGED_SHARE`), of the snapshots before
@@ -427,8 +429,8 @@ def analyze(
         key = {"fingerprint": fingerprint, "params_key": json.dumps(params, sort_keys=True)}
         if not refresh:
             cached = _load_cache(cache, fingerprint, key["params_key"])
-            if cached is not None and (cached.layout_snapshot < 0 or keep_provisional):
-                return cached  # (provisional layouts no longer allowed: extended by 0 snapshots below, refitted)
+            if cached is not None and (cached.reference_snapshot < 0 or keep_provisional):
+                return cached  # (a provisional reference no longer allowed: extended by 0 snapshots below, moved)
         outcome_ok = _outcome_ok(store, probe_set)  # [S, n]
         divergence = _find_divergence(store, probe_set, outcome_ok)
         n_s = store.n_snapshots if divergence is None else divergence.snapshot
@@ -440,11 +442,11 @@ def analyze(
         base = None if refresh or bins != "snapshot" else _incremental_base(cache, store, key["params_key"], n_s,
                                                                              probe_set)
         n_old = base.state.n_snapshots if base is not None else 0
-        layout_at = -1  # the snapshot the layouts were fitted at when they are provisional
-        if base is not None and keep_provisional:
-            fitted = base.results.layout_snapshot if base.results.layout_snapshot >= 0 else n_old - 1
-            if n_s < LAYOUT_REFIT_GROWTH * (fitted + 1):
-                layout_at = fitted
+        ref_at = -1  # the provisional reference snapshot (layouts, CKA); -1: the last one
+        cached_ref = -1 if base is None else \
+            base.results.reference_snapshot if base.results.reference_snapshot >= 0 else n_old - 1
+        if base is not None and keep_provisional and n_s < LAYOUT_REFIT_GROWTH * (cached_ref + 1):
+            ref_at = cached_ref
         sha_thread, sha = _sha256_async(store)
         task = {"path": str(path), "until_good": bool(until_good), "probe": probe_set, "measure": measure,
                 "bins_mode": bins, "n_bins": int(n_bins), "n_s": int(n_s), "fingerprint": fingerprint,
@@ -460,8 +462,9 @@ def analyze(
                 layers[name], states[name] = _analyze_layer(
                     store, name, probe_set, measure, bins, layout_methods, default_layout, n_bins, report, n_s,
                     outcome_ok[:n_s], cluster, task, float(dormant_tau),
-                    base=None if base is None else (base.results.layers[name], base.state.layers[name], n_old),
-                    keep_layouts=layout_at >= 0)
+                    base=None if base is None else (base.results.layers[name], base.state.layers[name], n_old,
+                                                    cached_ref),
+                    reference=ref_at)
         sha_thread.join()
         ref_probe = next((p for p in (HELDOUT_PROBE, probe_set) if p in store.probes and p != TRAIN_PROBE), None)
         loss_min = loss_minimum(curves, ref_probe) if ref_probe else -1
@@ -475,7 +478,7 @@ def analyze(
             temperature=(np.asarray(store.temperature[:n_s], np.float64) if store.temperature is not None
                          else np.zeros(0)),
             loss_min=loss_min, ece_trend=_ece_trend(store, ref_probe, n_s, loss_min) if ref_probe else {},
-            layout_snapshot=layout_at,
+            reference_snapshot=ref_at,
         )
         prefix = incremental.prefix_digest(store, n_s)
     report("saving", 0, 1)
@@ -493,7 +496,7 @@ def analyze(
 
 
 def _provisional_allowed(path: Path, provisional_layouts: bool | None) -> bool:
-    """Whether an incremental analysis may keep provisional layouts (``analyze``'s ``provisional_layouts``)."""
+    """Whether an incremental analysis may keep a provisional reference (``analyze``'s ``provisional_layouts``)."""
     if provisional_layouts is not None:
         return provisional_layouts
     try:  # (a reader holds HDF5's shared lock too: this is asked before the analysis opens the store)
@@ -627,11 +630,13 @@ class LayerContext:
 
 
 def layer_context(store: Store, name: str, probe: str, measure: str, bins_mode: str, n_bins: int, n_s: int,
-                  outcome_ok: np.ndarray, tau: float = collapse.DORMANT_TAU) -> LayerContext:
+                  outcome_ok: np.ndarray, tau: float = collapse.DORMANT_TAU,
+                  cka_ref: int | None = None) -> LayerContext:
     """The context of one layer over the first ``n_s`` snapshots (the last of them is the CKA reference).
 
     ``outcome_ok`` (n_s, n), bool: samples with finite outputs (the others are in no prediction or confidence
-    group and out of the correlations and per-sample statistics).
+    group and out of the correlations and per-sample statistics). ``cka_ref``: another CKA reference snapshot
+    (a provisional one, :func:`analyze`).
     """
     labels = store.labels(probe)
     preds, corrects = store.pred(probe)[:n_s], store.correct(probe)[:n_s]
@@ -657,7 +662,7 @@ def layer_context(store: Store, name: str, probe: str, measure: str, bins_mode: 
     df, df_within = n - 2, n - n_present - 1
     sub = np.sort(np.random.default_rng(RANDOM_STATE).permutation(n)[:CKA_MAX_SAMPLES]) if n > CKA_MAX_SAMPLES \
         else slice(None)
-    cka = _Cka(store.acts(probe, name, n_s - 1, dtype=None), sub)
+    cka = _Cka(store.acts(probe, name, n_s - 1 if cka_ref is None else cka_ref, dtype=None), sub)
     offsets = np.cumsum([0] + [sizes[g] for g in naps.GROUPINGS])
     off = dict(zip(naps.GROUPINGS, offsets[:-1]))
     g_total = int(offsets[-1])
@@ -669,11 +674,12 @@ def layer_context(store: Store, name: str, probe: str, measure: str, bins_mode: 
 
 
 def _stream_layer(store: Store, ctx: LayerContext, lp: _LayerPass, done_cb: Callable[[int], None],
-                  start: int = 0) -> None:
+                  start: int = 0, rescore: bool = True) -> None:
     """The in-process pass: snapshots read in order by this thread, computed by a small thread pool.
 
     Snapshots from ``start`` on get every per-snapshot result; those before it (an incremental analysis, their
-    other rows taken from the cache) only their CKA to the reference (:func:`cka_row`).
+    other rows taken from the cache) only their CKA to the reference (:func:`cka_row`), or, without ``rescore``,
+    nothing (they are not read).
     """
     local = threading.local()  # one set of scratch arrays per worker thread
 
@@ -692,10 +698,12 @@ def _stream_layer(store: Store, ctx: LayerContext, lp: _LayerPass, done_cb: Call
     # One BLAS thread per worker: the products here are small, and a multi-threaded BLAS called from several
     # threads at once (or on a busy machine) spends its time spinning, up to 10x slower.
     workers = max(1, min(MAX_WORKERS, os.cpu_count() or 1))
-    done = 0
+    done = start if not rescore else 0
+    snapshots = store.iter_acts(ctx.probe, ctx.name, dtype=None) if done == 0 else \
+        ((s, store.acts(ctx.probe, ctx.name, s, dtype=None)) for s in range(start, n_s))
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
-        for s, a in store.iter_acts(ctx.probe, ctx.name, dtype=None):
+        for s, a in snapshots:
             if s >= n_s:  # the diverged tail
                 break
             pending.append(pool.submit(process, s, a))
@@ -856,44 +864,49 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
                    layout_methods: list[str] | None, default_layout: str | None, n_bins: int,
                    report: Progress, n_s: int, outcome_ok: np.ndarray, cluster: SnapshotCluster | None = None,
                    task: dict | None = None, tau: float = collapse.DORMANT_TAU,
-                   base: tuple[LayerResult, incremental.LayerState, int] | None = None,
-                   keep_layouts: bool = False) -> tuple[LayerResult, incremental.LayerState]:
+                   base: tuple[LayerResult, incremental.LayerState, int, int] | None = None,
+                   reference: int = -1) -> tuple[LayerResult, incremental.LayerState]:
     """One layer over the first ``n_s`` snapshots (the last of them is the CKA reference).
 
     ``outcome_ok`` (n_s, n), bool: samples with finite outputs (the others are in no prediction or confidence
     group and out of the correlations and per-sample statistics). With ``cluster``, the snapshots are computed
     by its workers from ``task`` (plain parameters: the store's path, the analysis parameters, the layer).
 
-    With ``base`` (the cached layer result, its sidecar arrays and their snapshot count S_old), the rows of
-    snapshots 0 .. S_old - 1 are taken from it, snapshots S_old .. n_s - 1 are computed (in this process) and
-    every snapshot's CKA is scored again against the last one; ``keep_layouts`` keeps the cached layouts.
+    With ``base`` (the cached layer result, its sidecar arrays, their snapshot count S_old and the cache's
+    reference snapshot), the rows of
+    snapshots 0 .. S_old - 1 are taken from it and snapshots S_old .. n_s - 1 computed (in this process).
+    ``reference`` >= 0 (provisional, the cache's own reference snapshot): the cached layouts and CKA are kept and
+    the new snapshots' CKA is scored against that snapshot; else every snapshot's CKA is scored against the last
+    one (unless the cache's reference already is the last) and the layouts are fitted there.
 
     Returns:
         The layer's results and the per-sample arrays an incremental analysis needs next time.
     """
     spec = store.layers[name]
     n_neurons = spec.n_neurons
-    ctx = layer_context(store, name, probe, measure, bins_mode, n_bins, n_s, outcome_ok, tau)
+    ctx = layer_context(store, name, probe, measure, bins_mode, n_bins, n_s, outcome_ok, tau,
+                        None if reference < 0 else reference)
     measures, names_b, boot = ctx.measures, ctx.names_b, ctx.boot
     lp = _LayerPass(n_s, n_neurons, measures, n_bins, ctx.sizes, ctx.n)
     stage = f"{name}: snapshots"
     report(stage, 0, n_s)
-    start = 0
-    if base is not None:  # the cached rows; the new snapshots and every CKA below
+    start, rescore = 0, False
+    if base is not None:  # the cached rows; below, the new snapshots (and the old ones' CKA if the reference moved)
         start = base[2]
         _fill_from_cache(lp, base[0], base[1], start)
-        if start == n_s:  # no new snapshot (only the layouts are fitted again): the same last snapshot
-            lp.cka[:] = base[0].cka
+        rescore = base[3] != (reference if reference >= 0 else n_s - 1)  # the reference moved
+        if not rescore:
+            lp.cka[:start] = base[0].cka
+        if start == n_s:  # no new snapshot: the last one's replicates (the trends' end) are the cached ones
             lp.boot_ends[n_s - 1] = base[1].boot_ends[1]
-            report(stage, n_s, n_s)
-    if start == n_s:
-        pass
+    if start == n_s and not rescore:
+        report(stage, n_s, n_s)
     elif cluster is not None and base is None:  # one task per snapshot on a Dask cluster; results merged in order
         for s, row in enumerate(cluster.map_snapshots(dict(task or {}, name=name), n_s)):
             lp.set_row(s, row)
             report(stage, s + 1, n_s)
     else:
-        _stream_layer(store, ctx, lp, lambda done: report(stage, done, n_s), start)
+        _stream_layer(store, ctx, lp, lambda done: report(stage, done, n_s), start, rescore)
     per_sample, sample_corr = lp.per_sample, lp.sample_corr
     grouped = {g: GroupedNaps(g, naps.group_names(g, store.class_names, names_b), lp.naps[g], lp.counts[g])
                for g in naps.GROUPINGS}
@@ -918,7 +931,7 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
                       "and per layer) need at least 2 classes: this layer has no layouts or maps and its "
                       "distinctness is NaN. Analyse a probe set with at least 2 classes for them.", UserWarning,
                       stacklevel=2)
-    layouts = base[0].layouts if keep_layouts and base is not None else \
+    layouts = base[0].layouts if reference >= 0 and base is not None else \
         _layouts(grouped["class"].naps[-1], layout_methods, name, report)
     if not layouts:
         default_layout = ""  # fewer than 3 neurons: no map

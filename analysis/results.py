@@ -310,9 +310,10 @@ class AnalysisResults:
         loss_min: snapshot index of the lowest mean held-out loss (``-1`` without a held-out probe set).
         ece_trend: measure -> ``[effect, low, high]``: ECE at the last snapshot minus ECE at ``loss_min`` on the
             held-out probe set, 95 % bootstrap interval over its samples (empty when ``loss_min`` is the last).
-        layout_snapshot: ``-1`` when the layouts were fitted at the last snapshot (as always in a fresh
-            analysis); else they are provisional: an incremental analysis of a store still being recorded kept
-            the layouts fitted at this snapshot index (``docs/analysis.md``, "Incremental analysis").
+        reference_snapshot: ``-1`` when the reference snapshot is the last one (always in a fresh analysis):
+            the layouts are fitted on its class NAPs and ``LayerResult.cka`` is the CKA to it. Else it is
+            provisional: an incremental analysis of a store still being recorded kept this snapshot index as the
+            reference of both (``docs/analysis.md``, "Incremental analysis").
     """
 
     store_path: str
@@ -334,7 +335,7 @@ class AnalysisResults:
     temperature: np.ndarray = field(default_factory=lambda: np.zeros(0))
     loss_min: int = -1
     ece_trend: dict[str, np.ndarray] = field(default_factory=dict)
-    layout_snapshot: int = -1
+    reference_snapshot: int = -1
 
 
 # --- the cache file ---------------------------------------------------------------------------------------
@@ -368,7 +369,7 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
 
     Layout: root attributes ``format``, ``version``, the scalar fields, and JSON text for ``params``, ``meta``,
     ``measures``, ``class_names``, ``layer_order``, ``divergence`` (``null`` when the run did not diverge);
-    ``layout_snapshot`` only for provisional layouts; datasets ``steps``, ``epochs``, ``nonfinite_outputs``,
+    ``reference_snapshot`` only when it is provisional; datasets ``steps``, ``epochs``, ``nonfinite_outputs``,
     ``curves/<probe>/<name>``;
     one group ``layers/<name>`` per layer with ``naps/<grouping>/{naps,counts}``,
     ``layouts/<method>/{xy,pixel,neurons,weights,outline}``, ``corr/<measure>/{pearson,...,summary/<name>}`` and the
@@ -410,8 +411,8 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
         _put(f, "steps", np.asarray(results.steps, np.int64))
         _put(f, "temperature", np.asarray(results.temperature, np.float64))
         a["loss_min"] = int(results.loss_min)
-        if results.layout_snapshot >= 0:  # only provisional layouts say so (a final analysis has no such attribute)
-            a["layout_snapshot"] = int(results.layout_snapshot)
+        if results.reference_snapshot >= 0:  # only a provisional reference is written (a final analysis has none)
+            a["reference_snapshot"] = int(results.reference_snapshot)
         for m, v in results.ece_trend.items():
             _put(f, f"ece_trend/{m}", np.asarray(v, np.float64))
         for probe, cal in results.calibration.items():
@@ -567,5 +568,5 @@ def load_results(path: str | os.PathLike) -> AnalysisResults:
             temperature=f["temperature"][()] if "temperature" in f else np.zeros(0),
             loss_min=int(a.get("loss_min", -1)),
             ece_trend={m: v[()] for m, v in f["ece_trend"].items()} if "ece_trend" in f else {},
-            layout_snapshot=int(a.get("layout_snapshot", -1)),
+            reference_snapshot=int(a.get("reference_snapshot", -1)),
         )

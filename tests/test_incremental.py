@@ -1,10 +1,10 @@
 """Incremental analysis (issue 21 item 2): a cached analysis extended by the new snapshots of a growing store.
 
 The rule (docs/analysis.md, "Incremental analysis"): only the new snapshots' per-snapshot quantities are computed,
-every snapshot's CKA is scored again against the new last snapshot, and everything spanning snapshots is redone;
-the result equals a fresh analysis of the same store in every dataset and attribute (but timings), except for
-provisional layouts while a writer records into the store. A damaged, older or mismatched cache, or a store whose
-earlier snapshots changed, is analysed from scratch.
+the reference snapshot (layouts, CKA) moves to the new last snapshot, and everything spanning snapshots is redone;
+the result equals a fresh analysis of the same store in every dataset and attribute (but timings), except for a
+provisional reference snapshot kept while a writer records into the store. A damaged, older or mismatched cache,
+or a store whose earlier snapshots changed, is analysed from scratch.
 """
 
 import json
@@ -153,7 +153,7 @@ def test_increments_equal_fresh_after_1_5_and_20(tmp_path, counted):
         assert sorted(counted["full"]) == _all(n_s + k, n_s), i  # the new snapshots only
         assert sorted(counted["cka"]) == _all(n_s), i  # every old snapshot's CKA, nothing else
         n_s += k
-        assert res.n_snapshots == n_s and res.layout_snapshot == -1
+        assert res.n_snapshots == n_s and res.reference_snapshot == -1
         if i in (1, 5, 20):
             fresh = tmp_path / f"fresh{i}.h5"
             analyze(store, fresh, layout_methods=FAST, refresh=True)
@@ -315,67 +315,85 @@ def test_pooled_bins_are_recomputed(tmp_path, counted):
     _check_from_scratch(store, cache, counted, 4, bins="pooled")
 
 
-def test_live_store_keeps_provisional_layouts_then_final_equals_fresh(tmp_path, counted):
-    """While the writer records, the cached layouts are kept (labelled with the snapshot they were fitted at) until
-    the count reaches 1.5x that snapshot's count, and everything else equals a fresh analysis; once the writer
-    closes, the next analysis fits them at the last snapshot and equals a fresh analysis everywhere."""
+def _linear_cka(x, y):
+    """Linear CKA of two activation matrices (n, N) from its definition, float64."""
+    x, y = (np.asarray(v, np.float16).astype(np.float64) for v in (x, y))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    return np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
+
+
+def test_live_store_keeps_a_provisional_reference_then_final_equals_fresh(tmp_path, counted):
+    """While the writer records, the cache's reference snapshot is kept (its layouts, and the new snapshots' CKA
+    scored against it, without reading the old snapshots) until the count reaches 1.5x the count at the reference,
+    and it is named in the results; everything else equals a fresh analysis. Once the writer closes, the next
+    analysis moves the reference to the last snapshot and equals a fresh analysis everywhere."""
     store, cache = tmp_path / "store.h5", tmp_path / "analysis.h5"
     spec = _spec()
     w = StoreWriter.create(store, spec, {"run_name": "live"})
     try:
         for s in range(4):
             w.append(_snapshot(spec, s))
-        first = analyze(store, cache, layout_methods=LIVE)  # from scratch: fitted at the last snapshot
-        assert first.layout_snapshot == -1
+        first = analyze(store, cache, layout_methods=LIVE)  # from scratch: the reference is the last snapshot
+        assert first.reference_snapshot == -1
         w.append(_snapshot(spec, 4))
+        _reset(counted)
         live = analyze(store, cache, layout_methods=LIVE)  # 5 < 1.5 x 4: kept
-        assert live.layout_snapshot == 3 and load_results(cache).layout_snapshot == 3
+        assert sorted(counted["full"]) == _all(5, 4) and counted["cka"] == []
+        assert live.reference_snapshot == 3 and load_results(cache).reference_snapshot == 3
         for name, lr in live.layers.items():
+            np.testing.assert_array_equal(lr.cka[:4], first.layers[name].cka)
             for m, lay in lr.layouts.items():
                 np.testing.assert_array_equal(lay.xy, first.layers[name].layouts[m].xy)
+        new = _snapshot(spec, 4).probes["heldout"].acts["fc2"]
+        ref = _snapshot(spec, 3).probes["heldout"].acts["fc2"]
+        assert live.layers["fc2"].cka[4] == pytest.approx(_linear_cka(new, ref), abs=1e-5)
         analyze(store, tmp_path / "fresh.h5", layout_methods=LIVE, refresh=True)
-        assert_identical(cache, tmp_path / "fresh.h5", skip=("layouts", "default_layout", "layout_snapshot"))
+        assert_identical(cache, tmp_path / "fresh.h5",
+                         skip=("layouts", "default_layout", "reference_snapshot", "cka"))
         w.append(_snapshot(spec, 5))
-        assert analyze(store, cache, layout_methods=LIVE).layout_snapshot == -1  # 6 >= 1.5 x 4: fitted at the last
+        assert analyze(store, cache, layout_methods=LIVE).reference_snapshot == -1  # 6 >= 1.5 x 4: the last
         w.append(_snapshot(spec, 6))
-        assert analyze(store, cache, layout_methods=LIVE).layout_snapshot == 5  # 7 < 1.5 x 6: kept
-        assert analyze(store, cache, layout_methods=LIVE, provisional_layouts=False).layout_snapshot == -1
+        assert analyze(store, cache, layout_methods=LIVE).reference_snapshot == 5  # 7 < 1.5 x 6: kept
+        assert analyze(store, cache, layout_methods=LIVE, provisional_layouts=False).reference_snapshot == -1
         _reset(counted)
-        assert analyze(store, cache, layout_methods=LIVE).layout_snapshot == -1  # a cache hit
+        assert analyze(store, cache, layout_methods=LIVE).reference_snapshot == -1  # a cache hit
         assert counted == {"full": [], "cka": []}
+        w.append(_snapshot(spec, 7))
+        assert analyze(store, cache, layout_methods=LIVE).reference_snapshot == 6
     finally:
         w.close()
     _reset(counted)
     final = analyze(store, cache, layout_methods=LIVE)
-    assert final.layout_snapshot == -1 and counted["full"] == []  # closing added no snapshot: layouts only
+    # closing added no snapshot: the reference moves to the last one (CKA scored again, layouts fitted again)
+    assert final.reference_snapshot == -1 and counted["full"] == [] and sorted(counted["cka"]) == _all(8)
     analyze(store, tmp_path / "fresh.h5", layout_methods=LIVE, refresh=True)
     assert_identical(cache, tmp_path / "fresh.h5")
 
 
 def test_provisional_cache_hit_refits_when_not_allowed(tmp_path, counted):
-    """A cache with provisional layouts is no cache hit for an analysis that does not allow them: its layouts are
-    fitted at the last snapshot (no snapshot computed again)."""
+    """A cache with a provisional reference is no cache hit for an analysis that does not allow one: the reference
+    moves to the last snapshot (layouts fitted, CKA scored again; no other per-snapshot work)."""
     store, cache = tmp_path / "store.h5", tmp_path / "analysis.h5"
     _grow(store, 0, 4)
     analyze(store, cache, layout_methods=FAST)
     _grow(store, 4, 5)
-    assert analyze(store, cache, layout_methods=FAST, provisional_layouts=True).layout_snapshot == 3
+    assert analyze(store, cache, layout_methods=FAST, provisional_layouts=True).reference_snapshot == 3
     _reset(counted)
-    assert analyze(store, cache, layout_methods=FAST).layout_snapshot == -1
-    assert counted == {"full": [], "cka": []}
+    assert analyze(store, cache, layout_methods=FAST).reference_snapshot == -1
+    assert counted["full"] == [] and sorted(counted["cka"]) == _all(5)  # every CKA against the last snapshot
     analyze(store, tmp_path / "fresh.h5", layout_methods=FAST, refresh=True)
     assert_identical(cache, tmp_path / "fresh.h5")
     with pytest.raises(TypeError, match="'provisional_layouts' parameter must be None, True or False"):
         analyze(store, cache, provisional_layouts="yes")
 
 
-def test_layout_snapshot_round_trip_and_absent_when_final(tmp_path):
-    """``layout_snapshot`` is written only for provisional layouts, so a final cache has no such attribute."""
+def test_reference_snapshot_round_trip_and_absent_when_final(tmp_path):
+    """``reference_snapshot`` is written only when provisional, so a final cache has no such attribute."""
     store = tmp_path / "store.h5"
     _grow(store, 0, 3)
     res = analyze(store, tmp_path / "a.h5", layout_methods=["pca"])
     with h5py.File(tmp_path / "a.h5") as f:
-        assert "layout_snapshot" not in f.attrs
-    res.layout_snapshot = 1
+        assert "reference_snapshot" not in f.attrs
+    res.reference_snapshot = 1
     save_results(res, tmp_path / "b.h5")
-    assert load_results(tmp_path / "b.h5").layout_snapshot == 1
+    assert load_results(tmp_path / "b.h5").reference_snapshot == 1
