@@ -68,9 +68,11 @@ def interval_kind(f: Finding) -> str:
 
 
 def percent(value: float) -> str:
-    """A fraction as a signed percentage: ``"+1 %"``, ``"−48.6 %"``; "n/a" for NaN."""
+    """A fraction as a signed percentage: ``"+1 %"``, ``"−48.6 %"``, ``"+1,310 %"``; "n/a" for NaN."""
     if value is None or not math.isfinite(value):
         return "n/a"
+    if abs(value) >= 10:  # 1,000 % and more: whole percent with thousands separators, not "1.31e+03 %"
+        return f"{100 * value:+,.0f} %".replace("-", "−")
     return ("+" if value > 0 else "") + number(100 * value) + " %"
 
 

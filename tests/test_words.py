@@ -39,3 +39,11 @@ def test_sentences_carry_effect_interval_and_verdict():
 def test_numbers():
     assert (number(0.12345), number(-2.5), number(float("nan")), number(0.0001234)) == (
         "0.123", "−2.5", "n/a", "1.23e−04")
+
+
+def test_percent_reads_as_a_percentage_at_any_size():
+    """Large relative changes read as whole percent with separators, never in exponent form."""
+    from topotrace.report_templates.words import percent
+
+    assert [percent(v) for v in (13.1, -25.3, 1.56, -0.486, 0.01)] == ["+1,310 %", "−2,530 %", "+156 %", "−48.6 %",
+                                                                     "+1 %"]
