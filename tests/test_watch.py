@@ -187,7 +187,8 @@ def test_live_context_words():
         live_context(state, "paused")
 
 
-@pytest.mark.parametrize(("option", "value"), [("--stall", "0"), ("--poll", "nan"), ("--reload", "0")])
+@pytest.mark.parametrize(("option", "value"), [("--stall", "0"), ("--poll", "nan"), ("--reload", "0"),
+                                               ("--nice", "20"), ("--nice", "-1")])
 def test_bad_options_one_line(tmp_path, option, value, capsys):
     from topotrace.cli import main
 
@@ -220,6 +221,35 @@ def _recorded_store(path: Path) -> Path:
                 opt.step()
             rec.step(step)
     return path
+
+
+def test_live_page_without_bokeh_validation_is_the_same_page(tmp_path, monkeypatch):
+    """A live rebuild skips bokeh's document validation: the page is byte for byte the validated one, the
+    rebuild's timings are given, and the setting is the caller's again afterwards."""
+    from bokeh.settings import settings
+
+    from topotrace.analysis.findings import run_findings
+    from topotrace.live import analyse_live, live_report, read_state
+    from topotrace.report_templates.generate import build_report
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    store = _recorded_store(tmp_path / "run" / "store.h5")
+    context = live_context(read_state(store), "live", reload_s=8)
+    validation = settings.perform_document_validation
+    assert not validation.is_set and validation()
+    took: dict[str, float] = {}
+    fast = live_report(store, context, took).read_bytes()
+    assert not validation.is_set and validation()  # unset again: validation on as before
+    assert set(took) == {"analysis", "page"} and all(t > 0 for t in took.values())
+    results = analyse_live(store)
+    validated = build_report(results, tmp_path / "validated.html", run_findings(results), index=None, live=context)
+    assert validated.read_bytes() == fast
+    validation.set_value(False)  # a value the caller set is kept
+    try:
+        live_report(store, context)
+        assert validation.is_set and not validation()
+    finally:
+        validation.unset_value()
 
 
 @pytest.mark.browser

@@ -6,13 +6,15 @@ file://, no server), keeping the reader's place. When the recording closes the s
 ``topotrace report`` writes) replaces it and watch exits, printing the report's path. ``topotrace watch runs``
 follows every run in the folder that is recording (and the site index of the folder). A run whose training was
 killed, or that committed no snapshot for --stall seconds, gets a last report that says so and watch exits with
-one line (exit code 1). The rules are in :mod:`topotrace.live` and docs/live.md.
+one line (exit code 1). Watch runs at a lower CPU priority (--nice) than the training. The rules are in
+:mod:`topotrace.live` and docs/live.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the run's store there now is being replaced (train --overwrite): follow the new one")
     parser.add_argument("--reload", type=int, default=10, metavar="SECONDS",
                         help="a live page reloads itself after this many seconds (default: 10)")
+    parser.add_argument("--nice", type=int, default=10, metavar="N",
+                        help="lower watch's CPU priority by N (0 to 19; default: 10), so that the training it "
+                             "watches keeps the processor: watch uses what the training leaves")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"The '{name}' option must be a number of seconds > 0. Got {value:g}.")
     if args.reload < 1:
         raise ValueError(f"The '--reload' option must be a whole number of seconds >= 1. Got {args.reload}.")
+    if not 0 <= args.nice <= 19:
+        raise ValueError(f"The '--nice' option must be a whole number from 0 to 19. Got {args.nice}.")
+    if args.nice and hasattr(os, "nice"):
+        os.nice(args.nice)
     watcher = Watcher(args.run, stall_s=args.stall, poll_s=args.poll, reload_s=args.reload, new_only=args.new)
     runs = watcher.run()
     if not runs:

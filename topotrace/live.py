@@ -19,8 +19,14 @@ report, rebuilds the run's analysis and report and the site index. Rules:
   reload). A writer that was killed, or a store without a new snapshot for ``stall_s`` seconds, gets a last
   report that says so (no reload) and ends the watch of that run with one line.
 
-Each live rebuild runs the full analysis (:func:`topotrace.analysis.pipeline.analyze`) in :func:`analyse_live`;
-an incremental analysis (issue 21 item 2) replaces that one call.
+* **Light while live**: a live rebuild extends the cached live analysis by the new snapshots
+  (:func:`analyse_live`, the incremental :func:`topotrace.analysis.pipeline.analyze`) with the fast layouts only,
+  and renders the page without bokeh's document validation (:func:`_unvalidated`; it only checks the figures and
+  logs, the page is the same); the heavy modules are imported while the store does not exist yet
+  (:func:`_warm`), so the first rebuild does not pay for them. ``topotrace watch`` lowers its own CPU priority
+  (``--nice``, default 10), so that the training it watches keeps the processor it needs: watch uses what the
+  training leaves. Its line per rebuild says where the time went (analysis, page, site index); docs/live.md has
+  the measured figures (bench/bench_live.py).
 """
 
 from __future__ import annotations
@@ -139,28 +145,67 @@ def live_context(state: StoreState, status: str = "live", reload_s: int = RELOAD
     raise ValueError(f"The 'status' parameter must be 'live', 'stalled' or 'stopped'. Got {status!r} instead.")
 
 
+@contextlib.contextmanager
+def _unvalidated():
+    """Render without bokeh's document validation (checks that log warnings; the written page is the same).
+
+    About a fifth of the rendering time of a live page; the final report is rendered as ``topotrace report`` does.
+    """
+    from bokeh.settings import settings
+
+    setting = settings.perform_document_validation
+    was = setting() if setting.is_set else None  # a value someone set stays set afterwards
+    setting.set_value(False)
+    try:
+        yield
+    finally:
+        if was is None:
+            setting.unset_value()
+        else:
+            setting.set_value(was)
+
+
+def _warm() -> None:
+    """Import what a rebuild needs (analysis, findings, page rendering), once, before the first snapshot."""
+    import topotrace.analysis.findings  # noqa: F401
+    import topotrace.analysis.pipeline  # noqa: F401
+    import topotrace.report_templates.generate  # noqa: F401
+
+
 def analyse_live(store: Path):
     """The analysis a live report shows: the store as it is, with the fast layouts (:data:`LIVE_LAYOUTS`).
 
-    Cached in :data:`LIVE_CACHE` next to the store (``analysis.h5`` stays the final analysis's). For now every
-    snapshot is analysed each time; an incremental analysis that extends the cached one by the new snapshots
-    only replaces this call.
+    Cached in :data:`LIVE_CACHE` next to the store (``analysis.h5`` stays the final analysis's); each call
+    extends the cached analysis by the snapshots committed since (the incremental analysis of
+    :func:`topotrace.analysis.pipeline.analyze`).
     """
     from topotrace.analysis.pipeline import analyze
 
     return analyze(store, store.parent / LIVE_CACHE, layout_methods=list(LIVE_LAYOUTS))
 
 
-def live_report(store: Path, context: dict[str, object]) -> Path:
-    """Analyse ``store`` and write its report with the ``live`` banner (atomically); returns the report's path."""
+def live_report(store: Path, context: dict[str, object], timings: dict[str, float] | None = None) -> Path:
+    """Analyse ``store`` and write its report with the ``live`` banner (atomically); returns the report's path.
+
+    Args:
+        store: the store file.
+        context: the banner (:func:`live_context`).
+        timings: when given, gets the seconds of ``"analysis"`` and ``"page"`` (findings and rendering).
+    """
     from topotrace.analysis.findings import run_findings
     from topotrace.report_templates.generate import build_report
 
     from .site import site_index_for
 
+    t0 = time.perf_counter()
     results = analyse_live(store)
+    t1 = time.perf_counter()
     out = store.parent / "report.html"
-    return build_report(results, out, run_findings(results), index=site_index_for(out), live=context)
+    with _unvalidated():
+        path = build_report(results, out, run_findings(results), index=site_index_for(out), live=context)
+    if timings is not None:
+        timings.update(analysis=t1 - t0, page=time.perf_counter() - t1)
+    return path
 
 
 def final_report(store: Path) -> Path:
@@ -244,6 +289,7 @@ class Watcher:
                     if store.is_file() and writer_state(store) != "live":
                         self.runs[store].old = _identity(store)
         self._started = time.monotonic()
+        self._warmed = False
 
     def _discover(self) -> None:
         for store in _stores_below(self.folder):
@@ -308,6 +354,9 @@ class Watcher:
                 run.count = state.n_snapshots
             run.since = now if state is not None else run.since
         if state is None:
+            if not self._warmed:  # while the training starts: the imports of the first rebuild, once
+                self._warmed = True
+                _warm()
             if now - run.since > self.stall_s:
                 self._end(run, "stalled", None)
             return False
@@ -322,20 +371,24 @@ class Watcher:
             return True
         if state.n_snapshots > run.shown:
             t0 = time.perf_counter()
+            took: dict[str, float] = {}
             try:
                 if run.shown == 0:
                     self._site(run.store)  # first, so that the report links back to the index
-                out = live_report(run.store, live_context(state, "live", self.reload_s, self.stall_s))
+                out = live_report(run.store, live_context(state, "live", self.reload_s, self.stall_s), took)
             except (ValueError, OSError, StoreError) as err:
                 self.say(f"watch: {visible(run.store.parent)}: snapshot {state.n_snapshots} not shown: "
                          f"{visible(' '.join(str(err).split()))}")
                 run.shown = state.n_snapshots  # tried: wait for the next snapshot
                 return False
             run.shown = state.n_snapshots
+            t1 = time.perf_counter()
             self._site(run.store)
+            t2 = time.perf_counter()
             of = f" of {state.expected}" if state.expected else ""
             self.say(f"watch: {visible(run.store.parent)}: snapshot {state.n_snapshots}{of} (step {state.last_step}) "
-                     f"-> {visible(out)} ({time.perf_counter() - t0:.1f} s)")
+                     f"-> {visible(out)} ({t2 - t0:.1f} s: analysis {took['analysis']:.1f} s, page "
+                     f"{took['page']:.1f} s, site index {t2 - t1:.1f} s)")
             return True
         return False
 
