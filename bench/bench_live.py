@@ -50,7 +50,8 @@ POLL_S = 0.05
 WATCH_END_S = 600.0  # the longest wait for watch's final report after the training ended
 BANNER = re.compile(r'<div id="tt-live"[^>]*>(.*?)</div>', re.S)
 SNAPSHOT = re.compile(r"snapshot (\d+)(?: of (\d+))?")
-REBUILD = re.compile(r": snapshot (\d+)(?: of \d+)? \(step -?\d+\) -> .* \((\d+(?:\.\d+)?) s\)$")
+REBUILD = re.compile(r": snapshot (\d+)(?: of \d+)? \(step -?\d+\) -> .* \((\d+(?:\.\d+)?) s(?:\)|: )")
+PHASES = re.compile(r"analysis (\d+(?:\.\d+)?) s, page (\d+(?:\.\d+)?) s, site index (\d+(?:\.\d+)?) s\)$")
 
 
 def _topotrace(*args: str) -> list[str]:
@@ -68,6 +69,13 @@ def _train(out_dir: Path, name: str) -> float:
     subprocess.run(_train_args(out_dir, name), cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
     return time.perf_counter() - t0
+
+
+def _span(store: Path) -> float:
+    """Seconds from the first snapshot to the last (the recording, without start-up and close)."""
+    with Store(store) as st:
+        times = st.times
+    return float(times[-1] - times[0])
 
 
 def shown_count(page: str) -> int | None:
@@ -111,6 +119,8 @@ class _Watched:
     rebuilds: list[float]  # watch's own durations of its live rebuilds, s
     final_after: float  # from the end of the training to watch's exit (the final report written), s
     n_snapshots: int
+    span: float  # first to last snapshot, s
+    phases: list[tuple[float, float, float]]  # per live rebuild: analysis, page, site index, s
 
 
 def _with_watch(out_dir: Path, name: str) -> _Watched:
@@ -149,7 +159,9 @@ def _with_watch(out_dir: Path, name: str) -> _Watched:
     shows = sorted(live + [(final[-1], n)])
     snapshot_delays = [next(t for t, k in shows if k >= i) - times[i - 1] for i in range(1, n + 1)]
     rebuilds = [float(m.group(2)) for line in lines if (m := REBUILD.search(line))]
-    return _Watched(wall, rebuild_delays, snapshot_delays, rebuilds, final_after, n)
+    phases = [tuple(float(x) for x in m.groups()) for line in lines if (m := PHASES.search(line))]
+    return _Watched(wall, rebuild_delays, snapshot_delays, rebuilds, final_after, n, float(times[-1] - times[0]),
+                    phases)
 
 
 def _spread(values: list[float]) -> str:
@@ -167,12 +179,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for i in range(REPEATS):
             alone.append(_train(Path(d) / f"alone{i}", "digits"))
-            print(f"  alone {i + 1}: {alone[-1]:.1f} s", flush=True)
+            span = _span(Path(d) / f"alone{i}" / "digits" / "store.h5")
+            print(f"  alone {i + 1}: {alone[-1]:.1f} s (first to last snapshot {span:.1f} s), load average "
+                  f"{os.getloadavg()[0]:.2f}", flush=True)
             w = _with_watch(Path(d) / f"watch{i}", "digits")
             watched.append(w)
-            print(f"  with watch {i + 1}: {w.wall:.1f} s, {len(w.rebuilds)} live rebuilds "
-                  f"({', '.join(f'{r:.1f}' for r in w.rebuilds)} s), final report {w.final_after:.1f} s after "
-                  f"the training", flush=True)
+            print(f"  with watch {i + 1}: {w.wall:.1f} s (first to last snapshot {w.span:.1f} s), "
+                  f"{len(w.rebuilds)} live rebuilds ("
+                  + ", ".join(f"{r:.1f} s" + (" = analysis {:.1f} + page {:.1f} + site {:.1f}".format(*p) if p else "")
+                              for r, p in zip(w.rebuilds, w.phases + [()] * len(w.rebuilds)))
+                  + f"), final report {w.final_after:.1f} s after the training, load average "
+                  f"{os.getloadavg()[0]:.2f}", flush=True)
     a, b = statistics.median(alone), statistics.median([w.wall for w in watched])
     print(f"training with watch / alone: {b:.1f} s / {a:.1f} s = {b / a:.2f} (target <= 1.2; medians of {REPEATS}: "
           f"alone {', '.join(f'{x:.1f}' for x in alone)} s; with watch "
