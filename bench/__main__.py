@@ -1,4 +1,8 @@
-"""``make bench``: run every ``bench/bench_*.py`` (or the ones named on the command line) in order."""
+"""``make bench``: run every ``bench/bench_*.py`` (or the ones named on the command line) in order.
+
+Each module is found by its name (``bench_live``: ``topotrace watch`` beside the default run, a few minutes;
+``TOPOTRACE_BENCH_LIVE_EPOCHS=3 python -m bench bench_live`` for a quick check).
+"""
 
 import importlib
 import pkgutil

@@ -21,7 +21,8 @@
 
 The figures of docs/live.md use the default config. For a quick check, ``TOPOTRACE_BENCH_LIVE_EPOCHS=3`` trains
 fewer epochs (the same 60 snapshots, log-spaced over fewer steps) and ``TOPOTRACE_BENCH_LIVE_REPEATS=1`` runs
-each side once: ``TOPOTRACE_BENCH_LIVE_EPOCHS=3 python -m bench bench_live``.
+each side once: ``TOPOTRACE_BENCH_LIVE_EPOCHS=3 python -m bench bench_live``; ``TOPOTRACE_BENCH_LIVE_WATCH_ARGS``
+adds options to ``topotrace watch`` (``"--nice 0"``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/digits.toml"
 REPEATS = int(os.environ.get("TOPOTRACE_BENCH_LIVE_REPEATS", "2"))
 EPOCHS = os.environ.get("TOPOTRACE_BENCH_LIVE_EPOCHS", "")  # "": the config's
+WATCH_ARGS = os.environ.get("TOPOTRACE_BENCH_LIVE_WATCH_ARGS", "").split()  # e.g. "--nice 0"
 POLL_S = 0.05
 WATCH_END_S = 600.0  # the longest wait for watch's final report after the training ended
 BANNER = re.compile(r'<div id="tt-live"[^>]*>(.*?)</div>', re.S)
@@ -132,7 +134,8 @@ def _with_watch(out_dir: Path, name: str) -> _Watched:
     thread.start()
     log = out_dir / "watch.log"
     with open(log, "w") as err:
-        watch = subprocess.Popen(_topotrace("watch", str(run_dir)), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        watch = subprocess.Popen(_topotrace("watch", str(run_dir), *WATCH_ARGS), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                 stderr=err)
         try:
             wall = _train(out_dir, name)
             t_end = time.perf_counter()
@@ -173,7 +176,8 @@ def _spread(values: list[float]) -> str:
 
 def main() -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores; "
-          f"config {CONFIG}" + (f" with --epochs {EPOCHS}" if EPOCHS else ""), flush=True)
+          f"config {CONFIG}" + (f" with --epochs {EPOCHS}" if EPOCHS else "")
+          + (f"; watch {' '.join(WATCH_ARGS)}" if WATCH_ARGS else ""), flush=True)
     alone: list[float] = []
     watched: list[_Watched] = []
     with tempfile.TemporaryDirectory() as d:
