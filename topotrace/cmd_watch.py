@@ -6,8 +6,8 @@ file://, no server), keeping the reader's place. When the recording closes the s
 ``topotrace report`` writes) replaces it and watch exits, printing the report's path. ``topotrace watch runs``
 follows every run in the folder that is recording (and the site index of the folder). A run whose training was
 killed, or that committed no snapshot for --stall seconds, gets a last report that says so and watch exits with
-one line (exit code 1). Watch runs at a lower CPU priority (--nice) than the training. The rules are in
-:mod:`topotrace.live` and docs/live.md.
+one line (exit code 1). --nice N lowers watch's CPU priority. The rules are in :mod:`topotrace.live` and
+docs/live.md.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the run's store there now is being replaced (train --overwrite): follow the new one")
     parser.add_argument("--reload", type=int, default=10, metavar="SECONDS",
                         help="a live page reloads itself after this many seconds (default: 10)")
-    parser.add_argument("--nice", type=int, default=10, metavar="N",
-                        help="lower watch's CPU priority by N (0 to 19; default: 10), so that the training it "
-                             "watches keeps the processor: watch uses what the training leaves")
+    parser.add_argument("--nice", type=int, default=0, metavar="N",
+                        help="lower watch's CPU priority by N (0 to 19; default: 0): with N > 0 the training "
+                             "keeps the processor and the live report lags further behind on a busy machine")
 
 
 def run(args: argparse.Namespace) -> int:

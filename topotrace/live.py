@@ -23,9 +23,9 @@ report, rebuilds the run's analysis and report and the site index. Rules:
   (:func:`analyse_live`, the incremental :func:`topotrace.analysis.pipeline.analyze`) with the fast layouts only,
   and renders the page without bokeh's document validation (:func:`_unvalidated`; it only checks the figures and
   logs, the page is the same); the heavy modules are imported while the store does not exist yet
-  (:func:`_warm`), so the first rebuild does not pay for them. ``topotrace watch`` lowers its own CPU priority
-  (``--nice``, default 10), so that the training it watches keeps the processor it needs: watch uses what the
-  training leaves. Its line per rebuild says where the time went (analysis, page, site index); docs/live.md has
+  (:func:`_warm`), so the first rebuild does not pay for them. ``topotrace watch --nice N`` lowers its CPU
+  priority (not by default: measured on a busy machine, a niced watch was starved by other work and the training
+  was not faster). Its line per rebuild says where the time went (analysis, page, site index); docs/live.md has
   the measured figures (bench/bench_live.py).
 """
 
