@@ -17,7 +17,22 @@ from bokeh.plotting import figure
 
 from .words import CLAIM_SHORT, VERDICT_COLOR, number
 
-Y_LABEL = {"time": "change, last minus first snapshot", "confidence": "partial Spearman r given the class"}
+Y_LABEL = {"time": "change, % of the first snapshot", "confidence": "partial Spearman r given the class"}
+
+
+def plotted(cell: dict, versus: str) -> tuple[float, float, float]:
+    """``(effect, low, high)`` as the depth charts draw them: time claims relative to the first snapshot's mean.
+
+    Layers and architectures differ in the scale of their activity, so a time claim's change is drawn as a
+    percentage of the first snapshot's mean (the finding's ``relative``; its interval scaled by the same
+    1 / |first|), comparable across rows; correlations are drawn as they are.
+    """
+    effect, low, high = _num(cell.get("effect")), _num(cell.get("ci_low")), _num(cell.get("ci_high"))
+    if versus != "time":
+        return effect, low, high
+    relative = _num(cell.get("relative"))
+    scale = relative / effect if effect != 0 and effect == effect else float("nan")  # = 1 / |first snapshot|
+    return 100 * relative, 100 * low * scale, 100 * high * scale
 
 
 def _cell_text(c: dict | None) -> dict[str, str]:
@@ -63,9 +78,10 @@ def depth_figures(atlas: dict) -> gridplot:
             cells = [(row["relative_depth"], row["layer"], row["claims"].get(claim)) for row in entry["layers"]]
             cells = [(d, layer, c) for d, layer, c in cells if c]
             color = Category10_10[k % 10]
+            ys = [plotted(c, versus) for _, _, c in cells]
             src = ColumnDataSource({
-                "x": [d for d, _, _ in cells], "y": [_num(c["effect"]) for _, _, c in cells],
-                "low": [_num(c["ci_low"]) for _, _, c in cells], "high": [_num(c["ci_high"]) for _, _, c in cells],
+                "x": [d for d, _, _ in cells], "y": [y for y, _, _ in ys],
+                "low": [lo for _, lo, _ in ys], "high": [hi for _, _, hi in ys],
                 "study": [entry["study"]] * len(cells), "layer": [layer for _, layer, _ in cells],
                 "verdict": [str(c["verdict"]) for _, _, c in cells],
             })
@@ -73,7 +89,8 @@ def depth_figures(atlas: dict) -> gridplot:
             dots = fig.scatter("x", "y", source=src, color=color, size=7)
             fig.segment("x", "low", "x", "high", source=src, color=color, line_width=2, alpha=0.6)
             items.append((entry["study"], [line, dots]))
-        fig.add_tools(HoverTool(tooltips=[("study", "@study"), ("layer", "@layer"), ("effect", "@y{0.000}"),
+        unit = " %" if versus == "time" else ""
+        fig.add_tools(HoverTool(tooltips=[("study", "@study"), ("layer", "@layer"), ("effect", "@y{0.000}" + unit),
                                           ("95 % interval", "@low{0.000} to @high{0.000}"), ("verdict", "@verdict")]))
         fig.add_layout(Legend(items=items, label_text_font_size="10px", spacing=0, padding=2), "right")
         figs.append(fig)

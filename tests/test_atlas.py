@@ -74,3 +74,12 @@ def test_atlas_continues_without_retraining(atlas, monkeypatch, capsys):
     assert main(other) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds an atlas of other configs or seeds" in err
+
+
+def test_depth_charts_draw_time_claims_relative_to_the_first_snapshot():
+    """A change of 0.2 from a first-snapshot mean of 0.4 is drawn as 50 %, its interval 0.1..0.3 as 25..75 %."""
+    from topotrace.report_templates.atlas import plotted
+
+    cell = {"effect": 0.2, "relative": 0.5, "ci_low": 0.1, "ci_high": 0.3}
+    assert plotted(cell, "time") == pytest.approx((50.0, 25.0, 75.0))
+    assert plotted(cell, "confidence") == (0.2, 0.1, 0.3)  # correlations as they are
