@@ -609,7 +609,7 @@ class Recorder:
         if self._first_step is None:
             self._first_step = step
         self._pending.append((step, copies))
-        self._check_overflow()  # this pass's counts on the CPU; on CUDA those of earlier passes that arrived
+        self._check_overflow(stacklevel=5)  # this pass's counts on the CPU; on CUDA those of earlier ones that arrived
         self._slots.acquire()  # blocks while the writer holds queue_size snapshots
         self._queue.put((step, epoch, t, payload, copies, train_logits))
         return True
@@ -829,7 +829,7 @@ class Recorder:
         """Warn once per layer about values beyond the store's dtype, for every pass whose counts arrived.
 
         ``wait``: wait for the counts still in flight (CUDA). ``stacklevel`` points the warning at the caller of
-        :meth:`step` (or of :meth:`close` with 3).
+        :meth:`step` (5: step, snapshot, _snapshot, here) or of :meth:`close`.
         """
         keep = []
         for step, copies in self._pending:

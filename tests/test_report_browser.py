@@ -163,7 +163,7 @@ def test_layer_selector_switches_layer(page_and_log):
         const d = Bokeh.documents[0];
         d.get_model_by_name('layer_select').value = name;
         await new Promise(r => setTimeout(r, 100));  // BokehJS runs CustomJS callbacks asynchronously
-        return d.get_model_by_name('tam_maps').children.map(c => c.visible);
+        return d.get_model_by_name('tam_maps').children.filter(c => c.name !== 'map_note').map(c => c.visible);
     }""", names[1])
     assert vis == [False, True]
     heading = page.locator("section#maps .tt-layer").nth(1)  # the second layer's heading, now shown
