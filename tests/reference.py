@@ -4,6 +4,7 @@ Production code keeps one implementation of each quantity (streamed, batched, fr
 these are the textbook forms the tests compare it with.
 """
 
+import h5py
 import numpy as np
 from scipy import stats as sps
 
@@ -80,3 +81,18 @@ def partial_spearman(x, y, labels):
     """Spearman of x (n,) and y (n,) given the class: all-sample ranks, class means of the ranks removed."""
     rx, ry = residuals(sps.rankdata(x), labels), residuals(sps.rankdata(y), labels)
     return np.corrcoef(rx, ry)[0, 1]
+
+
+def hdf5_contents(path):
+    """Every dataset (name -> array) and every attribute ((name, key) -> value) of an HDF5 file."""
+    data, attrs = {}, {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            for k, v in obj.attrs.items():
+                attrs[(name, k)] = v
+            if isinstance(obj, h5py.Dataset):
+                data[name] = obj[()]
+        f.visititems(visit)
+        for k, v in f.attrs.items():
+            attrs[("/", k)] = v
+    return data, attrs

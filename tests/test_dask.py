@@ -3,13 +3,14 @@
 import json
 import os
 
-import h5py
 import numpy as np
 import pytest
 
 from topotrace.analysis.distributed import dask_cluster
 from topotrace.analysis.pipeline import analyze
 from topotrace.instrument.synthetic import write_synthetic_store
+
+from .reference import hdf5_contents
 
 pytest.importorskip("distributed")
 
@@ -20,25 +21,10 @@ TRIM = "MALLOC_TRIM_THRESHOLD_"
 OWN_TRIM = os.environ.get(TRIM)  # this process's value before any cluster was made (None unless set by the user)
 
 
-def _walk(path):
-    """Every dataset (name -> array) and every attribute ((name, key) -> value) of an HDF5 file."""
-    data, attrs = {}, {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            for k, v in obj.attrs.items():
-                attrs[(name, k)] = v
-            if isinstance(obj, h5py.Dataset):
-                data[name] = obj[()]
-        f.visititems(visit)
-        for k, v in f.attrs.items():
-            attrs[("/", k)] = v
-    return data, attrs
-
-
 def assert_same_analysis(a, b):
     """Every dataset within 1e-6 (NaN where NaN), integer datasets exact; attributes equal but timings."""
-    da, aa = _walk(a)
-    db, ab = _walk(b)
+    da, aa = hdf5_contents(a)
+    db, ab = hdf5_contents(b)
     assert sorted(da) == sorted(db)
     assert any(k.endswith("/naps/class/counts") for k in da) and any("/corr/" in k for k in da)
     for name in da:

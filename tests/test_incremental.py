@@ -20,6 +20,8 @@ from topotrace.analysis.results import load_results, save_results
 from topotrace.instrument.confidence import DEFAULT_MEASURES, outcomes
 from topotrace.instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec, StoreWriter
 
+from .reference import hdf5_contents
+
 C, PER = 3, 8  # classes, probe samples per class
 FAST = ["pca"]  # the quickest layout; the live test also fits force, one test every default method
 LAYERS = (("fc1", 12), ("fc2", 5))
@@ -66,26 +68,11 @@ def _grow(path, start, stop, seed=0):
             writer.append(_snapshot(spec, s, seed))
 
 
-def _walk(path):
-    """Every dataset (name -> array) and attribute ((object, key) -> value) of an HDF5 file."""
-    data, attrs = {}, {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            for k, v in obj.attrs.items():
-                attrs[(name, k)] = v
-            if isinstance(obj, h5py.Dataset):
-                data[name] = obj[()]
-        f.visititems(visit)
-        for k, v in f.attrs.items():
-            attrs[("/", k)] = v
-    return data, attrs
-
-
 def assert_identical(a, b, skip=()):
     """Two analysis files hold the same datasets bit for bit (dtype, shape, bytes) and the same attributes, but
     timings; names containing any of ``skip`` are left out of both."""
-    da, aa = _walk(a)
-    db, ab = _walk(b)
+    da, aa = hdf5_contents(a)
+    db, ab = hdf5_contents(b)
     keep = lambda name: not any(s in name for s in skip)  # noqa: E731
     assert sorted(filter(keep, da)) == sorted(filter(keep, db))
     for name in filter(keep, da):
