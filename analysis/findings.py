@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -368,12 +369,20 @@ def run_findings(results: AnalysisResults, min_change: float = MIN_CHANGE, min_r
 
 
 def write_findings_json(found: Sequence[Finding], path: str | Path) -> Path:
-    """Write ``findings.json``: a list of :meth:`Finding.to_json` objects (documented in ``docs/analysis.md``)."""
+    """Write ``findings.json``: a list of :meth:`Finding.to_json` objects (documented in ``docs/analysis.md``).
+
+    Atomic: written to a hidden temporary file of its own in the same folder (never a name a user's file may
+    have), renamed into place, and removed if anything fails.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps([f.to_json() for f in found], indent=1, ensure_ascii=False), "utf-8")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps([f.to_json() for f in found], indent=1, ensure_ascii=False))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -214,3 +214,21 @@ def test_stale_layer_pages_are_removed_only_when_topotrace_wrote_them(tmp_path):
     (folder / "notes.txt").write_text("the user's")
     remove_stale_pages(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["02-mine.html", "notes.txt"]
+
+
+def test_findings_json_leaves_a_users_tmp_file_and_no_partial_file(tmp_path):
+    """write_findings_json writes through a temp file of its own: a user's findings.json.tmp stays, nothing is left."""
+    from topotrace.analysis.findings import write_findings_json
+
+    mine = tmp_path / "findings.json.tmp"
+    mine.write_text("the user's notes")
+
+    class Broken:
+        def to_json(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_findings_json([Broken()], tmp_path / "findings.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["findings.json.tmp"] and mine.read_text() == "the user's notes"
+    write_findings_json([], tmp_path / "findings.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["findings.json", "findings.json.tmp"]

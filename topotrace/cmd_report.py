@@ -15,11 +15,9 @@ matplotlib), which draws grids of maps as PDF, SVG or PNG from the cached analys
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -133,12 +131,11 @@ def run(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     maps = [_png_map(results, spec, args.contrast) for spec in pngs]  # checked before anything is written
     found = run_findings(results, **thresholds)
-    with _removed_on_failure(out.with_name(out.name + ".tmp"), out.with_name("findings.json.tmp")):
-        build_report(results, out, found, index=None if args.out else site_index_for(out),
-                     page_budget=args.page_budget, found_train=found_train)
-        trends = trend_findings([results], [str(results.meta.get("run_name", "run"))])
-        if found or trends:
-            write_findings_json([*found, *trends], out.with_name("findings.json"))
+    build_report(results, out, found, index=None if args.out else site_index_for(out),
+                 page_budget=args.page_budget, found_train=found_train)  # pages and findings.json: atomic writes
+    trends = trend_findings([results], [str(results.meta.get("run_name", "run"))])
+    if found or trends:
+        write_findings_json([*found, *trends], out.with_name("findings.json"))
     t2 = time.perf_counter()
     for (layer, grouping, group, snapshot), grid in zip(pngs, maps):
         target = out.parent / "maps" / f"{_safe(layer)}_{_safe(grouping)}_{_safe(group)}_{snapshot}.png"
@@ -189,18 +186,6 @@ def pages_summary(out: Path) -> str:
         return f"{sizes[0]:.1f} MB"
     return (f"{sizes[0]:.1f} MB summary page + {len(files) - 1} layer pages in {visible(files[1].parent.name)}/ "
             f"(largest {max(sizes[1:]):.1f} MB; {sum(sizes):.1f} MB in all)")
-
-
-@contextlib.contextmanager
-def _removed_on_failure(*paths: Path) -> Iterator[None]:
-    """Remove those of ``paths`` that did not exist before, if the block fails (temp files of an atomic write)."""
-    new = [p for p in paths if not p.exists()]
-    try:
-        yield
-    except BaseException:
-        for p in new:
-            p.unlink(missing_ok=True)
-        raise
 
 
 def write_study_report(path: Path, out: Path | None = None, **thresholds: float) -> int:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from topotrace.analysis.findings import MIN_CHANGE, MIN_R
 from topotrace.analysis.pipeline import SnapshotCluster, analyze, cached_results
 from topotrace.analysis.results import AnalysisResults
 from topotrace.instrument.store import STORE_FILE, Store, writer_state
@@ -415,7 +416,7 @@ def create_of_runs(path: Path, name: str, runs: Sequence[str | os.PathLike]) -> 
 
 
 def study(runs: Sequence[str | os.PathLike], path: str | os.PathLike, cluster: SnapshotCluster | None = None,
-          min_change: float | None = None, min_r: float | None = None) -> list:
+          min_change: float = MIN_CHANGE, min_r: float = MIN_R) -> list:
     """Make a study of existing runs: ``path/study.json``, ``findings.json`` and ``report.html``; its findings.
 
     This is ``topotrace study RUN RUN ... --name NAME`` (and ``tt.study``). Nothing is trained; a run whose
@@ -460,7 +461,7 @@ def study(runs: Sequence[str | os.PathLike], path: str | os.PathLike, cluster: S
 
 
 def write_study_report(study: Study, results: Sequence[AnalysisResults], out: Path | None = None,
-                       min_change: float | None = None, min_r: float | None = None) -> list:
+                       min_change: float = MIN_CHANGE, min_r: float = MIN_R) -> list:
     """Findings across a study's runs -> ``findings.json`` and ``report.html`` (default: in the study folder).
 
     A config study's seeds get their own report where they have none; a study of existing runs writes nothing
@@ -471,14 +472,13 @@ def write_study_report(study: Study, results: Sequence[AnalysisResults], out: Pa
         The findings across the runs (the time trends of :func:`~topotrace.analysis.findings.trend_findings`
         are in ``findings.json`` too).
     """
-    from topotrace.analysis.findings import MIN_CHANGE, MIN_R, findings, trend_findings, write_findings_json
+    from topotrace.analysis.findings import findings, trend_findings, write_findings_json
     from topotrace.report_templates.generate import build_report
 
     from .site import site_index_for
 
     names = study.labels
-    found = findings(results, names, min_change=MIN_CHANGE if min_change is None else min_change,
-                     min_r=MIN_R if min_r is None else min_r)
+    found = findings(results, names, min_change=min_change, min_r=min_r)
     out = out or study.path / "report.html"
     links = []
     for name, run_dir, res in zip(names, study.runs, results):  # each run's own report, linked from the study's
@@ -488,14 +488,8 @@ def write_study_report(study: Study, results: Sequence[AnalysisResults], out: Pa
         if run_report.exists():
             links.append((name, os.path.relpath(run_report, out.parent)))
     trends = trend_findings(results, names)
-    new = [p for p in (out.with_name(out.name + ".tmp"), out.with_name("findings.json.tmp")) if not p.exists()]
-    try:
-        build_report(results[0], out, found, runs=links, title=f"study {study.name} ({len(names)} runs)"
-                     if study.of_runs else f"study {study.name} ({len(study.seeds)} seeds)",
-                     index=site_index_for(out) if out == study.path / "report.html" else None, trends=trends)
-        write_findings_json([*found, *trends], out.with_name("findings.json"))
-    except BaseException:
-        for p in new:
-            p.unlink(missing_ok=True)
-        raise
+    title = f"study {study.name} ({len(names)} {'runs' if study.of_runs else 'seeds'})"
+    build_report(results[0], out, found, runs=links, title=title,  # pages and findings.json: atomic writes
+                 index=site_index_for(out) if out == study.path / "report.html" else None, trends=trends)
+    write_findings_json([*found, *trends], out.with_name("findings.json"))
     return found
