@@ -350,7 +350,7 @@ def test_verify_of_a_fifo_is_refused_without_opening_it(tmp_path, capsys):
 
 def test_orcid_check_character_by_hand():
     """ISO 7064 MOD 11-2 on the ORCID documentation's examples, and one digit changed."""
-    from topotrace.archive import orcid_checksum_ok
+    from topotrace.authors import orcid_checksum_ok
 
     assert orcid_checksum_ok("0000-0002-1825-0097") and orcid_checksum_ok("0000-0001-5109-3700")
     assert orcid_checksum_ok("0000-0002-1694-233X")

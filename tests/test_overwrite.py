@@ -229,6 +229,7 @@ def test_findings_json_leaves_a_users_tmp_file_and_no_partial_file(tmp_path):
 
     with pytest.raises(RuntimeError):
         write_findings_json([Broken()], tmp_path / "findings.json")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["findings.json.tmp"] and mine.read_text() == "the user's notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["findings.json.tmp"]
+    assert mine.read_text() == "the user's notes"
     write_findings_json([], tmp_path / "findings.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["findings.json", "findings.json.tmp"]

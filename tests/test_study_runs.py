@@ -209,3 +209,14 @@ def test_site_lists_a_study_of_runs_once_with_its_runs_numbers(runs):
             accuracy.append(np.mean(st.correct("heldout")[-1]))
     assert study.metrics["heldout"]["accuracy"] == pytest.approx(np.mean(accuracy))
     assert [p for p in rows if p.startswith("mine-s") and p[-1].isdigit()] == ["mine-s0", "mine-s1", "mine-s2"]
+
+
+def test_archive_refuses_a_study_of_runs_in_one_line(tmp_path, capsys):
+    """A study of existing runs cannot be bundled yet: one line saying what to do, nothing written."""
+    _store(tmp_path / "a")
+    _store(tmp_path / "b")
+    assert main(["study", str(tmp_path / "a"), str(tmp_path / "b"), "--name", "s", "--out-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["archive", str(tmp_path / "s"), "--out", str(tmp_path / "s.zip")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "study of existing runs" in err and not (tmp_path / "s.zip").exists()

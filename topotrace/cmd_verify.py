@@ -17,8 +17,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .archive import print_problems, verify_archive
     from .cli import visible
+    from .verify import print_problems, verify_archive
 
     problems = verify_archive(args.path)
     if problems:

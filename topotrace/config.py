@@ -124,7 +124,7 @@ def _check_values(cfg: dict) -> None:
     _check_range(cfg, "run", "seed", 0, 2**32)
     authors = cfg["run"]["authors"]
     if authors:
-        from .archive import parse_author  # 'Given Family <ORCID>': the archive's CITATION.cff and RO-Crate
+        from .authors import parse_author  # "Given Family <ORCID>", as the archive names authors
 
         for text in authors:
             parse_author(text, "The 'run.authors' setting's entry")
