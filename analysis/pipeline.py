@@ -1146,10 +1146,8 @@ def _layouts(
             raise ValueError(f"Layout {method!r} failed for layer {layer!r} ({x.shape[0]} neurons)") from err
         xy = est.embedding_  # [N_placed, 2]
         op = maps.interp_operator(xy, grid=GRID)
-        with warnings.catch_warnings():  # a region without adjacent pixels: smoothness NaN, not a numpy warning
-            warnings.simplefilter("ignore", RuntimeWarning)
-            scores = {"trustworthiness": trustworthiness_score(x, xy), "shepard": shepard_score(x, xy),
-                      "smoothness": maps.smoothness(op, x.T)}
+        scores = {"trustworthiness": trustworthiness_score(x, xy), "shepard": shepard_score(x, xy),
+                  "smoothness": maps.smoothness(op, x.T)}  # NaN without a warning where no pixels are adjacent
         if len(x) < n_all:  # back to all N neurons: NaN rows for those placed nowhere
             xy = np.full((n_all, 2), np.nan, np.float32)
             xy[placed] = est.embedding_

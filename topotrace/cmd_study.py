@@ -183,17 +183,23 @@ def _train_and_report(study, console: Console, args: argparse.Namespace, timings
         if bar is not None:
             seeds_task = bar.add_task("seeds", total=len(study.seeds))
             steps_task = bar.add_task("training", total=None, visible=False)
-        shown = {"last": -1}
+        last_tenth = -1  # plain lines: one every 10 % of a seed's steps
+        analysing_since: dict[int, float] = {}
+
+        def add(stage: str, seconds: float) -> None:
+            timings[stage] = timings.get(stage, 0.0) + seconds
 
         def progress(step: int, total: int) -> None:
+            nonlocal last_tenth
             if bar is not None:
                 bar.update(steps_task, completed=step, total=total)
-            elif total and step * 10 // total > shown["last"]:  # plain lines: every 10 % of the steps
-                shown["last"] = step * 10 // total
+            elif total and step * 10 // total > last_tenth:
+                last_tenth = step * 10 // total
                 rep.line(f"  step {step} of {total}")
 
         def train(cfg: dict) -> None:
-            shown["last"] = -1
+            nonlocal last_tenth
+            last_tenth = -1
             if bar is not None:
                 bar.update(steps_task, description=f"training {escape(visible(cfg['run']['name']))}", completed=0,
                            visible=True)
@@ -203,8 +209,8 @@ def _train_and_report(study, console: Console, args: argparse.Namespace, timings
             with warnings.catch_warnings():  # a stopped recording is logged at once, then ends the study
                 warnings.filterwarnings("ignore", message="Recording to ", category=RuntimeWarning)
                 summary = train_run(cfg, progress=progress)
-            timings["training"] = timings.get("training", 0.0) + time.perf_counter() - t0
-            timings["recording"] = timings.get("recording", 0.0) + summary.probe_seconds
+            add("training", time.perf_counter() - t0)
+            add("recording", summary.probe_seconds)
             if bar is not None:
                 bar.update(steps_task, visible=False)
             if summary.error is not None:
@@ -213,9 +219,9 @@ def _train_and_report(study, console: Console, args: argparse.Namespace, timings
 
         def on_seed(seed: int, state: str) -> None:
             if state == "analysing":
-                shown["analysing"] = time.perf_counter()
-            elif state == "done" and "analysing" in shown:
-                timings["analysis"] = timings.get("analysis", 0.0) + time.perf_counter() - shown.pop("analysing")
+                analysing_since[seed] = time.perf_counter()
+            elif state == "done" and seed in analysing_since:
+                add("analysis", time.perf_counter() - analysing_since.pop(seed))
             if state == "trained":
                 rep.line(f"seed {seed}: already trained")
             elif state == "analysing" and bar is None:
