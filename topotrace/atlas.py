@@ -38,16 +38,11 @@ def relative_depths(cfg: dict, layers: Sequence[str]) -> dict[str, float]:
     Returns:
         ``{layer: depth in (0, 1]}``.
     """
-    import torch
     from torch import nn
 
-    from .data import load_dataset
-    from .models import build_model
+    from .train import meta_model
 
-    d = cfg["data"]
-    data = load_dataset(d["source"], d["path"], d["test_fraction"], int(cfg["run"]["seed"]))
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        model = build_model(cfg["model"], data.input_shape, len(data.class_names))
+    model = meta_model(cfg)
     names = [name for name, _ in model.named_modules()]
     weights = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     out = {}

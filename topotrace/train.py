@@ -87,6 +87,12 @@ def make_schedule(cfg: dict, total_steps: int, steps_per_epoch: int) -> Callable
     return per_epoch(steps_per_epoch)
 
 
+def meta_model(cfg: dict) -> nn.Module:
+    """The model a config builds, on the meta device (no storage, no random numbers drawn): for its structure."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return build_model(cfg["model"], INPUT_SHAPES[cfg["data"]["source"]], 10)
+
+
 def check_run_config(cfg: dict) -> None:
     """What a config asks of the model and the data, checked before anything is written.
 
@@ -101,8 +107,7 @@ def check_run_config(cfg: dict) -> None:
     """
     check_data_path(cfg)
     m, shape = cfg["model"], INPUT_SHAPES[cfg["data"]["source"]]
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        model = build_model(m, shape, 10)
+    model = meta_model(cfg)
     try:
         resolve_layers(model, cfg["record"]["layers"])
     except (ValueError, TypeError) as err:
