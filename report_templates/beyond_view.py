@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 from bokeh.layouts import column, row
+from bokeh.model.util import collect_models
 from bokeh.models import (
     ColumnDataSource,
     CustomJS,
@@ -451,12 +452,9 @@ def mark_loss_minimum(roots: Mapping[str, LayoutDOM] | Iterable[LayoutDOM], resu
         return []
     step = int(np.asarray(results.steps)[i])
     label = f"held-out loss minimum (step {step:,})"
-    out, seen = [], set()
-    for root in (roots.values() if isinstance(roots, Mapping) else roots):
-        for fig in root.select({"type": Plot}):
-            if fig.id in seen or not _is_time_chart(fig):
-                continue
-            seen.add(fig.id)
+    out = []
+    for fig in collect_models(*(roots.values() if isinstance(roots, Mapping) else roots)):  # one walk, each once
+        if isinstance(fig, Plot) and _is_time_chart(fig):
             if any(isinstance(m, Span) and m.name == LOSS_MIN_NAME for m in fig.center):
                 continue
             axis = "log" if isinstance(fig.x_scale, LogScale) else "linear"

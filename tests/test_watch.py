@@ -183,6 +183,8 @@ def test_live_context_words():
     live = live_context(state, "live", reload_s=7)
     assert live["reload_s"] == 7 and "snapshot 3 of 7 (step 20), recorded 2023-11-14 22:13:20 UTC" in live["text"]
     assert live_context(state, "stopped")["reload_s"] == 0 and live_context(state, "stalled")["reload_s"] == 0
+    closing = live_context(state, "closing", reload_s=4)
+    assert closing["reload_s"] == 4 and "finished recording: snapshot 3 of 7" in closing["text"]
     with pytest.raises(ValueError, match="'status' parameter"):
         live_context(state, "paused")
 
@@ -315,3 +317,44 @@ def test_new_only_waits_for_the_store_that_replaces_the_old_one(tmp_path):
     t.join()
     assert time.monotonic() - t0 >= 0.5  # the old store did not end the watch at once
     assert result.end == "done" and "after 3 snapshots" in result.line
+
+
+def test_a_closed_store_gets_every_snapshot_first_then_the_final_report(tmp_path, monkeypatch):
+    """When the writer has closed the store and the live page shows fewer snapshots, watch first writes a quick
+    page of every snapshot ("Recording closed.", reloading, fast layouts, computed on one thread) and then the
+    final report (the code of topotrace report, with the default threads)."""
+    from threadpoolctl import threadpool_info
+
+    from topotrace import live
+    from topotrace.instrument.synthetic import write_synthetic_store
+
+    run = tmp_path / "r"
+    write_synthetic_store(run / "store.h5", n_snapshots=4, layer_sizes=(6,), n_classes=3, per_class=4)
+    threads: list[int] = []
+    analyse_live = live.analyse_live
+
+    def counting(store):
+        threads.extend(p["num_threads"] for p in threadpool_info())
+        return analyse_live(store)
+
+    pages: list[str] = []
+    final_report = live.final_report
+
+    def final(store):
+        pages.append((run / "report.html").read_text(encoding="utf-8"))  # what the reader sees just before
+        threads.append(-max(p["num_threads"] for p in threadpool_info()))
+        return final_report(store)
+
+    monkeypatch.setattr(live, "analyse_live", counting)
+    monkeypatch.setattr(live, "final_report", final)
+    lines: list[str] = []
+    (result,) = live.Watcher(run, stall_s=60, poll_s=0.05, say=lines.append).run()
+    assert result.end == "done" and "after 4 snapshots" in result.line
+    (page,) = pages
+    assert 'class="tt-note tt-live-closing"' in page and "Recording closed." in page and "location.reload" in page
+    assert "snapshot 4 (step" in page
+    assert threads[:-1] and set(threads[:-1]) == {1}  # the live analysis on one thread
+    assert -threads[-1] == max(p["num_threads"] for p in threadpool_info())  # the final one as topotrace report
+    assert any(": snapshot 4 (step" in line for line in lines)
+    final_page = (run / "report.html").read_text(encoding="utf-8")
+    assert 'id="tt-live"' not in final_page and not (run / live.LIVE_CACHE).exists()

@@ -16,6 +16,8 @@ import argparse
 import math
 import os
 
+from .live import NICE
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run folder (runs/NAME: the store runs/NAME/store.h5, which may not exist yet), "
@@ -28,9 +30,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the run's store there now is being replaced (train --overwrite): follow the new one")
     parser.add_argument("--reload", type=int, default=10, metavar="SECONDS",
                         help="a live page reloads itself after this many seconds (default: 10)")
-    parser.add_argument("--nice", type=int, default=0, metavar="N",
-                        help="lower watch's CPU priority by N (0 to 19; default: 0): with N > 0 the training "
-                             "keeps the processor and the live report lags further behind on a busy machine")
+    parser.add_argument("--nice", type=int, default=NICE, metavar="N",
+                        help=f"lower watch's CPU priority by N (0 to 19; default: {NICE}): the training "
+                             "keeps the processor; the live report lags further behind on a machine busy with "
+                             "other work (0: watch competes with the training)")
 
 
 def run(args: argparse.Namespace) -> int:

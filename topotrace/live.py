@@ -23,10 +23,12 @@ report, rebuilds the run's analysis and report and the site index. Rules:
   (:func:`analyse_live`, the incremental :func:`topotrace.analysis.pipeline.analyze`) with the fast layouts only,
   and renders the page without bokeh's document validation (:func:`_unvalidated`; it only checks the figures and
   logs, the page is the same); the heavy modules are imported while the store does not exist yet
-  (:func:`_warm`), so the first rebuild does not pay for them. ``topotrace watch --nice N`` lowers its CPU
-  priority (not by default: measured on a busy machine, a niced watch was starved by other work and the training
-  was not faster). Its line per rebuild says where the time went (analysis, page, site index); docs/live.md has
-  the measured figures (bench/bench_live.py).
+  (:func:`_warm`), so the first rebuild does not pay for them. Watch runs at a lower CPU priority (``--nice``, default
+  :data:`NICE`) and a live rebuild's numerical libraries use :data:`LIVE_THREADS` thread (:func:`_one_thread`),
+  so that the training keeps the processor. Its line per rebuild says where the time went (analysis, page, site
+  index); docs/live.md has the measured figures (bench/bench_live.py).
+* **Closing**: a store closed while the live page shows fewer snapshots first gets a quick page of every snapshot
+  (banner "Recording closed.", still reloading), then the final report.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ RELOAD_S = 10  # seconds after which a live page reloads itself
 # final report computes every default layout. Live analyses are cached apart, so analysis.h5 is always a final one.
 LIVE_LAYOUTS = ("force", "pca")
 LIVE_CACHE = "analysis_live.h5"
+LIVE_THREADS = 1  # threads of a live rebuild's numerical libraries (the final report uses the defaults)
+NICE = 10  # watch's default CPU priority decrease (topotrace watch --nice): the training keeps the processor
 
 Say = Callable[[str], None]
 
@@ -120,8 +124,9 @@ def live_context(state: StoreState, status: str = "live", reload_s: int = RELOAD
 
     Args:
         state: the store's state the report shows.
-        status: ``"live"`` (the page reloads itself every ``reload_s`` s), ``"stalled"`` (no snapshot for
-            ``stall_s`` s) or ``"stopped"`` (the writer was killed); the last two do not reload.
+        status: ``"live"`` (the page reloads itself every ``reload_s`` s), ``"closing"`` (the writer closed the
+            store; the page shows every snapshot until the final report replaces it, and reloads), ``"stalled"``
+            (no snapshot for ``stall_s`` s) or ``"stopped"`` (the writer was killed); the last two do not reload.
         reload_s: seconds between reloads of a live page.
         stall_s: the stall time, for the words.
     """
@@ -134,6 +139,11 @@ def live_context(state: StoreState, status: str = "live", reload_s: int = RELOAD
                         "`topotrace watch` follows the run; the final report replaces it when recording ends. "
                         f"Layouts while live: {' and '.join(LIVE_LAYOUTS)} only (provisional; the final report "
                         "computes every layout method)."}
+    if status == "closing":
+        return {"state": "closing", "title": "Recording closed.", "reload_s": int(reload_s),
+                "text": f"The run finished recording: {where}. This page shows every snapshot with the fast layouts "
+                        f"({' and '.join(LIVE_LAYOUTS)}); the final report, with every layout method, replaces it "
+                        f"in a moment (this page reloads itself every {int(reload_s)} s until then)."}
     if status == "stalled":
         return {"state": "stalled", "title": "Stalled.", "reload_s": 0,
                 "text": f"No snapshot for {stall_s:g} s: the last is {where}. `topotrace watch` stopped following "
@@ -142,7 +152,8 @@ def live_context(state: StoreState, status: str = "live", reload_s: int = RELOAD
         return {"state": "stopped", "title": "Stopped.", "reload_s": 0,
                 "text": f"The recording ended without closing its store (the training process was killed): the "
                         f"last is {where}. This report shows those snapshots; resuming the run records the rest."}
-    raise ValueError(f"The 'status' parameter must be 'live', 'stalled' or 'stopped'. Got {status!r} instead.")
+    raise ValueError(f"The 'status' parameter must be 'live', 'closing', 'stalled' or 'stopped'. Got {status!r} "
+                     "instead.")
 
 
 @contextlib.contextmanager
@@ -172,6 +183,15 @@ def _warm() -> None:
     import topotrace.report_templates.generate  # noqa: F401
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Live rebuilds compute on one thread (numpy's BLAS, OpenMP), leaving the other cores to the training."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=LIVE_THREADS):
+        yield
+
+
 def analyse_live(store: Path):
     """The analysis a live report shows: the store as it is, with the fast layouts (:data:`LIVE_LAYOUTS`).
 
@@ -198,11 +218,12 @@ def live_report(store: Path, context: dict[str, object], timings: dict[str, floa
     from .site import site_index_for
 
     t0 = time.perf_counter()
-    results = analyse_live(store)
-    t1 = time.perf_counter()
-    out = store.parent / "report.html"
-    with _unvalidated():
-        path = build_report(results, out, run_findings(results), index=site_index_for(out), live=context)
+    with _one_thread():
+        results = analyse_live(store)
+        t1 = time.perf_counter()
+        out = store.parent / "report.html"
+        with _unvalidated():
+            path = build_report(results, out, run_findings(results), index=site_index_for(out), live=context)
     if timings is not None:
         timings.update(analysis=t1 - t0, page=time.perf_counter() - t1)
     return path
@@ -322,6 +343,8 @@ class Watcher:
         run.end = status
         name = visible(run.store.parent)
         if status == "done":
+            if state.n_snapshots > run.shown:  # first every snapshot, quickly; then the final report's layouts
+                self._rebuild(run, state, "closing")
             out = final_report(run.store)
             self._site(run.store)
             run.line = f"{name}: recording closed after {state.n_snapshots} snapshots; final report {visible(out)}"
@@ -343,8 +366,6 @@ class Watcher:
 
     def _look(self, run: _Run) -> bool:
         """One look at ``run``'s store: rebuild or end it as its state says. Returns whether anything was written."""
-        from .cli import visible
-
         if run.old is not None and _identity(run.store) != run.old:
             run.old = None  # the old store of a run being replaced is gone: follow the new one
         state = read_state(run.store) if run.old is None else None
@@ -370,27 +391,33 @@ class Watcher:
             self._end(run, "stalled", state)
             return True
         if state.n_snapshots > run.shown:
-            t0 = time.perf_counter()
-            took: dict[str, float] = {}
-            try:
-                if run.shown == 0:
-                    self._site(run.store)  # first, so that the report links back to the index
-                out = live_report(run.store, live_context(state, "live", self.reload_s, self.stall_s), took)
-            except (ValueError, OSError, StoreError) as err:
-                self.say(f"watch: {visible(run.store.parent)}: snapshot {state.n_snapshots} not shown: "
-                         f"{visible(' '.join(str(err).split()))}")
-                run.shown = state.n_snapshots  # tried: wait for the next snapshot
-                return False
-            run.shown = state.n_snapshots
-            t1 = time.perf_counter()
-            self._site(run.store)
-            t2 = time.perf_counter()
-            of = f" of {state.expected}" if state.expected else ""
-            self.say(f"watch: {visible(run.store.parent)}: snapshot {state.n_snapshots}{of} (step {state.last_step}) "
-                     f"-> {visible(out)} ({t2 - t0:.1f} s: analysis {took['analysis']:.1f} s, page "
-                     f"{took['page']:.1f} s, site index {t2 - t1:.1f} s)")
-            return True
+            return self._rebuild(run, state, "live")
         return False
+
+    def _rebuild(self, run: _Run, state: StoreState, status: str) -> bool:
+        """A live report of ``state`` (banner ``status``) and the site index; returns whether it was written."""
+        from .cli import visible
+
+        t0 = time.perf_counter()
+        took: dict[str, float] = {}
+        try:
+            if run.shown == 0:
+                self._site(run.store)  # first, so that the report links back to the index
+            out = live_report(run.store, live_context(state, status, self.reload_s, self.stall_s), took)
+        except (ValueError, OSError, StoreError) as err:
+            self.say(f"watch: {visible(run.store.parent)}: snapshot {state.n_snapshots} not shown: "
+                     f"{visible(' '.join(str(err).split()))}")
+            run.shown = state.n_snapshots  # tried: wait for the next snapshot
+            return False
+        run.shown = state.n_snapshots
+        t1 = time.perf_counter()
+        self._site(run.store)
+        t2 = time.perf_counter()
+        of = f" of {state.expected}" if state.expected else ""
+        self.say(f"watch: {visible(run.store.parent)}: snapshot {state.n_snapshots}{of} (step {state.last_step}) "
+                 f"-> {visible(out)} ({t2 - t0:.1f} s: analysis {took['analysis']:.1f} s, page "
+                 f"{took['page']:.1f} s, site index {t2 - t1:.1f} s)")
+        return True
 
     def run(self) -> list[_Run]:
         """Follow until every followed run has ended; returns the runs with their ``end`` and ``line``."""
