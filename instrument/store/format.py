@@ -361,6 +361,17 @@ def dataset_attrs(ds: Planned, spec: StoreSpec) -> dict[str, object]:
     return out
 
 
+def attr_value(value: object) -> object:
+    """A dataset attribute as plain Python, JSON text decoded, for comparing what a store holds with the table's."""
+    value = _plain(value)
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def layout_fingerprint() -> str:
     """SHA-256 of the layout: every row of :data:`DATASETS`, :data:`ROOT_ATTRS` and the digest attribute's name.
 

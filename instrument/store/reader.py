@@ -31,6 +31,7 @@ from .format import (
     _check_format,
     _plain,
     _read_spec,
+    attr_value,
     dataset_attrs,
     plan,
     present,
@@ -39,17 +40,6 @@ from .integrity import ADVICE, HDF5_ERRORS, check_file, first_bad_chunk, hdf5_er
 from .shards import SHARDS, read_shards, shard_spec
 
 _BLOCK_BYTES = 1 << 26  # until_good reads a dataset in blocks of about this size
-
-
-def _attr_value(value: object) -> object:
-    """A dataset attribute as plain Python, JSON text decoded, for comparing what a store holds with the table's."""
-    value = _plain(value)
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
 
 
 class _Handle:
@@ -250,8 +240,8 @@ class Store:
                 raise self._damaged(f"dataset {name} has shape {shape}, expected "
                                     f"({', '.join(['n_snapshots', *map(str, row)])})")
             for attr, want in dataset_attrs(ds, spec).items():
-                got = _attr_value(d.attrs[attr]) if attr in d.attrs else None
-                want = _attr_value(want)
+                got = attr_value(d.attrs[attr]) if attr in d.attrs else None
+                want = attr_value(want)
                 if got != want:
                     raise self._damaged(f"dataset {name} has attribute {attr!r} = {got!r}, expected {want!r}")
             series[name] = d
