@@ -10,70 +10,25 @@ A plain PyTorch loop needs four lines::
         rec.step(step, epoch)            # a probe pass if the schedule says so
     rec.close()                          # or: with Recorder(...) as rec:
 
-What a probe pass does on the training thread: every probe set is run through the model in batches, in eval
-mode and under ``torch.no_grad()``, with forward hooks on the selected layers that exist only for the pass;
-the reduced layer outputs, cast to the store's dtype, and the logits are copied to host memory and queued
-(on a CUDA device without blocking, into reused pinned buffers; the writer waits for one event per pass, see
-:mod:`topotrace.instrument.hooks`). Afterwards every module's ``training`` flag and the torch RNG states (CPU,
-and CUDA when the model is there) are restored, so training continues exactly as without the recorder
-(BatchNorm statistics are not updated in eval mode).
-
-Compiled models: the probe pass runs the original, eager module (``torch.compile``'s wrapper is unwrapped, see
-:func:`topotrace.instrument.layers.unwrap`) with Dynamo's stance set to ``"force_eager"`` for the pass, so
-compiled submodules run eagerly too: Dynamo never traces the hooks, the probe batch sizes or the no-grad mode,
-and the compiled training forward is not recompiled because of the recorder.
-
-Precision: the pass runs under ``torch.autocast`` when ``autocast=`` names the dtype the training autocasts to
-(``torch.bfloat16``, ``torch.float16``), else in the model's own precision, with autocast off even when the
-recorder is called inside the training's autocast block. A recorded value that is finite but beyond the
-store's float16 range is stored as ±inf (counted with the non-finite values in ``probes/<set>/nonfinite``) and
-its layer is warned about once, with the advice to record with ``act_dtype="float32"``.
-
-Monte-Carlo dropout (``mc_dropout=K``, K > 0): after the eval-mode pass, still under ``torch.no_grad()`` and
-without any forward hook (the activations stored are the eval-mode ones), each probe set runs K more times with
-every dropout module (any ``torch.nn.modules.dropout._DropoutNd``: ``nn.Dropout``, ``Dropout1d/2d/3d``,
-``AlphaDropout``, ``FeatureAlphaDropout``) in training mode and every other module in eval mode (BatchNorm uses
-and keeps its running statistics). Per probe batch the K passes run one after the other in the probe batch
-size, and their softmax probabilities and entropies are summed on the model's device (float64), so only two
-sums per sample reach the host, never the K softmax arrays. The passes draw their dropout masks from the
-global RNGs under :func:`torch.random.fork_rng` (CPU and the model's device): at the start of each probe set
-the generators are seeded with ``MC_SEED_BASE + step`` (CPU, and the model's device only), so a recording
-is reproducible and one probe set's masks do not depend on the others; on leaving the fork the RNG states
-are back where they were, and the pass's own save and restore of the CPU and CUDA states and of every
-``training`` flag (in ``finally``, also when a pass raises) covers the MC passes too: training with
-``mc_dropout`` stays bit-identical to training without a recorder. Functional dropout
-(``F.dropout(x, p, self.training)`` in a module that is not a dropout module) stays off.
-
-What the writer thread does: softmax, predictions, correctness, per-sample loss and confidence measures
-(:mod:`topotrace.instrument.confidence`; with MC dropout ``mc_prob`` and ``mc_mutual_info`` from the sums;
-with a probe set named ``"train"`` the temperature fitted on its logits and ``temp_prob`` for every probe set),
-and the append to the store
-(:mod:`topotrace.instrument.store.writer`). At most ``queue_size`` snapshots are in the writer's hands (queued or being
-written); when all are taken, :meth:`Recorder.step` blocks until the writer has caught up (back-pressure bounds
-memory to ``queue_size`` snapshots).
-
-A writer failure (disk full, permission, a closed file, any exception) never raises into the training loop:
-it is kept in :attr:`Recorder.error`, logged at once and warned about once on the training thread, recording
-stops (later :meth:`Recorder.step` calls return ``False`` at once) and the store keeps every snapshot
-committed before the failure. Configuration errors (unknown layer, a layer that does not run, a mismatched
-store on resume) are raised from the constructor, before training starts.
+The recorder's jobs, one module each: the probe pass on the training thread (:mod:`.probe_pass`: what it runs
+and restores, compiled models, precision, Monte-Carlo dropout), the writer thread that computes the confidence
+measures and appends to the store (:mod:`.writer_thread`, with what happens when a write fails), the warnings
+(:mod:`.recorder_warnings`) and, here, the arguments, the store it opens (new, resumed or replaced; sharded with
+:mod:`.shard`) and the public surface. Configuration errors (unknown layer, a layer that does not run, a
+mismatched store on resume) are raised from the constructor, before training starts.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import logging
 import operator
 import os
 import platform
 import queue
-import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -84,7 +39,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.parameter import is_lazy
 
 from . import confidence
-from .hooks import Capture, HostCopies, capture
+from .hooks import HostCopies
 from .layers import (
     LayerSelector,
     LogitsSelector,
@@ -93,13 +48,13 @@ from .layers import (
     resolve_layers,
     resolve_outputs,
     resolve_reductions,
-    select_logits,
     unwrap,
 )
+from .probe_pass import _AUTOCAST_DTYPES, MC_SEED_BASE, ProbePassMixin, ProbeSet
+from .recorder_warnings import WarningsMixin
 from .shard import DDPShard as _DDPShard
 from .store import (
     LayerSpec,
-    ProbeRecord,
     ProbeSpec,
     Snapshot,
     StoreSpec,
@@ -108,75 +63,7 @@ from .store import (
     recorded_measures,
 )
 from .store.shards import shard_spec
-
-log = logging.getLogger(__name__)
-
-_STOP = object()
-
-
-class _Sync:
-    """A request to the writer thread: sync the store once every snapshot before it is written."""
-
-    __slots__ = ("event", "ok")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.ok = False
-
-_set = object.__setattr__
-
-MC_SEED_BASE = 2016  # the MC-dropout passes of the snapshot at step s are seeded with MC_SEED_BASE + s
-# Keys of the MC-dropout sums in a pass's host arrays; a leading "." is never part of a named_modules() name.
-_MC_PROB_SUM = ".mc_prob_sum"  # (n, C) float64: sum over the K passes of softmax(logits)
-_MC_ENTROPY_SUM = ".mc_entropy_sum"  # (n, 1) float64: sum over the K passes of the entropy (nats)
-
-
-@dataclass(frozen=True, eq=False)
-class ProbeSet:
-    """A fixed set of samples run through the model at every snapshot.
-
-    Attributes:
-        name: ``"heldout"`` or ``"train"`` by convention; any name without ``/``.
-        x: tensor of shape (n, ...), the model's inputs (kept where it is; moved to the model's device per batch).
-        y: tensor of shape (n,), int64 true classes.
-        index: array of shape (n,), int64 positions of the samples in their source data set;
-            ``None`` means ``arange(n)``.
-    """
-
-    name: str
-    x: torch.Tensor
-    y: torch.Tensor
-    index: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or "/" in self.name:
-            raise ValueError(f"The 'name' parameter of ProbeSet must be a non-empty str without '/'. "
-                             f"Got {self.name!r} instead.")
-        if not isinstance(self.x, torch.Tensor) or not isinstance(self.y, torch.Tensor):
-            raise TypeError(f"ProbeSet {self.name!r}: 'x' and 'y' must be torch tensors. "
-                            f"Got {type(self.x).__name__} and {type(self.y).__name__}.")
-        n = self.x.shape[0] if self.x.ndim else 0
-        if n == 0 or self.y.shape != (n,):
-            raise ValueError(f"ProbeSet {self.name!r}: 'x' must have shape (n, ...) with n >= 1 and 'y' shape (n,). "
-                             f"Got x {tuple(self.x.shape)} and y {tuple(self.y.shape)}.")
-        if self.y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"ProbeSet {self.name!r}: 'y' must hold integer class labels. Got {self.y.dtype}.")
-        index = np.arange(n, dtype=np.int64) if self.index is None else np.asarray(self.index)
-        if index.shape != (n,) or not np.issubdtype(index.dtype, np.integer):
-            raise ValueError(f"ProbeSet {self.name!r}: 'index' must be None or an integer array of shape ({n},). "
-                             f"Got {index.dtype} {index.shape}.")
-        object.__setattr__(self, "index", index.astype(np.int64))
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
+from .writer_thread import _STOP, WriterThreadMixin, _Sync
 
 
 def _step_int(value: object, name: str) -> int:
@@ -190,42 +77,6 @@ def _step_int(value: object, name: str) -> int:
         raise TypeError(f"Recorder.step: {name!r} must be an int (the number of optimiser updates so far; epochs "
                         f"count whole epochs). Got {type(value).__name__} {value!r}; nothing was recorded.") from None
 
-
-def mc_seed(step: int) -> int:
-    """The seed of the MC-dropout passes of the snapshot at ``step``: ``MC_SEED_BASE + step`` (mod 2**63)."""
-    return (MC_SEED_BASE + step) % (1 << 63)
-
-
-def _seed_generators(seed: int, device: torch.device) -> None:
-    """Seed the CPU generator and the default generator of ``device`` (no other device's)."""
-    torch.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            torch.cuda.manual_seed(seed)
-    elif device.type != "cpu":
-        torch.get_device_module(device.type).manual_seed(seed)
-
-
-def _fork_rng(device: torch.device) -> contextlib.AbstractContextManager:
-    """Fork the CPU RNG and, for an accelerator, the RNG of ``device``: restored on leaving the block."""
-    if device.type == "cpu":
-        return torch.random.fork_rng(devices=[])
-    return torch.random.fork_rng(devices=[device], device_type=device.type)
-
-
-def _eager() -> contextlib.AbstractContextManager:
-    """Dynamo's ``"force_eager"`` stance for the block: compiled code inside runs eagerly, nothing is traced.
-
-    A no-op while Dynamo was never imported (then nothing can be compiled), and before torch 2.6 (no stances:
-    there only the unwrapped top-level module runs eagerly, compiled submodules run their compiled code).
-    """
-    set_stance = getattr(torch.compiler, "set_stance", None)
-    if "torch._dynamo" not in sys.modules or set_stance is None:
-        return contextlib.nullcontext()
-    return set_stance("force_eager")
-
-
-_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def _default_meta(model: nn.Module, schedule: Callable[[int], bool]) -> dict[str, object]:
@@ -244,7 +95,7 @@ def _default_meta(model: nn.Module, schedule: Callable[[int], bool]) -> dict[str
     }
 
 
-class Recorder:
+class Recorder(ProbePassMixin, WriterThreadMixin, WarningsMixin):
     """Record a model's activations and confidence on fixed probe sets at scheduled steps into a store.
 
     Args:
@@ -284,7 +135,7 @@ class Recorder:
             the ``"train"`` probe set's logits alone (:func:`topotrace.instrument.confidence.fit_temperature`),
             and T itself (``Store.temperature``). Without a probe set of that name neither is recorded.
         mc_dropout: K >= 0. With K > 0, at each snapshot every probe set also runs K times with the dropout
-            modules in training mode (the module docstring says how; the masks are seeded with
+            modules in training mode (:mod:`topotrace.instrument.probe_pass` says how; the masks are seeded with
             ``MC_SEED_BASE + step``), and ``mc_prob`` (the largest probability of the mean softmax) and
             ``mc_mutual_info`` (mutual information, nats; higher = less confident) are recorded. Costs K
             forward passes of the probe sets per snapshot. 0 (default): off.
@@ -659,30 +510,6 @@ class Recorder:
         if check and self._error is None and (self._ddp is None or self._ddp.rank == 0):
             self._check_complete()
 
-    def _check_complete(self) -> None:
-        """Warn about a run without step 0, or whose schedule's last step was never recorded (one line each)."""
-        where = f"The recording to {self.path} ended"
-        try:
-            wants_zero = bool(self.schedule(0))
-        except Exception:  # noqa: BLE001 - a schedule that cannot say: no warning
-            wants_zero = False
-        if self._first_step is None:
-            warnings.warn(f"{where} without any snapshot: call rec.step(0) before training (the untrained model) "
-                          "and rec.step(step) after every optimiser update.", RuntimeWarning, stacklevel=4)
-            return
-        if self._first_step != 0 and wants_zero:
-            warnings.warn(f"{where} without a snapshot at step 0 (the untrained model; its first is at step "
-                          f"{self._first_step}): call rec.step(0) before the first optimiser update, the report "
-                          "measures every change from it.", RuntimeWarning, stacklevel=4)
-        last = getattr(self.schedule, "last_step", None)
-        if isinstance(last, (int, np.integer)) and not isinstance(last, bool):
-            done = self._last_step
-            if done is None or done < last:
-                warnings.warn(f"{where} at step {done}, before the last step {int(last)} of its schedule "
-                              f"{self.schedule!r}: training stopped early, or the schedule was made for more steps "
-                              "than the loop ran (make it for epochs x steps per epoch).", RuntimeWarning,
-                              stacklevel=4)
-
     def __enter__(self) -> Recorder:
         return self
 
@@ -694,254 +521,5 @@ class Recorder:
         return (f"Recorder({str(self.path)!r}, layers={list(self.layers)}, probes={[p.name for p in self.probes]}, "
                 f"schedule={self.schedule!r}, n_snapshots={self._n}, {state})")
 
-    # --- training thread ----------------------------------------------------------------------------------
 
-    def _inputs(self, probe: ProbeSet, device: torch.device) -> torch.Tensor:
-        key = (probe.name, device)
-        x = self._x_cache.get(key)
-        if x is None:
-            x = self._x_cache[key] = probe.x.to(device)
-        return x
-
-    def _precision(self, device: torch.device) -> contextlib.AbstractContextManager:
-        """Autocast to ``self.autocast`` for the pass, or autocast off if the caller's block has it on."""
-        if self.autocast is not None:
-            return torch.autocast(device.type, dtype=self.autocast)
-        try:
-            on = torch.is_autocast_enabled(device.type)
-        except TypeError:  # torch < 2.4: no device argument
-            on = torch.is_autocast_enabled() if device.type == "cuda" else torch.is_autocast_cpu_enabled()
-        return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
-
-    def _run(self, inputs: Mapping[str, torch.Tensor], bufs: dict[str, dict[str, np.ndarray]],
-             act_dtype: np.dtype | str = np.float32, mc_step: int | None = None
-             ) -> tuple[dict[str, tuple[int, ...]], dict[str, str], HostCopies]:
-        """One probe pass over ``inputs`` (probe name -> [n, ...]); model state restored afterwards.
-
-        Fills ``bufs``: probe name -> {layer name -> (n, n_neurons) act_dtype, "": logits (n, C) float32};
-        arrays already there are overwritten in place (on CUDA: once the returned copies are ready). With
-        ``mc_step`` (the snapshot's step) and ``mc_dropout > 0``, the MC-dropout passes follow
-        (:meth:`_mc_passes`). Returns layer name -> output shape of one sample, layer name -> reduction, and the
-        copies to the host.
-        """
-        model = self._model
-        device = _device_of(model)
-        modules = self._modules
-        modes = [m.training for m in modules]
-        cpu_rng = torch.get_rng_state()
-        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        bs = self.batch_size
-        try:
-            # Flags are set directly, not through model.eval()/train(): a train() override with side effects
-            # (e.g. merging adapter weights into the base weights on eval) must not run for a probe pass.
-            # object.__setattr__ skips nn.Module.__setattr__'s parameter/buffer bookkeeping (a bool is neither).
-            for m in modules:
-                _set(m, "training", False)
-            with torch.no_grad(), _eager(), self._precision(device):
-                with capture(self.layers, self._reductions, act_dtype, self._outputs) as cap:
-                    for name, x in inputs.items():
-                        x = x.to(device)  # a no-op when the probe set already lives on the model's device
-                        n = x.shape[0]
-                        dest = bufs.setdefault(name, {})
-                        for start in range(0, n, bs):
-                            cap.begin(dest, n, start)
-                            batch = x[start : start + bs]
-                            out = select_logits(model(batch), self._logits)  # [batch, C]
-                            cap.end_batch()
-                            if out.ndim != 2 or out.shape[0] != batch.shape[0]:
-                                raise ValueError(self._bad_logits(out, batch.shape[0], name))
-                            cap.write("", out, np.float32)  # rows start.. of dest[""], (n, C) float32
-                    shapes, reductions = cap.sample_shapes, cap.reductions()
-                if mc_step is not None and self.mc_dropout:  # the hooks are gone: nothing records these passes
-                    self._mc_passes(inputs, bufs, cap, device, mc_step)
-                copies = cap.finish()
-        finally:
-            for m, flag in zip(modules, modes):
-                _set(m, "training", flag)
-            torch.set_rng_state(cpu_rng)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state(cuda_rng, device)
-        return shapes, reductions, copies
-
-    def _mc_passes(self, inputs: Mapping[str, torch.Tensor], bufs: dict[str, dict[str, np.ndarray]], cap: Capture,
-                   device: torch.device, step: int) -> None:
-        """K stochastic passes per probe batch with the dropout modules on; their sums go to ``bufs``.
-
-        Called by :meth:`_run` with every module in eval mode (it restores all flags and the CPU and CUDA RNG
-        states afterwards). Fills ``bufs[probe][_MC_PROB_SUM]`` (n, C) and ``bufs[probe][_MC_ENTROPY_SUM]``
-        (n, 1), float64: the sums over the K passes of the softmax probabilities and of their entropy (nats).
-        """
-        model, k, bs = self._model, self.mc_dropout, self.batch_size
-        acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-        for m in self._dropouts:
-            _set(m, "training", True)
-        with _fork_rng(device):
-            for name, x in inputs.items():
-                _seed_generators(mc_seed(step), device)  # per probe set: its masks do not depend on the others
-                x = x.to(device)
-                n = x.shape[0]
-                dest = bufs[name]
-                for start in range(0, n, bs):
-                    batch = x[start : start + bs]
-                    prob_sum = entropy_sum = None
-                    for _ in range(k):
-                        p = torch.softmax(select_logits(model(batch), self._logits).to(acc), dim=1)  # [batch, C]
-                        h = torch.special.entr(p).sum(dim=1, keepdim=True)  # [batch, 1]
-                        if prob_sum is None:
-                            prob_sum, entropy_sum = p, h
-                        else:
-                            prob_sum += p
-                            entropy_sum += h
-                    cap.begin(dest, n, start)
-                    cap.write(_MC_PROB_SUM, prob_sum, np.float64)  # rows start.. of (n, C)
-                    cap.write(_MC_ENTROPY_SUM, entropy_sum, np.float64)  # rows start.. of (n, 1)
-
-    def _bad_logits(self, out: torch.Tensor, batch: int, probe: str) -> str:
-        chosen = self._logits
-        if chosen is None:
-            how = "the model's output"
-        elif isinstance(chosen, (int, str)):
-            how = f"logits={chosen!r}"
-        else:
-            how = f"logits={getattr(chosen, '__name__', chosen)}"
-        return (f"The logits ({how}) must have shape (batch, n_classes) with batch = {batch}. Got shape "
-                f"{tuple(out.shape)} for probe set {probe!r}. Pass logits= (an index, key or callable) that gives "
-                "the (batch, n_classes) logits.")
-
-    def _probe_pass(self, step: int) -> tuple[dict[str, dict[str, np.ndarray]], HostCopies]:
-        try:  # host arrays of a snapshot the writer has finished with: reused, so no fresh memory per pass
-            bufs = self._free.get_nowait()
-        except queue.Empty:
-            bufs = {}
-        device = _device_of(self._model)
-        _, _, copies = self._run({p.name: self._inputs(p, device) for p in self.probes}, bufs, self.spec.act_dtype,
-                                 mc_step=step)
-        return bufs, copies
-
-    def _dry_pass(self) -> tuple[dict[str, tuple[int, ...]], dict[str, str], int]:
-        bufs: dict[str, dict[str, np.ndarray]] = {}
-        shapes, reductions, copies = self._run({p.name: p.x[:2] for p in self.probes}, bufs)
-        copies.wait()
-        logits = next(iter(bufs.values()))[""]
-        return {n: shapes[n] for n in self.layers}, reductions, logits.shape[1]
-
-    def _check_overflow(self, wait: bool = False, stacklevel: int = 4) -> None:
-        """Warn once per layer about values beyond the store's dtype, for every pass whose counts arrived.
-
-        ``wait``: wait for the counts still in flight (CUDA). ``stacklevel`` points the warning at the caller of
-        :meth:`step` (5: step, snapshot, _snapshot, here) or of :meth:`close`.
-        """
-        keep = []
-        for step, copies in self._pending:
-            if not (wait or copies.ready()):
-                keep.append((step, copies))
-                continue
-            if wait:
-                copies.wait()
-            for layer, count in copies.overflow().items():
-                if layer in self._overflowed:
-                    continue
-                self._overflowed.add(layer)
-                dtype = np.dtype(self.spec.act_dtype)
-                hint = ' Record with act_dtype="float32" to keep them.' if dtype.itemsize < 4 else ""
-                warnings.warn(
-                    f"Layer {layer!r} has values beyond the {dtype} range (±{float(np.finfo(dtype).max):g}): {count} "
-                    f"at step {step} are stored as ±inf and counted with the non-finite values "
-                    f"(probes/<set>/nonfinite).{hint}",
-                    RuntimeWarning,
-                    stacklevel=stacklevel,
-                )
-        self._pending = keep
-
-    def _report(self) -> None:
-        if self._error is not None and not self._warned:
-            self._warned = True
-            reason = " ".join(str(self._error).split()).rstrip(".")  # one line: HDF5's messages hold newlines
-            warnings.warn(
-                f"Recording to {self.path} stopped: {type(self._error).__name__}: {reason}. Training goes on "
-                f"unrecorded; the store keeps its {self._n} committed snapshots.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-
-    # --- writer thread ------------------------------------------------------------------------------------
-
-    def _write_loop(self) -> None:
-        writer = self._writer
-        try:
-            while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    return
-                if isinstance(item, _Sync):  # takes no slot: nothing to release
-                    try:
-                        if self._error is None:
-                            writer.sync()
-                            item.ok = True
-                    except BaseException as err:  # noqa: BLE001 - a failed sync stops recording, never training
-                        self._fail(err, None)
-                    finally:
-                        item.event.set()
-                    continue
-                try:
-                    if self._error is None:  # after a failure: drain, so the training thread never blocks
-                        item[4].wait()  # the pass's copies to the host have arrived (at once on the CPU)
-                        n = writer.append(snap := self._build(item))
-                        self._last_step = item[0]
-                        self._n = n
-                        for hook in list(self._commit_hooks):
-                            try:
-                                hook(snap)
-                            except Exception:  # noqa: BLE001 - a hook never stops recording
-                                log.exception("Commit hook %r failed at step %d; it is removed.", hook, item[0])
-                                self._commit_hooks.remove(hook)
-                except BaseException as err:  # noqa: BLE001 - any failure stops recording, never training
-                    self._fail(err, item[0])
-                finally:
-                    self._free.put(item[3])  # the snapshot is written (or dropped): its arrays can be reused
-                    del item
-                    self._slots.release()
-        finally:
-            try:
-                writer.close()
-            except BaseException as err:  # noqa: BLE001
-                if self._error is None:
-                    self._fail(err, None)
-
-    def _fail(self, err: BaseException, step: int | None) -> None:
-        self._error = err
-        self._active = False
-        where = f" at step {step}" if step is not None else " while syncing or closing"
-        # An I/O failure (disk full, file size limit) is said in one line; a traceback is kept for the failures
-        # that are bugs. The writer closes its file once, without writing more to it (StoreWriter.close).
-        log.error("Recording to %s failed%s: %s: %s. Recording stopped; training goes on; the store keeps its %d "
-                  "committed snapshots.", self.path, where, type(err).__name__, " ".join(str(err).split()).rstrip("."),
-                  self._n, exc_info=None if isinstance(err, OSError) else err)
-        try:
-            self._writer.close()
-        except BaseException:  # noqa: BLE001 - the file may be gone already
-            pass
-
-    def _build(self, item: tuple) -> Snapshot:
-        step, epoch, t, payload, _, train_logits = item
-        snap = Snapshot(step=step, epoch=epoch, time=t)
-        if confidence.TEMP_PROB in self.measures:  # fitted on the train probe set alone, applied to every set
-            tr = confidence.TEMPERATURE_PROBE
-            logits = payload[tr][""] if train_logits is None else train_logits()  # sharded: every rank's share
-            snap.temperature = confidence.fit_temperature(logits, self._full_labels[tr])
-        for p in self.probes:
-            arrays = payload[p.name]
-            logits = arrays[""]
-            pred, correct, loss, conf = confidence.outcomes(logits, self._labels[p.name], self._registered)
-            if snap.temperature is not None:
-                probs = confidence.temperature_softmax(logits, snap.temperature)  # [n, C]
-                conf[confidence.TEMP_PROB] = probs.max(axis=1).astype(np.float32)
-            if self.mc_dropout:
-                conf |= confidence.mc_dropout_measures(arrays[_MC_PROB_SUM], arrays[_MC_ENTROPY_SUM][:, 0],
-                                                       self.mc_dropout)
-            acts = {name: arrays[name] for name in self.layers}  # already in the store's dtype
-            snap.probes[p.name] = ProbeRecord(acts, logits, pred, correct, loss, conf)
-        return snap
-
-
-__all__ = ["ProbeSet", "Recorder"]
+__all__ = ["MC_SEED_BASE", "ProbeSet", "Recorder"]

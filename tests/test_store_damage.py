@@ -376,6 +376,7 @@ def _strip_checks(src, dst):
         for k, v in a.attrs.items():
             if k != "attrs_sha256":
                 b.attrs[k] = v
+        b.attrs["schema_version"] = 1  # the version of those stores, whatever the version of the writer
 
         def copy(name, obj):
             if not isinstance(obj, h5py.Dataset) or name.endswith("nonfinite"):

@@ -20,7 +20,9 @@ import numpy.typing as npt
 
 from .format import (
     ATTRS_DIGEST,
+    DATASETS,
     NONFINITE,
+    ROOT,
     TEMPERATURE,
     LayerSpec,
     ProbeSpec,
@@ -29,7 +31,10 @@ from .format import (
     _check_format,
     _plain,
     _read_spec,
-    has_temperature,
+    attr_value,
+    dataset_attrs,
+    plan,
+    present,
 )
 from .integrity import ADVICE, HDF5_ERRORS, check_file, first_bad_chunk, hdf5_errors, open_swmr, reason_of
 from .shards import SHARDS, read_shards, shard_spec
@@ -150,7 +155,7 @@ class Store:
             self._f = self._h.file
         try:
             with hdf5_errors(self.path):
-                _check_format(self._f, self.path)
+                self.version = _check_format(self._f, self.path)
                 self.spec = _read_spec(self._f, self.path)
                 table = read_shards(self._f, self.path)
             self._n = self._steps_checked = 0
@@ -207,9 +212,6 @@ class Store:
         stored = f.attrs.get(ATTRS_DIGEST)
         if stored is not None and _plain(stored) != _attrs_digest(f.attrs):
             raise self._damaged(f"its attributes do not match their checksum (attribute {ATTRS_DIGEST!r})")
-        expected: dict[str, tuple[int, ...]] = {"step": (), "epoch": (), "time": ()}
-        if has_temperature(spec):
-            expected[TEMPERATURE] = ()
         n_classes = spec.n_classes
         for p in spec.probes:
             n = len(p.index)
@@ -221,24 +223,15 @@ class Store:
             if n and (p.label.min() < 0 or p.label.max() >= n_classes):
                 raise self._damaged(f"{where} has labels {p.label.min()}..{p.label.max()} outside 0..{n_classes - 1} "
                                     f"({n_classes} classes in attribute 'class_names')")
-            g = f"probes/{p.name}"
-            expected |= {f"{g}/logits": (n, n_classes), f"{g}/pred": (n,), f"{g}/correct": (n,), f"{g}/loss": (n,)}
-            expected |= {f"{g}/acts/{la.name}": (n, la.n_neurons) for la in spec.layers}
-            expected |= {f"{g}/conf/{m}": (n,) for m in spec.measures}
-            if f"{g}/{NONFINITE}" in f:
-                expected[f"{g}/{NONFINITE}"] = (len(spec.layers) + 1,)
-                try:
-                    columns = json.loads(_plain(f[f"{g}/{NONFINITE}"].attrs.get("columns", "null")))
-                except ValueError:
-                    columns = "not valid JSON"
-                if columns != [la.name for la in spec.layers] + ["logits"]:
-                    raise self._damaged(f"dataset {g}/{NONFINITE} has columns {columns}, expected the layers and "
-                                        "'logits'")
+        # every per-snapshot dataset of the layout table; a store of an older schema version may lack the newer rows
+        expected = [ds for ds in plan(spec) if ds.row.per_snapshot
+                    and (ds.row.required_from <= self.version or ds.path in f)]
         c = self._h.dataset("committed") if "committed" in f else None
         if not isinstance(c, h5py.Dataset) or c.shape != (1,) or not np.issubdtype(c.dtype, np.integer):
             raise self._damaged("dataset committed is missing or not one integer")
         series = {}
-        for name, row in expected.items():
+        for ds in expected:
+            name, row = ds.path, ds.shape
             if name not in f:
                 raise self._damaged(f"dataset {name} is missing")
             d = self._h.dataset(name)
@@ -246,6 +239,11 @@ class Store:
                 shape = d.shape if isinstance(d, h5py.Dataset) else "a group"
                 raise self._damaged(f"dataset {name} has shape {shape}, expected "
                                     f"({', '.join(['n_snapshots', *map(str, row)])})")
+            for attr, want in dataset_attrs(ds, spec).items():
+                got = attr_value(d.attrs[attr]) if attr in d.attrs else None
+                want = attr_value(want)
+                if got != want:
+                    raise self._damaged(f"dataset {name} has attribute {attr!r} = {got!r}, expected {want!r}")
             series[name] = d
         return series
 
@@ -456,9 +454,25 @@ class Store:
 
         The temperature fitted at each snapshot on the probe set ``"train"`` (NaN where it could not be fitted).
         """
-        if not has_temperature(self.spec):
+        return self.series(TEMPERATURE)
+
+    def series(self, name: str) -> np.ndarray | None:
+        """A per-snapshot dataset of the store's root (a root row of the layout table), by name.
+
+        Returns:
+            Array of shape (n_snapshots, *row shape), in the dataset's dtype; None when the store has no such
+            dataset (its row's presence rule leaves it out, or the store is of a schema version before it).
+
+        Raises:
+            KeyError: ``name`` is not a per-snapshot root dataset of the layout (the message lists them).
+        """
+        rows = {r.name: r for r in DATASETS if r.group == ROOT and r.per_snapshot}
+        if name not in rows:
+            raise KeyError(f"Unknown per-snapshot dataset {name!r}. Available: {list(rows)}")
+        row, st = rows[name], self._shards[0] if self._shards else self
+        if not present(row, self.spec) or (row.required_from > st.version and name not in st._f):
             return None
-        return self._rows(TEMPERATURE)
+        return self._rows(name)
 
     def _probe(self, probe: str) -> str:
         if probe not in self.probes:

@@ -27,14 +27,14 @@ import numpy as np
 from .format import (
     ATTRS_DIGEST,
     LIBVER,
-    TEMPERATURE,
     ProbeSpec,
     StoreError,
     StoreSpec,
     _attrs_digest,
     _json,
     _write_root_attrs,
-    has_temperature,
+    dataset_attrs,
+    plan,
 )
 
 SHARDS = "shards"  # root attribute of a combined store: JSON [{"file": name, "samples": {probe: [lo, hi]}}, ...]
@@ -132,28 +132,23 @@ def write_combined(path: str | os.PathLike, spec: StoreSpec, meta: Mapping[str, 
         f.attrs[SHARDS] = _json([{"file": file, "samples": {k: list(v) for k, v in s.items()}}
                                  for file, s in zip(files, shards)])
         f.attrs[ATTRS_DIGEST] = _attrs_digest(f.attrs)
-        _committed(f, files)
-        scalars = [("step", "int64"), ("epoch", "int64"), ("time", "float64")]
-        scalars += [(TEMPERATURE, "float64")] if has_temperature(spec) else []
-        for name, dtype in scalars:  # the same in every shard: shard 0's
-            _virtual(f, name, [(files[0], None)], (), np.dtype(dtype))
-        for p in spec.probes:
-            g = f.create_group(f"probes/{p.name}")
-            n = len(p.index)
-            g.create_dataset("index", data=np.asarray(p.index, np.int64))
-            g.create_dataset("label", data=np.asarray(p.label, np.int64))
-            pieces = [(file, tuple(s[p.name])) for file, s in zip(files, shards)]
-            per_sample = [("logits", (n, spec.n_classes), "float32"), ("pred", (n,), "int64"),
-                          ("correct", (n,), "bool"), ("loss", (n,), "float32")]
-            per_sample += [(f"acts/{la.name}", (n, la.n_neurons), spec.act_dtype) for la in spec.layers]
-            per_sample += [(f"conf/{m}", (n,), "float32") for m in spec.measures]
-            for key, row, dtype in per_sample:
-                if "/" in key:
-                    g.require_group(key.split("/")[0])
-                _virtual(f, f"probes/{p.name}/{key}", pieces, row, np.dtype(dtype))
-            for la in spec.layers:
-                g[f"acts/{la.name}"].attrs["reduction"] = la.reduction
-                g[f"acts/{la.name}"].attrs["output_shape"] = np.asarray(la.output_shape, np.int64)
+        pieces = {p.name: [(file, tuple(s[p.name])) for file, s in zip(files, shards)] for p in spec.probes}
+        for ds in plan(spec):  # each dataset as its row's `shards` says
+            how = ds.row.shards
+            if how == "own":  # stays in the shards (the reader combines them)
+                continue
+            g = f if ds.probe is None else f.require_group(f"probes/{ds.probe.name}")
+            if how == "counts":
+                _committed(f, files)
+            elif how == "whole":
+                g.create_dataset(ds.key, data=np.asarray(getattr(ds.probe, ds.row.source), ds.dtype))
+            else:  # "first": shard 0's (the same in every shard); "split": the shards side by side along the samples
+                if "/" in ds.key:
+                    g.require_group(ds.key.rsplit("/", 1)[0])
+                _virtual(f, ds.path, [(files[0], None)] if how == "first" else pieces[ds.probe.name], ds.shape,
+                         np.dtype(ds.dtype))
+            for k, v in dataset_attrs(ds, spec).items():
+                g[ds.key].attrs[k] = v
     os.replace(tmp, path)
 
 

@@ -16,20 +16,26 @@ import numpy.typing as npt
 
 from .format import (
     ATTRS_DIGEST,
+    DATASETS,
     FORMAT,
     LIBVER,
     NONFINITE,
-    TEMPERATURE,
+    PRESENCE,
+    PROBE,
+    ROOT,
+    Planned,
     Snapshot,
     StoreError,
     StoreSpec,
     _attrs_digest,
     _check_format,
     _describe_mismatch,
-    _json,
+    _plain,
     _read_spec,
     _write_root_attrs,
-    has_temperature,
+    dataset_attrs,
+    plan,
+    present,
 )
 from .reader import Store
 from .repair import clear_writer_flag, flock, writer_state
@@ -196,26 +202,34 @@ class StoreWriter:
         self._n = int(self._committed[0])
         self._last_step = int(f["step"][self._n - 1]) if self._n else None
         self._first_step = int(f["step"][0]) if self._n else None
-        # Dataset handles, looked up once: "step", "epoch", "time", TEMPERATURE (if the store records temp_prob)
-        # and (probe, key) for key "logits", "pred", "correct", "loss", "acts/<layer>", "conf/<measure>", NONFINITE.
-        self._has_temperature = has_temperature(spec)
-        scalars = ("step", "epoch", "time") + ((TEMPERATURE,) if self._has_temperature else ())
-        datasets: dict[object, h5py.Dataset] = {name: f[name] for name in scalars}
-        # Stores written before non-finite counts existed have no NONFINITE dataset and stay without one.
-        self._has_nonfinite = {p.name: NONFINITE in f[f"probes/{p.name}"] for p in spec.probes}
-        for p in spec.probes:
-            g = f[f"probes/{p.name}"]
-            keys = ["logits", "pred", "correct", "loss"] + [f"acts/{la.name}" for la in spec.layers]
-            keys += [NONFINITE] if self._has_nonfinite[p.name] else []
-            datasets |= {(p.name, k): g[k] for k in keys + [f"conf/{m}" for m in spec.measures]}
+        # The per-snapshot datasets of the layout table, looked up once. A store of an older schema version may
+        # lack the rows that are newer than it (e.g. NONFINITE in a store written before the counts existed):
+        # resumed, it stays without them.
+        version = int(_plain(f.attrs["schema_version"]))
+        self._planned: list[Planned] = [ds for ds in plan(spec) if ds.row.per_snapshot
+                                        and (ds.row.required_from <= version or ds.path in f)]
+        # Opened in table order, but each probe set's conf/{measure} rows after its other rows: HDF5 places the
+        # chunks of a flush in the order the datasets were opened, and this keeps the order of the writer before
+        # the table, so a store is written byte for byte as that writer wrote it.
+        probes = [p.name for p in spec.probes]
+        opened = sorted(self._planned, key=lambda ds: (-1 if ds.probe is None else probes.index(ds.probe.name),
+                                                       ds.row.name == "conf/{measure}"))
+        datasets = {ds.path: f[ds.path] for ds in opened}
+        # What a snapshot must give (the rows with a source; the checks of _check): root values, and per probe set
+        # the arrays by key with their shapes.
+        sourced = [row for row in DATASETS if row.per_snapshot and row.source is not None]
+        self._root_sourced = [row for row in sourced if row.group == ROOT]
+        self._probe_sourced = [row for row in sourced if row.group == PROBE]
+        self._expected = {p.name: {ds.key: ds.shape for ds in plan(spec) if ds.probe is not None
+                                   and ds.probe.name == p.name and ds.row.per_snapshot and ds.row.source is not None}
+                          for p in spec.probes}
         # Rows beyond the committed count belong to a snapshot that was never committed: cut them away.
         for d in datasets.values():
             if d.shape[0] != self._n:
                 d.resize(self._n, axis=0)
-        self._writers = {key: _RowWriter(d) for key, d in datasets.items()}
+        self._writers = {path: _RowWriter(d) for path, d in datasets.items()}
         # scratch for counting non-finite values: as many bytes as the largest activation or logits row
-        self._scratch = np.empty(max(d.dtype.itemsize * int(np.prod(d.shape[1:])) for key, d in datasets.items()
-                                     if isinstance(key, tuple) and (key[1] == "logits" or key[1].startswith("acts/"))),
+        self._scratch = np.empty(max(d.dtype.itemsize * int(np.prod(d.shape[1:])) for d in datasets.values()),
                                  np.uint8)
         self._failed: BaseException | None = None  # the write failure that stopped this writer
         self._closed = False
@@ -261,36 +275,19 @@ class StoreWriter:
         try:
             _write_root_attrs(f, spec, meta)
             comp = {"compression": "gzip", "compression_opts": 1} if spec.compression == "gzip" else {}
-
-            def per_snapshot(g: h5py.Group, name: str, row: tuple[int, ...], dtype: str, **kw) -> None:
-                # One snapshot per chunk, written once and never rewritten; Fletcher-32 checks it on every read.
-                g.create_dataset(name, shape=(0, *row), maxshape=(None, *row), chunks=(1, *row), dtype=dtype,
-                                 fletcher32=True, **kw)
-
-            f.create_dataset("committed", data=np.zeros(1, np.int64))
-            for name, dtype in (("step", "int64"), ("epoch", "int64"), ("time", "float64")):
-                per_snapshot(f, name, (), dtype)
-            if has_temperature(spec):
-                per_snapshot(f, TEMPERATURE, (), "float64")
-            n_classes = spec.n_classes
-            for p in spec.probes:
-                g = f.create_group(f"probes/{p.name}")
-                n = len(p.index)
-                checked = {"chunks": (n,), "fletcher32": True} if n else {}
-                g.create_dataset("index", data=np.asarray(p.index, np.int64), **checked)
-                g.create_dataset("label", data=np.asarray(p.label, np.int64), **checked)
-                per_snapshot(g, "logits", (n, n_classes), "float32", **comp)
-                per_snapshot(g, "pred", (n,), "int64")
-                per_snapshot(g, "correct", (n,), "bool")
-                per_snapshot(g, "loss", (n,), "float32")
-                for la in spec.layers:
-                    per_snapshot(g, f"acts/{la.name}", (n, la.n_neurons), spec.act_dtype, **comp)
-                    g[f"acts/{la.name}"].attrs["reduction"] = la.reduction
-                    g[f"acts/{la.name}"].attrs["output_shape"] = np.asarray(la.output_shape, np.int64)
-                for m in spec.measures:
-                    per_snapshot(g, f"conf/{m}", (n,), "float32")
-                per_snapshot(g, NONFINITE, (len(spec.layers) + 1,), "int64")
-                g[NONFINITE].attrs["columns"] = _json([la.name for la in spec.layers] + ["logits"])
+            for ds in plan(spec):
+                g = f if ds.probe is None else f.require_group(f"probes/{ds.probe.name}")
+                row = ds.shape
+                if ds.row.per_snapshot:  # one snapshot per chunk, written once; Fletcher-32 checks it on every read
+                    g.create_dataset(ds.key, shape=(0, *row), maxshape=(None, *row), chunks=(1, *row), dtype=ds.dtype,
+                                     fletcher32=True, **(comp if ds.row.compressed else {}))
+                else:
+                    data = (np.zeros(row, ds.dtype) if ds.row.source is None
+                            else np.asarray(getattr(ds.probe, ds.row.source), ds.dtype))
+                    checked = {"chunks": row, "fletcher32": True} if ds.row.checksum and data.size else {}
+                    g.create_dataset(ds.key, data=data, **checked)
+                for k, v in dataset_attrs(ds, spec).items():
+                    g[ds.key].attrs[k] = v
             f.attrs[ATTRS_DIGEST] = _attrs_digest(f.attrs)  # last: every other root attribute is written
         finally:
             f.close()
@@ -376,23 +373,25 @@ class StoreWriter:
             raise StoreError(
                 f"Steps must increase strictly: step {snap.step} after step {self._last_step} in {self.path}."
             )
-        if (snap.temperature is not None) != self._has_temperature:
-            given = "gives" if snap.temperature is not None else "does not give"
-            holds = "records" if self._has_temperature else "does not record"
-            raise StoreError(f"Snapshot at step {snap.step} {given} a temperature, but {self.path} {holds} one "
-                             f"(it is recorded exactly with the measure 'temp_prob').")
+        for row in self._root_sourced:  # a value is given exactly when the store records it (PRESENCE)
+            given, holds = getattr(snap, row.source) is not None, present(row, self.spec)
+            if given != holds:
+                raise StoreError(f"Snapshot at step {snap.step} {'gives' if given else 'does not give'} a {row.name}, "
+                                 f"but {self.path} {'records' if holds else 'does not record'} one "
+                                 f"({PRESENCE[row.when][1]}).")
         names = sorted(p.name for p in self.spec.probes)
         if sorted(snap.probes) != names:
             raise StoreError(f"Snapshot at step {snap.step} has probe sets {sorted(snap.probes)}; expected {names}.")
         for p in self.spec.probes:
             rec = snap.probes[p.name]
-            n = len(p.index)
-            expected = {"logits": (n, self.spec.n_classes), "pred": (n,), "correct": (n,), "loss": (n,)}
-            expected |= {f"acts/{la.name}": (n, la.n_neurons) for la in self.spec.layers}
-            expected |= {f"conf/{m}": (n,) for m in self.spec.measures}
-            given = {"logits": rec.logits, "pred": rec.pred, "correct": rec.correct, "loss": rec.loss}
-            given |= {f"acts/{k}": v for k, v in rec.acts.items()}
-            given |= {f"conf/{k}": v for k, v in rec.conf.items()}
+            expected = self._expected[p.name]
+            given: dict[str, object] = {}
+            for row in self._probe_sourced:
+                value = getattr(rec, row.source)
+                if "{" in row.name:  # a dict by layer or measure
+                    given |= {row.name.format(layer=k, measure=k): v for k, v in value.items()}
+                else:
+                    given[row.name] = value
             if sorted(given) != sorted(expected):
                 raise StoreError(f"Probe set {p.name!r}, step {snap.step}: got arrays {sorted(given)}, "
                                  f"expected {sorted(expected)}.")
@@ -400,6 +399,14 @@ class StoreWriter:
                 if np.shape(given[k]) != shape:
                     raise StoreError(f"Shapes do not match for {p.name}/{k} at step {snap.step} "
                                      f"(existing {shape} vs new {np.shape(given[k])}).")
+
+    def _made(self, ds: Planned, written: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The value of a row the writer makes itself (no source), from the arrays just written (path -> row)."""
+        if ds.row.name == NONFINITE:  # counted on the stored values (a float16 cast can overflow)
+            g = f"probes/{ds.probe.name}"
+            counts = [_count_nonfinite(written[f"{g}/acts/{la.name}"], self._scratch) for la in self.spec.layers]
+            return np.array([*counts, _count_nonfinite(written[f"{g}/logits"], self._scratch)], np.int64)
+        raise KeyError(f"The writer does not make dataset {ds.row.name!r} (give the row of DATASETS a source).")
 
     def append(self, snap: Snapshot) -> int:
         """Validate, resize, write, flush, commit. Returns the new number of committed snapshots.
@@ -420,22 +427,13 @@ class StoreWriter:
         try:
             for w in rows.values():
                 w.resize(i + 1)
-            rows["step"].write(i, snap.step)
-            rows["epoch"].write(i, snap.epoch)
-            rows["time"].write(i, snap.time)
-            if self._has_temperature:
-                rows[TEMPERATURE].write(i, snap.temperature)
-            for name, rec in snap.probes.items():
-                logits = rows[name, "logits"].write(i, rec.logits)
-                rows[name, "pred"].write(i, rec.pred)
-                rows[name, "correct"].write(i, rec.correct)
-                rows[name, "loss"].write(i, rec.loss)
-                acts = {layer: rows[name, f"acts/{layer}"].write(i, a) for layer, a in rec.acts.items()}
-                for m, v in rec.conf.items():
-                    rows[name, f"conf/{m}"].write(i, v)
-                if self._has_nonfinite[name]:  # counted on the stored values (a float16 cast can overflow)
-                    counts = [_count_nonfinite(acts[la.name], self._scratch) for la in self.spec.layers]
-                    rows[name, NONFINITE].write(i, [*counts, _count_nonfinite(logits, self._scratch)])
+            written: dict[str, np.ndarray] = {}  # path -> the row as written
+            for ds in self._planned:  # table order: a row the writer makes comes after the rows it is made from
+                if ds.row.source is None:
+                    value = self._made(ds, written)
+                else:
+                    value = getattr(snap if ds.probe is None else snap.probes[ds.probe.name], ds.row.source)
+                written[ds.path] = rows[ds.path].write(i, value if ds.item is None else value[ds.item])
             self._f.flush()  # every row of snapshot i reaches the file before the commit below
             self._committed[0] = i + 1
             self._committed.flush()
