@@ -51,6 +51,7 @@ from .claims import (
     trend_effect,
 )
 from .notes import (
+    DEPTH_RULE,
     MEASURE_TEXT,
     bin_note,
     divergence_sentence,
@@ -63,10 +64,10 @@ from .notes import (
 from .numbers import number, percent, percentage_points, ratio
 
 __all__ = [
-    "CLAIM_SHORT", "CLAIM_TEXT", "COURSES", "EXTREME", "FALLS", "FLAT", "HOLDS", "IN_THIS_RUN", "MEASURE_TEXT",
-    "MIXED", "NEGLIGIBLE", "NOT_SUPPORTED", "ONE_RUN_NOTE", "PEAK", "RISES", "RUN_VERDICTS", "STUDY_COMMAND",
-    "STUDY_VERDICTS", "SUPPORTED", "TREND_TABLE_NOTE", "TREND_TEXT", "TROUGH", "VERDICTS", "VERDICT_COLOR",
-    "VERDICT_STYLE", "bin_note", "comparison_sentence", "course_sentence", "divergence_sentence",
+    "CLAIM_SHORT", "CLAIM_TEXT", "COURSES", "DEPTH_RULE", "EXTREME", "FALLS", "FLAT", "HOLDS", "IN_THIS_RUN",
+    "MEASURE_TEXT", "MIXED", "NEGLIGIBLE", "NOT_SUPPORTED", "ONE_RUN_NOTE", "PEAK", "RISES", "RUN_VERDICTS",
+    "STUDY_COMMAND", "STUDY_VERDICTS", "SUPPORTED", "TREND_TABLE_NOTE", "TREND_TEXT", "TROUGH", "VERDICTS",
+    "VERDICT_COLOR", "VERDICT_STYLE", "bin_note", "comparison_sentence", "course_sentence", "divergence_sentence",
     "dormant_glyph_note", "effect_text", "finding_sentence", "interval", "interval_kind", "measure_definitions",
     "nonfinite_sentences", "number", "percent", "percentage_points", "ratio", "scope_note", "trend_effect",
     "uncertainty_note", "unplaced_sentence",

@@ -147,3 +147,8 @@ def bin_note(measure: str, bins: str, names: list[str]) -> str:
 def _share(names: list[str]) -> str:
     n = max(len(names), 1)
     return f"{number(100 / n)} %"
+
+
+# The atlas's x axis, in words (written to atlas.json as "depth_rule" and shown on its page).
+DEPTH_RULE = ("relative depth = weight layers (Linear and convolution) up to and including the layer's output, "
+              "divided by the model's total weight layers")
