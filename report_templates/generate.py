@@ -49,7 +49,6 @@ from .links import escape_bidi_page, relative_href
 from .outputs import atomic_output
 from .words import (
     CLAIM_SHORT,
-    TREND_TEXT,
     divergence_sentence,
     finding_sentence,
     interval,
@@ -57,6 +56,7 @@ from .words import (
     number,
     scope_note,
     trend_effect,
+    trend_name,
 )
 
 _HERE = Path(__file__).resolve().parent
@@ -430,8 +430,7 @@ def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: l
     context.update(site_index=index, layer_pages=[], thinned=False, budget_mb=f"{page_budget:g}",
                    summary_file=out.name, live=live,
                    side_by_side=_side_by_side(found, found_train, results.primary_measure),
-                   trends_across=[{"layer": f.layer or "(run)", "trend": TREND_TEXT.get(f.claim, f.claim)
-                                   + (f" ({f.measure})" if f.measure else ""), "effect": trend_effect(f)[0],
+                   trends_across=[{"layer": f.layer or "(run)", "trend": trend_name(f), "effect": trend_effect(f)[0],
                                    "interval": trend_effect(f)[1], "verdict": f.verdict, "n_runs": f.n_runs}
                                   for f in trends or [] if f.n_runs > 1])
     doc_title = f"topotrace report: {context['run']['name']}"

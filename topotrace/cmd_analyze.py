@@ -26,13 +26,13 @@ from topotrace.analysis.layouts import METHODS
 from topotrace.analysis.pipeline import analyze
 from topotrace.report_templates.words import (
     CLAIM_SHORT,
-    TREND_TEXT,
     VERDICT_STYLE,
     effect_text,
     interval,
     number,
     scope_note,
     trend_effect,
+    trend_name,
 )
 from topotrace.report_templates.words import terminal as say
 
@@ -296,8 +296,7 @@ def beyond_table(trends: list) -> Table:
     for col in ("trend", "effect", "95 % interval", "verdict"):
         table.add_column(col, overflow="fold")
     for f in trends:
-        what = TREND_TEXT.get(f.claim, f.claim) + (f" ({f.measure})" if f.claim == "ece_rises_after_loss_minimum"
-                                                   else "")
+        what = trend_name(f)
         effect, span = trend_effect(f)
         table.add_row(Text(visible(f.layer or "(run)")), Text(visible(what)), Text(effect), Text(span),
                       Text(f.verdict, style=VERDICT_STYLE.get(f.verdict, "")))

@@ -47,8 +47,10 @@ from .claims import (
     finding_sentence,
     interval,
     interval_kind,
+    missing_finding,
     scope_note,
     trend_effect,
+    trend_name,
 )
 from .notes import (
     DEPTH_RULE,
@@ -69,6 +71,6 @@ __all__ = [
     "STUDY_COMMAND", "STUDY_VERDICTS", "SUPPORTED", "TREND_TABLE_NOTE", "TREND_TEXT", "TROUGH", "VERDICTS",
     "VERDICT_COLOR", "VERDICT_STYLE", "bin_note", "comparison_sentence", "course_sentence", "divergence_sentence",
     "dormant_glyph_note", "effect_text", "finding_sentence", "interval", "interval_kind", "measure_definitions",
-    "nonfinite_sentences", "number", "percent", "percentage_points", "ratio", "scope_note", "trend_effect",
-    "uncertainty_note", "unplaced_sentence",
+    "missing_finding", "nonfinite_sentences", "number", "percent", "percentage_points", "ratio", "scope_note",
+    "trend_effect", "trend_name", "uncertainty_note", "unplaced_sentence",
 ]

@@ -159,6 +159,19 @@ TREND_TEXT = {"dormant_share_grows": "dormant share grows (change, pp)",
 
 
 
+def trend_name(f: Finding) -> str:
+    """A trend finding's name in the tables (:data:`TREND_TEXT`), with its measure where it has one.
+
+    E.g. ``"held-out ECE rises after the loss minimum (change) (max_prob)"``.
+    """
+    return TREND_TEXT.get(f.claim, f.claim) + (f" ({f.measure})" if f.measure else "")
+
+
+def missing_finding(has_layer: bool) -> str:
+    """Why a run has no finding for a layer, in a few words (a cell of the findings side by side)."""
+    return "no per-sample evidence (analyse it again)" if has_layer else "no such layer"
+
+
 def trend_effect(f: Finding) -> tuple[str, str]:
     """``(effect, 95 % interval)`` of a trend finding in its one unit (:data:`TREND_TEXT`).
 
