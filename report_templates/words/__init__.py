@@ -8,9 +8,11 @@ analysis may not import the report layer, and is re-exported here. Error message
 raise them.
 
 Modules: :mod:`.numbers` (numbers, percentages, ratios), :mod:`.claims` (findings, verdict colours, courses,
-trends), :mod:`.notes` (a run's other sentences: divergence, non-finite values, definitions), :mod:`.beyond`
-(calibration, overfitting and collapse sections), :mod:`.maps` (map headings and scales), :mod:`.terminal`
-(the commands' titles and lines). The returned text is plain: callers escape it for their medium (HTML, rich).
+trends), :mod:`.notes` (a run's other sentences: divergence, non-finite values, definitions, the atlas's depth
+rule), :mod:`.beyond` (the calibration, overfitting and collapse sections), :mod:`.terminal` (the commands'
+titles and lines about results). The returned text is plain: callers escape it for their medium (HTML, rich).
+Chart titles, axis labels and the map headings stay with the figures they label; progress lines stay with the
+commands that report progress.
 """
 
 from topotrace.analysis.vocabulary import (
