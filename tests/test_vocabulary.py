@@ -86,7 +86,7 @@ def tiny_run(tmp_path_factory):
 def test_terminal_verdicts_are_from_the_vocabulary(tiny_run, capsys, monkeypatch):
     """Every verdict cell of ``topotrace analyze``'s tables (claims and trends) is one run's verdict."""
     monkeypatch.setenv("COLUMNS", "220")  # no cell wraps
-    assert main(["analyze", str(tiny_run)]) == 0
+    assert main(["analyze", str(tiny_run), "--layouts", "pca"]) == 0
     out = capsys.readouterr().out
     verdicts = []
     for table in re.split(r"\n(?=┏)", out)[1:]:
@@ -104,7 +104,7 @@ def test_terminal_verdicts_are_from_the_vocabulary(tiny_run, capsys, monkeypatch
 
 def test_report_verdicts_are_from_the_vocabulary(tiny_run):
     """Every verdict cell and findings-chart verdict of the report is one run's verdict, with its own CSS class."""
-    assert main(["report", str(tiny_run)]) == 0
+    assert main(["report", str(tiny_run), "--layouts", "pca"]) == 0
     page = (tiny_run / "report.html").read_text("utf-8")
     cells = re.findall(r'<td class="tt-verdict tt-([a-z-]+)">([^<]*)</td>', page)
     assert len(cells) >= 4 * 2 + 2 * 2
