@@ -14,10 +14,11 @@ z scale, transformed back); with one run, the run's bootstrap interval. The verd
 (default :data:`RULE`): an equivalence-style rule around a smallest effect of interest (:data:`MIN_CHANGE` of
 the first snapshot's mean for the time claims, a correlation of :data:`MIN_R` for the confidence claims), with
 the time course (:func:`course`) named and taken into account. One run's verdicts are worded as one run's
-(:data:`RUN_VERDICTS`); a study's as a study's (:data:`STUDY_VERDICTS`).
+(:data:`RUN_VERDICTS`); a study's as a study's (:data:`STUDY_VERDICTS`). The verdict and direction words and the
+texts written into ``findings.json`` (the rule, what each effect is) are those of :mod:`.vocabulary`.
 
 No p-value over snapshots is computed anywhere: the snapshots of a run are a time series, not samples. Only
-numbers, verdicts and the rule live here; the report layer (``topotrace.report_templates.words``) turns them into
+numbers, verdicts and the rule are made here; the report layer (``topotrace.report_templates.words``) turns them into
 sentences and colours. Verdicts are made at read time from the cached numbers, so no threshold is cached.
 """
 
@@ -37,6 +38,28 @@ from topotrace.instrument.confidence import UNCERTAINTY_MEASURES
 
 from .evidence import LEVEL, SampleEvidence
 from .results import AnalysisResults
+from .vocabulary import (  # noqa: F401 (re-exported: the vocabulary as the findings' callers have known it)
+    COURSES,
+    FALLS,
+    FLAT,
+    IN_THIS_RUN,
+    MIXED,
+    NEGLIGIBLE,
+    NOT_SUPPORTED,
+    PEAK,
+    RISES,
+    RUN_VERDICTS,
+    STATISTIC,
+    STUDY_COMMAND,
+    STUDY_VERDICTS,
+    SUPPORTED,
+    TREND_RULE,
+    TRENDS,
+    TROUGH,
+    UNCERTAINTY_SIGN,
+    VERDICTS,
+)
+from .vocabulary import rule_text as _rule_text
 
 CLAIMS = {
     "stronger_with_time": ("strength", "time"),
@@ -46,12 +69,6 @@ CLAIMS = {
 }
 MIN_CHANGE = 0.1  # time claims: a change below 10 % of the first snapshot's mean is negligible
 MIN_R = 0.1  # confidence claims: a partial correlation below 0.1 in size is negligible
-STUDY_VERDICTS = ("supported", "mixed", "negligible", "not supported")  # two or more runs
-RUN_VERDICTS = ("holds in this run", "negligible in this run", "does not hold in this run")  # one run
-VERDICTS = STUDY_VERDICTS + RUN_VERDICTS
-IN_THIS_RUN = {"supported": RUN_VERDICTS[0], "negligible": RUN_VERDICTS[1], "not supported": RUN_VERDICTS[2]}
-COURSES = ("rises", "falls", "flat", "rises then falls back", "dips then recovers")
-STUDY_COMMAND = "topotrace study runs/a runs/b runs/c --name NAME"
 
 
 def check_thresholds(min_change: float, min_r: float, names: tuple[str, str] = ("min_change", "min_r")) -> None:
@@ -75,33 +92,14 @@ def check_thresholds(min_change: float, min_r: float, names: tuple[str, str] = (
 
 
 def rule_text(min_change: float = MIN_CHANGE, min_r: float = MIN_R) -> str:
-    """The verdict rule in words, with its smallest effects of interest (written to ``findings.json`` as "rule")."""
-    return (
-        f"Smallest effect of interest d: with training time, {min_change:g} times the first snapshot's mean (a "
-        f"change of {100 * min_change:g} %); with confidence, a partial correlation of {min_r:g}. Supported: the "
-        "95 % interval of the effect across runs lies above +d, and so does every run's own bootstrap interval "
-        "over probe samples; mixed: the interval across runs lies above +d but a run's own interval does not; "
-        "negligible: the interval lies inside -d to +d (a consistent effect too small to matter); not supported: "
-        "otherwise (the interval reaches below +d without lying inside -d to +d, or lies below). With training "
-        "time, not supported either when the course dips then recovers and the dip below the first snapshot is "
-        "at least as deep as the gain above it at the end (a recovery, not growth). Course: rises then falls back "
-        "when the curve's highest point between the first and the last snapshot lies above both ends by more than "
-        "d and both ends lie below that point's interval; dips then recovers likewise for the lowest point; "
-        "otherwise rises, falls or flat by the change against d. One run's interval speaks for that run only, so "
-        "its verdicts read holds in this run, negligible in this run or does not hold in this run; a verdict "
-        f"across seeds needs a study, made from existing runs with: {STUDY_COMMAND}.")
+    """The verdict rule in words, with its smallest effects of interest (written to ``findings.json`` as "rule").
+
+    The sentence is :func:`.vocabulary.rule_text`'s; this only fills in the default thresholds.
+    """
+    return _rule_text(min_change, min_r)
 
 
 RULE = rule_text()
-TREND_RULE = ("The trends beyond the study follow the same rule with no smallest effect of interest (d = 0): "
-              "supported when the 95 % interval across runs lies above 0 and so does every run's own interval, "
-              "mixed when only the former, not supported otherwise; one run's verdicts read holds in this run or "
-              f"does not hold in this run. A verdict across seeds needs a study: {STUDY_COMMAND}.")
-STATISTIC = {
-    "time": "change of the mean per-sample {quantity} from the first snapshot to the last",
-    "confidence": "Spearman correlation of per-sample {quantity} with confidence ({measure}{sign}) across probe "
-                  "samples, partial given the class, at the last snapshot",
-}
 
 
 @dataclass
@@ -243,13 +241,13 @@ def verdict(ci_low: float, runs: Sequence[RunEffect], ci_high: float = float("in
     """
     d = float(min_effect)
     if not np.isfinite(d):
-        found = "not supported"
+        found = NOT_SUPPORTED
     elif np.isfinite(ci_low) and np.isfinite(ci_high) and -d < ci_low and ci_high < d:
-        found = "negligible"  # the whole interval inside the smallest effect of interest
+        found = NEGLIGIBLE  # the whole interval inside the smallest effect of interest
     elif not np.isfinite(ci_low) or ci_low <= d or recovery:
-        found = "not supported"
+        found = NOT_SUPPORTED
     else:
-        found = "supported" if all(np.isfinite(r.ci_low) and r.ci_low > d for r in runs) else "mixed"
+        found = SUPPORTED if all(np.isfinite(r.ci_low) and r.ci_low > d for r in runs) else MIXED
     return IN_THIS_RUN.get(found, found) if len(runs) == 1 else found
 
 
@@ -285,15 +283,15 @@ def course(steps: np.ndarray, curve: np.ndarray, band: np.ndarray, min_effect: f
         i = int(idx[np.argmax(c[idx])])
         rise = c[i] - top
         if rise > d and b[i, 0] > top:  # NaN bands compare False
-            best = ("rises then falls back", i, rise)
+            best = (PEAK, i, rise)
         j = int(idx[np.argmin(c[idx])])
         dip = bottom - c[j]
         if dip > d and b[j, 1] < bottom and (best is None or dip > best[2]):
-            best = ("dips then recovers", j, dip)
+            best = (TROUGH, j, dip)
     if best is not None:
         return best[0], int(np.asarray(steps)[best[1]]), float(c[best[1]])
     change = c[-1] - c[0]
-    return ("rises" if change > d else "falls" if change < -d else "flat"), -1, float("nan")
+    return (RISES if change > d else FALLS if change < -d else FLAT), -1, float("nan")
 
 
 def _run_values(ev: SampleEvidence, claim: str, measure: str) -> tuple[float, float, float, np.ndarray, np.ndarray]:
@@ -417,7 +415,7 @@ def combine(layer: str, claim: str, measure: str, evidences: Sequence[SampleEvid
         per_s = [interval_across_runs(curves[:, s], corr) for s in range(curves.shape[1])]
         curve = np.array([p[0] for p in per_s])
         band = np.array([p[1:] for p in per_s])
-    sign = ", sign reversed: higher means less confident" if measure in UNCERTAINTY_MEASURES else ""
+    sign = UNCERTAINTY_SIGN if measure in UNCERTAINTY_MEASURES else ""
     text = STATISTIC[versus].format(quantity=quantity, measure=measure, sign=sign)
     steps = np.asarray(steps)
     shape, at, value, relative = "", -1, float("nan"), float("nan")
@@ -427,28 +425,18 @@ def combine(layer: str, claim: str, measure: str, evidences: Sequence[SampleEvid
         d = min_change * abs(first)
         relative = effect / abs(first) if np.isfinite(first) and first != 0 else float("nan")
         shape, at, value = course(steps, curve, band, d)
-        if shape == "dips then recovers":  # growth since the first snapshot that is no more than a recovery
+        if shape == TROUGH:  # growth since the first snapshot that is no more than a recovery
             recovery = first - value >= float(curve[-1]) - first
     else:
         d = float(min_r)
     onset = _onset(steps, band[:, 0]) if versus == "confidence" else -1
-    peak = at if shape == "rises then falls back" else -1
+    peak = at if shape == PEAK else -1
     return Finding(layer, claim, measure, effect, lo, hi, len(evidences), verdict(lo, run_effects, hi, d, recovery),
                    text, run_effects, steps, curve, band, curves, peak, onset, shape, at, value, d, relative,
                    rule_text(min_change, min_r))
 
 
 # ------------------------------------------------------------------------------ beyond the study: trends
-TRENDS = {
-    "dormant_share_grows": "change of the share of tau-dormant units (tau = {tau:g}) from the first snapshot to "
-                           "the last",
-    "nc1_falls": "log of NC1 at the first snapshot over NC1 at the last (positive: within-class variability "
-                 "collapses)",
-    "ece_rises_after_loss_minimum": "change of the expected calibration error ({measure}, held-out probe set) from "
-                                    "the snapshot of the lowest held-out loss to the last snapshot",
-}
-
-
 def trend_findings(runs: Sequence[AnalysisResults], names: Sequence[str] | None = None) -> list[Finding]:
     """The trends beyond the study's claims (:data:`TRENDS`) of one run or of replicate runs, by :data:`TREND_RULE`.
 

@@ -15,7 +15,6 @@ import sys
 import h5py
 import numpy as np
 
-
 TIMINGS = "seconds"  # wall-clock durations: an attribute of this name, or this key of a JSON attribute
 
 

@@ -49,7 +49,7 @@ from . import maps
 from .charts import CURVE_NAMES, _time_figure, step_axis_type, time_markers, time_x
 from .findings_view import Y_LABEL
 from .style import esc, html_div, plain
-from .words import CLAIM_SHORT, comparison_sentence, interval, number
+from .words import CLAIM_SHORT, comparison_sentence, interval, missing_finding, number
 
 Run = tuple[str, AnalysisResults]
 HEAD_CSS = """
@@ -150,7 +150,7 @@ def _raw(value: float) -> str:
 
 def _missing(res: AnalysisResults, layer: str) -> str:
     """Why a run has no finding for a layer, in a few words."""
-    return "no such layer" if layer not in res.layers else "no per-sample evidence (analyse it again)"
+    return missing_finding(layer in res.layers)
 
 
 def findings_rows(runs: Sequence[Run], found: Sequence[Sequence[Finding]]) -> list[dict[str, object]]:

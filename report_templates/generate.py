@@ -44,12 +44,11 @@ from bokeh.resources import INLINE
 from topotrace.analysis.findings import RULE, Finding, run_findings
 from topotrace.analysis.results import AnalysisResults
 
-from . import beyond_view, charts, compare, findings_view, layout_view, maps, pages
+from . import beyond_page, beyond_view, charts, compare, findings_view, layout_view, loss_marker, maps, pages
 from .links import escape_bidi_page, relative_href
 from .outputs import atomic_output
 from .words import (
     CLAIM_SHORT,
-    TREND_TEXT,
     divergence_sentence,
     finding_sentence,
     interval,
@@ -57,6 +56,7 @@ from .words import (
     number,
     scope_note,
     trend_effect,
+    trend_name,
 )
 
 _HERE = Path(__file__).resolve().parent
@@ -191,7 +191,7 @@ def _page_context(results: AnalysisResults, now: _dt.datetime, found: list[Findi
             "measures": charts.correlation_measures(results), "last_step": f"{steps[-1]:,}" if steps else "",
             "log_time": charts.step_axis_type(results.steps) == "log",
             "divergence": divergence_sentence(results.divergence) if results.divergence is not None else "",
-            "nonfinite": nonfinite_sentences(results), "beyond": beyond_view.page_context(results)}
+            "nonfinite": nonfinite_sentences(results), "beyond": beyond_page.page_context(results)}
 
 
 
@@ -235,7 +235,7 @@ def report_roots(results: AnalysisResults, found: list[Finding] | None = None, w
     roots.update(sections)
     if measure is not None and ("corr_maps" in sections or "corr_summary" in roots):
         roots["corr_view"] = row(measure, name="corr_view")  # the widget itself is also a callback argument
-    beyond_view.mark_loss_minimum(roots, results)  # on every chart over training time, the new ones and the old
+    loss_marker.mark_loss_minimum(roots, results)  # on every chart over training time, the new ones and the old
     if not roots:  # Bokeh needs one root to write a page; this one shows nothing
         roots["placeholder"] = Div(text="", visible=False, name="placeholder")
     return roots
@@ -430,8 +430,7 @@ def build_report(results: AnalysisResults, out_path: str | os.PathLike, found: l
     context.update(site_index=index, layer_pages=[], thinned=False, budget_mb=f"{page_budget:g}",
                    summary_file=out.name, live=live,
                    side_by_side=_side_by_side(found, found_train, results.primary_measure),
-                   trends_across=[{"layer": f.layer or "(run)", "trend": TREND_TEXT.get(f.claim, f.claim)
-                                   + (f" ({f.measure})" if f.measure else ""), "effect": trend_effect(f)[0],
+                   trends_across=[{"layer": f.layer or "(run)", "trend": trend_name(f), "effect": trend_effect(f)[0],
                                    "interval": trend_effect(f)[1], "verdict": f.verdict, "n_runs": f.n_runs}
                                   for f in trends or [] if f.n_runs > 1])
     doc_title = f"topotrace report: {context['run']['name']}"

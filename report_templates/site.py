@@ -14,15 +14,11 @@ from pathlib import Path
 import jinja2
 
 from .links import escape_bidi_page, relative_href
+from .words import CLAIM_SHORT
 
 _HERE = Path(__file__).parent
 
-CLAIM_COLUMNS = (  # findings.json claim -> column heading
-    ("stronger_with_time", "stronger with time"),
-    ("more_distinct_with_time", "more distinct with time"),
-    ("stronger_with_confidence", "stronger with confidence"),
-    ("more_distinct_with_confidence", "more distinct with confidence"),
-)
+CLAIM_COLUMNS = tuple(CLAIM_SHORT.items())  # findings.json claim -> column heading
 STATUS_WORDS = {
     "done": "done",
     "recording": "recording",

@@ -16,26 +16,25 @@ from topotrace.analysis.findings import run_findings
 from topotrace.analysis.pipeline import analyze
 from topotrace.analysis.results import AnalysisResults, Calibration
 from topotrace.instrument.synthetic import write_synthetic_store
-from topotrace.report_templates import beyond_view
+from topotrace.report_templates import loss_marker
+from topotrace.report_templates.beyond_page import trend_verdict
 from topotrace.report_templates.beyond_view import (
-    LOSS_MIN_NAME,
     RELIABILITY_SLIDER,
     RELIABILITY_VIEW,
-    STEP_AXIS_TAG,
     calibration_view,
     collapse_view,
-    mark_loss_minimum,
     overfitting_view,
-    trend_verdict,
 )
 from topotrace.report_templates.charts import MARKER_NAME
 from topotrace.report_templates.generate import build_report, report_roots
+from topotrace.report_templates.loss_marker import LOSS_MIN_NAME, STEP_AXIS_TAG, mark_loss_minimum
 
 EVIL_LAYER = "<b>x</b>"
 N_BINS = 5
 LOSS_MIN = 2
 LOG_STEPS = np.array([0, 1, 3, 10, 30, 100], dtype=np.int64)
-# [effect, low, high]: the interval above 0 -> "rises", below -> "falls", straddling 0 -> "not supported"
+# [effect, low, high] of the dormant share's change and of log(NC1 last / first); the verdicts are those of the claims
+# "dormant share grows" (interval above 0) and "NC1 falls" (the log ratio's interval below 0)
 TRENDS = {"layer0": {"dormant_change": [0.10, 0.05, 0.15], "nc1_log_ratio": [-0.5, -0.9, -0.2]},
           EVIL_LAYER: {"dormant_change": [0.0, -0.02, 0.02], "nc1_log_ratio": [0.3, 0.1, 0.5]}}
 ECE_TREND = {"max_prob": [0.02, 0.01, 0.03], "temp_prob": [0.001, -0.004, 0.006]}
@@ -112,7 +111,7 @@ def _label(label) -> str:
 
 def _time_charts(roots) -> list[Plot]:
     figs = {f.id: f for root in roots.values() for f in root.select({"type": Plot})}
-    return [f for f in figs.values() if beyond_view._is_time_chart(f)]
+    return [f for f in figs.values() if loss_marker._is_time_chart(f)]
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -268,24 +267,34 @@ def _row_cells(body: str, first: str) -> list[str]:
 
 
 def test_trends_table_verdicts(page):
-    """The verdict words follow the planted intervals: above 0 rises, below 0 falls, straddling 0 not supported."""
+    """The verdicts follow the planted intervals by the findings' rule (d = 0), in one run's words.
+
+    Dormant share grows: its change's interval above 0 holds, one straddling 0 does not; NC1 falls: a log ratio
+    last / first whose interval lies below 0 holds, one above 0 does not; the ECE rises after the minimum likewise.
+    """
     body = _section(page.read_text("utf-8"), "collapse")
+    holds, fails = "holds in this run", "does not hold in this run"
     first = _row_cells(body, "layer0")
-    assert first[1:4] == ["+10.0 pp", "+5.0 pp to +15.0 pp", "rises"]
-    assert first[5:8] == [f"{math.exp(-0.5):.3g}\u00d7", f"{math.exp(-0.9):.3g} to {math.exp(-0.2):.3g}", "falls"]
+    assert first[1:4] == ["+10.0 pp", "+5.0 pp to +15.0 pp", holds]
+    assert first[5:8] == [f"{math.exp(-0.5):.3g}\u00d7", f"{math.exp(-0.9):.3g} to {math.exp(-0.2):.3g}", holds]
     second = _row_cells(body, "&lt;b&gt;x&lt;/b&gt;")
-    assert second[3] == "not supported" and second[7] == "rises"
-    assert _row_cells(body, "max_prob")[2:] == ["0.02", "0.01 to 0.03", "rises"]
-    assert _row_cells(body, "temp_prob")[2:] == ["0.001", "\u22120.004 to 0.006", "not supported"]
+    assert second[3] == fails and second[7] == fails
+    assert _row_cells(body, "max_prob")[2:] == ["0.02", "0.01 to 0.03", holds]
+    assert _row_cells(body, "temp_prob")[2:] == ["0.001", "\u22120.004 to 0.006", fails]
     assert "bootstrap interval over the probe" in body and "not independent samples" in body
+    assert "rises</b>" not in body and "falls</b>" not in body  # direction words never stand in for a verdict
 
 
 def test_trend_verdict_words():
-    """rises above 0, falls below 0, not supported when the interval holds 0 or is undefined."""
-    assert trend_verdict(0.01, 0.2) == "rises"
-    assert trend_verdict(-0.2, -0.01) == "falls"
-    assert trend_verdict(-0.1, 0.1) == "not supported"
-    assert trend_verdict(float("nan"), 0.1) == "not supported"
+    """One run's verdict of a trend: holds when the interval lies above 0; otherwise (holding 0, below, undefined)
+    it does not, as trend_findings says for the same numbers."""
+    from topotrace.analysis.findings import RUN_VERDICTS
+
+    assert trend_verdict(0.1, 0.01, 0.2) == "holds in this run"
+    assert trend_verdict(-0.1, -0.2, -0.01) == "does not hold in this run"
+    assert trend_verdict(0.0, -0.1, 0.1) == "does not hold in this run"
+    assert trend_verdict(float("nan"), float("nan"), 0.1) == "does not hold in this run"
+    assert {trend_verdict(e, e - 0.05, e + 0.05) for e in (-1, 0, 1)} <= set(RUN_VERDICTS)
 
 
 def test_layer_name_is_escaped(page):

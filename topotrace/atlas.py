@@ -188,6 +188,7 @@ def run_atlas(configs: Sequence[str], seeds: Sequence[int], name: str, out_dir: 
         timings["total"] = time.perf_counter() - t0
         entries.append(atlas_entry(config, cfg, study, found, timings))
     from topotrace.analysis.findings import RULE
+    from topotrace.report_templates.words import DEPTH_RULE
 
     atlas = desc | {"claims": list(CLAIM_ORDER), "rule": RULE, "depth_rule": DEPTH_RULE, "entries": entries}
     from topotrace.report_templates.atlas import build_atlas
@@ -199,5 +200,3 @@ def run_atlas(configs: Sequence[str], seeds: Sequence[int], name: str, out_dir: 
 
 CLAIM_ORDER = ("stronger_with_time", "more_distinct_with_time", "stronger_with_confidence",
                "more_distinct_with_confidence")
-DEPTH_RULE = ("relative depth = weight layers (Linear and convolution) up to and including the layer's output, "
-              "divided by the model's total weight layers")

@@ -26,16 +26,15 @@ from topotrace.analysis.layouts import METHODS
 from topotrace.analysis.pipeline import analyze
 from topotrace.report_templates.words import (
     CLAIM_SHORT,
-    TREND_TEXT,
     VERDICT_STYLE,
     effect_text,
     interval,
-    interval_kind,
     number,
-    percent,
     scope_note,
     trend_effect,
+    trend_name,
 )
+from topotrace.report_templates.words import terminal as say
 
 # None: the pipeline's own default (for the measure: logit_margin when the store has it)
 ANALYSIS_DEFAULTS = {"probe_set": "heldout", "measure": None, "layouts": None, "n_bins": 5,
@@ -45,7 +44,6 @@ ANALYSIS_DEFAULTS = {"probe_set": "heldout", "measure": None, "layouts": None, "
 # than its width (never "…"), and the layer column is as wide as the longest layer name (up to LAYER_WIDTH), so
 # a layer name is printed whole on one line.
 LAYER_WIDTH = 28
-COURSE_EXTREMES = ("rises then falls back", "dips then recovers")
 
 
 def add_analysis_options(parser: argparse.ArgumentParser) -> None:
@@ -211,15 +209,11 @@ def run(args: argparse.Namespace) -> int:
                                 f"{res.steps[-1]}), probe set ", visible(repr(res.probe_set)), ", confidence ",
                                 visible(repr(res.primary_measure)), f" — {state} in {seconds:.1f} s"))
     found = run_findings(res, **thresholds)
-    console.print(Text("Does a sample's activity become stronger and more class-distinct with training time and "
-                       f"with confidence ({visible(res.primary_measure)})?", style="bold"))
+    console.print(Text(say.question(visible(res.primary_measure)), style="bold"))
     for part in findings_tables(found, res.primary_measure):
         console.print(part)
     if found:
-        console.print(Text(f"{interval_kind(found[0])}. Effects: change of the mean from the first snapshot to the "
-                           "last (time; in the course, as a share of the first snapshot's mean); partial Spearman "
-                           "correlation given the class at the last snapshot (confidence). The report lists every "
-                           f"confidence measure. Rule: {found[0].rule}"))
+        console.print(Text(say.effects_note(found)))
         note = scope_note(found)
         if note:
             console.print(Text(note, style="bold"))
@@ -227,8 +221,7 @@ def run(args: argparse.Namespace) -> int:
     if trends:
         console.print(beyond_table(trends))
         if res.loss_min >= 0:
-            console.print(Text(f"held-out loss minimum at step {int(res.steps[res.loss_min])} (snapshot "
-                               f"{res.loss_min + 1} of {res.n_snapshots})"))
+            console.print(Text(say.loss_minimum_line(int(res.steps[res.loss_min]), res.loss_min, res.n_snapshots)))
     console.print(layouts_table(res))
     console.print(Text(f"cache: {visible(cache)}"))
     return 0
@@ -284,13 +277,9 @@ def course_lines(found: list) -> list[Text]:
     lines = []
     for f in found:
         if f.versus == "time" and f.course:
-            at = (f" ({'peak' if f.course == 'rises then falls back' else 'trough'} {number(f.extreme_value)} at "
-                  f"step {f.extreme_step:,})") if f.extreme_step >= 0 and f.course in COURSE_EXTREMES else ""
-            lines.append(Text.assemble("  ", (visible(f.layer), "bold"), f": {f.course}{at}, change "
-                                       f"{percent(f.relative)}"))
+            lines.append(Text.assemble("  ", (visible(f.layer), "bold"), f": {say.course_text(f)}"))
     if lines:
-        lines.insert(0, Text(f"Course of the mean per-sample {found[0].quantity} over training (change as a share "
-                             "of the first snapshot's):"))
+        lines.insert(0, Text(say.course_header(found[0].quantity)))
     return lines
 
 
@@ -302,14 +291,12 @@ def beyond_table(trends: list) -> Table:
     """
     from .cli import visible
 
-    table = Table(title="Beyond the study: trends over training (bootstrap over probe samples, same rule with no "
-                        "smallest effect of interest)")
+    table = Table(title=say.BEYOND_TITLE)
     layer_column(table, [visible(f.layer or "(run)") for f in trends])
     for col in ("trend", "effect", "95 % interval", "verdict"):
         table.add_column(col, overflow="fold")
     for f in trends:
-        what = TREND_TEXT.get(f.claim, f.claim) + (f" ({f.measure})" if f.claim == "ece_rises_after_loss_minimum"
-                                                   else "")
+        what = trend_name(f)
         effect, span = trend_effect(f)
         table.add_row(Text(visible(f.layer or "(run)")), Text(visible(what)), Text(effect), Text(span),
                       Text(f.verdict, style=VERDICT_STYLE.get(f.verdict, "")))
@@ -320,7 +307,7 @@ def layouts_table(res) -> Table:
     """Each layer's layouts with their quality scores (the default marked *)."""
     from .cli import visible
 
-    table = Table(title="Layouts (default marked *)")
+    table = Table(title=say.LAYOUTS_TITLE)
     layer_column(table, [visible(name) for name in res.layers])
     table.add_column("layout", overflow="fold")
     for col in ("trust", "Shepard", "smooth", "s"):

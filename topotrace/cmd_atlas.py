@@ -54,12 +54,13 @@ def atlas_table(atlas: dict) -> Table:
     Each study has a row of its own (its name in bold) above its layers, so that the layer column is as wide as
     the longest layer name and a name is printed whole at 80 columns; cells wrap at spaces, never "…".
     """
-    from topotrace.report_templates.words import CLAIM_SHORT, number
+    from topotrace.report_templates.words import CLAIM_SHORT
+    from topotrace.report_templates.words import terminal as say
 
     from .cli import visible
     from .cmd_analyze import layer_column
 
-    table = Table(title=f"Atlas {visible(atlas['name'])}: verdicts across seeds {atlas['seeds']}")
+    table = Table(title=say.atlas_title(visible(atlas["name"]), atlas["seeds"]))
     layer_column(table, ["  " + visible(row["layer"]) for e in atlas["entries"] for row in e["layers"]],
                  "study, layer")
     table.add_column("depth", justify="right", overflow="fold")
@@ -73,6 +74,6 @@ def atlas_table(atlas: dict) -> Table:
             cells = []
             for claim in atlas["claims"]:
                 c = row["claims"].get(claim)
-                cells.append(Text(f"{number(c['effect'])} {c['verdict']}" if c else "-"))
+                cells.append(Text(say.atlas_cell(c["effect"], c["verdict"]) if c else "-"))
             table.add_row(Text("  " + visible(row["layer"])), f"{row['relative_depth']:.2f}", *cells)
     return table

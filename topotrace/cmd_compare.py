@@ -128,11 +128,12 @@ def side_by_side_table(rows: list[dict], labels: list[str]) -> Table:
         labels: the runs' labels, in the order of each row's cells.
     """
     from topotrace.report_templates.words import VERDICT_STYLE
+    from topotrace.report_templates.words import terminal as say
 
     from .cli import visible
     from .cmd_analyze import layer_column
 
-    table = Table(title="Findings side by side (each run's own 95 % bootstrap interval)")
+    table = Table(title=say.SIDE_BY_SIDE_TITLE)
     layer_column(table, [visible(r["layer"]) for r in rows])
     table.add_column("claim", overflow="fold")
     for label in labels:

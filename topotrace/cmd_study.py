@@ -244,7 +244,7 @@ def _train_and_report(study, console: Console, args: argparse.Namespace, timings
 
 def print_study_findings(console: Console, found: list) -> None:
     """The findings across the runs as a table, as ``topotrace analyze`` prints one run's (readable at 80 columns)."""
-    from topotrace.report_templates.words import interval_kind
+    from topotrace.report_templates.words import terminal as say
 
     from .cli import visible
     from .cmd_analyze import findings_tables
@@ -252,9 +252,8 @@ def print_study_findings(console: Console, found: list) -> None:
     if not found:
         return
     measure = next((f.measure for f in found if f.measure), "")
-    console.print(Text(f"Findings across {found[0].n_runs} runs (confidence: {visible(measure)})", style="bold"))
+    console.print(Text(say.study_title(found[0].n_runs, visible(measure)), style="bold"))
     for part in findings_tables(found, measure):
         console.print(part)
-    console.print(Text(f"{interval_kind(found[0])}. {found[0].rule} Every run's value and every confidence "
-                       "measure: findings.json and the report."))
+    console.print(Text(say.study_note(found)))
     sys.stdout.flush()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from topotrace.analysis.vocabulary import HOLDS
 from topotrace.instrument.store import STORE_FILE, Store, StoreError, writer_state
 from topotrace.report_templates.outputs import atomic_output, check_output, written_by_topotrace
 
@@ -95,7 +96,7 @@ def _verdicts(path: Path) -> dict[str, tuple[int, int]]:
         if not isinstance(f, dict) or f.get("measure", "") not in ("", primary):
             continue
         tally = out.setdefault(str(f.get("claim", "")), [0, 0])
-        tally[0] += f.get("verdict") in ("supported", "holds in this run")
+        tally[0] += f.get("verdict") in HOLDS
         tally[1] += 1
     return {k: (v[0], v[1]) for k, v in out.items()}
 
