@@ -146,9 +146,9 @@ def check_layouts(text: str) -> list[str]:
     """The methods of ``--layouts`` (comma-separated), each known and installed, checked before any work.
 
     Raises:
-        ValueError: one line: no method named, an unknown one (listing the methods), or umap without its package.
+        ValueError: one line: no method named, an unknown one (listing the methods), or one without its package.
     """
-    from topotrace.analysis.layouts import HAS_UMAP
+    from topotrace.analysis.layouts import REGISTRY
 
     names = [m.strip() for m in str(text).split(",") if m.strip()]
     if not names:
@@ -157,10 +157,11 @@ def check_layouts(text: str) -> list[str]:
     for m in names:
         if m not in METHODS:
             raise ValueError(f"Unknown layout method {m!r} for '--layouts'. Available: {list(METHODS)}.")
-    if "umap" in names and not HAS_UMAP:
-        raise ValueError("The layout method 'umap' of '--layouts' needs the package umap-learn, which is not "
-                         "installed: pip install umap-learn, or choose among "
-                         f"{', '.join(m for m in METHODS if m != 'umap')}.")
+    for m in names:
+        if not REGISTRY[m].available():
+            raise ValueError(f"The layout method {m!r} of '--layouts' needs the package {REGISTRY[m].package}, which "
+                             f"is not installed: pip install {REGISTRY[m].package}, or choose among "
+                             f"{', '.join(k for k in METHODS if REGISTRY[k].available())}.")
     return names
 
 
