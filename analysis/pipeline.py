@@ -58,7 +58,9 @@ from threadpoolctl import threadpool_limits
 from topotrace.instrument.store import Store, resolve_store_path, writer_state
 
 from . import calibration, collapse, evidence, incremental, maps, naps, stats
+from . import params as analysis_params
 from .layouts import NeuronLayout, shepard_score, trustworthiness_score
+from .params import ANALYSIS_VERSION, AnalysisParams  # noqa: F401 (ANALYSIS_VERSION: importable from here)
 from .results import (
     AnalysisResults,
     Calibration,
@@ -72,21 +74,16 @@ from .results import (
     save_results,
 )
 
-ANALYSIS_VERSION = 12  # 2: partial Spearman, robust layout scaling, default rule; 3: bin names; 4: map regions;
-# 5: layers say whether they are non-negative; 6: per-sample evidence, per-snapshot bins, no trend p-values;
-# 7: non-finite values left out per statistic (with counts), layouts without non-finite neurons, divergence;
-# 8: calibration (ECE, reliability, temperature), dormant units, NC1, train-vs-probe NAP gap, trends;
-# 9: maps on a 128 x 128 grid with the region's outline; 10: distinctness from centred float64 values, trend
-# resamples paired over the two ends; 11: temp_prob_cv (temperature cross-fitted on halves of each probe set);
-# 12: r NaN below 3 samples (within class: below 1 degree of freedom), no layouts with fewer than 2 classes
-ALPHA = 0.05
-GRID = 128  # map image side in pixels (issue 10): a map tile is ~170 CSS px wide, so a pixel is ~1.3 CSS px
-RANDOM_STATE = 0
-CKA_MAX_SAMPLES = 512  # CKA uses a fixed, seeded subset of at most this many probe samples
+ALPHA = AnalysisParams.alpha  # the defaults of the parameters (analysis/params.py), by their old names
+GRID = AnalysisParams.grid  # map side in pixels (issue 10): a map tile is ~170 CSS px wide, a pixel ~1.3 CSS px
+RANDOM_STATE = AnalysisParams.random_state
+CKA_MAX_SAMPLES = AnalysisParams.cka_max_samples  # CKA uses a fixed, seeded subset of at most this many samples
+MIN_MAP_FILL = AnalysisParams.min_map_fill  # see pick_default_layout; a round body fills about 0.6-0.8 of its square
+N_BOOT_TRENDS = AnalysisParams.n_boot_trends  # bootstrap resamples of the probe samples behind the trends
+ECE_BINS = AnalysisParams.ece_bins
 MAX_TSNE_NEURONS = 2048
 MAX_MDS_NEURONS = 256
 MAX_WORKERS = 4  # threads computing snapshots in parallel (capped by the CPU count)
-MIN_MAP_FILL = 0.4  # see pick_default_layout; a round body fills about 0.6-0.8 of its square
 # A snapshot is diverged when more than this share of the probe samples has non-finite outputs (loss or a
 # confidence measure) or more than this share of some layer's activation values (samples x neurons) is non-finite
 # (a share of values, so one NaN neuron is not a divergence: it is left out and placed nowhere); the run diverged
@@ -95,12 +92,10 @@ DIVERGED_SHARE = 0.5
 # While the store is recorded, an incremental analysis keeps the cache's reference snapshot (its layouts, CKA to it)
 # until the analysed snapshot count reaches this multiple of the count at it: O(log S) moves over a live run.
 LAYOUT_REFIT_GROWTH = 1.5
-N_BOOT_TRENDS = 200  # bootstrap resamples of the probe samples behind the trends (dormant share, NC1, ECE)
 TRAIN_PROBE = "train"  # the probe set drawn from the training data (overfitting view)
 HELDOUT_PROBE = "heldout"
 # Recorded probabilities of the predicted class (argmax of the logits); the analysis adds temp_prob_cv.
 CALIBRATED_MEASURES = ("max_prob", "temp_prob")
-ECE_BINS = calibration.ECE_BINS
 
 Progress = Callable[[str, int, int], None]
 
@@ -129,14 +124,14 @@ def map_fill(layout: LayoutResult) -> float:
     return len(layout.interp.pixel) / float(h * w)
 
 
-def pick_default_layout(layouts: dict[str, LayoutResult]) -> str:
+def pick_default_layout(layouts: dict[str, LayoutResult], min_fill: float = MIN_MAP_FILL) -> str:
     """The layout the report draws maps on: the most trustworthy among those whose map fills its square.
 
-    Among layouts with :func:`map_fill` >= :data:`MIN_MAP_FILL`, the highest trustworthiness wins (ties:
-    ``force+declutter``); if no layout fills that much, the one with the largest fill. Trustworthiness alone
-    would pick a layout whose map is a thin strip or scattered islands, which shows little.
+    Among layouts with :func:`map_fill` >= ``min_fill`` (the ``min_map_fill`` parameter), the highest
+    trustworthiness wins (ties: ``force+declutter``); if no layout fills that much, the one with the largest fill.
+    Trustworthiness alone would pick a layout whose map is a thin strip or scattered islands, which shows little.
     """
-    full = [k for k in layouts if map_fill(layouts[k]) >= MIN_MAP_FILL]
+    full = [k for k in layouts if map_fill(layouts[k]) >= min_fill]
     if not full:
         return max(layouts, key=lambda k: map_fill(layouts[k]))
     return max(full, key=lambda k: (layouts[k].trustworthiness, k == "force+declutter"))
@@ -232,7 +227,7 @@ class _LayerPass:
              "excluded_samples", "dormant", "dormant_mask", "nc1", "boot_ends")
 
     def __init__(self, n_s: int, n_neurons: int, measures: Sequence[str], n_bins: int, group_sizes: dict[str, int],
-                 n_samples: int):
+                 n_samples: int, n_boot_trends: int = N_BOOT_TRENDS):
         m = len(measures)
         shape = (m, n_s, n_neurons)  # measure first: each measure's (S, N) block is contiguous
         self.measures = list(measures)
@@ -251,7 +246,7 @@ class _LayerPass:
         self.dormant_mask = np.zeros((n_s, n_neurons), bool)
         self.nc1 = np.full(n_s, np.nan)
         # bootstrap replicates over probe samples of (dormant share, NC1); filled at the first and last snapshot
-        self.boot_ends = np.full((n_s, 2, N_BOOT_TRENDS), np.nan, np.float32)
+        self.boot_ends = np.full((n_s, 2, n_boot_trends), np.nan, np.float32)
         self.per_sample = np.full((2, n_s, n_samples), np.nan)  # strength and distinctness of every probe sample
         self.sample_corr: list[dict[str, np.ndarray]] = [{}] * n_s  # their correlations with confidence
 
@@ -327,19 +322,14 @@ class _Cka:
 def analyze(
     store_path: str | os.PathLike,
     cache_path: str | os.PathLike | None = None,
+    params: AnalysisParams | None = None,
     *,
-    probe_set: str = "heldout",
-    measure: str | None = None,
-    bins: str = "snapshot",
-    layout_methods: Sequence[str] | None = None,
-    default_layout: str | None = None,
-    n_bins: int = 5,
     refresh: bool = False,
     progress: Progress | None = None,
     until_good: bool = False,
     cluster: SnapshotCluster | None = None,
-    dormant_tau: float = collapse.DORMANT_TAU,
     provisional_layouts: bool | None = None,
+    **overrides: object,
 ) -> AnalysisResults:
     """Analyse a store (or load the cached analysis if the store and parameters are unchanged).
 
@@ -351,18 +341,7 @@ def analyze(
     Args:
         store_path: the store file, or a run folder holding ``store.h5``.
         cache_path: the cache file; default ``analysis.h5`` in the store's folder.
-        probe_set: probe set whose activations the layer results describe (curves cover every probe set).
-        measure: primary confidence measure: it defines the confidence bins and leads the findings; default
-            ``logit_margin`` when the store has it (it does not saturate late in training as ``max_prob``
-            does), else the store's first measure.
-        bins: ``"snapshot"`` (default): quantile bins of each snapshot ("relative confidence": every bin holds
-            the same share of samples at every snapshot); ``"pooled"``: edges from all snapshots pooled (a bin
-            is the same confidence range at every snapshot, and late bins may be empty).
-        layout_methods: layout methods (see :class:`.layouts.NeuronLayout`), each followed by declutter;
-            default :func:`default_layout_methods` per layer.
-        default_layout: key of the layout used for the report's maps (e.g. ``"force+declutter"``); default
-            :func:`pick_default_layout`.
-        n_bins: B, quantile bins of the primary measure.
+        params: the analysis parameters (:class:`.params.AnalysisParams`); default: the defaults.
         refresh: recompute even if the cache matches.
         progress: called as ``progress(stage, done, total)`` while computing.
         until_good: for a store with a damaged snapshot, analyse the snapshots before it (see
@@ -370,63 +349,52 @@ def analyze(
         cluster: compute the snapshots on a Dask cluster
             (:func:`topotrace.analysis.distributed.dask_cluster`); its workers open the store by its path.
             Default: in this process, with a thread pool. The results are the same either way.
-        dormant_tau: tau of the tau-dormant units (``docs/analysis.md``), >= 0; default 0.025 (Sokar et al.).
         provisional_layouts: whether an incremental analysis may keep the cached reference snapshot (the
             layouts fitted on it and the CKA to it, :data:`LAYOUT_REFIT_GROWTH`); default: while a writer records
             into the store (:func:`topotrace.instrument.store.writer_state` is ``"live"``). ``False``: the
             reference is always the last snapshot, as in a fresh analysis. Not part of the cache key.
+        **overrides: parameters by name, over ``params`` (e.g. ``probe_set="train"``, ``n_bins=3``,
+            ``layout_methods=["pca"]``, ``dormant_tau=0.1``; ``None`` keeps the default): among them
+            ``probe_set`` (whose activations the layer results describe; the curves cover every probe set),
+            ``measure`` (the primary confidence measure: it defines the confidence bins and leads the findings;
+            default ``logit_margin`` when the store has it, else the store's first measure), ``bins``
+            (``"snapshot"``: quantile bins of each snapshot; ``"pooled"``: edges from all snapshots pooled),
+            ``layout_methods`` (default :func:`default_layout_methods` per layer) and ``default_layout`` (default
+            :func:`pick_default_layout`).
 
     Returns:
         :class:`AnalysisResults`; for a run that diverged (:data:`DIVERGED_SHARE`), of the snapshots before
         its diverged tail, with ``divergence`` saying where it diverged.
 
     Raises:
+        TypeError: an unknown parameter name, or a parameter of the wrong kind.
         ValueError: invalid parameters, a store without snapshots, or one diverged from its first snapshot on.
     """
     t_start = time.perf_counter()
+    params = AnalysisParams.make(params, **overrides)  # every check of a parameter, before any work
     path = resolve_store_path(store_path)
     cache = Path(cache_path) if cache_path is not None else path.parent / "analysis.h5"
     cache.parent.mkdir(parents=True, exist_ok=True)  # fail here, not after the work, if it cannot be made
-    if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool):
-        raise TypeError(f"The 'n_bins' parameter must be an int. Got {type(n_bins).__name__} instead.")
-    if n_bins < 1:
-        raise ValueError(f"The 'n_bins' parameter must be >= 1. Got {n_bins} instead.")
-    if isinstance(dormant_tau, bool) or not isinstance(dormant_tau, (int, float, np.floating)) \
-            or not np.isfinite(dormant_tau) or dormant_tau < 0:
-        raise ValueError(f"The 'dormant_tau' parameter must be a number >= 0 (share of the layer's mean |activation| "
-                         f"at or below which a unit counts as dormant). Got {dormant_tau!r} instead.")
-    if bins not in ("snapshot", "pooled"):
-        raise ValueError(f"The 'bins' parameter must be 'snapshot' or 'pooled'. Got {bins!r} instead.")
     if provisional_layouts is not None and not isinstance(provisional_layouts, bool):
         raise TypeError(f"The 'provisional_layouts' parameter must be None, True or False. Got "
                         f"{provisional_layouts!r} instead.")
-    if layout_methods is not None:
-        if isinstance(layout_methods, str):
-            raise TypeError("The 'layout_methods' parameter must be a list of method names, not a str.")
-        layout_methods = list(layout_methods)
-    params = {
-        "analysis_version": ANALYSIS_VERSION, "probe_set": probe_set, "measure": measure,
-        "layout_methods": layout_methods, "default_layout": default_layout, "n_bins": int(n_bins), "bins": bins,
-        "alpha": ALPHA, "grid": GRID, "min_map_fill": MIN_MAP_FILL, "random_state": RANDOM_STATE,
-        "cka_max_samples": CKA_MAX_SAMPLES,
-        "layout_features": "class NAPs at the last snapshot", "metric": "cosine", "n_boot": evidence.N_BOOT,
-        "dormant_tau": float(dormant_tau), "ece_bins": ECE_BINS, "n_boot_trends": N_BOOT_TRENDS,
-    }
     report = progress or (lambda stage, done, total: None)
     keep_provisional = _provisional_allowed(path, provisional_layouts)  # before this process opens the store
+    probe_set = params.probe_set
     with Store(path, until_good=until_good) as store:
         if store.n_snapshots == 0:
             raise ValueError(f"{path} has no committed snapshots yet; nothing to analyse.")
         if probe_set not in store.probes:
             raise ValueError(f"The 'probe_set' parameter must be one of {sorted(store.probes)}. "
                              f"Got {probe_set!r} instead.")
-        if measure is None:
-            measure = "logit_margin" if "logit_margin" in store.measures else store.measures[0]
-        params["measure"] = measure
-        if measure not in store.measures:
-            raise ValueError(f"The 'measure' parameter must be one of {list(store.measures)}. Got {measure!r} instead.")
+        if params.measure is None:
+            params = replace(params, measure="logit_margin" if "logit_margin" in store.measures
+                             else store.measures[0])
+        if params.measure not in store.measures:
+            raise ValueError(f"The 'measure' parameter must be one of {list(store.measures)}. "
+                             f"Got {params.measure!r} instead.")
         fingerprint = json.dumps(store_fingerprint(store), sort_keys=True)
-        key = {"fingerprint": fingerprint, "params_key": json.dumps(params, sort_keys=True)}
+        key = {"fingerprint": fingerprint, "params_key": params.key_json()}
         if not refresh:
             cached = _load_cache(cache, fingerprint, key["params_key"])
             if cached is not None and (cached.reference_snapshot < 0 or keep_provisional):
@@ -439,8 +407,7 @@ def analyze(
             raise ValueError(f"{path} diverged from its first snapshot (step {divergence.step}) on: {what} hold more "
                              f"than {DIVERGED_SHARE:.0%} non-finite values for the {probe_set!r} probe set at every "
                              "snapshot; nothing finite to analyse.")
-        base = None if refresh or bins != "snapshot" else _incremental_base(cache, store, key["params_key"], n_s,
-                                                                             probe_set)
+        base = None if refresh or params.bins != "snapshot" else _incremental_base(cache, store, params, n_s)
         n_old = base.state.n_snapshots if base is not None else 0
         ref_at = -1  # the provisional reference snapshot (layouts, CKA); -1: the last one
         cached_ref = -1 if base is None else \
@@ -448,36 +415,34 @@ def analyze(
         if base is not None and keep_provisional and n_s < LAYOUT_REFIT_GROWTH * (cached_ref + 1):
             ref_at = cached_ref
         sha_thread, sha = _sha256_async(store)
-        task = {"path": str(path), "until_good": bool(until_good), "probe": probe_set, "measure": measure,
-                "bins_mode": bins, "n_bins": int(n_bins), "n_s": int(n_s), "fingerprint": fingerprint,
-                "tau": float(dormant_tau)}
+        task = {"path": str(path), "until_good": bool(until_good), "n_s": int(n_s), "fingerprint": fingerprint,
+                "params": params.to_dict()}
         report("training curves", 0, 1)
         curves = _curves(store, n_s)
         report("training curves", 1, 1)
+        run = LayerRun(store, params, n_s, outcome_ok[:n_s], report, cluster, task, ref_at)
         layers, states = {}, {}
         # One BLAS thread throughout: every product here is small or already runs on a worker per core, and
         # OpenBLAS's threads spin while they wait, which on a busy machine made small layouts up to 40x slower.
         with threadpool_limits(1, user_api="blas"):
             for name in store.layers:
                 layers[name], states[name] = _analyze_layer(
-                    store, name, probe_set, measure, bins, layout_methods, default_layout, n_bins, report, n_s,
-                    outcome_ok[:n_s], cluster, task, float(dormant_tau),
-                    base=None if base is None else (base.results.layers[name], base.state.layers[name], n_old,
-                                                    cached_ref),
-                    reference=ref_at)
+                    run, name, None if base is None else (base.results.layers[name], base.state.layers[name], n_old,
+                                                          cached_ref))
         sha_thread.join()
         ref_probe = next((p for p in (HELDOUT_PROBE, probe_set) if p in store.probes and p != TRAIN_PROBE), None)
         loss_min = loss_minimum(curves, ref_probe) if ref_probe else -1
         res = AnalysisResults(
             store_path=str(path), store_sha256=sha[0] if sha else "", n_snapshots=n_s,
-            steps=store.steps[:n_s], epochs=store.epochs[:n_s], probe_set=probe_set, primary_measure=measure,
+            steps=store.steps[:n_s], epochs=store.epochs[:n_s], probe_set=probe_set, primary_measure=params.measure,
             measures=list(store.measures), class_names=list(store.class_names), curves=curves, layers=layers,
-            params=params | {"seconds": round(time.perf_counter() - t_start, 3)}, meta=store.meta,
+            params=params.key() | {"seconds": round(time.perf_counter() - t_start, 3)}, meta=store.meta,
             nonfinite_outputs=(~outcome_ok[:n_s]).sum(axis=1).astype(np.int64), divergence=divergence,
-            calibration=_calibration(store, n_s, n_old, None if base is None else base.results.calibration),
+            calibration=_calibration(store, n_s, params.ece_bins, n_old,
+                                     None if base is None else base.results.calibration),
             temperature=(np.asarray(store.temperature[:n_s], np.float64) if store.temperature is not None
                          else np.zeros(0)),
-            loss_min=loss_min, ece_trend=_ece_trend(store, ref_probe, n_s, loss_min) if ref_probe else {},
+            loss_min=loss_min, ece_trend=_ece_trend(store, ref_probe, n_s, loss_min, params) if ref_probe else {},
             reference_snapshot=ref_at,
         )
         prefix = incremental.prefix_digest(store, n_s)
@@ -513,11 +478,11 @@ class _Base:
     state: incremental.State
 
 
-def _incremental_base(cache: Path, store: Store, params_key: str, n_s: int, probe: str) -> _Base | None:
+def _incremental_base(cache: Path, store: Store, params: AnalysisParams, n_s: int) -> _Base | None:
     """The cached analysis to extend to the first ``n_s`` snapshots of ``store``, or ``None`` (start afresh).
 
     It counts when the cache and its sidecar (:func:`.incremental.state_path`) belong together (the sidecar names
-    the cache's fingerprint, parameters and SHA-256), were made with ``params_key`` (which holds
+    the cache's fingerprint, parameters and SHA-256), were made with ``params`` (whose key holds
     :data:`ANALYSIS_VERSION`), hold S <= ``n_s`` snapshots of a run that had not diverged, and the store's first
     S snapshots are still the ones analysed (:func:`.incremental.prefix_digest`: not cut and re-recorded). A
     missing, unreadable, damaged or older cache or sidecar gives ``None``.
@@ -525,6 +490,7 @@ def _incremental_base(cache: Path, store: Store, params_key: str, n_s: int, prob
     spath = incremental.state_path(cache)
     if not (cache.is_file() and spath.is_file()):
         return None
+    params_key, probe = params.key_json(), params.probe_set
     try:
         st = incremental.load_state(spath)
         attrs = read_cache_attrs(cache)
@@ -540,12 +506,12 @@ def _incremental_base(cache: Path, store: Store, params_key: str, n_s: int, prob
                 or sorted(res.calibration) != sorted(store.probes):
             return None
         n = len(store.labels(probe))
-        summary_keys = sorted(k + sfx for k in stats.corr_summary(np.zeros(1), np.ones(1), ALPHA)
+        summary_keys = sorted(k + sfx for k in stats.corr_summary(np.zeros(1), np.ones(1), params.alpha)
                               for sfx in ("", "_within"))
         for name, lr in res.layers.items():
             ls, n_neurons = st.layers[name], store.layers[name].n_neurons
             if lr.n_neurons != n_neurons or ls.per_sample.shape != (2, n_old, n) \
-                    or ls.boot_ends.shape != (2, 2, N_BOOT_TRENDS) or lr.cka.shape != (n_old,) \
+                    or ls.boot_ends.shape != (2, 2, params.n_boot_trends) or lr.cka.shape != (n_old,) \
                     or sorted(lr.corr) != sorted(store.measures) \
                     or any(cr.pearson.shape != (n_old, n_neurons) or sorted(cr.summary) != summary_keys
                            or any(v.shape != (n_old,) for v in cr.summary.values()) for cr in lr.corr.values()) \
@@ -573,7 +539,8 @@ def _load_cache(cache: Path, fingerprint: str, params_key: str | None = None) ->
     try:
         attrs = read_cache_attrs(cache)
         made_with = str(attrs.get("params_key", "{}"))
-        if attrs.get("fingerprint") != fingerprint or json.loads(made_with).get("analysis_version") != ANALYSIS_VERSION:
+        if attrs.get("fingerprint") != fingerprint or json.loads(made_with).get("analysis_version") != \
+                analysis_params.ANALYSIS_VERSION:
             return None
         if params_key is not None and made_with != params_key:
             return None
@@ -626,11 +593,10 @@ class LayerContext:
     boot: evidence.Bootstrap
     cka: _Cka
     steps: np.ndarray  # (S_total,)
-    tau: float = collapse.DORMANT_TAU  # threshold of the tau-dormant units
+    params: AnalysisParams
 
 
-def layer_context(store: Store, name: str, probe: str, measure: str, bins_mode: str, n_bins: int, n_s: int,
-                  outcome_ok: np.ndarray, tau: float = collapse.DORMANT_TAU,
+def layer_context(store: Store, name: str, params: AnalysisParams, n_s: int, outcome_ok: np.ndarray,
                   cka_ref: int | None = None) -> LayerContext:
     """The context of one layer over the first ``n_s`` snapshots (the last of them is the CKA reference).
 
@@ -638,6 +604,7 @@ def layer_context(store: Store, name: str, probe: str, measure: str, bins_mode: 
     group and out of the correlations and per-sample statistics). ``cka_ref``: another CKA reference snapshot
     (a provisional one, :func:`analyze`).
     """
+    probe, measure, n_bins, seed = params.probe_set, params.measure, params.n_bins, params.random_state
     labels = store.labels(probe)
     preds, corrects = store.pred(probe)[:n_s], store.correct(probe)[:n_s]
     measures = list(store.measures)
@@ -647,7 +614,7 @@ def layer_context(store: Store, name: str, probe: str, measure: str, bins_mode: 
         primary = np.where(outcome_ok, primary, np.nan)
         preds = np.where(outcome_ok, preds, -1)
         corrects = np.where(outcome_ok, corrects, -1)
-    if bins_mode == "pooled":
+    if params.bins == "pooled":
         edges = naps.confbin_edges(primary, n_bins)
         bins = naps.assign_bins(primary, edges)
         names_b = naps.bin_names(edges)
@@ -657,11 +624,11 @@ def layer_context(store: Store, name: str, probe: str, measure: str, bins_mode: 
     n_classes = len(store.class_names)
     sizes = {g: naps.group_index(g, labels, labels, labels, labels, n_classes, n_bins)[1] for g in naps.GROUPINGS}
     n = len(labels)
-    boot = evidence.Bootstrap(labels, n_classes, seed=RANDOM_STATE)
+    boot = evidence.Bootstrap(labels, n_classes, params.n_boot, seed=seed)
     n_present = len(np.unique(labels))
     df, df_within = n - 2, n - n_present - 1
-    sub = np.sort(np.random.default_rng(RANDOM_STATE).permutation(n)[:CKA_MAX_SAMPLES]) if n > CKA_MAX_SAMPLES \
-        else slice(None)
+    n_cka = params.cka_max_samples
+    sub = np.sort(np.random.default_rng(seed).permutation(n)[:n_cka]) if n > n_cka else slice(None)
     cka = _Cka(store.acts(probe, name, n_s - 1 if cka_ref is None else cka_ref, dtype=None), sub)
     offsets = np.cumsum([0] + [sizes[g] for g in naps.GROUPINGS])
     off = dict(zip(naps.GROUPINGS, offsets[:-1]))
@@ -670,7 +637,7 @@ def layer_context(store: Store, name: str, probe: str, measure: str, bins_mode: 
     steps = store.steps
     return LayerContext(name, probe, n, store.layers[name].n_neurons, n_classes, n_bins, measures, labels, preds,
                         corrects, bins, names_b, conf_all, outcome_ok, sizes, off, g_total, cols, df, df_within, boot,
-                        cka, steps, float(tau))
+                        cka, steps, params)
 
 
 def _stream_layer(store: Store, ctx: LayerContext, lp: _LayerPass, done_cb: Callable[[int], None],
@@ -808,11 +775,11 @@ def process_snapshot(ctx: LayerContext, s: int, stored: np.ndarray, ws: stats.Wo
                 lp.strength_by_bin[t, b] = abs_sums[b] / (n_bin[b] * n_neurons)
         lp.cka[t] = cka.score(a, keep)
         ak, lk = (a, labels) if keep is None else (a[kept], labels[kept])
-        lp.dormant[t], lp.dormant_mask[t] = collapse.dormant_share(ak, ctx.tau)
+        lp.dormant[t], lp.dormant_mask[t] = collapse.dormant_share(ak, ctx.params.dormant_tau)
         lp.nc1[t] = collapse.nc1(ak, lk, n_classes)
         if s in (0, len(ctx.conf_all) - 1) and len(lk):  # the ends of the trends: replicates over probe samples
-            for b, i in enumerate(trend_resamples(n, keep)):  # the same resamples at both ends: paired
-                lp.boot_ends[t, 0, b] = collapse.dormant_share(ak[i], ctx.tau)[0]
+            for b, i in enumerate(trend_resamples(n, keep, ctx.params)):  # the same resamples at both ends: paired
+                lp.boot_ends[t, 0, b] = collapse.dormant_share(ak[i], ctx.params.dormant_tau)[0]
                 lp.boot_ends[t, 1, b] = collapse.nc1(ak[i], lk[i], n_classes)
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
         raise ValueError(f"Analysis failed for layer {name!r} at snapshot {s} (step {steps[s]}, "
@@ -830,15 +797,15 @@ def task_context(store: Store, task: dict) -> LayerContext:
     if now != task["fingerprint"]:
         raise ValueError(f"{task['path']} changed while it was analysed (fingerprint {now} vs "
                          f"{task['fingerprint']} when the analysis started).")
-    n_s = task["n_s"]
-    return layer_context(store, task["name"], task["probe"], task["measure"], task["bins_mode"], task["n_bins"],
-                         n_s, _outcome_ok(store, task["probe"])[:n_s], tau=task.get("tau", collapse.DORMANT_TAU))
+    n_s, params = task["n_s"], AnalysisParams.from_dict(task["params"])
+    return layer_context(store, task["name"], params, n_s, _outcome_ok(store, params.probe_set)[:n_s])
 
 
-def trend_resamples(n: int, keep: np.ndarray | None = None) -> Iterator[np.ndarray]:
-    """The :data:`N_BOOT_TRENDS` bootstrap resamples of the probe samples behind the trends, paired over snapshots.
+def trend_resamples(n: int, keep: np.ndarray | None = None,
+                    params: AnalysisParams = AnalysisParams()) -> Iterator[np.ndarray]:
+    """The ``params.n_boot_trends`` bootstrap resamples of the probe samples behind the trends, paired over snapshots.
 
-    Drawn from one seed (:data:`RANDOM_STATE`) over all n probe samples, so the first and the last snapshot see
+    Drawn from one seed (``params.random_state``) over all n probe samples, so the first and the last snapshot see
     the same resamples and a change between them is a paired difference (with every snapshot identical, every
     replicate of the change is exactly 0). Where some samples are left out at a snapshot (``keep``, shape (n,),
     bool: the samples with finite activations and outputs), each resample keeps its draws of the remaining ones.
@@ -846,48 +813,68 @@ def trend_resamples(n: int, keep: np.ndarray | None = None) -> Iterator[np.ndarr
     Yields:
         Arrays of int indices into the kept samples (``np.flatnonzero(keep)``; into 0 .. n - 1 without ``keep``).
     """
-    rng = np.random.default_rng(RANDOM_STATE)
+    rng = np.random.default_rng(params.random_state)
     pos = None if keep is None else np.cumsum(keep) - 1  # sample -> its index among the kept samples
-    for _ in range(N_BOOT_TRENDS):
+    for _ in range(params.n_boot_trends):
         i = rng.integers(0, n, n)
         yield i if keep is None else pos[i[keep[i]]]
 
 
 def snapshot_row(ctx: LayerContext, s: int, stored: np.ndarray, ws: stats.Workspace) -> dict:
     """The results of snapshot ``s`` alone (``stored``: array of shape (n, N)), as :meth:`_LayerPass.row`."""
-    lp = _LayerPass(1, ctx.n_neurons, ctx.measures, ctx.n_bins, ctx.sizes, ctx.n)
+    lp = _LayerPass(1, ctx.n_neurons, ctx.measures, ctx.n_bins, ctx.sizes, ctx.n, ctx.params.n_boot_trends)
     process_snapshot(ctx, s, stored, ws, lp, 0)
     return lp.row(0)
 
 
-def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode: str,
-                   layout_methods: list[str] | None, default_layout: str | None, n_bins: int,
-                   report: Progress, n_s: int, outcome_ok: np.ndarray, cluster: SnapshotCluster | None = None,
-                   task: dict | None = None, tau: float = collapse.DORMANT_TAU,
-                   base: tuple[LayerResult, incremental.LayerState, int, int] | None = None,
-                   reference: int = -1) -> tuple[LayerResult, incremental.LayerState]:
-    """One layer over the first ``n_s`` snapshots (the last of them is the CKA reference).
+@dataclass
+class LayerRun:
+    """What the analysis of every layer of one store shares (:func:`_analyze_layer`).
 
-    ``outcome_ok`` (n_s, n), bool: samples with finite outputs (the others are in no prediction or confidence
-    group and out of the correlations and per-sample statistics). With ``cluster``, the snapshots are computed
-    by its workers from ``task`` (plain parameters: the store's path, the analysis parameters, the layer).
+    Attributes:
+        store: the open store.
+        params: the analysis parameters (the measure resolved).
+        n_s: the snapshots analysed (the last of them is the reference, unless ``reference`` >= 0).
+        outcome_ok: array of shape (n_s, n), bool: samples with finite outputs (the others are in no prediction or
+            confidence group and out of the correlations and per-sample statistics).
+        report: the progress callback.
+        cluster: computes the snapshots elsewhere from ``task`` (plain parameters: the store's path, the
+            analysis parameters; the layer is added), or ``None``: in this process.
+        task: the Dask task of the analysis.
+        reference: >= 0: a provisional reference snapshot (the cache's own); -1: the last snapshot.
+    """
+
+    store: Store
+    params: AnalysisParams
+    n_s: int
+    outcome_ok: np.ndarray
+    report: Progress
+    cluster: SnapshotCluster | None = None
+    task: dict | None = None
+    reference: int = -1
+
+
+def _analyze_layer(run: LayerRun, name: str, base: tuple[LayerResult, incremental.LayerState, int, int] | None = None
+                   ) -> tuple[LayerResult, incremental.LayerState]:
+    """One layer over the first ``run.n_s`` snapshots (:class:`LayerRun`).
 
     With ``base`` (the cached layer result, its sidecar arrays, their snapshot count S_old and the cache's
-    reference snapshot), the rows of
-    snapshots 0 .. S_old - 1 are taken from it and snapshots S_old .. n_s - 1 computed (in this process).
-    ``reference`` >= 0 (provisional, the cache's own reference snapshot): the cached layouts and CKA are kept and
-    the new snapshots' CKA is scored against that snapshot; else every snapshot's CKA is scored against the last
-    one (unless the cache's reference already is the last) and the layouts are fitted there.
+    reference snapshot), the rows of snapshots 0 .. S_old - 1 are taken from it and snapshots S_old .. n_s - 1
+    computed (in this process). ``run.reference`` >= 0 (provisional, the cache's own reference snapshot): the
+    cached layouts and CKA are kept and the new snapshots' CKA is scored against that snapshot; else every
+    snapshot's CKA is scored against the last one (unless the cache's reference already is the last) and the
+    layouts are fitted there.
 
     Returns:
         The layer's results and the per-sample arrays an incremental analysis needs next time.
     """
+    store, params, n_s, report, reference = run.store, run.params, run.n_s, run.report, run.reference
+    probe, measures = params.probe_set, list(store.measures)
     spec = store.layers[name]
     n_neurons = spec.n_neurons
-    ctx = layer_context(store, name, probe, measure, bins_mode, n_bins, n_s, outcome_ok, tau,
-                        None if reference < 0 else reference)
-    measures, names_b, boot = ctx.measures, ctx.names_b, ctx.boot
-    lp = _LayerPass(n_s, n_neurons, measures, n_bins, ctx.sizes, ctx.n)
+    ctx = layer_context(store, name, params, n_s, run.outcome_ok, None if reference < 0 else reference)
+    names_b, boot = ctx.names_b, ctx.boot
+    lp = _LayerPass(n_s, n_neurons, measures, params.n_bins, ctx.sizes, ctx.n, params.n_boot_trends)
     stage = f"{name}: snapshots"
     report(stage, 0, n_s)
     start, rescore = 0, False
@@ -901,8 +888,8 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
             lp.boot_ends[n_s - 1] = base[1].boot_ends[1]
     if start == n_s and not rescore:
         report(stage, n_s, n_s)
-    elif cluster is not None and base is None:  # one task per snapshot on a Dask cluster; results merged in order
-        for s, row in enumerate(cluster.map_snapshots(dict(task or {}, name=name), n_s)):
+    elif run.cluster is not None and base is None:  # one task per snapshot on a Dask cluster; merged in order
+        for s, row in enumerate(run.cluster.map_snapshots(dict(run.task or {}, name=name), n_s)):
             lp.set_row(s, row)
             report(stage, s + 1, n_s)
     else:
@@ -915,14 +902,14 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
     for j, m in enumerate(measures):
         summary: dict[str, np.ndarray] = {}
         for suffix, rk in (("", "pearson"), ("_within", "pearson_within")):
-            rows = [stats.corr_summary(lp.r[rk][j, s], lp.q[rk][j, s], ALPHA) for s in range(first, n_s)]
+            rows = [stats.corr_summary(lp.r[rk][j, s], lp.q[rk][j, s], params.alpha) for s in range(first, n_s)]
             for k in rows[0]:
                 summary[k + suffix] = np.array([r[k] for r in rows])
                 if first:  # the cached snapshots' rows (float64, as these)
                     summary[k + suffix] = np.concatenate([base[0].corr[m].summary[k + suffix][:first],
                                                           summary[k + suffix]])
         corr[m] = CorrResult(m, *(lp.r[k][j] for k in ("pearson", "spearman", "pearson_within", "spearman_within")),
-                             lp.q["pearson"][j], lp.q["pearson_within"][j], summary, ALPHA)
+                             lp.q["pearson"][j], lp.q["pearson_within"][j], summary, params.alpha)
     present = np.flatnonzero(np.isfinite(lp.naps["class"][-1]).any(axis=1))  # classes with a finite class NAP
     if len(present) < 2:
         held = f"one class ({store.class_names[present[0]]!r})" if len(present) else "no class with finite values"
@@ -932,11 +919,12 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
                       "distinctness is NaN. Analyse a probe set with at least 2 classes for them.", UserWarning,
                       stacklevel=2)
     layouts = base[0].layouts if reference >= 0 and base is not None else \
-        _layouts(grouped["class"].naps[-1], layout_methods, name, report)
+        _layouts(grouped["class"].naps[-1], params, name, report)
+    default_layout = params.default_layout
     if not layouts:
         default_layout = ""  # fewer than 3 neurons: no map
     elif default_layout is None:
-        default_layout = pick_default_layout(layouts)
+        default_layout = pick_default_layout(layouts, params.min_map_fill)
     elif default_layout not in layouts:
         raise ValueError(f"The 'default_layout' parameter must be one of {sorted(layouts)}. "
                          f"Got {default_layout!r} instead.")
@@ -950,7 +938,7 @@ def _analyze_layer(store: Store, name: str, probe: str, measure: str, bins_mode:
                 effect, reps = point[1] - point[0], last - first
             else:  # NC1 changes by orders of magnitude: its trend is the log of last / first
                 effect, reps = np.log(point[1] / point[0]), np.log(last / first)
-        trends[key] = trend_interval(effect, reps)
+        trends[key] = trend_interval(effect, reps, params.n_boot_trends)
     gap = _nap_gap(store, name, probe, lp.naps["class"], n_s, start, None if base is None else base[0].nap_gap) \
         if probe != TRAIN_PROBE else np.zeros(0)
     state = incremental.LayerState(lp.per_sample, lp.boot_ends[[0, n_s - 1]], lp.sample_corr)
@@ -988,13 +976,14 @@ def _fill_from_cache(lp: _LayerPass, lr: LayerResult, ls: incremental.LayerState
     lp.sample_corr[:n_old] = ls.sample_corr
 
 
-def trend_interval(effect: float, reps: np.ndarray) -> np.ndarray:
+def trend_interval(effect: float, reps: np.ndarray, n_boot: int = N_BOOT_TRENDS) -> np.ndarray:
     """``[effect, low, high]``: the effect with the 95 % percentile interval of its bootstrap replicates.
 
-    ``reps`` has shape (R,); non-finite replicates are left out; the bounds are NaN when fewer than half are finite.
+    ``reps`` has shape (R,); non-finite replicates are left out; the bounds are NaN when fewer than half of the
+    ``n_boot`` resamples gave a finite one.
     """
     reps = reps[np.isfinite(reps)]
-    if not np.isfinite(effect) or len(reps) < N_BOOT_TRENDS // 2:
+    if not np.isfinite(effect) or len(reps) < n_boot // 2:
         return np.array([effect, np.nan, np.nan])
     lo, hi = np.percentile(reps, [2.5, 97.5])
     return np.array([effect, lo, hi])
@@ -1059,7 +1048,7 @@ def _calibrated_conf(store: Store, probe: str, rows: np.ndarray) -> tuple[dict[s
     return out, temps
 
 
-def _calibration(store: Store, n_s: int, start: int = 0,
+def _calibration(store: Store, n_s: int, ece_bins: int, start: int = 0,
                  prev: dict[str, Calibration] | None = None) -> dict[str, Calibration]:
     """Calibration of every probe set over the first ``n_s`` snapshots (:class:`.results.Calibration`).
 
@@ -1075,9 +1064,9 @@ def _calibration(store: Store, n_s: int, start: int = 0,
         confs, temps = _calibrated_conf(store, p, np.arange(start, n_s))
         ece, counts, conf, acc = [], [], [], []
         for c in confs.values():
-            k, mc, a = calibration.reliability(c, correct, ECE_BINS)
+            k, mc, a = calibration.reliability(c, correct, ece_bins)
             counts.append(k), conf.append(mc), acc.append(a)
-            ece.append(calibration.ece(c, correct, ECE_BINS))
+            ece.append(calibration.ece(c, correct, ece_bins))
         arrays = [np.array(ece), np.array(counts), np.array(conf), np.array(acc)]
         if start:
             old = prev[p]
@@ -1086,7 +1075,7 @@ def _calibration(store: Store, n_s: int, start: int = 0,
             arrays = [np.concatenate([o[:, :start], x], axis=1)
                       for o, x in zip((old.ece, old.counts, old.conf, old.accuracy), arrays)]
             temps = np.concatenate([old.temperature_cv[:start], temps])
-        out[p] = Calibration(list(confs), *arrays, ECE_BINS, temps)
+        out[p] = Calibration(list(confs), *arrays, ece_bins, temps)
     return out
 
 
@@ -1098,29 +1087,27 @@ def loss_minimum(results_curves: dict[str, dict[str, np.ndarray]], probe: str) -
     return int(np.nanargmin(loss))
 
 
-def _ece_trend(store: Store, probe: str, n_s: int, s_min: int) -> dict[str, np.ndarray]:
+def _ece_trend(store: Store, probe: str, n_s: int, s_min: int, params: AnalysisParams) -> dict[str, np.ndarray]:
     """Change of ECE from the held-out loss minimum (snapshot ``s_min``) to the last snapshot, per measure.
 
     ``[effect, low, high]`` per calibrated measure: bootstrap over the probe samples of ``probe`` (the same
-    resample at both snapshots), :data:`N_BOOT_TRENDS` resamples, percentile interval.
+    resample at both snapshots), ``params.n_boot_trends`` resamples, percentile interval.
     """
     out = {}
     if s_min < 0 or s_min >= n_s - 1:
         return out
     ends = np.array([s_min, n_s - 1])
     correct = store.correct(probe)[ends].astype(bool)  # [2, n]
-    rng = np.random.default_rng(RANDOM_STATE)
-    idx = rng.integers(0, correct.shape[1], (N_BOOT_TRENDS, correct.shape[1]))  # [R, n]
+    rng = np.random.default_rng(params.random_state)
+    idx = rng.integers(0, correct.shape[1], (params.n_boot_trends, correct.shape[1]))  # [R, n]
     for m, c in _calibrated_conf(store, probe, ends)[0].items():  # c: [2, n]
-        point = calibration.ece(c, correct, ECE_BINS)
-        reps = np.array([np.diff(calibration.ece(c[:, i], correct[:, i], ECE_BINS))[0] for i in idx])
-        out[m] = trend_interval(float(point[1] - point[0]), reps)
+        point = calibration.ece(c, correct, params.ece_bins)
+        reps = np.array([np.diff(calibration.ece(c[:, i], correct[:, i], params.ece_bins))[0] for i in idx])
+        out[m] = trend_interval(float(point[1] - point[0]), reps, params.n_boot_trends)
     return out
 
 
-def _layouts(
-    class_naps: np.ndarray, methods: list[str] | None, layer: str, report: Progress
-) -> dict[str, LayoutResult]:
+def _layouts(class_naps: np.ndarray, params: AnalysisParams, layer: str, report: Progress) -> dict[str, LayoutResult]:
     """Layouts of the neurons from their class NAPs (shape (C, N)) at the reference snapshot.
 
     Classes without a finite value for any neuron (absent from the probe set) are left out of the features; a
@@ -1132,20 +1119,21 @@ def _layouts(
     x = x[:, np.isfinite(x).any(axis=0)]  # classes absent from the probe set
     placed = np.flatnonzero(np.isfinite(x).all(axis=1)) if x.shape[1] else np.zeros(0, np.int64)
     n_all, x = len(x), x[placed]  # [N_placed, C]
-    methods = default_layout_methods(len(x)) if methods is None else methods
+    methods = default_layout_methods(len(x)) if params.layout_methods is None else list(params.layout_methods)
     out: dict[str, LayoutResult] = {}
     if len(x) < 3 or x.shape[1] < 2:  # a 2-D map needs a triangle of neurons, and profiles over 2+ classes
         return out
     stage = f"{layer}: layouts"
     report(stage, 0, len(methods))
     for i, method in enumerate(methods):
-        est = NeuronLayout(method=method, random_state=RANDOM_STATE, max_mds_neurons=max(MAX_MDS_NEURONS, 1000))
+        est = NeuronLayout(method=method, metric=params.metric, random_state=params.random_state,
+                           max_mds_neurons=max(MAX_MDS_NEURONS, 1000))
         try:
             est.fit(x)
         except ValueError as err:
             raise ValueError(f"Layout {method!r} failed for layer {layer!r} ({x.shape[0]} neurons)") from err
         xy = est.embedding_  # [N_placed, 2]
-        op = maps.interp_operator(xy, grid=GRID)
+        op = maps.interp_operator(xy, grid=params.grid)
         scores = {"trustworthiness": trustworthiness_score(x, xy), "shepard": shepard_score(x, xy),
                   "smoothness": maps.smoothness(op, x.T)}  # NaN without a warning where no pixels are adjacent
         if len(x) < n_all:  # back to all N neurons: NaN rows for those placed nowhere

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from topotrace.analysis import incremental, pipeline
+from topotrace.analysis import params as analysis_params
 from topotrace.analysis.pipeline import analyze
 from topotrace.analysis.results import load_results, save_results
 from topotrace.instrument.confidence import DEFAULT_MEASURES, outcomes
@@ -260,7 +261,7 @@ def test_older_version_or_other_parameters_are_recomputed(tmp_path, counted, mon
     store, cache = _analysed(tmp_path)
     _check_from_scratch(store, cache, counted, 6, n_bins=3)  # the cache was made with n_bins=5
     _grow(store, 6, 7)
-    monkeypatch.setattr(pipeline, "ANALYSIS_VERSION", pipeline.ANALYSIS_VERSION + 1)
+    monkeypatch.setattr(analysis_params, "ANALYSIS_VERSION", analysis_params.ANALYSIS_VERSION + 1)
     _check_from_scratch(store, cache, counted, 7, n_bins=3)
     _grow(store, 7, 8)
     monkeypatch.setattr(incremental, "STATE_VERSION", incremental.STATE_VERSION + 1)
