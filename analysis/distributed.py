@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 from topotrace.instrument.store import Store
 
 from . import stats
-from .pipeline import LayerContext, snapshot_row, task_context
+from .snapshot import LayerContext, snapshot_row, task_context
 
 CONNECT_TIMEOUT = 5.0  # seconds to reach a scheduler at an address
 CLOSE_TIMEOUT = 10.0  # seconds to stop the client and a local cluster

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from topotrace.analysis import incremental, pipeline
+from topotrace.analysis import incremental, stream
 from topotrace.analysis import params as analysis_params
 from topotrace.analysis.pipeline import analyze
 from topotrace.analysis.results import load_results, save_results
@@ -99,7 +99,7 @@ def assert_identical(a, b, skip=()):
 def counted(monkeypatch):
     """Counts of the per-snapshot computations: full snapshots and CKA-only re-scorings, per (layer, snapshot)."""
     calls = {"full": [], "cka": []}
-    real_full, real_cka = pipeline.process_snapshot, pipeline.cka_row
+    real_full, real_cka = stream.process_snapshot, stream.cka_row
 
     def full(ctx, s, *a, **k):
         calls["full"].append((ctx.name, s))
@@ -109,8 +109,8 @@ def counted(monkeypatch):
         calls["cka"].append((ctx.name, s))
         return real_cka(ctx, s, *a, **k)
 
-    monkeypatch.setattr(pipeline, "process_snapshot", full)
-    monkeypatch.setattr(pipeline, "cka_row", cka)
+    monkeypatch.setattr(stream, "process_snapshot", full)
+    monkeypatch.setattr(stream, "cka_row", cka)
     return calls
 
 

@@ -1,4 +1,4 @@
-"""AnalysisParams: one definition of every analysis parameter, from which the key, the CLI options and the README come."""
+"""AnalysisParams: every analysis parameter defined once; the key, the CLI options and the README come from it."""
 
 import argparse
 import json
