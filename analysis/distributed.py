@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 from topotrace.instrument.store import Store
 
 from . import stats
-from .pipeline import LayerContext, snapshot_row, task_context
+from .snapshot import LayerContext, snapshot_row, task_context
 
 CONNECT_TIMEOUT = 5.0  # seconds to reach a scheduler at an address
 CLOSE_TIMEOUT = 10.0  # seconds to stop the client and a local cluster
@@ -69,7 +69,7 @@ def compute_snapshot(task: dict, s: int) -> dict:
     if ws is None:
         ws = _local.ws = stats.Workspace()
     with _open(task) as store:
-        stored = store.acts(task["probe"], task["name"], s, dtype=None)  # [n, N], stored dtype
+        stored = store.acts(ctx.params.probe_set, task["name"], s, dtype=None)  # [n, N], stored dtype
     with threadpool_limits(1, user_api="blas"):
         return snapshot_row(ctx, s, stored, ws)
 

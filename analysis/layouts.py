@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as sps
@@ -29,7 +31,6 @@ from sklearn.manifold import trustworthiness as _sk_trustworthiness
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
 
-METHODS = ("pca", "tsne", "mds", "som", "force", "umap")
 METRICS = ("cosine", "euclidean")
 HAS_UMAP = importlib.util.find_spec("umap") is not None
 
@@ -244,8 +245,8 @@ class NeuronLayout(BaseEstimator):
     """Place neurons in 2-D so that neurons with similar feature vectors sit close together.
 
     Args:
-        method: one of ``"pca"``, ``"tsne"``, ``"mds"``, ``"som"``, ``"force"``, ``"umap"`` (only if the
-            ``umap-learn`` package is installed).
+        method: a name of :data:`METHODS` (:data:`REGISTRY`): ``"pca"``, ``"tsne"``, ``"mds"``, ``"som"``,
+            ``"force"``, ``"umap"`` (only if the ``umap-learn`` package is installed).
         metric: ``"cosine"`` (default) or ``"euclidean"`` distance between feature vectors.
         random_state: seed; the same seed gives the same layout.
         declutter: spread overlapping neurons afterwards (see :func:`declutter`).
@@ -280,17 +281,18 @@ class NeuronLayout(BaseEstimator):
         self.max_mds_neurons = max_mds_neurons
 
     def _validate(self, x: np.ndarray) -> np.ndarray:
-        for name, allowed in (("method", METHODS), ("metric", METRICS)):
-            value = getattr(self, name)
-            if not isinstance(value, str):
-                raise TypeError(f"The '{name}' parameter of NeuronLayout must be a str among {set(allowed)}. "
-                                f"Got {value!r} instead.")
-            if value not in allowed:
-                raise ValueError(f"The '{name}' parameter of NeuronLayout must be a str among {set(allowed)}. "
-                                 f"Got {value!r} instead.")
-        if self.method == "umap" and not HAS_UMAP:
-            raise ValueError("The 'umap' method of NeuronLayout needs the optional package umap-learn, "
-                             "which is not installed.")
+        check_method(self.method)
+        if not isinstance(self.metric, str):
+            raise TypeError(f"The 'metric' parameter of NeuronLayout must be a str among {set(METRICS)}. "
+                            f"Got {self.metric!r} instead.")
+        if self.metric not in METRICS:
+            raise ValueError(f"The 'metric' parameter of NeuronLayout must be a str among {set(METRICS)}. "
+                             f"Got {self.metric!r} instead.")
+        entry = REGISTRY[self.method]
+        if not entry.available():
+            raise ValueError(f"The {self.method!r} method of NeuronLayout needs the optional package "
+                             f"{entry.package}, which is not installed: pip install {entry.package}, or choose "
+                             f"among {', '.join(m for m in METHODS if REGISTRY[m].available())}.")
         if self.random_state is not None and not isinstance(self.random_state, (int, np.integer)):
             raise TypeError(f"The 'random_state' parameter of NeuronLayout must be an int or None. "
                             f"Got {self.random_state!r} instead.")
@@ -323,32 +325,8 @@ class NeuronLayout(BaseEstimator):
         t0 = time.perf_counter()
         x = self._validate(X)
         xp = _prepare(x, self.metric)
-        n = len(x)
         rs = None if self.random_state is None else int(self.random_state)
-        if self.method == "pca":
-            xy = _pca2(xp, rs)
-        elif self.method == "tsne":
-            perplexity = float(min(self.perplexity, max((n - 1) / 3.0, 1.0)))
-            # scikit-learn scales its PCA start by the first component's spread: with identical rows (e.g. every
-            # neuron silent) that is 0 / 0, and Barnes-Hut t-SNE on NaN positions crashed the process.
-            init = "pca" if np.ptp(x, axis=0).max() > 0 else "random"
-            xy = TSNE(2, perplexity=perplexity, metric=self.metric, init=init, random_state=rs).fit_transform(x)
-        elif self.method == "mds":
-            from sklearn.metrics import pairwise_distances
-
-            d = pairwise_distances(x, metric=self.metric)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                xy = MDS(2, metric="precomputed", init="random", n_init=1, random_state=rs,
-                         normalized_stress="auto").fit_transform(d)
-        elif self.method == "som":
-            xy = _som(xp, rs)
-        elif self.method == "force":
-            xy = _force(xp, rs, k=int(self.n_neighbors))
-        else:  # umap
-            import umap  # optional
-
-            xy = umap.UMAP(metric=self.metric, random_state=rs).fit_transform(x)
+        xy = REGISTRY[self.method].fit(x, xp, self)
         xy = robust_scale(xy)
         xy = declutter(xy, random_state=rs) if self.declutter else _to_unit_square(xy)
         self.embedding_ = xy.astype(np.float32)
@@ -369,6 +347,95 @@ class NeuronLayout(BaseEstimator):
         check_is_fitted(self, "embedding_", msg="This NeuronLayout instance is not fitted yet. Call 'fit' with "
                                                 "the neurons' feature vectors before using it.")
         return trustworthiness_score(X, self.embedding_, metric=self.metric)
+
+
+@dataclass(frozen=True)
+class LayoutMethod:
+    """One layout method of :data:`REGISTRY`.
+
+    Attributes:
+        name: the method's name (``NeuronLayout(method=name)``, ``--layouts``).
+        fit: ``fit(x, xp, est) -> xy``: the raw features ``x`` (N, D), the same prepared for the metric ``xp``
+            (:func:`_prepare`: unit rows for cosine), the estimator (its parameters) -> positions (N, 2), any scale.
+        package: the optional distribution it needs (``pip install`` name), or ``""``.
+        available: whether it can run here (its package is installed).
+    """
+
+    name: str
+    fit: Callable[[np.ndarray, np.ndarray, NeuronLayout], np.ndarray]
+    package: str = ""
+    available: Callable[[], bool] = lambda: True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or not callable(self.fit):
+            raise TypeError(f"A layout method needs a name and a fit function. Got name {self.name!r} and fit "
+                            f"{self.fit!r}.")
+
+
+def _fit_tsne(x: np.ndarray, xp: np.ndarray, est: NeuronLayout) -> np.ndarray:
+    perplexity = float(min(est.perplexity, max((len(x) - 1) / 3.0, 1.0)))
+    # scikit-learn scales its PCA start by the first component's spread: with identical rows (e.g. every
+    # neuron silent) that is 0 / 0, and Barnes-Hut t-SNE on NaN positions crashed the process.
+    init = "pca" if np.ptp(x, axis=0).max() > 0 else "random"
+    return TSNE(2, perplexity=perplexity, metric=est.metric, init=init,
+                random_state=_seed(est)).fit_transform(x)
+
+
+def _fit_mds(x: np.ndarray, xp: np.ndarray, est: NeuronLayout) -> np.ndarray:
+    from sklearn.metrics import pairwise_distances
+
+    d = pairwise_distances(x, metric=est.metric)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return MDS(2, metric="precomputed", init="random", n_init=1, random_state=_seed(est),
+                   normalized_stress="auto").fit_transform(d)
+
+
+def _fit_umap(x: np.ndarray, xp: np.ndarray, est: NeuronLayout) -> np.ndarray:
+    import umap  # optional
+
+    return umap.UMAP(metric=est.metric, random_state=_seed(est)).fit_transform(x)
+
+
+def _seed(est: NeuronLayout) -> int | None:
+    return None if est.random_state is None else int(est.random_state)
+
+
+def _registry(*methods: LayoutMethod) -> dict[str, LayoutMethod]:
+    out: dict[str, LayoutMethod] = {}
+    for m in methods:
+        if m.name in out:
+            raise ValueError(f"Layout method {m.name!r} is registered twice.")
+        out[m.name] = m
+    return out
+
+
+# The layout methods: name -> how to fit it. Adding a method is one entry here (and nothing else).
+REGISTRY: dict[str, LayoutMethod] = _registry(
+    LayoutMethod("pca", lambda x, xp, est: _pca2(xp, _seed(est))),
+    LayoutMethod("tsne", _fit_tsne),
+    LayoutMethod("mds", _fit_mds),
+    LayoutMethod("som", lambda x, xp, est: _som(xp, _seed(est))),
+    LayoutMethod("force", lambda x, xp, est: _force(xp, _seed(est), k=int(est.n_neighbors))),
+    LayoutMethod("umap", _fit_umap, package="umap-learn", available=lambda: HAS_UMAP),
+)
+METHODS = tuple(REGISTRY)
+
+
+def check_method(name: object) -> LayoutMethod:
+    """The registered layout method ``name``.
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: no method of that name (one line naming the allowed methods).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"The 'method' parameter of NeuronLayout must be a str among {set(METHODS)}. "
+                        f"Got {name!r} instead.")
+    if name not in REGISTRY:
+        raise ValueError(f"The 'method' parameter of NeuronLayout must be a str among {set(METHODS)}. "
+                         f"Got {name!r} instead: choose one of {', '.join(METHODS)}.")
+    return REGISTRY[name]
 
 
 def feature_distances(x: np.ndarray, metric: str = "cosine") -> np.ndarray:

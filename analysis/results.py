@@ -5,18 +5,22 @@ objects (through :func:`load_results`), never the store's activations. Shapes us
 N = neurons of a layer, G = groups of a grouping, B = confidence bins, P = grid pixels inside the map region,
 K = neurons per pixel in the interpolation operator (3 for barycentric).
 
-:func:`save_results` / :func:`load_results` write and read the versioned HDF5 cache (``docs/analysis.md``).
+:func:`save_results` / :func:`load_results` write and read the versioned HDF5 cache (``docs/analysis.md``): each
+field declares its storage in the file beside it (``attr``, ``dataset``, ... of :mod:`.codec`), and one codec walks
+them.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from . import codec
+from .codec import _text, attr, dataset, datasets, group, groups, inline, key
 
 
 @dataclass
@@ -31,10 +35,10 @@ class GroupedNaps:
         counts: array of shape (S, G), int64: samples per group.
     """
 
-    grouping: str
-    group_names: list[str]
-    naps: np.ndarray
-    counts: np.ndarray
+    grouping: str = key()
+    group_names: list[str] = attr("list")
+    naps: np.ndarray = dataset()
+    counts: np.ndarray = dataset()
 
 
 @dataclass
@@ -54,12 +58,12 @@ class InterpOperator:
             before version 9): maps are then drawn without it.
     """
 
-    grid_shape: tuple[int, int]
-    extent: tuple[float, float, float, float]
-    pixel: np.ndarray
-    neurons: np.ndarray
-    weights: np.ndarray
-    outline: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    grid_shape: tuple[int, int] = attr("ints")
+    extent: tuple[float, float, float, float] = attr("floats")
+    pixel: np.ndarray = dataset()
+    neurons: np.ndarray = dataset()
+    weights: np.ndarray = dataset()
+    outline: np.ndarray = dataset(default_factory=lambda: np.zeros((0, 2), np.float32))
 
     def apply(self, values: np.ndarray) -> np.ndarray:
         """Render one map: ``values`` of shape (N,) -> image of shape (H, W), NaN outside the region."""
@@ -84,13 +88,13 @@ class LayoutResult:
         interp: the interpolation operator for maps drawn on this layout.
     """
 
-    method: str
-    xy: np.ndarray
-    trustworthiness: float
-    shepard: float
-    smoothness: float
-    seconds: float
-    interp: InterpOperator
+    method: str = attr("str")
+    xy: np.ndarray = dataset()
+    trustworthiness: float = attr("number")
+    shepard: float = attr("number")
+    smoothness: float = attr("number")
+    seconds: float = attr("number")
+    interp: InterpOperator = inline(InterpOperator)  # its attributes and datasets in the layout's own group
 
     @property
     def unplaced(self) -> np.ndarray:
@@ -114,15 +118,15 @@ class CorrResult:
         alpha: FDR level used in ``summary``.
     """
 
-    measure: str
-    pearson: np.ndarray
-    spearman: np.ndarray
-    pearson_within: np.ndarray
-    spearman_within: np.ndarray
-    q_pearson: np.ndarray
-    q_pearson_within: np.ndarray
-    summary: dict[str, np.ndarray]
-    alpha: float = 0.05
+    measure: str = key()
+    pearson: np.ndarray = dataset()
+    spearman: np.ndarray = dataset()
+    pearson_within: np.ndarray = dataset()
+    spearman_within: np.ndarray = dataset()
+    q_pearson: np.ndarray = dataset()
+    q_pearson_within: np.ndarray = dataset()
+    summary: dict[str, np.ndarray] = datasets(order="summary_order")
+    alpha: float = attr("float", default=0.05)
 
 
 @dataclass
@@ -147,21 +151,21 @@ class SampleEvidence:
         n_boot: bootstrap resamples.
     """
 
-    quantities: tuple[str, ...]
-    measures: list[str]
-    mean: np.ndarray
-    mean_ci: np.ndarray
-    rho: np.ndarray
-    rho_ci: np.ndarray
-    rho_partial: np.ndarray
-    rho_partial_ci: np.ndarray
-    change: np.ndarray
-    change_ci: np.ndarray
-    peak: np.ndarray
-    peak_change: np.ndarray
-    peak_change_ci: np.ndarray
-    n_samples: int
-    n_boot: int
+    quantities: tuple[str, ...] = attr("tuple")
+    measures: list[str] = attr("list")
+    mean: np.ndarray = dataset()
+    mean_ci: np.ndarray = dataset()
+    rho: np.ndarray = dataset()
+    rho_ci: np.ndarray = dataset()
+    rho_partial: np.ndarray = dataset()
+    rho_partial_ci: np.ndarray = dataset()
+    change: np.ndarray = dataset()
+    change_ci: np.ndarray = dataset()
+    peak: np.ndarray = dataset()
+    peak_change: np.ndarray = dataset()
+    peak_change_ci: np.ndarray = dataset()
+    n_samples: int = attr("int")
+    n_boot: int = attr("int")
 
 
 @dataclass
@@ -205,30 +209,30 @@ class LayerResult:
             first) -> array ``[effect, low, high]``, 95 % bootstrap interval over probe samples.
     """
 
-    name: str
-    n_neurons: int
-    reduction: str
-    naps: dict[str, GroupedNaps]
-    layouts: dict[str, LayoutResult]
-    default_layout: str
-    color_limit: float
-    corr: dict[str, CorrResult]
-    strength: np.ndarray
-    distinctness: np.ndarray
-    bin_names: list[str]
-    strength_by_bin: np.ndarray
-    distinctness_by_bin: np.ndarray
-    cka: np.ndarray
-    evidence: SampleEvidence | None = None
-    color_limit_contrast: float = float("nan")
-    nonnegative: bool = False
-    excluded_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    excluded_samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    dormant: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    dormant_mask: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
-    nc1: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    nap_gap: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    trends: dict[str, np.ndarray] = field(default_factory=dict)
+    name: str = key()
+    n_neurons: int = attr("int")
+    reduction: str = attr("str")
+    naps: dict[str, GroupedNaps] = groups(GroupedNaps, order="grouping_order", key="grouping")
+    layouts: dict[str, LayoutResult] = groups(LayoutResult, order="layout_order")
+    default_layout: str = attr("str")
+    color_limit: float = attr("float")
+    corr: dict[str, CorrResult] = groups(CorrResult, order="corr_order", key="measure")
+    strength: np.ndarray = dataset()
+    distinctness: np.ndarray = dataset()
+    bin_names: list[str] = attr("list")
+    strength_by_bin: np.ndarray = dataset()
+    distinctness_by_bin: np.ndarray = dataset()
+    cka: np.ndarray = dataset()
+    evidence: SampleEvidence | None = group(SampleEvidence, default=None)
+    color_limit_contrast: float = attr("float", default=float("nan"))
+    nonnegative: bool = attr("bool", default=False)
+    excluded_values: np.ndarray = dataset(np.int64, default_factory=lambda: np.zeros(0, np.int64))
+    excluded_samples: np.ndarray = dataset(np.int64, default_factory=lambda: np.zeros(0, np.int64))
+    dormant: np.ndarray = dataset(default_factory=lambda: np.zeros(0))
+    dormant_mask: np.ndarray = dataset(default_factory=lambda: np.zeros((0, 0), bool))
+    nc1: np.ndarray = dataset(default_factory=lambda: np.zeros(0))
+    nap_gap: np.ndarray = dataset(default_factory=lambda: np.zeros(0))
+    trends: dict[str, np.ndarray] = datasets(np.float64, default_factory=dict)
 
 
 @dataclass
@@ -248,13 +252,13 @@ class Calibration:
             half 1 of the probe set at each snapshot (empty for results of an older analysis).
     """
 
-    measures: list[str]
-    ece: np.ndarray
-    counts: np.ndarray
-    conf: np.ndarray
-    accuracy: np.ndarray
-    n_bins: int
-    temperature_cv: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    measures: list[str] = attr("list")
+    ece: np.ndarray = dataset()
+    counts: np.ndarray = dataset()
+    conf: np.ndarray = dataset()
+    accuracy: np.ndarray = dataset()
+    n_bins: int = attr("int")
+    temperature_cv: np.ndarray = dataset(np.float64, default_factory=lambda: np.zeros((0, 2)))
 
 
 @dataclass
@@ -316,26 +320,26 @@ class AnalysisResults:
             reference of both (``docs/analysis.md``, "Incremental analysis").
     """
 
-    store_path: str
-    store_sha256: str
-    n_snapshots: int
-    steps: np.ndarray
-    epochs: np.ndarray
-    probe_set: str
-    primary_measure: str
-    measures: list[str]
-    class_names: list[str]
-    curves: dict[str, dict[str, np.ndarray]]
-    layers: dict[str, LayerResult]
-    params: dict[str, object]
-    meta: dict[str, object]
-    nonfinite_outputs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    divergence: Divergence | None = None
-    calibration: dict[str, Calibration] = field(default_factory=dict)
-    temperature: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    loss_min: int = -1
-    ece_trend: dict[str, np.ndarray] = field(default_factory=dict)
-    reference_snapshot: int = -1
+    store_path: str = attr("str")
+    store_sha256: str = attr("str")
+    n_snapshots: int = attr("int")
+    steps: np.ndarray = dataset(np.int64)
+    epochs: np.ndarray = dataset(np.int64)
+    probe_set: str = attr("str")
+    primary_measure: str = attr("str")
+    measures: list[str] = attr("list")
+    class_names: list[str] = attr("list")
+    curves: dict[str, dict[str, np.ndarray]] = datasets(order="curve_order", depth=2)
+    layers: dict[str, LayerResult] = groups(LayerResult, order="layer_order", key="name")
+    params: dict[str, object] = attr("json")
+    meta: dict[str, object] = attr("json")
+    nonfinite_outputs: np.ndarray = dataset(np.int64, default_factory=lambda: np.zeros(0, np.int64))
+    divergence: Divergence | None = attr("json", record=Divergence, default=None)  # JSON text, "null" for None
+    calibration: dict[str, Calibration] = groups(Calibration, default_factory=dict)
+    temperature: np.ndarray = dataset(np.float64, default_factory=lambda: np.zeros(0))
+    loss_min: int = attr("int", default=-1)
+    ece_trend: dict[str, np.ndarray] = datasets(np.float64, default_factory=dict)
+    reference_snapshot: int = attr("int", written=lambda v: v >= 0, default=-1)  # only a provisional one is written
 
 
 # --- the cache file ---------------------------------------------------------------------------------------
@@ -344,37 +348,18 @@ CACHE_FORMAT = "topotrace-analysis"
 CACHE_VERSION = 1
 
 
-def _dumps(obj: object) -> str:
-    return json.dumps(obj, default=_json_default)
-
-
-def _json_default(obj: object) -> object:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
-
-
-def _text(v: object) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _put(g: h5py.Group, name: str, arr: np.ndarray) -> None:
+    """Write one dataset of the cache file (every dataset goes through here)."""
     g.create_dataset(name, data=np.asarray(arr))
 
 
 def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs: dict[str, str] | None = None) -> Path:
     """Write ``results`` to an HDF5 cache file (atomically: a temporary file renamed into place).
 
-    Layout: root attributes ``format``, ``version``, the scalar fields, and JSON text for ``params``, ``meta``,
-    ``measures``, ``class_names``, ``layer_order``, ``divergence`` (``null`` when the run did not diverge);
-    ``reference_snapshot`` only when it is provisional; datasets ``steps``, ``epochs``, ``nonfinite_outputs``,
-    ``curves/<probe>/<name>``;
-    one group ``layers/<name>`` per layer with ``naps/<grouping>/{naps,counts}``,
-    ``layouts/<method>/{xy,pixel,neurons,weights,outline}``, ``corr/<measure>/{pearson,...,summary/<name>}`` and the
-    per-snapshot arrays (with ``excluded_values``, ``excluded_samples``); the per-sample evidence is a group
-    ``evidence`` of arrays. No pickle anywhere.
+    The root holds the attributes ``format`` and ``version``, ``extra_attrs``, and :class:`AnalysisResults` as its
+    fields declare (:mod:`.codec`): scalar and JSON attributes, datasets such as ``steps`` and
+    ``curves/<probe>/<name>``, one group ``layers/<name>`` per layer with ``naps/<grouping>``, ``layouts/<method>``,
+    ``corr/<measure>``, ``evidence`` and the per-snapshot arrays (``docs/analysis.md``, "Cache"). No pickle anywhere.
 
     Args:
         results: what to save.
@@ -387,96 +372,11 @@ def save_results(results: AnalysisResults, path: str | os.PathLike, extra_attrs:
     path = Path(path)
     tmp = path.with_name(path.name + ".writing")
     with h5py.File(tmp, "w") as f:
-        a = f.attrs
-        a["format"] = CACHE_FORMAT
-        a["version"] = CACHE_VERSION
-        a["store_path"] = results.store_path
-        a["store_sha256"] = results.store_sha256
-        a["n_snapshots"] = int(results.n_snapshots)
-        a["probe_set"] = results.probe_set
-        a["primary_measure"] = results.primary_measure
-        a["measures"] = _dumps(list(results.measures))
-        a["class_names"] = _dumps(list(results.class_names))
-        a["params"] = _dumps(results.params)
-        a["meta"] = _dumps(results.meta)
-        a["layer_order"] = _dumps(list(results.layers))
-        a["curve_order"] = _dumps({p: list(c) for p, c in results.curves.items()})
-        div = results.divergence
-        a["divergence"] = _dumps(None if div is None else {
-            "snapshot": int(div.snapshot), "step": int(div.step), "last_step": int(div.last_step),
-            "layers": list(div.layers), "outputs": bool(div.outputs), "n_snapshots": int(div.n_snapshots)})
-        _put(f, "nonfinite_outputs", np.asarray(results.nonfinite_outputs, np.int64))
+        f.attrs["format"] = CACHE_FORMAT
+        f.attrs["version"] = CACHE_VERSION
         for k, v in (extra_attrs or {}).items():
-            a[k] = v
-        _put(f, "steps", np.asarray(results.steps, np.int64))
-        _put(f, "temperature", np.asarray(results.temperature, np.float64))
-        a["loss_min"] = int(results.loss_min)
-        if results.reference_snapshot >= 0:  # only a provisional reference is written (a final analysis has none)
-            a["reference_snapshot"] = int(results.reference_snapshot)
-        for m, v in results.ece_trend.items():
-            _put(f, f"ece_trend/{m}", np.asarray(v, np.float64))
-        for probe, cal in results.calibration.items():
-            h = f.create_group(f"calibration/{probe}")
-            h.attrs["measures"] = _dumps(list(cal.measures))
-            h.attrs["n_bins"] = int(cal.n_bins)
-            for k in ("ece", "counts", "conf", "accuracy"):
-                _put(h, k, np.asarray(getattr(cal, k)))
-            _put(h, "temperature_cv", np.asarray(cal.temperature_cv, np.float64))
-        _put(f, "epochs", np.asarray(results.epochs, np.int64))
-        for probe, curves in results.curves.items():
-            for name, arr in curves.items():
-                _put(f, f"curves/{probe}/{name}", arr)
-        for name, lr in results.layers.items():
-            g = f.create_group(f"layers/{name}")
-            g.attrs["n_neurons"] = int(lr.n_neurons)
-            g.attrs["reduction"] = lr.reduction
-            g.attrs["default_layout"] = lr.default_layout
-            g.attrs["color_limit"] = float(lr.color_limit)
-            g.attrs["color_limit_contrast"] = float(lr.color_limit_contrast)
-            g.attrs["nonnegative"] = bool(lr.nonnegative)
-            g.attrs["bin_names"] = _dumps(list(lr.bin_names))
-            if lr.evidence is not None:
-                ev = lr.evidence
-                h = g.create_group("evidence")
-                h.attrs["quantities"] = _dumps(list(ev.quantities))
-                h.attrs["measures"] = _dumps(list(ev.measures))
-                h.attrs["n_samples"] = int(ev.n_samples)
-                h.attrs["n_boot"] = int(ev.n_boot)
-                for k in EVIDENCE_ARRAYS:
-                    _put(h, k, getattr(ev, k))
-            g.attrs["grouping_order"] = _dumps(list(lr.naps))
-            g.attrs["layout_order"] = _dumps(list(lr.layouts))
-            g.attrs["corr_order"] = _dumps(list(lr.corr))
-            for k in ("strength", "distinctness", "strength_by_bin", "distinctness_by_bin", "cka"):
-                _put(g, k, getattr(lr, k))
-            for k in ("excluded_values", "excluded_samples"):
-                _put(g, k, np.asarray(getattr(lr, k), np.int64))
-            for k in LAYER_EXTRAS:
-                _put(g, k, np.asarray(getattr(lr, k)))
-            for k, v in lr.trends.items():
-                _put(g, f"trends/{k}", np.asarray(v, np.float64))
-            for gname, gn in lr.naps.items():
-                h = g.create_group(f"naps/{gname}")
-                h.attrs["group_names"] = _dumps(list(gn.group_names))
-                _put(h, "naps", gn.naps)
-                _put(h, "counts", gn.counts)
-            for mname, lay in lr.layouts.items():
-                h = g.create_group(f"layouts/{mname}")
-                for k in ("method", "trustworthiness", "shepard", "smoothness", "seconds"):
-                    h.attrs[k] = getattr(lay, k)
-                h.attrs["grid_shape"] = np.asarray(lay.interp.grid_shape, np.int64)
-                h.attrs["extent"] = np.asarray(lay.interp.extent, np.float64)
-                _put(h, "xy", lay.xy)
-                for k in ("pixel", "neurons", "weights", "outline"):
-                    _put(h, k, getattr(lay.interp, k))
-            for meas, cr in lr.corr.items():
-                h = g.create_group(f"corr/{meas}")
-                h.attrs["alpha"] = float(cr.alpha)
-                h.attrs["summary_order"] = _dumps(list(cr.summary))
-                for k in ("pearson", "spearman", "pearson_within", "spearman_within", "q_pearson", "q_pearson_within"):
-                    _put(h, k, getattr(cr, k))
-                for k, v in cr.summary.items():
-                    _put(h, f"summary/{k}", v)
+            f.attrs[k] = v
+        codec.write(f, results, put=_put)
     os.replace(tmp, path)
     return path
 
@@ -487,23 +387,12 @@ def read_cache_attrs(path: str | os.PathLike) -> dict[str, object]:
         return {k: (_text(v) if isinstance(v, (bytes, str)) else v) for k, v in f.attrs.items()}
 
 
-LAYER_EXTRAS = ("dormant", "dormant_mask", "nc1", "nap_gap")  # per-layer arrays of analysis version 8
-EVIDENCE_ARRAYS = ("mean", "mean_ci", "rho", "rho_ci", "rho_partial", "rho_partial_ci", "change", "change_ci",
-                   "peak", "peak_change", "peak_change_ci")
-
-
-def _load_evidence(h: h5py.Group) -> SampleEvidence:
-    arrays = {k: h[k][()] for k in EVIDENCE_ARRAYS}
-    return SampleEvidence(quantities=tuple(json.loads(_text(h.attrs["quantities"]))),
-                          measures=json.loads(_text(h.attrs["measures"])), n_samples=int(h.attrs["n_samples"]),
-                          n_boot=int(h.attrs["n_boot"]), **arrays)
-
-
 def load_results(path: str | os.PathLike) -> AnalysisResults:
     """Read an :class:`AnalysisResults` written by :func:`save_results`.
 
     Raises:
         ValueError: the file is not an analysis cache or has another cache version.
+        KeyError: a result the file must hold is missing.
     """
     path = Path(path)
     with h5py.File(path, "r") as f:
@@ -513,60 +402,4 @@ def load_results(path: str | os.PathLike) -> AnalysisResults:
         if int(a.get("version", -1)) != CACHE_VERSION:
             raise ValueError(f"{path} has analysis cache version {int(a.get('version', -1))}; "
                              f"this topotrace reads version {CACHE_VERSION}.")
-        curves = {p: {n: f[f"curves/{p}/{n}"][()] for n in names}
-                  for p, names in json.loads(_text(a["curve_order"])).items()}
-        div = json.loads(_text(a.get("divergence", "null")))
-        layers: dict[str, LayerResult] = {}
-        for name in json.loads(_text(a["layer_order"])):
-            g = f[f"layers/{name}"]
-            ga = g.attrs
-            naps = {}
-            for gname in json.loads(_text(ga["grouping_order"])):
-                h = g[f"naps/{gname}"]
-                naps[gname] = GroupedNaps(gname, json.loads(_text(h.attrs["group_names"])), h["naps"][()],
-                                          h["counts"][()])
-            layouts = {}
-            for mname in json.loads(_text(ga["layout_order"])):
-                h = g[f"layouts/{mname}"]
-                ha = h.attrs
-                op = InterpOperator(tuple(int(v) for v in ha["grid_shape"]), tuple(float(v) for v in ha["extent"]),
-                                    h["pixel"][()], h["neurons"][()], h["weights"][()],
-                                    h["outline"][()] if "outline" in h else np.zeros((0, 2), np.float32))
-                layouts[mname] = LayoutResult(_text(ha["method"]), h["xy"][()], float(ha["trustworthiness"]),
-                                              float(ha["shepard"]), float(ha["smoothness"]), float(ha["seconds"]),
-                                              op)
-            corr = {}
-            for meas in json.loads(_text(ga["corr_order"])):
-                h = g[f"corr/{meas}"]
-                summary = {k: h[f"summary/{k}"][()] for k in json.loads(_text(h.attrs["summary_order"]))}
-                corr[meas] = CorrResult(meas, h["pearson"][()], h["spearman"][()], h["pearson_within"][()],
-                                        h["spearman_within"][()], h["q_pearson"][()], h["q_pearson_within"][()],
-                                        summary, float(h.attrs["alpha"]))
-            layers[name] = LayerResult(
-                name=name, n_neurons=int(ga["n_neurons"]), reduction=_text(ga["reduction"]), naps=naps,
-                layouts=layouts, default_layout=_text(ga["default_layout"]), color_limit=float(ga["color_limit"]),
-                corr=corr, strength=g["strength"][()], distinctness=g["distinctness"][()],
-                bin_names=json.loads(_text(ga["bin_names"])), strength_by_bin=g["strength_by_bin"][()],
-                distinctness_by_bin=g["distinctness_by_bin"][()], cka=g["cka"][()],
-                evidence=_load_evidence(g["evidence"]) if "evidence" in g else None,
-                color_limit_contrast=float(ga["color_limit_contrast"]), nonnegative=bool(ga["nonnegative"]),
-                **{k: g[k][()] for k in ("excluded_values", "excluded_samples", *LAYER_EXTRAS) if k in g},
-                trends={k: v[()] for k, v in g["trends"].items()} if "trends" in g else {},
-            )
-        return AnalysisResults(
-            store_path=_text(a["store_path"]), store_sha256=_text(a["store_sha256"]),
-            n_snapshots=int(a["n_snapshots"]), steps=f["steps"][()], epochs=f["epochs"][()],
-            probe_set=_text(a["probe_set"]), primary_measure=_text(a["primary_measure"]),
-            measures=json.loads(_text(a["measures"])), class_names=json.loads(_text(a["class_names"])),
-            curves=curves, layers=layers, params=json.loads(_text(a["params"])), meta=json.loads(_text(a["meta"])),
-            nonfinite_outputs=f["nonfinite_outputs"][()] if "nonfinite_outputs" in f else np.zeros(0, np.int64),
-            divergence=Divergence(**div) if div else None,
-            calibration={p: Calibration(json.loads(_text(h.attrs["measures"])), h["ece"][()], h["counts"][()],
-                                        h["conf"][()], h["accuracy"][()], int(h.attrs["n_bins"]),
-                                        h["temperature_cv"][()] if "temperature_cv" in h else np.zeros((0, 2)))
-                         for p, h in (f["calibration"].items() if "calibration" in f else [])},
-            temperature=f["temperature"][()] if "temperature" in f else np.zeros(0),
-            loss_min=int(a.get("loss_min", -1)),
-            ece_trend={m: v[()] for m, v in f["ece_trend"].items()} if "ece_trend" in f else {},
-            reference_snapshot=int(a.get("reference_snapshot", -1)),
-        )
+        return codec.read(f, AnalysisResults)

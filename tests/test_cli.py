@@ -68,7 +68,8 @@ def test_report_reuses_the_cached_analysis_whatever_made_it(tmp_path, capsys, mo
     real = pipeline._analyze_layer
     # the analysed probe set's layers (the report also analyses the train probe set once, for the overfitting view)
     monkeypatch.setattr(pipeline, "_analyze_layer",
-                        lambda *a, **k: (calls.append(a[1]) if a[2] == "heldout" else None) or real(*a, **k))
+                        lambda *a, **k: (calls.append(a[1]) if a[0].params.probe_set == "heldout" else None)
+                        or real(*a, **k))
     assert main(["report", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert "using the cached analysis (probe set heldout, measure margin, 3 confidence bins, layouts pca)" in err

@@ -14,7 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from topotrace.analysis import incremental, pipeline
+from topotrace.analysis import incremental, stream
+from topotrace.analysis import params as analysis_params
 from topotrace.analysis.pipeline import analyze
 from topotrace.analysis.results import load_results, save_results
 from topotrace.instrument.confidence import DEFAULT_MEASURES, outcomes
@@ -98,7 +99,7 @@ def assert_identical(a, b, skip=()):
 def counted(monkeypatch):
     """Counts of the per-snapshot computations: full snapshots and CKA-only re-scorings, per (layer, snapshot)."""
     calls = {"full": [], "cka": []}
-    real_full, real_cka = pipeline.process_snapshot, pipeline.cka_row
+    real_full, real_cka = stream.process_snapshot, stream.cka_row
 
     def full(ctx, s, *a, **k):
         calls["full"].append((ctx.name, s))
@@ -108,8 +109,8 @@ def counted(monkeypatch):
         calls["cka"].append((ctx.name, s))
         return real_cka(ctx, s, *a, **k)
 
-    monkeypatch.setattr(pipeline, "process_snapshot", full)
-    monkeypatch.setattr(pipeline, "cka_row", cka)
+    monkeypatch.setattr(stream, "process_snapshot", full)
+    monkeypatch.setattr(stream, "cka_row", cka)
     return calls
 
 
@@ -260,7 +261,7 @@ def test_older_version_or_other_parameters_are_recomputed(tmp_path, counted, mon
     store, cache = _analysed(tmp_path)
     _check_from_scratch(store, cache, counted, 6, n_bins=3)  # the cache was made with n_bins=5
     _grow(store, 6, 7)
-    monkeypatch.setattr(pipeline, "ANALYSIS_VERSION", pipeline.ANALYSIS_VERSION + 1)
+    monkeypatch.setattr(analysis_params, "ANALYSIS_VERSION", analysis_params.ANALYSIS_VERSION + 1)
     _check_from_scratch(store, cache, counted, 7, n_bins=3)
     _grow(store, 7, 8)
     monkeypatch.setattr(incremental, "STATE_VERSION", incremental.STATE_VERSION + 1)

@@ -163,3 +163,38 @@ def test_layout_of_planted_outlier_neurons_fills_its_map(method):
     assert np.ptp(xy[5:], axis=0).min() > 0.5  # min-max scaling alone gives 0.29 (pca) and 0.42 (mds)
     op = interp_operator(xy, grid=32)
     assert len(op.pixel) / 32**2 > 0.2  # min-max scaling alone: 0.14 and 0.17 (robust: 0.22 and 0.36)
+
+
+def test_layout_registry_is_the_one_list_of_methods():
+    """METHODS is the registry's names; a name without a fit function cannot be registered; unknown names refused."""
+    assert layouts.METHODS == tuple(layouts.REGISTRY) == ("pca", "tsne", "mds", "som", "force", "umap")
+    assert all(callable(m.fit) and m.name == k for k, m in layouts.REGISTRY.items())
+    with pytest.raises(TypeError, match="needs a name and a fit function"):
+        layouts.LayoutMethod("spiral", None)
+    with pytest.raises(ValueError, match="registered twice"):
+        layouts._registry(layouts.REGISTRY["pca"], layouts.REGISTRY["pca"])
+    with pytest.raises(ValueError, match="must be a str among .*Got 'spiral' instead: choose one of pca, tsne, mds"):
+        layouts.check_method("spiral")
+    with pytest.raises(ValueError, match="Got 'spiral'"):
+        NeuronLayout(method="spiral").fit(_two_clusters()[0])
+
+
+def test_a_registered_method_runs_its_own_fit(monkeypatch):
+    """NeuronLayout calls the registered fit function of its method (no fallback to another method)."""
+    x, _ = _two_clusters()
+    seen = []
+
+    planted = np.random.default_rng(5).normal(size=(len(x), 2))
+
+    def diagonal(raw, prepared, est):
+        seen.append((raw.shape, est.method))
+        return planted
+
+    monkeypatch.setitem(layouts.REGISTRY, "diag", layouts.LayoutMethod("diag", diagonal))
+    xy = NeuronLayout(method="diag", declutter=False).fit(x).embedding_
+    assert seen == [(x.shape, "diag")]
+    assert np.allclose(xy, layouts._to_unit_square(layouts.robust_scale(planted)), atol=1e-6)  # the planted layout
+    missing = layouts.LayoutMethod("needs", diagonal, package="not-a-package", available=lambda: False)
+    monkeypatch.setitem(layouts.REGISTRY, "needs", missing)
+    with pytest.raises(ValueError, match="needs the optional package not-a-package.*pip install not-a-package"):
+        NeuronLayout(method="needs").fit(x)

@@ -269,12 +269,12 @@ def test_analysis_never_imports_torch():
 
 
 def test_thread_count_does_not_change_results(small_store, tmp_path, monkeypatch):
-    import topotrace.analysis.pipeline as pipeline
+    import topotrace.analysis.stream as stream
 
-    monkeypatch.setattr(pipeline, "MAX_WORKERS", 1)
+    monkeypatch.setattr(stream, "MAX_WORKERS", 1)
     one = analyze(small_store, tmp_path / "one.h5", layout_methods=["pca"])
-    monkeypatch.setattr(pipeline, "MAX_WORKERS", 3)
-    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(stream, "MAX_WORKERS", 3)
+    monkeypatch.setattr(stream.os, "cpu_count", lambda: 3)
     three = analyze(small_store, tmp_path / "three.h5", layout_methods=["pca"])
     for name in one.layers:
         for res in (one, three):

@@ -220,3 +220,32 @@ def test_archive_refuses_a_study_of_runs_in_one_line(tmp_path, capsys):
     assert main(["archive", str(tmp_path / "s"), "--out", str(tmp_path / "s.zip")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "study of existing runs" in err and not (tmp_path / "s.zip").exists()
+
+
+def test_study_of_runs_analyses_them_with_the_analysis_options(runs, tmp_path, capsys):
+    """`topotrace study RUN RUN --bins N --layouts pca`: every run analysed with those parameters, also over a cache
+    made with others (as `topotrace analyze RUN --bins N` would); a bad value: one line, nothing written."""
+    import shutil
+
+    from topotrace.analysis.results import load_results
+
+    _, dirs = runs
+    copies = []
+    for d in dirs[:2]:
+        (tmp_path / d.name).mkdir()
+        shutil.copy2(d / "store.h5", tmp_path / d.name / "store.h5")
+        copies.append(str(tmp_path / d.name))
+    for bins in (3, 4):
+        assert main(["study", *copies, "--name", "s", "--out-dir", str(tmp_path), "--bins", str(bins),
+                     "--layouts", "pca"]) == 0
+        for c in copies:
+            res = load_results(Path(c) / "analysis.h5")
+            assert res.params["n_bins"] == bins and list(res.params["layout_methods"]) == ["pca"]
+            for lr in res.layers.values():
+                assert len(lr.bin_names) == bins and lr.layouts and all(k.split("+")[0] == "pca" for k in lr.layouts)
+    assert (tmp_path / "s" / "findings.json").is_file()
+    capsys.readouterr()
+    assert main(["study", *copies, "--name", "t", "--out-dir", str(tmp_path), "--bins", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("topotrace: error: ") and "'n_bins' parameter" in err, err
+    assert not (tmp_path / "t").exists()

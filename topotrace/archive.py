@@ -343,19 +343,17 @@ def _own_version() -> str:
 
 def analysis_options(params: dict[str, object]) -> str:
     """The ``topotrace analyze``/``report`` options that repeat an analysis made with ``params``."""
-    opts = []
-    for key, option in (("probe_set", "--probe-set"), ("measure", "--measure"), ("n_bins", "--bins"),
-                        ("dormant_tau", "--dormant-tau")):
-        if params.get(key) is not None:
-            opts.append(f"{option} {params[key]}")
-    layouts = params.get("layout_methods")
-    if isinstance(layouts, list) and layouts:
-        opts.append("--layouts " + ",".join(map(str, layouts)))
-    return " ".join(opts)
+    from topotrace.analysis.params import cli_options
+
+    return cli_options(params)
 
 
-def readme_text(name: str, kind: str, epoch: int, files: list[str], options: str = "") -> str:
-    """``README.txt``: what each file is, and the commands that check the bundle and rebuild its report."""
+def readme_text(name: str, kind: str, epoch: int, files: list[str], options: str = "",
+                parameters: Sequence[str] = ()) -> str:
+    """``README.txt``: what each file is, the commands that check and rebuild, and the analysis's parameters.
+
+    ``parameters``: lines of :func:`topotrace.analysis.params.describe`.
+    """
     where = "." if kind == "study" else STORE_FILE
     again = f"topotrace report {where}" + (f" --refresh {options}" if options and kind == "run" else "")
     out = [f"topotrace archive of the {kind} {name}", "", f"Written by topotrace {_own_version()} "
@@ -369,6 +367,9 @@ def readme_text(name: str, kind: str, epoch: int, files: list[str], options: str
             "the store's file date, which the analysis cache is keyed on, so this analyses the store again with the",
             "archived parameters and writes report.html and findings.json:",
             f"  unzip {name}.zip -d {name} && cd {name}", f"  SOURCE_DATE_EPOCH={epoch} {again}", ""]
+    if parameters:
+        out += ["Parameters of the bundled analysis" + (" (its first seed's)" if kind == "study" else "") + ":",
+                *parameters, ""]
     return "\n".join(out)
 
 
@@ -538,8 +539,11 @@ def write_archive(run: str | os.PathLike, out: str | os.PathLike | None = None,
         files = _bundle_files(root)
         listed = sorted([*files, README_FILE, CRATE_FILE, MANIFEST_FILE])
         first = root if kind == "run" else root / f"seed-{load_study(root).seeds[0]}"
-        options = analysis_options(bundled_analysis(first).params)
-        (root / README_FILE).write_text(readme_text(name, kind, epoch, listed, options), "utf-8")
+        from topotrace.analysis.params import describe
+
+        params = bundled_analysis(first).params
+        (root / README_FILE).write_text(readme_text(name, kind, epoch, listed, analysis_options(params),
+                                                    describe(params)), "utf-8")
         write_crate(root, sorted([*files, README_FILE, MANIFEST_FILE]), name, epoch, people)
         write_manifest(root)
         _zip_folder(root, out, epoch)

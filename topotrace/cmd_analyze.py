@@ -20,9 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from topotrace.analysis.collapse import DORMANT_TAU
+from topotrace.analysis import params as analysis_params
 from topotrace.analysis.findings import MIN_CHANGE, MIN_R, check_thresholds, run_findings, trend_findings
-from topotrace.analysis.layouts import METHODS
 from topotrace.analysis.pipeline import analyze
 from topotrace.report_templates.words import (
     CLAIM_SHORT,
@@ -36,10 +35,6 @@ from topotrace.report_templates.words import (
 )
 from topotrace.report_templates.words import terminal as say
 
-# None: the pipeline's own default (for the measure: logit_margin when the store has it)
-ANALYSIS_DEFAULTS = {"probe_set": "heldout", "measure": None, "layouts": None, "n_bins": 5,
-                     "dormant_tau": DORMANT_TAU}
-
 # The terminal tables below stay readable at 80 columns: every column may wrap at spaces and folds a word longer
 # than its width (never "…"), and the layer column is as wide as the longest layer name (up to LAYER_WIDTH), so
 # a layer name is printed whole on one line.
@@ -47,19 +42,11 @@ LAYER_WIDTH = 28
 
 
 def add_analysis_options(parser: argparse.ArgumentParser) -> None:
-    """The options that choose what the analysis computes (shared by ``analyze`` and ``report``)."""
-    parser.add_argument("--probe-set", default=None,
-                        help="probe set the layer results describe (default: heldout)")
-    parser.add_argument("--measure", default=None,
-                        help="confidence measure that defines the confidence bins and leads the findings "
-                             "(default: logit_margin when recorded, else the store's first measure)")
-    parser.add_argument("--layouts", default=None, help=f"comma-separated layout methods among {', '.join(METHODS)} "
-                        "(default: the fast ones for each layer's size)")
-    parser.add_argument("--bins", type=int, default=None, dest="n_bins", metavar="N",
-                        help="number of confidence bins (default: 5)")
-    parser.add_argument("--dormant-tau", type=float, default=None, dest="dormant_tau", metavar="TAU",
-                        help="a unit is dormant when its mean |activation| is at most TAU times the layer's mean "
-                             f"(default: {DORMANT_TAU:g}, Sokar et al. 2023)")
+    """The options that choose what the analysis computes (shared by ``analyze`` and ``report``).
+
+    One per parameter of :class:`topotrace.analysis.params.AnalysisParams` that has an option, plus --refresh.
+    """
+    analysis_params.add_options(parser)
     parser.add_argument("--refresh", action="store_true", help="recompute even if the cache is up to date")
 
 
@@ -129,37 +116,16 @@ def scheduler_cluster(args: argparse.Namespace) -> Iterator[object | None]:
 
 def analysis_options_given(args: argparse.Namespace) -> bool:
     """True when any option of :func:`add_analysis_options` other than --refresh was given."""
-    return any(getattr(args, k) is not None for k in ANALYSIS_DEFAULTS)
+    return analysis_params.options_given(args)
 
 
 def analysis_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    """Keyword arguments of :func:`topotrace.analysis.pipeline.analyze` from the parsed options."""
-    value = {k: getattr(args, k) if getattr(args, k) is not None else d for k, d in ANALYSIS_DEFAULTS.items()}
-    layouts = value.pop("layouts")
-    value["layout_methods"] = check_layouts(layouts) if layouts is not None else None
-    return value | {"refresh": args.refresh}
-
-
-def check_layouts(text: str) -> list[str]:
-    """The methods of ``--layouts`` (comma-separated), each known and installed, checked before any work.
+    """Keyword arguments of :func:`topotrace.analysis.pipeline.analyze` from the parsed options (checked).
 
     Raises:
-        ValueError: one line: no method named, an unknown one (listing the methods), or umap without its package.
+        ValueError: one line: a bad value of an option (e.g. an unknown layout method, listing the methods).
     """
-    from topotrace.analysis.layouts import HAS_UMAP
-
-    names = [m.strip() for m in str(text).split(",") if m.strip()]
-    if not names:
-        raise ValueError(f"The '--layouts' option must name at least one layout method (comma-separated) among "
-                         f"{', '.join(METHODS)}. Got {text!r}.")
-    for m in names:
-        if m not in METHODS:
-            raise ValueError(f"Unknown layout method {m!r} for '--layouts'. Available: {list(METHODS)}.")
-    if "umap" in names and not HAS_UMAP:
-        raise ValueError("The layout method 'umap' of '--layouts' needs the package umap-learn, which is not "
-                         "installed: pip install umap-learn, or choose among "
-                         f"{', '.join(m for m in METHODS if m != 'umap')}.")
-    return names
+    return {"params": analysis_params.from_args(args), "refresh": args.refresh}
 
 
 def describe_params(params: dict[str, object]) -> str:

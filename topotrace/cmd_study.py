@@ -36,8 +36,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "the runs' common name, followed by -study)")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--out-dir", default=None, help="the folder the study folder goes in (default runs)")
-    from .cmd_analyze import add_scheduler_options, add_verdict_options
+    from .cmd_analyze import add_analysis_options, add_scheduler_options, add_verdict_options
 
+    add_analysis_options(parser)  # without any: each run's cached analysis, else the defaults
     add_scheduler_options(parser)
     add_verdict_options(parser)
 
@@ -78,9 +79,10 @@ class Reporter:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cmd_analyze import verdict_kwargs
+    from .cmd_analyze import analysis_kwargs, analysis_options_given, verdict_kwargs
 
     args.thresholds = verdict_kwargs(args)  # bad values: one line before any work
+    args.analysis = analysis_kwargs(args) if args.refresh or analysis_options_given(args) else {}
     if args.runs:
         return _run_of_runs(args)
     return _run_config(args)
@@ -102,7 +104,7 @@ def _run_of_runs(args: argparse.Namespace) -> int:
     from .cmd_analyze import scheduler_cluster
 
     with scheduler_cluster(args) as cluster:
-        found = study(args.runs, path, cluster, **args.thresholds)
+        found = study(args.runs, path, cluster, **args.thresholds, **args.analysis)
     print_study_findings(console, found)
     print(visible(path / "report.html"))
     return 0
@@ -233,7 +235,7 @@ def _train_and_report(study, console: Console, args: argparse.Namespace, timings
                     rep.line(f"seed {seed}: done")
 
         with scheduler_cluster(args) as cluster:
-            results = run_study(study, train, on_seed, cluster)
+            results = run_study(study, train, on_seed, cluster, **args.analysis)
     if not console.is_terminal:
         rep.line("findings across the seeds")
     t0 = time.perf_counter()

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from topotrace.analysis.findings import MIN_CHANGE, MIN_R
+from topotrace.analysis.params import AnalysisParams
 from topotrace.analysis.pipeline import SnapshotCluster, analyze, cached_results
 from topotrace.analysis.results import AnalysisResults
 from topotrace.instrument.store import STORE_FILE, Store, writer_state
@@ -228,7 +229,8 @@ def trained(run_dir: Path) -> bool:
 
 def run_study(study: Study, train: Callable[[dict], object],
               on_seed: Callable[[int, str], None] | None = None,
-              cluster: SnapshotCluster | None = None) -> list[AnalysisResults]:
+              cluster: SnapshotCluster | None = None, params: AnalysisParams | None = None,
+              refresh: bool = False) -> list[AnalysisResults]:
     """Train and analyse every seed that is not done yet; returns the analyses in seed order.
 
     Without a cluster each seed is analysed right after its training; with one, every seed is trained first and
@@ -241,6 +243,10 @@ def run_study(study: Study, train: Callable[[dict], object],
             ``"analysing"`` or ``"done"``.
         cluster: compute the analyses' snapshots on this Dask cluster
             (:func:`topotrace.analysis.distributed.dask_cluster`).
+        params: analyse every seed with these parameters (its cache reused when they match, as
+            :func:`topotrace.analysis.pipeline.analyze`); default: a seed's cached analysis, whatever its
+            parameters, else the default parameters.
+        refresh: analyse every seed anew.
     """
     note = on_seed or (lambda seed, state: None)
     results = []
@@ -249,35 +255,38 @@ def run_study(study: Study, train: Callable[[dict], object],
             _train_seed(study, seed, train, note)
         for seed in study.seeds:
             note(seed, "analysing")
-        for seed, res in zip(study.seeds, _analyses([study.seed_dir(s) for s in study.seeds], cluster)):
+        for seed, res in zip(study.seeds, _analyses([study.seed_dir(s) for s in study.seeds], cluster,
+                                                               params, refresh)):
             note(seed, "done")
             results.append(res)
         return results
     for seed in study.seeds:
         _train_seed(study, seed, train, note)
         note(seed, "analysing")
-        res = _analysis(study.seed_dir(seed))
+        res = _analysis(study.seed_dir(seed), None, params, refresh)
         note(seed, "done")
         results.append(res)
     return results
 
 
-def study_results(study: Study, cluster: SnapshotCluster | None = None) -> list[AnalysisResults]:
+def study_results(study: Study, cluster: SnapshotCluster | None = None, params: AnalysisParams | None = None,
+                  refresh: bool = False) -> list[AnalysisResults]:
     """The analyses of a study's runs (analysed now where no current cache exists), in the study's order.
 
-    With ``cluster``, the runs without a current cache are analysed in parallel on that Dask cluster.
+    With ``cluster``, the runs without a current cache are analysed in parallel on that Dask cluster. ``params``,
+    ``refresh``: as in :func:`run_study`.
 
     Raises:
         ValueError: a seed has not finished training; a run of a study of runs is gone or no longer comparable.
     """
     if study.of_runs:
         check_comparable(study.runs)
-        return _analyses(study.runs, cluster)
+        return _analyses(study.runs, cluster, params, refresh)
     missing = [s for s in study.seeds if not trained(study.seed_dir(s))]
     if missing:
         raise ValueError(f"Study {study.name!r}: seeds {missing} have not finished training. Continue the study "
                          f"with: topotrace study --name {study.name} (same config and seeds).")
-    return _analyses([study.seed_dir(s) for s in study.seeds], cluster)
+    return _analyses([study.seed_dir(s) for s in study.seeds], cluster, params, refresh)
 
 
 def _train_seed(study: Study, seed: int, train: Callable[[dict], object], note: Callable[[int, str], None]) -> None:
@@ -295,16 +304,20 @@ def _train_seed(study: Study, seed: int, train: Callable[[dict], object], note: 
     train(seed_config(study, seed))
 
 
-def _analysis(run_dir: Path, cluster: SnapshotCluster | None = None) -> AnalysisResults:
-    return cached_results(run_dir) or analyze(run_dir, cluster=cluster)
+def _analysis(run_dir: Path, cluster: SnapshotCluster | None = None, params: AnalysisParams | None = None,
+              refresh: bool = False) -> AnalysisResults:
+    if params is None and not refresh:
+        return cached_results(run_dir) or analyze(run_dir, cluster=cluster)
+    return analyze(run_dir, params=params, refresh=refresh, cluster=cluster)
 
 
-def _analyses(run_dirs: list[Path], cluster: SnapshotCluster | None) -> list[AnalysisResults]:
+def _analyses(run_dirs: list[Path], cluster: SnapshotCluster | None, params: AnalysisParams | None = None,
+              refresh: bool = False) -> list[AnalysisResults]:
     """The analyses of several runs, in order; on a cluster, all runs at once (one thread each submits tasks)."""
     if cluster is None or len(run_dirs) < 2:
-        return [_analysis(d, cluster) for d in run_dirs]
+        return [_analysis(d, cluster, params, refresh) for d in run_dirs]
     with ThreadPoolExecutor(len(run_dirs)) as pool:
-        return list(pool.map(lambda d: _analysis(d, cluster), run_dirs))
+        return list(pool.map(lambda d: _analysis(d, cluster, params, refresh), run_dirs))
 
 
 # --- a study of existing runs --------------------------------------------------------------------------------
@@ -416,7 +429,8 @@ def create_of_runs(path: Path, name: str, runs: Sequence[str | os.PathLike]) -> 
 
 
 def study(runs: Sequence[str | os.PathLike], path: str | os.PathLike, cluster: SnapshotCluster | None = None,
-          min_change: float = MIN_CHANGE, min_r: float = MIN_R) -> list:
+          min_change: float = MIN_CHANGE, min_r: float = MIN_R, params: AnalysisParams | None = None,
+          refresh: bool = False) -> list:
     """Make a study of existing runs: ``path/study.json``, ``findings.json`` and ``report.html``; its findings.
 
     This is ``topotrace study RUN RUN ... --name NAME`` (and ``tt.study``). Nothing is trained; a run whose
@@ -431,6 +445,11 @@ def study(runs: Sequence[str | os.PathLike], path: str | os.PathLike, cluster: S
         min_change: the time claims' smallest change of interest, a fraction of the first snapshot's mean
             (default :data:`topotrace.analysis.findings.MIN_CHANGE`).
         min_r: the confidence claims' smallest correlation of interest (default ``MIN_R``).
+        params: analyse every run with these parameters (:class:`topotrace.analysis.params.AnalysisParams`; a
+            run's cache is reused when they match; the run gets the new ``analysis.h5`` otherwise, as
+            ``topotrace analyze`` with the same options would write it). Default: each run's cached analysis,
+            whatever its parameters, else the default parameters.
+        refresh: analyse every run anew.
 
     Returns:
         The findings across the runs (:class:`topotrace.analysis.findings.Finding`), as in ``findings.json``.
@@ -452,7 +471,8 @@ def study(runs: Sequence[str | os.PathLike], path: str | os.PathLike, cluster: S
     made_study, made = create_of_runs(path, path.name, runs)
     try:
         with locked(path):
-            return write_study_report(made_study, study_results(made_study, cluster), min_change=min_change,
+            return write_study_report(made_study, study_results(made_study, cluster, params, refresh),
+                                      min_change=min_change,
                                       min_r=min_r)
     except BaseException:
         if made:
