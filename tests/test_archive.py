@@ -457,7 +457,7 @@ def test_stale_staging_from_a_kill_is_removed_only_when_topotrace_made_it(run_di
     assert (users / "notes.txt").read_text("utf-8") == "mine" and not (out_dir / "b.zip").exists()
 
 
-def test_config_study_archives_and_verifies(tmp_path, capsys, monkeypatch):
+def test_config_study_archives_with_its_reports_rebuilt(tmp_path, capsys, monkeypatch):
     """A config study (study.json with seeds, seed-K/ runs): bundled with each seed's report and the study's
     findings.json rebuilt from the bundled analyses (the seeds' stores are not re-checked for training)."""
     study = tmp_path / "runs" / "st"
