@@ -537,7 +537,7 @@ def write_archive(run: str | os.PathLike, out: str | os.PathLike | None = None,
         (root / CITATION_FILE).write_text(citation_cff(name, epoch, people), "utf-8")
         files = _bundle_files(root)
         listed = sorted([*files, README_FILE, CRATE_FILE, MANIFEST_FILE])
-        first = root if kind == "run" else root / seed_name(load_study(root).seeds[0])
+        first = root if kind == "run" else root / f"seed-{load_study(root).seeds[0]}"
         options = analysis_options(bundled_analysis(first).params)
         (root / README_FILE).write_text(readme_text(name, kind, epoch, listed, options), "utf-8")
         write_crate(root, sorted([*files, README_FILE, MANIFEST_FILE]), name, epoch, people)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from topotrace.instrument.store import STORE_FILE, Store, StoreError, writer_state
 
-from .runfolder import INDEX_FILE, LIVE_ANALYSIS_FILE, REPORT_FILE
+from .runfolder import INDEX_FILE, REPORT_FILE
 
 STALL_S = 120.0  # seconds without a new snapshot after which a live run counts as stalled
 POLL_S = 1.0  # seconds between two looks at the stores
@@ -51,7 +51,7 @@ RELOAD_S = 10  # seconds after which a live page reloads itself
 # While live, the layouts are the fast ones (t-SNE alone took 7 of the 8 s of a 2-layer store's analysis); the
 # final report computes every default layout. Live analyses are cached apart, so analysis.h5 is always a final one.
 LIVE_LAYOUTS = ("force", "pca")
-LIVE_CACHE = LIVE_ANALYSIS_FILE
+LIVE_CACHE = "analysis_live.h5"
 
 Say = Callable[[str], None]
 
@@ -202,7 +202,7 @@ def live_report(store: Path, context: dict[str, object], timings: dict[str, floa
     t0 = time.perf_counter()
     results = analyse_live(store)
     t1 = time.perf_counter()
-    out = store.parent / REPORT_FILE
+    out = store.parent / "report.html"
     with _unvalidated():
         path = build_report(results, out, run_findings(results), index=site_index_for(out), live=context)
     if timings is not None:

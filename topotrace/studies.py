@@ -297,8 +297,7 @@ def _train_seed(study: Study, seed: int, train: Callable[[dict], object], note: 
 
 
 def _analysis(run_dir: Path, cluster: SnapshotCluster | None = None) -> AnalysisResults:
-    folder = RunFolder(run_dir)
-    return cached_results(folder.store, folder.analysis) or analyze(folder.store, folder.analysis, cluster=cluster)
+    return cached_results(run_dir) or analyze(run_dir, cluster=cluster)
 
 
 def _analyses(run_dirs: list[Path], cluster: SnapshotCluster | None) -> list[AnalysisResults]:
