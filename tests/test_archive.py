@@ -455,3 +455,24 @@ def test_stale_staging_from_a_kill_is_removed_only_when_topotrace_made_it(run_di
     assert "was not made by topotrace" in _refused(["archive", str(run_dir), "--out", str(out_dir / "b.zip")],
                                                    capsys)
     assert (users / "notes.txt").read_text("utf-8") == "mine" and not (out_dir / "b.zip").exists()
+
+
+def test_config_study_archives_with_its_reports_rebuilt(tmp_path, capsys, monkeypatch):
+    """A config study (study.json with seeds, seed-K/ runs): bundled with each seed's report and the study's
+    findings.json rebuilt from the bundled analyses (the seeds' stores are not re-checked for training)."""
+    study = tmp_path / "runs" / "st"
+    for seed in (0, 1):
+        write_synthetic_store(study / f"seed-{seed}" / "store.h5", n_snapshots=3, layer_sizes=(8,), n_classes=3,
+                              per_class=4, seed=seed, with_train_probe=False)
+        assert main(["analyze", str(study / f"seed-{seed}"), "--layouts", "pca"]) == 0
+    (study / "study.json").write_text(json.dumps({"format": "topotrace-study", "name": "st", "seeds": [0, 1],
+                                                  "config": {}}), "utf-8")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH))
+    capsys.readouterr()
+    assert main(["archive", str(study)]) == 0, capsys.readouterr().err
+    with zipfile.ZipFile(study.with_name("st.zip")) as zf:
+        names = set(zf.namelist())
+        found = json.loads(zf.read("findings.json"))
+    assert {"study.json", "report.html", "findings.json"} <= names
+    assert {f"seed-{s}/{n}" for s in (0, 1) for n in ("store.h5", "analysis.h5", "report.html")} <= names
+    assert {f["layer"] for f in found if f.get("layer")} == {"layer0"} and {f["n_runs"] for f in found} == {2}

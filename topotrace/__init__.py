@@ -11,6 +11,7 @@ module the first time it is used)::
         ...                                   # rec.step(step) once per optimiser update
     results = tt.analyze("runs/mine")         # cached in runs/mine/analysis.h5
     tt.build_report(results, "runs/mine/report.html")
+    tt.report("runs/mine")                    # as `topotrace report runs/mine`: report.html and findings.json
     found = tt.study(["runs/a", "runs/b", "runs/c"], "runs/mine-study")  # replicate runs -> findings across them
 
 The installed package holds the repository's folders as subpackages: :mod:`topotrace.instrument` (recording
@@ -42,6 +43,7 @@ _EXPORTS = {
     "analyze": "topotrace.analysis.pipeline",
     "load_results": "topotrace.analysis.results",
     "build_report": "topotrace.report_templates.generate",
+    "report": "topotrace.reports",
     "study": "topotrace.studies",
     "export_map_png": "topotrace.report_templates.export",
 }

@@ -17,7 +17,6 @@ import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
-import io
 import json
 import os
 import platform
@@ -34,7 +33,22 @@ from topotrace.instrument.store.repair import flock
 from topotrace.report_templates.outputs import ARCHIVE_FORMAT, atomic_output, written_by_topotrace
 
 from .authors import UNNAMED, Author, meta_authors, parse_author
-from .studies import STUDY_FILE, is_study, load_study
+from .runfolder import (
+    ANALYSIS_FILE,
+    CONFIG_FILE,
+    FINDINGS_FILE,
+    REPORT_FILE,
+    SEED_PREFIX,
+    SHARD_GLOB,
+    STUDY_FILE,
+    TRAIN_ANALYSIS_FILE,
+    TRAIN_PROBE_SET,
+    RunFolder,
+    analyses_train,
+    run_or_study,
+    seed_name,
+)
+from .studies import load_study
 
 FORMAT = ARCHIVE_FORMAT  # "topotrace-archive"
 FORMAT_VERSION = 1
@@ -43,11 +57,6 @@ CITATION_FILE = "CITATION.cff"
 CRATE_FILE = "ro-crate-metadata.json"
 MANIFEST_FILE = "MANIFEST.sha256"
 README_FILE = "README.txt"
-REPORT_FILE = "report.html"
-ANALYSIS_FILE = "analysis.h5"
-TRAIN_ANALYSIS_FILE = "analysis_train.h5"
-SHARD_GLOB = "store.shard-*-of-*.h5"  # the shard files of a store recorded with Recorder(shard="ddp")
-RUN_FILES = (STORE_FILE, ANALYSIS_FILE, TRAIN_ANALYSIS_FILE, "config.toml", "findings.json")  # copied when present
 ZIP_EPOCH_MIN = 315532800  # 1980-01-01: the earliest time a zip entry can hold
 
 FORMATS = {".h5": "application/x-hdf5", ".html": "text/html", ".json": "application/json", ".toml": "application/toml",
@@ -56,8 +65,8 @@ _DESCRIBE = {
     STORE_FILE: "the recorded activations, outputs and run metadata (HDF5 store)",
     ANALYSIS_FILE: "the cached analysis of the store (NAPs, layouts, maps, statistics) the report is built from",
     TRAIN_ANALYSIS_FILE: "the cached analysis of the store's train probe set (the report's overfitting section)",
-    "config.toml": "the training configuration of the run",
-    "findings.json": "the findings (claims, effects, intervals, verdicts) as JSON",
+    CONFIG_FILE: "the training configuration of the run",
+    FINDINGS_FILE: "the findings (claims, effects, intervals, verdicts) as JSON",
     REPORT_FILE: "the self-contained HTML report, rebuilt from the bundled analysis",
     STUDY_FILE: "the study's description: its name, seeds and configuration",
     ENVIRONMENT_FILE: "the Python version, platform and every installed distribution with its version",
@@ -81,11 +90,12 @@ CITATION_REFERENCES = (
 def describe_file(name: str) -> str:
     """The one-line description of a bundled file (``name`` relative to the bundle, with ``/``)."""
     path = PurePosixPath(name)
-    where = f" of seed {path.parts[0].removeprefix('seed-')}" if path.parts[0].startswith("seed-") else ""
+    first = path.parts[0]
+    where = f" of seed {first.removeprefix(SEED_PREFIX)}" if first.startswith(SEED_PREFIX) else ""
     if len(path.parts) > 1 and path.parts[-2].endswith("_layers"):
         return f"a page of the report{where} with the maps of one or more layers"
     if PurePosixPath(path.name).match(SHARD_GLOB):
-        return "one DDP rank's shard of the store (its share of the probe samples), read through store.h5" + where
+        return f"one DDP rank's shard of the store (its share of the probe samples), read through {STORE_FILE}{where}"
     return _DESCRIBE.get(path.name, "a file of the run") + where
 
 
@@ -135,8 +145,7 @@ def is_archive(path: Path) -> bool:
 
 def default_out(run: Path) -> Path:
     """``runs/NAME.zip`` next to the run folder ``runs/NAME`` (the site links it)."""
-    run = run.resolve()
-    return run.with_name(run.name + ".zip")
+    return RunFolder(run.resolve()).archive
 
 
 def check_archive_input(run: Path, out: Path) -> str:
@@ -147,16 +156,7 @@ def check_archive_input(run: Path, out: Path) -> str:
         ValueError: ``run`` is not a run or study folder, or is a study of existing runs.
         FileExistsError: ``out`` exists and is not a topotrace archive (it is never overwritten then).
     """
-    if not run.exists():
-        raise FileNotFoundError(f"No run folder at {run}. Give a run folder (runs/NAME, holding store.h5) or a study "
-                                "folder (holding study.json).")
-    if not run.is_dir():
-        raise ValueError(f"{run} is not a run folder. Give the folder of a run (runs/NAME, holding store.h5) or of a "
-                         "study (holding study.json), not a file.")
-    kind = "study" if is_study(run) else "run"
-    if kind == "run" and not (run / STORE_FILE).is_file():
-        raise ValueError(f"{run} is not a run folder: it holds no {STORE_FILE} and no {STUDY_FILE}. Give runs/NAME "
-                         "of a trained run or study.")
+    kind = run_or_study(run)
     if kind == "study" and load_study(run).of_runs:  # its runs lie outside it: a bundle of it is not built yet
         raise ValueError(f"{run} is a study of existing runs (topotrace study RUN RUN ...); a bundle holds a config "
                          "study's seeds only. Archive each of its runs (topotrace archive runs/NAME), or make the "
@@ -181,10 +181,8 @@ def check_archive_input(run: Path, out: Path) -> str:
 
 def _copy_run_files(src: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    shards = sorted(p.name for p in src.glob(SHARD_GLOB) if p.is_file())  # a store recorded with shard="ddp"
-    for name in (*RUN_FILES, *shards):
-        if (src / name).is_file():
-            shutil.copy2(src / name, dest / name)  # with its date: the analysis cache is keyed on it
+    for path in RunFolder(src).run_files():  # store (and its shards), analyses, config, findings
+        shutil.copy2(path, dest / path.name)  # with its date: the analysis cache is keyed on it
 
 
 def build_reports(root: Path, kind: str) -> None:
@@ -202,23 +200,23 @@ def build_reports(root: Path, kind: str) -> None:
     from topotrace.analysis.findings import run_findings
     from topotrace.report_templates.generate import build_report
 
-    if kind == "study":
-        from .cmd_report import write_study_report
+    from .studies import write_study_report
 
+    if kind == "study":
         study = load_study(root)
         results = [bundled_analysis(study.seed_dir(seed)) for seed in study.seeds]
         for seed in study.seeds:
-            (study.seed_dir(seed) / REPORT_FILE).unlink(missing_ok=True)  # rebuilt, not taken as it is
-        with contextlib.redirect_stdout(io.StringIO()):
-            write_study_report(root, results=results)
+            RunFolder(study.seed_dir(seed)).report.unlink(missing_ok=True)  # rebuilt, not taken as it is
+        write_study_report(study, results)
         return
+    folder = RunFolder(root)
     results = bundled_analysis(root)
     found_train = None
-    if results.probe_set != "train" and "train" in results.curves and (root / TRAIN_ANALYSIS_FILE).is_file():
+    if analyses_train(results) and folder.train_analysis.is_file():
         train = bundled_analysis(root, TRAIN_ANALYSIS_FILE)
-        if train.probe_set == "train":
+        if train.probe_set == TRAIN_PROBE_SET:
             found_train = run_findings(train)
-    build_report(results, root / REPORT_FILE, run_findings(results), found_train=found_train)
+    build_report(results, folder.report, run_findings(results), found_train=found_train)
 
 
 def bundled_analysis(run: Path, name: str = ANALYSIS_FILE):  # -> AnalysisResults (imported lazily)
@@ -230,15 +228,16 @@ def bundled_analysis(run: Path, name: str = ANALYSIS_FILE):  # -> AnalysisResult
     from topotrace.analysis.results import load_results
 
     path = run / name
+    store = RunFolder(run).store
     if not path.is_file():
         raise ValueError(f"{path} is missing: there is no analysis to build the report from.")
     try:
         results = load_results(path)
     except (OSError, KeyError) as err:
         raise ValueError(f"{path} is not a readable analysis: {err}") from err
-    digest = sha256_file(run / STORE_FILE)
+    digest = sha256_file(store)
     if results.store_sha256 and results.store_sha256 != digest:
-        raise ValueError(f"{path} was made from other content than {run / STORE_FILE} (SHA-256 "
+        raise ValueError(f"{path} was made from other content than {store} (SHA-256 "
                          f"{results.store_sha256[:12]}... vs {digest[:12]}...).")
     return results
 
@@ -266,14 +265,15 @@ def check_analysed(run: Path, kind: str) -> None:
     from topotrace.analysis.pipeline import cached_results
 
     runs = [load_study(run).seed_dir(s) for s in load_study(run).seeds] if kind == "study" else [run]
-    for folder in runs:
-        if not (folder / STORE_FILE).is_file():
-            raise ValueError(f"{folder} holds no {STORE_FILE}: the study is not finished. Continue it with "
+    for folder in map(RunFolder, runs):
+        if not folder.store.is_file():
+            raise ValueError(f"{folder.path} holds no {STORE_FILE}: the study is not finished. Continue it with "
                              "`topotrace study`, then archive it.")
-        check_intact(folder / STORE_FILE)
-        if cached_results(folder / STORE_FILE, folder / ANALYSIS_FILE) is None:
-            raise ValueError(f"{folder / STORE_FILE} has no current analysis in {folder / ANALYSIS_FILE}. Run "
-                             f"`topotrace analyze {folder}` (or `topotrace report {run}`) first, then archive it.")
+        check_intact(folder.store)
+        if cached_results(folder.store, folder.analysis) is None:
+            raise ValueError(f"{folder.store} has no current analysis in {folder.analysis}. Run "
+                             f"`topotrace analyze {folder.path}` (or `topotrace report {run}`) first, then archive "
+                             "it.")
 
 
 def environment(epoch: int, kind: str, name: str) -> dict[str, object]:
@@ -515,8 +515,8 @@ def write_archive(run: str | os.PathLike, out: str | os.PathLike | None = None,
     kind = check_archive_input(run, out)
     named = [parse_author(a) for a in authors] if authors else None
     check_analysed(run, kind)
-    stores = ([load_study(run).seed_dir(s) / STORE_FILE for s in load_study(run).seeds] if kind == "study"
-              else [run / STORE_FILE])
+    stores = ([RunFolder(load_study(run).seed_dir(s)).store for s in load_study(run).seeds] if kind == "study"
+              else [RunFolder(run).store])
     people = named if named is not None else meta_authors(stores)
     epoch = archive_epoch()
     name = run.resolve().name
@@ -527,9 +527,9 @@ def write_archive(run: str | os.PathLike, out: str | os.PathLike | None = None,
             study = load_study(run)
             shutil.copyfile(run / STUDY_FILE, root / STUDY_FILE)
             for seed in study.seeds:
-                _copy_run_files(study.seed_dir(seed), root / f"seed-{seed}")
-            if (run / "config.toml").is_file():
-                shutil.copyfile(run / "config.toml", root / "config.toml")
+                _copy_run_files(study.seed_dir(seed), root / seed_name(seed))
+            if (run / CONFIG_FILE).is_file():
+                shutil.copyfile(run / CONFIG_FILE, root / CONFIG_FILE)
         else:
             _copy_run_files(run, root)
         with _source_date(epoch):

@@ -23,9 +23,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .runfolder import INDEX_FILE, RunFolder
+
 ATLAS_FILE = "atlas.json"
 FORMAT = "topotrace-atlas"
-INDEX_FILE = "index.html"
 
 
 def relative_depths(cfg: dict, layers: Sequence[str]) -> dict[str, float]:
@@ -122,12 +123,12 @@ def atlas_entry(config: str, cfg: dict, study, found: list, timings: dict[str, f
 
     layers = list(dict.fromkeys(f.layer for f in found))
     depths = relative_depths(cfg, layers)
-    accuracy = [final_metrics(study.seed_dir(s) / "store.h5")["heldout"]["accuracy"] for s in study.seeds]
+    accuracy = [final_metrics(RunFolder(study.seed_dir(s)).store)["heldout"]["accuracy"] for s in study.seeds]
     stem = study.path.name
     return {
         "config": config,
         "study": stem,
-        "report": f"{stem}/report.html",
+        "report": RunFolder(Path(stem)).report.as_posix(),
         "architecture": cfg["model"].get("kind", "mlp"),
         "data": cfg["data"]["source"],
         "heldout_accuracy": {"mean": float(np.mean(accuracy)), "seeds": [float(a) for a in accuracy]},

@@ -150,13 +150,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .cli import visible
     from .cmd_info import find_store, open_store
+    from .runfolder import RunFolder
 
     console = Console()
     thresholds = verdict_kwargs(args)  # bad values: one line before any work
     path = find_store(args.run)
     open_store(path, args).close()  # a file that is no readable store: one clear line before any work
     kwargs = analysis_kwargs(args) | {"until_good": args.until_good}
-    cache = path.parent / "analysis.h5"
+    cache = RunFolder.of_store(path).analysis
     t0 = time.perf_counter()
     with scheduler_cluster(args) as cluster, Progress(TextColumn("{task.description:<28}"), BarColumn(),
                                                       MofNCompleteColumn(), TimeElapsedColumn(), console=console,

@@ -104,8 +104,9 @@ def load_or_analyze(path: Path, until_good: bool = False):
 
     from .cli import visible
     from .cmd_analyze import describe_params
+    from .runfolder import RunFolder
 
-    cache = path.parent / "analysis.h5"
+    cache = RunFolder.of_store(path).analysis
     results = cached_results(path, cache, until_good=until_good)
     if results is not None:
         return results, f"using the cached analysis ({visible(describe_params(results.params))})"

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import errno
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,8 +16,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from topotrace.instrument.store import SCHEMA_VERSION, Store, StoreError, resolve_store_path
+from topotrace.instrument.store import SCHEMA_VERSION, Store
 
+from . import runfolder
 from .cli import visible
 
 
@@ -30,76 +29,22 @@ def add_until_good_option(parser: argparse.ArgumentParser) -> None:
 
 
 def find_store(run: str) -> Path:
-    """The store file of a run folder or store path given on the command line.
+    """The store file of a run folder or store path given on the command line (:func:`topotrace.runfolder.find_store`).
 
     Raises:
         FileNotFoundError: there is no store there.
     """
-    path = resolve_store_path(run)
-    if not path.is_file():
-        what = not_a_file(path)
-        if what is not None:
-            raise ValueError(f"{path} is {what}, not a store file. A store is the regular file store.h5 that "
-                             "`topotrace train` writes into a run folder (runs/NAME/store.h5).")
-        where = f"{run} is a folder without {path.name}" if Path(run).is_dir() else f"No store at {path}"
-        raise FileNotFoundError(f"{where}. Give a run folder (runs/NAME, holding store.h5) or a store file; "
-                                "`topotrace train` makes one.")
-    return path
-
-
-def not_a_file(path: Path) -> str | None:
-    """What ``path`` is when it exists but is no regular file (never opened: a FIFO would block), else None."""
-    import stat
-
-    try:
-        mode = path.lstat().st_mode
-    except OSError:
-        return None  # nothing there
-    if stat.S_ISLNK(mode):
-        try:
-            path.resolve(strict=True)
-        except (RuntimeError, OSError) as err:  # Python < 3.13 raises RuntimeError for a loop, later ELOOP
-            if isinstance(err, RuntimeError) or err.errno == errno.ELOOP:
-                return "a symbolic link that loops back on itself"
-            return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
-        try:
-            mode = path.stat().st_mode
-        except OSError:
-            return "a symbolic link that cannot be followed"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return None
+    return runfolder.find_store(run)
 
 
 def open_store(path: Path, args: argparse.Namespace, check: bool = True) -> Store:
-    """Open a store for reading; a file that is not a readable store, or a damaged one, gets one clear error.
-
-    With ``check`` (``report``, ``analyze``, ``figure``) every committed chunk is read once and its checksum
-    verified before any work (one plain read of the store), so a damaged chunk is refused, naming the first damaged
-    snapshot, even when the command would not read that chunk itself (a cached analysis). With ``--until-good`` the
-    snapshots before it are used instead; a store damaged at snapshot 0 leaves none and is refused.
+    """Open a store for reading with the command's ``--until-good`` (:func:`topotrace.runfolder.open_store`).
 
     Raises:
         StoreError: not a topotrace store, another schema version, or damaged.
         ValueError: HDF5 cannot read the file at all.
     """
-    until_good = bool(getattr(args, "until_good", False))
-    try:
-        st = Store(path, until_good=until_good or check)
-    except OSError as err:  # h5py: not an HDF5 file, truncated, unreadable
-        raise ValueError(f"Cannot read {path} as a topotrace store ({err}). Give a store.h5 written by topotrace "
-                         "(or its run folder).") from None
-    if st.damaged_at is not None and (not until_good or st.damaged_at == 0):
-        error = st.damage_error or StoreError(f"{path}: snapshot {st.damaged_at} is damaged: {st.damage}.")
-        st.close()
-        raise error
-    return st
+    return runfolder.open_store(path, until_good=bool(getattr(args, "until_good", False)), check=check)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

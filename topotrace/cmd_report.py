@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from .runfolder import MAPS_DIR
+
 
 def parse_png_spec(spec: str) -> tuple[str, str, str, int]:
     """``"LAYER:GROUPING:GROUP:SNAPSHOT"`` -> (layer, grouping, group, snapshot); the layer may contain ':'."""
@@ -63,36 +65,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_until_good_option(parser)
 
 
-def check_output_file(out: Path, option: str = "--out", example: str = "report.html",
-                      siblings: tuple[str, ...] = ()) -> Path:
-    """Refuse an output page before any work (:func:`topotrace.report_templates.outputs.check_output`).
-
-    A folder, a link, a missing or read-only folder, or an existing file (or ``findings.json`` among ``siblings``)
-    that topotrace did not write is refused in one line; nothing is replaced that topotrace did not write.
-    """
-    from topotrace.report_templates.outputs import check_output
-
-    return check_output(out, "page", option=option, example=example, siblings=siblings)
-
-
 def run(args: argparse.Namespace) -> int:
-    from topotrace.analysis.findings import run_findings, trend_findings, write_findings_json
-    from topotrace.analysis.pipeline import analyze, cached_results
-    from topotrace.report_templates.generate import build_report
-
     from .cli import visible
     from .cmd_analyze import verdict_kwargs
-    from .cmd_info import find_store, open_store
+    from .reports import check_page_budget, check_report_output, report_analyses, write_run_report
+    from .runfolder import locate, open_store
     from .site import site_index_for
-    from .studies import is_study
 
     thresholds = verdict_kwargs(args)  # bad values: one line before any work
-    if is_study(args.run):
-        out = check_output_file(Path(args.out), siblings=("findings.json",)) if args.out else None
+    folder = locate(args.run)
+    if folder.is_study:
+        out = check_report_output(Path(args.out)) if args.out else None
         given = {k: v for k, v in thresholds.items() if getattr(args, k) is not None}
-        return write_study_report(Path(args.run), out=out, **given)
-    path = find_store(args.run)
-    with open_store(path, args) as st:  # a file that is no readable store: one clear line before any work
+        return write_study_report(folder.path, out=out, **given)
+    path = folder.store
+    with open_store(path, until_good=args.until_good) as st:  # no readable store: one clear line before any work
         layers = sorted(st.layers)
     pngs = [parse_png_spec(s) for s in args.png]
     for layer, *_ in pngs:
@@ -105,40 +92,25 @@ def run(args: argparse.Namespace) -> int:
         from topotrace.report_templates.figures import require_matplotlib
 
         require_matplotlib()
-    _check_page_budget(args.page_budget)
-    out = Path(args.out) if args.out else path.parent / "report.html"
-    check_output_file(out, siblings=("findings.json",) + (("maps",) if pngs else ()))
+    check_page_budget(args.page_budget)
+    out = Path(args.out) if args.out else folder.report
+    check_report_output(out, maps=bool(pngs))
     from .cmd_analyze import analysis_kwargs, analysis_options_given, describe_params
 
     t0 = time.perf_counter()
-    cache = path.parent / "analysis.h5"
-    results = None
-    if not (args.refresh or analysis_options_given(args)):
-        results = cached_results(path, cache, until_good=args.until_good)
-    if results is not None:
-        print(f"using the cached analysis ({visible(describe_params(results.params))}); give analysis options or "
-              "--refresh to recompute", file=sys.stderr)
-    else:
-        results = analyze(path, cache, **analysis_kwargs(args), until_good=args.until_good)
-    found_train = None
-    if results.probe_set != "train" and "train" in results.curves:  # the claims on the train probe set, too
-        train_cache = path.parent / "analysis_train.h5"
-        train = cached_results(path, train_cache, until_good=args.until_good) if not args.refresh else None
-        if train is None or train.probe_set != "train":
-            train = analyze(path, train_cache, probe_set="train", layout_methods=["pca"], until_good=args.until_good,
-                            refresh=args.refresh)
-        found_train = run_findings(train, **thresholds)
+    given = analysis_options_given(args)
+    params = {k: v for k, v in analysis_kwargs(args).items() if k != "refresh"} if given else None
+    analyses = report_analyses(folder, params, refresh=args.refresh, until_good=args.until_good)
+    if analyses.cached:
+        print(f"using the cached analysis ({visible(describe_params(analyses.results.params))}); give analysis "
+              "options or --refresh to recompute", file=sys.stderr)
     t1 = time.perf_counter()
-    maps = [_png_map(results, spec, args.contrast) for spec in pngs]  # checked before anything is written
-    found = run_findings(results, **thresholds)
-    build_report(results, out, found, index=None if args.out else site_index_for(out),
-                 page_budget=args.page_budget, found_train=found_train)  # pages and findings.json: atomic writes
-    trends = trend_findings([results], [str(results.meta.get("run_name", "run"))])
-    if found or trends:
-        write_findings_json([*found, *trends], out.with_name("findings.json"))
+    maps = [_png_map(analyses.results, spec, args.contrast) for spec in pngs]  # checked before anything is written
+    write_run_report(analyses, out, index=None if args.out else site_index_for(out), page_budget=args.page_budget,
+                     **thresholds)
     t2 = time.perf_counter()
     for (layer, grouping, group, snapshot), grid in zip(pngs, maps):
-        target = out.parent / "maps" / f"{_safe(layer)}_{_safe(grouping)}_{_safe(group)}_{snapshot}.png"
+        target = out.parent / MAPS_DIR / f"{_safe(layer)}_{_safe(grouping)}_{_safe(group)}_{snapshot}.png"
         write_png_map(grid, target, args.scale)
         print(f"map: {visible(target)}", file=sys.stderr)
     print(f"analysis {t1 - t0:.1f} s, report {t2 - t1:.1f} s, {pages_summary(out)}", file=sys.stderr)
@@ -166,14 +138,6 @@ def write_png_map(grid, target: Path, scale: int) -> Path:
     return save_figure(draw_map_grid(grid), target, "png", dpi=dpi)
 
 
-def _check_page_budget(budget: float) -> None:
-    from topotrace.report_templates.pages import MIN_BUDGET_MB
-
-    if not budget >= MIN_BUDGET_MB:  # also NaN
-        raise ValueError(f"The '--page-budget' option must be a number of MB >= {MIN_BUDGET_MB} (every page carries "
-                         f"BokehJS, about 1.7 MB), or inf for one page. Got {budget:g}.")
-
-
 def pages_summary(out: Path) -> str:
     """``"4.2 MB"`` for a one-page report; else the summary page, the layer pages, the largest and the total."""
     from topotrace.report_templates.generate import report_pages
@@ -194,11 +158,8 @@ def write_study_report(path: Path, out: Path | None = None, **thresholds: float)
     ``thresholds``: ``min_change`` and/or ``min_r`` when given (:func:`topotrace.analysis.findings.findings`).
     """
     from .cli import visible
-    from .studies import load_study, locked, study_results
-    from .studies import write_study_report as write
+    from .reports import write_study_report as write
+    from .runfolder import RunFolder
 
-    study = load_study(path)
-    with locked(study.path):
-        write(study, study_results(study), out, **thresholds)
-    print(visible(out or study.path / "report.html"))
+    print(visible(write(RunFolder(path), out, **thresholds).path))
     return 0

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from .config import check_out_dir, check_run_name, load_config
+from .runfolder import SEED_PREFIX, RunFolder
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +107,7 @@ def _run_of_runs(args: argparse.Namespace) -> int:
     with scheduler_cluster(args) as cluster:
         found = study(args.runs, path, cluster, **args.thresholds, **args.analysis)
     print_study_findings(console, found)
-    print(visible(path / "report.html"))
+    print(visible(RunFolder(path).report))
     return 0
 
 
@@ -142,7 +143,7 @@ def _run_config(args: argparse.Namespace) -> int:
         st, made = create_or_resume(path, name, seeds, cfg)
     found = config_study(st, made, console, args)
     print_study_findings(console, found)
-    print(visible(st.path / "report.html"))
+    print(visible(RunFolder(st.path).report))
     return 0
 
 
@@ -164,7 +165,7 @@ def config_study(study, made: bool, console: Console, args: argparse.Namespace,
         with locked(study.path):
             return _train_and_report(study, console, args, timings if timings is not None else {})
     except BaseException:
-        if made and not any(trained(d) for d in study.path.glob("seed-*")):
+        if made and not any(trained(d) for d in study.path.glob(f"{SEED_PREFIX}*")):
             import shutil
 
             shutil.rmtree(study.path, ignore_errors=True)  # this command made the study, finished no seed: undo

@@ -39,6 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .cli import CommandFailed, visible
     from .live import Watcher
+    from .runfolder import REPORT_FILE
 
     for name, value, low in (("--stall", args.stall, 0.0), ("--poll", args.poll, 0.0)):
         if not (math.isfinite(value) and value > low):
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     failed = [r for r in runs if r.end != "done"]
     for r in runs:  # the report of every run that closed; with several runs, each failure's line too
         if r.end == "done":
-            print(visible(r.store.parent / "report.html"))
+            print(visible(r.store.parent / REPORT_FILE))
         elif len(runs) > 1:
             print(r.line)
     if len(failed) == 1 and len(runs) == 1:

@@ -45,6 +45,8 @@ from pathlib import Path
 
 from topotrace.instrument.store import STORE_FILE, Store, StoreError, writer_state
 
+from .runfolder import INDEX_FILE, REPORT_FILE
+
 STALL_S = 120.0  # seconds without a new snapshot after which a live run counts as stalled
 POLL_S = 1.0  # seconds between two looks at the stores
 RELOAD_S = 10  # seconds after which a live page reloads itself
@@ -237,7 +239,7 @@ def final_report(store: Path) -> Path:
     cmd_report.configure(parser)
     with contextlib.redirect_stdout(sys.stderr):  # its own lines; watch prints the report's path at the end
         cmd_report.run(parser.parse_args([str(store)]))
-    return store.parent / "report.html"
+    return store.parent / REPORT_FILE
 
 
 def site_root(store: Path, folder: Path | None) -> Path | None:
@@ -246,7 +248,7 @@ def site_root(store: Path, folder: Path | None) -> Path | None:
         return folder
     from .site import site_index_for
 
-    link = site_index_for(store.parent / "report.html")
+    link = site_index_for(store.parent / REPORT_FILE)
     return None if link is None else (store.parent / link).parent.resolve()
 
 
@@ -278,7 +280,7 @@ def is_runs_folder(target: Path) -> bool:
     """A folder of runs (watch every live run in it) rather than one run's folder."""
     if not target.is_dir() or (target / STORE_FILE).exists():
         return False
-    return (target / "index.html").is_file() or bool(_stores_below(target))
+    return (target / INDEX_FILE).is_file() or bool(_stores_below(target))
 
 
 class Watcher:

@@ -20,11 +20,9 @@ from topotrace.analysis.vocabulary import HOLDS
 from topotrace.instrument.store import STORE_FILE, Store, StoreError, writer_state
 from topotrace.report_templates.outputs import atomic_output, check_output, written_by_topotrace
 
-from .studies import STUDY_FILE, load_study
+from .runfolder import CONFIG_FILE, INDEX_FILE, STUDY_FILE, RunFolder
+from .studies import load_study
 
-INDEX_FILE = "index.html"
-REPORT_FILE = "report.html"
-FINDINGS_FILE = "findings.json"
 PROBES = ("train", "heldout")  # the probe sets with columns of their own (others are left out of the index)
 
 
@@ -103,9 +101,10 @@ def _verdicts(path: Path) -> dict[str, tuple[int, int]]:
 
 def _links(run_dir: Path, root: Path) -> dict[str, str]:
     rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    folder = RunFolder(run_dir)
     links = {}
-    for key, p in (("report", run_dir / REPORT_FILE), ("store", run_dir / STORE_FILE),
-                   ("findings", run_dir / FINDINGS_FILE), ("archive", run_dir.with_name(run_dir.name + ".zip"))):
+    for key, p in (("report", folder.report), ("store", folder.store), ("findings", folder.findings),
+                   ("archive", folder.archive)):
         if p.is_file():
             links[key] = rel(p)
     return links
@@ -114,8 +113,8 @@ def _links(run_dir: Path, root: Path) -> dict[str, str]:
 def read_run(run_dir: Path, root: Path, kind: str = "run") -> SiteRow:
     """The index row of one run folder (never raises for a damaged store: the row says why)."""
     row = SiteRow(run_dir.relative_to(root).as_posix(), kind, "done", links=_links(run_dir, root),
-                  verdicts=_verdicts(run_dir / FINDINGS_FILE))
-    store = run_dir / STORE_FILE
+                  verdicts=_verdicts(RunFolder(run_dir).findings))
+    store = RunFolder(run_dir).store
     if not store.is_file():
         row.status = "no store"
         return row
@@ -148,7 +147,7 @@ def read_run(run_dir: Path, root: Path, kind: str = "run") -> SiteRow:
 def read_study(study_dir: Path, root: Path) -> SiteRow:
     """The index row of a study folder, with its seeds' rows under it."""
     row = SiteRow(study_dir.relative_to(root).as_posix(), "study", "study", links=_links(study_dir, root),
-                  verdicts=_verdicts(study_dir / FINDINGS_FILE))
+                  verdicts=_verdicts(RunFolder(study_dir).findings))
     try:
         study = load_study(study_dir)
     except ValueError as err:
@@ -192,7 +191,7 @@ def collect(root: str | os.PathLike) -> list[SiteRow]:
         if STUDY_FILE in filenames:
             rows.append(read_study(here, root))
             dirnames.clear()  # its seed folders are in its row
-        elif STORE_FILE in filenames or "config.toml" in filenames:
+        elif STORE_FILE in filenames or CONFIG_FILE in filenames:
             rows.append(read_run(here, root))
             dirnames.clear()
     return sorted(rows, key=lambda r: r.path)

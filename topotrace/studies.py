@@ -36,9 +36,10 @@ from topotrace.analysis.findings import MIN_CHANGE, MIN_R
 from topotrace.analysis.params import AnalysisParams
 from topotrace.analysis.pipeline import SnapshotCluster, analyze, cached_results
 from topotrace.analysis.results import AnalysisResults
-from topotrace.instrument.store import STORE_FILE, Store, writer_state
+from topotrace.instrument.store import Store, writer_state
 
-STUDY_FILE = "study.json"
+from .runfolder import FINDINGS_FILE, STUDY_FILE, RunFolder, require_run, seed_name
+
 FORMAT = "topotrace-study"
 
 
@@ -66,7 +67,7 @@ class Study:
         return bool(self.run_paths)
 
     def seed_dir(self, seed: int) -> Path:
-        return self.path / f"seed-{seed}"
+        return RunFolder(self.path).seed(seed).path
 
     @property
     def runs(self) -> list[Path]:
@@ -93,7 +94,7 @@ def run_labels(runs: Sequence[Path]) -> list[str]:
 
 def is_study(path: str | Path) -> bool:
     """True when ``path`` is a study folder (it holds ``study.json``)."""
-    return (Path(path) / STUDY_FILE).is_file()
+    return RunFolder(Path(path)).is_study
 
 
 def load_study(path: str | Path) -> Study:
@@ -210,13 +211,13 @@ def _filled(cfg: dict) -> dict | None:
 def seed_config(study: Study, seed: int) -> dict:
     """The run configuration of one seed: the study's, with its own seed, name and folder."""
     cfg = copy.deepcopy(study.config)
-    cfg["run"].update({"seed": seed, "name": f"seed-{seed}", "out_dir": str(study.path)})
+    cfg["run"].update({"seed": seed, "name": seed_name(seed), "out_dir": str(study.path)})
     return cfg
 
 
 def trained(run_dir: Path) -> bool:
     """True when the run's store reached its last training step (``total_steps`` in its metadata)."""
-    store = run_dir / STORE_FILE
+    store = RunFolder(run_dir).store
     if not store.is_file():
         return False
     try:
@@ -295,7 +296,7 @@ def _train_seed(study: Study, seed: int, train: Callable[[dict], object], note: 
         note(seed, "trained")
         return
     if run_dir.exists():  # left half-written by this study when it was interrupted (the caller holds the lock)
-        store = run_dir / STORE_FILE
+        store = RunFolder(run_dir).store
         if store.is_file() and writer_state(store) == "live":
             raise BlockingIOError(f"{run_dir} is being recorded by a running process; stop it or wait for it, then "
                                   "run the study again.")
@@ -380,10 +381,7 @@ def check_comparable(runs: Sequence[str | os.PathLike]) -> None:
         seen[key] = p
     ref: list[tuple[str, object]] | None = None
     for p in paths:
-        store = p / STORE_FILE
-        if not p.is_dir() or not store.is_file():
-            raise ValueError(f"{p} is not a run folder (it holds no {STORE_FILE}); give the folders of recorded runs, "
-                             "e.g. runs/a runs/b runs/c.")
+        store = require_run(p)
         if writer_state(store) == "live":
             raise ValueError(f"The run {p} is still being recorded; make the study when its training has finished.")
         try:
@@ -499,10 +497,10 @@ def write_study_report(study: Study, results: Sequence[AnalysisResults], out: Pa
 
     names = study.labels
     found = findings(results, names, min_change=min_change, min_r=min_r)
-    out = out or study.path / "report.html"
+    out = out or RunFolder(study.path).report
     links = []
     for name, run_dir, res in zip(names, study.runs, results):  # each run's own report, linked from the study's
-        run_report = run_dir / "report.html"
+        run_report = RunFolder(run_dir).report
         if not study.of_runs and not run_report.exists():
             build_report(res, run_report, index=site_index_for(run_report))
         if run_report.exists():
@@ -510,6 +508,6 @@ def write_study_report(study: Study, results: Sequence[AnalysisResults], out: Pa
     trends = trend_findings(results, names)
     title = f"study {study.name} ({len(names)} {'runs' if study.of_runs else 'seeds'})"
     build_report(results[0], out, found, runs=links, title=title,  # pages and findings.json: atomic writes
-                 index=site_index_for(out) if out == study.path / "report.html" else None, trends=trends)
-    write_findings_json([*found, *trends], out.with_name("findings.json"))
+                 index=site_index_for(out) if out == RunFolder(study.path).report else None, trends=trends)
+    write_findings_json([*found, *trends], out.with_name(FINDINGS_FILE))
     return found

@@ -28,11 +28,11 @@ from topotrace.instrument.store import STORE_FILE, Store, is_store, writer_state
 from .config import check_data_path, to_toml
 from .data import INPUT_SHAPES, load_dataset, stratified_indices, train_subset
 from .models import MLP, build_model, describe_model, layer_reductions
+from .runfolder import CONFIG_FILE, RunFolder
 
 __all__ = ["MLP", "RunFailed", "RunSummary", "check_run_config", "final_metrics", "train_run"]  # MLP: models.py
 
 
-CHECKPOINT_FILE = "checkpoint.npz"  # next to the store: the state a killed run resumes from (weights only)
 
 
 class RunFailed(OSError):
@@ -251,18 +251,19 @@ def _check_resumable(run_dir: Path, cfg: dict) -> None:
     if not run_dir.is_dir() or run_dir.is_symlink():
         raise FileNotFoundError(f"No run at {run_dir} to resume. Start it without --resume (same run.name and "
                                 "--out-dir), or give the name of an existing run.")
-    if not (run_dir / "config.toml").is_file():
-        raise ValueError(f"{run_dir} is not a topotrace run (no config.toml); --resume continues runs that "
+    config = RunFolder(run_dir).config
+    if not config.is_file():
+        raise ValueError(f"{run_dir} is not a topotrace run (no {CONFIG_FILE}); --resume continues runs that "
                          "topotrace train started. Choose another run.name.")
     store = run_dir / STORE_FILE
     check_not_live(store, run_dir)
     if store.exists() and not is_run(run_dir):
-        raise ValueError(f"{run_dir} holds a store.h5 that this version of topotrace cannot read, so it cannot be "
+        raise ValueError(f"{run_dir} holds a {STORE_FILE} that this version of topotrace cannot read, so it cannot be "
                          "resumed. Start a new run (another run.name).")
     try:
-        old = load_config(run_dir / "config.toml")
+        old = load_config(config)
     except (ValueError, TypeError, OSError) as err:
-        raise ValueError(f"{run_dir}/config.toml cannot be read ({err}); the run cannot be resumed.") from None
+        raise ValueError(f"{run_dir}/{CONFIG_FILE} cannot be read ({err}); the run cannot be resumed.") from None
     diff = [f"{s}.{k} = {old[s][k]!r} there vs {cfg[s][k]!r} now" for s in cfg for k in cfg[s]
             if old.get(s, {}).get(k) != cfg[s][k] and (s, k) != ("run", "out_dir")]  # the same folder, named anew
     if diff:
@@ -309,10 +310,10 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
     """Train the configured MLP and record it into ``<out_dir>/<name>/store.h5``.
 
     Everything is checked before anything is written (config, layers, data, the run folder). A checkpoint
-    (:data:`CHECKPOINT_FILE`) is written after each epoch, once every snapshot up to it is committed, and never
-    after the recording stopped. If the recording stops (disk full, ...), training stops too and the run is
-    kept (``summary.error``); ``resume=True`` continues it from its last checkpoint (or from step 0 without
-    one) and records the missing snapshots. If the command fails before the first checkpoint with no snapshot
+    (:data:`topotrace.runfolder.CHECKPOINT_FILE`) is written after each epoch, once every snapshot up to it is
+    committed, and never after the recording stopped. If the recording stops (disk full, ...), training stops too
+    and the run is kept (``summary.error``); ``resume=True`` continues it from its last checkpoint (or from step 0
+    without one) and records the missing snapshots. If the command fails before the first checkpoint with no snapshot
     committed (or is stopped with Ctrl-C while its recording is healthy), the folders it created are removed
     again; a store with committed snapshots is never removed.
 
@@ -336,18 +337,18 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
         raise ValueError("--overwrite and --resume exclude each other: replace the run, or continue it.")
     check_run_config(cfg)
     run_dir = Path(cfg["run"]["out_dir"]) / cfg["run"]["name"]
-    store_path = run_dir / STORE_FILE
-    ckpt_path = run_dir / CHECKPOINT_FILE
+    folder = RunFolder(run_dir)
+    store_path, ckpt_path = folder.store, folder.checkpoint
     ckpt = None
     if resume:
         _check_resumable(run_dir, cfg)
         if os.path.lexists(ckpt_path):  # a folder or link there is refused, not skipped
             ckpt = load_checkpoint(ckpt_path)
             if ckpt.get("config") != _settings(cfg):
-                raise ValueError(f"The checkpoint {ckpt_path} belongs to another config than {run_dir}/config.toml; "
+                raise ValueError(f"The checkpoint {ckpt_path} belongs to another config than {folder.config}; "
                                  "remove it to restart the run from step 0 with --resume.")
             if not store_path.is_file():
-                raise ValueError(f"{run_dir} has a checkpoint but no store.h5, so the snapshots before it are "
+                raise ValueError(f"{run_dir} has a checkpoint but no {STORE_FILE}, so the snapshots before it are "
                                  "lost; start a new run (another run.name or --overwrite).")
     else:
         if run_dir.exists() or run_dir.is_symlink():
@@ -423,7 +424,7 @@ def train_run(cfg: dict, overwrite: bool = False, progress: Callable[[int, int],
     try:
         if not resume:
             run_dir.mkdir(parents=True)
-            (run_dir / "config.toml").write_text(to_toml(cfg))
+            folder.config.write_text(to_toml(cfg))
         else:
             store_path.with_name(store_path.name + ".creating").unlink(missing_ok=True)  # left by a kill
         recorder = Recorder(

@@ -22,18 +22,17 @@ from pathlib import Path, PurePosixPath
 from topotrace.instrument.store import STORE_FILE, Store, StoreError
 
 from .archive import (
-    ANALYSIS_FILE,
     ENVIRONMENT_FILE,
     FORMAT,
     MANIFEST_FILE,
-    REPORT_FILE,
     _bundle_files,
     _copy_run_files,
     _source_date,
     build_reports,
     sha256_file,
 )
-from .studies import STUDY_FILE, load_study
+from .runfolder import ANALYSIS_FILE, REPORT_FILE, STUDY_FILE, seed_name
+from .studies import load_study
 
 ZIP_LOCAL = b"PK\x03\x04"  # the signature of a zip member's local header (and so of a zip's first bytes)
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # signature .. extra length: 30 bytes
@@ -183,7 +182,7 @@ def _check_report(root: Path, kind: str, epoch: int, runs: list[str],
             if kind == "study":
                 shutil.copyfile(root / STUDY_FILE, build / STUDY_FILE)
                 for seed in load_study(root).seeds:
-                    _copy_run_files(root / f"seed-{seed}", build / f"seed-{seed}")
+                    _copy_run_files(root / seed_name(seed), build / seed_name(seed))
             else:
                 _copy_run_files(root, build)
             inputs = set(_bundle_files(build))
@@ -253,7 +252,7 @@ def _verify_folder(root: Path, damaged: frozenset[str] = frozenset()) -> list[st
         return [*problems, f"{ENVIRONMENT_FILE}: unreadable, so the report cannot be rebuilt ({err})"]
     if kind == "study":
         try:
-            runs = [f"seed-{s}" for s in load_study(root).seeds]
+            runs = [seed_name(s) for s in load_study(root).seeds]
         except ValueError as err:
             return [*problems, f"{STUDY_FILE}: {' '.join(str(err).split())}"]
     else:
