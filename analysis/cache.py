@@ -25,6 +25,8 @@ from .outcomes import TRAIN_PROBE
 from .params import AnalysisParams
 from .results import AnalysisResults, load_results, read_cache_attrs
 
+CACHE_FILE = "analysis.h5"  # the analysis cache next to the store (topotrace.runfolder.ANALYSIS_FILE)
+
 
 def store_fingerprint(store: Store) -> dict[str, int]:
     """What identifies a store's committed content cheaply (see the module docstring)."""
@@ -145,4 +147,4 @@ def cached_results(store_path: str | os.PathLike, cache_path: str | os.PathLike 
     path = resolve_store_path(store_path)
     with Store(path, until_good=until_good) as store:
         fingerprint = json.dumps(store_fingerprint(store), sort_keys=True)
-    return load_cache(Path(cache_path) if cache_path is not None else path.parent / "analysis.h5", fingerprint)
+    return load_cache(Path(cache_path) if cache_path is not None else path.parent / CACHE_FILE, fingerprint)

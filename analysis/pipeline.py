@@ -44,6 +44,7 @@ from topotrace.instrument.store import Store, resolve_store_path
 
 from . import incremental
 from .cache import (  # noqa: F401 (cached_results, store_fingerprint: importable from here)
+    CACHE_FILE,
     cached_results,
     incremental_base,
     load_cache,
@@ -141,7 +142,7 @@ def analyze(
     t_start = time.perf_counter()
     params = AnalysisParams.make(params, **overrides)  # every check of a parameter, before any work
     path = resolve_store_path(store_path)
-    cache = Path(cache_path) if cache_path is not None else path.parent / "analysis.h5"
+    cache = Path(cache_path) if cache_path is not None else path.parent / CACHE_FILE
     cache.parent.mkdir(parents=True, exist_ok=True)  # fail here, not after the work, if it cannot be made
     if provisional_layouts is not None and not isinstance(provisional_layouts, bool):
         raise TypeError(f"The 'provisional_layouts' parameter must be None, True or False. Got "

@@ -538,7 +538,7 @@ def write_archive(run: str | os.PathLike, out: str | os.PathLike | None = None,
         (root / CITATION_FILE).write_text(citation_cff(name, epoch, people), "utf-8")
         files = _bundle_files(root)
         listed = sorted([*files, README_FILE, CRATE_FILE, MANIFEST_FILE])
-        first = root if kind == "run" else root / f"seed-{load_study(root).seeds[0]}"
+        first = root if kind == "run" else root / seed_name(load_study(root).seeds[0])
         from topotrace.analysis.params import describe
 
         params = bundled_analysis(first).params

@@ -33,7 +33,6 @@ report, rebuilds the run's analysis and report and the site index. Rules:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
@@ -45,7 +44,7 @@ from pathlib import Path
 
 from topotrace.instrument.store import STORE_FILE, Store, StoreError, writer_state
 
-from .runfolder import INDEX_FILE, REPORT_FILE
+from .runfolder import INDEX_FILE, LIVE_ANALYSIS_FILE, REPORT_FILE
 
 STALL_S = 120.0  # seconds without a new snapshot after which a live run counts as stalled
 POLL_S = 1.0  # seconds between two looks at the stores
@@ -53,7 +52,7 @@ RELOAD_S = 10  # seconds after which a live page reloads itself
 # While live, the layouts are the fast ones (t-SNE alone took 7 of the 8 s of a 2-layer store's analysis); the
 # final report computes every default layout. Live analyses are cached apart, so analysis.h5 is always a final one.
 LIVE_LAYOUTS = ("force", "pca")
-LIVE_CACHE = "analysis_live.h5"
+LIVE_CACHE = LIVE_ANALYSIS_FILE
 LIVE_THREADS = 1  # threads of a live rebuild's numerical libraries (the final report uses the defaults)
 NICE = 10  # watch's default CPU priority decrease (topotrace watch --nice): the training keeps the processor
 
@@ -223,7 +222,7 @@ def live_report(store: Path, context: dict[str, object], timings: dict[str, floa
     with _one_thread():
         results = analyse_live(store)
         t1 = time.perf_counter()
-        out = store.parent / "report.html"
+        out = store.parent / REPORT_FILE
         with _unvalidated():
             path = build_report(results, out, run_findings(results), index=site_index_for(out), live=context)
     if timings is not None:
@@ -233,13 +232,9 @@ def live_report(store: Path, context: dict[str, object], timings: dict[str, floa
 
 def final_report(store: Path) -> Path:
     """Write the finished run's report as ``topotrace report STORE`` does (the same code, its defaults)."""
-    from . import cmd_report
+    from .reports import report
 
-    parser = argparse.ArgumentParser()
-    cmd_report.configure(parser)
-    with contextlib.redirect_stdout(sys.stderr):  # its own lines; watch prints the report's path at the end
-        cmd_report.run(parser.parse_args([str(store)]))
-    return store.parent / REPORT_FILE
+    return Path(report(store))
 
 
 def site_root(store: Path, folder: Path | None) -> Path | None:

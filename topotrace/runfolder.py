@@ -32,9 +32,10 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from topotrace.analysis.cache import CACHE_FILE
 from topotrace.instrument.store import STORE_FILE, Store, StoreError, resolve_store_path
 
-ANALYSIS_FILE = "analysis.h5"
+ANALYSIS_FILE = CACHE_FILE  # the analysis package names its cache
 TRAIN_ANALYSIS_FILE = "analysis_train.h5"
 LIVE_ANALYSIS_FILE = "analysis_live.h5"
 REPORT_FILE = "report.html"
