@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from topotrace.instrument.store import Store, resolve_store_path, writer_state
-
+from ..instrument.store import Store, resolve_store_path, writer_state
 from . import incremental, naps, stats
 from . import params as analysis_params
 from .outcomes import TRAIN_PROBE

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from topotrace.instrument.confidence import fit_temperature, temperature_softmax
+from ..instrument.confidence import fit_temperature, temperature_softmax
 
 ECE_BINS = 15  # equal-width bins, as in Guo et al. 2017
 _CONF_TOL = 1e-9  # confidences this far outside [0, 1] are float error and are clipped; farther is an error

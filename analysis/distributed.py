@@ -24,8 +24,7 @@ from functools import lru_cache
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from topotrace.instrument.store import Store
-
+from ..instrument.store import Store
 from . import stats
 from .snapshot import LayerContext, snapshot_row, task_context
 

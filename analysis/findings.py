@@ -34,8 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as sps
 
-from topotrace.instrument.confidence import UNCERTAINTY_MEASURES
-
+from ..instrument.confidence import UNCERTAINTY_MEASURES
 from .evidence import LEVEL, SampleEvidence
 from .results import AnalysisResults
 from .vocabulary import (  # noqa: F401 (re-exported: the vocabulary as the findings' callers have known it)

@@ -23,7 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from topotrace.instrument.store import Store
+from ..instrument.store import Store
 
 STATE_FORMAT = "topotrace-analysis-state"
 STATE_VERSION = 1

@@ -15,8 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from topotrace.instrument.store import Store
-
+from ..instrument.store import Store
 from . import incremental, maps, naps, stats
 from .layouts import NeuronLayout, shepard_score, trustworthiness_score
 from .outcomes import TRAIN_PROBE, trend_interval

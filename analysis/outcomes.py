@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from topotrace.instrument.store import Store
-
+from ..instrument.store import Store
 from . import calibration
 from .params import AnalysisParams
 from .results import Calibration, Divergence

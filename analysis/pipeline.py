@@ -40,8 +40,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from topotrace.instrument.store import Store, resolve_store_path
-
+from ..instrument.store import Store, resolve_store_path
 from . import incremental
 from .cache import (  # noqa: F401 (cached_results, store_fingerprint: importable from here)
     CACHE_FILE,

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from topotrace.instrument.store import Store
-
+from ..instrument.store import Store
 from . import collapse, evidence, naps, stats
 from .cache import store_fingerprint
 from .outcomes import finite_outcomes

@@ -15,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from topotrace.instrument.store import Store
-
+from ..instrument.store import Store
 from . import stats
 from .outcomes import TRAIN_PROBE
 from .snapshot import LayerContext, LayerRows, cka_row, process_snapshot

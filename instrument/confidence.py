@@ -5,7 +5,7 @@ probabilities, float64, rows sum to 1) and ``labels`` of shape (n,) (int64 true 
 of shape (n,). The built-in measures are registered under the names in :data:`DEFAULT_MEASURES`; add more
 with :func:`register_measure` and select them with ``Recorder(measures=[...])``::
 
-    from topotrace.instrument.confidence import register_measure
+    from .confidence import register_measure
 
     register_measure("gini", lambda p, y: 1.0 - (p**2).sum(axis=1))
 

@@ -12,9 +12,8 @@ import math
 
 import numpy as np
 
-from topotrace.analysis.findings import RunEffect, verdict
-from topotrace.analysis.results import AnalysisResults
-
+from ..analysis.findings import RunEffect, verdict
+from ..analysis.results import AnalysisResults
 from .beyond_view import HELDOUT, TRAIN, _ece, _finite, _measures, _reliability_probe
 from .loss_marker import _loss_min
 from .words import TREND_TABLE_NOTE, number, percentage_points

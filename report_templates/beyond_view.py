@@ -33,9 +33,8 @@ from bokeh.models.layouts import LayoutDOM
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from topotrace.analysis.calibration import TEMP_PROB_CV
-from topotrace.analysis.results import AnalysisResults, Calibration
-
+from ..analysis.calibration import TEMP_PROB_CV
+from ..analysis.results import AnalysisResults, Calibration
 from .charts import (
     PROBE_COLORS,
     TIME_LABEL,

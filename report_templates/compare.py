@@ -42,9 +42,8 @@ from bokeh.models import (
 from bokeh.models.layouts import LayoutDOM
 from bokeh.palettes import Category10_10
 
-from topotrace.analysis.findings import CLAIMS, RULE, Finding
-from topotrace.analysis.results import AnalysisResults, LayerResult
-
+from ..analysis.findings import CLAIMS, RULE, Finding
+from ..analysis.results import AnalysisResults, LayerResult
 from . import maps
 from .charts import CURVE_NAMES, _time_figure, step_axis_type, time_markers, time_x
 from .findings_view import Y_LABEL

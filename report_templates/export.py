@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from topotrace.analysis.naps import contrast_normalise
-from topotrace.analysis.results import AnalysisResults
-
+from ..analysis.naps import contrast_normalise
+from ..analysis.results import AnalysisResults
 from .outputs import atomic_output
 from .style import OFF_MAP, activation_scale, color_index, contrast_limit, diverging_palette, palette_rgb
 

@@ -35,10 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from topotrace.analysis.maps import halo
-from topotrace.analysis.naps import contrast_normalise
-from topotrace.analysis.results import AnalysisResults, LayerResult
-
+from ..analysis.maps import halo
+from ..analysis.naps import contrast_normalise
+from ..analysis.results import AnalysisResults, LayerResult
 from .outputs import atomic_output
 from .style import OFF_MAP, activation_scale, color_index, contrast_limit, diverging_palette
 

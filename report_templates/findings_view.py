@@ -20,8 +20,7 @@ from bokeh.models import ColumnDataSource, CustomJS, HoverTool, Span, Title
 from bokeh.models.layouts import LayoutDOM
 from bokeh.plotting import figure
 
-from topotrace.analysis.findings import Finding
-
+from ..analysis.findings import Finding
 from .charts import MAX_STACKED_LAYERS, _time_figure, layer_select, step_axis_type, time_x
 from .style import esc, html_div
 from .words import VERDICT_COLOR

@@ -41,9 +41,8 @@ from bokeh.models import CustomJS, Div
 from bokeh.models.layouts import LayoutDOM
 from bokeh.resources import INLINE
 
-from topotrace.analysis.findings import RULE, Finding, run_findings
-from topotrace.analysis.results import AnalysisResults
-
+from ..analysis.findings import RULE, Finding, run_findings
+from ..analysis.results import AnalysisResults
 from . import beyond_page, beyond_view, charts, compare, findings_view, layout_view, loss_marker, maps, pages
 from .links import escape_bidi_page, relative_href
 from .outputs import atomic_output

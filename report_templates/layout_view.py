@@ -16,8 +16,7 @@ from bokeh.models.layouts import LayoutDOM
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from topotrace.analysis.results import AnalysisResults, LayerResult
-
+from ..analysis.results import AnalysisResults, LayerResult
 from .charts import MAX_STACKED_LAYERS, layer_select
 from .style import esc, html_div, plain
 from .words import unplaced_sentence

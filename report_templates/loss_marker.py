@@ -16,8 +16,7 @@ from bokeh.model.util import collect_models
 from bokeh.models import Legend, LegendItem, LogScale, Plot, Span
 from bokeh.models.layouts import LayoutDOM
 
-from topotrace.analysis.results import AnalysisResults
-
+from ..analysis.results import AnalysisResults
 from .charts import MARKER_NAME, time_x
 from .words.beyond import loss_minimum_label
 

@@ -21,8 +21,7 @@ from bokeh.models import (
 from bokeh.models.layouts import LayoutDOM
 from bokeh.plotting import figure
 
-from topotrace.analysis.results import InterpOperator, LayerResult
-
+from ..analysis.results import InterpOperator, LayerResult
 from .quantize import delta_encode, precision_text, quantize, value_format
 from .style import (
     OFF_MAP,

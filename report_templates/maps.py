@@ -56,8 +56,7 @@ from bokeh.models import (
 )
 from bokeh.models.layouts import LayoutDOM
 
-from topotrace.analysis.results import AnalysisResults, LayerResult
-
+from ..analysis.results import AnalysisResults, LayerResult
 from .charts import correlation_measures, default_measure, measure_notes, step_axis_type, time_x
 from .map_tiles import (  # noqa: F401 (re-exported: the maps' sizes, spans and shipped values, as callers know them)
     CORR,

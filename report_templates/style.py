@@ -16,7 +16,7 @@ import numpy as np
 from bokeh.models import Div, InlineStyleSheet
 from bokeh.palettes import RdBu11, Reds9
 
-from topotrace.analysis.results import LayerResult
+from ..analysis.results import LayerResult
 
 
 def palette_rgb(palette: Sequence[str] | None = None) -> np.ndarray:

@@ -29,19 +29,32 @@ def _root(module: str) -> str:
     return parts[0]
 
 
-def imported_roots(path):
-    """The package each import of ``path`` reaches (relative imports beyond the own package count as topotrace)."""
+def installed_package(path: Path) -> list[str]:
+    """The installed package of a module file: analysis/x.py -> ["topotrace", "analysis"]."""
+    parts = list(path.relative_to(ROOT).parent.parts)
+    return parts if parts[0] == "topotrace" else ["topotrace", *parts]
+
+
+def imported_modules(path: Path):
+    """The absolute name of each module an import of ``path`` reaches (relative imports resolved)."""
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            yield from (_root(alias.name) for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "topotrace":
-                yield from (_root(f"topotrace.{alias.name}") for alias in node.names)
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = installed_package(path)
+                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+            if base in ("topotrace", *(f"topotrace.{p}" for p in SUBPACKAGES)) and node.module != base.split(".")[-1]:
+                yield from (f"{base}.{alias.name}" for alias in node.names)  # from . import stats
             else:
-                yield _root(node.module)
-        elif isinstance(node, ast.ImportFrom) and node.level > 1:
-            yield "topotrace"
+                yield base
+
+
+def imported_roots(path):
+    """The package each import of ``path`` reaches (``topotrace.analysis.stats`` counts as ``analysis``)."""
+    yield from (_root(m) for m in imported_modules(path))
 
 
 def test_bare_package_names_are_not_imported():
@@ -52,6 +65,27 @@ def test_bare_package_names_are_not_imported():
             names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
             names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module]
             assert not [m for m in names if m.split(".")[0] in SUBPACKAGES], p
+
+
+def test_imports_inside_the_package_are_relative():
+    """Inside the installed package, modules import each other relatively (``from ..instrument import ...``), so
+    editors and structure tools resolve them to the repository's folders; the installed names stay topotrace.*."""
+    for package in (*SUBPACKAGES, "topotrace"):
+        for p in (ROOT / package).rglob("*.py"):
+            tree = ast.parse(p.read_text())
+            absolute = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0
+                        and n.module and n.module.split(".")[0] == "topotrace"]
+            absolute += [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Import)
+                         and any(a.name.split(".")[0] == "topotrace" for a in n.names)]
+            assert absolute == [], f"{p.relative_to(ROOT)}: absolute topotrace imports at lines {absolute}"
+
+
+def test_relative_imports_resolve_to_the_folders():
+    """The resolution the direction checks rely on: analysis/x.py's ``..instrument.store`` is topotrace.instrument."""
+    assert installed_package(ROOT / "analysis" / "x.py") == ["topotrace", "analysis"]
+    assert installed_package(ROOT / "topotrace" / "integrations" / "x.py") == ["topotrace", "integrations"]
+    roots = list(imported_roots(ROOT / "analysis" / "pipeline.py"))
+    assert "instrument" in roots and "analysis" in roots and "topotrace" not in roots
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))

@@ -30,6 +30,11 @@ def test_wheel_holds_only_topotrace(wheel):
                    "topotrace/analysis/pipeline.py", "topotrace/report_templates/generate.py",
                    "topotrace/report_templates/report.html", "topotrace/report_templates/render_maps.js"):
         assert needed in names
+    folders = {"topotrace": "topotrace", "instrument": "topotrace/instrument", "analysis": "topotrace/analysis",
+               "report_templates": "topotrace/report_templates"}
+    for folder, installed in folders.items():  # every subpackage (pyproject lists them one by one)
+        for init in (ROOT / folder).rglob("__init__.py"):
+            assert f"{installed}/{init.relative_to(ROOT / folder).as_posix()}" in names, init
 
 
 def test_installed_wheel_works_outside_the_repository(wheel, tmp_path):

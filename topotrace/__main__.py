@@ -1,5 +1,5 @@
 """``python -m topotrace``."""
 
-from topotrace.cli import main
+from .cli import main
 
 raise SystemExit(main())

@@ -28,11 +28,10 @@ from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
-from topotrace.instrument.store import STORE_FILE, Store, StoreError
-from topotrace.instrument.store.repair import flock
-from topotrace.report_templates.outputs import ARCHIVE_FORMAT, atomic_output, written_by_topotrace
-
 from .authors import UNNAMED, Author, meta_authors, parse_author
+from .instrument.store import STORE_FILE, Store, StoreError
+from .instrument.store.repair import flock
+from .report_templates.outputs import ARCHIVE_FORMAT, atomic_output, written_by_topotrace
 from .runfolder import (
     ANALYSIS_FILE,
     CONFIG_FILE,
@@ -197,9 +196,8 @@ def build_reports(root: Path, kind: str) -> None:
     Raises:
         ValueError: an analysis is missing, unreadable or was made from other store content.
     """
-    from topotrace.analysis.findings import run_findings
-    from topotrace.report_templates.generate import build_report
-
+    from .analysis.findings import run_findings
+    from .report_templates.generate import build_report
     from .studies import write_study_report
 
     if kind == "study":
@@ -225,7 +223,7 @@ def bundled_analysis(run: Path, name: str = ANALYSIS_FILE):  # -> AnalysisResult
     Raises:
         ValueError: it is missing, unreadable, or was made from other store content.
     """
-    from topotrace.analysis.results import load_results
+    from .analysis.results import load_results
 
     path = run / name
     store = RunFolder(run).store
@@ -262,7 +260,7 @@ def check_analysed(run: Path, kind: str) -> None:
     Raises:
         ValueError: naming the run and the command that analyses it.
     """
-    from topotrace.analysis.pipeline import cached_results
+    from .analysis.pipeline import cached_results
 
     runs = [load_study(run).seed_dir(s) for s in load_study(run).seeds] if kind == "study" else [run]
     for folder in map(RunFolder, runs):
@@ -343,7 +341,7 @@ def _own_version() -> str:
 
 def analysis_options(params: dict[str, object]) -> str:
     """The ``topotrace analyze``/``report`` options that repeat an analysis made with ``params``."""
-    from topotrace.analysis.params import cli_options
+    from .analysis.params import cli_options
 
     return cli_options(params)
 
@@ -539,7 +537,7 @@ def write_archive(run: str | os.PathLike, out: str | os.PathLike | None = None,
         files = _bundle_files(root)
         listed = sorted([*files, README_FILE, CRATE_FILE, MANIFEST_FILE])
         first = root if kind == "run" else root / seed_name(load_study(root).seeds[0])
-        from topotrace.analysis.params import describe
+        from .analysis.params import describe
 
         params = bundled_analysis(first).params
         (root / README_FILE).write_text(readme_text(name, kind, epoch, listed, analysis_options(params),

@@ -188,11 +188,11 @@ def run_atlas(configs: Sequence[str], seeds: Sequence[int], name: str, out_dir: 
         found = study_one(study, made, timings)
         timings["total"] = time.perf_counter() - t0
         entries.append(atlas_entry(config, cfg, study, found, timings))
-    from topotrace.analysis.findings import RULE
-    from topotrace.report_templates.words import DEPTH_RULE
+    from .analysis.findings import RULE
+    from .report_templates.words import DEPTH_RULE
 
     atlas = desc | {"claims": list(CLAIM_ORDER), "rule": RULE, "depth_rule": DEPTH_RULE, "entries": entries}
-    from topotrace.report_templates.atlas import build_atlas
+    from .report_templates.atlas import build_atlas
 
     build_atlas(atlas, path / INDEX_FILE)
     write_json(path / ATLAS_FILE, atlas)

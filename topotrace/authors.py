@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from topotrace.instrument.store import Store
+from .instrument.store import Store
 
 ORCID_URL = "https://orcid.org/"
 AUTHOR_FORM = ("'Given Family <ORCID>' (e.g. 'Josiah Carberry <0000-0002-1825-0097>'; 'Family, Given' when the "

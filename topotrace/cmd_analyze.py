@@ -20,10 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from topotrace.analysis import params as analysis_params
-from topotrace.analysis.findings import MIN_CHANGE, MIN_R, check_thresholds, run_findings, trend_findings
-from topotrace.analysis.pipeline import analyze
-from topotrace.report_templates.words import (
+from .analysis import params as analysis_params
+from .analysis.findings import MIN_CHANGE, MIN_R, check_thresholds, run_findings, trend_findings
+from .analysis.pipeline import analyze
+from .report_templates.words import (
     CLAIM_SHORT,
     VERDICT_STYLE,
     effect_text,
@@ -33,7 +33,7 @@ from topotrace.report_templates.words import (
     trend_effect,
     trend_name,
 )
-from topotrace.report_templates.words import terminal as say
+from .report_templates.words import terminal as say
 
 # The terminal tables below stay readable at 80 columns: every column may wrap at spaces and folds a word longer
 # than its width (never "…"), and the layer column is as wide as the longest layer name (up to LAYER_WIDTH), so
@@ -108,7 +108,7 @@ def scheduler_cluster(args: argparse.Namespace) -> Iterator[object | None]:
                              f"Got --scheduler {args.scheduler}.")
         yield None
         return
-    from topotrace.analysis.distributed import dask_cluster
+    from .analysis.distributed import dask_cluster
 
     with dask_cluster(args.address, args.workers) as cluster:
         yield cluster

@@ -54,11 +54,10 @@ def atlas_table(atlas: dict) -> Table:
     Each study has a row of its own (its name in bold) above its layers, so that the layer column is as wide as
     the longest layer name and a name is printed whole at 80 columns; cells wrap at spaces, never "…".
     """
-    from topotrace.report_templates.words import CLAIM_SHORT
-    from topotrace.report_templates.words import terminal as say
-
     from .cli import visible
     from .cmd_analyze import layer_column
+    from .report_templates.words import CLAIM_SHORT
+    from .report_templates.words import terminal as say
 
     table = Table(title=say.atlas_title(visible(atlas["name"]), atlas["seeds"]))
     layer_column(table, ["  " + visible(row["layer"]) for e in atlas["entries"] for row in e["layers"]],

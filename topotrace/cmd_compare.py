@@ -56,8 +56,7 @@ def default_out(stores: list[Path]) -> Path:
 
 def check_runs(paths: list[str]) -> tuple[list[Path], str]:
     """The runs' store paths, or an empty list and the one-line reason they are not usable."""
-    from topotrace.instrument.store import resolve_store_path
-
+    from .instrument.store import resolve_store_path
     from .studies import is_study
 
     if len(paths) < 2:
@@ -81,10 +80,9 @@ def check_runs(paths: list[str]) -> tuple[list[Path], str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from topotrace.report_templates.outputs import check_output
-
     from .cli import describe, visible
     from .cmd_info import open_store
+    from .report_templates.outputs import check_output
 
     stores, problem = check_runs(list(args.runs))
     if problem:
@@ -92,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
     out = check_output(Path(args.out) if args.out else default_out(stores), "page", example="compare.html")
     for store in stores:
         open_store(store, args).close()  # a file that is no readable store: one clear line before any work
-    from topotrace.analysis.findings import run_findings
-    from topotrace.analysis.pipeline import analyze, cached_results
-    from topotrace.report_templates.compare import findings_rows
-    from topotrace.report_templates.generate import build_comparison
+    from .analysis.findings import run_findings
+    from .analysis.pipeline import analyze, cached_results
+    from .report_templates.compare import findings_rows
+    from .report_templates.generate import build_comparison
 
     console = Console(stderr=True, highlight=False)
     labels = run_labels(stores)
@@ -127,11 +125,10 @@ def side_by_side_table(rows: list[dict], labels: list[str]) -> Table:
         rows: :func:`topotrace.report_templates.compare.findings_rows`.
         labels: the runs' labels, in the order of each row's cells.
     """
-    from topotrace.report_templates.words import VERDICT_STYLE
-    from topotrace.report_templates.words import terminal as say
-
     from .cli import visible
     from .cmd_analyze import layer_column
+    from .report_templates.words import VERDICT_STYLE
+    from .report_templates.words import terminal as say
 
     table = Table(title=say.SIDE_BY_SIDE_TITLE)
     layer_column(table, [visible(r["layer"]) for r in rows])

@@ -100,8 +100,7 @@ def load_or_analyze(path: Path, until_good: bool = False):
     Returns:
         (:class:`topotrace.analysis.results.AnalysisResults`, a line saying which analysis it is).
     """
-    from topotrace.analysis.pipeline import analyze, cached_results
-
+    from .analysis.pipeline import analyze, cached_results
     from .cli import visible
     from .cmd_analyze import describe_params
     from .runfolder import RunFolder
@@ -115,11 +114,10 @@ def load_or_analyze(path: Path, until_good: bool = False):
 
 
 def run(args: argparse.Namespace) -> int:
-    from topotrace.report_templates.outputs import check_output
-
     from .cli import visible
     from .cmd_info import find_store, open_store
     from .cmd_report import _safe
+    from .report_templates.outputs import check_output
 
     if args.kind not in KINDS:
         raise ValueError(f"Unknown kind {args.kind!r} for '--kind'. Available: {list(KINDS)}.")
@@ -133,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups is not None else None
     if args.kind != "findings" and args.layer is None:
         raise ValueError(f"The '--layer' option is required for --kind {args.kind}.")
-    from topotrace.report_templates.figures import require_matplotlib
+    from .report_templates.figures import require_matplotlib
 
     require_matplotlib()
     path = find_store(args.run)
@@ -152,10 +150,10 @@ def run(args: argparse.Namespace) -> int:
             check_output(out.parent, "figure", option="", example="figures")
 
     results, note = load_or_analyze(path, until_good=args.until_good)
-    from topotrace.report_templates import figures
+    from .report_templates import figures
 
     if args.kind == "findings":
-        from topotrace.analysis.findings import run_findings
+        from .analysis.findings import run_findings
 
         fig = figures.findings_figure(run_findings(results), layer=args.layer)
         print(note, file=sys.stderr)  # after the request is checked: a bad one gets its error line alone

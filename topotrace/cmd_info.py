@@ -16,10 +16,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from topotrace.instrument.store import SCHEMA_VERSION, Store
-
 from . import runfolder
 from .cli import visible
+from .instrument.store import SCHEMA_VERSION, Store
 
 
 def add_until_good_option(parser: argparse.ArgumentParser) -> None:

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"The '--scale' option must be an int from 1 to 15 (PNG pixels per map grid cell). Got "
                          f"{args.scale}.")
     if pngs:
-        from topotrace.report_templates.figures import require_matplotlib
+        from .report_templates.figures import require_matplotlib
 
         require_matplotlib()
     check_page_budget(args.page_budget)
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _png_map(results, spec: tuple[str, str, str, int], contrast: bool):
     """The checked one-cell map grid of a ``--png`` spec (``topotrace figure``'s plan); errors name the spec."""
-    from topotrace.report_templates.figures import plan_map_grid
+    from .report_templates.figures import plan_map_grid
 
     layer, grouping, group, snapshot = spec
     try:
@@ -131,7 +131,7 @@ def _png_map(results, spec: tuple[str, str, str, int], contrast: bool):
 
 def write_png_map(grid, target: Path, scale: int) -> Path:
     """Draw a one-cell map grid (``topotrace figure``'s builder) as a PNG with about ``scale`` px per grid cell."""
-    from topotrace.report_templates.figures import CELL_IN, draw_map_grid, save_figure
+    from .report_templates.figures import CELL_IN, draw_map_grid, save_figure
 
     target.parent.mkdir(parents=True, exist_ok=True)
     dpi = max(20.0, scale * grid.images.shape[-1] / CELL_IN)
@@ -140,9 +140,8 @@ def write_png_map(grid, target: Path, scale: int) -> Path:
 
 def pages_summary(out: Path) -> str:
     """``"4.2 MB"`` for a one-page report; else the summary page, the layer pages, the largest and the total."""
-    from topotrace.report_templates.generate import report_pages
-
     from .cli import visible
+    from .report_templates.generate import report_pages
 
     files = report_pages(out)
     sizes = [f.stat().st_size / 1e6 for f in files]

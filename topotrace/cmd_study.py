@@ -247,10 +247,9 @@ def _train_and_report(study, console: Console, args: argparse.Namespace, timings
 
 def print_study_findings(console: Console, found: list) -> None:
     """The findings across the runs as a table, as ``topotrace analyze`` prints one run's (readable at 80 columns)."""
-    from topotrace.report_templates.words import terminal as say
-
     from .cli import visible
     from .cmd_analyze import findings_tables
+    from .report_templates.words import terminal as say
 
     if not found:
         return

@@ -42,8 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from topotrace.instrument.store import STORE_FILE, Store, StoreError, writer_state
-
+from .instrument.store import STORE_FILE, Store, StoreError, writer_state
 from .runfolder import INDEX_FILE, LIVE_ANALYSIS_FILE, REPORT_FILE
 
 STALL_S = 120.0  # seconds without a new snapshot after which a live run counts as stalled
@@ -89,7 +88,7 @@ def expected_snapshots(meta: dict[str, object]) -> int | None:
     total = meta.get("total_steps")
     total = int(total) if isinstance(total, (int, float)) and not isinstance(total, bool) and total >= 0 else None
     if m := re.fullmatch(r"log_spaced\((\d+), (\d+)\)", text):
-        from topotrace.instrument.schedules import log_spaced
+        from .instrument.schedules import log_spaced
 
         return len(log_spaced(int(m[1]), int(m[2])).steps)
     if m := re.fullmatch(r"every\((\d+)(?:, start=(\d+))?\)", text):
@@ -179,9 +178,11 @@ def _unvalidated():
 
 def _warm() -> None:
     """Import what a rebuild needs (analysis, findings, page rendering), once, before the first snapshot."""
-    import topotrace.analysis.findings  # noqa: F401
-    import topotrace.analysis.pipeline  # noqa: F401
-    import topotrace.report_templates.generate  # noqa: F401
+    from .analysis import (
+        findings,  # noqa: F401
+        pipeline,  # noqa: F401
+    )
+    from .report_templates import generate  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -200,7 +201,7 @@ def analyse_live(store: Path):
     extends the cached analysis by the snapshots committed since (the incremental analysis of
     :func:`topotrace.analysis.pipeline.analyze`).
     """
-    from topotrace.analysis.pipeline import analyze
+    from .analysis.pipeline import analyze
 
     return analyze(store, store.parent / LIVE_CACHE, layout_methods=list(LIVE_LAYOUTS))
 
@@ -213,9 +214,8 @@ def live_report(store: Path, context: dict[str, object], timings: dict[str, floa
         context: the banner (:func:`live_context`).
         timings: when given, gets the seconds of ``"analysis"`` and ``"page"`` (findings and rendering).
     """
-    from topotrace.analysis.findings import run_findings
-    from topotrace.report_templates.generate import build_report
-
+    from .analysis.findings import run_findings
+    from .report_templates.generate import build_report
     from .site import site_index_for
 
     t0 = time.perf_counter()

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from topotrace.analysis.findings import MIN_CHANGE, MIN_R
-
+from .analysis.findings import MIN_CHANGE, MIN_R
 from .runfolder import FINDINGS_FILE, MAPS_DIR, REPORT_FILE, TRAIN_PROBE_SET, RunFolder, analyses_train, locate
 
 DEFAULT_PAGE_BUDGET = 10.0  # MB: the largest page (topotrace report --page-budget)
@@ -60,7 +59,7 @@ class RunReport:
 
 def check_page_budget(budget: float) -> None:
     """Refuse a page budget below :data:`topotrace.report_templates.pages.MIN_BUDGET_MB` (or NaN) in one line."""
-    from topotrace.report_templates.pages import MIN_BUDGET_MB
+    from .report_templates.pages import MIN_BUDGET_MB
 
     if not budget >= MIN_BUDGET_MB:  # also NaN
         raise ValueError(f"The '--page-budget' option must be a number of MB >= {MIN_BUDGET_MB} (every page carries "
@@ -74,7 +73,7 @@ def check_report_output(out: Path, option: str = "--out", example: str = REPORT_
     ``maps`` that is no folder when ``maps``) that topotrace did not write is refused in one line; nothing is
     replaced that topotrace did not write.
     """
-    from topotrace.report_templates.outputs import check_output
+    from .report_templates.outputs import check_output
 
     return check_output(out, "page", option=option, example=example,
                         siblings=(FINDINGS_FILE,) + ((MAPS_DIR,) if maps else ()))
@@ -93,7 +92,7 @@ def report_analyses(folder: RunFolder, params: Mapping[str, object] | None = Non
         refresh: recompute both analyses even when their caches are current.
         until_good: read a damaged store up to its last intact snapshot.
     """
-    from topotrace.analysis.pipeline import analyze, cached_results
+    from .analysis.pipeline import analyze, cached_results
 
     results = None
     if not (refresh or params is not None):
@@ -125,8 +124,8 @@ def write_run_report(analyses: Analyses, out: Path, index: str | None = None, mi
     Returns:
         What was written.
     """
-    from topotrace.analysis.findings import run_findings, trend_findings, write_findings_json
-    from topotrace.report_templates.generate import build_report, report_pages
+    from .analysis.findings import run_findings, trend_findings, write_findings_json
+    from .report_templates.generate import build_report, report_pages
 
     results = analyses.results
     found_train = run_findings(analyses.train, min_change=min_change, min_r=min_r) if analyses.train else None
@@ -145,8 +144,7 @@ def write_study_report(folder: RunFolder, out: Path | None = None, **thresholds:
 
     Holds the study's lock while it works. ``thresholds``: ``min_change`` and/or ``min_r`` when given.
     """
-    from topotrace.report_templates.generate import report_pages
-
+    from .report_templates.generate import report_pages
     from .studies import load_study, locked, study_results
     from .studies import write_study_report as write
 
@@ -188,8 +186,7 @@ def report(run: str | os.PathLike, out: str | os.PathLike | None = None, *, refr
         FileNotFoundError, ValueError: no run or study at ``run``, a store that cannot be read, a bad value.
         FileExistsError, IsADirectoryError: a file at ``out`` (or its ``findings.json``) that topotrace did not write.
     """
-    from topotrace.analysis.findings import check_thresholds
-
+    from .analysis.findings import check_thresholds
     from .runfolder import open_store
     from .site import site_index_for
 

@@ -32,8 +32,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from topotrace.analysis.cache import CACHE_FILE
-from topotrace.instrument.store import STORE_FILE, Store, StoreError, resolve_store_path
+from .analysis.cache import CACHE_FILE
+from .instrument.store import STORE_FILE, Store, StoreError, resolve_store_path
 
 ANALYSIS_FILE = CACHE_FILE  # the analysis package names its cache
 TRAIN_ANALYSIS_FILE = "analysis_train.h5"
@@ -107,7 +107,7 @@ class RunFolder:
     @staticmethod
     def sidecars(analysis: Path) -> list[Path]:
         """The files an analysis cache keeps beside it (the state that lets it be extended)."""
-        from topotrace.analysis.incremental import state_path
+        from .analysis.incremental import state_path
 
         return [state_path(analysis)]
 
@@ -117,7 +117,7 @@ class RunFolder:
 
     def report_pages(self, report: Path | None = None) -> list[Path]:
         """The pages of the report (default ``report.html``) as written: the page itself, then its layer pages."""
-        from topotrace.report_templates.generate import report_pages
+        from .report_templates.generate import report_pages
 
         return report_pages(report or self.report)
 

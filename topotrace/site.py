@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from topotrace.analysis.vocabulary import HOLDS
-from topotrace.instrument.store import STORE_FILE, Store, StoreError, writer_state
-from topotrace.report_templates.outputs import atomic_output, check_output, written_by_topotrace
-
+from .analysis.vocabulary import HOLDS
+from .instrument.store import STORE_FILE, Store, StoreError, writer_state
+from .report_templates.outputs import atomic_output, check_output, written_by_topotrace
 from .runfolder import CONFIG_FILE, INDEX_FILE, STUDY_FILE, RunFolder
 from .studies import load_study
 
@@ -205,7 +204,7 @@ def write_site(root: str | os.PathLike, out: str | os.PathLike | None = None) ->
         out: the folder to write ``index.html`` into (default ``root``). Links are relative, so the page works
             wherever the folder is moved as a whole.
     """
-    from topotrace.report_templates.site import render_index  # jinja2 only
+    from .report_templates.site import render_index  # jinja2 only
 
     root = Path(root)
     out_dir = Path(out) if out is not None else root

@@ -32,12 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from topotrace.analysis.findings import MIN_CHANGE, MIN_R
-from topotrace.analysis.params import AnalysisParams
-from topotrace.analysis.pipeline import SnapshotCluster, analyze, cached_results
-from topotrace.analysis.results import AnalysisResults
-from topotrace.instrument.store import Store, writer_state
-
+from .analysis.findings import MIN_CHANGE, MIN_R
+from .analysis.params import AnalysisParams
+from .analysis.pipeline import SnapshotCluster, analyze, cached_results
+from .analysis.results import AnalysisResults
+from .instrument.store import Store, writer_state
 from .runfolder import FINDINGS_FILE, STUDY_FILE, RunFolder, require_run, seed_name
 
 FORMAT = "topotrace-study"
@@ -367,7 +366,7 @@ def check_comparable(runs: Sequence[str | os.PathLike]) -> None:
         ValueError: fewer than two runs, a run named twice, a folder without a readable store, a run being
             recorded, or the first difference between the first run and another.
     """
-    from topotrace.instrument.store import StoreError
+    from .instrument.store import StoreError
 
     paths = [Path(r) for r in runs]
     if len(paths) < 2:
@@ -490,9 +489,8 @@ def write_study_report(study: Study, results: Sequence[AnalysisResults], out: Pa
         The findings across the runs (the time trends of :func:`~topotrace.analysis.findings.trend_findings`
         are in ``findings.json`` too).
     """
-    from topotrace.analysis.findings import findings, trend_findings, write_findings_json
-    from topotrace.report_templates.generate import build_report
-
+    from .analysis.findings import findings, trend_findings, write_findings_json
+    from .report_templates.generate import build_report
     from .site import site_index_for
 
     names = study.labels

@@ -20,13 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from topotrace.instrument.layers import resolve_layers
-from topotrace.instrument.recorder import ProbeSet, Recorder
-from topotrace.instrument.schedules import every, log_spaced, per_epoch
-from topotrace.instrument.store import STORE_FILE, Store, is_store, writer_state
-
 from .config import check_data_path, to_toml
 from .data import INPUT_SHAPES, load_dataset, stratified_indices, train_subset
+from .instrument.layers import resolve_layers
+from .instrument.recorder import ProbeSet, Recorder
+from .instrument.schedules import every, log_spaced, per_epoch
+from .instrument.store import STORE_FILE, Store, is_store, writer_state
 from .models import MLP, build_model, describe_model, layer_reductions
 from .runfolder import CONFIG_FILE, RunFolder
 

@@ -19,8 +19,6 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from topotrace.instrument.store import STORE_FILE, Store, StoreError
-
 from .archive import (
     ENVIRONMENT_FILE,
     FORMAT,
@@ -31,6 +29,7 @@ from .archive import (
     build_reports,
     sha256_file,
 )
+from .instrument.store import STORE_FILE, Store, StoreError
 from .runfolder import ANALYSIS_FILE, REPORT_FILE, STUDY_FILE, seed_name
 from .studies import load_study
 

@@ -15,7 +15,7 @@ Chart titles, axis labels and the map headings stay with the figures they label;
 commands that report progress.
 """
 
-from topotrace.analysis.vocabulary import (
+from ...analysis.vocabulary import (
     COURSES,
     EXTREME,
     FALLS,
@@ -34,7 +34,6 @@ from topotrace.analysis.vocabulary import (
     TROUGH,
     VERDICTS,
 )
-
 from .claims import (
     CLAIM_SHORT,
     CLAIM_TEXT,

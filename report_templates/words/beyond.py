@@ -6,8 +6,7 @@ functions only word them. Plain text: the template escapes it.
 
 from __future__ import annotations
 
-from topotrace.analysis.calibration import TEMP_PROB_CV
-
+from ...analysis.calibration import TEMP_PROB_CV
 from .numbers import number
 
 TEMP_PROB_CV_NOTE = ("temp_prob_cv is temperature scaling fitted where it can calibrate: each probe set is split into "

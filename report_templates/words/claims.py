@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from topotrace.analysis.findings import Finding
-from topotrace.analysis.vocabulary import (
+from ...analysis.findings import Finding
+from ...analysis.vocabulary import (
     EXTREME,
     IN_THIS_RUN,
     MIXED,
@@ -24,7 +24,6 @@ from topotrace.analysis.vocabulary import (
     SUPPORTED,
     TROUGH,
 )
-
 from .numbers import number, percent, percentage_points, ratio
 
 CLAIM_TEXT = {

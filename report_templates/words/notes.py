@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 
-from topotrace.analysis.results import AnalysisResults, Divergence
-
+from ...analysis.results import AnalysisResults, Divergence
 from .numbers import _names, _plural, number
 
 
@@ -108,7 +107,7 @@ def uncertainty_note(measures: list[str], what: str = "r") -> str:
     them a positive r means activity rises as the network grows *less* confident, the opposite of the other
     measures. The findings turn their sign around so that "with confidence" reads the same for every measure."
     """
-    from topotrace.instrument.confidence import UNCERTAINTY_MEASURES
+    from ...instrument.confidence import UNCERTAINTY_MEASURES
 
     names = [m for m in measures if m in UNCERTAINTY_MEASURES]
     if not names:

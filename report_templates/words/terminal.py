@@ -6,9 +6,8 @@ these functions, and style the returned text themselves (rich), so the words and
 
 from __future__ import annotations
 
-from topotrace.analysis.findings import Finding
-from topotrace.analysis.vocabulary import EXTREME
-
+from ...analysis.findings import Finding
+from ...analysis.vocabulary import EXTREME
 from .claims import interval_kind
 from .numbers import number, percent
 

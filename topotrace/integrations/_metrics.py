@@ -27,8 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from topotrace.analysis import evidence
-from topotrace.instrument.store import Snapshot, StoreSpec
+from ..analysis import evidence
+from ..instrument.store import Snapshot, StoreSpec
 
 PREFIX = "topotrace"
 HELDOUT = "heldout"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 
-from topotrace.instrument.recorder import Recorder
+from ..instrument.recorder import Recorder
 
 # What a callback sets itself (from the framework) or takes as its own arguments.
 SET_BY_CALLBACK = ("model", "path", "layers", "probes", "class_names", "schedule", "resume", "resume_step")

@@ -2,7 +2,7 @@
 
 ::
 
-    from topotrace.integrations.hf import TopotraceCallback
+    from .hf import TopotraceCallback
 
     cb = TopotraceCallback("runs/bert/store.h5", layers=["bert.encoder.layer.*", "bert.pooler"],
                            probes=[tt.ProbeSet("heldout", input_ids, labels)], class_names=classes,
@@ -55,9 +55,8 @@ except ModuleNotFoundError as err:
         raise
     raise ImportError("topotrace.integrations.hf needs transformers: pip install topotrace[hf]") from None
 
-from topotrace.instrument.layers import LayerSelector
-from topotrace.instrument.recorder import ProbeSet, Recorder
-
+from ..instrument.layers import LayerSelector
+from ..instrument.recorder import ProbeSet, Recorder
 from ._metrics import SnapshotMetrics
 from ._recorder_args import check_recorder_kwargs
 

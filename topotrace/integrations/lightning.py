@@ -5,7 +5,7 @@ The callback translates Lightning's events into the Recorder's API and nothing m
 is what it runs, so Lightning and a plain loop over the same batches record the same snapshots, bit for bit::
 
     import topotrace as tt
-    from topotrace.integrations.lightning import TopotraceCallback
+    from .lightning import TopotraceCallback
 
     cb = TopotraceCallback("runs/mine/store.h5", layers="net.*", probes=[tt.ProbeSet("heldout", x, y)],
                            class_names=classes, schedule=tt.log_spaced(total_steps, 60))
@@ -63,9 +63,8 @@ except ModuleNotFoundError as err:
     _MISSING = "topotrace.integrations.lightning needs PyTorch Lightning: pip install topotrace[lightning]"
     raise ImportError(_MISSING) from None
 
-from topotrace.instrument.layers import LayerSelector
-from topotrace.instrument.recorder import ProbeSet, Recorder
-
+from ..instrument.layers import LayerSelector
+from ..instrument.recorder import ProbeSet, Recorder
 from ._metrics import SnapshotMetrics
 from ._recorder_args import check_recorder_kwargs
 
