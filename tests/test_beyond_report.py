@@ -313,30 +313,24 @@ def test_old_results_render_with_notes(results, tmp_path):
 # ------------------------------------------------------------------------------------------------- browser
 @pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="Debian chromium not found at /usr/bin/chromium")
-def test_reliability_slider_in_browser(results, page):
+def test_reliability_slider_in_browser(results, page, browser):
     """The page opens offline without errors; moving the reliability slider shows that snapshot's bins."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from bench.browser import ARGS, CHROMIUM, open_offline
+    from bench.browser import open_offline
 
     cal = results.calibration["heldout"]
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            tab, blocked, errors = open_offline(browser, page)
-            assert blocked == [] and errors == []
-            for snap in (1, 3):
-                got = tab.evaluate("""async (i) => {
-                    const d = Bokeh.documents[0];
-                    d.get_model_by_name('reliability_slider').value = i;
-                    await new Promise(r => setTimeout(r, 50));
-                    const v = d.get_model_by_name('reliability_view').data;
-                    return [0, 1].map(k => ['conf', 'acc', 'n'].map(c => Array.from(v[c + k], x =>
-                        Number.isNaN(x) ? null : x)));
-                }""", snap)
-                for k in range(2):
-                    for col, arr in zip(got[k], (cal.conf, cal.accuracy, cal.counts)):
-                        want = np.asarray(arr[k, snap], np.float64)
-                        np.testing.assert_array_equal(np.array([np.nan if x is None else x for x in col]), want)
-            assert errors == []
-        finally:
-            browser.close()
+    tab, blocked, errors = open_offline(browser, page)
+    assert blocked == [] and errors == []
+    for snap in (1, 3):
+        got = tab.evaluate("""async (i) => {
+            const d = Bokeh.documents[0];
+            d.get_model_by_name('reliability_slider').value = i;
+            await new Promise(r => setTimeout(r, 50));
+            const v = d.get_model_by_name('reliability_view').data;
+            return [0, 1].map(k => ['conf', 'acc', 'n'].map(c => Array.from(v[c + k], x =>
+                Number.isNaN(x) ? null : x)));
+        }""", snap)
+        for k in range(2):
+            for col, arr in zip(got[k], (cal.conf, cal.accuracy, cal.counts)):
+                want = np.asarray(arr[k, snap], np.float64)
+                np.testing.assert_array_equal(np.array([np.nan if x is None else x for x in col]), want)
+    assert errors == []

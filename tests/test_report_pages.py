@@ -285,54 +285,50 @@ TILE_IMAGE_JS = """([g]) => {
 
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM_OK, reason="Debian chromium not found at /usr/bin/chromium")
-def test_every_page_renders_offline(split):
+def test_every_page_renders_offline(split, browser):
     """In one chromium session, every page loads offline with no request and no console error; layer pages draw
     their maps with colours within one level of the float path, and a layer link keeps the step."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from bench.browser import ARGS, CHROMIUM, open_offline
+    from bench.browser import open_offline
     from topotrace.analysis.maps import halo
 
     out, res, files = split
     layer = res.layers[BIG]
     op = layer.layouts[layer.default_layout].interp
     _, low, high = activation_scale(layer)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        for f in files:
-            page, blocked, errors = open_offline(browser, f)
-            assert blocked == [] and errors == [], f
-            assert page.locator("h1").first.inner_text().startswith("topotrace report")
-            if f == out:
-                assert page.locator("section#maps table a").count() == 12
-            else:
-                page.wait_for_function("window.topotraceSnapshot !== undefined", timeout=10_000)
-                assert page.locator("section#maps canvas").count() > 0
-            if f.name.endswith(f"-{BIG}.html"):
-                for g in (0, 2):
-                    img = page.evaluate(TILE_IMAGE_JS, [g])
-                    label = page.locator(".tt-steplabel").first.inner_text()
-                    snap = int(re.search(r"snapshot (\d+) of 80", label).group(1)) - 1
-                    drawn = np.array([np.nan if v is None else v for v in img], np.float64).reshape(op.grid_shape)
-                    frame = op.apply(np.asarray(layer.naps["class"].naps[snap, g], np.float64))
-                    frame.flat[halo(op)[0]] = frame.flat[halo(op)[1]]  # the pixels under the grey off-map patch
-                    want = color_index(frame, low, high)
-                    got = color_index(drawn, low, high)
-                    np.testing.assert_array_equal(want < 0, got < 0)
-                    assert np.abs(want - got).max() <= 1 and (want == got).mean() > 0.9
-                # the layer links carry the shown step; the next page opens at the nearest snapshot it shows
-                page.evaluate("async () => { Bokeh.documents[0].get_model_by_name('time_slider').value = 1;"
-                              " await new Promise(r => setTimeout(r, 200)); }")
-                step = int(page.evaluate("window.topotraceStep"))
-                href = page.locator("a.tt-keepstep").first.get_attribute("href")
-                assert href.endswith(f"#step={step}")
-                page.goto((f.parent / href.split("#")[0]).as_uri() + f"#step={step}")
+    for f in files:
+        page, blocked, errors = open_offline(browser, f)
+        assert blocked == [] and errors == [], f
+        assert page.locator("h1").first.inner_text().startswith("topotrace report")
+        if f == out:
+            assert page.locator("section#maps table a").count() == 12
+        else:
+            page.wait_for_function("window.topotraceSnapshot !== undefined", timeout=10_000)
+            assert page.locator("section#maps canvas").count() > 0
+        if f.name.endswith(f"-{BIG}.html"):
+            for g in (0, 2):
+                img = page.evaluate(TILE_IMAGE_JS, [g])
+                label = page.locator(".tt-steplabel").first.inner_text()
+                snap = int(re.search(r"snapshot (\d+) of 80", label).group(1)) - 1
+                drawn = np.array([np.nan if v is None else v for v in img], np.float64).reshape(op.grid_shape)
+                frame = op.apply(np.asarray(layer.naps["class"].naps[snap, g], np.float64))
+                frame.flat[halo(op)[0]] = frame.flat[halo(op)[1]]  # the pixels under the grey off-map patch
+                want = color_index(frame, low, high)
+                got = color_index(drawn, low, high)
+                np.testing.assert_array_equal(want < 0, got < 0)
+                assert np.abs(want - got).max() <= 1 and (want == got).mean() > 0.9
+            # the layer links carry the shown step; the next page opens at the nearest snapshot it shows
+            page.evaluate("async () => { Bokeh.documents[0].get_model_by_name('time_slider').value = 1;"
+                          " await new Promise(r => setTimeout(r, 200)); }")
+            step = int(page.evaluate("window.topotraceStep"))
+            href = page.locator("a.tt-keepstep").first.get_attribute("href")
+            assert href.endswith(f"#step={step}")
+            page.goto((f.parent / href.split("#")[0]).as_uri() + f"#step={step}")
+            page.wait_for_function("window.topotraceSnapshot !== undefined", timeout=20_000)
+            assert int(page.evaluate("window.topotraceStep")) == step  # the small layers show every snapshot
+            # a page of several layers opens at the layer its address names
+            if "--" in href:
+                page.goto((f.parent / href.split("#")[0]).as_uri() + "#layer=layer1")
                 page.wait_for_function("window.topotraceSnapshot !== undefined", timeout=20_000)
-                assert int(page.evaluate("window.topotraceStep")) == step  # the small layers show every snapshot
-                # a page of several layers opens at the layer its address names
-                if "--" in href:
-                    page.goto((f.parent / href.split("#")[0]).as_uri() + "#layer=layer1")
-                    page.wait_for_function("window.topotraceSnapshot !== undefined", timeout=20_000)
-                    assert page.evaluate("Bokeh.documents[0].get_model_by_name('layer_select').value") == "layer1"
-                assert errors == []
-            page.close()
-        browser.close()
+                assert page.evaluate("Bokeh.documents[0].get_model_by_name('layer_select').value") == "layer1"
+            assert errors == []
+        page.close()
