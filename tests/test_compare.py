@@ -26,6 +26,8 @@ from topotrace.report_templates.words import interval, number
 
 from .test_report import _docs_json, _models, _outside_scripts
 
+pytestmark = pytest.mark.slow  # tests/conftest.py; make test-fast leaves these out
+
 EVIL = "lr-0.01<script>alert(1)&\"'[b]"  # a run folder name (no slash: it is one path part; [b] is rich markup)
 
 

@@ -110,6 +110,7 @@ def _compiled_run(path, steps=12):
     return model, (cc.frame_count - before[0], _frames() - before[1])
 
 
+@pytest.mark.slow
 def test_compiled_model_is_not_recompiled_and_trains_bit_identically(tmp_path):
     """No frame compiled after the recorder's creation; weights equal to compiled training without it."""
     plain, plain_compiles = _compiled_run(None)
@@ -120,6 +121,7 @@ def test_compiled_model_is_not_recompiled_and_trains_bit_identically(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_compiled_model_records_eager_values(tmp_path):
     """The stored activations and logits equal an eager recomputation; names have no ``_orig_mod.`` part."""
     model, _ = _compiled_run(tmp_path / "s.h5", steps=3)

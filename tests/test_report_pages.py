@@ -53,6 +53,7 @@ def _value_sources(res: AnalysisResults):
             yield f"{layer.name}/r {m}", r, corr_span(layer, m)
 
 
+@pytest.mark.slow
 def test_quantize_round_trip_within_bound(results):
     """Decoded codes lie within step / 2 (the documented bound) of the analysis values; NaN stays NaN."""
     for name, values, (low, high) in _value_sources(results):
@@ -89,6 +90,7 @@ def test_precision_text_and_tooltip_format():
     assert value_format(0.00486) == "0.000" and value_format(0.0157) == "0.00" and value_format(2.0) == "0"
 
 
+@pytest.mark.slow
 def test_pixel_colours_within_one_level(results):
     """Every pixel of every map of a layer has the float path's colour or its palette neighbour (most: the same)."""
     layer = results.layers["layer1"]
@@ -119,6 +121,7 @@ def test_pixel_colours_within_one_level(results):
                     assert np.abs(a - b).max() <= 1, (m, s, g, scale)
 
 
+@pytest.mark.slow
 def test_contrast_view_error_bound(results):
     """In the contrast view (group mean subtracted from decoded values) the error is at most step * (1 - 1/G)."""
     for layer in results.layers.values():
@@ -198,6 +201,7 @@ def _links(page: str) -> list[str]:
     return [html.unescape(h) for h in re.findall(r'href="([^"]*)"', markup)]
 
 
+@pytest.mark.slow
 def test_split_into_summary_and_layer_pages_under_budget(split):
     """A summary page and layer pages, each under the budget: small layers share pages in order, the big layer has
     a page of its own that shows fewer snapshots."""
@@ -241,6 +245,7 @@ def test_pack_keeps_order_and_budget():
     assert pages.layer_page_name(4, ["blocks.4.mlp", "blocks/7"]) == "05-blocks.4.mlp--blocks_7.html"
 
 
+@pytest.mark.slow
 def test_relative_links_resolve(split):
     """Every link of every page is relative and leads to a file that exists (summary, layers, site index)."""
     out, _, files = split
@@ -256,6 +261,7 @@ def test_relative_links_resolve(split):
     assert "../index.html" in _links(out.read_text("utf-8"))  # the summary's "all runs" link
 
 
+@pytest.mark.slow
 def test_small_run_stays_one_page_and_old_layer_pages_go(split, tmp_path):
     """A small run is one page at the default budget; writing it over a split report removes the layer pages."""
     out, res, _ = split

@@ -268,6 +268,7 @@ def test_hostile_links_in_a_browser(hostile, browser):
     assert dialogs == [] and not blocked
 
 
+@pytest.mark.slow
 def test_report_of_a_bidi_named_run_shows_escapes(tmp_path):
     """A report of a run named with U+202E: no raw bidi character in the page and none that Bokeh would decode."""
     import re

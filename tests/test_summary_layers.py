@@ -93,6 +93,7 @@ def test_many_layers_one_set_of_figures_and_a_layer_select(results):
     assert len(list(roots["layout_comparison"].select({"type": GridPlot}))) == 1
 
 
+@pytest.mark.slow
 def test_figure_count_does_not_grow_with_layers(results):
     """report_roots without maps has as many figures for 12 layers as for 6; the charts above, at most 12."""
     counts = []
@@ -103,6 +104,7 @@ def test_figure_count_does_not_grow_with_layers(results):
     assert counts[0] == counts[1]
 
 
+@pytest.mark.slow
 def test_threshold_stacks_up_to_max_layers(results):
     """MAX_STACKED_LAYERS layers are stacked without a selector; one more layer gets the selectors."""
     for n, stacked in ((MAX_STACKED_LAYERS, True), (MAX_STACKED_LAYERS + 1, False)):
@@ -152,6 +154,7 @@ def test_corr_sources_hold_each_layers_curves(results):
     np.testing.assert_array_equal(view["mean_r"], first.corr[results.primary_measure].summary["mean_r"])
 
 
+@pytest.mark.slow
 def test_bin_sources_hold_each_layers_rows(results):
     """Each layer's per-bin source holds its bin names and its rows at the first, middle and last snapshot."""
     args = _callback_args(_roots(results)["strength_distinctness"], "bins_layer_select")

@@ -20,6 +20,8 @@ import pytest
 
 from topotrace.live import LIVE_CACHE, StoreState, expected_snapshots, live_context
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # tests/conftest.py; make test-fast leaves these out
+
 ROOT = Path(__file__).parent.parent
 CHILD = ROOT / "tests" / "_watch_child.py"
 EPOCH = "1700000000"  # SOURCE_DATE_EPOCH: the final report's bytes do not depend on when it was written
