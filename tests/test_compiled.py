@@ -20,20 +20,9 @@ from topotrace.instrument.recorder import ProbeSet, Recorder  # noqa: E402
 from topotrace.instrument.schedules import every  # noqa: E402
 from topotrace.instrument.store import Store  # noqa: E402
 
+from .models import DropoutMLP as MLP  # noqa: E402
+
 CLASSES = ["a", "b", "c", "d"]
-
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(10, 16)
-        self.act1 = nn.ReLU(inplace=True)
-        self.drop = nn.Dropout(0.2)  # draws from the RNG in training: a probe pass must not shift its masks
-        self.fc2 = nn.Linear(16, 12)
-        self.out = nn.Linear(12, 4)
-
-    def forward(self, x):
-        return self.out(torch.relu(self.fc2(self.drop(self.act1(self.fc1(x))))))
 
 
 class Body(nn.Module):
