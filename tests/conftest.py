@@ -21,6 +21,12 @@ import pytest
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... on an xdist worker; None in a plain run
 
+if WORKER is not None:
+    # One compute thread per worker (and per child process it starts): with two workers on two cores, torch's and
+    # BLAS's default of a thread per core makes the threads fight for the cores, and the tiny models of the tests
+    # gain nothing from a second thread. Set before torch is imported; the tests compare within one process.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def _uses_module_setup(item: pytest.Item) -> bool:
     """Whether ``item`` uses a fixture that lives longer than one test but not a whole session."""

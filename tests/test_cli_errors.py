@@ -392,7 +392,7 @@ def test_a_bug_is_one_line_exit_1_and_ctrl_c_exit_130(monkeypatch, capsys):
     assert_one_error_line(capsys.readouterr().err, "interrupted")
 
 
-def test_terminal_output_is_escaped(tmp_path, capsys):
+def test_terminal_output_is_escaped(tmp_path, capsys, monkeypatch):
     """info prints names and metadata from a store literally: markup stays text, control characters are shown."""
     from topotrace.instrument.confidence import DEFAULT_MEASURES, outcomes
     from topotrace.instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec
@@ -401,7 +401,8 @@ def test_terminal_output_is_escaped(tmp_path, capsys):
     layer, probe = "[red]L\x1b[31m", "[bold]p\x07"
     spec = StoreSpec((LayerSpec(layer, 3, "flatten", (3,)),), (ProbeSpec(probe, np.arange(4), labels),),
                      ("[bold]a\x1b[2J", "b[/]"), DEFAULT_MEASURES)
-    folder = tmp_path / "[red]run[/]"
+    monkeypatch.chdir(tmp_path)  # a short relative path: the terminal's 80 columns wrap a long temporary one
+    folder = Path("[red]run[/]")
     meta = {"run_name": "[/]evil\x1b]0;title\x07", "data": "[red]data[/red]", "seed": "\x1b[1m"}
     with StoreWriter.create(folder / "store.h5", spec, meta) as w:
         logits = np.eye(2, dtype=np.float32)[labels]
