@@ -1,21 +1,19 @@
-"""What the whole suite shares: markers, the grouping for parallel workers, one Chromium, trained runs.
+"""What the whole suite shares: markers, the grouping for parallel workers, one Chromium per worker.
 
 Markers (declared in pyproject.toml): ``slow`` (a real training run or seconds of setup), ``browser`` (opens
 pages in Chromium), ``subprocess`` (starts Python, torchrun or pip in a child process). ``make test-fast``
 leaves all three out; ``make test`` runs everything on parallel workers (pytest-xdist, ``--dist loadgroup``).
 
 Parallel workers: a test that uses a module-scoped fixture is put in its module's xdist group, so the module's
-setup runs once, on one worker; every other test is scheduled on its own. Setups that several modules read (a
-trained run) are built once per test session, whichever worker asks first, under a file lock
-(:func:`shared_folder`); a test that changes such a folder copies it first.
+setup runs once, on one worker; every other test is scheduled on its own. A setup that several modules would
+read belongs in a session-scoped fixture here (built once per worker; for once per session, a file lock in
+``tmp_path_factory.getbasetemp().parent``); no trained run is read by more than one module today.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -146,40 +144,6 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
             not compiled.evaluate(lambda name, **kw: name in marks | declared):
         return True
     return None
-
-
-# ---------------------------------------------------------------------------------------------- shared setups
-def _shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder that every worker of this session sees (the base temp folder's parent on an xdist worker)."""
-    base = tmp_path_factory.getbasetemp()
-    return (base.parent if WORKER else base) / "shared"
-
-
-def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
-    """A folder built once per test session by ``build(folder)``, whichever worker asks first; read-only by contract.
-
-    The other workers wait on a file lock and then find it done. A test that writes into it copies it first
-    (:func:`copy_of`).
-    """
-    from filelock import FileLock  # a dependency of torch
-
-    root = _shared_root(tmp_path_factory)
-    root.mkdir(parents=True, exist_ok=True)
-    folder = root / name
-    with FileLock(str(root / f"{name}.lock")):
-        if not (root / f"{name}.done").exists():
-            if folder.exists():
-                shutil.rmtree(folder)  # a build that failed half-way in this session
-            folder.mkdir()
-            build(folder)
-            (root / f"{name}.done").touch()
-    return folder
-
-
-def copy_of(folder: Path, dest: Path) -> Path:
-    """A private copy of a shared folder at ``dest`` (for a test that writes into it)."""
-    shutil.copytree(folder, dest)
-    return dest
 
 
 # ------------------------------------------------------------------------------------------------- browser
