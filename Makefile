@@ -11,14 +11,14 @@ DEV     := $(VENV)/.installed-dev
 SEEDS   ?= 0,1,2
 STUDY   ?= $(RUN)-study
 
-.PHONY: help setup train analyze report study atlas site info test bench lint clean
+.PHONY: help setup train analyze report study atlas site info test test-fast bench lint clean
 
 ATLAS_CONFIGS ?= configs/digits.toml configs/digits_cnn.toml configs/mnist1d_mlp.toml configs/mnist1d_cnn.toml \
                  configs/mnist1d_resnet.toml configs/mnist1d_transformer.toml
 
 help:  ## list the targets (RUN=NAME names the run in every target, CONFIG=FILE the training config)
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/\$$(RUN)/$(RUN)/g' -e 's/\$$(STUDY)/$(STUDY)/g' \
-		| awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/\$$(RUN)/$(RUN)/g' -e 's/\$$(STUDY)/$(STUDY)/g' \
+		| awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 # What train, report, study and atlas need: topotrace and MNIST-1D. The tests, benchmarks and integrations (Lightning,
 # transformers, Dask, matplotlib, playwright, ruff) come with the first `make test`, `make bench` or `make lint`.
@@ -71,8 +71,16 @@ site: $(STAMP)  ## write runs/index.html: every run and study in runs/ in one so
 info: $(STAMP)  ## summarise runs/$(RUN)/store.h5
 	$(BIN)/topotrace info runs/$(RUN)
 
-test: $(DEV)  ## run the test suite
-	$(BIN)/python -m pytest -q
+# The whole suite on WORKERS parallel processes (pytest-xdist; tests that share a module's setup stay together,
+# see tests/conftest.py); WORKERS=0 runs it in this one process.
+WORKERS ?= 2
+FAST    := not slow and not browser and not subprocess
+
+test: $(DEV)  ## run the whole test suite (WORKERS=2 parallel processes)
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup --no-loadscope-reorder)
+
+test-fast: $(DEV)  ## the tests without a browser, child processes or training: under a minute, for the edit-test loop
+	$(BIN)/python -m pytest -q -m "$(FAST)"
 
 bench: $(DEV)  ## run the benchmarks (ratios against baselines measured in the same run)
 	$(BIN)/python -m bench

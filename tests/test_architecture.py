@@ -57,6 +57,7 @@ def imported_roots(path):
     yield from (_root(m) for m in imported_modules(path))
 
 
+@pytest.mark.slow
 def test_bare_package_names_are_not_imported():
     """Every module imports the subpackages through the installed name (topotrace.instrument, ...)."""
     for package in (*SUBPACKAGES, "topotrace", "bench", "tests"):
@@ -95,6 +96,7 @@ def test_import_direction(package):
     assert bad == []
 
 
+@pytest.mark.slow
 def test_no_pickle_anywhere():
     """No project module imports pickle, calls torch.load or allows pickled numpy arrays."""
     for package in ("instrument", "analysis", "report_templates", "topotrace", "bench", "tests"):
@@ -107,6 +109,7 @@ def test_no_pickle_anywhere():
                     assert isinstance(node.value, ast.Constant) and node.value.value is False, p
 
 
+@pytest.mark.subprocess
 def test_analysis_and_report_run_without_torch():
     """Importing every analysis and report module leaves torch unimported."""
     mods = [f"topotrace.{pkg}.{p.stem}" for pkg in ("analysis", "report_templates") for p in (ROOT / pkg).glob("*.py")

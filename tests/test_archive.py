@@ -13,6 +13,8 @@ import pytest
 from topotrace.cli import main
 from topotrace.instrument.synthetic import write_synthetic_store
 
+pytestmark = pytest.mark.slow  # tests/conftest.py; make test-fast leaves these out
+
 EPOCH = 1700000000  # 2023-11-14 22:13:20 UTC
 META_FILES = {"environment.json", "CITATION.cff", "ro-crate-metadata.json", "MANIFEST.sha256", "README.txt"}
 

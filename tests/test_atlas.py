@@ -20,6 +20,7 @@ def atlas(tmp_path_factory):
     return root, args
 
 
+@pytest.mark.slow
 def test_atlas_json_holds_each_study_by_relative_depth(atlas):
     """One entry per config in order; layers by relative depth (weight layers up to the layer / all of them)."""
     root, _ = atlas
@@ -35,6 +36,7 @@ def test_atlas_json_holds_each_study_by_relative_depth(atlas):
         assert entry["seconds"]["training"] > 0 and entry["seconds"]["analysis"] > 0
 
 
+@pytest.mark.slow
 def test_atlas_cells_equal_each_study_findings(atlas):
     """Every cell is the study's own finding (primary measure for the confidence claims), number for number."""
     root, _ = atlas
@@ -49,6 +51,7 @@ def test_atlas_cells_equal_each_study_findings(atlas):
                     ref["effect"], ref["ci_low"], ref["ci_high"], ref["verdict"], 2)
 
 
+@pytest.mark.slow
 def test_atlas_page_links_each_study_and_shows_every_verdict(atlas):
     root, _ = atlas
     page = (root / "a" / "index.html").read_text("utf-8")
@@ -62,6 +65,7 @@ def test_atlas_page_links_each_study_and_shows_every_verdict(atlas):
     assert "relative depth" in page and "<link " not in page  # styles inline
 
 
+@pytest.mark.slow
 def test_atlas_continues_without_retraining(atlas, monkeypatch, capsys):
     """Run again: every seed is trained already, nothing is trained; another seed list is refused in one line."""
     from topotrace import train as train_mod

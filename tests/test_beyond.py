@@ -126,6 +126,7 @@ def test_trend_verdicts_follow_the_rule(run):
     assert across[("", "ece_rises_after_loss_minimum")].verdict == "supported"
 
 
+@pytest.mark.slow
 def test_findings_json_holds_the_trends(run, tmp_path):
     """`topotrace report` writes the trends into findings.json next to the study's claims."""
     from topotrace.cli import main
@@ -151,6 +152,7 @@ def test_findings_json_holds_the_trends(run, tmp_path):
     assert N_BOOT_TRENDS >= 100
 
 
+@pytest.mark.slow
 def test_dormant_units_shipped_for_hollow_markers(run, tmp_path):
     """The maps' callback carries each layer's dormant mask at the shown snapshots, and a marker source."""
     from bokeh.models import ColumnDataSource, CustomJS, GlyphRenderer
@@ -173,6 +175,7 @@ def test_dormant_units_shipped_for_hollow_markers(run, tmp_path):
     assert marker_renderers and all(r.glyph.fill_color == "white" for r in marker_renderers)
 
 
+@pytest.mark.slow
 def test_dormant_tau_is_a_parameter(run, tmp_path, capsys):
     """analyze(dormant_tau=...) and `--dormant-tau` set the threshold; a negative one is refused in one line."""
     from topotrace.cli import main

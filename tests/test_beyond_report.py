@@ -115,12 +115,14 @@ def _time_charts(roots) -> list[Plot]:
 
 
 # ------------------------------------------------------------------------------------------------------ data
+@pytest.mark.slow
 def test_synthetic_store_has_train_and_max_prob(synthetic):
     """The synthetic store gives both probe sets and max_prob calibration (the planted fields extend it)."""
     assert {"heldout", "train"} <= set(synthetic.curves)
     assert synthetic.calibration["heldout"].measures == ["max_prob", "temp_prob_cv"]
 
 
+@pytest.mark.slow
 def test_ece_lines_equal_results(results):
     """The ECE chart draws every probe set and measure, the values equal to the calibration's."""
     lines = _lines(calibration_view(results))
@@ -131,6 +133,7 @@ def test_ece_lines_equal_results(results):
             np.testing.assert_array_equal(data["step"], results.steps)
 
 
+@pytest.mark.slow
 def test_ece_line_styles(results):
     """Held-out lines are solid, train lines dashed; one colour per measure."""
     fig = next(f for f in calibration_view(results).select({"type": Plot})
@@ -141,6 +144,7 @@ def test_ece_line_styles(results):
     assert styles["heldout, max_prob"][1] == styles["train, max_prob"][1] != styles["heldout, temp_prob"][1]
 
 
+@pytest.mark.slow
 def test_reliability_ships_every_snapshot(results):
     """The slider's callback carries each snapshot's bins, flattened from (S, B); the diagram opens on the last."""
     root = calibration_view(results)
@@ -156,6 +160,7 @@ def test_reliability_ships_every_snapshot(results):
             np.testing.assert_array_equal(view.data[f"{col}{k}"], arr[k, -1])
 
 
+@pytest.mark.slow
 def test_temperature_chart(results, synthetic):
     """T over training is drawn when the analysis holds it, and left out when it is empty."""
     data = _lines(calibration_view(results))[("Fitted temperature T", "train probe set (temp_prob)")]
@@ -163,6 +168,7 @@ def test_temperature_chart(results, synthetic):
     assert ("Fitted temperature T", "train probe set (temp_prob)") not in _lines(calibration_view(synthetic))
 
 
+@pytest.mark.slow
 def test_overfitting_curves_equal_results(results):
     """The four gap charts draw the train and held-out curves and ECE as the analysis holds them."""
     lines = _lines(overfitting_view(results))
@@ -173,6 +179,7 @@ def test_overfitting_curves_equal_results(results):
         np.testing.assert_array_equal(lines[("ECE (max_prob)", probe)]["y"], results.calibration[probe].ece[0])
 
 
+@pytest.mark.slow
 def test_nap_gap_one_line_per_layer(results):
     """The NAP gap chart has one line per layer with the layer's values."""
     lines = _lines(overfitting_view(results))
@@ -180,11 +187,13 @@ def test_nap_gap_one_line_per_layer(results):
         np.testing.assert_array_equal(lines[("NAP gap (train vs held-out class NAPs)", name)]["y"], la.nap_gap)
 
 
+@pytest.mark.slow
 def test_overfitting_needs_both_probe_sets(results):
     """Without a train probe set there is no overfitting root."""
     assert overfitting_view(dataclasses.replace(results, curves={"heldout": results.curves["heldout"]})) is None
 
 
+@pytest.mark.slow
 def test_collapse_lines_equal_results(results):
     """Dormant share and NC1 per layer equal the analysis; NC1 is drawn as log10 with the values kept."""
     lines = _lines(collapse_view(results))
@@ -196,6 +205,7 @@ def test_collapse_lines_equal_results(results):
         np.testing.assert_allclose(nc1["y"], np.log10(la.nc1))
 
 
+@pytest.mark.slow
 def test_new_figures_are_few(results):
     """The three roots hold at most ten figures, whatever the number of layers."""
     many = dataclasses.replace(results, layers={f"l{i}": dataclasses.replace(la, name=f"l{i}")
@@ -206,6 +216,7 @@ def test_new_figures_are_few(results):
 
 
 # ------------------------------------------------------------------------------------------ loss minimum
+@pytest.mark.slow
 @pytest.mark.parametrize("log_steps", [False, True])
 def test_loss_min_marker_on_every_time_chart(results, log_steps):
     """Each chart over training time, the old and the new, gets one dashed marker at the minimum's x."""
@@ -226,6 +237,7 @@ def test_loss_min_marker_on_every_time_chart(results, log_steps):
         assert f"held-out loss minimum (step {step:,})" in labels
 
 
+@pytest.mark.slow
 def test_loss_min_marker_is_added_once(results):
     """Marking the same roots twice adds nothing the second time."""
     roots = {"overfitting": overfitting_view(results)}
@@ -233,6 +245,7 @@ def test_loss_min_marker_is_added_once(results):
     assert mark_loss_minimum(roots, results) == []
 
 
+@pytest.mark.slow
 def test_no_marker_without_minimum(results):
     """Results without a held-out loss minimum (-1) get no marker."""
     res = dataclasses.replace(results, loss_min=-1)
@@ -240,6 +253,7 @@ def test_no_marker_without_minimum(results):
 
 
 # --------------------------------------------------------------------------------------------- the page
+@pytest.mark.slow
 def test_roots_placed_in_sections(page):
     """The three sections hold their roots, with no missing-data note."""
     text = page.read_text("utf-8")
@@ -250,6 +264,7 @@ def test_roots_placed_in_sections(page):
         assert "docs/analysis.md" in body
 
 
+@pytest.mark.slow
 def test_loss_minimum_sentence(results, page):
     """The overfitting section states the minimum's step and the train and held-out loss there and at the end."""
     body = _section(page.read_text("utf-8"), "overfitting")
@@ -266,6 +281,7 @@ def _row_cells(body: str, first: str) -> list[str]:
     return [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", m.group(1), re.S)]
 
 
+@pytest.mark.slow
 def test_trends_table_verdicts(page):
     """The verdicts follow the planted intervals by the findings' rule (d = 0), in one run's words.
 
@@ -297,6 +313,7 @@ def test_trend_verdict_words():
     assert {trend_verdict(e, e - 0.05, e + 0.05) for e in (-1, 0, 1)} <= set(RUN_VERDICTS)
 
 
+@pytest.mark.slow
 def test_layer_name_is_escaped(page):
     """A layer named <b>x</b> is escaped in the page's text and never reaches it as markup."""
     text = page.read_text("utf-8")
@@ -304,6 +321,7 @@ def test_layer_name_is_escaped(page):
     assert "<td>&lt;b&gt;x&lt;/b&gt;</td>" in _section(text, "collapse")
 
 
+@pytest.mark.slow
 def test_old_results_render_with_notes(results, tmp_path):
     """Results without the new fields (an older analysis) still build; each section says what is missing."""
     layers = {k: dataclasses.replace(la, dormant=np.zeros(0), dormant_mask=np.zeros((0, 0), bool), nc1=np.zeros(0),
@@ -322,30 +340,24 @@ def test_old_results_render_with_notes(results, tmp_path):
 # ------------------------------------------------------------------------------------------------- browser
 @pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="Debian chromium not found at /usr/bin/chromium")
-def test_reliability_slider_in_browser(results, page):
+def test_reliability_slider_in_browser(results, page, browser):
     """The page opens offline without errors; moving the reliability slider shows that snapshot's bins."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from bench.browser import ARGS, CHROMIUM, open_offline
+    from bench.browser import open_offline
 
     cal = results.calibration["heldout"]
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            tab, blocked, errors = open_offline(browser, page)
-            assert blocked == [] and errors == []
-            for snap in (1, 3):
-                got = tab.evaluate("""async (i) => {
-                    const d = Bokeh.documents[0];
-                    d.get_model_by_name('reliability_slider').value = i;
-                    await new Promise(r => setTimeout(r, 50));
-                    const v = d.get_model_by_name('reliability_view').data;
-                    return [0, 1].map(k => ['conf', 'acc', 'n'].map(c => Array.from(v[c + k], x =>
-                        Number.isNaN(x) ? null : x)));
-                }""", snap)
-                for k in range(2):
-                    for col, arr in zip(got[k], (cal.conf, cal.accuracy, cal.counts)):
-                        want = np.asarray(arr[k, snap], np.float64)
-                        np.testing.assert_array_equal(np.array([np.nan if x is None else x for x in col]), want)
-            assert errors == []
-        finally:
-            browser.close()
+    tab, blocked, errors = open_offline(browser, page)
+    assert blocked == [] and errors == []
+    for snap in (1, 3):
+        got = tab.evaluate("""async (i) => {
+            const d = Bokeh.documents[0];
+            d.get_model_by_name('reliability_slider').value = i;
+            await new Promise(r => setTimeout(r, 50));
+            const v = d.get_model_by_name('reliability_view').data;
+            return [0, 1].map(k => ['conf', 'acc', 'n'].map(c => Array.from(v[c + k], x =>
+                Number.isNaN(x) ? null : x)));
+        }""", snap)
+        for k in range(2):
+            for col, arr in zip(got[k], (cal.conf, cal.accuracy, cal.counts)):
+                want = np.asarray(arr[k, snap], np.float64)
+                np.testing.assert_array_equal(np.array([np.nan if x is None else x for x in col]), want)
+    assert errors == []

@@ -172,6 +172,7 @@ def test_halves_are_balanced_within_every_class_and_seeded():
     assert not np.array_equal(halves, calibration.cross_fit_halves(labels, seed=1))
 
 
+@pytest.mark.slow
 def test_cross_fitted_confidence_uses_the_other_halfs_temperature():
     """T of each half is its NLL's grid minimum; every sample's confidence is max softmax(z / T of the other half)."""
     z, labels = _calibrated_sample(400, 4, 2.0, seed=3)
@@ -204,6 +205,7 @@ def test_planted_overconfident_model_is_calibrated_by_cross_fitting():
     assert calibration.ece(conf, correct) == pytest.approx(scaled, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_synthetic_run_scaled_ece_does_not_exceed_raw(tmp_path):
     """On a synthetic run, at every snapshot: held-out ECE of temp_prob_cv <= ECE of max_prob, both recomputed."""
     from topotrace.analysis.pipeline import analyze
@@ -228,6 +230,7 @@ def test_synthetic_run_scaled_ece_does_not_exceed_raw(tmp_path):
         assert cal.ece[1, s] <= cal.ece[0, s]
 
 
+@pytest.mark.slow
 def test_trained_run_cross_fitting_calibrates_where_the_train_temperature_does_not(tmp_path):
     """A small MLP trained on digits: over the run, temp_prob_cv lowers the held-out ECE of max_prob, and at
     the last snapshot the recorded T (train probe set) lies below both cross-fitted ones (it sharpens)."""

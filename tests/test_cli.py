@@ -14,6 +14,7 @@ def short_run(tmp_path_factory):
     return out / "digits"
 
 
+@pytest.mark.slow
 def test_train_writes_store_and_config(short_run, capsys):
     """`topotrace train` writes the store and a copy of the config; the store describes the run."""
     assert (short_run / "config.toml").read_text().startswith("[run]")
@@ -30,6 +31,7 @@ def test_train_writes_store_and_config(short_run, capsys):
         assert acc[-1] > 0.5 > acc[0]  # it learned (2 epochs only)
 
 
+@pytest.mark.slow
 def test_info(short_run, capsys, tmp_path):
     """`topotrace info` summarises a run folder; a missing one gets one line and exit 2."""
     assert main(["info", str(short_run)]) == 0
@@ -39,6 +41,7 @@ def test_info(short_run, capsys, tmp_path):
     assert "No store at" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_refuses_existing_run(short_run, capsys):
     """A second run of the same name does not overwrite the first without --overwrite."""
     out = str(short_run.parent)
@@ -56,6 +59,7 @@ def test_bad_config_fails_before_training(tmp_path, capsys):
     assert not (tmp_path / "digits").exists()
 
 
+@pytest.mark.slow
 def test_report_reuses_the_cached_analysis_whatever_made_it(tmp_path, capsys, monkeypatch):
     """After `analyze --measure margin`, `report` uses that cache (and says so); options recompute it."""
     from topotrace.analysis import pipeline
@@ -83,6 +87,7 @@ def test_report_reuses_the_cached_analysis_whatever_made_it(tmp_path, capsys, mo
     assert load_results(tmp_path / "analysis.h5").primary_measure == "logit_margin"
 
 
+@pytest.mark.slow
 def test_train_seed_and_name_options(tmp_path):
     """--seed and --name reach the run: the store's metadata holds them, and two seeds differ."""
     for seed in (3, 4):

@@ -339,6 +339,7 @@ def test_hostile_input_one_line_exit_2_nothing_touched(tmp_path, monkeypatch, ca
     assert after == before
 
 
+@pytest.mark.subprocess
 def test_subprocess_exit_code_and_stderr_end_to_end(tmp_path):
     """The installed command: exit status 2, one error line on stderr, nothing on stdout, nothing written."""
     env = {k: v for k, v in os.environ.items() if k != "TOPOTRACE_DEBUG"}
@@ -391,7 +392,7 @@ def test_a_bug_is_one_line_exit_1_and_ctrl_c_exit_130(monkeypatch, capsys):
     assert_one_error_line(capsys.readouterr().err, "interrupted")
 
 
-def test_terminal_output_is_escaped(tmp_path, capsys):
+def test_terminal_output_is_escaped(tmp_path, capsys, monkeypatch):
     """info prints names and metadata from a store literally: markup stays text, control characters are shown."""
     from topotrace.instrument.confidence import DEFAULT_MEASURES, outcomes
     from topotrace.instrument.store import LayerSpec, ProbeRecord, ProbeSpec, Snapshot, StoreSpec
@@ -400,7 +401,8 @@ def test_terminal_output_is_escaped(tmp_path, capsys):
     layer, probe = "[red]L\x1b[31m", "[bold]p\x07"
     spec = StoreSpec((LayerSpec(layer, 3, "flatten", (3,)),), (ProbeSpec(probe, np.arange(4), labels),),
                      ("[bold]a\x1b[2J", "b[/]"), DEFAULT_MEASURES)
-    folder = tmp_path / "[red]run[/]"
+    monkeypatch.chdir(tmp_path)  # a short relative path: the terminal's 80 columns wrap a long temporary one
+    folder = Path("[red]run[/]")
     meta = {"run_name": "[/]evil\x1b]0;title\x07", "data": "[red]data[/red]", "seed": "\x1b[1m"}
     with StoreWriter.create(folder / "store.h5", spec, meta) as w:
         logits = np.eye(2, dtype=np.float32)[labels]
@@ -418,6 +420,7 @@ def test_terminal_output_is_escaped(tmp_path, capsys):
 
 # --- train: nothing is left by a failed start; --resume ----------------------------------------------------
 
+@pytest.mark.slow
 def test_failed_start_removes_what_it_created(tmp_path, monkeypatch, capsys):
     """An error or Ctrl-C after runs/NAME/ was made, before the first checkpoint: the folders are removed."""
     from topotrace import train as train_mod
@@ -456,6 +459,7 @@ RESUME = ('[data]\nheldout_per_class = 3\ntrain_probe_per_class = 2\n[model]\nhi
           '[train]\nepochs = 3\nbatch_size = 128\n[record]\nschedule = "every"\nevery = 4\n')
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
     """Killed in epoch 2 (after the epoch-1 checkpoint), then --resume: weights and store equal an uninterrupted run.
 
@@ -513,6 +517,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, monkeypatch,
                     assert np.array_equal(sa.acts(probe, layer, s), sb.acts(probe, layer, s))
 
 
+@pytest.mark.slow
 def test_a_stopped_recording_is_a_warning_and_one_error_line_exit_1(tmp_path, monkeypatch, capsys):
     """The store's disk fills up while training: a warning line when it happens, an error line at the end, exit 1."""
     from topotrace.instrument.store import writer
@@ -562,6 +567,7 @@ def test_warnings_are_one_topotrace_line(monkeypatch, capsys, debug):
                                 "topotrace: warning: The page is larger than the budget \\x1b[31m."]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "random-bytes", "folder"])
 def test_a_checkpoint_that_is_no_npz_is_one_line(tmp_path, monkeypatch, capsys, kind):
     """runs/digits/checkpoint.npz that is text, noise or a folder: --resume refuses it in one line naming the file

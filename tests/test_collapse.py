@@ -67,6 +67,7 @@ def test_nc1_scales_with_within_class_variance():
     assert values[2] < 1e-3 * values[0]
 
 
+@pytest.mark.slow
 def test_nc1_on_a_wide_layer_matches_gram_form():
     """A layer of N = 4096 units (no N x N matrix is formed) agrees with the formula through the C x C Gram matrix."""
     h, y = _data(3, 1000, 4096, 10)

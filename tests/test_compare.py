@@ -16,7 +16,7 @@ import markupsafe
 import numpy as np
 import pytest
 
-from bench.browser import ARGS, CHROMIUM, open_offline
+from bench.browser import CHROMIUM, open_offline
 from topotrace.analysis.findings import run_findings
 from topotrace.analysis.pipeline import analyze
 from topotrace.cli import main
@@ -25,6 +25,8 @@ from topotrace.report_templates.compare import findings_rows, snapshot_index
 from topotrace.report_templates.words import interval, number
 
 from .test_report import _docs_json, _models, _outside_scripts
+
+pytestmark = pytest.mark.slow  # tests/conftest.py; make test-fast leaves these out
 
 EVIL = "lr-0.01<script>alert(1)&\"'[b]"  # a run folder name (no slash: it is one path part; [b] is rich markup)
 
@@ -202,44 +204,40 @@ def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, case):
 # --------------------------------------------------------------------------------------------------- browser
 @pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"Debian chromium not found at {CHROMIUM}")
-def test_browser_time_control_moves_both_columns(runs, page):
+def test_browser_time_control_moves_both_columns(runs, page, browser):
     """In chromium, offline: moving the one time control repaints the maps of both run columns, without errors."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     from PIL import Image
 
     path = runs[0] / "compare.html"
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        tab, blocked, errors = open_offline(browser, path, width=1400)
+    tab, blocked, errors = open_offline(browser, path, width=1400)
 
-        def tiles() -> list[np.ndarray]:
-            shots = []
-            for r in (0, 1):
-                canvas = tab.locator(f'.tt-runcol[data-run="{r}"] canvas').first
-                canvas.evaluate("e => e.scrollIntoView({block: 'center'})")
-                shots.append(np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), np.int16))
-            return shots
+    def tiles() -> list[np.ndarray]:
+        shots = []
+        for r in (0, 1):
+            canvas = tab.locator(f'.tt-runcol[data-run="{r}"] canvas').first
+            canvas.evaluate("e => e.scrollIntoView({block: 'center'})")
+            shots.append(np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), np.int16))
+        return shots
 
-        before = tiles()
-        handle = tab.locator(".noUi-handle")  # the page's one slider (the columns' own sliders are not shown)
-        assert handle.count() == 1
-        handle.focus()
-        handle.press("Home")  # to the first step
-        tab.wait_for_timeout(400)
-        steps = tab.evaluate("""() => {
-            const d = Bokeh.documents[0];
-            return [window.topotraceCompareStep,
-                    d.get_model_by_name('time_slider_0_0').value, d.get_model_by_name('time_slider_0_1').value];
-        }""")
-        after = tiles()
-        labels = [tab.locator(f'.tt-runcol[data-run="{r}"] .tt-steplabel').first.inner_text() for r in (0, 1)]
-        modes = tab.evaluate("""async () => {
-            const d = Bokeh.documents[0];
-            d.get_model_by_name('tam_mode').active = 1;  // the contrast switch reaches every column
-            await new Promise(r => setTimeout(r, 200));
-            return [d.get_model_by_name('tam_mode_0_0').active, d.get_model_by_name('tam_mode_0_1').active];
-        }""")
-        browser.close()
+    before = tiles()
+    handle = tab.locator(".noUi-handle")  # the page's one slider (the columns' own sliders are not shown)
+    assert handle.count() == 1
+    handle.focus()
+    handle.press("Home")  # to the first step
+    tab.wait_for_timeout(400)
+    steps = tab.evaluate("""() => {
+        const d = Bokeh.documents[0];
+        return [window.topotraceCompareStep,
+                d.get_model_by_name('time_slider_0_0').value, d.get_model_by_name('time_slider_0_1').value];
+    }""")
+    after = tiles()
+    labels = [tab.locator(f'.tt-runcol[data-run="{r}"] .tt-steplabel').first.inner_text() for r in (0, 1)]
+    modes = tab.evaluate("""async () => {
+        const d = Bokeh.documents[0];
+        d.get_model_by_name('tam_mode').active = 1;  // the contrast switch reaches every column
+        await new Promise(r => setTimeout(r, 200));
+        return [d.get_model_by_name('tam_mode_0_0').active, d.get_model_by_name('tam_mode_0_1').active];
+    }""")
     assert modes == [1, 1]
     assert steps == [int(min(res.steps[0] for _, res in runs[1])), 0, 0]
     for b, a in zip(before, after):

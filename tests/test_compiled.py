@@ -20,20 +20,9 @@ from topotrace.instrument.recorder import ProbeSet, Recorder  # noqa: E402
 from topotrace.instrument.schedules import every  # noqa: E402
 from topotrace.instrument.store import Store  # noqa: E402
 
+from .models import DropoutMLP as MLP  # noqa: E402
+
 CLASSES = ["a", "b", "c", "d"]
-
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(10, 16)
-        self.act1 = nn.ReLU(inplace=True)
-        self.drop = nn.Dropout(0.2)  # draws from the RNG in training: a probe pass must not shift its masks
-        self.fc2 = nn.Linear(16, 12)
-        self.out = nn.Linear(12, 4)
-
-    def forward(self, x):
-        return self.out(torch.relu(self.fc2(self.drop(self.act1(self.fc1(x))))))
 
 
 class Body(nn.Module):
@@ -110,6 +99,7 @@ def _compiled_run(path, steps=12):
     return model, (cc.frame_count - before[0], _frames() - before[1])
 
 
+@pytest.mark.slow
 def test_compiled_model_is_not_recompiled_and_trains_bit_identically(tmp_path):
     """No frame compiled after the recorder's creation; weights equal to compiled training without it."""
     plain, plain_compiles = _compiled_run(None)
@@ -120,6 +110,7 @@ def test_compiled_model_is_not_recompiled_and_trains_bit_identically(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_compiled_model_records_eager_values(tmp_path):
     """The stored activations and logits equal an eager recomputation; names have no ``_orig_mod.`` part."""
     model, _ = _compiled_run(tmp_path / "s.h5", steps=3)

@@ -12,6 +12,8 @@ from topotrace.instrument.synthetic import write_synthetic_store
 
 from .reference import hdf5_contents
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # tests/conftest.py; make test-fast leaves these out
+
 pytest.importorskip("distributed")
 
 FAST = ["pca", "force"]

@@ -81,6 +81,7 @@ def test_digits_split_and_stratified_probe():
 
 # --- MNIST-1D: generated offline by the mnist1d package ----------------------------------------------------
 
+@pytest.mark.slow
 def test_mnist1d_is_the_packages_published_data_set_seeded_and_offline(monkeypatch):
     """4000 train and 1000 test signals of length 40, 10 classes, the same arrays on every generation, equal to the
     package's own make_dataset with its published settings; never downloaded; the global RNGs left as they were."""

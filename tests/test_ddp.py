@@ -11,6 +11,8 @@ import pytest
 from bench.launch import TORCHRUN, torchrun
 from topotrace.instrument.store import Store
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # tests/conftest.py; make test-fast leaves these out
+
 CHILD = Path(__file__).with_name("_ddp_child.py")
 
 

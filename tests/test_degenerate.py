@@ -68,6 +68,7 @@ def test_explicit_layout_methods_with_one_class_give_no_error(tmp_path):
     assert all(lr.layouts == {} for lr in res.layers.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("labels", [[0], [0, 1], [1, 1]])
 def test_fewer_than_three_samples_give_nan_correlations(tmp_path, labels):
     """One or two samples: every r and q of every neuron and measure is NaN (before: 0 or +-1)."""

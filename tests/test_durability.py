@@ -102,6 +102,7 @@ def test_sync_after_a_failure_or_close_returns_false(tmp_path, monkeypatch):
         assert st.n_snapshots == 1
 
 
+@pytest.mark.slow
 def test_train_syncs_the_store_before_every_checkpoint(tmp_path, monkeypatch, capsys):
     """topotrace train: a Recorder.sync right before each of the two per-epoch checkpoints."""
     monkeypatch.chdir(tmp_path)

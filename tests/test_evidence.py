@@ -103,6 +103,7 @@ def _findings(evs):
             combine("l", "stronger_with_time", "", evs, names, steps))
 
 
+@pytest.mark.slow
 def test_no_relation_is_not_supported_in_95_of_100_studies():
     """With no relation to confidence and no change over time, neither claim is supported nor mixed in >= 95 of 100
     (it is 'not supported', or 'negligible' where the interval lies inside the smallest effect of interest)."""
@@ -112,6 +113,7 @@ def test_no_relation_is_not_supported_in_95_of_100_studies():
     assert sum(v[1] in ("not supported", "negligible") for v in verdicts) >= 95
 
 
+@pytest.mark.slow
 def test_planted_relation_is_covered_and_supported():
     """A planted relation of known size: the 95 % interval covers the truth in >= 90 of 100 studies and the
     verdict is 'supported'."""

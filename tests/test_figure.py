@@ -70,6 +70,7 @@ def _covered_levels(coll, extent, shape) -> np.ndarray:
     return drawn
 
 
+@pytest.mark.slow
 def test_pdf_is_vector(run, capsys):
     """A PDF grid of maps embeds no raster image at all (maps and colour bar are vector shapes)."""
     folder, _ = run
@@ -83,6 +84,7 @@ def test_pdf_is_vector(run, capsys):
     assert b"DejaVuSans" in data  # the font is embedded: every character renders
 
 
+@pytest.mark.slow
 def test_svg_is_vector_with_text_labels(run, capsys):
     """An SVG grid with --maps vector has no <image>; its labels (group, step, colour bar) are text elements."""
     folder, results = run
@@ -190,6 +192,7 @@ def test_corr_maps_use_pearson_on_unit_scale(run):
     np.testing.assert_array_equal(grid.values[0, 1], cr.pearson_within[-1].astype(np.float32))
 
 
+@pytest.mark.slow
 def test_empty_group_is_a_labelled_blank(run, tmp_path):
     """A group without samples at a snapshot is drawn as "no samples", not as a map."""
     _, results = run
@@ -211,6 +214,7 @@ def test_empty_group_is_a_labelled_blank(run, tmp_path):
     assert "no samples" in _svg_texts(tmp_path / "e.svg")
 
 
+@pytest.mark.slow
 def test_png_and_findings(run, capsys):
     """PNG honours --dpi; --kind findings draws each claim's curve with its band."""
     from PIL import Image
@@ -266,6 +270,7 @@ def test_out_in_missing_folder_and_missing_matplotlib(run, capsys, monkeypatch):
     assert not (folder / "m.pdf").exists()
 
 
+@pytest.mark.slow
 def test_default_out_and_report_png_alias(run, capsys, monkeypatch):
     """Without --out the figure goes to figures/ next to the store; report --png needs matplotlib up front."""
     folder, _ = run

@@ -41,6 +41,7 @@ def _tag(el) -> str:
     return el.tag.rsplit("}", 1)[-1]
 
 
+@pytest.mark.slow
 def test_auto_svg_embeds_one_raster_per_map_when_vector_is_large(run, tmp_path):
     """Over the budget: one <image> per map, text still text, outlines still paths, far fewer bytes than vector;
     each raster's opaque pixels are the palette's colours."""
@@ -71,6 +72,7 @@ def test_auto_svg_embeds_one_raster_per_map_when_vector_is_large(run, tmp_path):
         assert in_palette.mean() > 0.9  # antialiased edges between colours aside, every pixel is a palette colour
 
 
+@pytest.mark.slow
 def test_small_grid_stays_vector_and_raster_can_be_asked(run, tmp_path):
     """Under the budget: no raster; --maps raster gives one per map; --maps vector never."""
     folder, results = run

@@ -8,6 +8,7 @@ import pytest
 import topotrace as tt
 
 
+@pytest.mark.subprocess
 def test_import_topotrace_loads_neither_torch_nor_bokeh():
     """Importing the package and listing its names imports no heavy library."""
     code = ("import sys, topotrace as tt; dir(tt); tt.__version__\n"
@@ -16,6 +17,7 @@ def test_import_topotrace_loads_neither_torch_nor_bokeh():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.subprocess
 def test_analysis_names_load_without_torch():
     """tt.analyze and tt.Store are reachable without importing torch (the analysis is torch-free)."""
     code = "import sys, topotrace as tt; tt.analyze; tt.Store; tt.build_report; assert 'torch' not in sys.modules"

@@ -28,6 +28,8 @@ from topotrace.instrument.schedules import every
 from topotrace.instrument.store import Store
 from topotrace.integrations.hf import TopotraceCallback
 
+pytestmark = pytest.mark.slow  # tests/conftest.py; make test-fast leaves these out
+
 PAD, CLS = 17, 18  # token ids 0..16 are the pixel values
 N_TRAIN, BATCH = 160, 16
 STEPS_PER_EPOCH = N_TRAIN // BATCH  # 10: the runs cross an epoch boundary

@@ -151,6 +151,7 @@ CASES = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit", CASES)
 def test_info_on_a_damaged_store(tmp_path, clean, edit, capsys, monkeypatch):
     """`topotrace info`: exit 2 with one line naming the store, or (a byte nobody reads) the store as before."""
@@ -217,6 +218,7 @@ def _chunk_of(spans, dataset, snapshot):
     return next((s, e) for s, e, d, i in spans if d == dataset and i == snapshot)
 
 
+@pytest.mark.slow
 def test_until_good_uses_the_snapshots_before_the_damage(tmp_path, clean, capsys, monkeypatch):
     """A torn write in snapshot 4: `report` refuses naming it and --until-good; with --until-good the analysis
     covers snapshots 0-3 exactly."""
@@ -291,6 +293,7 @@ def test_a_full_disk_during_analyze_leaves_no_half_written_cache(tmp_path, clean
     assert len(calls) > 3 and sorted(p.name for p in (tmp_path / "run").iterdir()) == ["store.h5"]
 
 
+@pytest.mark.slow
 def test_report_archive_and_figure_check_the_checksums_before_using_a_cached_analysis(tmp_path, clean, capsys,
                                                                                        monkeypatch):
     """A chunk damaged after the run was analysed (its file date kept, so the cache still matches): report,

@@ -123,6 +123,7 @@ def _all(n_s, start=0):
     return sorted((name, s) for name, _ in LAYERS for s in range(start, n_s))
 
 
+@pytest.mark.slow
 def test_increments_equal_fresh_after_1_5_and_20(tmp_path, counted):
     """Grown in 20 increments of 1 or 2 snapshots (the writer closed after each): after 1, 5 and 20 increments the
     cache equals a fresh analysis bit for bit (its sidecar too), and every increment computed only the new snapshots
@@ -157,6 +158,7 @@ def test_increments_equal_fresh_after_1_5_and_20(tmp_path, counted):
     assert counted == {"full": [], "cka": []}
 
 
+@pytest.mark.slow
 def test_default_layouts_and_results_objects_equal(tmp_path, counted):
     """With the default layout methods (t-SNE, MDS, SOM too) one increment equals a fresh analysis, field by field
     of the results objects as well."""
@@ -184,6 +186,7 @@ def test_default_layouts_and_results_objects_equal(tmp_path, counted):
         np.testing.assert_array_equal(cal.temperature_cv, fresh.calibration[p].temperature_cv)
 
 
+@pytest.mark.slow
 def test_cka_is_scored_against_the_new_last_snapshot(tmp_path):
     """The CKA of an old snapshot changes when a snapshot is appended (its reference is the last one) and equals
     linear CKA from its definition against the new reference."""
@@ -218,6 +221,7 @@ def _check_from_scratch(store, cache, calls, n_s, **kw):
     assert_identical(cache, cache.with_name("fresh.h5"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_damaged_cache_is_recomputed(tmp_path, counted, damage):
     """A cache with flipped bytes (in its data, where HDF5 has no checksum) or cut short is not extended."""
@@ -233,6 +237,7 @@ def test_damaged_cache_is_recomputed(tmp_path, counted, damage):
     _check_from_scratch(store, cache, counted, 6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", [b"my notes\n", "cut"])
 def test_unreadable_sidecar_is_ignored_and_left_alone(tmp_path, counted, content):
     """A file at the sidecar's name that is no readable sidecar (another file, or one cut short) is ignored (from
@@ -256,6 +261,7 @@ def test_unreadable_sidecar_is_ignored_and_left_alone(tmp_path, counted, content
     assert sorted(counted["full"]) == _all(8, 7)
 
 
+@pytest.mark.slow
 def test_older_version_or_other_parameters_are_recomputed(tmp_path, counted, monkeypatch):
     """Another analysis version, other parameters, or a sidecar of another version: from scratch."""
     store, cache = _analysed(tmp_path)
@@ -272,6 +278,7 @@ def test_older_version_or_other_parameters_are_recomputed(tmp_path, counted, mon
     assert sorted(counted["full"]) == _all(9, 8)
 
 
+@pytest.mark.slow
 def test_store_whose_earlier_snapshots_changed_is_recomputed(tmp_path, counted):
     """A store cut by a resume (from_step) and recorded again (other values at the same steps) is not extended,
     nor is a store replaced by another recording with the same steps."""
@@ -286,6 +293,7 @@ def test_store_whose_earlier_snapshots_changed_is_recomputed(tmp_path, counted):
     _check_from_scratch(store, cache, counted, 7)
 
 
+@pytest.mark.slow
 def test_cut_store_is_recomputed(tmp_path, counted):
     """A store with fewer snapshots than its cached analysis (cut, not yet recorded again): from scratch."""
     store, cache = _analysed(tmp_path, 5, 5)
@@ -294,6 +302,7 @@ def test_cut_store_is_recomputed(tmp_path, counted):
     _check_from_scratch(store, cache, counted, 3)
 
 
+@pytest.mark.slow
 def test_pooled_bins_are_recomputed(tmp_path, counted):
     """Pooled confidence bins take their edges from every snapshot: no incremental path."""
     store, cache = tmp_path / "store.h5", tmp_path / "analysis.h5"
@@ -310,6 +319,7 @@ def _linear_cka(x, y):
     return np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
 
 
+@pytest.mark.slow
 def test_live_store_keeps_a_provisional_reference_then_final_equals_fresh(tmp_path, counted):
     """While the writer records, the cache's reference snapshot is kept (its layouts, and the new snapshots' CKA
     scored against it, without reading the old snapshots) until the count reaches 1.5x the count at the reference,
@@ -358,6 +368,7 @@ def test_live_store_keeps_a_provisional_reference_then_final_equals_fresh(tmp_pa
     assert_identical(cache, tmp_path / "fresh.h5")
 
 
+@pytest.mark.slow
 def test_provisional_cache_hit_refits_when_not_allowed(tmp_path, counted):
     """A cache with a provisional reference is no cache hit for an analysis that does not allow one: the reference
     moves to the last snapshot (layouts fitted, CKA scored again; no other per-snapshot work)."""

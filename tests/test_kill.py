@@ -16,6 +16,8 @@ from topotrace.instrument.store import Store
 sys.path.insert(0, str(Path(__file__).parent))
 import _record_child as child  # noqa: E402
 
+pytestmark = pytest.mark.subprocess  # tests/conftest.py; make test-fast leaves these out
+
 CHILD = Path(__file__).parent / "_record_child.py"
 ROOT = Path(__file__).parent.parent
 

@@ -22,6 +22,7 @@ from topotrace.instrument.store import Store  # noqa: E402
 from topotrace.integrations.lightning import TopotraceCallback  # noqa: E402
 
 pytestmark = [
+    pytest.mark.slow,
     # Lightning's advice for real data loaders; these tests want the batches in the main process, in order.
     pytest.mark.filterwarnings("ignore:The 'train_dataloader' does not have many workers:UserWarning"),
     # torch >= 2.10 deprecates pytree's LeafSpec, which Lightning builds at every step; recording each of those

@@ -9,6 +9,8 @@ import pytest
 from bench.launch import TORCHRUN, torchrun
 from topotrace.instrument.store import Store
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # tests/conftest.py; make test-fast leaves these out
+
 # Only the child imports Lightning (and torch): importing them here too would cost this process as long again.
 if importlib.util.find_spec("lightning") is None:
     pytest.skip("PyTorch Lightning is not installed", allow_module_level=True)

@@ -38,6 +38,7 @@ KINDS = [("mlp", "mnist1d", {}, ["hidden1", "hidden2"], [128, 64], "flatten"),
 
 @pytest.mark.parametrize("kind, source, params, layers, widths, reduction", KINDS,
                          ids=[f"{k[0]}-{k[1]}" for k in KINDS])
+@pytest.mark.slow
 def test_each_kind_trains_records_and_analyses(tmp_path, kind, source, params, layers, widths, reduction):
     """Default layers of the kind, one neuron per unit / channel / feature, the kind in the store's metadata."""
     from topotrace.analysis.pipeline import analyze
@@ -63,6 +64,7 @@ def test_each_kind_trains_records_and_analyses(tmp_path, kind, source, params, l
     assert np.isfinite(res.curves["heldout"]["accuracy"]).all()
 
 
+@pytest.mark.slow
 def test_batchnorm_training_is_bit_identical_with_and_without_the_recorder(tmp_path):
     """The ResNet (BatchNorm everywhere) trained by train_run, recording 4 snapshots, ends with exactly the weights
     and running statistics of the same training loop written here without any recorder."""
@@ -94,6 +96,7 @@ def test_batchnorm_training_is_bit_identical_with_and_without_the_recorder(tmp_p
     assert int(plain["block1.bn1.num_batches_tracked"]) == summary.steps  # probe passes did not update BN
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["digits", "mnist1d"])
 def test_transformer_records_the_token_mean(tmp_path, source):
     """The stored values of block1 and block2 at the last snapshot equal the mean over tokens of each block's output,

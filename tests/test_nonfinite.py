@@ -199,6 +199,7 @@ def test_masked_correlations_match_per_neuron_subsets():
         assert n_used[j] == rows.sum() and n_cls[j] == len(np.unique(labels[rows]))
 
 
+@pytest.mark.slow
 def test_diverged_run_is_analysed_up_to_the_divergence_and_reported(base, tmp_path):
     """Non-finite layer0 activations and outputs from snapshot 2 on: the analysis holds snapshots 0 and 1 (equal
     to the finite run's), and the report opens with the divergence banner (and the note on one NaN before it)."""

@@ -113,6 +113,7 @@ def test_site_keeps_a_users_index(runs, tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_links_fifos_and_folders_are_refused(runs, tmp_path, capsys):
     """A link (even to a topotrace page), a dangling link, a FIFO (never opened: no hang) and a folder."""
     argv = ["compare", str(runs / "a"), str(runs / "b"), "--out"]
@@ -138,6 +139,7 @@ def test_links_fifos_and_folders_are_refused(runs, tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_own_outputs_are_replaced(runs, tmp_path, capsys):
     """compare, report (and its findings.json), figure (PDF, SVG, PNG) and site replace what topotrace wrote."""
     cmp_out, rep_out = tmp_path / "c.html", tmp_path / "r.html"
@@ -162,6 +164,7 @@ def test_own_outputs_are_replaced(runs, tmp_path, capsys):
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_a_users_tmp_file_is_not_touched(runs, tmp_path, capsys):
     """A file named like the old fixed temporary name (report.html.tmp) is neither overwritten nor removed."""
     keep = tmp_path / "r.html.tmp"

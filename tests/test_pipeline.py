@@ -81,6 +81,7 @@ def _resid(v, labels):
     return v
 
 
+@pytest.mark.slow
 def test_every_statistic_matches_direct_reference(small_store):
     res = analyze(small_store, layout_methods=FAST, n_bins=2)
     with Store(small_store) as st:
@@ -169,6 +170,7 @@ def test_planted_signals_on_synthetic_store(synthetic):
     assert set(res.curves) == {"heldout", "train"}
 
 
+@pytest.mark.slow
 def test_cache_hit_reads_no_activations(small_store, monkeypatch):
     first = analyze(small_store, layout_methods=FAST)
     assert (small_store.parent / "analysis.h5").exists()
@@ -183,6 +185,7 @@ def test_cache_hit_reads_no_activations(small_store, monkeypatch):
     _assert_same(first, again)
 
 
+@pytest.mark.slow
 def test_cache_invalidated_when_store_grows_or_params_change(small_store, monkeypatch):
     analyze(small_store, layout_methods=FAST)
     calls = []
@@ -204,6 +207,7 @@ def test_cache_invalidated_when_store_grows_or_params_change(small_store, monkey
     assert len(calls) == 6
 
 
+@pytest.mark.slow
 def test_progress_and_explicit_cache_path(small_store, tmp_path):
     seen = []
     cache = tmp_path / "new" / "folder" / "elsewhere.h5"  # folders are created
@@ -263,11 +267,13 @@ def test_load_refuses_other_files(tmp_path, synthetic):
         load_results(path)
 
 
+@pytest.mark.subprocess
 def test_analysis_never_imports_torch():
     code = "import topotrace.analysis.pipeline, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
 def test_thread_count_does_not_change_results(small_store, tmp_path, monkeypatch):
     import topotrace.analysis.stream as stream
 

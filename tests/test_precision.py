@@ -12,6 +12,8 @@ from topotrace.instrument.recorder import ProbeSet, Recorder
 from topotrace.instrument.schedules import every
 from topotrace.instrument.store import Store
 
+from .models import TwoLayerMLP as MLP
+
 CLASSES = ["a", "b", "c", "d"]
 
 
@@ -111,16 +113,6 @@ def test_float32_store_keeps_what_float16_cannot(tmp_path):
     with Store(tmp_path / "s.h5") as st:
         assert st.nonfinite("heldout")["big"].tolist() == [0]
         np.testing.assert_array_equal(st.acts("heldout", "big", 0), ref)
-
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(10, 32)
-        self.fc2 = nn.Linear(32, 4)
-
-    def forward(self, x):
-        return self.fc2(torch.relu(self.fc1(x)))
 
 
 def _reference(model, x, batch=8, **autocast):

@@ -187,6 +187,7 @@ def analysed(tmp_path_factory):
     return analyze(store, root / "analysis.h5", layout_methods=["pca"])
 
 
+@pytest.mark.slow
 def test_report_chart_titles_and_labels_fit_their_width(analysed):
     """Every chart of the report (findings, training curves, correlations, strength and distinctness, the
     calibration, overfitting and collapse sections, the maps) has titles and axis labels that fit its size; the
@@ -246,6 +247,7 @@ def test_smoothness_of_a_region_without_adjacent_pixels_is_nan_without_a_warning
             assert op.pixel.size > 0 and np.isfinite(maps.smoothness(op, values))
 
 
+@pytest.mark.slow
 def test_analysis_and_report_of_a_four_neuron_layer_raise_no_warning(tmp_path):
     """A store with a 4-neuron layer, analysed with every layout and reported, under warnings as errors."""
     from topotrace.analysis.findings import run_findings, trend_findings
@@ -315,6 +317,7 @@ def mc_page(tmp_path_factory):
     return html.unescape(_outside_scripts(page)) + "\n".join(texts), res
 
 
+@pytest.mark.slow
 def test_report_defines_every_confidence_measure(mc_page):
     """Every measure with correlations is defined with the correlation maps, the MC-dropout ones with the run's 4
     passes."""
@@ -328,6 +331,7 @@ def test_report_defines_every_confidence_measure(mc_page):
     assert "averaged over 4 stochastic passes with dropout on" in page and "{passes}" not in page
 
 
+@pytest.mark.slow
 def test_uncertainty_measures_say_what_a_positive_r_means(mc_page):
     """entropy and mc_mutual_info: a positive r means activity rises with uncertainty, said with the correlation
     maps; a run without an uncertainty measure gets no such note."""
@@ -342,6 +346,7 @@ def test_uncertainty_measures_say_what_a_positive_r_means(mc_page):
     assert uncertainty_note(["entropy"]).startswith("entropy measures uncertainty (higher: less confident): for it")
 
 
+@pytest.mark.slow
 def test_maps_explain_the_dormant_circles_and_the_quantile_bins(mc_page, analysed):
     """The maps section says what the white circles (tau-dormant units) and dots are; the confidence-bin maps say
     that the bins are quantiles of each snapshot (or pooled edges, for an analysis with pooled bins)."""

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from topotrace.instrument.store import Store
 
@@ -16,6 +17,7 @@ def _snippet() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_snippet_runs_and_reaches_the_last_step(tmp_path, monkeypatch):
     """Step 0 is the untrained model, the last scheduled step is total_steps, meta reaches the store, and the
     report is written."""

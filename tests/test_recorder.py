@@ -13,20 +13,9 @@ from topotrace.instrument.recorder import ProbeSet, Recorder
 from topotrace.instrument.schedules import every
 from topotrace.instrument.store import Store, StoreError, StoreWriter
 
+from .models import MLP
+
 CLASSES = ["a", "b", "c", "d"]
-
-
-class MLP(nn.Module):
-    def __init__(self, hidden=16):
-        super().__init__()
-        self.fc1 = nn.Linear(10, hidden)
-        self.act1 = nn.ReLU(inplace=True)  # changes fc1's output in place after fc1's hook ran
-        self.fc2 = nn.Linear(hidden, 12)
-        self.act2 = nn.ReLU()
-        self.out = nn.Linear(12, 4)
-
-    def forward(self, x):
-        return self.out(self.act2(self.fc2(self.act1(self.fc1(x)))))
 
 
 class ConvNet(nn.Module):

@@ -69,6 +69,7 @@ def _docs_json(page: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_every_section_title_present(html_text):
     """Each of the seven sections has its heading, and no section fell back to its missing-data note."""
     for title in SECTION_TITLES:
@@ -76,6 +77,7 @@ def test_every_section_title_present(html_text):
     assert 'class="tt-note"' not in html_text
 
 
+@pytest.mark.slow
 def test_roots_are_placed_by_name(html_text):
     """Every named root the page needs is in the Bokeh document and has a placeholder div."""
     doc = next(iter(_docs_json(html_text).values()))
@@ -85,6 +87,7 @@ def test_roots_are_placed_by_name(html_text):
     assert html_text.count('data-root-id="') == len(doc["roots"])
 
 
+@pytest.mark.slow
 def test_ships_values_and_operator_not_images(results, html_text):
     """Neuron values per snapshot and the operator are embedded; the page is far smaller than all frames."""
     doc = json.dumps(_docs_json(html_text))
@@ -95,6 +98,7 @@ def test_ships_values_and_operator_not_images(results, html_text):
     assert f'"shape": [{len(op.pixel)}, 3]' in doc
 
 
+@pytest.mark.slow
 def test_provenance_and_citations(results, html_text):
     assert results.store_sha256 in html_text
     assert "Visualizing Deep Neural Networks with Topographic Activation Maps" in html_text
@@ -111,6 +115,7 @@ def _outside_scripts(page: str) -> str:
     return re.sub(r"(<script\b[^>]*>).*?(</script>)", r"\1\2", page, flags=re.S | re.I)
 
 
+@pytest.mark.slow
 def test_no_network_loads(html_text):
     """No element loads anything from a host: no src/href/url() to http(s) or protocol-relative URLs."""
     markup = _outside_scripts(html_text)
@@ -138,6 +143,7 @@ def _evil_results(results: AnalysisResults) -> AnalysisResults:
                                curves={EVIL: c for c in results.curves.values()}, store_path=EVIL)
 
 
+@pytest.mark.slow
 def test_run_text_is_escaped(results, tmp_path):
     """Run name, class, layer, probe-set names and config values holding <script> and quotes are escaped."""
     page = build_report(_evil_results(results), tmp_path / "evil.html").read_text(encoding="utf-8")
@@ -187,6 +193,7 @@ def _models(node, kind: str) -> list[dict]:
     return found
 
 
+@pytest.mark.slow
 def test_missing_sections_give_notes(results, tmp_path):
     """A run with no layers, curves, correlations or findings still builds, with a visible note per section."""
     bare = dataclasses.replace(results, layers={}, curves={}, meta={})
@@ -200,6 +207,7 @@ def test_missing_sections_give_notes(results, tmp_path):
     assert any("No layouts" in n for n in notes)
 
 
+@pytest.mark.slow
 def test_partial_layer_data_gives_notes(results, tmp_path):
     """Layers without confidence bins and correlations keep the class maps and note the rest."""
     layers = {k: dataclasses.replace(la, corr={}, naps={"class": la.naps["class"]}, evidence=None,
@@ -213,6 +221,7 @@ def test_partial_layer_data_gives_notes(results, tmp_path):
     assert "No activation maps" not in page
 
 
+@pytest.mark.slow
 def test_single_snapshot_single_layer(tmp_path):
     """One snapshot and one layer: no layer selector, the slider is disabled, the page still builds."""
     res = synthetic_results(tmp_path / "one.h5", n_snapshots=1, layer_sizes=(16,), n_classes=3, per_class=8)
@@ -228,6 +237,7 @@ def test_rejects_wrong_type(tmp_path):
         build_report({"layers": {}}, tmp_path / "x.html")
 
 
+@pytest.mark.slow
 def test_cli_report_writes_html_and_png(tmp_path, capsys):
     """`topotrace report <run dir> --png ...` analyses, writes report.html next to the store, prints its path."""
     from PIL import Image
@@ -274,6 +284,7 @@ def _mappers_by_low(doc: dict) -> list[tuple[float, float, list]]:
     return out
 
 
+@pytest.mark.slow
 def test_nonnegative_layer_gets_sequential_scale(results, tmp_path):
     """A layer with NAPs >= 0 maps [0, color_limit] white to dark red; a signed one keeps -L..L; r stays -1..1."""
     res = _nonneg_results(results)
@@ -291,6 +302,7 @@ def test_nonnegative_layer_gets_sequential_scale(results, tmp_path):
     assert not any(m[0] == 0.0 and m[1] == pytest.approx(signed.color_limit) for m in mappers)
 
 
+@pytest.mark.slow
 def test_contrast_switch_and_measure_selector(results, html_text):
     """The TAM section has the mean/contrast switch; the measure selector lists every measure, primary first."""
     from topotrace.report_templates.charts import correlation_measures
@@ -307,6 +319,7 @@ def test_contrast_switch_and_measure_selector(results, html_text):
     assert selects[0]["attributes"]["value"] == results.primary_measure
 
 
+@pytest.mark.slow
 def test_summary_ships_every_measure(results, html_text):
     """The correlation curves carry each measure's summary (the selector swaps them in the browser)."""
     import base64
@@ -323,6 +336,7 @@ def test_summary_ships_every_measure(results, html_text):
     assert want in blobs
 
 
+@pytest.mark.slow
 def test_significance_table_matches_summaries(results, html_text):
     """The last-snapshot shares in the correlation section equal the analysis summaries."""
     for layer in results.layers.values():
@@ -332,6 +346,7 @@ def test_significance_table_matches_summaries(results, html_text):
     assert "saturate near 1.00" in html_text
 
 
+@pytest.mark.slow
 def test_log_step_axis_for_log_spaced_snapshots(html_text, log_html_text):
     """Snapshots spanning decades get a log step axis with points at step + 1; short spans stay linear."""
     from topotrace.report_templates.charts import step_axis_type, time_x
@@ -352,6 +367,7 @@ def test_log_step_axis_for_log_spaced_snapshots(html_text, log_html_text):
     assert not _models(lin, "LogAxis")
 
 
+@pytest.mark.slow
 def test_layout_comparison_fits_one_row(results, html_text):
     """All layout methods of a layer sit in one row, each tile narrow enough for five in the page column."""
     from topotrace.report_templates.layout_view import LAYOUT_COLS, LAYOUT_PX
@@ -368,6 +384,7 @@ def test_layout_comparison_fits_one_row(results, html_text):
         assert cells == [(0, i) for i in range(len(layer.layouts))]  # one row, in method order
 
 
+@pytest.mark.slow
 def test_layout_comparison_greys_neurons_without_a_preferred_class(results):
     """A silent neuron (all-zero class means) has no preferred class: grey, "none", never class 0's colour."""
     from bokeh.models import ColumnDataSource
@@ -401,6 +418,7 @@ def _custom_js_arg(doc: dict, arg: str):
     return found[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_steps", [False, True])
 def test_time_markers_on_every_time_chart(results, html_text, log_html_text, log_steps):
     """Each chart over training time has one marker at the last snapshot; the slider callback knows every step's x."""
@@ -421,6 +439,7 @@ def test_time_markers_on_every_time_chart(results, html_text, log_html_text, log
     np.testing.assert_array_equal(_custom_js_arg(doc, "marker_x"), want_x)
 
 
+@pytest.mark.slow
 def test_corr_fit_limit_matches_numpy(results, html_text):
     """The "fit to data" limit is max |r| over snapshots, neurons and both maps, per layer and measure."""
     from topotrace.report_templates.charts import correlation_measures
@@ -450,6 +469,7 @@ def test_corr_fit_limit_matches_numpy(results, html_text):
     assert corr_fit_limit(dataclasses.replace(layer, corr={measures[0]: dead}), measures[0]) == 1.0
 
 
+@pytest.mark.slow
 def test_maps_draw_outline_grey_off_map_and_size_switch(results, html_text):
     """Each map tile draws the off-map mask (light grey, one patch: a frame then the outline's rings) and the
     outline over its image; off-map pixels are NaN and transparent; the grey differs from the palettes' zero; the

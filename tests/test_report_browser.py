@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.browser import ARGS, CHROMIUM, open_offline, slider_frames
+from bench.browser import CHROMIUM, open_offline, slider_frames
 
 SECTIONS = {"summary": "Run summary and provenance", "training-curves": "Training curves",
             "maps": "Topographic activation maps", "confidence-maps": "Maps per confidence bin",
@@ -51,12 +51,10 @@ def report(built) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page_and_log(report):
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page, blocked, errors = open_offline(browser, report)
-        yield page, blocked, errors
-        browser.close()
+def page_and_log(report, chromium):
+    page, blocked, errors = open_offline(chromium, report)
+    yield page, blocked, errors
+    page.close()
 
 
 def _map_png(page) -> np.ndarray:

@@ -53,6 +53,7 @@ def _value_sources(res: AnalysisResults):
             yield f"{layer.name}/r {m}", r, corr_span(layer, m)
 
 
+@pytest.mark.slow
 def test_quantize_round_trip_within_bound(results):
     """Decoded codes lie within step / 2 (the documented bound) of the analysis values; NaN stays NaN."""
     for name, values, (low, high) in _value_sources(results):
@@ -89,6 +90,7 @@ def test_precision_text_and_tooltip_format():
     assert value_format(0.00486) == "0.000" and value_format(0.0157) == "0.00" and value_format(2.0) == "0"
 
 
+@pytest.mark.slow
 def test_pixel_colours_within_one_level(results):
     """Every pixel of every map of a layer has the float path's colour or its palette neighbour (most: the same)."""
     layer = results.layers["layer1"]
@@ -119,6 +121,7 @@ def test_pixel_colours_within_one_level(results):
                     assert np.abs(a - b).max() <= 1, (m, s, g, scale)
 
 
+@pytest.mark.slow
 def test_contrast_view_error_bound(results):
     """In the contrast view (group mean subtracted from decoded values) the error is at most step * (1 - 1/G)."""
     for layer in results.layers.values():
@@ -198,6 +201,7 @@ def _links(page: str) -> list[str]:
     return [html.unescape(h) for h in re.findall(r'href="([^"]*)"', markup)]
 
 
+@pytest.mark.slow
 def test_split_into_summary_and_layer_pages_under_budget(split):
     """A summary page and layer pages, each under the budget: small layers share pages in order, the big layer has
     a page of its own that shows fewer snapshots."""
@@ -241,6 +245,7 @@ def test_pack_keeps_order_and_budget():
     assert pages.layer_page_name(4, ["blocks.4.mlp", "blocks/7"]) == "05-blocks.4.mlp--blocks_7.html"
 
 
+@pytest.mark.slow
 def test_relative_links_resolve(split):
     """Every link of every page is relative and leads to a file that exists (summary, layers, site index)."""
     out, _, files = split
@@ -256,6 +261,7 @@ def test_relative_links_resolve(split):
     assert "../index.html" in _links(out.read_text("utf-8"))  # the summary's "all runs" link
 
 
+@pytest.mark.slow
 def test_small_run_stays_one_page_and_old_layer_pages_go(split, tmp_path):
     """A small run is one page at the default budget; writing it over a split report removes the layer pages."""
     out, res, _ = split
@@ -285,54 +291,50 @@ TILE_IMAGE_JS = """([g]) => {
 
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM_OK, reason="Debian chromium not found at /usr/bin/chromium")
-def test_every_page_renders_offline(split):
+def test_every_page_renders_offline(split, browser):
     """In one chromium session, every page loads offline with no request and no console error; layer pages draw
     their maps with colours within one level of the float path, and a layer link keeps the step."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from bench.browser import ARGS, CHROMIUM, open_offline
+    from bench.browser import open_offline
     from topotrace.analysis.maps import halo
 
     out, res, files = split
     layer = res.layers[BIG]
     op = layer.layouts[layer.default_layout].interp
     _, low, high = activation_scale(layer)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        for f in files:
-            page, blocked, errors = open_offline(browser, f)
-            assert blocked == [] and errors == [], f
-            assert page.locator("h1").first.inner_text().startswith("topotrace report")
-            if f == out:
-                assert page.locator("section#maps table a").count() == 12
-            else:
-                page.wait_for_function("window.topotraceSnapshot !== undefined", timeout=10_000)
-                assert page.locator("section#maps canvas").count() > 0
-            if f.name.endswith(f"-{BIG}.html"):
-                for g in (0, 2):
-                    img = page.evaluate(TILE_IMAGE_JS, [g])
-                    label = page.locator(".tt-steplabel").first.inner_text()
-                    snap = int(re.search(r"snapshot (\d+) of 80", label).group(1)) - 1
-                    drawn = np.array([np.nan if v is None else v for v in img], np.float64).reshape(op.grid_shape)
-                    frame = op.apply(np.asarray(layer.naps["class"].naps[snap, g], np.float64))
-                    frame.flat[halo(op)[0]] = frame.flat[halo(op)[1]]  # the pixels under the grey off-map patch
-                    want = color_index(frame, low, high)
-                    got = color_index(drawn, low, high)
-                    np.testing.assert_array_equal(want < 0, got < 0)
-                    assert np.abs(want - got).max() <= 1 and (want == got).mean() > 0.9
-                # the layer links carry the shown step; the next page opens at the nearest snapshot it shows
-                page.evaluate("async () => { Bokeh.documents[0].get_model_by_name('time_slider').value = 1;"
-                              " await new Promise(r => setTimeout(r, 200)); }")
-                step = int(page.evaluate("window.topotraceStep"))
-                href = page.locator("a.tt-keepstep").first.get_attribute("href")
-                assert href.endswith(f"#step={step}")
-                page.goto((f.parent / href.split("#")[0]).as_uri() + f"#step={step}")
+    for f in files:
+        page, blocked, errors = open_offline(browser, f)
+        assert blocked == [] and errors == [], f
+        assert page.locator("h1").first.inner_text().startswith("topotrace report")
+        if f == out:
+            assert page.locator("section#maps table a").count() == 12
+        else:
+            page.wait_for_function("window.topotraceSnapshot !== undefined", timeout=10_000)
+            assert page.locator("section#maps canvas").count() > 0
+        if f.name.endswith(f"-{BIG}.html"):
+            for g in (0, 2):
+                img = page.evaluate(TILE_IMAGE_JS, [g])
+                label = page.locator(".tt-steplabel").first.inner_text()
+                snap = int(re.search(r"snapshot (\d+) of 80", label).group(1)) - 1
+                drawn = np.array([np.nan if v is None else v for v in img], np.float64).reshape(op.grid_shape)
+                frame = op.apply(np.asarray(layer.naps["class"].naps[snap, g], np.float64))
+                frame.flat[halo(op)[0]] = frame.flat[halo(op)[1]]  # the pixels under the grey off-map patch
+                want = color_index(frame, low, high)
+                got = color_index(drawn, low, high)
+                np.testing.assert_array_equal(want < 0, got < 0)
+                assert np.abs(want - got).max() <= 1 and (want == got).mean() > 0.9
+            # the layer links carry the shown step; the next page opens at the nearest snapshot it shows
+            page.evaluate("async () => { Bokeh.documents[0].get_model_by_name('time_slider').value = 1;"
+                          " await new Promise(r => setTimeout(r, 200)); }")
+            step = int(page.evaluate("window.topotraceStep"))
+            href = page.locator("a.tt-keepstep").first.get_attribute("href")
+            assert href.endswith(f"#step={step}")
+            page.goto((f.parent / href.split("#")[0]).as_uri() + f"#step={step}")
+            page.wait_for_function("window.topotraceSnapshot !== undefined", timeout=20_000)
+            assert int(page.evaluate("window.topotraceStep")) == step  # the small layers show every snapshot
+            # a page of several layers opens at the layer its address names
+            if "--" in href:
+                page.goto((f.parent / href.split("#")[0]).as_uri() + "#layer=layer1")
                 page.wait_for_function("window.topotraceSnapshot !== undefined", timeout=20_000)
-                assert int(page.evaluate("window.topotraceStep")) == step  # the small layers show every snapshot
-                # a page of several layers opens at the layer its address names
-                if "--" in href:
-                    page.goto((f.parent / href.split("#")[0]).as_uri() + "#layer=layer1")
-                    page.wait_for_function("window.topotraceSnapshot !== undefined", timeout=20_000)
-                    assert page.evaluate("Bokeh.documents[0].get_model_by_name('layer_select').value") == "layer1"
-                assert errors == []
-            page.close()
-        browser.close()
+                assert page.evaluate("Bokeh.documents[0].get_model_by_name('layer_select').value") == "layer1"
+            assert errors == []
+        page.close()

@@ -153,36 +153,30 @@ def test_cli_site(runs, capsys, tmp_path):
         assert (index.parent / h).is_file(), h
 
 
-def test_index_in_a_browser(runs):
+@pytest.mark.browser
+def test_index_in_a_browser(runs, browser):
     """Offline in headless Chromium: no request, no console error; sorting a column reorders the rows."""
-    from playwright import sync_api as playwright
-
-    from bench.browser import ARGS, CHROMIUM, open_offline
+    from bench.browser import open_offline
 
     index = write_site(runs)
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page, blocked, errors = open_offline(browser, index, wait_idle=False)
-            first = lambda: page.evaluate(  # noqa: E731
-                "Array.from(document.querySelectorAll('tbody tr:first-child')).map(r => r.dataset.path)")
-            assert first()[0] == "alpha"
-            page.click("th[data-key='5']")  # snapshots, descending first
-            order = first()
-            snaps = {"alpha": 4, "beta": 5, "gamma": 6, "live": 2, "broken": 0, "study-x": 6}
-            assert [snaps[p] for p in order] == sorted(snaps.values(), reverse=True)
-            page.fill("#tt-filter", "seed-1")
-            visible = page.evaluate("Array.from(document.querySelectorAll('tbody')).filter(b => !b.hidden).length")
-            assert visible == 1
-            page.fill("#tt-filter", "")
-            page.check("tr[data-path='alpha'] input")
-            page.check("tr[data-path='gamma'] input")
-            cmd = page.inner_text("#tt-compare-cmd")
-            assert cmd == f"topotrace compare {runs}/alpha {runs}/gamma"
-            assert page.evaluate("window.__xss") is None
-            assert not blocked and not errors
-        finally:
-            browser.close()
+    page, blocked, errors = open_offline(browser, index, wait_idle=False)
+    first = lambda: page.evaluate(  # noqa: E731
+        "Array.from(document.querySelectorAll('tbody tr:first-child')).map(r => r.dataset.path)")
+    assert first()[0] == "alpha"
+    page.click("th[data-key='5']")  # snapshots, descending first
+    order = first()
+    snaps = {"alpha": 4, "beta": 5, "gamma": 6, "live": 2, "broken": 0, "study-x": 6}
+    assert [snaps[p] for p in order] == sorted(snaps.values(), reverse=True)
+    page.fill("#tt-filter", "seed-1")
+    visible = page.evaluate("Array.from(document.querySelectorAll('tbody')).filter(b => !b.hidden).length")
+    assert visible == 1
+    page.fill("#tt-filter", "")
+    page.check("tr[data-path='alpha'] input")
+    page.check("tr[data-path='gamma'] input")
+    cmd = page.inner_text("#tt-compare-cmd")
+    assert cmd == f"topotrace compare {runs}/alpha {runs}/gamma"
+    assert page.evaluate("window.__xss") is None
+    assert not blocked and not errors
 
 
 # --------------------------------------------------------------------------------- hostile names (issue 23)
@@ -255,31 +249,26 @@ def test_hostile_names_in_the_terminal(hostile, capsys):
     assert "\\u202e" in out.out
 
 
-def test_hostile_links_in_a_browser(hostile):
+@pytest.mark.browser
+def test_hostile_links_in_a_browser(hostile, browser):
     """In Chromium: clicking every link of the index fires no dialog (javascript: would alert)."""
-    from playwright import sync_api as playwright
-
-    from bench.browser import ARGS, CHROMIUM, open_offline
+    from bench.browser import open_offline
 
     index = write_site(hostile)
     dialogs = []
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page, blocked, errors = open_offline(browser, index, wait_idle=False)
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            n = page.evaluate("document.querySelectorAll('a').length")
-            assert n == 3 * len(HOSTILE)
-            for k in range(n):
-                page.goto(index.as_uri())
-                page.locator("a").nth(k).click()
-                page.wait_for_timeout(100)
-                assert page.url.startswith("file://") and "javascript" not in page.url.split("/")[-1].lower()
-            assert dialogs == [] and not blocked
-        finally:
-            browser.close()
+    page, blocked, errors = open_offline(browser, index, wait_idle=False)
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    n = page.evaluate("document.querySelectorAll('a').length")
+    assert n == 3 * len(HOSTILE)
+    for k in range(n):
+        page.goto(index.as_uri())
+        page.locator("a").nth(k).click()
+        page.wait_for_timeout(100)
+        assert page.url.startswith("file://") and "javascript" not in page.url.split("/")[-1].lower()
+    assert dialogs == [] and not blocked
 
 
+@pytest.mark.slow
 def test_report_of_a_bidi_named_run_shows_escapes(tmp_path):
     """A report of a run named with U+202E: no raw bidi character in the page and none that Bokeh would decode."""
     import re

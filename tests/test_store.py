@@ -231,6 +231,7 @@ def _committed(path):
         return 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [1, 17, 60])
 def test_sigkill_leaves_committed_snapshots(tmp_path, kill_at):
     """kill -9 while appending: the store opens, holds every committed snapshot, and can be resumed."""
@@ -260,6 +261,7 @@ def test_sigkill_leaves_committed_snapshots(tmp_path, kill_at):
         assert st.n_snapshots == n + 1
 
 
+@pytest.mark.slow
 def test_clear_flag_refuses_live_writer(tmp_path):
     """The crash-flag repair never touches a store whose writer is alive."""
     path = tmp_path / "s.h5"

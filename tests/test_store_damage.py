@@ -138,6 +138,7 @@ def test_truncated_store_is_refused(tmp_path, clean, frac):
     assert "damaged or truncated" in _refused(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frac", FRACTIONS)
 def test_truncated_killed_store_is_refused_or_intact(tmp_path, killed, frac):
     """A killed writer's store cut short: refused in seconds (its end-of-file address cannot be trusted, the chunk
@@ -155,6 +156,7 @@ def test_truncated_killed_store_is_refused_or_intact(tmp_path, killed, frac):
     assert time.monotonic() - t0 < 20 and path.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_truncated_killed_store_until_good(tmp_path, killed):
     """Cutting a killed store inside its last snapshots: the message names the first lost snapshot, and
     until_good gives exactly the snapshots before it."""
@@ -185,6 +187,7 @@ def _chunk_spans(data, tmp_path):
 POSITIONS = np.random.default_rng(20240601).random(20)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["clean", "killed"])
 @pytest.mark.parametrize("u", POSITIONS)
 def test_flipped_byte_is_found_or_harmless(tmp_path, request, which, u):
@@ -356,6 +359,7 @@ def test_superblock_checksum(tmp_path, clean):
     assert "superblock's checksum does not match" in _refused(_write(tmp_path / "s.h5", bytes(bad)))
 
 
+@pytest.mark.slow
 def test_chunk_check_without_chunk_iter(tmp_path, killed, monkeypatch):
     """With HDF5 < 1.12.3 (no H5Dchunk_iter) the chunk check bisects on the chunk index and still names the first
     snapshot past the end of the file."""
@@ -474,6 +478,7 @@ DISK_FULL_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_full_disk_stops_the_writer_cleanly(tmp_path):
     """A file size limit reached while recording: training ends normally (exit code 0, no crash at exit), one
     one-line warning and no traceback, the committed snapshots read back, and the store resumes."""

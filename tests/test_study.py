@@ -45,6 +45,7 @@ def study(tmp_path_factory):
     return out / "s", trained, mtime
 
 
+@pytest.mark.slow
 def test_resumed_study_does_not_retrain_finished_seeds(study):
     """After the interruption only seed 1 is trained again; seed 0's store is untouched."""
     path, trained, mtime = study
@@ -55,6 +56,7 @@ def test_resumed_study_does_not_retrain_finished_seeds(study):
             assert st.meta["seed"] == seed and int(st.steps[-1]) == st.meta["total_steps"]
 
 
+@pytest.mark.slow
 def test_findings_json_lists_every_claim_with_intervals_across_seeds(study):
     """findings.json: the four claims per layer (confidence claims per measure), 2 runs, each run's effect."""
     path, _, _ = study
@@ -79,6 +81,7 @@ def test_findings_json_lists_every_claim_with_intervals_across_seeds(study):
             assert f["ci_low"] < f["effect"] < f["ci_high"]
 
 
+@pytest.mark.slow
 def test_study_report_opens_with_findings_and_links_seeds(study):
     """The study's report starts with the findings and links each seed's own report, which exists."""
     path, _, _ = study
@@ -100,6 +103,7 @@ def test_study_refuses_a_folder_that_is_not_a_study(tmp_path, capsys):
     assert main(["study", "--seeds", "1,1", "--out-dir", str(tmp_path)]) == 2
 
 
+@pytest.mark.slow
 def test_study_of_the_same_runs_equals_the_config_study(study, capsys):
     """`topotrace study RUN RUN` over a config study's seed folders gives its findings, number for number."""
     path, _, _ = study

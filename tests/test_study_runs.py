@@ -57,6 +57,7 @@ def _numbers(findings_json: Path) -> list[tuple]:
     return out
 
 
+@pytest.mark.slow
 def test_study_of_python_api_runs(runs, monkeypatch, capsys):
     """tt.study writes study.json (relative paths), findings.json and report.html; the runs stay as they were."""
     root, dirs = runs
@@ -117,6 +118,7 @@ def test_study_of_runs_refuses_bad_arguments(tmp_path, capsys):
         assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_a_study_in_use_is_refused_and_nothing_is_removed(tmp_path, capsys):
     """While one command holds a study, a second one on it is refused in one line and removes nothing."""
     from topotrace.studies import locked
@@ -193,6 +195,7 @@ def _store(run_dir: Path, layers=(("a", 4), ("b", 4)), probes=("heldout",), labe
     return run_dir
 
 
+@pytest.mark.slow
 def test_site_lists_a_study_of_runs_once_with_its_runs_numbers(runs):
     """The site index: the study's row averages its runs' final accuracy; each run keeps its own row, once."""
     from topotrace.instrument.store import Store
@@ -211,6 +214,7 @@ def test_site_lists_a_study_of_runs_once_with_its_runs_numbers(runs):
     assert [p for p in rows if p.startswith("mine-s") and p[-1].isdigit()] == ["mine-s0", "mine-s1", "mine-s2"]
 
 
+@pytest.mark.slow
 def test_archive_refuses_a_study_of_runs_in_one_line(tmp_path, capsys):
     """A study of existing runs cannot be bundled yet: one line saying what to do, nothing written."""
     _store(tmp_path / "a")

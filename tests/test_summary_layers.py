@@ -93,6 +93,7 @@ def test_many_layers_one_set_of_figures_and_a_layer_select(results):
     assert len(list(roots["layout_comparison"].select({"type": GridPlot}))) == 1
 
 
+@pytest.mark.slow
 def test_figure_count_does_not_grow_with_layers(results):
     """report_roots without maps has as many figures for 12 layers as for 6; the charts above, at most 12."""
     counts = []
@@ -103,6 +104,7 @@ def test_figure_count_does_not_grow_with_layers(results):
     assert counts[0] == counts[1]
 
 
+@pytest.mark.slow
 def test_threshold_stacks_up_to_max_layers(results):
     """MAX_STACKED_LAYERS layers are stacked without a selector; one more layer gets the selectors."""
     for n, stacked in ((MAX_STACKED_LAYERS, True), (MAX_STACKED_LAYERS + 1, False)):
@@ -152,6 +154,7 @@ def test_corr_sources_hold_each_layers_curves(results):
     np.testing.assert_array_equal(view["mean_r"], first.corr[results.primary_measure].summary["mean_r"])
 
 
+@pytest.mark.slow
 def test_bin_sources_hold_each_layers_rows(results):
     """Each layer's per-bin source holds its bin names and its rows at the first, middle and last snapshot."""
     args = _callback_args(_roots(results)["strength_distinctness"], "bins_layer_select")
@@ -229,54 +232,50 @@ def _nan(values) -> np.ndarray:
 
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM_OK, reason="Debian chromium not found at /usr/bin/chromium")
-def test_layer_selects_swap_the_shown_layer(results, tmp_path):
+def test_layer_selects_swap_the_shown_layer(results, tmp_path, browser):
     """In chromium the page opens offline without errors, and each layer selector shows the chosen layer."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from bench.browser import ARGS, CHROMIUM, open_offline
+    from bench.browser import open_offline
     from topotrace.analysis.findings import run_findings
 
     out = build_report(results, tmp_path / "report.html", page_budget=float("inf"))
     layer = results.layers[ODD]
     measure = results.primary_measure
     other = next(m for m in correlation_measures(results) if m != measure)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page, blocked, errors = open_offline(browser, out)
-        assert blocked == [] and errors == []
+    page, blocked, errors = open_offline(browser, out)
+    assert blocked == [] and errors == []
 
-        page.evaluate(SELECT_JS, ["corr_layer_select", ODD])
-        mean_r = page.evaluate(SHOWN_JS, "corr_summary")["plots"][0]
-        assert mean_r["title"] == f"{ODD}: mean r with {measure}"
-        np.testing.assert_array_equal(_nan(mean_r["y"]), layer.corr[measure].summary["mean_r"])
-        page.evaluate(SELECT_JS, ["corr_measure", other])  # the measure selector and the layer selector combine
-        mean_r = page.evaluate(SHOWN_JS, "corr_summary")["plots"][0]
-        assert mean_r["title"] == f"{ODD}: mean r with {other}"
-        np.testing.assert_array_equal(_nan(mean_r["y"]), layer.corr[other].summary["mean_r"])
+    page.evaluate(SELECT_JS, ["corr_layer_select", ODD])
+    mean_r = page.evaluate(SHOWN_JS, "corr_summary")["plots"][0]
+    assert mean_r["title"] == f"{ODD}: mean r with {measure}"
+    np.testing.assert_array_equal(_nan(mean_r["y"]), layer.corr[measure].summary["mean_r"])
+    page.evaluate(SELECT_JS, ["corr_measure", other])  # the measure selector and the layer selector combine
+    mean_r = page.evaluate(SHOWN_JS, "corr_summary")["plots"][0]
+    assert mean_r["title"] == f"{ODD}: mean r with {other}"
+    np.testing.assert_array_equal(_nan(mean_r["y"]), layer.corr[other].summary["mean_r"])
 
-        page.evaluate(SELECT_JS, ["bins_layer_select", ODD])
-        by_bin = page.evaluate(SHOWN_JS, "strength_distinctness")["plots"][2]
-        assert ODD in by_bin["title"]
-        assert by_bin["x"] == by_bin["factors"] == list(layer.bin_names)  # this layer's own bin names
-        np.testing.assert_array_equal(_nan(by_bin["y"]), np.asarray(layer.strength_by_bin)[0])
+    page.evaluate(SELECT_JS, ["bins_layer_select", ODD])
+    by_bin = page.evaluate(SHOWN_JS, "strength_distinctness")["plots"][2]
+    assert ODD in by_bin["title"]
+    assert by_bin["x"] == by_bin["factors"] == list(layer.bin_names)  # this layer's own bin names
+    np.testing.assert_array_equal(_nan(by_bin["y"]), np.asarray(layer.strength_by_bin)[0])
 
-        page.evaluate(SELECT_JS, ["layout_layer_select", ODD])
-        shown = page.evaluate(SHOWN_JS, "layout_comparison")
-        assert any(f"<b>{ODD}</b>" in d for d in shown["divs"])
-        assert [p["title"] for p in shown["plots"]] == list(layer.layouts)
-        for p, lay in zip(shown["plots"], layer.layouts.values()):
-            np.testing.assert_array_equal(_nan(p["x"]), np.asarray(lay.xy, float)[:, 0])
-        page.evaluate(SELECT_JS, ["layout_layer_select", "layer0"])
-        lacking = page.evaluate(SHOWN_JS, "layout_comparison")["plots"][-1]
-        assert lacking["title"] == f"{EXTRA}: not computed" and lacking["x"] == []
+    page.evaluate(SELECT_JS, ["layout_layer_select", ODD])
+    shown = page.evaluate(SHOWN_JS, "layout_comparison")
+    assert any(f"<b>{ODD}</b>" in d for d in shown["divs"])
+    assert [p["title"] for p in shown["plots"]] == list(layer.layouts)
+    for p, lay in zip(shown["plots"], layer.layouts.values()):
+        np.testing.assert_array_equal(_nan(p["x"]), np.asarray(lay.xy, float)[:, 0])
+    page.evaluate(SELECT_JS, ["layout_layer_select", "layer0"])
+    lacking = page.evaluate(SHOWN_JS, "layout_comparison")["plots"][-1]
+    assert lacking["title"] == f"{EXTRA}: not computed" and lacking["x"] == []
 
-        page.evaluate(SELECT_JS, ["findings_layer_select", ODD])
-        line = page.evaluate(FINDINGS_JS)
-        want = next(f for f in run_findings(results) if f.layer == ODD and f.claim == "stronger_with_time")
-        np.testing.assert_allclose(_nan(line["y"]), want.curve)
-        assert line["title"].endswith(want.verdict)
-        assert errors == []
-        page.close()
-        browser.close()
+    page.evaluate(SELECT_JS, ["findings_layer_select", ODD])
+    line = page.evaluate(FINDINGS_JS)
+    want = next(f for f in run_findings(results) if f.layer == ODD and f.claim == "stronger_with_time")
+    np.testing.assert_allclose(_nan(line["y"]), want.curve)
+    assert line["title"].endswith(want.verdict)
+    assert errors == []
+    page.close()
 
 
 def test_findings_charts_one_layer_at_a_time(results):

@@ -65,6 +65,7 @@ def reference_run(tmp_path: Path) -> Path:
     return tmp_path / "ref" / "digits"
 
 
+@pytest.mark.slow
 def test_disk_full_before_the_first_checkpoint_keeps_the_store_and_resume_completes_it(tmp_path, monkeypatch, capsys):
     """Two snapshots committed, the third fails in epoch 1: the run folder and its 2 snapshots stay, exit 1."""
     monkeypatch.chdir(tmp_path)
@@ -88,6 +89,7 @@ def test_disk_full_before_the_first_checkpoint_keeps_the_store_and_resume_comple
     assert_same_run(reference_run(tmp_path), run)
 
 
+@pytest.mark.slow
 def test_a_failing_checkpoint_write_keeps_the_committed_snapshots(tmp_path, monkeypatch, capsys):
     """The disk fills while the first checkpoint is written (the store still writes): nothing is deleted."""
     monkeypatch.chdir(tmp_path)
@@ -111,6 +113,7 @@ def test_a_failing_checkpoint_write_keeps_the_committed_snapshots(tmp_path, monk
     assert_same_run(reference_run(tmp_path), run)
 
 
+@pytest.mark.slow
 def test_disk_full_after_a_checkpoint_stops_training_and_resume_records_the_rest(tmp_path, monkeypatch, capsys):
     """The fifth snapshot (step 16, epoch 2) fails: no checkpoint after it; --resume from step 11 completes the run."""
     monkeypatch.chdir(tmp_path)
@@ -128,6 +131,7 @@ def test_disk_full_after_a_checkpoint_stops_training_and_resume_records_the_rest
     assert_same_run(reference_run(tmp_path), run)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_ahead_of_the_store(tmp_path, monkeypatch, capsys):
     """A checkpoint at step 22 beside a store of 2 snapshots (an older topotrace kept checkpointing after the
     recording stopped): --resume refuses in one line, exit 2, and changes nothing; it never exits 0 with 2 of 6."""
@@ -152,6 +156,7 @@ def test_resume_refuses_a_checkpoint_ahead_of_the_store(tmp_path, monkeypatch, c
     assert_same_run(ref, run)
 
 
+@pytest.mark.slow
 def test_the_python_api_returns_a_stopped_run(tmp_path, monkeypatch):
     """train_run: the summary says the recording stopped (error, steps short of the total, snapshots short)."""
     from topotrace.config import load_config

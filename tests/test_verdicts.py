@@ -197,6 +197,7 @@ def test_thresholds_are_settable_and_written_to_findings_json(tmp_path):
         combine("conv1", "stronger_with_confidence", "c", [run], ["run"], np.array(STEPS), 0.1, 1.0)
 
 
+@pytest.mark.slow
 def test_cli_thresholds_change_verdicts_from_the_cached_analysis(tmp_path, capsys):
     """--min-change / --min-r: checked in one line before any work; they change the verdicts of `analyze` and
     `report` (and findings.json) without recomputing the cached analysis."""

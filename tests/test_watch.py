@@ -20,6 +20,8 @@ import pytest
 
 from topotrace.live import LIVE_CACHE, StoreState, expected_snapshots, live_context
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # tests/conftest.py; make test-fast leaves these out
+
 ROOT = Path(__file__).parent.parent
 CHILD = ROOT / "tests" / "_watch_child.py"
 EPOCH = "1700000000"  # SOURCE_DATE_EPOCH: the final report's bytes do not depend on when it was written
@@ -255,42 +257,34 @@ def test_live_page_without_bokeh_validation_is_the_same_page(tmp_path, monkeypat
 
 
 @pytest.mark.browser
-def test_live_page_reloads_and_keeps_the_readers_place(tmp_path):
+def test_live_page_reloads_and_keeps_the_readers_place(tmp_path, browser):
     """In Chromium, offline: a live page renders without console errors, reloads itself, and after the reload
     shows the same snapshot (slider and step label) at the same scroll position."""
-    from bench.browser import ARGS, CHROMIUM, open_offline
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Debian chromium is needed at {CHROMIUM}")
-    from playwright import sync_api
-
+    from bench.browser import open_offline
     from topotrace.live import live_report, read_state
 
     store = _recorded_store(tmp_path / "run" / "store.h5")
     state = read_state(store)
     assert (state.n_snapshots, state.expected) == (6, 10)
     report = live_report(store, live_context(state, "live", reload_s=8))
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page, blocked, errors = open_offline(browser, report)
-        page.wait_for_function("window.topotraceLiveRestored === true")
-        assert "snapshot 6 of 10 (step 5)" in page.locator("#tt-live").inner_text()
-        slider = "Bokeh.documents[0].get_model_by_name('time_slider')"
-        label = "Bokeh.documents[0].get_model_by_name('step_label').text"
-        assert page.evaluate(f"{slider}.value") == 5  # opens at the newest snapshot
-        page.evaluate(f"{slider}.value = 2")  # the reader goes back to step 2 ...
-        page.locator("section#maps").scroll_into_view_if_needed()
-        page.evaluate("window.scrollBy(0, 137)")  # ... and somewhere into the maps
-        before = (page.evaluate(label), page.evaluate("window.scrollY"))
-        assert "step 2 " in before[0] and before[1] > 500
-        with page.expect_event("load", timeout=30_000):  # the page's own reload, 8 s after it was ready
-            pass
-        page.wait_for_function("window.topotraceLiveRestored === true")
-        page.wait_for_function(f"Math.abs(window.scrollY - {before[1]}) <= 1", timeout=5_000)
-        assert page.evaluate(f"{slider}.value") == 2
-        assert page.evaluate(label) == before[0]
-        assert blocked == [] and errors == []
-        browser.close()
+    page, blocked, errors = open_offline(browser, report)
+    page.wait_for_function("window.topotraceLiveRestored === true")
+    assert "snapshot 6 of 10 (step 5)" in page.locator("#tt-live").inner_text()
+    slider = "Bokeh.documents[0].get_model_by_name('time_slider')"
+    label = "Bokeh.documents[0].get_model_by_name('step_label').text"
+    assert page.evaluate(f"{slider}.value") == 5  # opens at the newest snapshot
+    page.evaluate(f"{slider}.value = 2")  # the reader goes back to step 2 ...
+    page.locator("section#maps").scroll_into_view_if_needed()
+    page.evaluate("window.scrollBy(0, 137)")  # ... and somewhere into the maps
+    before = (page.evaluate(label), page.evaluate("window.scrollY"))
+    assert "step 2 " in before[0] and before[1] > 500
+    with page.expect_event("load", timeout=30_000):  # the page's own reload, 8 s after it was ready
+        pass
+    page.wait_for_function("window.topotraceLiveRestored === true")
+    page.wait_for_function(f"Math.abs(window.scrollY - {before[1]}) <= 1", timeout=5_000)
+    assert page.evaluate(f"{slider}.value") == 2
+    assert page.evaluate(label) == before[0]
+    assert blocked == [] and errors == []
 
 
 def test_new_only_waits_for_the_store_that_replaces_the_old_one(tmp_path):
