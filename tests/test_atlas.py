@@ -2,6 +2,7 @@
 
 import json
 
+import h5py
 import pytest
 
 from topotrace.cli import main
@@ -15,6 +16,7 @@ def atlas(tmp_path_factory):
     (root / "mlp_tiny.toml").write_text(TINY + "[model]\nhidden = [8, 6]\n")
     (root / "cnn_tiny.toml").write_text(TINY + "[model]\nkind = \"cnn\"\nchannels = [4, 4]\n")
     args = ["atlas", str(root / "mlp_tiny.toml"), str(root / "cnn_tiny.toml"), "--seeds", "0,1", "--epochs", "1",
+            "--layouts", "pca",  # the analysis options reach every seed (the layouts are not what is tested here)
             "--name", "a", "--out-dir", str(root)]
     assert main(args) == 0
     return root, args
@@ -34,6 +36,9 @@ def test_atlas_json_holds_each_study_by_relative_depth(atlas):
         assert [row["relative_depth"] for row in entry["layers"]] == pytest.approx([1 / 3, 2 / 3])
         assert 0 <= entry["heldout_accuracy"]["mean"] <= 1 and len(entry["heldout_accuracy"]["seeds"]) == 2
         assert entry["seconds"]["training"] > 0 and entry["seconds"]["analysis"] > 0
+        for seed in (0, 1):  # the atlas's analysis options reached every seed's analysis
+            with h5py.File(root / "a" / entry["study"] / f"seed-{seed}" / "analysis.h5", "r") as f:
+                assert json.loads(f.attrs["params"])["layout_methods"] == ["pca"]
 
 
 @pytest.mark.slow

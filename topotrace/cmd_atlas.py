@@ -19,8 +19,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="atlas", help="atlas name: runs/NAME/ (default atlas)")
     parser.add_argument("--out-dir", default="runs", help="the folder the atlas folder goes in (default runs)")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
-    from .cmd_analyze import add_scheduler_options, add_verdict_options
+    from .cmd_analyze import add_analysis_options, add_scheduler_options, add_verdict_options
 
+    add_analysis_options(parser)  # every seed of every study analysed with them (default: the defaults)
     add_scheduler_options(parser)
     add_verdict_options(parser)
 
@@ -28,12 +29,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .atlas import INDEX_FILE, run_atlas
     from .cli import visible
-    from .cmd_analyze import verdict_kwargs
+    from .cmd_analyze import analysis_kwargs, analysis_options_given, verdict_kwargs
     from .cmd_study import config_study
     from .config import check_out_dir, check_run_name
     from .studies import parse_seeds
 
     args.thresholds = verdict_kwargs(args)  # the verdicts' smallest effects of interest, as for a study
+    args.analysis = analysis_kwargs(args) if args.refresh or analysis_options_given(args) else {}  # checked first
     seeds = parse_seeds(args.seeds)
     name = check_run_name(args.name, "atlas name (--name)")
     out_dir = check_out_dir(args.out_dir, "'--out-dir' option")
