@@ -53,7 +53,7 @@ RELOAD_S = 10  # seconds after which a live page reloads itself
 LIVE_LAYOUTS = ("force", "pca")
 LIVE_CACHE = LIVE_ANALYSIS_FILE
 LIVE_THREADS = 1  # threads of a live rebuild's numerical libraries (the final report uses the defaults)
-NICE = 10  # watch's default CPU priority decrease (topotrace watch --nice): the training keeps the processor
+NICE = 19  # watch's default CPU priority decrease (topotrace watch --nice): the training keeps the processor
 
 Say = Callable[[str], None]
 
