@@ -26,6 +26,12 @@ if WORKER is not None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# Bokeh's document validation only logs what it finds (no test reads those logs; the browser tests check the
+# pages render without console errors): off for the suite's many report builds, about a fifth of each page's
+# rendering. tests/test_watch.py checks that a page is byte for byte the same with and without it.
+os.environ.setdefault("BOKEH_VALIDATE_DOC", "false")
+
+
 def _uses_module_setup(item: pytest.Item) -> bool:
     """Whether ``item`` uses a fixture that lives longer than one test but not a whole session."""
     info = getattr(item, "_fixtureinfo", None)
