@@ -80,7 +80,7 @@ test: $(DEV)  ## run the whole test suite (WORKERS=2 parallel processes)
 	$(BIN)/python -m pytest -q $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 test-fast: $(DEV)  ## the tests without a browser, child processes or training: under a minute, for the edit-test loop
-	$(BIN)/python -m pytest -q -m "$(FAST)"
+	$(BIN)/python -m pytest -q -m "$(FAST)" $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 bench: $(DEV)  ## run the benchmarks (ratios against baselines measured in the same run)
 	$(BIN)/python -m bench

@@ -226,6 +226,7 @@ def test_archive_refuses_a_study_of_runs_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "study of existing runs" in err and not (tmp_path / "s.zip").exists()
 
 
+@pytest.mark.slow
 def test_study_of_runs_analyses_them_with_the_analysis_options(runs, tmp_path, capsys):
     """`topotrace study RUN RUN --bins N --layouts pca`: every run analysed with those parameters, also over a cache
     made with others (as `topotrace analyze RUN --bins N` would); a bad value: one line, nothing written."""

@@ -17,6 +17,8 @@ from topotrace.reports import report_analyses
 from topotrace.runfolder import RunFolder
 from topotrace.studies import create_of_runs
 
+pytestmark = pytest.mark.slow  # each test reports a run trained in this module (seconds of setup)
+
 EPOCH = "1700000000"  # the pages' date and ids come from it: the same content gives the same bytes
 
 

@@ -102,6 +102,7 @@ def test_terminal_verdicts_are_from_the_vocabulary(tiny_run, capsys, monkeypatch
     assert not any(re.search(rf"│\s*{w}\s*│", out) for w in COURSES)
 
 
+@pytest.mark.slow
 def test_report_verdicts_are_from_the_vocabulary(tiny_run):
     """Every verdict cell and findings-chart verdict of the report is one run's verdict, with its own CSS class."""
     assert main(["report", str(tiny_run), "--layouts", "pca"]) == 0
