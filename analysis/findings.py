@@ -37,8 +37,7 @@ from scipy import stats as sps
 from ..instrument.confidence import UNCERTAINTY_MEASURES
 from .evidence import LEVEL, SampleEvidence
 from .results import AnalysisResults
-from .vocabulary import (  # noqa: F401 (re-exported: the vocabulary as the findings' callers have known it)
-    COURSES,
+from .vocabulary import (
     FALLS,
     FLAT,
     IN_THIS_RUN,
@@ -47,16 +46,12 @@ from .vocabulary import (  # noqa: F401 (re-exported: the vocabulary as the find
     NOT_SUPPORTED,
     PEAK,
     RISES,
-    RUN_VERDICTS,
     STATISTIC,
-    STUDY_COMMAND,
-    STUDY_VERDICTS,
     SUPPORTED,
     TREND_RULE,
     TRENDS,
     TROUGH,
     UNCERTAINTY_SIGN,
-    VERDICTS,
 )
 from .vocabulary import rule_text as _rule_text
 

@@ -304,7 +304,7 @@ def test_trends_table_verdicts(page):
 def test_trend_verdict_words():
     """One run's verdict of a trend: holds when the interval lies above 0; otherwise (holding 0, below, undefined)
     it does not, as trend_findings says for the same numbers."""
-    from topotrace.analysis.findings import RUN_VERDICTS
+    from topotrace.analysis.vocabulary import RUN_VERDICTS
 
     assert trend_verdict(0.1, 0.01, 0.2) == "holds in this run"
     assert trend_verdict(-0.1, -0.2, -0.01) == "does not hold in this run"

@@ -13,9 +13,6 @@ import pytest
 
 from topotrace.analysis import evidence as ev
 from topotrace.analysis.findings import (
-    RUN_VERDICTS,
-    STUDY_COMMAND,
-    STUDY_VERDICTS,
     RunEffect,
     check_thresholds,
     combine,
@@ -24,6 +21,7 @@ from topotrace.analysis.findings import (
     verdict,
     write_findings_json,
 )
+from topotrace.analysis.vocabulary import RUN_VERDICTS, STUDY_COMMAND, STUDY_VERDICTS
 from topotrace.report_templates.words import VERDICT_COLOR, VERDICT_STYLE, finding_sentence, scope_note
 
 N, N_CLASSES = 400, 4
