@@ -5,7 +5,9 @@ operator, and ``render_maps.js`` (the body of one Bokeh ``CustomJS`` callback, b
 images when the page is ready and whenever the time slider, the play button, the layer selector, the measure
 selector or a view switch changes (see :func:`map_sections`, the module's one public builder). Python computes
 no map frame. A second callback, ``map_size.js``, switches the tiles between small and large and shows or hides
-the neuron dots (:func:`_map_view`).
+the neuron dots (:func:`_size_callback`). The switches placed in roots of their own (contrast, colour scale,
+measure, map size and dots) reach these callbacks through ``map_relay.js``, by name: a root holding a map callback
+would reach every map model, and Bokeh walks each root's models when it writes a page.
 
 The data the script expects (its header comment lists every callback argument):
 
@@ -287,6 +289,7 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
     corr_scale = (RadioButtonGroup(labels=CORR_SCALE_LABELS, active=0, name="corr_scale") if reg.corr_mappers
                   else None)
     code = (_HERE / "render_maps.js").read_text()
+    size_cb = _size_callback(reg, any(int(la.n_neurons) <= DOTS_MAX_NEURONS for la in layers))
     all_x = time_x(results.steps, step_axis_type(results.steps))  # the charts' axis: every snapshot's steps
     cb = CustomJS(args=dict(
         slider=slider, layer_select=select, label=label, play=play, mode=mode, measure_select=measure,
@@ -302,7 +305,8 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
         corr_head_texts=reg.corr_head_texts, markers=list(markers or []),
         dormant=[list(reg.dormant_by_layer[li]) if li in reg.dormant_by_layer else None
                  for li in range(len(layers))], op_outlined=reg.op_outlined,
-        marker_x=[float(all_x[i]) for i in shown]), code=code, name=RENDER_NAME)
+        marker_x=[float(all_x[i]) for i in shown],
+        view_switch=size_cb), code=code, name=RENDER_NAME)  # held here: see map_relay.js
     slider.js_on_change("value", cb)
     play.js_on_change("active", cb)
     widgets: list[LayoutDOM] = []
@@ -311,16 +315,16 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
         widgets.append(html_div(text="<span class='tt-ctl'>Layer</span>"))
         widgets.append(select)
     if measure is not None:
-        measure.js_on_change("value", cb)
+        measure.js_on_change("value", _relay(RENDER_NAME))
     widgets += [play, html_div(text="<span class='tt-ctl'>Training time</span>"), slider, label]
     out: dict[str, LayoutDOM] = {"map_controls": row(*widgets, name="map_controls")}
     if mode is not None:
-        mode.js_on_change("active", cb)
+        mode.js_on_change("active", _relay(RENDER_NAME))
         out["tam_view"] = row(mode, name="tam_view")  # a root of its own: the widget is also a callback argument
     if corr_scale is not None:
-        corr_scale.js_on_change("active", cb)
+        corr_scale.js_on_change("active", _relay(RENDER_NAME))
         out["corr_scale_view"] = row(corr_scale, name="corr_scale_view")
-    out["map_view"] = _map_view(reg, any(int(la.n_neurons) <= DOTS_MAX_NEURONS for la in layers))
+    out["map_view"] = _map_view(size_cb)
     # Under each section's maps (its first children stay the layers' blocks), what its glyphs, bins and
     # measures are: the sentences of .words.
     tau = (results.params or {}).get("dormant_tau")
@@ -341,19 +345,33 @@ def _note(text: str) -> LayoutDOM:
                     name="map_note")
 
 
-def _map_view(reg: _MapRegistry, dots: bool) -> LayoutDOM:
-    """The map size switch (small or large tiles) and the neuron-dots switch, with their callback.
+def _relay(target: str) -> CustomJS:
+    """The callback of a widget in a root of its own: it runs the map callback named ``target`` holding the widget.
 
-    The callback (named :data:`SIZE_NAME`; ``map_size.js``) resizes every tile, its colour bar and the columns of
-    its grid (large tiles wrap into as many columns as fit :data:`MAPS_WIDTH`), or shows and hides the dots (a
-    hidden dot stays hoverable). ``dots``: whether the dots start shown (the tiles were built to match).
+    See ``map_relay.js``: the widget's root then does not reach every map model.
+    """
+    return CustomJS(args=dict(target=target), code=(_HERE / "map_relay.js").read_text())
+
+
+def _size_callback(reg: _MapRegistry, dots: bool) -> CustomJS:
+    """The callback of the map size and neuron-dots switches (named :data:`SIZE_NAME`; ``map_size.js``).
+
+    It resizes every tile, its colour bar and the columns of its grid (large tiles wrap into as many columns as fit
+    :data:`MAPS_WIDTH`), or shows and hides the dots (a hidden dot stays hoverable). Its switches are made here
+    (``dots``: whether the dots start shown; the tiles were built to match) and placed by :func:`_map_view`; the
+    render callback holds it (see ``map_relay.js``).
     """
     size = RadioButtonGroup(labels=SIZE_LABELS, active=0, name="map_size")
     toggle = Toggle(label="neuron dots", active=dots, width=110, name="map_dots")
-    cb = CustomJS(args=dict(
+    return CustomJS(args=dict(
         size=size, dots=toggle, px=[TILE_PX, TILE_PX_LARGE], max_width=MAPS_WIDTH, grids=reg.grids,
         grid_tiles=reg.grid_tiles, grid_shape=reg.grid_shape, grid_bars=reg.grid_bars, dot_glyphs=reg.dot_glyphs,
         dot_alpha=reg.dot_alpha), code=(_HERE / "map_size.js").read_text(), name=SIZE_NAME)
-    size.js_on_change("active", cb)
-    toggle.js_on_change("active", cb)
+
+
+def _map_view(cb: CustomJS) -> LayoutDOM:
+    """The map size switch (small or large tiles) and the neuron-dots switch of the size callback ``cb``."""
+    size, toggle = cb.args["size"], cb.args["dots"]
+    size.js_on_change("active", _relay(SIZE_NAME))
+    toggle.js_on_change("active", _relay(SIZE_NAME))
     return row(html_div(text="<span class='tt-ctl'>Map size</span>"), size, toggle, name="map_view")

@@ -39,7 +39,9 @@
 //   dormant: per layer position, [marker source (x, y), mask source (column "m", uint8 of shape (S, N))] or
 //   null: the tau-dormant units of the shown snapshot, drawn as hollow circles;
 //   markers, marker_x: the current-snapshot Spans of the charts over training time and each shown snapshot's x
-//   position on them (step, or step + 1 on a log axis).
+//   position on them (step, or step + 1 on a log axis);
+//   view_switch: the map size callback (map_size.js; not used here: held so that the root of the time slider
+//   holds it, and its switches reach it through map_relay.js).
 const w = window;
 if (w.topotraceCodes === undefined) w.topotraceCodes = new Map();  // value source id -> decoded codes and table
 if (w.topotraceHalo === undefined) w.topotraceHalo = new Map();    // operator source id -> [halo pixels, sources]

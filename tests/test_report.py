@@ -514,9 +514,17 @@ def test_maps_draw_outline_grey_off_map_and_size_switch(results, html_text):
     size = view.select_one({"type": RadioButtonGroup, "name": "map_size"})
     dots = view.select_one({"type": Toggle, "name": "map_dots"})
     assert size.labels == ["small", "large"] and size.active == 0 and dots.active
-    (cb,) = size.js_property_callbacks["change:active"]
+    # the switches run the size callback through a relay found by name; the time slider's root holds the callback
+    for switch in (size, dots):
+        (relay,) = switch.js_property_callbacks["change:active"]
+        assert isinstance(relay, CustomJS) and relay.args == {"target": maps.SIZE_NAME} and "execute" in relay.code
+    slider = roots["map_controls"].select_one({"name": "time_slider"})
+    (render,) = slider.js_property_callbacks["change:value"]
+    cb = render.args["view_switch"]
     assert isinstance(cb, CustomJS) and cb.name == maps.SIZE_NAME
-    assert dots.js_property_callbacks["change:active"] == [cb]
+    assert cb.args["size"] is size and cb.args["dots"] is dots
+    for name in ("tam_view", "corr_scale_view", "map_view"):  # a switch's root reaches no map model
+        assert len(roots[name].references()) <= 7, name
     assert cb.args["px"] == [maps.TILE_PX, maps.TILE_PX_LARGE] and maps.TILE_PX_LARGE > maps.TILE_PX
     assert set(map(id, cb.args["grids"])) == set(map(id, grids))
     assert sum(len(t) for t in cb.args["grid_tiles"]) == len(tiles)
