@@ -168,5 +168,7 @@ def test_the_python_api_returns_a_stopped_run(tmp_path, monkeypatch):
         summary = train_mod.train_run(cfg)
     assert isinstance(summary.error, OSError) and summary.error.errno == errno.ENOSPC
     assert summary.n_snapshots == 1 and summary.expected_snapshots == 6 and summary.total_steps == 22
-    assert summary.steps < 11 and summary.checkpoint_step is None
+    # the writer fails at step 4 on its own thread: training stops when it learns of it, at the latest at the
+    # epoch's end (step 11), where it waits for every snapshot before a checkpoint, and writes none
+    assert 4 <= summary.steps <= 11 and summary.checkpoint_step is None
     assert (tmp_path / "runs" / "digits" / "store.h5").is_file()
