@@ -269,8 +269,8 @@ def _embed(roots: dict[str, LayoutDOM], title: str, context: dict[str, object],
         with doc.models.freeze():  # one recomputation of the model graph instead of one per root
             for root in roots.values():
                 doc.add_root(root)
-        renders = [m for m in collect_models(*roots.values()) if isinstance(m, CustomJS) and m.name == maps.RENDER_NAME]
-        for cb in renders:
+        renders = [m for m in doc.select({"name": maps.RENDER_NAME}) if isinstance(m, CustomJS)]  # by the name index
+        for cb in sorted(renders, key=lambda m: m.id):  # a fixed order: the same page gets the same bytes
             doc.js_on_event(DocumentReady, cb)  # the maps are drawn in the browser, first when the page is ready
         page = file_html(doc, INLINE, title, template=_template(template), template_variables=variables)
     return escape_bidi_page(page)  # bidi controls in run text shown as visible escapes (links.py)
