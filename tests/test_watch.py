@@ -55,7 +55,7 @@ def _child(store: Path, steps: int, gate: Path) -> subprocess.Popen:
 def _watch(run: Path, *options: str) -> subprocess.Popen:
     # --nice 0: these tests are about what watch writes and when it ends, not its priority; a niced watch beside
     # the suite's other worker would wait for that worker's tests instead of the child's snapshots
-    return subprocess.Popen([sys.executable, "-m", "topotrace", "watch", str(run), "--poll", "0.2", "--nice", "0",
+    return subprocess.Popen([sys.executable, "-m", "topotrace", "watch", str(run), "--poll", "0.05", "--nice", "0",
                              *options],
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
