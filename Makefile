@@ -73,7 +73,7 @@ info: $(STAMP)  ## summarise runs/$(RUN)/store.h5
 
 # The whole suite on WORKERS parallel processes (pytest-xdist; tests that share a module's setup stay together,
 # see tests/conftest.py); WORKERS=0 runs it in this one process.
-WORKERS ?= 2
+WORKERS ?= 3
 FAST    := not slow and not browser and not subprocess
 
 test: $(DEV)  ## run the whole test suite (WORKERS=2 parallel processes)
