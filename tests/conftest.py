@@ -51,13 +51,18 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[GROUPS_ENV] = str(Path(tempfile.mkdtemp(prefix="topotrace-groups-")) / "groups.json")
 
 
+def _heavy(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(mark) for mark in ("slow", "browser", "subprocess"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Group the tests that share a module's setup (one xdist work unit each); on a worker, slow groups first.
 
     A test in a module-scoped fixture's reach (or marked ``xdist_group``) belongs to its module's group; each
-    other test is a work unit of its own. The slow groups (any test marked ``slow``) go to the front so that the
-    workers finish together instead of one training a run while the other waits; within a group the written
-    order stays.
+    other test is a work unit of its own. The heavy groups (any test marked ``slow``, ``browser`` or
+    ``subprocess``) go to the front, those of the most tests first, so that the workers finish together instead
+    of one running a long group while the others wait (a browser module's group last cost 35 s so); within a group
+    the written order stays.
     """
     groups: dict[str, list[pytest.Item]] = {}
     named: dict[str, str] = {}
@@ -74,9 +79,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         groups.setdefault(key, []).append(item)
     if WORKER is None:
         return  # a plain run keeps the written order
-    slow = [g for g in groups.values() if any(i.get_closest_marker("slow") for i in g)]
-    rest = [g for g in groups.values() if not any(i.get_closest_marker("slow") for i in g)]
-    items[:] = [i for g in slow + rest for i in g]
+    heavy = [g for g in groups.values() if any(map(_heavy, g))]
+    heavy.sort(key=len, reverse=True)  # stable: the shared setups with the most tests first (the longest units)
+    rest = [g for g in groups.values() if not any(map(_heavy, g))]
+    items[:] = [i for g in heavy + rest for i in g]
     if os.environ.get(GROUPS_ENV):
         import json
 
