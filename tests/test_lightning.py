@@ -1,7 +1,8 @@
 """The Lightning callback records the same bytes as a plain loop, changes no training, and survives resumes.
 
 Real Lightning on CPU, a seeded MLP (64-32-16-10, SGD with momentum) on scikit-learn's bundled digits: 320
-training samples in 10 unshuffled batches of 32 per epoch, 100 held-out probe samples.
+training samples in 10 unshuffled batches of 32 per epoch, 100 held-out probe samples. The Lightning side (model,
+callbacks, loops) is in tests/_lightning_models.py, imported by the ``lit`` fixture when the first test runs.
 """
 
 import importlib
@@ -10,19 +11,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-L = pytest.importorskip("lightning.pytorch")
-
-from topotrace.instrument.recorder import ProbeSet, Recorder  # noqa: E402
-from topotrace.instrument.schedules import every  # noqa: E402
-from topotrace.instrument.store import Store  # noqa: E402
-from topotrace.integrations.lightning import TopotraceCallback  # noqa: E402
+from topotrace.instrument.schedules import every
+from topotrace.instrument.store import Store
 
 pytestmark = [
     pytest.mark.slow,
+    # one xdist work unit: Lightning is imported on one worker only (tests/conftest.py)
+    pytest.mark.xdist_group("lightning"),
     # Lightning's advice for real data loaders; these tests want the batches in the main process, in order.
     pytest.mark.filterwarnings("ignore:The 'train_dataloader' does not have many workers:UserWarning"),
     # torch >= 2.10 deprecates pytree's LeafSpec, which Lightning builds at every step; recording each of those
@@ -30,94 +26,14 @@ pytestmark = [
     pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning"),
 ]
 
-STEPS = 20  # two epochs of 10 updates
-BATCH = 32
-CLASSES = [str(c) for c in range(10)]
-LAYERS = ["fc1", "act1", "fc2", "out"]
 
+@pytest.fixture(scope="module")
+def lit():
+    """tests/_lightning_models.py, imported when the first test runs: collecting the suite imports no Lightning."""
+    pytest.importorskip("lightning.pytorch")
+    from tests import _lightning_models
 
-def _digits():
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target, dtype=torch.int64)
-    return (x[:320], y[:320]), ProbeSet("heldout", x[1500:1600], y[1500:1600], np.arange(1500, 1600))
-
-
-(X, Y), PROBE = _digits()
-
-
-class Net(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(64, 32)
-        self.act1 = nn.ReLU()
-        self.fc2 = nn.Linear(32, 16)
-        self.act2 = nn.ReLU()
-        self.out = nn.Linear(16, 10)
-
-    def forward(self, x):
-        return self.out(self.act2(self.fc2(self.act1(self.fc1(x)))))  # [batch, 10] logits
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
-
-
-def _net(seed=0):
-    torch.manual_seed(seed)
-    return Net()
-
-
-def _loader():
-    return DataLoader(TensorDataset(X, Y), batch_size=BATCH, shuffle=False)
-
-
-def _rec_args(schedule):
-    return dict(layers=LAYERS, probes=[PROBE], class_names=CLASSES, schedule=schedule, batch_size=64)
-
-
-def _fit(model, steps, callbacks=(), ckpt_path=None, **trainer_kw):
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
-                        **trainer_kw)
-    trainer.fit(model, _loader(), ckpt_path=ckpt_path)
-    return model
-
-
-def _fit_recorded(path, steps, schedule, extra=(), **kw):
-    cb = TopotraceCallback(path, **_rec_args(schedule))
-    return _fit(_net(), steps, [cb, *extra], **kw)
-
-
-def _plain(path, steps, schedule, accumulate=1):
-    """The reference: a plain loop over the same batches, rec.step(0) and rec.step(step, epoch) per update.
-
-    Returns the model and its weights after every update (step -> state dict).
-    """
-    model = _net()
-    opt = model.configure_optimizers()
-    weights = {}
-    step = epoch = 0
-    with Recorder(model, path, **_rec_args(schedule)) as rec:
-        rec.step(0)
-        while step < steps:
-            for i, batch in enumerate(_loader()):
-                loss = model.training_step(batch, i) / accumulate  # Lightning divides by accumulate_grad_batches
-                if i % accumulate == 0:
-                    opt.zero_grad()
-                loss.backward()
-                if (i + 1) % accumulate == 0:
-                    opt.step()
-                    step += 1
-                    weights[step] = {k: v.clone() for k, v in model.state_dict().items()}
-                    rec.step(step, epoch)
-                    if step == steps:
-                        break
-            epoch += 1
-    return model, weights
+    return _lightning_models
 
 
 def _assert_stores_equal(a, b):
@@ -142,57 +58,35 @@ def _assert_same_weights(a, b):
         assert torch.equal(sa[k], sb[k]), k
 
 
-class WeightLog(L.Callback):
-    """The weights after every update, as the plain loop keeps them (step -> state dict)."""
-
-    def __init__(self):
-        self.weights = {}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step not in self.weights:
-            self.weights[trainer.global_step] = {k: v.clone() for k, v in pl_module.state_dict().items()}
-
-
-class SaveAt(L.Callback):
-    """Saves a checkpoint when ``global_step`` reaches ``step`` (as ModelCheckpoint does, after the update)."""
-
-    def __init__(self, step, path):
-        self.step, self.path = step, path
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step and not self.path.exists():
-            trainer.save_checkpoint(self.path)
-
-
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
+def recorded(lit, tmp_path_factory):
     """One Lightning run with the callback: (store path, final model)."""
     path = tmp_path_factory.mktemp("lightning") / "store.h5"
-    return path, _fit_recorded(path, STEPS, every(2))
+    return path, lit.fit_recorded(path, lit.STEPS, every(2))
 
 
-def test_store_equals_plain_loop(recorded, tmp_path):
+def test_store_equals_plain_loop(lit, recorded, tmp_path):
     """The callback's store equals, bit for bit, a plain loop's recording of the same seeded training."""
     path, model = recorded
-    plain, _ = _plain(tmp_path / "plain.h5", STEPS, every(2))
+    plain, _ = lit.plain(tmp_path / "plain.h5", lit.STEPS, every(2))
     _assert_stores_equal(path, tmp_path / "plain.h5")
     with Store(path) as st:
-        assert st.steps.tolist() == list(range(0, STEPS + 1, 2))
+        assert st.steps.tolist() == list(range(0, lit.STEPS + 1, 2))
         assert st.epochs.tolist() == [0] * 6 + [1] * 5  # step 10 ends epoch 0; step 0 is the untrained model
     _assert_same_weights(model, plain)
 
 
-def test_training_unchanged_by_callback(recorded):
+def test_training_unchanged_by_callback(lit, recorded):
     """Final weights of the recorded Lightning run equal those of the same run without the callback."""
     _, model = recorded
-    _assert_same_weights(model, _fit(_net(), STEPS))
+    _assert_same_weights(model, lit.fit(lit.net(), lit.STEPS))
 
 
-def test_gradient_accumulation_records_each_update_once(tmp_path):
+def test_gradient_accumulation_records_each_update_once(lit, tmp_path):
     """With accumulate_grad_batches=2 every global_step is recorded once, with the weights of that update."""
-    log = WeightLog()
-    model = _fit_recorded(tmp_path / "acc.h5", 10, every(1), [log], accumulate_grad_batches=2)
-    plain, weights = _plain(tmp_path / "plain.h5", 10, every(1), accumulate=2)
+    log = lit.WeightLog()
+    model = lit.fit_recorded(tmp_path / "acc.h5", 10, every(1), [log], accumulate_grad_batches=2)
+    plain, weights = lit.plain(tmp_path / "plain.h5", 10, every(1), accumulate=2)
     with Store(tmp_path / "acc.h5") as st:
         assert st.steps.tolist() == list(range(11))
         assert st.epochs.tolist() == [0] * 6 + [1] * 5  # 5 updates per epoch
@@ -203,22 +97,22 @@ def test_gradient_accumulation_records_each_update_once(tmp_path):
     _assert_same_weights(model, plain)
 
 
-def test_resume_from_checkpoint_cuts_and_continues(recorded, tmp_path):
+def test_resume_from_checkpoint_cuts_and_continues(lit, recorded, tmp_path):
     """fit(ckpt_path=...) keeps snapshots up to the checkpoint, rerecords later ones, equals an unbroken run."""
     full, full_model = recorded
     # The checkpoint is at the end of epoch 0: on a mid-epoch resume Lightning restarts a plain (not stateful)
     # DataLoader at the epoch's first batch, so a resumed run sees other batches than an uninterrupted one.
     path, ckpt, n1 = tmp_path / "store.h5", tmp_path / "step10.ckpt", 10
-    _fit_recorded(path, 15, every(2), [SaveAt(n1, ckpt)])
+    lit.fit_recorded(path, 15, every(2), [lit.SaveAt(n1, ckpt)])
     with Store(path) as st:
         assert st.steps.tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
         first_times = st.times
     # A fresh model and Trainer: the weights, the optimiser state and global_step come from the checkpoint.
-    cb = TopotraceCallback(path, **_rec_args(every(2)))
-    model = _fit(_net(seed=123), STEPS, [cb], ckpt_path=ckpt)
+    cb = lit.TopotraceCallback(path, **lit.rec_args(every(2)))
+    model = lit.fit(lit.net(seed=123), lit.STEPS, [cb], ckpt_path=ckpt)
     with Store(path) as st:
         steps, times = st.steps, st.times
-    assert steps.tolist() == list(range(0, STEPS + 1, 2))
+    assert steps.tolist() == list(range(0, lit.STEPS + 1, 2))
     kept = steps <= n1
     np.testing.assert_array_equal(times[kept], first_times[:kept.sum()])  # from the first run, step 10 included
     assert times[~kept].min() > first_times.max()  # steps 12 and 14 recorded again by the resumed run
@@ -226,37 +120,22 @@ def test_resume_from_checkpoint_cuts_and_continues(recorded, tmp_path):
     _assert_same_weights(model, full_model)
 
 
-def test_other_ranks_record_nothing(tmp_path, monkeypatch):
+def test_other_ranks_record_nothing(lit, tmp_path, monkeypatch):
     """A Trainer that is not global rank 0 creates no recorder and no file."""
-    monkeypatch.setattr(L.Trainer, "is_global_zero", property(lambda self: False))
-    cb = TopotraceCallback(tmp_path / "store.h5", **_rec_args(every(1)))
-    _fit(_net(), 3, [cb])
+    monkeypatch.setattr(lit.L.Trainer, "is_global_zero", property(lambda self: False))
+    cb = lit.TopotraceCallback(tmp_path / "store.h5", **lit.rec_args(every(1)))
+    lit.fit(lit.net(), 3, [cb])
     assert cb.recorder is None
     assert list(tmp_path.iterdir()) == []
 
 
-class Failing(Net):
-    def training_step(self, batch, batch_idx):
-        if batch_idx == 5:
-            raise RuntimeError("boom")
-        return super().training_step(batch, batch_idx)
-
-
-class Grab(L.Callback):
-    def __init__(self, cb):
-        self.cb, self.rec = cb, None
-
-    def on_train_start(self, trainer, pl_module):
-        self.rec = self.cb.recorder
-
-
-def test_exception_closes_recorder(tmp_path):
+def test_exception_closes_recorder(lit, tmp_path):
     """An exception during fit closes the recorder; the store keeps every snapshot taken before it."""
-    cb = TopotraceCallback(tmp_path / "store.h5", **_rec_args(every(2)))
-    grab = Grab(cb)
+    cb = lit.TopotraceCallback(tmp_path / "store.h5", **lit.rec_args(every(2)))
+    grab = lit.Grab(cb)
     torch.manual_seed(0)
     with pytest.raises(RuntimeError, match="boom"):
-        _fit(Failing(), STEPS, [cb, grab])
+        lit.fit(lit.Failing(), lit.STEPS, [cb, grab])
     assert cb.recorder is None
     with pytest.raises(RuntimeError, match="closed"):
         grab.rec.snapshot(99)
@@ -264,15 +143,16 @@ def test_exception_closes_recorder(tmp_path):
         assert st.steps.tolist() == [0, 2, 4]
 
 
-def test_recorder_kwargs_checked(tmp_path):
+def test_recorder_kwargs_checked(lit, tmp_path):
     """recorder_kwargs that the Recorder does not take, or that the callback sets itself, raise a TypeError."""
     for bad in ({"batchsize": 8}, {"resume": True}):
         with pytest.raises(TypeError, match=f"recorder_kwargs.*Got \\['{next(iter(bad))}'\\]"):
-            TopotraceCallback(tmp_path / "s.h5", **_rec_args(every(1)), **bad)
+            lit.TopotraceCallback(tmp_path / "s.h5", **lit.rec_args(every(1)), **bad)
 
 
-def test_import_without_lightning_names_the_extra(monkeypatch):
+def test_import_without_lightning_names_the_extra(lit, monkeypatch):
     """Without Lightning installed the import fails with a one-line ImportError naming the extra."""
+    # ``lit`` has imported topotrace.integrations.lightning (removed from sys.modules below)
     for name in [m for m in sys.modules if m == "lightning" or m.startswith("lightning.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "lightning", None)
@@ -284,15 +164,15 @@ def test_import_without_lightning_names_the_extra(monkeypatch):
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
-def test_runs_recorded_by_the_callback_make_a_study(tmp_path, capsys):
+def test_runs_recorded_by_the_callback_make_a_study(lit, tmp_path, capsys):
     """Two seeds recorded by the Lightning callback become a study of existing runs (`topotrace study RUN RUN`)."""
     import json
 
     from topotrace.cli import main
 
     for seed in (0, 1):
-        cb = TopotraceCallback(tmp_path / f"lit-{seed}" / "store.h5", **_rec_args(every(5)))
-        _fit(_net(seed), 10, [cb])
+        cb = lit.TopotraceCallback(tmp_path / f"lit-{seed}" / "store.h5", **lit.rec_args(every(5)))
+        lit.fit(lit.net(seed), 10, [cb])
     assert main(["study", str(tmp_path / "lit-0"), str(tmp_path / "lit-1"), "--out-dir", str(tmp_path)]) == 0
     assert "lit-study" in capsys.readouterr().out
     found = json.loads((tmp_path / "lit-study" / "findings.json").read_text("utf-8"))
@@ -320,41 +200,7 @@ def _analysis_values(store_path, cache):
     return out
 
 
-class _ThreadLogger(L.loggers.Logger):
-    """A logger that notes the thread of every log_metrics call."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    name = "threads"
-    version = 0
-
-    def log_metrics(self, metrics, step=None):
-        import threading
-
-        self.calls.append((threading.current_thread().name, step, dict(metrics)))
-
-    def log_hyperparams(self, params, *args, **kwargs):
-        pass
-
-
-class _LoggedNet(Net):
-    def training_step(self, batch, batch_idx):
-        loss = super().training_step(batch, batch_idx)
-        self.log("train_loss", loss)  # so the CSV file exists with or without topotrace's numbers
-        return loss
-
-
-def _fit_logged(tmp_path, loggers, **cb_kw):
-    torch.manual_seed(0)
-    cb = TopotraceCallback(tmp_path / "store.h5", **_rec_args(every(5)), **cb_kw)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=STEPS, logger=loggers, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb], log_every_n_steps=1)
-    trainer.fit(_LoggedNet(), _loader())
-
-
-def test_numbers_reach_csv_and_tensorboard_loggers_equal_to_the_analysis(tmp_path, monkeypatch):
+def test_numbers_reach_csv_and_tensorboard_loggers_equal_to_the_analysis(lit, tmp_path, monkeypatch):
     """CSVLogger's metrics.csv and TensorBoard's event file hold the analysis' per-layer numbers at every snapshot
     step; they are computed on the writer thread and handed to the loggers on the training thread."""
     import csv
@@ -372,13 +218,13 @@ def test_numbers_reach_csv_and_tensorboard_loggers_equal_to_the_analysis(tmp_pat
         return numbers(self, snap)
 
     monkeypatch.setattr(_metrics.SnapshotMetrics, "numbers", spy)
-    csv_logger = L.loggers.CSVLogger(tmp_path / "csv", name="run")
-    tb_logger = L.loggers.TensorBoardLogger(tmp_path / "tb", name="run")
-    spy_logger = _ThreadLogger()
-    _fit_logged(tmp_path, [csv_logger, tb_logger, spy_logger])
+    csv_logger = lit.L.loggers.CSVLogger(tmp_path / "csv", name="run")
+    tb_logger = lit.L.loggers.TensorBoardLogger(tmp_path / "tb", name="run")
+    spy_logger = lit.ThreadLogger()
+    lit.fit_logged(tmp_path, [csv_logger, tb_logger, spy_logger])
     want = _analysis_values(tmp_path / "store.h5", tmp_path / "analysis.h5")
     steps = [0, 5, 10, 15, 20]
-    assert len(want) == 4 * len(LAYERS) + 1 and all(sorted(v) == steps for v in want.values())
+    assert len(want) == 4 * len(lit.LAYERS) + 1 and all(sorted(v) == steps for v in want.values())
 
     assert computed_on == ["topotrace-writer:store.h5"] * len(steps)
     ours = [(thread, step) for thread, step, values in spy_logger.calls if "topotrace/fc1/strength" in values]
@@ -402,11 +248,11 @@ def test_numbers_reach_csv_and_tensorboard_loggers_equal_to_the_analysis(tmp_pat
     assert np.isfinite(strength).all() and strength[-1] != strength[0]  # real numbers that change with training
 
 
-def test_log_metrics_false_logs_nothing(tmp_path):
+def test_log_metrics_false_logs_nothing(lit, tmp_path):
     """With log_metrics=False the logger gets the module's own values and no topotrace number."""
-    csv_logger = L.loggers.CSVLogger(tmp_path / "csv", name="run")
-    spy_logger = _ThreadLogger()
-    _fit_logged(tmp_path, [csv_logger, spy_logger], log_metrics=False)
+    csv_logger = lit.L.loggers.CSVLogger(tmp_path / "csv", name="run")
+    spy_logger = lit.ThreadLogger()
+    lit.fit_logged(tmp_path, [csv_logger, spy_logger], log_metrics=False)
     with open(csv_logger.log_dir + "/metrics.csv", newline="") as f:
         header = next(iter(f))
     assert "train_loss" in header and "topotrace" not in header
