@@ -13,31 +13,12 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    Trainer,
-    TrainerCallback,
-    TrainerControl,
-    TrainerState,
-    TrainingArguments,
-)
 
 from topotrace.instrument.recorder import ProbeSet, Recorder
-from topotrace.instrument.schedules import every
 from topotrace.instrument.store import Store
-from topotrace.integrations.hf import TopotraceCallback
 
-pytestmark = pytest.mark.slow  # tests/conftest.py; make test-fast leaves these out
-
-PAD, CLS = 17, 18  # token ids 0..16 are the pixel values
-N_TRAIN, BATCH = 160, 16
-STEPS_PER_EPOCH = N_TRAIN // BATCH  # 10: the runs cross an epoch boundary
-MAX_STEPS, CHECKPOINT = 12, 6
-SCHEDULE = every(3)  # steps 0, 3, 6, 9, 12
-LAYERS = ["bert.encoder.layer.*", "bert.pooler"]
-REDUCTIONS = {"bert.encoder.layer.*": "token_mean"}
-CLASSES = [str(d) for d in range(10)]
+# tests/conftest.py: make test-fast leaves these out; one xdist work unit, so transformers is imported on one worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hf")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,23 +39,21 @@ def _quiet_machine():
     torch.set_num_threads(threads)
 
 
-class Digits(torch.utils.data.Dataset):
-    def __init__(self, ids, labels):
-        self.ids, self.labels = ids, labels
+@pytest.fixture(scope="module")
+def hf(_quiet_machine):
+    """tests/_hf_models.py (the run's settings, model, Trainer runs), imported when the first test runs:
+    collecting the suite imports no transformers."""
+    from tests import _hf_models
 
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+    return _hf_models
 
 
 @pytest.fixture(scope="module")
-def digits():
+def digits(hf):
     """Token ids [n, 65] (CLS then the 64 pixel values 0..16) and labels [n]."""
     d = load_digits()
     pixels = torch.from_numpy(d.data.astype(np.int64))  # [1797, 64], values 0..16
-    ids = torch.cat([torch.full((len(pixels), 1), CLS), pixels], dim=1)  # [1797, 65]
+    ids = torch.cat([torch.full((len(pixels), 1), hf.CLS), pixels], dim=1)  # [1797, 65]
     return ids, torch.from_numpy(d.target.astype(np.int64))
 
 
@@ -85,68 +64,13 @@ def probes(digits):
             ProbeSet("train", ids[:40], y[:40])]
 
 
-def _model():
-    """A tiny BERT with dropout on (a probe pass that moved the RNG would change every later mask)."""
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=19, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=65, type_vocab_size=1, pad_token_id=PAD,
-                        num_labels=10, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-    return BertForSequenceClassification(config)
-
-
-def _train(digits, out, callbacks, *, save=False, resume=None):
-    """A seeded Trainer run of MAX_STEPS updates (a checkpoint at step CHECKPOINT with ``save``); the model."""
-    ids, y = digits
-    args = TrainingArguments(output_dir=str(out), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH,
-                             learning_rate=1e-3, report_to=[], save_strategy="steps" if save else "no",
-                             save_steps=CHECKPOINT, logging_strategy="no", use_cpu=True, seed=1, disable_tqdm=True,
-                             dataloader_num_workers=0)
-    model = _model()
-    Trainer(model, args, train_dataset=Digits(ids[:N_TRAIN], y[:N_TRAIN]), callbacks=callbacks).train(
-        resume_from_checkpoint=resume)
-    return model
-
-
-def _callback(path, probes):
-    return TopotraceCallback(path, layers=LAYERS, probes=probes, class_names=CLASSES, schedule=SCHEDULE,
-                             reductions=REDUCTIONS, batch_size=32, meta={"seed": 1})
-
-
-class CopyWeights(TrainerCallback):
-    """Test-only: copies of the model's weights before training and after every scheduled update."""
-
-    def __init__(self):
-        self.states = {}
-
-    def _copy(self, state, model):
-        if SCHEDULE(state.global_step):
-            self.states[state.global_step] = {k: v.clone() for k, v in model.state_dict().items()}
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._copy(state, model)
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        self._copy(state, model)
-
-
-class StopAt(TrainerCallback):
-    """Test-only: ends training after ``step`` updates, as a crash after a checkpoint would."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
-
 @pytest.fixture(scope="module")
-def runs(digits, probes, tmp_path_factory):
+def runs(hf, digits, probes, tmp_path_factory):
     """The same seeded training with the topotrace callback and without it (weights copied in both)."""
     root = tmp_path_factory.mktemp("hf")
-    with_cb, without = CopyWeights(), CopyWeights()
-    model = _train(digits, root / "with", [_callback(root / "with.h5", probes), with_cb])
-    plain = _train(digits, root / "without", [without])
+    with_cb, without = hf.CopyWeights(), hf.CopyWeights()
+    model = hf.train(digits, root / "with", [hf.callback(root / "with.h5", probes), with_cb])
+    plain = hf.train(digits, root / "without", [without])
     return {"store": root / "with.h5", "model": model, "copies": with_cb.states,
             "plain_model": plain, "plain_copies": without.states, "root": root}
 
@@ -168,15 +92,15 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
 
 
-def test_store_equals_plain_recorder_on_the_same_weights(runs, probes):
+def test_store_equals_plain_recorder_on_the_same_weights(hf, runs, probes):
     """The callback's store is bit-identical to a plain Recorder's snapshots of the weights the Trainer had."""
     ref = runs["root"] / "reference.h5"
-    model = _model()
-    with Recorder(model, ref, layers=LAYERS, probes=probes, class_names=CLASSES, schedule=SCHEDULE,
-                  reductions=REDUCTIONS, logits="logits") as rec:
+    model = hf.model()
+    with Recorder(model, ref, layers=hf.LAYERS, probes=probes, class_names=hf.CLASSES, schedule=hf.SCHEDULE,
+                  reductions=hf.REDUCTIONS, logits="logits") as rec:
         for step, state in sorted(runs["plain_copies"].items()):
             model.load_state_dict(state)
-            rec.snapshot(step, step // STEPS_PER_EPOCH)
+            rec.snapshot(step, step // hf.STEPS_PER_EPOCH)
     got = _contents(runs["store"])
     _assert_same(got, _contents(ref))
     assert got["step"].tolist() == [0, 3, 6, 9, 12] and got["epoch"].tolist() == [0, 0, 0, 0, 1]
@@ -187,7 +111,7 @@ def test_store_equals_plain_recorder_on_the_same_weights(runs, probes):
         assert not np.array_equal(st.logits("heldout")[0], st.logits("heldout")[-1])  # training moved the model
 
 
-def test_training_unchanged_by_the_callback(runs):
+def test_training_unchanged_by_the_callback(hf, runs):
     """With dropout on, the weights at every scheduled step and at the end equal those of a run without it."""
     assert sorted(runs["copies"]) == sorted(runs["plain_copies"]) == [0, 3, 6, 9, 12]
     for step, state in runs["copies"].items():
@@ -196,32 +120,32 @@ def test_training_unchanged_by_the_callback(runs):
     assert all(torch.equal(v, plain[k]) for k, v in final.items())
 
 
-def test_resume_from_checkpoint_cuts_and_continues_the_store(runs, digits, probes, tmp_path):
+def test_resume_from_checkpoint_cuts_and_continues_the_store(hf, runs, digits, probes, tmp_path):
     """Resuming from checkpoint-6 replaces the interrupted run's later snapshots; the store equals a straight run's."""
     path, out = tmp_path / "store.h5", tmp_path / "run"
-    checkpoint = str(out / f"checkpoint-{CHECKPOINT}")
-    _train(digits, out, [_callback(path, probes), StopAt(9)], save=True)  # checkpoint at 6, stops after 9
+    checkpoint = str(out / f"checkpoint-{hf.CHECKPOINT}")
+    hf.train(digits, out, [hf.callback(path, probes), hf.StopAt(9)], save=True)  # checkpoint at 6, stops after 9
     with Store(path) as st:
         assert st.steps.tolist() == [0, 3, 6, 9]
     resumed_at = time.time()
-    _train(digits, out, [_callback(path, probes)], save=True, resume=checkpoint)
+    hf.train(digits, out, [hf.callback(path, probes)], save=True, resume=checkpoint)
     with Store(path) as st:
         steps, times = st.steps, st.times
     assert np.all(np.diff(steps) > 0)
-    assert np.all((times > resumed_at) == (steps > CHECKPOINT))  # 0-6 kept from the first run, 9 and 12 new
+    assert np.all((times > resumed_at) == (steps > hf.CHECKPOINT))  # 0-6 kept from the first run, 9 and 12 new
     straight = _contents(runs["store"])
     _assert_same(_contents(path), straight)  # the Trainer's resume is bit-exact on CPU
 
     # A store that lacks the checkpoint's step (here: a new one) gets it, from the weights loaded at resume.
-    _train(digits, tmp_path / "again", [_callback(tmp_path / "new.h5", probes)], resume=checkpoint)
+    hf.train(digits, tmp_path / "again", [hf.callback(tmp_path / "new.h5", probes)], resume=checkpoint)
     _assert_same(_contents(tmp_path / "new.h5"), {k: v[2:] for k, v in straight.items()})
 
 
-def test_non_main_process_does_nothing(tmp_path, probes):
+def test_non_main_process_does_nothing(hf, tmp_path, probes):
     """On a process other than world rank 0 every hook is a no-op: no Recorder, no file, the model unused."""
     path = tmp_path / "store.h5"
-    cb = _callback(path, probes)
-    state, control = TrainerState(is_world_process_zero=False), TrainerControl()
+    cb = hf.callback(path, probes)
+    state, control = hf.TrainerState(is_world_process_zero=False), hf.TrainerControl()
     cb.on_train_begin(None, state, control, model=object())  # a Recorder would refuse a non-Module
     state.global_step, state.epoch = 3, 0.3
     cb.on_step_end(None, state, control, model=object())
@@ -229,15 +153,15 @@ def test_non_main_process_does_nothing(tmp_path, probes):
     assert cb.recorder is None and not path.exists()
 
 
-def test_recorder_kwargs_set_by_the_callback_are_refused(tmp_path, probes):
+def test_recorder_kwargs_set_by_the_callback_are_refused(hf, tmp_path, probes):
     """'resume' and 'resume_step' come from the Trainer's state; unknown names are refused at construction."""
     for name in ("resume", "resume_step", "model", "batchsize"):
         with pytest.raises(TypeError, match=rf"'recorder_kwargs'.*Got \['{name}'\] instead"):
-            TopotraceCallback(tmp_path / "s.h5", layers=LAYERS, probes=probes, class_names=CLASSES,
-                              schedule=SCHEDULE, **{name: 1})
+            hf.TopotraceCallback(tmp_path / "s.h5", layers=hf.LAYERS, probes=probes, class_names=hf.CLASSES,
+                                 schedule=hf.SCHEDULE, **{name: 1})
     with pytest.raises(ValueError, match="records on the main process only; shard='ddp' is for plain loops"):
-        TopotraceCallback(tmp_path / "s.h5", layers=LAYERS, probes=probes, class_names=CLASSES, schedule=SCHEDULE,
-                          shard="ddp")
+        hf.TopotraceCallback(tmp_path / "s.h5", layers=hf.LAYERS, probes=probes, class_names=hf.CLASSES,
+                             schedule=hf.SCHEDULE, shard="ddp")
     assert not (tmp_path / "s.h5").exists()
 
 
@@ -257,33 +181,13 @@ def test_import_without_transformers_names_the_extra():
 # --- numbers handed to the Trainer's log (#21 item 3) -----------------------------------------------------------
 
 
-class LogSpy(TrainerCallback):
-    """Notes every on_log the Trainer's callbacks get (where report_to reporters see logs)."""
-
-    def __init__(self):
-        self.logs = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.logs.append(dict(logs))
-
-
-def _train_logged(digits, out, callbacks):
-    ids, y = digits
-    args = TrainingArguments(output_dir=str(out), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH,
-                             learning_rate=1e-3, report_to=[], save_strategy="no", logging_strategy="no",
-                             use_cpu=True, seed=1, disable_tqdm=True, dataloader_num_workers=0)
-    trainer = Trainer(_model(), args, train_dataset=Digits(ids[:N_TRAIN], y[:N_TRAIN]), callbacks=callbacks)
-    trainer.train()
-    return trainer
-
-
-def test_numbers_in_log_history_equal_the_analysis(digits, probes, tmp_path):
+def test_numbers_in_log_history_equal_the_analysis(hf, digits, probes, tmp_path):
     """state.log_history holds the analysis' per-layer numbers and each probe set's accuracy at every snapshot
     step, and the Trainer's callbacks (the reporters' way in) get the same values through on_log."""
     from topotrace.analysis.pipeline import analyze
 
-    spy = LogSpy()
-    trainer = _train_logged(digits, tmp_path / "out", [spy, _callback(tmp_path / "store.h5", probes)])
+    spy = hf.LogSpy()
+    trainer = hf.train_logged(digits, tmp_path / "out", [spy, hf.callback(tmp_path / "store.h5", probes)])
     records = [r for r in trainer.state.log_history if any(k.startswith("topotrace/") for k in r)]
     steps = [0, 3, 6, 9, 12]
     assert [r["step"] for r in records] == steps
@@ -307,12 +211,12 @@ def test_numbers_in_log_history_equal_the_analysis(digits, probes, tmp_path):
     assert all(len(r) == n_names + 3 for r in records)  # + two accuracies + step
 
 
-def test_log_metrics_false_keeps_the_log_history_clean(digits, probes, tmp_path):
+def test_log_metrics_false_keeps_the_log_history_clean(hf, digits, probes, tmp_path):
     """log_metrics=False: no topotrace value in the log history or on_log; the store is recorded as before."""
-    spy = LogSpy()
-    cb = TopotraceCallback(tmp_path / "store.h5", layers=LAYERS, probes=probes, class_names=CLASSES,
-                           schedule=SCHEDULE, reductions=REDUCTIONS, batch_size=32, log_metrics=False)
-    trainer = _train_logged(digits, tmp_path / "out", [spy, cb])
+    spy = hf.LogSpy()
+    cb = hf.TopotraceCallback(tmp_path / "store.h5", layers=hf.LAYERS, probes=probes, class_names=hf.CLASSES,
+                              schedule=hf.SCHEDULE, reductions=hf.REDUCTIONS, batch_size=32, log_metrics=False)
+    trainer = hf.train_logged(digits, tmp_path / "out", [spy, cb])
     assert trainer.state.log_history  # the Trainer's own summary at the end of training
     assert not [k for r in trainer.state.log_history + spy.logs for k in r if k.startswith("topotrace")]
     with Store(tmp_path / "store.h5") as st:
