@@ -11,18 +11,29 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("torch._dynamo")
+from topotrace.instrument.recorder import ProbeSet, Recorder
+from topotrace.instrument.schedules import every
+from topotrace.instrument.store import Store
 
-from torch._dynamo.testing import CompileCounterWithBackend  # noqa: E402
-from torch._dynamo.utils import counters  # noqa: E402
+from .models import DropoutMLP as MLP
 
-from topotrace.instrument.recorder import ProbeSet, Recorder  # noqa: E402
-from topotrace.instrument.schedules import every  # noqa: E402
-from topotrace.instrument.store import Store  # noqa: E402
-
-from .models import DropoutMLP as MLP  # noqa: E402
+# One xdist work unit (tests/conftest.py): Dynamo, imported by the first test (about 1 s), on one worker only.
+pytestmark = pytest.mark.xdist_group("compiled")
 
 CLASSES = ["a", "b", "c", "d"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _dynamo():
+    """Dynamo, imported when the first test runs (collecting the suite does not import it)."""
+    pytest.importorskip("torch._dynamo")
+
+
+def _counter():
+    """A ``CompileCounterWithBackend`` that compiles with ``aot_eager``."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    return CompileCounterWithBackend("aot_eager")
 
 
 class Body(nn.Module):
@@ -69,6 +80,8 @@ def _trainer(net, params, seed=1):
 
 
 def _frames():
+    from torch._dynamo.utils import counters
+
     return counters["frames"]["total"]
 
 
@@ -77,7 +90,7 @@ def _compiled_run(path, steps=12):
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = MLP()
-    cc = CompileCounterWithBackend("aot_eager")
+    cc = _counter()
     net = torch.compile(model, backend=cc)
     step = _trainer(net, model.parameters())
     step()  # the first call compiles the training forward
@@ -143,7 +156,7 @@ def test_compiled_submodule_runs_eagerly_in_the_probe_pass(tmp_path):
     torch.manual_seed(0)
     net = Net()
     eager_body = net.body
-    cc = CompileCounterWithBackend("aot_eager")
+    cc = _counter()
     net.body = torch.compile(net.body, backend=cc)
     assert "body._orig_mod.fc1" in dict(net.named_modules())
     step = _trainer(net, net.parameters())
@@ -185,7 +198,7 @@ def test_module_compiled_in_place_runs_eagerly_in_the_probe_pass(tmp_path):
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = MLP()
-    cc = CompileCounterWithBackend("aot_eager")
+    cc = _counter()
     model.compile(backend=cc)
     step = _trainer(model, model.parameters())
     x, y = _data(30, seed=7)
