@@ -12,9 +12,8 @@ from topotrace.instrument.synthetic import write_synthetic_store
 
 from .reference import hdf5_contents
 
-pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # tests/conftest.py; make test-fast leaves these out
-
-pytest.importorskip("distributed")
+# tests/conftest.py: make test-fast leaves these out; one xdist work unit, so Dask is imported on one worker only
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.xdist_group("dask")]
 
 FAST = ["pca", "force"]
 VOLATILE = {"params"}  # params holds the wall-clock seconds (compared below without them)
@@ -49,6 +48,12 @@ def assert_same_analysis(a, b):
     pb = json.loads(ab[("/", "params")])
     pa.pop("seconds"), pb.pop("seconds")
     assert pa == pb
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _distributed():
+    """dask.distributed, imported when the first test runs (collecting the suite does not import it)."""
+    pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")

@@ -145,6 +145,7 @@ def test_dataclass_output_without_logits_is_refused(tmp_path):
                    "logits=<attribute> (or an index/callable) to say which are the logits.")
 
 
+@pytest.mark.xdist_group("hf")  # on the worker that imports transformers for tests/test_hf.py (tests/conftest.py)
 def test_hf_model_output_needs_logits_when_it_holds_more(tmp_path):
     """A ModelOutput holding loss-free logits and hidden states: refused unset, recorded with logits='logits'."""
     outputs = pytest.importorskip("transformers.modeling_outputs")
@@ -326,6 +327,7 @@ def test_callbacks_pass_logits_and_outputs_through():
     check_recorder_kwargs({"logits": 1, "outputs": {"attn": 0}, "reductions": {"attn": "token_mean"}})
 
 
+@pytest.mark.xdist_group("lightning")  # on the worker that imports Lightning for tests/test_lightning.py
 @pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning")
 @pytest.mark.filterwarnings("ignore:The 'train_dataloader' does not have many workers:UserWarning")
 def test_lightning_callback_with_aux_logits(tmp_path):
