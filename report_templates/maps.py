@@ -314,15 +314,16 @@ def map_sections(results: AnalysisResults, measure: Select | None = None,
         select.js_on_change("value", cb)
         widgets.append(html_div(text="<span class='tt-ctl'>Layer</span>"))
         widgets.append(select)
+    relay = _relay(RENDER_NAME)  # one for every switch in a root of its own: each runs it as itself (cb_obj)
     if measure is not None:
-        measure.js_on_change("value", _relay(RENDER_NAME))
+        measure.js_on_change("value", relay)
     widgets += [play, html_div(text="<span class='tt-ctl'>Training time</span>"), slider, label]
     out: dict[str, LayoutDOM] = {"map_controls": row(*widgets, name="map_controls")}
     if mode is not None:
-        mode.js_on_change("active", _relay(RENDER_NAME))
+        mode.js_on_change("active", relay)
         out["tam_view"] = row(mode, name="tam_view")  # a root of its own: the widget is also a callback argument
     if corr_scale is not None:
-        corr_scale.js_on_change("active", _relay(RENDER_NAME))
+        corr_scale.js_on_change("active", relay)
         out["corr_scale_view"] = row(corr_scale, name="corr_scale_view")
     out["map_view"] = _map_view(size_cb)
     # Under each section's maps (its first children stay the layers' blocks), what its glyphs, bins and
@@ -371,7 +372,7 @@ def _size_callback(reg: _MapRegistry, dots: bool) -> CustomJS:
 
 def _map_view(cb: CustomJS) -> LayoutDOM:
     """The map size switch (small or large tiles) and the neuron-dots switch of the size callback ``cb``."""
-    size, toggle = cb.args["size"], cb.args["dots"]
-    size.js_on_change("active", _relay(SIZE_NAME))
-    toggle.js_on_change("active", _relay(SIZE_NAME))
+    size, toggle, relay = cb.args["size"], cb.args["dots"], _relay(SIZE_NAME)
+    size.js_on_change("active", relay)
+    toggle.js_on_change("active", relay)
     return row(html_div(text="<span class='tt-ctl'>Map size</span>"), size, toggle, name="map_view")

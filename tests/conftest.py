@@ -56,7 +56,7 @@ def _heavy(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group the tests that share a module's setup (one xdist work unit each); on a worker, slow groups first.
+    """Group the tests that share a module's setup (one xdist work unit each); on a worker, heavy groups first.
 
     A test in a module-scoped fixture's reach (or marked ``xdist_group``) belongs to its module's group; each
     other test is a work unit of its own. The heavy groups (any test marked ``slow``, ``browser`` or
@@ -79,10 +79,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         groups.setdefault(key, []).append(item)
     if WORKER is None:
         return  # a plain run keeps the written order
-    heavy = [g for g in groups.values() if any(map(_heavy, g))]
-    heavy.sort(key=len, reverse=True)  # stable: the shared setups with the most tests first (the longest units)
-    rest = [g for g in groups.values() if not any(map(_heavy, g))]
-    items[:] = [i for g in heavy + rest for i in g]
+    # stable: heavy before light, and among the heavy the shared setups with the most tests first (the longest units)
+    ordered = sorted(groups.values(), key=lambda g: -len(g) if any(map(_heavy, g)) else 1)
+    items[:] = [i for g in ordered for i in g]
     if os.environ.get(GROUPS_ENV):
         import json
 
