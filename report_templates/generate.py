@@ -229,12 +229,13 @@ def report_roots(results: AnalysisResults, found: list[Finding] | None = None, w
                         ("collapse", beyond_view.collapse_view(results))):
         if model is not None:
             roots[name] = model
+    # on every chart over training time; before the maps are added, which hold none (a walk of the charts only)
+    loss_marker.mark_loss_minimum(roots, results)
     sections = (maps.map_sections(results, measure, charts.time_markers(list(roots.values())), quantized=quantized)
                 if with_maps else {})
     roots.update(sections)
     if measure is not None and ("corr_maps" in sections or "corr_summary" in roots):
         roots["corr_view"] = row(measure, name="corr_view")  # the widget itself is also a callback argument
-    loss_marker.mark_loss_minimum(roots, results)  # on every chart over training time, the new ones and the old
     if not roots:  # Bokeh needs one root to write a page; this one shows nothing
         roots["placeholder"] = Div(text="", visible=False, name="placeholder")
     return roots

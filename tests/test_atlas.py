@@ -1,6 +1,7 @@
 """`topotrace atlas`: a study per config, atlas.json and index.html; relative depth; resumable."""
 
 import json
+from pathlib import Path
 
 import h5py
 import pytest
@@ -12,20 +13,41 @@ TINY = "[data]\nheldout_per_class = 6\ntrain_probe_per_class = 0\n[record]\nsnap
 
 @pytest.fixture(scope="module")
 def atlas(tmp_path_factory):
+    """A two-config atlas of seeds 0 and 1, interrupted (Ctrl-C) while the first config's seed 1 trains, then
+    continued by the same command. Returns (root, args, seeds trained by the second run, seed 0's store mtime)."""
+    from topotrace import train as train_mod
+
     root = tmp_path_factory.mktemp("atlas")
     (root / "mlp_tiny.toml").write_text(TINY + "[model]\nhidden = [8, 6]\n")
     (root / "cnn_tiny.toml").write_text(TINY + "[model]\nkind = \"cnn\"\nchannels = [4, 4]\n")
     args = ["atlas", str(root / "mlp_tiny.toml"), str(root / "cnn_tiny.toml"), "--seeds", "0,1", "--epochs", "1",
             "--layouts", "pca",  # the analysis options reach every seed (the layouts are not what is tested here)
             "--name", "a", "--out-dir", str(root)]
-    assert main(args) == 0
-    return root, args
+    real, trained = train_mod.train_run, []
+
+    def interrupted(cfg, **kw):
+        if cfg["run"]["seed"] == 1:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the first config's second seed
+        return real(cfg, **kw)
+
+    def counting(cfg, **kw):
+        trained.append(f"{Path(cfg['run']['out_dir']).name}/{cfg['run']['name']}")
+        return real(cfg, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "train_run", interrupted)
+        assert main(args) == 130  # "topotrace: error: interrupted", the atlas kept for the rerun
+        assert "entries" not in json.loads((root / "a" / "atlas.json").read_text("utf-8"))  # its numbers come last
+        mtime = (root / "a" / "mlp_tiny" / "seed-0" / "store.h5").stat().st_mtime_ns
+        mp.setattr(train_mod, "train_run", counting)
+        assert main(args) == 0
+    return root, args, trained, mtime
 
 
 @pytest.mark.slow
 def test_atlas_json_holds_each_study_by_relative_depth(atlas):
     """One entry per config in order; layers by relative depth (weight layers up to the layer / all of them)."""
-    root, _ = atlas
+    root = atlas[0]
     data = json.loads((root / "a" / "atlas.json").read_text("utf-8"))
     assert data["format"] == "topotrace-atlas" and data["seeds"] == [0, 1]
     assert [e["study"] for e in data["entries"]] == ["mlp_tiny", "cnn_tiny"]
@@ -44,7 +66,7 @@ def test_atlas_json_holds_each_study_by_relative_depth(atlas):
 @pytest.mark.slow
 def test_atlas_cells_equal_each_study_findings(atlas):
     """Every cell is the study's own finding (primary measure for the confidence claims), number for number."""
-    root, _ = atlas
+    root = atlas[0]
     data = json.loads((root / "a" / "atlas.json").read_text("utf-8"))
     for entry in data["entries"]:
         found = json.loads((root / "a" / entry["study"] / "findings.json").read_text("utf-8"))
@@ -58,7 +80,7 @@ def test_atlas_cells_equal_each_study_findings(atlas):
 
 @pytest.mark.slow
 def test_atlas_page_links_each_study_and_shows_every_verdict(atlas):
-    root, _ = atlas
+    root = atlas[0]
     page = (root / "a" / "index.html").read_text("utf-8")
     data = json.loads((root / "a" / "atlas.json").read_text("utf-8"))
     assert 'href="./mlp_tiny/report.html"' in page and 'href="./cnn_tiny/report.html"' in page
@@ -71,13 +93,12 @@ def test_atlas_page_links_each_study_and_shows_every_verdict(atlas):
 
 
 @pytest.mark.slow
-def test_atlas_continues_without_retraining(atlas, monkeypatch, capsys):
-    """Run again: every seed is trained already, nothing is trained; another seed list is refused in one line."""
-    from topotrace import train as train_mod
-
-    root, args = atlas
-    monkeypatch.setattr(train_mod, "train_run", lambda *a, **k: pytest.fail("a finished seed was trained again"))
-    assert main(args) == 0
+def test_atlas_continues_without_retraining(atlas, capsys):
+    """The interrupted atlas, run again, trains only what was not finished (seed 0 of the first config is kept);
+    another seed list is refused in one line."""
+    root, args, trained, mtime = atlas
+    assert trained == ["mlp_tiny/seed-1", "cnn_tiny/seed-0", "cnn_tiny/seed-1"]
+    assert (root / "a" / "mlp_tiny" / "seed-0" / "store.h5").stat().st_mtime_ns == mtime
     capsys.readouterr()
     other = [a if a != "0,1" else "0,1,2" for a in args]
     assert main(other) == 2

@@ -44,6 +44,15 @@ def runs(tmp_path_factory):
     return root, [_record(root / f"mine-s{s}", s) for s in range(3)]
 
 
+@pytest.fixture(scope="module")
+def mine_study(runs):
+    """``tt.study`` of the three runs into mine-study (its findings); read by the tests that follow."""
+    root, dirs = runs
+    stores = {d: _digest(d / "store.h5") for d in dirs}
+    found = tt.study(dirs, root / "mine-study")
+    return found, stores
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -58,11 +67,10 @@ def _numbers(findings_json: Path) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_study_of_python_api_runs(runs, monkeypatch, capsys):
+def test_study_of_python_api_runs(runs, mine_study, monkeypatch, capsys):
     """tt.study writes study.json (relative paths), findings.json and report.html; the runs stay as they were."""
     root, dirs = runs
-    stores = {d: _digest(d / "store.h5") for d in dirs}
-    found = tt.study(dirs, root / "mine-study")
+    found, stores = mine_study
     study = root / "mine-study"
     desc = json.loads((study / "study.json").read_text("utf-8"))
     assert desc["runs"] == ["../mine-s0", "../mine-s1", "../mine-s2"]
@@ -118,23 +126,31 @@ def test_study_of_runs_refuses_bad_arguments(tmp_path, capsys):
         assert not (tmp_path / "s").exists()
 
 
+@pytest.fixture(scope="module")
+def made_study(tmp_path_factory):
+    """A study ``s`` of two tiny stores a and b, made by ``topotrace study``; returns (folder, its arguments)."""
+    root = tmp_path_factory.mktemp("made")
+    _store(root / "a")
+    _store(root / "b")
+    args = ["study", str(root / "a"), str(root / "b"), "--name", "s", "--out-dir", str(root)]
+    assert main(args) == 0
+    return root, args
+
+
 @pytest.mark.slow
-def test_a_study_in_use_is_refused_and_nothing_is_removed(tmp_path, capsys):
+def test_a_study_in_use_is_refused_and_nothing_is_removed(made_study, capsys):
     """While one command holds a study, a second one on it is refused in one line and removes nothing."""
     from topotrace.studies import locked
 
-    _store(tmp_path / "a")
-    _store(tmp_path / "b")
-    args = ["study", str(tmp_path / "a"), str(tmp_path / "b"), "--name", "s", "--out-dir", str(tmp_path)]
-    assert main(args) == 0
-    before = {p: _digest(p) for p in sorted((tmp_path / "s").iterdir())}
+    root, args = made_study
+    before = {p: _digest(p) for p in sorted((root / "s").iterdir())}
     capsys.readouterr()
-    with locked(tmp_path / "s"):  # as if another process were working on the study
+    with locked(root / "s"):  # as if another process were working on the study
         assert main(args) == 2
-        assert main(["study", "--name", "s", "--out-dir", str(tmp_path), "--epochs", "1"]) == 2
+        assert main(["study", "--name", "s", "--out-dir", str(root), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("in use by another topotrace process") == 1 and "holds a study of existing runs" in err
-    assert {p: _digest(p) for p in sorted((tmp_path / "s").iterdir())} == before
+    assert {p: _digest(p) for p in sorted((root / "s").iterdir())} == before
 
 
 def test_a_config_study_twice_never_removes_a_seed_being_recorded(tmp_path, monkeypatch, capsys):
@@ -196,34 +212,32 @@ def _store(run_dir: Path, layers=(("a", 4), ("b", 4)), probes=("heldout",), labe
 
 
 @pytest.mark.slow
-def test_site_lists_a_study_of_runs_once_with_its_runs_numbers(runs):
+def test_site_lists_a_study_of_runs_once_with_its_runs_numbers(runs, mine_study):
     """The site index: the study's row averages its runs' final accuracy; each run keeps its own row, once."""
     from topotrace.instrument.store import Store
     from topotrace.site import collect
 
     root, dirs = runs
-    tt.study(dirs[:2], root / "two-study")
     rows = {r.path: r for r in collect(root)}
-    study = rows["two-study"]
-    assert study.kind == "study" and study.seed == "mine-s0, mine-s1" and not study.seeds
+    study = rows["mine-study"]
+    assert study.kind == "study" and study.seed == "mine-s0, mine-s1, mine-s2" and not study.seeds
     accuracy = []
-    for d in dirs[:2]:
+    for d in dirs:
         with Store(d / "store.h5") as st:
             accuracy.append(np.mean(st.correct("heldout")[-1]))
+    assert len(set(accuracy)) > 1  # the runs differ, so the mean is a real average
     assert study.metrics["heldout"]["accuracy"] == pytest.approx(np.mean(accuracy))
     assert [p for p in rows if p.startswith("mine-s") and p[-1].isdigit()] == ["mine-s0", "mine-s1", "mine-s2"]
 
 
 @pytest.mark.slow
-def test_archive_refuses_a_study_of_runs_in_one_line(tmp_path, capsys):
+def test_archive_refuses_a_study_of_runs_in_one_line(made_study, capsys):
     """A study of existing runs cannot be bundled yet: one line saying what to do, nothing written."""
-    _store(tmp_path / "a")
-    _store(tmp_path / "b")
-    assert main(["study", str(tmp_path / "a"), str(tmp_path / "b"), "--name", "s", "--out-dir", str(tmp_path)]) == 0
+    root, _ = made_study
     capsys.readouterr()
-    assert main(["archive", str(tmp_path / "s"), "--out", str(tmp_path / "s.zip")]) == 2
+    assert main(["archive", str(root / "s"), "--out", str(root / "s.zip")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "study of existing runs" in err and not (tmp_path / "s.zip").exists()
+    assert err.count("\n") == 1 and "study of existing runs" in err and not (root / "s.zip").exists()
 
 
 @pytest.mark.slow
