@@ -78,12 +78,15 @@ info: $(STAMP)  ## summarise runs/$(RUN)/store.h5
 WORKERS      ?= 3
 FAST_WORKERS ?= 2
 FAST         := not slow and not browser and not subprocess
+# Bytecode caches on for the tests even where the environment turns them off (PYTHONDONTWRITEBYTECODE): each
+# worker and each child process would otherwise compile the package and re-rewrite the test modules' asserts.
+PYTEST       := env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
 
 test: $(DEV)  ## run the whole test suite (WORKERS=3 parallel processes)
-	$(BIN)/python -m pytest -q $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup --no-loadscope-reorder)
+	$(PYTEST) -q $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 test-fast: $(DEV)  ## the tests without a browser, child processes or training: under a minute, for the edit-test loop
-	$(BIN)/python -m pytest -q -m "$(FAST)" $(if $(filter 0,$(FAST_WORKERS)),,-n $(FAST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+	$(PYTEST) -q -m "$(FAST)" $(if $(filter 0,$(FAST_WORKERS)),,-n $(FAST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 bench: $(DEV)  ## run the benchmarks (ratios against baselines measured in the same run)
 	$(BIN)/python -m bench
