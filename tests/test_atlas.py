@@ -19,7 +19,9 @@ def atlas(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("atlas")
     (root / "mlp_tiny.toml").write_text(TINY + "[model]\nhidden = [8, 6]\n")
-    (root / "cnn_tiny.toml").write_text(TINY + "[model]\nkind = \"cnn\"\nchannels = [4, 4]\n")
+    # the CNN records its second layer only (relative depth 2/3 alone; the MLP's two layers show the order)
+    (root / "cnn_tiny.toml").write_text(TINY.replace("snapshots = 4\n", "snapshots = 4\nlayers = [\"conv2\"]\n")
+                                        + "[model]\nkind = \"cnn\"\nchannels = [4, 4]\n")
     args = ["atlas", str(root / "mlp_tiny.toml"), str(root / "cnn_tiny.toml"), "--seeds", "0,1", "--epochs", "1",
             "--layouts", "pca",  # the analysis options reach every seed (the layouts are not what is tested here)
             "--name", "a", "--out-dir", str(root)]
@@ -53,9 +55,9 @@ def test_atlas_json_holds_each_study_by_relative_depth(atlas):
     assert [e["study"] for e in data["entries"]] == ["mlp_tiny", "cnn_tiny"]
     assert [e["architecture"] for e in data["entries"]] == ["mlp", "cnn"]
     # MLP: Linear(64,8), Linear(8,6), Linear(6,10): hidden1 = 1/3, hidden2 = 2/3; the CNN's conv1, conv2, out too
-    for entry, names in zip(data["entries"], (["hidden1", "hidden2"], ["conv1", "conv2"])):
+    for entry, names, depths in zip(data["entries"], (["hidden1", "hidden2"], ["conv2"]), ([1 / 3, 2 / 3], [2 / 3])):
         assert [row["layer"] for row in entry["layers"]] == names
-        assert [row["relative_depth"] for row in entry["layers"]] == pytest.approx([1 / 3, 2 / 3])
+        assert [row["relative_depth"] for row in entry["layers"]] == pytest.approx(depths)
         assert 0 <= entry["heldout_accuracy"]["mean"] <= 1 and len(entry["heldout_accuracy"]["seeds"]) == 2
         assert entry["seconds"]["training"] > 0 and entry["seconds"]["analysis"] > 0
         for seed in (0, 1):  # the atlas's analysis options reached every seed's analysis
