@@ -25,7 +25,9 @@ from bokeh.models import (
     CustomJS,
     CustomJSTickFormatter,
     HoverTool,
+    Line,
     Range1d,
+    Scatter,
     Slider,
     Span,
 )
@@ -45,6 +47,7 @@ from .charts import (
     step_axis_type,
     time_x,
 )
+from .glyphs import draw
 from .loss_marker import LOSS_MIN_NAME, STEP_AXIS_TAG, fit_legends  # noqa: F401 (LOSS_MIN_NAME: for callers)
 from .style import plain
 from .words import number
@@ -143,8 +146,8 @@ def _probe_lines(fig: figure, lines: list[tuple[str, str, str, np.ndarray]], ste
     for label, probe, color, y in lines:
         if y.size == 0:
             continue
-        r = fig.line("x", "y", source=_series(steps, y, xtype, label), line_width=2, color=color,
-                     line_dash=_dash(probe))
+        r = draw(fig, Line(x="x", y="y", line_width=2, line_color=color, line_dash=_dash(probe)),
+                 _series(steps, y, xtype, label))
         items.append((label, [r]))
     if not items:
         return None
@@ -188,12 +191,13 @@ def _reliability(results: AnalysisResults, steps: np.ndarray, marker: Span | Non
     titles = [plain(f"Reliability, {probe} probe set, step {int(s):,}") for s in steps[:n_s]]
     fig = _line_figure(titles[last], "mean confidence in bin", "accuracy in bin", x_range=Range1d(0, 1),
                        y_range=Range1d(0, 1.02), width=340, height=300)
-    diag = fig.line([0, 1], [0, 1], line_color=DIAGONAL_COLOR, line_dash="dashed", line_width=1)
+    diag = draw(fig, Line(x="x", y="y", line_color=DIAGONAL_COLOR, line_dash="dashed", line_width=1),
+                {"x": [0, 1], "y": [0, 1]})
     items = [("perfect calibration", [diag])]
     for k, m in enumerate(cal.measures[: len(keys) // 3]):
         color = MEASURE_COLORS[_measures(results.calibration).index(m) % 10]
-        r = fig.line(f"conf{k}", f"acc{k}", source=view, line_width=1.5, color=color)
-        dots = fig.scatter(f"conf{k}", f"acc{k}", source=view, size=7, color=color)
+        r = draw(fig, Line(x=f"conf{k}", y=f"acc{k}", line_width=1.5, line_color=color), view)
+        dots = draw(fig, Scatter(x=f"conf{k}", y=f"acc{k}", size=7, line_color=color, fill_color=color), view)
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("mean confidence", f"@conf{k}{{0.000}}"),
                                                             ("accuracy", f"@acc{k}{{0.000}}"),
                                                             ("samples", f"@n{k}{{0}}")]))
@@ -235,8 +239,8 @@ def _temperature_figure(results: AnalysisResults, steps: np.ndarray, xtype: str)
     fig = _step_figure(TEMPERATURE_TITLE, "T", steps, xtype)
     items = []
     for label, color, y, dash in lines:
-        items.append((label, [fig.line("x", "y", source=_series(steps, y, xtype, label), line_width=2, color=color,
-                                       line_dash=dash)]))
+        items.append((label, [draw(fig, Line(x="x", y="y", line_width=2, line_color=color, line_dash=dash),
+                                   _series(steps, y, xtype, label))]))
     _hover(fig, [r for _, (r,) in items])
     _add_legend(fig, items)
     fit_legends(fig)
@@ -325,7 +329,7 @@ def _layer_figure(results: AnalysisResults, attr: str, title: str, y_label: str,
         if log_y:
             with np.errstate(divide="ignore", invalid="ignore"):
                 src.data["y"] = np.where(src.data["value"] > 0, np.log10(src.data["value"]), np.nan)
-        r = fig.line("x", "y", source=src, line_width=2, color=Category10_10[i % 10])
+        r = draw(fig, Line(x="x", y="y", line_width=2, line_color=Category10_10[i % 10]), src)
         items.append((plain(layer.name), [r]))
     if not items:
         return None

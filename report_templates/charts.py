@@ -23,6 +23,8 @@ from bokeh.models import (
     FixedTicker,
     HoverTool,
     Legend,
+    Line,
+    Scatter,
     Select,
     Span,
 )
@@ -31,6 +33,7 @@ from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
 from ..analysis.results import AnalysisResults, LayerResult
+from .glyphs import draw
 from .style import esc, html_div, plain
 from .words import measure_definitions, uncertainty_note
 
@@ -163,8 +166,8 @@ def training_curves(results: AnalysisResults) -> LayoutDOM | None:
             y = np.asarray(named[key], dtype=np.float64)
             src = ColumnDataSource({"x": time_x(steps[: len(y)], xtype), "step": steps[: len(y)], "y": y})
             color = PROBE_COLORS[i % len(PROBE_COLORS)]
-            r = fig.line("x", "y", source=src, line_width=2, color=color)
-            fig.scatter("x", "y", source=src, size=4, color=color)
+            r = draw(fig, Line(x="x", y="y", line_width=2, line_color=color), src)
+            draw(fig, Scatter(x="x", y="y", size=4, line_color=color, fill_color=color), src)
             items.append((str(probe), [r]))
         if not items:
             continue
@@ -236,11 +239,11 @@ def _summary_figures(view: ColumnDataSource, r_title: str, s_title: str, steps: 
     f_s = _time_figure(s_title, "share of neurons", steps, xtype, width=520)
     items_r, items_s = [], []
     for suffix, what, dash in (("", "overall", "solid"), ("_within", "within class", "dashed")):
-        r = f_r.line("x", f"mean_r{suffix}", source=view, line_width=2, color="#444444", line_dash=dash)
+        r = draw(f_r, Line(x="x", y=f"mean_r{suffix}", line_width=2, line_color="#444444", line_dash=dash), view)
         items_r.append((what, [r]))
         for sign, color in (("pos", "#b2182b"), ("neg", "#2166ac")):
-            r = f_s.line("x", f"frac_sig_{sign}{suffix}", source=view, line_width=2, color=color,
-                         line_dash=dash)
+            r = draw(f_s, Line(x="x", y=f"frac_sig_{sign}{suffix}", line_width=2, line_color=color, line_dash=dash),
+                     view)
             items_s.append((f"{'positive' if sign == 'pos' else 'negative'} r, {what}", [r]))
     f_r.add_tools(HoverTool(tooltips=[("step", "@step"), ("mean r", "@mean_r{0.000}"),
                                       ("within class", "@mean_r_within{0.000}")], mode="vline",
@@ -423,8 +426,8 @@ def _bins_one_layer(results: AnalysisResults, layers: list[LayerResult]) -> list
         fig = _line_figure(texts[0], "confidence bin", title.lower(), "auto", x_range=list(per_layer[0]["x"]))
         items = []
         for j, color in enumerate(["#c6dbef", "#6baed6", "#08519c"][-n_lines:]):
-            r = fig.line("x", f"y{j}", source=view, line_width=2, color=color)
-            fig.scatter("x", f"y{j}", source=view, size=5, color=color)
+            r = draw(fig, Line(x="x", y=f"y{j}", line_width=2, line_color=color), view)
+            draw(fig, Scatter(x="x", y=f"y{j}", size=5, line_color=color, fill_color=color), view)
             items.append((labels[0][j], [r]))
         fig.xaxis.major_label_orientation = 0.6
         _add_legend(fig, items)
@@ -463,7 +466,7 @@ def strength_distinctness(results: AnalysisResults) -> LayoutDOM | None:
             if y.size == 0:
                 continue
             src = ColumnDataSource({"x": time_x(steps[: len(y)], xtype), "step": steps[: len(y)], "y": y})
-            r = fig.line("x", "y", source=src, line_width=2, color=Category10_10[i % 10])
+            r = draw(fig, Line(x="x", y="y", line_width=2, line_color=Category10_10[i % 10]), src)
             items.append((layer.name, [r]))
         if items:
             fig.add_tools(HoverTool(tooltips=[("step", "@step"), (attr, "@y{0.000}")], mode="vline",
@@ -492,8 +495,9 @@ def strength_distinctness(results: AnalysisResults) -> LayoutDOM | None:
             shades = ["#c6dbef", "#6baed6", "#08519c"][-len(picks):]
             items = []
             for s, color in zip(picks, shades):
-                r = fig.line(names, y[s], line_width=2, color=color)
-                fig.scatter(names, y[s], size=5, color=color)
+                src = ColumnDataSource({"x": names, "y": y[s]})
+                r = draw(fig, Line(x="x", y="y", line_width=2, line_color=color), src)
+                draw(fig, Scatter(x="x", y="y", size=5, line_color=color, fill_color=color), src)
                 items.append((f"step {int(steps[s]):,}", [r]))
             fig.xaxis.major_label_orientation = 0.6
             _add_legend(fig, items)

@@ -34,10 +34,12 @@ from bokeh.models import (
     HoverTool,
     InlineStyleSheet,
     Legend,
+    Line,
     RadioButtonGroup,
     Slider,
     Span,
     Toggle,
+    VArea,
 )
 from bokeh.models.layouts import LayoutDOM
 from bokeh.palettes import Category10_10
@@ -47,6 +49,7 @@ from ..analysis.results import AnalysisResults, LayerResult
 from . import maps
 from .charts import CURVE_NAMES, _time_figure, step_axis_type, time_markers, time_x
 from .findings_view import Y_LABEL
+from .glyphs import draw
 from .style import esc, html_div, plain
 from .words import CLAIM_SHORT, comparison_sentence, interval, missing_finding, number
 
@@ -222,8 +225,8 @@ def training_curves(runs: Sequence[Run]) -> LayoutDOM | None:
                 s = steps[: len(y)]
                 src = ColumnDataSource({"x": time_x(s, axis), "step": s, "y": y, "run": [plain(label)] * len(y),
                                         "probe": [plain(probe)] * len(y)}, name=f"curve:{key}:{i}:{probe}")
-                r = fig.line("x", "y", source=src, line_width=2, color=colors[i],
-                             line_dash=PROBE_DASH.get(str(probe), "dotted"))
+                r = draw(fig, Line(x="x", y="y", line_width=2, line_color=colors[i],
+                                   line_dash=PROBE_DASH.get(str(probe), "dotted")), src)
                 mine.append(r)
             if mine:
                 items.append((plain(label), mine))
@@ -270,11 +273,12 @@ def findings_charts(runs: Sequence[Run], found: Sequence[Sequence[Finding]]) -> 
                 band = np.asarray(f.band, np.float64)
                 ok = np.isfinite(band).all(axis=1)
                 if ok.any():
-                    fig.varea(x=x[ok], y1=band[ok, 0], y2=band[ok, 1], fill_color=colors[i], fill_alpha=0.15)
+                    draw(fig, VArea(x="x", y1="y1", y2="y2", fill_color=colors[i], fill_alpha=0.15),
+                         {"x": x[ok], "y1": band[ok, 0], "y2": band[ok, 1]})
                 src = ColumnDataSource({"x": x, "step": np.asarray(f.steps), "y": np.asarray(f.curve, np.float64),
                                         "lo": band[:, 0], "hi": band[:, 1], "run": [plain(label)] * len(x)},
                                        name=f"finding:{layer}:{claim}:{i}")
-                lines.append(fig.line("x", "y", source=src, line_color=colors[i], line_width=2))
+                lines.append(draw(fig, Line(x="x", y="y", line_color=colors[i], line_width=2), src))
             fig.add_tools(HoverTool(renderers=lines, tooltips=[("run", "@run"), ("step", "@step"),
                                                                ("value", "@y{0.000}"),
                                                                ("95 % interval", "@lo{0.000} to @hi{0.000}")]))

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, CustomJS, HoverTool, Span, Title
+from bokeh.models import ColumnDataSource, CustomJS, HoverTool, Line, MultiLine, Scatter, Span, Title, VArea
 from bokeh.models.layouts import LayoutDOM
 from bokeh.plotting import figure
 
 from ..analysis.findings import Finding
 from .charts import MAX_STACKED_LAYERS, _time_figure, layer_select, step_axis_type, time_x
+from .glyphs import draw
 from .style import esc, html_div
 from .words import VERDICT_COLOR
 
@@ -68,19 +69,20 @@ def _chart(f: Finding) -> LayoutDOM:
     band = np.asarray(f.band, np.float64)
     ok = np.isfinite(band).all(axis=1)
     if ok.any():
-        fig.varea(x=x[ok], y1=band[ok, 0], y2=band[ok, 1], fill_color="#4c72b0", fill_alpha=0.22)
+        draw(fig, VArea(x="x", y1="y1", y2="y2", fill_color="#4c72b0", fill_alpha=0.22),
+             {"x": x[ok], "y1": band[ok, 0], "y2": band[ok, 1]})
     for curve in np.atleast_2d(f.run_curves) if f.n_runs > 1 else []:
-        fig.line(x, curve, line_color="#4c72b0", line_alpha=0.45, line_width=1)
+        draw(fig, Line(x="x", y="y", line_color="#4c72b0", line_alpha=0.45, line_width=1), {"x": x, "y": curve})
     src = ColumnDataSource({"x": x, "step": np.asarray(f.steps), "y": f.curve, "lo": band[:, 0], "hi": band[:, 1]})
-    main = fig.line("x", "y", source=src, line_color="#1f3b73", line_width=2.2)
+    main = draw(fig, Line(x="x", y="y", line_color="#1f3b73", line_width=2.2), src)
     fig.add_tools(HoverTool(renderers=[main], tooltips=[("step", "@step"), ("value", "@y{0.000}"),
                                                         ("95 % interval", "@lo{0.000} to @hi{0.000}")]))
     if f.versus == "confidence":
         fig.add_layout(Span(location=0, dimension="width", line_color="#24292f", line_width=1))
     if f.extreme_step >= 0 and np.isfinite(f.extreme_value):  # the peak or trough that names the course
         at = int(np.flatnonzero(np.asarray(f.steps) == f.extreme_step)[0])
-        fig.scatter([x[at]], [f.extreme_value], size=8, marker="circle", fill_color="white", line_color="#1f3b73",
-                    line_width=2)
+        draw(fig, Scatter(x="x", y="y", size=8, marker="circle", fill_color="white", line_color="#1f3b73",
+                          line_width=2), {"x": [x[at]], "y": [f.extreme_value]})
     return fig
 
 
@@ -153,9 +155,9 @@ def _one_layer(layers: dict[str, list[Finding]]) -> LayoutDOM:
         fig, sub = _claim_figure(f, texts[0][c])
         view = ColumnDataSource(dict(per_layer[0][c].data))
         run_view = ColumnDataSource(dict(run_srcs[0][c].data))
-        fig.varea(x="x", y1="lo", y2="hi", source=view, fill_color="#4c72b0", fill_alpha=0.22)
-        fig.multi_line("xs", "ys", source=run_view, line_color="#4c72b0", line_alpha=0.45, line_width=1)
-        main = fig.line("x", "y", source=view, line_color="#1f3b73", line_width=2.2)
+        draw(fig, VArea(x="x", y1="lo", y2="hi", fill_color="#4c72b0", fill_alpha=0.22), view)
+        draw(fig, MultiLine(xs="xs", ys="ys", line_color="#4c72b0", line_alpha=0.45, line_width=1), run_view)
+        main = draw(fig, Line(x="x", y="y", line_color="#1f3b73", line_width=2.2), view)
         fig.add_tools(HoverTool(renderers=[main], tooltips=[("step", "@step"), ("value", "@y{0.000}"),
                                                             ("95 % interval", "@lo{0.000} to @hi{0.000}")]))
         if f.versus == "confidence":

@@ -11,13 +11,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from bokeh.layouts import column, gridplot
-from bokeh.models import ColumnDataSource, CustomJS, HoverTool, Title
+from bokeh.models import ColumnDataSource, CustomJS, HoverTool, Scatter, Title
 from bokeh.models.layouts import LayoutDOM
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
 from ..analysis.results import AnalysisResults, LayerResult
 from .charts import MAX_STACKED_LAYERS, layer_select
+from .glyphs import draw
 from .style import esc, html_div, plain
 from .words import unplaced_sentence
 
@@ -108,7 +109,8 @@ def _tile_figure(tile: _Tile, source: ColumnDataSource) -> tuple[figure, Title, 
     fig.axis.visible = False
     fig.grid.visible = False
     fig.title.text_font_size = "12px"
-    r = fig.scatter("x", "y", source=source, fill_color="color", line_color="line", size=5, alpha=0.8)
+    r = draw(fig, Scatter(x="x", y="y", fill_color="color", line_color="line", size=5, fill_alpha=0.8,
+                          line_alpha=0.8), source)
     fig.add_tools(HoverTool(renderers=[r], tooltips=tile.tips))
     return fig, smooth, scores
 

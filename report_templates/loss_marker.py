@@ -13,11 +13,12 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 from bokeh.model.util import collect_models
-from bokeh.models import Legend, LegendItem, LogScale, Plot, Span
+from bokeh.models import Legend, LegendItem, Line, LogScale, Plot, Span
 from bokeh.models.layouts import LayoutDOM
 
 from ..analysis.results import AnalysisResults
 from .charts import MARKER_NAME, time_x
+from .glyphs import draw
 from .words.beyond import loss_minimum_label
 
 STEP_AXIS_TAG = "step_axis"  # tags the charts of beyond_view over training time
@@ -64,8 +65,8 @@ def _legend_entry(fig: Plot, label: str, x: float) -> None:
     The entry's line is one point at (``x``, NaN): it draws nothing and leaves the ranges alone, but the legend
     draws its sample (a legend skips the sample of a renderer without data).
     """
-    r = fig.line(x=[x], y=[math.nan], line_color=LOSS_MIN_COLOR, line_width=2, line_dash="dotdash",
-                 name=LOSS_MIN_LEGEND)
+    r = draw(fig, Line(x="x", y="y", line_color=LOSS_MIN_COLOR, line_width=2, line_dash="dotdash"),
+             {"x": [x], "y": [math.nan]}, name=LOSS_MIN_LEGEND)
     item = LegendItem(label=label, renderers=[r])
     legends = [m for m in (*fig.below, *fig.center, *fig.above, *fig.left, *fig.right) if isinstance(m, Legend)]
     if legends:

@@ -15,13 +15,18 @@ from bokeh.models import (
     ColorBar,
     ColumnDataSource,
     HoverTool,
+    Image,
+    Line,
     LinearColorMapper,
+    Patch,
     Range1d,
+    Scatter,
 )
 from bokeh.models.layouts import LayoutDOM
 from bokeh.plotting import figure
 
 from ..analysis.results import InterpOperator, LayerResult
+from .glyphs import draw
 from .quantize import delta_encode, precision_text, quantize, value_format
 from .style import (
     OFF_MAP,
@@ -184,26 +189,21 @@ def _map_tile(title: str, op: InterpOperator, pts_src: ColumnDataSource, col: st
     fig.title.align = "center"
     # No frame is computed here: the page opens blank (NaN) and the browser draws the shown snapshot at load.
     img_src = ColumnDataSource({"image": [np.full(tuple(op.grid_shape), np.nan, dtype=np.float32)]})
-    img = fig.image("image", source=img_src, x=x0, y=y0, dw=x1 - x0, dh=y1 - y0, color_mapper=mapper, level="image")
+    draw(fig, Image(image="image", x=x0, y=y0, dw=x1 - x0, dh=y1 - y0, color_mapper=mapper), img_src, level="image")
     n = len(pts_src.data["x"])
     pts_src.data[col] = np.zeros(n, np.float32)  # filled by render_maps.js
     # Dots mark neurons for hovering; with many neurons they would hide the map, so they fade (still hoverable).
-    r = fig.scatter("x", "y", source=pts_src, size=4, fill_alpha=0.0, line_color="#333333",
-                    line_alpha=dots_alpha(n) if dots else 0.0,
-                    hover_line_color="black", hover_line_alpha=1.0, hover_fill_color="black", hover_fill_alpha=0.6)
-    renderers = [img, r]  # renderers[0] the image, [1] the dots (the browser tests rely on it)
+    r = draw(fig, Scatter(x="x", y="y", size=4, fill_alpha=0.0, line_color="#333333",
+                          line_alpha=dots_alpha(n) if dots else 0.0), pts_src,
+             hover={"line_color": "black", "line_alpha": 1.0, "fill_color": "black", "fill_alpha": 0.6})
+    # fig.renderers[0] is the image, [1] the dots (the browser tests rely on it)
     if dormant is not None:
-        renderers.append(fig.scatter("x", "y", source=dormant, size=5, fill_color="white", fill_alpha=1.0,
-                                     line_color="#1f2328", line_width=1.2))
+        draw(fig, Scatter(x="x", y="y", size=5, fill_color="white", fill_alpha=1.0, line_color="#1f2328",
+                          line_width=1.2), dormant)
     if region is not None:  # a smooth edge over the pixels' staircase: grey off the map, then the outline
         # drawn after the image and before the dots (level "underlay" lies between the levels "image" and "glyph")
-        renderers.append(fig.patch("x", "y", source=region[0], fill_color=OFF_MAP, line_color=None,
-                                   level="underlay"))
-        renderers.append(fig.line("x", "y", source=region[1], line_color=OUTLINE_COLOR, line_width=1.2,
-                                  level="underlay"))
-    for renderer in renderers:  # nothing is selected or muted here: no glyph copies for those states to ship
-        renderer.nonselection_glyph = None
-        renderer.muted_glyph = None
+        draw(fig, Patch(x="x", y="y", fill_color=OFF_MAP, line_color=None), region[0], level="underlay")
+        draw(fig, Line(x="x", y="y", line_color=OUTLINE_COLOR, line_width=1.2), region[1], level="underlay")
     hover = HoverTool(renderers=[r], tooltips=tooltips, point_policy="snap_to_data")
     fig.add_tools(hover)
     return fig, img_src, hover, r.glyph
@@ -213,7 +213,7 @@ def _color_bar(mapper: LinearColorMapper, title: str, width: int) -> tuple[figur
     """A horizontal colour bar as a figure of its own (below a grid of tiles)."""
     fig = figure(width=width, height=70, toolbar_location=None, tools="", min_border=0, outline_line_color=None,
                  x_range=(0, 1), y_range=(0, 1), x_axis_type=None, y_axis_type=None)
-    fig.scatter([0.5], [0.5], visible=False)  # a renderer, so the figure validates; draws nothing
+    draw(fig, Scatter(x="x", y="y"), {"x": [0.5], "y": [0.5]}, visible=False)  # so the figure validates; draws nothing
     bar = ColorBar(color_mapper=mapper, orientation="horizontal", title=plain(title), location=(0, 0), height=12,
                    width=max(width - 40, 100), title_text_font_size="11px", title_text_font_style="normal",
                    major_label_text_font_size="11px", padding=6)

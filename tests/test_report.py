@@ -419,6 +419,26 @@ def _custom_js_arg(doc: dict, arg: str):
 
 
 @pytest.mark.slow
+def test_renderers_ship_one_glyph_and_no_copies_for_states_never_shown(html_text):
+    """Nothing on a page is selected or muted: no renderer ships a nonselection or muted glyph (nor an "auto" one
+    for the browser to make); only the map tiles' neuron dots have a hover glyph, their own glyph with the hover
+    look."""
+    doc = _docs_json(html_text)
+    renderers = _models(doc, "GlyphRenderer")
+    assert len(renderers) > 100  # every chart and tile of the page
+    for r in renderers:
+        attrs = r["attributes"]
+        assert attrs.get("nonselection_glyph", "missing") is None and attrs.get("muted_glyph", "missing") is None
+    hovered = [r["attributes"]["hover_glyph"] for r in renderers if r["attributes"].get("hover_glyph")]
+    n_images = len([r for r in renderers if r["attributes"]["glyph"]["name"] == "Image"])
+    assert n_images > 0 and len(hovered) == n_images  # one per tile: its dots
+    for g in hovered:  # Bokeh leaves out what equals the default (Scatter's line is black, alpha 1)
+        attrs = g["attributes"]
+        assert g["name"] == "Scatter" and attrs.get("line_color", {"value": "black"})["value"] == "black"
+        assert attrs["fill_color"]["value"] == "black" and attrs["fill_alpha"]["value"] == 0.6
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("log_steps", [False, True])
 def test_time_markers_on_every_time_chart(results, html_text, log_html_text, log_steps):
     """Each chart over training time has one marker at the last snapshot; the slider callback knows every step's x."""
