@@ -60,6 +60,14 @@ def _watch(run: Path, *options: str) -> subprocess.Popen:
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _stop(*procs: subprocess.Popen) -> None:
+    """Kill what still runs, reap it and close its pipes (none is left open for the garbage collector)."""
+    for proc in procs:
+        proc.kill()
+        with proc:  # closes stdout and stderr, then waits
+            pass
+
+
 class _Strict(html.parser.HTMLParser):
     """Counts the elements that must open and close once in a whole page."""
 
@@ -148,8 +156,7 @@ def test_watch_follows_the_run_and_ends_with_the_report_of_topotrace_report(tmp_
         seen = _poll(run / "report.html", watcher, child, until=pace)
         out, err = watcher.communicate(timeout=240)
     finally:
-        child.kill()
-        watcher.kill()
+        _stop(child, watcher)
     assert watcher.returncode == 0, err
     assert out.splitlines() == [str(run / "report.html")]
     live = [(running, k, of) for running, state, k, of in seen if state == "live"]
@@ -184,8 +191,7 @@ def test_killed_training_ends_watch_with_one_line_and_a_valid_report(tmp_path):
         child.wait(timeout=30)
         out, err = watcher.communicate(timeout=120)
     finally:
-        child.kill()
-        watcher.kill()
+        _stop(child, watcher)
     assert watcher.returncode == 1
     assert out == ""
     lines = err.strip().splitlines()
@@ -215,8 +221,7 @@ def test_stalled_run_is_shown_and_ends_watch(tmp_path):
         child.send_signal(signal.SIGSTOP)
         out, err = watcher.communicate(timeout=120)
     finally:
-        child.kill()
-        watcher.kill()
+        _stop(child, watcher)
     assert watcher.returncode == 1 and out == ""
     assert re.fullmatch(rf"topotrace: error: {re.escape(str(run))}: stalled: no snapshot for 2 s after \d+ snapshots "
                         r"\(last step \d+\); stopped following it\.", err.strip().splitlines()[-1])
