@@ -10,14 +10,15 @@ from topotrace.instrument.store import Store
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """A two-seed study of the default run, one epoch each; interrupted after the first seed, then continued."""
+    """A two-seed study of a small MLP, one epoch each; interrupted after the first seed, then continued. It records
+    the second hidden layer only: nothing here depends on the layer count, and each of its three pages is smaller."""
     import topotrace.studies as study_mod
     from topotrace import train as train_mod
 
     out = tmp_path_factory.mktemp("runs")
     config = out / "tiny.toml"
     config.write_text("[data]\nheldout_per_class = 12\ntrain_probe_per_class = 0\n[model]\nhidden = [24, 12]\n"
-                      "[record]\nsnapshots = 8\n")
+                      "[record]\nsnapshots = 8\nlayers = [\"hidden2\"]\n")
     args = ["study", "--config", str(config), "--seeds", "0,1", "--epochs", "1", "--out-dir", str(out), "--name", "s"]
     trained = []
     real = train_mod.train_run
@@ -58,20 +59,20 @@ def test_resumed_study_does_not_retrain_finished_seeds(study):
 
 @pytest.mark.slow
 def test_findings_json_lists_every_claim_with_intervals_across_seeds(study):
-    """findings.json: the four claims per layer (confidence claims per measure), 2 runs, each run's effect."""
+    """findings.json: the four claims of the layer (confidence claims per measure), 2 runs, each run's effect."""
     path, _, _ = study
     found = json.loads((path / "findings.json").read_text("utf-8"))
     keys = {"layer", "claim", "measure", "effect", "ci_low", "ci_high", "n_runs", "verdict", "rule", "runs"}
     assert all(keys <= set(f) for f in found)
-    assert {f["layer"] for f in found} == {"hidden1", "hidden2"}
+    assert {f["layer"] for f in found} == {"hidden2"}
     time_claims = [f for f in found if f["claim"].endswith("_with_time")]
-    assert len(time_claims) == 4 and all(f["measure"] == "" for f in time_claims)
+    assert len(time_claims) == 2 and all(f["measure"] == "" for f in time_claims)
     conf = [f for f in found if f["claim"].endswith("_with_confidence")]
     with Store(path / "seed-0" / "store.h5") as st:
         n_measures = len(st.measures)  # the five defaults, and temp_prob where a train probe set is recorded
-    assert len(conf) == 2 * 2 * n_measures and conf[0]["measure"] == "logit_margin"  # the default measure leads
+    assert len(conf) == 2 * n_measures and conf[0]["measure"] == "logit_margin"  # the default measure leads
     trends = [f for f in found if f["claim"] in ("dormant_share_grows", "nc1_falls")]
-    assert len(trends) == 4 and all(f["n_runs"] == 2 for f in trends)
+    assert len(trends) == 2 and all(f["n_runs"] == 2 for f in trends)
     for f in found:
         assert f["n_runs"] == 2 and [r["run"] for r in f["runs"]] == ["seed 0", "seed 1"]
         assert f["verdict"] in ("supported", "mixed", "negligible", "not supported")
