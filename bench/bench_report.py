@@ -37,7 +37,7 @@ from topotrace.analysis.results import AnalysisResults
 from topotrace.instrument.synthetic import write_synthetic_store
 from topotrace.report_templates.generate import build_report, report_pages
 
-from .browser import ARGS, CHROMIUM, open_offline, slider_frames
+from .browser import ARGS, CHROMIUM, TWO_FRAMES_JS, open_offline, slider_frames
 
 OUT = Path(__file__).resolve().parent / "out"
 MB = 1e6
@@ -54,8 +54,7 @@ def open_page(browser, path: Path) -> tuple[object, dict[str, float | None]]:
     """Open one page offline; (the page, its first paint in s, JS heap in MB, refused requests, console errors)."""
     page, blocked, errors = open_offline(browser, path, wait_idle=False)
     page.wait_for_function(PAINTED_JS, timeout=600_000, polling=50)
-    paint = page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => "
-                          "r(performance.now()))))") / 1000
+    paint = page.evaluate(f"({TWO_FRAMES_JS})().then(() => performance.now())") / 1000
     heap = page.evaluate("performance.memory ? performance.memory.usedJSHeapSize : null")
     return page, {"paint_s": paint, "heap_mb": heap / MB if heap else None, "blocked": blocked, "errors": errors}
 

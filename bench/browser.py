@@ -9,24 +9,32 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+# Two animation frames, as a JS function returning a promise; rejected after 10 s, so that a page that stops drawing
+# fails its caller with that message instead of hanging it (Playwright's evaluate waits without a time limit).
+TWO_FRAMES_JS = ("() => Promise.race([new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r))), "
+                 "new Promise((_, no) => setTimeout(() => no(new Error('no animation frame within 10 s')), 10000))])")
+
+
 def slider_frames(page, values: list[int]) -> list[list[float | None]]:
     """Move the report's time slider to each of ``values``; per move [fill ms, ms to the second animation frame,
     ms until the page is idle again].
 
     The fill time is what the report's render callback measured itself (``window.topotraceFrameMs``); the
     second figure includes the browser painting the new maps; the third also the work deferred after the frame
-    (the charts' time markers follow in an idle callback): up to the next idle period, then two more frames.
+    (the charts' time markers follow in an idle callback): up to the next idle period (at most 2 s), then two more
+    frames. The page is brought to the front first (a page in the background gets no animation frames).
     """
+    page.bring_to_front()
     return page.evaluate("""async (values) => {
         const s = Bokeh.documents[0].get_model_by_name('time_slider');
-        const two = () => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+        const two = """ + TWO_FRAMES_JS + """;
         const out = [];
         for (const i of values) {
             const t0 = performance.now();
             s.value = i;
             await two();
             const t1 = performance.now();
-            await new Promise(r => requestIdleCallback(r));
+            await new Promise(r => requestIdleCallback(r, {timeout: 2000}));
             await two();
             out.push([window.topotraceFrameMs, t1 - t0, performance.now() - t0]);
         }

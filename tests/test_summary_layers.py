@@ -10,6 +10,7 @@ import pytest
 from bokeh.document import Document
 from bokeh.models import GridPlot, Plot, Select
 
+from bench.browser import TWO_FRAMES_JS
 from topotrace.analysis.pipeline import analyze
 from topotrace.analysis.results import AnalysisResults
 from topotrace.instrument.synthetic import write_synthetic_store
@@ -194,7 +195,7 @@ def test_layout_sources_hold_each_layers_positions(results):
 # ----------------------------------------------------------------------------------------------- in a browser
 SELECT_JS = """async ([name, value]) => {
     Bokeh.documents[0].get_model_by_name(name).value = value;
-    await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+    await (""" + TWO_FRAMES_JS + """)();
 }"""
 # What each section's first figure draws: [title, x of its first renderer, y of its first renderer].
 SHOWN_JS = """(section) => {
