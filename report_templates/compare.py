@@ -39,7 +39,6 @@ from bokeh.models import (
     Slider,
     Span,
     Toggle,
-    VArea,
 )
 from bokeh.models.layouts import LayoutDOM
 from bokeh.palettes import Category10_10
@@ -48,7 +47,7 @@ from ..analysis.findings import CLAIMS, RULE, Finding
 from ..analysis.results import AnalysisResults, LayerResult
 from . import maps
 from .charts import CURVE_NAMES, _time_figure, step_axis_type, time_markers, time_x
-from .findings_view import Y_LABEL
+from .findings_view import Y_LABEL, draw_band
 from .glyphs import draw
 from .style import esc, html_div, plain
 from .words import CLAIM_SHORT, comparison_sentence, interval, missing_finding, number
@@ -271,10 +270,7 @@ def findings_charts(runs: Sequence[Run], found: Sequence[Sequence[Finding]]) -> 
             for i, label, f in entries:
                 x = time_x(f.steps, axis)
                 band = np.asarray(f.band, np.float64)
-                ok = np.isfinite(band).all(axis=1)
-                if ok.any():
-                    draw(fig, VArea(x="x", y1="y1", y2="y2", fill_color=colors[i], fill_alpha=0.15),
-                         {"x": x[ok], "y1": band[ok, 0], "y2": band[ok, 1]})
+                draw_band(fig, x, band, colors[i], 0.15)
                 src = ColumnDataSource({"x": x, "step": np.asarray(f.steps), "y": np.asarray(f.curve, np.float64),
                                         "lo": band[:, 0], "hi": band[:, 1], "run": [plain(label)] * len(x)},
                                        name=f"finding:{layer}:{claim}:{i}")

@@ -63,14 +63,19 @@ def _claim_figure(f: Finding, verdict: str) -> tuple[figure, Title]:
     return fig, sub
 
 
+def draw_band(fig: figure, x: np.ndarray, band: np.ndarray, color: str, alpha: float) -> None:
+    """A finding's 95 % band (``band`` of shape (S, 2), at ``x`` of shape (S,)) where both its ends are finite."""
+    ok = np.isfinite(band).all(axis=1)
+    if ok.any():
+        draw(fig, VArea(x="x", y1="y1", y2="y2", fill_color=color, fill_alpha=alpha),
+             {"x": x[ok], "y1": band[ok, 0], "y2": band[ok, 1]})
+
+
 def _chart(f: Finding) -> LayoutDOM:
     x = time_x(f.steps, step_axis_type(f.steps))
     fig, _ = _claim_figure(f, f.verdict)
     band = np.asarray(f.band, np.float64)
-    ok = np.isfinite(band).all(axis=1)
-    if ok.any():
-        draw(fig, VArea(x="x", y1="y1", y2="y2", fill_color="#4c72b0", fill_alpha=0.22),
-             {"x": x[ok], "y1": band[ok, 0], "y2": band[ok, 1]})
+    draw_band(fig, x, band, "#4c72b0", 0.22)
     for curve in np.atleast_2d(f.run_curves) if f.n_runs > 1 else []:
         draw(fig, Line(x="x", y="y", line_color="#4c72b0", line_alpha=0.45, line_width=1), {"x": x, "y": curve})
     src = ColumnDataSource({"x": x, "step": np.asarray(f.steps), "y": f.curve, "lo": band[:, 0], "hi": band[:, 1]})
