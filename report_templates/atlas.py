@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 
 from bokeh.layouts import gridplot
-from bokeh.models import ColumnDataSource, HoverTool, Legend, Line, Scatter, Segment, Span
+from bokeh.models import ColumnDataSource, HoverTool, Legend, Segment, Span
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from .glyphs import draw
+from .glyphs import draw, line_with_dots
 from .words import CLAIM_SHORT, VERDICT_COLOR, number
 
 Y_LABEL = {"time": "change, % of the first snapshot", "confidence": "partial Spearman r given the class"}
@@ -86,8 +86,7 @@ def depth_figures(atlas: dict) -> gridplot:
                 "study": [entry["study"]] * len(cells), "layer": [layer for _, layer, _ in cells],
                 "verdict": [str(c["verdict"]) for _, _, c in cells],
             })
-            line = draw(fig, Line(x="x", y="y", line_color=color, line_width=1.5), src)
-            dots = draw(fig, Scatter(x="x", y="y", line_color=color, fill_color=color, size=7), src)
+            line, dots = line_with_dots(fig, src, color, width=1.5, size=7)
             draw(fig, Segment(x0="x", y0="low", x1="x", y1="high", line_color=color, line_width=2, line_alpha=0.6),
                  src)
             items.append((entry["study"], [line, dots]))

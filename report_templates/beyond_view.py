@@ -27,7 +27,6 @@ from bokeh.models import (
     HoverTool,
     Line,
     Range1d,
-    Scatter,
     Slider,
     Span,
 )
@@ -47,7 +46,7 @@ from .charts import (
     step_axis_type,
     time_x,
 )
-from .glyphs import draw
+from .glyphs import draw, line_with_dots
 from .loss_marker import LOSS_MIN_NAME, STEP_AXIS_TAG, fit_legends  # noqa: F401 (LOSS_MIN_NAME: for callers)
 from .style import plain
 from .words import number
@@ -196,8 +195,7 @@ def _reliability(results: AnalysisResults, steps: np.ndarray, marker: Span | Non
     items = [("perfect calibration", [diag])]
     for k, m in enumerate(cal.measures[: len(keys) // 3]):
         color = MEASURE_COLORS[_measures(results.calibration).index(m) % 10]
-        r = draw(fig, Line(x=f"conf{k}", y=f"acc{k}", line_width=1.5, line_color=color), view)
-        dots = draw(fig, Scatter(x=f"conf{k}", y=f"acc{k}", size=7, line_color=color, fill_color=color), view)
+        r, dots = line_with_dots(fig, view, color, x=f"conf{k}", y=f"acc{k}", width=1.5, size=7)
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("mean confidence", f"@conf{k}{{0.000}}"),
                                                             ("accuracy", f"@acc{k}{{0.000}}"),
                                                             ("samples", f"@n{k}{{0}}")]))

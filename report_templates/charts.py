@@ -24,7 +24,6 @@ from bokeh.models import (
     HoverTool,
     Legend,
     Line,
-    Scatter,
     Select,
     Span,
 )
@@ -33,7 +32,7 @@ from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
 from ..analysis.results import AnalysisResults, LayerResult
-from .glyphs import draw
+from .glyphs import draw, line_with_dots
 from .style import esc, html_div, plain
 from .words import measure_definitions, uncertainty_note
 
@@ -166,8 +165,7 @@ def training_curves(results: AnalysisResults) -> LayoutDOM | None:
             y = np.asarray(named[key], dtype=np.float64)
             src = ColumnDataSource({"x": time_x(steps[: len(y)], xtype), "step": steps[: len(y)], "y": y})
             color = PROBE_COLORS[i % len(PROBE_COLORS)]
-            r = draw(fig, Line(x="x", y="y", line_width=2, line_color=color), src)
-            draw(fig, Scatter(x="x", y="y", size=4, line_color=color, fill_color=color), src)
+            r, _ = line_with_dots(fig, src, color, size=4)
             items.append((str(probe), [r]))
         if not items:
             continue
@@ -426,8 +424,7 @@ def _bins_one_layer(results: AnalysisResults, layers: list[LayerResult]) -> list
         fig = _line_figure(texts[0], "confidence bin", title.lower(), "auto", x_range=list(per_layer[0]["x"]))
         items = []
         for j, color in enumerate(["#c6dbef", "#6baed6", "#08519c"][-n_lines:]):
-            r = draw(fig, Line(x="x", y=f"y{j}", line_width=2, line_color=color), view)
-            draw(fig, Scatter(x="x", y=f"y{j}", size=5, line_color=color, fill_color=color), view)
+            r, _ = line_with_dots(fig, view, color, y=f"y{j}")
             items.append((labels[0][j], [r]))
         fig.xaxis.major_label_orientation = 0.6
         _add_legend(fig, items)
@@ -495,9 +492,7 @@ def strength_distinctness(results: AnalysisResults) -> LayoutDOM | None:
             shades = ["#c6dbef", "#6baed6", "#08519c"][-len(picks):]
             items = []
             for s, color in zip(picks, shades):
-                src = ColumnDataSource({"x": names, "y": y[s]})
-                r = draw(fig, Line(x="x", y="y", line_width=2, line_color=color), src)
-                draw(fig, Scatter(x="x", y="y", size=5, line_color=color, fill_color=color), src)
+                r, _ = line_with_dots(fig, {"x": names, "y": y[s]}, color)
                 items.append((f"step {int(steps[s]):,}", [r]))
             fig.xaxis.major_label_orientation = 0.6
             _add_legend(fig, items)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bokeh.models import ColumnDataSource, Glyph, GlyphRenderer, Plot
+from bokeh.models import ColumnDataSource, Glyph, GlyphRenderer, Line, Plot, Scatter
 
 
 def draw(fig: Plot, glyph: Glyph, source: ColumnDataSource | Mapping[str, object], *,
@@ -37,3 +37,15 @@ def draw(fig: Plot, glyph: Glyph, source: ColumnDataSource | Mapping[str, object
                       muted_glyph=None, **renderer)
     fig.renderers.append(r)
     return r
+
+
+def line_with_dots(fig: Plot, source: ColumnDataSource | Mapping[str, object], color: str, x: str = "x",
+                   y: str = "y", width: float = 2, size: float = 5) -> tuple[GlyphRenderer, GlyphRenderer]:
+    """A line through columns ``x`` and ``y`` of ``source`` with a dot at each point, both in ``color``.
+
+    Returns:
+        The line's renderer and the dots' renderer.
+    """
+    src = source if isinstance(source, ColumnDataSource) else ColumnDataSource(dict(source))
+    line = draw(fig, Line(x=x, y=y, line_width=width, line_color=color), src)
+    return line, draw(fig, Scatter(x=x, y=y, size=size, line_color=color, fill_color=color), src)
