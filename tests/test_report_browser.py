@@ -336,6 +336,12 @@ FINER_JS = """async () => {
 }"""
 
 
+def _canvas_widths(page, section: str) -> list[int]:
+    """The CSS widths of the drawn canvases of a report section."""
+    loc = page.locator(f"section#{section} canvas")
+    return [round(b["width"]) for b in (loc.nth(i).bounding_box() for i in range(loc.count())) if b is not None]
+
+
 def _first_map_box(page):
     canvas = page.locator("section#maps canvas").first
     canvas.evaluate("e => e.scrollIntoView({block: 'center'})")
@@ -373,6 +379,8 @@ def test_finer_maps_paint_a_frame_and_switch_size_and_dots(page_and_log, built):
     assert (np.abs(before - after).sum(axis=2) > 30).mean() > 0.02  # the finer map painted a new frame
     assert (np.abs(after - grey).sum(axis=2) < 6).mean() > 0.05
     small = _first_map_box(page)["width"]
+    corr_tiles = _canvas_widths(page, "correlation").count(TILE_PX)  # the correlation maps: grids of two tiles
+    assert corr_tiles >= 2
     set_size = """async (a) => { Bokeh.documents[0].get_model_by_name('map_size').active = a;
                                  await new Promise(r => setTimeout(r, 300)); }"""
     page.evaluate(set_size, 1)
@@ -381,6 +389,8 @@ def test_finer_maps_paint_a_frame_and_switch_size_and_dots(page_and_log, built):
     page.wait_for_timeout(300)
     large = _first_map_box(page)["width"]
     assert large > small * 1.4, (small, large)
+    corr = _canvas_widths(page, "correlation")  # grids whose columns stay resize too (their colour bar lays them out)
+    assert corr.count(TILE_PX_LARGE) == corr_tiles and TILE_PX not in corr, corr
     page.evaluate(SHOW_JS, [3, 0])  # a frame at the large size
     page.wait_for_function("window.topotraceSnapshot === 3", timeout=20_000)
     page.evaluate(set_size, 0)
@@ -388,6 +398,7 @@ def test_finer_maps_paint_a_frame_and_switch_size_and_dots(page_and_log, built):
     assert width == TILE_PX and cols == 5
     page.wait_for_timeout(300)
     assert _first_map_box(page)["width"] == pytest.approx(small, abs=2)
+    assert _canvas_widths(page, "correlation").count(TILE_PX) == corr_tiles
     set_dots = """async (a) => { Bokeh.documents[0].get_model_by_name('map_dots').active = a;
                                  await new Promise(r => setTimeout(r, 200)); }"""
     page.evaluate(set_dots, False)
