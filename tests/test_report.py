@@ -549,6 +549,6 @@ def test_maps_draw_outline_grey_off_map_and_size_switch(results, html_text):
     assert set(map(id, cb.args["grids"])) == set(map(id, grids))
     assert sum(len(t) for t in cb.args["grid_tiles"]) == len(tiles)
     assert {id(g) for g in cb.args["dot_glyphs"]} == {id(fig.renderers[1].glyph) for fig in tiles}
-    assert "fig.width = w" in cb.code and "line_alpha" in cb.code
+    assert "fig.setv({width: w, height: h}" in cb.code and "line_alpha" in cb.code
     assert 'id="' in html_text and '"map_size"' in html_text and '"map_dots"' in html_text
     assert "Light grey is off the map" in html_text
