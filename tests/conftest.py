@@ -12,6 +12,7 @@ read belongs in a session-scoped fixture here (built once per worker; for once p
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -30,6 +31,18 @@ if WORKER is not None:
 # pages render without console errors): off for the suite's many report builds, about a fifth of each page's
 # rendering. tests/test_watch.py checks that a page is byte for byte the same with and without it.
 os.environ.setdefault("BOKEH_VALIDATE_DOC", "false")
+
+# Python's cyclic garbage collector runs after every 700 new container objects, and its oldest generation walks every
+# object the process holds (torch, Bokeh, the fixtures' results). A page build makes hundreds of thousands of small
+# objects (Bokeh models and their property dicts), so it paid for many collections: fewer young ones here, and the
+# objects alive once the tests are collected are frozen out of every later walk (pytest_collection_finish). No test
+# relies on when garbage is collected.
+gc.set_threshold(50_000, 20, 20)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    gc.collect()
+    gc.freeze()
 
 
 def _uses_module_setup(item: pytest.Item) -> bool:
