@@ -77,7 +77,7 @@ info: $(STAMP)  ## summarise runs/$(RUN)/store.h5
 # see tests/conftest.py); WORKERS=0 runs it in this one process. Three on two cores: the suite waits on child
 # processes, timers and the browser for about a quarter of its time, and a third worker fills those waits
 # (7:10 on two workers, 4:48 on three, 5:06 on four, one quiet machine; again later, back to back: 4:57 on
-# three, 5:15 on four). The fast tests only compute: two.
+# three, 5:15 on four; on a slower hour 5:20 on three, 5:58 on four). The fast tests only compute: two.
 WORKERS      ?= 3
 FAST_WORKERS ?= 2
 FAST         := not slow and not browser and not subprocess
