@@ -71,6 +71,13 @@ def draw_band(fig: figure, x: np.ndarray, band: np.ndarray, color: str, alpha: f
              {"x": x[ok], "y1": band[ok, 0], "y2": band[ok, 1]})
 
 
+def _curve(fig: figure, source: ColumnDataSource) -> None:
+    """A finding's curve (columns ``x``, ``y``; ``step``, ``lo``, ``hi`` for its tooltip) and its hover tool."""
+    main = draw(fig, Line(x="x", y="y", line_color="#1f3b73", line_width=2.2), source)
+    fig.add_tools(HoverTool(renderers=[main], tooltips=[("step", "@step"), ("value", "@y{0.000}"),
+                                                        ("95 % interval", "@lo{0.000} to @hi{0.000}")]))
+
+
 def _chart(f: Finding) -> LayoutDOM:
     x = time_x(f.steps, step_axis_type(f.steps))
     fig, _ = _claim_figure(f, f.verdict)
@@ -78,10 +85,8 @@ def _chart(f: Finding) -> LayoutDOM:
     draw_band(fig, x, band, "#4c72b0", 0.22)
     for curve in np.atleast_2d(f.run_curves) if f.n_runs > 1 else []:
         draw(fig, Line(x="x", y="y", line_color="#4c72b0", line_alpha=0.45, line_width=1), {"x": x, "y": curve})
-    src = ColumnDataSource({"x": x, "step": np.asarray(f.steps), "y": f.curve, "lo": band[:, 0], "hi": band[:, 1]})
-    main = draw(fig, Line(x="x", y="y", line_color="#1f3b73", line_width=2.2), src)
-    fig.add_tools(HoverTool(renderers=[main], tooltips=[("step", "@step"), ("value", "@y{0.000}"),
-                                                        ("95 % interval", "@lo{0.000} to @hi{0.000}")]))
+    _curve(fig, ColumnDataSource({"x": x, "step": np.asarray(f.steps), "y": f.curve, "lo": band[:, 0],
+                                  "hi": band[:, 1]}))
     if f.versus == "confidence":
         fig.add_layout(Span(location=0, dimension="width", line_color="#24292f", line_width=1))
     if f.extreme_step >= 0 and np.isfinite(f.extreme_value):  # the peak or trough that names the course
@@ -162,9 +167,7 @@ def _one_layer(layers: dict[str, list[Finding]]) -> LayoutDOM:
         run_view = ColumnDataSource(dict(run_srcs[0][c].data))
         draw(fig, VArea(x="x", y1="lo", y2="hi", fill_color="#4c72b0", fill_alpha=0.22), view)
         draw(fig, MultiLine(xs="xs", ys="ys", line_color="#4c72b0", line_alpha=0.45, line_width=1), run_view)
-        main = draw(fig, Line(x="x", y="y", line_color="#1f3b73", line_width=2.2), view)
-        fig.add_tools(HoverTool(renderers=[main], tooltips=[("step", "@step"), ("value", "@y{0.000}"),
-                                                            ("95 % interval", "@lo{0.000} to @hi{0.000}")]))
+        _curve(fig, view)
         if f.versus == "confidence":
             fig.add_layout(Span(location=0, dimension="width", line_color="#24292f", line_width=1))
         figs.append(fig)

@@ -29,7 +29,7 @@ def draw(fig: Plot, glyph: Glyph, source: ColumnDataSource | Mapping[str, object
             these properties); None: no change.
         renderer: properties of the renderer itself (``name``, ``level``, ``visible``).
     """
-    src = source if isinstance(source, ColumnDataSource) else ColumnDataSource(dict(source))
+    src = _source(source)
     hover_glyph = None
     if hover is not None:
         hover_glyph = type(glyph)(**{**glyph.properties_with_values(include_defaults=False), **hover})
@@ -46,6 +46,10 @@ def line_with_dots(fig: Plot, source: ColumnDataSource | Mapping[str, object], c
     Returns:
         The line's renderer and the dots' renderer.
     """
-    src = source if isinstance(source, ColumnDataSource) else ColumnDataSource(dict(source))
+    src = _source(source)  # one source for both
     line = draw(fig, Line(x=x, y=y, line_width=width, line_color=color), src)
     return line, draw(fig, Scatter(x=x, y=y, size=size, line_color=color, fill_color=color), src)
+
+
+def _source(source: ColumnDataSource | Mapping[str, object]) -> ColumnDataSource:
+    return source if isinstance(source, ColumnDataSource) else ColumnDataSource(dict(source))
