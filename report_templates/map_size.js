@@ -8,9 +8,9 @@
 if (cb_obj === dots) {
   for (let i = 0; i < dot_glyphs.length; i++) dot_glyphs[i].line_alpha = {value: dots.active ? dot_alpha[i] : 0.0};
 } else {
-  // Every size is set silently and each grid then lays its root out once: a loud size change re-lays out the whole
-  // root at once, and one per tile took seconds on a page of a few dozen tiles. A grid's new columns lay it out;
-  // where they stay as they are, its colour bar's new width does.
+  // Sizes are set silently, then one loud change per grid lays its section out once (BokehJS lays out the whole
+  // section at every loud size change: one per tile took seconds). That change is the grid's new columns or, where
+  // they stay, its colour bar's new width.
   const w = px[size.active === 1 ? 1 : 0];
   for (let g = 0; g < grids.length; g++) {
     const [ncols_small, aspect] = grid_shape[g];
@@ -22,7 +22,7 @@ if (cb_obj === dots) {
     const bw = Math.min(ncols, tiles.length) * w;
     bar.setv({width: Math.max(bw - 40, 100)}, {silent: true});
     const cells = tiles.map((fig, i) => [fig, Math.floor(i / ncols), i % ncols]);
-    const same = grids[g].children.every(([fig, r, c], i) => r === cells[i][1] && c === cells[i][2]);
+    const same = grids[g].children.every(([, r, c], i) => r === cells[i][1] && c === cells[i][2]);
     bar_fig.setv({width: bw}, {silent: !same});
     if (!same) grids[g].children = cells;
   }
