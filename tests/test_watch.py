@@ -155,6 +155,7 @@ def test_watch_follows_the_run_and_ends_with_the_report_of_topotrace_report(tmp_
     try:
         seen = _poll(run / "report.html", watcher, child, until=pace)
         out, err = watcher.communicate(timeout=240)
+        child_code = child.wait(timeout=30)  # before _stop, which kills what still runs
     finally:
         _stop(child, watcher)
     assert watcher.returncode == 0, err
@@ -170,7 +171,7 @@ def test_watch_follows_the_run_and_ends_with_the_report_of_topotrace_report(tmp_
     final = (run / "report.html").read_bytes()
     assert b'id="tt-live"' not in final and b"location.reload" not in final
     assert not (run / LIVE_CACHE).exists()
-    assert child.wait(timeout=30) == 0  # the training closed its store and ended normally
+    assert child_code == 0  # the training closed its store and ended normally
     from topotrace.cli import main
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
